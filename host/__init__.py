@@ -1,0 +1,1 @@
+"""Host software: numerics, compiler and runtime."""
