@@ -21,19 +21,30 @@ class AcceleratorConfig:
         Columns of the MAC array (output pixels computed in parallel).
     acc_width : int
         Width of the signed accumulators, in bits. TFLite's integer scheme needs 32.
+    lanes : int
+        Channels processed in parallel by the vector engines (requantizer, pooling, depthwise, window
+        generator).
+    max_kernel : int
+        Largest convolution/pooling kernel side the window generator supports.
+    max_width : int
+        Widest feature map row (pixels) the line buffers hold.
     """
     rows: int = 8
     cols: int = 8
     acc_width: int = 32
+    lanes: int = 8
+    max_kernel: int = 7
+    max_width: int = 224
 
     #: Operand width. The integer scheme is int8 x int8; this is not a knob.
     operand_width = 8
 
     def __post_init__(self):
-        for name in ("rows", "cols"):
+        for name, low, high in (("rows", 1, 64), ("cols", 1, 64), ("lanes", 1, 64), ("max_kernel", 1, 11),
+                                ("max_width", 1, 4096)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
-                raise ValueError(f"{name} must be an integer from 1 to 64, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not isinstance(self.acc_width, int) or not 17 <= self.acc_width <= 48:
             raise ValueError(f"acc_width must be an integer from 17 to 48, not {self.acc_width!r}")
 
