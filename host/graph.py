@@ -8,11 +8,12 @@ Weight layouts follow TFLite, so import and export are copies: convolution ``[Co
 ``[1, KH, KW, C]``, fully connected ``[Cout, Cin]``.
 """
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .quant import ROUNDING_MODES, quantize_multipliers
+from .quant import ROUNDING_MODES, quantize_multiplier, quantize_multipliers
 
 __all__ = [
     "GraphError", "TensorSpec", "Requant", "Conv2D", "DepthwiseConv2D", "FullyConnected", "MaxPool2D",
@@ -45,7 +46,12 @@ class TensorSpec:
 def activation_range(activation, scale, zero_point):
     """The clamp ``(qmin, qmax)`` that implements ``activation`` ("none", "relu", "relu6") on an int8 output."""
     def q(real):
-        return int(zero_point) + int(round(real / float(np.float32(scale))))
+        # TFLite's Quantize(): the division is float32 and TfLiteRound rounds half away from zero.
+        with np.errstate(over="ignore"):
+            quotient = float(np.float32(real) / np.float32(scale))
+        if not abs(quotient) < 2.0 ** 31:
+            raise GraphError(f"activation {activation!r}: {real} / scale {scale!r} overflows int32")
+        return int(zero_point) + int(math.copysign(math.floor(abs(quotient) + 0.5), quotient))
     if activation in (None, "none"):
         return -128, 127
     if activation == "relu":
@@ -161,13 +167,27 @@ class DepthwiseConv2D(_WeightedNode):
 
 @dataclass(eq=False)
 class FullyConnected(_WeightedNode):
-    """Fully connected: the input is flattened in NHWC order. ``weights`` [Cout, Cin]."""
+    """Fully connected: the input is flattened in NHWC order. ``weights`` [Cout, Cin].
+
+    ``per_tensor`` marks weights quantized with one scale. TFLite computes that layer's multiplier differently
+    from a per-channel one (``GetQuantizedConvolutionMultipler``: the product ``s_in * s_w`` is rounded to
+    float32 before the division in double), which moves the multiplier's last bit for some scales.
+    """
+    per_tensor: bool = False
     kind = "fully_connected"
 
     def __post_init__(self):
         super().__post_init__()
         _check_weights(self, self.weights, 2, "fully connected weights [Cout, Cin]")
         self._finish(self.weights.shape[0])
+        if self.per_tensor:
+            if np.unique(self.weight_scales).size != 1:
+                raise GraphError(f"node {self.name!r}: per_tensor weights need a single weight scale")
+            product = float(np.float32(self.input_spec.scale) * self.weight_scales[0])
+            m, s = quantize_multiplier(product / self.output.scale)
+            cout = self.weights.shape[0]
+            self.requant = replace(self.requant, multiplier=np.full(cout, m, np.int64),
+                                   shift=np.full(cout, s, np.int64))
 
 
 @dataclass(eq=False)
