@@ -1,0 +1,306 @@
+"""The command processor: decodes host-bus commands (hw/commands.py), moves data in and out of the on-chip
+memories, starts engines, and answers every command, bad ones included.
+
+Host words arrive on ``i_host`` and answers leave on ``o_host``, both streams of ``{data: 32, last: 1}``;
+``last`` marks the final word of a command and of an answer, which is what lets the processor recover from a
+command of the wrong length: it consumes words up to ``last`` and answers with an error status.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .commands import Address, Header, MemoryId, Opcode, Response, Status
+
+__all__ = ["WORD_LAYOUT", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
+
+WORD_LAYOUT = data.StructLayout({"data": 32, "last": 1})
+
+
+class MemoryBusSignature(wiring.Signature):
+    """A word port into the on-chip memories: write in one cycle, read data valid the cycle after ``r_en``."""
+
+    def __init__(self):
+        super().__init__({
+            "memory": Out(MemoryId),
+            "addr":   Out(24),
+            "w_en":   Out(1),
+            "w_data": Out(32),
+            "r_en":   Out(1),
+            "r_data": In(32),
+        })
+
+
+class RunSignature(wiring.Signature):
+    """Starts an engine: ``start`` pulses with ``descriptor`` valid; the engine answers with ``done`` (and
+    ``error`` in the same cycle if it rejected the descriptor or failed)."""
+
+    def __init__(self, max_words):
+        super().__init__({
+            "start":      Out(1),
+            "descriptor": Out(data.ArrayLayout(32, max_words)),
+            "length":     Out(range(max_words + 1)),
+            "done":       In(1),
+            "error":      In(1),
+        })
+
+
+class CommandProcessor(wiring.Component):
+    """Host-bus command processor.
+
+    Parameters
+    ----------
+    depths : dict of MemoryId -> int
+        Words in each memory the host may address; a memory not listed is unknown (``BAD_ADDRESS``).
+    config_id : int
+        32-bit fingerprint reported by ``STATUS`` (see :func:`cnnacc.hw.commands.config_id`).
+    max_descriptor : int
+        Longest ``RUN`` descriptor, in words.
+    """
+
+    def __init__(self, depths, config_id, max_descriptor=16):
+        self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
+        for memory, depth in self._depths.items():
+            if not 1 <= depth <= 1 << 24:
+                raise ValueError(f"depth of {memory.name} must be from 1 to 2**24 words, not {depth}")
+        self._config_id = int(config_id) & 0xFFFFFFFF
+        self._max_descriptor = int(max_descriptor)
+        super().__init__({
+            "i_host": In(stream.Signature(WORD_LAYOUT)),
+            "o_host": Out(stream.Signature(WORD_LAYOUT)),
+            "mem":    Out(MemoryBusSignature()),
+            "run":    Out(RunSignature(self._max_descriptor)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+
+        word = self.i_host.payload
+        take = Signal()            # a host word is consumed this cycle
+        m.d.comb += take.eq(self.i_host.valid & self.i_host.ready)
+
+        header = Signal(Header)
+        status = Signal(Status)
+        remaining = Signal(25)      # data words still expected (WRITE) or to send (READ)
+        address = Signal(Address)
+        desc_index = Signal(range(self._max_descriptor + 1))
+        cycles = Signal(64)         # free-running cycle counter
+        run_cycles = Signal(32)
+        m.d.sync += cycles.eq(cycles + 1)
+
+        # The answer being sent: `words` queued in a small register file, sent in order.
+        answer = Signal(data.ArrayLayout(32, 4))
+        answer_len = Signal(range(5))
+        answer_pos = Signal(range(5))
+
+        range_ok = Signal()
+        with m.Switch(address.memory):
+            for memory, depth in self._depths.items():
+                with m.Case(memory):
+                    m.d.comb += range_ok.eq(address.word + header.count <= depth)
+
+        def respond(code, *extra):
+            """Queue an answer: the Response word and up to three more words (in the sync domain)."""
+            m.d.sync += [
+                answer[0].eq(Cat(code, header.opcode, Const(0, 16))),
+                answer_len.eq(1 + len(extra)),
+                answer_pos.eq(0),
+            ]
+            for i, value in enumerate(extra):
+                m.d.sync += answer[1 + i].eq(value)
+
+        m.d.comb += [
+            self.mem.memory.eq(address.memory),
+            self.mem.addr.eq(address.word),
+            self.mem.w_data.eq(word.data),
+            self.run.length.eq(desc_index),
+        ]
+
+        with m.FSM():
+            with m.State("HEADER"):
+                m.d.comb += self.i_host.ready.eq(1)
+                with m.If(take):
+                    m.d.sync += [header.eq(word.data), remaining.eq(Header(word.data).count), desc_index.eq(0)]
+                    opcode = Header(word.data).opcode
+                    with m.Switch(opcode):
+                        with m.Case(Opcode.NOP):
+                            with m.If(word.last):
+                                m.d.sync += status.eq(Status.OK)
+                                m.next = "ANSWER_STATUS"
+                            with m.Else():
+                                m.d.sync += status.eq(Status.BAD_LENGTH)
+                                m.next = "DISCARD"
+                        with m.Case(Opcode.STATUS):
+                            with m.If(word.last):
+                                m.d.sync += status.eq(Status.OK)
+                                m.next = "ANSWER_STATUS"
+                            with m.Else():
+                                m.d.sync += status.eq(Status.BAD_LENGTH)
+                                m.next = "DISCARD"
+                        with m.Case(Opcode.WRITE, Opcode.READ):
+                            with m.If(word.last):
+                                m.d.sync += status.eq(Status.BAD_LENGTH)
+                                m.next = "ANSWER_STATUS"
+                            with m.Else():
+                                m.next = "ADDRESS"
+                        with m.Case(Opcode.RUN):
+                            with m.If(word.last | (Header(word.data).count == 0) |
+                                      (Header(word.data).count > self._max_descriptor)):
+                                m.d.sync += status.eq(Status.BAD_LENGTH)
+                                with m.If(word.last):
+                                    m.next = "ANSWER_STATUS"
+                                with m.Else():
+                                    m.next = "DISCARD"
+                            with m.Else():
+                                m.next = "DESCRIPTOR"
+                        with m.Default():
+                            m.d.sync += status.eq(Status.UNKNOWN_OPCODE)
+                            with m.If(word.last):
+                                m.next = "ANSWER_STATUS"
+                            with m.Else():
+                                m.next = "DISCARD"
+
+            with m.State("ADDRESS"):
+                m.d.comb += self.i_host.ready.eq(1)
+                with m.If(take):
+                    m.d.sync += address.eq(word.data)
+                    # READ and an empty WRITE end at the address; a WRITE with data must not.
+                    ends_here = (header.opcode == Opcode.READ) | (header.count == 0)
+                    with m.If(word.last != ends_here):
+                        m.d.sync += status.eq(Status.BAD_LENGTH)
+                        with m.If(word.last):
+                            m.next = "ANSWER_STATUS"
+                        with m.Else():
+                            m.next = "DISCARD"
+                    with m.Else():
+                        m.next = "CHECK"
+
+            with m.State("CHECK"):
+                # One cycle for the range check on the registered address.
+                with m.If(~range_ok):
+                    m.d.sync += status.eq(Status.BAD_ADDRESS)
+                    with m.If((header.opcode == Opcode.READ) | (header.count == 0)):
+                        m.next = "ANSWER_STATUS"
+                    with m.Else():
+                        m.next = "DISCARD"
+                with m.Elif(header.opcode == Opcode.READ):
+                    m.d.sync += status.eq(Status.OK)
+                    m.next = "READ_ANSWER"
+                with m.Elif(header.count == 0):
+                    m.d.sync += status.eq(Status.OK)
+                    m.next = "ANSWER_STATUS"
+                with m.Else():
+                    m.next = "WRITE_DATA"
+
+            with m.State("WRITE_DATA"):
+                m.d.comb += self.i_host.ready.eq(1)
+                with m.If(take):
+                    m.d.comb += self.mem.w_en.eq(1)
+                    m.d.sync += [address.word.eq(address.word + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
+                        m.d.sync += status.eq(Mux(word.last, Status.OK, Status.BAD_LENGTH))
+                        with m.If(word.last):
+                            m.next = "ANSWER_STATUS"
+                        with m.Else():
+                            m.next = "DISCARD"
+                    with m.Elif(word.last):
+                        m.d.sync += status.eq(Status.BAD_LENGTH)
+                        m.next = "ANSWER_STATUS"
+
+            with m.State("DESCRIPTOR"):
+                m.d.comb += self.i_host.ready.eq(1)
+                with m.If(take):
+                    for i in range(self._max_descriptor):
+                        with m.If(desc_index == i):
+                            m.d.sync += self.run.descriptor[i].eq(word.data)
+                    m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
+                        with m.If(word.last):
+                            m.d.sync += run_cycles.eq(0)
+                            m.next = "START"
+                        with m.Else():
+                            m.d.sync += status.eq(Status.BAD_LENGTH)
+                            m.next = "DISCARD"
+                    with m.Elif(word.last):
+                        m.d.sync += status.eq(Status.BAD_LENGTH)
+                        m.next = "ANSWER_STATUS"
+
+            with m.State("START"):
+                m.d.comb += self.run.start.eq(1)
+                m.d.sync += run_cycles.eq(1)
+                m.next = "RUNNING"
+                # An engine may reject the descriptor at once.
+                with m.If(self.run.done):
+                    m.d.sync += status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))
+                    m.next = "ANSWER_RUN"
+
+            with m.State("RUNNING"):
+                m.d.sync += run_cycles.eq(run_cycles + 1)
+                with m.If(self.run.done):
+                    m.d.sync += status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))
+                    m.next = "ANSWER_RUN"
+
+            with m.State("ANSWER_RUN"):
+                respond(status, run_cycles)
+                m.next = "SEND"
+
+            with m.State("DISCARD"):
+                m.d.comb += self.i_host.ready.eq(1)
+                with m.If(take & word.last):
+                    m.next = "ANSWER_STATUS"
+
+            with m.State("ANSWER_STATUS"):
+                with m.If((header.opcode == Opcode.STATUS) & (status == Status.OK)):
+                    respond(status, cycles[:32], cycles[32:], Const(self._config_id, 32))
+                with m.Else():
+                    respond(status)
+                m.next = "SEND"
+
+            with m.State("SEND"):
+                m.d.comb += [
+                    self.o_host.valid.eq(1),
+                    self.o_host.payload.last.eq(answer_pos + 1 == answer_len),
+                ]
+                with m.Switch(answer_pos):
+                    for i in range(4):
+                        with m.Case(i):
+                            m.d.comb += self.o_host.payload.data.eq(answer[i])
+                with m.If(self.o_host.ready):
+                    m.d.sync += answer_pos.eq(answer_pos + 1)
+                    with m.If(answer_pos + 1 == answer_len):
+                        m.next = "HEADER"
+
+            # READ: the Response word, then the data, one memory read per word.
+            with m.State("READ_ANSWER"):
+                m.d.comb += [
+                    self.o_host.valid.eq(1),
+                    self.o_host.payload.last.eq(header.count == 0),
+                    self.o_host.payload.data.eq(
+                        Response.const({"status": Status.OK, "opcode": Opcode.READ}).as_bits()),
+                ]
+                with m.If(self.o_host.ready):
+                    with m.If(header.count == 0):
+                        m.next = "HEADER"
+                    with m.Else():
+                        m.next = "READ_FETCH"
+
+            with m.State("READ_FETCH"):
+                m.d.comb += self.mem.r_en.eq(1)
+                m.next = "READ_WORD"
+
+            with m.State("READ_WORD"):
+                # A synchronous read port holds its data while its enable is low, so the word stays valid
+                # for as long as the host is not ready.
+                m.d.comb += [
+                    self.o_host.valid.eq(1),
+                    self.o_host.payload.data.eq(self.mem.r_data),
+                    self.o_host.payload.last.eq(remaining == 1),
+                ]
+                with m.If(self.o_host.ready):
+                    m.d.sync += [address.word.eq(address.word + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
+                        m.next = "HEADER"
+                    with m.Else():
+                        m.next = "READ_FETCH"
+
+        return m

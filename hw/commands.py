@@ -1,0 +1,77 @@
+"""Command encodings of the host bus, defined once for the gateware and the host.
+
+The host talks to the accelerator in 32-bit words on two streams, each command framed by ``last`` on its final
+word. Every command is answered, starting with a :class:`Response` word:
+
+===========  ==========================================  ============================================
+opcode       words after the header                      response
+===========  ==========================================  ============================================
+``NOP``      none                                        ``Response``
+``WRITE``    :class:`Address`, then ``count`` data words ``Response``
+``READ``     :class:`Address`                            ``Response``, then ``count`` data words (if OK)
+``RUN``      ``count`` descriptor words                  ``Response``, then the run's cycle count
+``STATUS``   none                                        ``Response``, cycle counter (lo, hi), config id
+===========  ==========================================  ============================================
+
+A command the accelerator does not know, or one that is too short, too long, or out of range, is consumed up to
+its ``last`` word and answered with an error :class:`Status`; the accelerator never hangs on bad input.
+
+The host uses the same classes: ``Header.const({...}).as_bits()`` to encode, and
+``data.Layout.cast(Response).from_bits(word)`` to decode.
+"""
+
+import zlib
+
+from amaranth.lib import data, enum
+
+__all__ = ["Opcode", "Status", "MemoryId", "Header", "Address", "Response", "config_id", "MAX_COUNT"]
+
+MAX_COUNT = (1 << 24) - 1
+
+
+class Opcode(enum.Enum, shape=8):
+    NOP = 0x00
+    WRITE = 0x01
+    READ = 0x02
+    RUN = 0x03
+    STATUS = 0x04
+
+
+class Status(enum.Enum, shape=8):
+    OK = 0x00
+    UNKNOWN_OPCODE = 0x01
+    BAD_LENGTH = 0x02       # the command ended early, or went on past its length
+    BAD_ADDRESS = 0x03      # unknown memory, or a transfer past its end
+    BAD_DESCRIPTOR = 0x04   # RUN with a descriptor an engine rejects
+    ENGINE_ERROR = 0x05
+
+
+class MemoryId(enum.Enum, shape=8):
+    ACT_A = 0x00
+    ACT_B = 0x01
+    WEIGHTS = 0x02
+    PARAMS = 0x03
+
+
+class Header(data.Struct):
+    count: 24
+    opcode: Opcode
+
+
+class Address(data.Struct):
+    word: 24
+    memory: MemoryId
+
+
+class Response(data.Struct):
+    status: Status
+    opcode: Opcode
+    detail: 16
+
+
+def config_id(config):
+    """32-bit fingerprint of an accelerator configuration, reported by ``STATUS``.
+
+    A program compiled for one configuration checks it before running on another.
+    """
+    return zlib.crc32(repr(config).encode())

@@ -1,0 +1,167 @@
+"""The command processor against the host protocol: data round trips, engine runs, and every malformed command
+answered with the right error while the processor keeps working."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from cnnacc.host import protocol
+from cnnacc.hw.command_processor import WORD_LAYOUT, CommandProcessor
+from cnnacc.hw.commands import MemoryId, Opcode, Status
+from cnnacc.sim.amaranth_streams import stream_get, stream_put
+
+DEPTHS = {MemoryId.ACT_A: 32, MemoryId.WEIGHTS: 8}
+CONFIG_ID = 0xC0FFEE42
+
+
+class Harness(wiring.Component):
+    """Command processor + two memories + an engine that answers RUN after descriptor[1] cycles, and rejects a
+    descriptor whose word 0 is not 0x5EED (a test double for the real engines)."""
+    i_host: In(stream.Signature(WORD_LAYOUT))
+    o_host: Out(stream.Signature(WORD_LAYOUT))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4)
+        wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
+        wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
+        selected = Signal.like(cp.mem.memory, reset_less=True)
+        m.d.sync += selected.eq(cp.mem.memory)
+        for memory, depth in DEPTHS.items():
+            m.submodules[memory.name] = mem = Memory(shape=32, depth=depth, init=[])
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(cp.mem.addr), wp.data.eq(cp.mem.w_data), rp.addr.eq(cp.mem.addr),
+                         wp.en.eq(cp.mem.w_en & (cp.mem.memory == memory)),
+                         rp.en.eq(cp.mem.r_en & (cp.mem.memory == memory))]
+            with m.If(selected == memory):
+                m.d.comb += cp.mem.r_data.eq(rp.data)
+        countdown = Signal(32)
+        busy = Signal()
+        with m.If(cp.run.start):
+            with m.If(cp.run.descriptor[0] != 0x5EED):
+                m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(1)]
+            with m.Else():
+                m.d.sync += [busy.eq(1), countdown.eq(cp.run.descriptor[1])]
+        with m.If(busy):
+            m.d.sync += countdown.eq(countdown - 1)
+            with m.If(countdown == 0):
+                m.d.sync += busy.eq(0)
+                m.d.comb += cp.run.done.eq(1)
+        return m
+
+
+def simulate(commands, seed=0, bubble=0.3, stall=0.3):
+    """Send each command (a list of words, or (words, last_flags)) and collect each answer."""
+    dut = Harness()
+    rng = random.Random(seed)
+    answers = []
+
+    async def host(ctx):
+        for command in commands:
+            words, lasts = command if isinstance(command, tuple) else (command, None)
+            lasts = lasts or [i == len(words) - 1 for i in range(len(words))]
+            for w, last in zip(words, lasts):
+                await stream_put(ctx, dut.i_host, {"data": w, "last": last}, rng=rng, bubble_prob=bubble)
+            answer = []
+            while True:
+                beat = await stream_get(ctx, dut.o_host, rng=rng, stall_prob=stall)
+                answer.append(int(beat.data))
+                if beat.last:
+                    break
+            answers.append(answer)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host)
+    sim.run_until(1e-8 * 20000)
+    assert len(answers) == len(commands), "the command processor stopped answering"
+    return answers
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_write_read_round_trip(seed):
+    rng = np.random.default_rng(seed)
+    data_a = rng.integers(0, 1 << 32, size=20).tolist()
+    data_w = rng.integers(0, 1 << 32, size=8).tolist()
+    answers = simulate([
+        protocol.encode_write(MemoryId.ACT_A, 5, data_a),
+        protocol.encode_write(MemoryId.WEIGHTS, 0, data_w),
+        protocol.encode_read(MemoryId.ACT_A, 5, 20),
+        protocol.encode_read(MemoryId.WEIGHTS, 3, 5),
+        protocol.encode_read(MemoryId.ACT_A, 0, 0),
+    ], seed=seed)
+    assert protocol.decode_response(answers[0], Opcode.WRITE) == []
+    assert protocol.decode_response(answers[1], Opcode.WRITE) == []
+    assert protocol.decode_response(answers[2], Opcode.READ, 20) == data_a
+    assert protocol.decode_response(answers[3], Opcode.READ, 5) == data_w[3:]
+    assert protocol.decode_response(answers[4], Opcode.READ, 0) == []
+
+
+def test_status_reports_cycles_and_config_id():
+    answers = simulate([protocol.encode_status(), protocol.encode_nop(), protocol.encode_status()])
+    first = protocol.decode_response(answers[0], Opcode.STATUS, 3)
+    second = protocol.decode_response(answers[2], Opcode.STATUS, 3)
+    assert first[2] == second[2] == CONFIG_ID
+    assert second[0] + (second[1] << 32) > first[0] + (first[1] << 32)
+    assert protocol.decode_response(answers[1], Opcode.NOP) == []
+
+
+def test_run_reports_engine_cycles_and_rejection():
+    answers = simulate([protocol.encode_run([0x5EED, 37]), protocol.encode_run([0xBAD, 1]),
+                        protocol.encode_run([0x5EED, 3])])
+    cycles, = protocol.decode_response(answers[0], Opcode.RUN, 1)
+    assert 37 <= cycles <= 40
+    with pytest.raises(protocol.AcceleratorError, match="RUN refused by the accelerator: BAD_DESCRIPTOR"):
+        protocol.decode_response(answers[1], Opcode.RUN, 1)
+    assert protocol.decode_response(answers[2], Opcode.RUN, 1)[0] < 10
+
+
+def status_of(answer):
+    return Status(answer[0] & 0xFF)
+
+
+def test_bad_commands_are_answered_and_forgotten():
+    good_write = protocol.encode_write(MemoryId.ACT_A, 0, [11, 22, 33])
+    answers = simulate([
+        [0x7F000000, 1, 2, 3],                                   # unknown opcode with a payload
+        [0x7E000000],                                            # unknown opcode, one word
+        good_write[:-1],                                         # WRITE that ends early
+        (good_write + [99], None),                               # WRITE that goes on too long
+        protocol.encode_write(MemoryId.WEIGHTS, 6, [1, 2, 3]),   # past the end of a memory
+        protocol.encode_read(MemoryId.ACT_A, 0, 1)[:1] + [0x07 << 24],  # unknown memory
+        protocol.encode_read(MemoryId.ACT_A, 0, 1) + [0],        # READ with a stray word
+        protocol.encode_run([1] * 5),                            # descriptor longer than the engine takes
+        protocol.encode_run([]),                                 # empty descriptor
+        protocol.encode_status() + [5],                          # STATUS with a stray word
+        good_write,
+        protocol.encode_read(MemoryId.ACT_A, 0, 3),
+    ])
+    expected = [Status.UNKNOWN_OPCODE, Status.UNKNOWN_OPCODE, Status.BAD_LENGTH, Status.BAD_LENGTH,
+                Status.BAD_ADDRESS, Status.BAD_ADDRESS, Status.BAD_LENGTH, Status.BAD_LENGTH,
+                Status.BAD_LENGTH, Status.BAD_LENGTH]
+    assert [status_of(a) for a in answers[:10]] == expected
+    assert all(len(a) == 1 for a in answers[:10])
+    # After all that, the processor still answers correctly.
+    assert protocol.decode_response(answers[11], Opcode.READ, 3) == [11, 22, 33]
+
+
+def test_host_side_errors_are_one_line():
+    with pytest.raises(protocol.AcceleratorError, match="sent no answer"):
+        protocol.decode_response([], Opcode.READ)
+    with pytest.raises(protocol.AcceleratorError, match="malformed answer word"):
+        protocol.decode_response([0x000000FE], Opcode.READ)
+    with pytest.raises(ValueError, match="24-bit"):
+        protocol.encode_read(MemoryId.ACT_A, 1 << 24, 1)
+
+
+def test_int8_packing_round_trip():
+    values = np.arange(-128, 128, dtype=np.int8)[:-3]
+    words = protocol.pack_int8(values)
+    assert len(words) == 64 and words[0] == 0x83828180
+    np.testing.assert_array_equal(protocol.unpack_int8(words, len(values)), values)
