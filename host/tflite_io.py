@@ -463,8 +463,13 @@ class _Reader:
             raise g.GraphError(f"{where}: its input {self.tensors[idx].name!r} comes from a "
                                f"{self.pending[idx][0]} that cannot be folded into this operator")
         if idx not in self.specs:
-            raise g.GraphError(f"{where}: input tensor {self.tensor(idx, where).name!r} is not produced "
-                               f"by an earlier operator")
+            t = self.tensor(idx, where)
+            if t.type != TensorType.INT8:
+                raise g.GraphError(f"{where}: tensor {t.name!r} is {t.type_name()}; only int8 activations are "
+                                   f"supported")
+            if t.data is not None:
+                raise g.GraphError(f"{where}: input {t.name!r} is a constant; only activations are supported here")
+            raise g.GraphError(f"{where}: input tensor {t.name!r} is not produced by an earlier operator")
         return self.specs[idx]
 
     def options(self, op, module, options_type, where):
