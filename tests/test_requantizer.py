@@ -1,0 +1,129 @@
+"""Requantizer against cnnacc.host.quant.requantize, bit for bit: Amaranth simulator and cocotb + Verilator."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from cnnacc.host.quant import INT32_MAX, INT32_MIN, requantize, wrap_int32
+from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer
+from cnnacc.sim import tb_requantizer
+from cnnacc.sim.amaranth_streams import stream_get, stream_put
+
+MODES = {"double": 0, "single": 1}
+
+
+def golden(vectors, zp, qmin, qmax, mode):
+    """The bias add wraps like int32 arithmetic; the rest is requantize with per-element parameters."""
+    x = wrap_int32(vectors["acc"].astype(np.int64) + vectors["bias"])
+    out = requantize(x.ravel(), vectors["multiplier"].ravel(), vectors["shift"].ravel(), zp, qmin, qmax, mode=mode)
+    return out.reshape(x.shape).astype(np.int64)
+
+
+def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stall=0.3):
+    dut = Requantizer(lanes, tag_width=8)
+    rng = random.Random(seed)
+    beats = vectors["acc"].shape[0]
+    got, tags = [], []
+
+    async def producer(ctx):
+        ctx.set(dut.single_rounding, MODES[mode])
+        ctx.set(dut.zero_point, zp)
+        ctx.set(dut.qmin, qmin)
+        ctx.set(dut.qmax, qmax)
+        for i in range(beats):
+            await stream_put(ctx, dut.i_acc, {
+                "acc": vectors["acc"][i].tolist(),
+                "params": [{"bias": int(vectors["bias"][i, j]), "multiplier": int(vectors["multiplier"][i, j]),
+                            "shift": int(vectors["shift"][i, j])} for j in range(lanes)],
+                "tag": i % 256,
+            }, rng=rng, bubble_prob=bubble)
+
+    async def consumer(ctx):
+        for _ in range(beats):
+            beat = await stream_get(ctx, dut.o_data, rng=rng, stall_prob=stall)
+            got.append([int(v) for v in beat.data])
+            tags.append(int(beat.tag))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run_until(1e-8 * (50 + 10 * beats))
+    assert len(got) == beats, f"seed {seed}: {len(got)} of {beats} results came out"
+    return np.array(got, np.int64), np.array(tags)
+
+
+def edge_vectors(lanes):
+    """Every shift from -31 to 30 against the extreme accumulators, biases and multipliers."""
+    accs = [INT32_MIN, INT32_MAX, 0, -1, 1, INT32_MIN + 1, (1 << 30), -(1 << 30) - 1]
+    mults = [INT32_MIN, INT32_MAX, 0, 1 << 30, (1 << 31) - 2, -(1 << 30), 1, 1518500250]
+    biases = [0, INT32_MAX, INT32_MIN, -1]
+    rows = []
+    for shift in range(-31, 31):
+        for i, a in enumerate(accs):
+            rows.append((a, biases[(i + shift) % 4] if i % 2 else 0, mults[(i + shift) % len(mults)], shift))
+    pad = (-len(rows)) % lanes
+    rows += rows[:pad]
+    arr = np.array(rows, np.int64).reshape(-1, lanes, 4)
+    return {"acc": arr[..., 0], "bias": arr[..., 1], "multiplier": arr[..., 2], "shift": arr[..., 3]}
+
+
+def random_vectors(rng, beats, lanes):
+    def int32(size):
+        return rng.integers(INT32_MIN, INT32_MAX, size=size, endpoint=True)
+    small = rng.integers(-(1 << 20), 1 << 20, size=(beats, lanes))
+    return {
+        "acc": np.where(rng.random((beats, lanes)) < 0.5, small, int32((beats, lanes))),
+        "bias": np.where(rng.random((beats, lanes)) < 0.5, small // 4, int32((beats, lanes))),
+        # Real multipliers are in [2**30, 2**31); the arithmetic must hold for any int32.
+        "multiplier": np.where(rng.random((beats, lanes)) < 0.6,
+                               rng.integers(1 << 30, 1 << 31, size=(beats, lanes)), int32((beats, lanes))),
+        "shift": rng.integers(-31, 30, size=(beats, lanes), endpoint=True),
+    }
+
+
+@pytest.mark.parametrize("mode", ["double", "single"])
+def test_every_shift_at_the_extremes(mode):
+    vectors = edge_vectors(4)
+    got, tags = run_amaranth(4, vectors, -128, -128, 127, mode, seed=1, bubble=0.2, stall=0.4)
+    np.testing.assert_array_equal(got, golden(vectors, -128, -128, 127, mode), err_msg=f"mode {mode}")
+    np.testing.assert_array_equal(tags, np.arange(len(tags)) % 256)
+
+
+@pytest.mark.parametrize("mode,seed,zp,qmin,qmax", [("double", 2, 127, -128, 127), ("single", 3, -5, -5, 90),
+                                                    ("double", 4, 3, 3, 57)])
+def test_random_values_with_clamps(mode, seed, zp, qmin, qmax):
+    rng = np.random.default_rng(seed)
+    vectors = random_vectors(rng, 60, 3)
+    got, _ = run_amaranth(3, vectors, zp, qmin, qmax, mode, seed=seed)
+    np.testing.assert_array_equal(got, golden(vectors, zp, qmin, qmax, mode), err_msg=f"seed {seed}")
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_bad_lanes_named():
+    with pytest.raises(ValueError, match="lanes must be an integer"):
+        Requantizer(0)
+
+
+@pytest.mark.parametrize("mode", ["double", "single"])
+def test_verilator_many_values(mode):
+    seed = 40 + MODES[mode]
+    rng = np.random.default_rng(seed)
+    lanes = 8
+    vectors = random_vectors(rng, 400, lanes)
+    edges = edge_vectors(lanes)
+    vectors = {k: np.concatenate([edges[k], vectors[k]]) for k in vectors}
+    zp, qmin, qmax = -20, -128, 100
+    got, _ = tb_requantizer.run_rtl(lanes, vectors, zp, qmin, qmax, MODES[mode], seed=seed, bubble=0.2, stall=0.2)
+    np.testing.assert_array_equal(got, golden(vectors, zp, qmin, qmax, mode), err_msg=f"seed {seed}")
+
+
+def test_verilator_one_beat_per_cycle():
+    rng = np.random.default_rng(50)
+    vectors = random_vectors(rng, 300, 8)
+    got, cycles = tb_requantizer.run_rtl(8, vectors, 0, -128, 127, 0, seed=50)
+    np.testing.assert_array_equal(got, golden(vectors, 0, -128, 127, "double"))
+    # Without bubbles or back-pressure: the beats plus the pipeline latency, nothing more.
+    assert cycles <= 300 + REQUANT_LATENCY + 1
