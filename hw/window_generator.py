@@ -1,0 +1,310 @@
+"""Window generator: line buffers that turn a raster pixel stream into KxK windows, one window per cycle.
+
+Stream order
+------------
+The input is an int8 feature map, ``lanes`` channels per beat. A layer with ``C`` channels is sent as
+``groups = ceil(C / lanes)`` *channel-group planes*, one after the other: all ``H x W`` pixels of channels
+``0 .. lanes-1`` in raster order, then all pixels of the next ``lanes`` channels, and so on (unused lanes of the
+last group carry anything). Planes keep the line buffers at ``max_kernel x max_width`` pixels whatever ``C`` is,
+instead of ``max_kernel x max_width x C``, and every engine then sees one plane at a time.
+
+Windows
+-------
+For each plane the generator emits, in raster order of the output, one beat per output pixel holding the
+``max_kernel x max_width`` window ``taps[i][j][lane]``, top-left aligned (``i, j < kernel`` are the layer's taps).
+A tap that falls in the padding, or outside the ``kernel x kernel`` window, carries the input zero point (so a
+convolution over it adds exactly nothing), and ``row_valid[i] & col_valid[j]`` says whether tap ``(i, j)`` is an
+in-bounds input pixel (pooling needs that: padding never wins a max and is not counted by an average).
+
+How it works: a scanner walks the *padded* map, one padded pixel per cycle; an in-bounds position takes one input
+beat, a padding position takes none. Each input row is written into one of ``max_kernel`` row memories (one
+write and one read port each, so they map to block RAM); for every padded pixel the ``kernel - 1`` rows above it
+are read back and, with the pixel itself, shifted as a new column into a ``max_kernel x max_kernel`` register
+window. Nothing is materialized beyond the rows the kernel needs (no im2col). Out-of-bounds taps are replaced by
+the zero point on the way out, from the row/column in-bounds flags, so pad positions never need writing.
+
+Throughput: one padded pixel per cycle, so a plane takes ``(H + pad_top + pad_bottom) x (W + pad_left +
+pad_right)`` cycles when neither stream stalls; with stride 1 that is one window per cycle apart from the
+``kernel - 1`` warm-up rows and columns.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..config import AcceleratorConfig
+
+__all__ = ["WindowGenerator", "window_layer_layout", "pixel_layout", "window_layout", "window_layer",
+           "window_output_shape", "window_layer_cycles"]
+
+#: Widest ``height`` and ``groups`` a descriptor can carry.
+MAX_HEIGHT = (1 << 16) - 1
+MAX_GROUPS = (1 << 16) - 1
+MAX_STRIDE = 7
+
+
+def window_layer_layout(config, max_kernel=None):
+    """Runtime parameters of one layer, latched when the descriptor is accepted."""
+    kmax = config.max_kernel if max_kernel is None else max_kernel
+    return data.StructLayout({
+        "height":      unsigned(16),
+        "width":       range(config.max_width + 1),
+        "kernel":      range(kmax + 1),
+        "stride":      range(MAX_STRIDE + 1),
+        "pad_top":     range(kmax),
+        "pad_bottom":  range(kmax),
+        "pad_left":    range(kmax),
+        "pad_right":   range(kmax),
+        "zero_point":  signed(8),
+        "groups":      unsigned(16),
+    })
+
+
+def pixel_layout(config):
+    """One input beat: ``lanes`` int8 channels of one pixel."""
+    return data.ArrayLayout(signed(8), config.lanes)
+
+
+def window_layout(config, max_kernel=None):
+    """One output beat: a window ``taps[i][j][lane]``, its in-bounds flags, and framing."""
+    kmax = config.max_kernel if max_kernel is None else max_kernel
+    return data.StructLayout({
+        "taps":          data.ArrayLayout(data.ArrayLayout(pixel_layout(config), kmax), kmax),
+        "row_valid":     kmax,
+        "col_valid":     kmax,
+        "last_in_group": 1,
+        "last":          1,
+    })
+
+
+def window_output_shape(height, width, kernel, stride, padding):
+    """Output ``(OH, OW)`` of a window layer; ``padding`` is ``(top, bottom, left, right)``."""
+    top, bottom, left, right = padding
+    return ((height + top + bottom - kernel) // stride + 1, (width + left + right - kernel) // stride + 1)
+
+
+def window_layer(config, *, height, width, kernel, stride, padding=(0, 0, 0, 0), zero_point=0, groups=1,
+                 max_kernel=None, name="layer"):
+    """Check a layer's window parameters against ``config`` and return them as a descriptor dict.
+
+    Raises ``ValueError`` naming ``name`` and the offending parameter.
+    """
+    kmax = config.max_kernel if max_kernel is None else max_kernel
+    top, bottom, left, right = padding
+
+    def check(what, value, low, high):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{name}: {what} must be an integer from {low} to {high}, not {value!r}")
+
+    check("kernel", kernel, 1, kmax)
+    check("height", height, 1, MAX_HEIGHT)
+    check("width", width, 1, config.max_width)
+    check("stride", stride, 1, MAX_STRIDE)
+    for what, pad in zip(("pad_top", "pad_bottom", "pad_left", "pad_right"), padding):
+        check(what, pad, 0, kernel - 1)
+    check("zero_point", zero_point, -128, 127)
+    check("groups", groups, 1, MAX_GROUPS)
+    if height + top + bottom < kernel or width + left + right < kernel:
+        raise ValueError(f"{name}: the {kernel}x{kernel} kernel does not fit the padded "
+                         f"{height + top + bottom}x{width + left + right} input")
+    return {"height": height, "width": width, "kernel": kernel, "stride": stride, "pad_top": top,
+            "pad_bottom": bottom, "pad_left": left, "pad_right": right, "zero_point": zero_point,
+            "groups": groups}
+
+
+def window_layer_cycles(layer):
+    """Cycles the generator spends scanning a layer when neither of its streams stalls."""
+    return layer["groups"] * ((layer["height"] + layer["pad_top"] + layer["pad_bottom"])
+                              * (layer["width"] + layer["pad_left"] + layer["pad_right"]))
+
+
+class WindowGenerator(wiring.Component):
+    """Line buffers and a register window: raster pixels in, one KxK window per cycle out.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        Supplies ``lanes``, ``max_kernel`` and ``max_width``.
+    max_kernel : int, optional
+        Build for a smaller largest kernel than ``config.max_kernel`` (the depthwise engine builds a 3x3 one).
+
+    Members
+    -------
+    i_layer : In(stream.Signature(window_layer_layout(config)))
+        A layer descriptor (see :func:`window_layer`); taken when the previous layer has fully left.
+    i_pixels : In(stream.Signature(pixel_layout(config)))
+        ``groups x height x width`` beats (channel-group planes in raster order).
+    o_windows : Out(stream.Signature(window_layout(config)))
+        ``groups x OH x OW`` windows; ``last_in_group`` marks each plane's final window, ``last`` the layer's.
+    """
+
+    def __init__(self, config, *, max_kernel=None):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        kmax = config.max_kernel if max_kernel is None else max_kernel
+        if not isinstance(kmax, int) or isinstance(kmax, bool) or not 1 <= kmax <= config.max_kernel:
+            raise ValueError(f"max_kernel must be an integer from 1 to {config.max_kernel}, not {max_kernel!r}")
+        self._config = config
+        self._kmax = kmax
+        super().__init__({
+            "i_layer":   In(stream.Signature(window_layer_layout(config, kmax))),
+            "i_pixels":  In(stream.Signature(pixel_layout(config))),
+            "o_windows": Out(stream.Signature(window_layout(config, kmax))),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def max_kernel(self):
+        return self._kmax
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, kmax = self._config, self._kmax
+        pix = pixel_layout(cfg)
+
+        layer = Signal(window_layer_layout(cfg, kmax))
+        span_w = cfg.max_width + 2 * (kmax - 1)
+        padded_h = Signal(range(MAX_HEIGHT + 2 * kmax))
+        padded_w = Signal(range(span_w + 1))
+
+        # Stage 0: the scanner's position in the padded map.
+        active = Signal()
+        py = Signal.like(padded_h)
+        px = Signal.like(padded_w)
+        group = Signal(16)
+        write_row = Signal(range(kmax))              # row memory receiving padded row py (py mod kmax)
+        row_wait = Signal(range(MAX_STRIDE + kmax))  # rows until the next row that ends a window
+        col_wait = Signal(range(MAX_STRIDE + kmax))
+
+        # Stage 1: the column read for the previous scanned position.
+        s1_valid = Signal()
+        s1_pixel = Signal(pix)
+        s1_row_sel = [Signal(range(kmax), name=f"s1_row_sel_{i}") for i in range(kmax)]
+        s1_emit = Signal()
+        s1_row_valid = Signal(kmax)
+        s1_col_valid = Signal(kmax)
+        s1_last_in_group = Signal()
+        s1_last = Signal()
+
+        # Output stage: the window registers themselves (the payload is read straight from them).
+        window = [[Signal(pix, name=f"window_{i}_{j}") for j in range(kmax)] for i in range(kmax)]
+        row_valid = Signal(kmax)
+        col_valid = Signal(kmax)
+        o = self.o_windows
+        stall = o.valid & ~o.ready
+
+        # Accept a new layer only once the previous one has left every stage, so that the latched descriptor
+        # is never changed under a window still in flight.
+        m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~o.valid)
+        with m.If(self.i_layer.valid & self.i_layer.ready):
+            desc = self.i_layer.payload
+            m.d.sync += [
+                layer.eq(desc),
+                padded_h.eq(desc.height + desc.pad_top + desc.pad_bottom),
+                padded_w.eq(desc.width + desc.pad_left + desc.pad_right),
+                active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0),
+                row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
+            ]
+
+        kernel = layer.kernel
+        in_row = (py >= layer.pad_top) & (py < layer.pad_top + layer.height)
+        in_col = (px >= layer.pad_left) & (px < layer.pad_left + layer.width)
+        in_bounds = in_row & in_col
+        x = Signal(range(cfg.max_width))
+        m.d.comb += x.eq(px - layer.pad_left)
+
+        fire = Signal()
+        m.d.comb += [
+            self.i_pixels.ready.eq(active & ~stall & in_bounds),
+            fire.eq(active & ~stall & (~in_bounds | self.i_pixels.valid)),
+        ]
+
+        last_col = px == padded_w - 1
+        last_row = py == padded_h - 1
+        last_group = group == layer.groups - 1
+        with m.If(fire):
+            with m.If(last_col):
+                m.d.sync += [px.eq(0), col_wait.eq(kernel - 1)]
+                m.d.sync += row_wait.eq(Mux(row_wait == 0, layer.stride - 1, row_wait - 1))
+                m.d.sync += write_row.eq(Mux(write_row == kmax - 1, 0, write_row + 1))
+                with m.If(last_row):
+                    m.d.sync += [py.eq(0), write_row.eq(0), row_wait.eq(kernel - 1), group.eq(group + 1)]
+                    with m.If(last_group):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += py.eq(py + 1)
+            with m.Else():
+                m.d.sync += px.eq(px + 1)
+                m.d.sync += col_wait.eq(Mux(col_wait == 0, layer.stride - 1, col_wait - 1))
+
+        # Row memories: padded row r lives in memory r mod kmax, at its input column.
+        rows = []
+        for r in range(kmax):
+            mem = Memory(shape=pix, depth=cfg.max_width, init=[])
+            m.submodules[f"row_{r}"] = mem
+            wr = mem.write_port()
+            rd = mem.read_port()
+            m.d.comb += [
+                wr.addr.eq(x), wr.data.eq(self.i_pixels.payload),
+                wr.en.eq(fire & in_bounds & (write_row == r)),
+                rd.addr.eq(x), rd.en.eq(~stall),
+            ]
+            rows.append(rd.data)
+
+        # Flags for the window whose bottom-right tap is (py, px); registered into stage 1.
+        with m.If(~stall):
+            m.d.sync += s1_valid.eq(fire)
+        with m.If(fire):
+            m.d.sync += [
+                s1_pixel.eq(self.i_pixels.payload),
+                s1_emit.eq((row_wait == 0) & (col_wait == 0)),
+                # No further window in this plane once the next eligible row/column would leave it.
+                s1_last_in_group.eq((py + layer.stride >= padded_h) & (px + layer.stride >= padded_w)),
+                s1_last.eq((py + layer.stride >= padded_h) & (px + layer.stride >= padded_w) & last_group),
+            ]
+            for i in range(kmax):
+                tap_row = Signal(signed(py.shape().width + 2), name=f"tap_row_{i}")
+                tap_col = Signal(signed(px.shape().width + 2), name=f"tap_col_{i}")
+                m.d.comb += [tap_row.eq(py - kernel + 1 + i), tap_col.eq(px - kernel + 1 + i)]
+                m.d.sync += [
+                    s1_row_valid[i].eq((i < kernel) & (tap_row >= layer.pad_top)
+                                       & (tap_row < layer.pad_top + layer.height)),
+                    s1_col_valid[i].eq((i < kernel) & (tap_col >= layer.pad_left)
+                                       & (tap_col < layer.pad_left + layer.width)),
+                ]
+                # Memory holding tap row i: (py - kernel + 1 + i) mod kmax, from write_row = py mod kmax.
+                sel = Signal(signed(write_row.shape().width + 5), name=f"row_sel_{i}")
+                m.d.comb += sel.eq(write_row - kernel + 1 + i)
+                m.d.sync += s1_row_sel[i].eq(Mux(sel < 0, sel + kmax, sel))
+
+        # Stage 1 -> window: shift every row left by one column and insert the new column at kernel - 1.
+        with m.If(~stall):
+            m.d.sync += o.valid.eq(s1_valid & s1_emit)
+            with m.If(s1_valid):
+                m.d.sync += [
+                    row_valid.eq(s1_row_valid), col_valid.eq(s1_col_valid),
+                    o.payload.last_in_group.eq(s1_last_in_group), o.payload.last.eq(s1_last),
+                ]
+                for i in range(kmax):
+                    column_tap = Signal(pix, name=f"column_tap_{i}")
+                    with m.Switch(s1_row_sel[i]):
+                        for r in range(kmax):
+                            with m.Case(r):
+                                m.d.comb += column_tap.eq(rows[r])
+                    with m.If(kernel == i + 1):
+                        m.d.comb += column_tap.eq(s1_pixel)
+                    for j in range(kmax):
+                        shifted = window[i][j + 1] if j + 1 < kmax else column_tap
+                        m.d.sync += window[i][j].eq(Mux(kernel == j + 1, column_tap, shifted))
+
+        m.d.comb += [o.payload.row_valid.eq(row_valid), o.payload.col_valid.eq(col_valid)]
+        for i in range(kmax):
+            for j in range(kmax):
+                valid = row_valid[i] & col_valid[j]
+                for lane in range(cfg.lanes):
+                    m.d.comb += o.payload.taps[i][j][lane].eq(Mux(valid, window[i][j][lane], layer.zero_point))
+        return m
