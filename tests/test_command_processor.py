@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from cnnacc.host import protocol
 from cnnacc.hw.command_processor import WORD_LAYOUT, CommandProcessor
 from cnnacc.hw.commands import MemoryId, Opcode, Status
+from cnnacc.hw.memory_map import MemoryMap
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 
 DEPTHS = {MemoryId.ACT_A: 32, MemoryId.WEIGHTS: 8}
@@ -21,7 +21,7 @@ CONFIG_ID = 0xC0FFEE42
 
 
 class Harness(wiring.Component):
-    """Command processor + two memories + an engine that answers RUN after descriptor[1] cycles, and rejects a
+    """Command processor + memory map + an engine that answers RUN after descriptor[1] cycles, and rejects a
     descriptor whose word 0 is not 0x5EED (a test double for the real engines)."""
     i_host: In(stream.Signature(WORD_LAYOUT))
     o_host: Out(stream.Signature(WORD_LAYOUT))
@@ -31,16 +31,8 @@ class Harness(wiring.Component):
         m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
-        selected = Signal.like(cp.mem.memory, reset_less=True)
-        m.d.sync += selected.eq(cp.mem.memory)
-        for memory, depth in DEPTHS.items():
-            m.submodules[memory.name] = mem = Memory(shape=32, depth=depth, init=[])
-            wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(cp.mem.addr), wp.data.eq(cp.mem.w_data), rp.addr.eq(cp.mem.addr),
-                         wp.en.eq(cp.mem.w_en & (cp.mem.memory == memory)),
-                         rp.en.eq(cp.mem.r_en & (cp.mem.memory == memory))]
-            with m.If(selected == memory):
-                m.d.comb += cp.mem.r_data.eq(rp.data)
+        m.submodules.memories = memories = MemoryMap(DEPTHS)
+        wiring.connect(m, cp.mem, memories.bus)
         countdown = Signal(32)
         busy = Signal()
         with m.If(cp.run.start):

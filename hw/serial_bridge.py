@@ -1,0 +1,254 @@
+"""The serial bridge: frames on a byte stream (a UART) <-> commands and answers on the host bus.
+
+Frame, both directions (all multi-byte fields little-endian)::
+
+    0xA5 | type | seq | length (2) | payload: length 32-bit words | CRC-16 (2)
+
+The CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF) over ``type`` to the end of the payload.
+The host sends ``COMMAND`` frames; the bridge answers every one, with ``ANSWER`` (the command processor's answer
+words) or ``NAK`` (the frame arrived damaged: bad CRC, bad type, empty, too long, or cut short by a pause longer
+than ``idle_timeout`` cycles). ``seq`` is echoed so the host can match answers to commands. A command runs only
+after its whole frame has been received and checked, so a damaged frame never writes anything; after a damaged
+frame the bridge waits for the line to go idle before it answers, so the rest of that frame is not mistaken for a
+new one. The encodings are shared with the host through :class:`FrameType` and :data:`SYNC`.
+"""
+
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .command_processor import WORD_LAYOUT
+
+__all__ = ["SYNC", "FrameType", "crc16_update", "SerialBridge"]
+
+SYNC = 0xA5
+
+
+class FrameType(enum.Enum, shape=8):
+    COMMAND = 0x01
+    ANSWER = 0x02
+    NAK = 0x03
+
+
+def crc16_update(crc, byte):
+    """CRC-16/CCITT-FALSE of ``crc`` extended by ``byte``: works on Python ints and on Amaranth values alike."""
+    if isinstance(crc, int) and isinstance(byte, int):
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+        return crc
+    bits = [crc[i] for i in range(16)]
+    for i in range(8):
+        bits[8 + i] = bits[8 + i] ^ byte[i]
+    for _ in range(8):
+        top = bits[15]
+        bits = [top] + bits[:15]      # shift left by one, the top bit comes around to bit 0 (x^0 term)
+        bits[5] = bits[5] ^ top       # x^5 term
+        bits[12] = bits[12] ^ top     # x^12 term
+    return Cat(*bits)
+
+
+class SerialBridge(wiring.Component):
+    """Frames on ``i_rx``/``o_tx`` (byte streams) to words on ``o_cmd``/``i_answer`` (the command processor).
+
+    Parameters
+    ----------
+    max_words : int
+        Longest payload, in words, of a command frame and of an answer frame.
+    idle_timeout : int
+        Clock cycles of silence that end a frame cut short (choose a few byte times).
+    """
+
+    def __init__(self, max_words=256, idle_timeout=10_000):
+        if not 2 <= max_words <= 65535:
+            raise ValueError(f"max_words must be from 2 to 65535, not {max_words}")
+        self._max_words = max_words
+        self._idle_timeout = idle_timeout
+        super().__init__({
+            "i_rx":     In(stream.Signature(8)),
+            "o_tx":     Out(stream.Signature(8)),
+            "o_cmd":    Out(stream.Signature(WORD_LAYOUT)),
+            "i_answer": In(stream.Signature(WORD_LAYOUT)),
+            "crc_errors": Out(16),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        max_words = self._max_words
+        m.submodules.buffer = buffer = Memory(shape=32, depth=max_words, init=[])
+        wp = buffer.write_port()
+        rp = buffer.read_port()
+
+        byte_in = self.i_rx.payload
+        got = Signal()
+        m.d.comb += got.eq(self.i_rx.valid & self.i_rx.ready)
+
+        crc = Signal(16)
+        frame_type = Signal(8)
+        seq = Signal(8)
+        length = Signal(16)
+        byte_index = Signal(range(max_words * 4 + 8))
+        word = Signal(32)
+        words = Signal(range(max_words + 1))   # words in the buffer (received, or answer collected)
+        damaged = Signal()
+        idle = Signal(range(self._idle_timeout + 1))
+
+        # Silence counter: cleared by every received byte.
+        with m.If(got):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle != self._idle_timeout):
+            m.d.sync += idle.eq(idle + 1)
+        timed_out = idle == self._idle_timeout
+
+        # Answer frame transmission state.
+        tx_type = Signal(8)
+        tx_len = Signal(16)
+        tx_pos = Signal(range(max_words * 4 + 8))
+        tx_crc = Signal(16)
+        tx_byte = Signal(8)
+        send_index = Signal(range(max_words + 1))
+
+        m.d.comb += [wp.data.eq(word), rp.addr.eq(send_index)]
+
+        with m.FSM():
+            with m.State("HUNT"):
+                m.d.comb += self.i_rx.ready.eq(1)
+                with m.If(got & (byte_in == SYNC)):
+                    m.d.sync += [crc.eq(0xFFFF), byte_index.eq(0), damaged.eq(0)]
+                    m.next = "HEADER"
+
+            with m.State("HEADER"):
+                m.d.comb += self.i_rx.ready.eq(1)
+                with m.If(got):
+                    m.d.sync += [crc.eq(crc16_update(crc, byte_in)), byte_index.eq(byte_index + 1)]
+                    with m.Switch(byte_index):
+                        with m.Case(0):
+                            m.d.sync += frame_type.eq(byte_in)
+                        with m.Case(1):
+                            m.d.sync += seq.eq(byte_in)
+                        with m.Case(2):
+                            m.d.sync += length[:8].eq(byte_in)
+                        with m.Case(3):
+                            m.d.sync += [length[8:].eq(byte_in), byte_index.eq(0)]
+                            full_length = Cat(length[:8], byte_in)
+                            with m.If((full_length == 0) | (full_length > max_words) |
+                                      (frame_type != FrameType.COMMAND)):
+                                m.next = "DROP"
+                            with m.Else():
+                                m.next = "PAYLOAD"
+                with m.Elif(timed_out):
+                    m.next = "NAK"
+
+            with m.State("PAYLOAD"):
+                m.d.comb += self.i_rx.ready.eq(1)
+                with m.If(got):
+                    m.d.sync += [crc.eq(crc16_update(crc, byte_in)), byte_index.eq(byte_index + 1)]
+                    with m.Switch(byte_index[:2]):
+                        for i in range(3):
+                            with m.Case(i):
+                                m.d.sync += word[8 * i:8 * i + 8].eq(byte_in)
+                        with m.Case(3):
+                            m.d.comb += [wp.en.eq(1), wp.addr.eq(byte_index[2:]),
+                                         wp.data.eq(Cat(word[:24], byte_in))]
+                    with m.If(byte_index + 1 == length * 4):
+                        m.d.sync += byte_index.eq(0)
+                        m.next = "CRC"
+                with m.Elif(timed_out):
+                    m.next = "NAK"
+
+            with m.State("CRC"):
+                m.d.comb += self.i_rx.ready.eq(1)
+                with m.If(got):
+                    m.d.sync += byte_index.eq(byte_index + 1)
+                    with m.If(byte_index == 0):
+                        m.d.sync += damaged.eq(byte_in != crc[:8])
+                    with m.Else():
+                        with m.If(damaged | (byte_in != crc[8:])):
+                            m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
+                            m.next = "NAK"
+                        with m.Else():
+                            m.d.sync += [send_index.eq(0), words.eq(length)]
+                            m.next = "FETCH"
+                with m.Elif(timed_out):
+                    m.next = "NAK"
+
+            with m.State("DROP"):
+                # A frame we will not take: swallow the rest of it, then say so.
+                m.d.comb += self.i_rx.ready.eq(1)
+                with m.If(timed_out):
+                    m.next = "NAK"
+
+            # Feed the checked command to the processor, one word per cycle after a one-cycle read.
+            with m.State("FETCH"):
+                m.d.comb += rp.en.eq(1)
+                m.next = "FEED"
+            with m.State("FEED"):
+                m.d.comb += [
+                    self.o_cmd.valid.eq(1),
+                    self.o_cmd.payload.data.eq(rp.data),
+                    self.o_cmd.payload.last.eq(send_index + 1 == words),
+                ]
+                with m.If(self.o_cmd.ready):
+                    m.d.sync += send_index.eq(send_index + 1)
+                    with m.If(send_index + 1 == words):
+                        m.d.sync += words.eq(0)
+                        m.next = "COLLECT"
+                    with m.Else():
+                        m.next = "FETCH"
+
+            # Collect the answer into the buffer (the command has been consumed, so the buffer is free).
+            with m.State("COLLECT"):
+                m.d.comb += [self.i_answer.ready.eq(1), wp.addr.eq(words), wp.data.eq(self.i_answer.payload.data)]
+                with m.If(self.i_answer.valid):
+                    with m.If(words < max_words):
+                        m.d.comb += wp.en.eq(1)
+                        m.d.sync += words.eq(words + 1)
+                    with m.If(self.i_answer.payload.last):
+                        m.d.sync += [tx_type.eq(FrameType.ANSWER), tx_pos.eq(0), send_index.eq(0),
+                                     tx_crc.eq(0xFFFF)]
+                        m.next = "SEND"
+
+            with m.State("NAK"):
+                # Wait for the line to fall silent, so the tail of a damaged frame is not read as a new one.
+                m.d.comb += self.i_rx.ready.eq(1)
+                with m.If(timed_out):
+                    m.d.sync += [tx_type.eq(FrameType.NAK), words.eq(0), tx_pos.eq(0), send_index.eq(0),
+                                 tx_crc.eq(0xFFFF)]
+                    m.next = "SEND"
+
+            # Send SYNC, type, seq, length, payload bytes, CRC: tx_pos counts bytes.
+            with m.State("SEND"):
+                payload_end = 5 + words * 4
+                accepted = self.o_tx.valid & self.o_tx.ready
+                next_pos = Signal.like(tx_pos)
+                m.d.comb += next_pos.eq(tx_pos + accepted)
+                # The read port answers a cycle late, so it is given the word of the byte that goes out next.
+                m.d.comb += [rp.en.eq(1), rp.addr.eq((next_pos - 5)[2:])]
+                with m.If(tx_pos == 0):
+                    m.d.comb += tx_byte.eq(SYNC)
+                with m.Elif(tx_pos == 1):
+                    m.d.comb += tx_byte.eq(tx_type)
+                with m.Elif(tx_pos == 2):
+                    m.d.comb += tx_byte.eq(seq)
+                with m.Elif(tx_pos == 3):
+                    m.d.comb += tx_byte.eq(words[:8])
+                with m.Elif(tx_pos == 4):
+                    m.d.comb += tx_byte.eq(words[8:])
+                with m.Elif(tx_pos < payload_end):
+                    with m.Switch((tx_pos - 5)[:2]):
+                        for i in range(4):
+                            with m.Case(i):
+                                m.d.comb += tx_byte.eq(rp.data[8 * i:8 * i + 8])
+                with m.Elif(tx_pos == payload_end):
+                    m.d.comb += tx_byte.eq(tx_crc[:8])
+                with m.Else():
+                    m.d.comb += tx_byte.eq(tx_crc[8:])
+                m.d.comb += [self.o_tx.valid.eq(1), self.o_tx.payload.eq(tx_byte)]
+                with m.If(accepted):
+                    m.d.sync += tx_pos.eq(next_pos)
+                    with m.If((tx_pos >= 1) & (tx_pos < payload_end)):
+                        m.d.sync += tx_crc.eq(crc16_update(tx_crc, tx_byte))
+                    with m.If(tx_pos == payload_end + 1):
+                        m.next = "HUNT"
+        return m
