@@ -1,0 +1,295 @@
+"""Pooling engine: max, average and global average pooling of int8 pixel streams, TFLite's integer rounding.
+
+It takes the same stream the window generator takes (channel-group planes of int8 pixels in raster order,
+``lanes`` channels per beat) and returns pooled pixels in the same form, so it can sit straight behind the
+convolution path (conv -> ReLU -> pool with no round trip through memory) or behind another pool.
+
+Windowed modes (any kernel up to ``max_kernel``, any stride, any padding) go through a
+:class:`~cnnacc.hw.window_generator.WindowGenerator`, one window per cycle:
+
+* max: the largest in-bounds tap (padding never wins), then the activation clamp;
+* average: the sum of the in-bounds taps over their count, rounded half away from zero, as TFLite's
+  ``AveragePool`` does; the division is a multiplication by a per-count reciprocal, which
+  :func:`avg_reciprocals` chooses wide enough to be exact for every sum and count a window can produce (the
+  tests check every pair).
+
+Global average sums each plane in ``lanes`` accumulators and divides with a restoring divider (one quotient bit
+per cycle, exact for any count up to ``max_width ** 2``). The divider works on one plane while the next plane
+is being summed, so it only costs time when planes have fewer pixels than the quotient has bits.
+
+Pipeline of the windowed modes: window generator (two stages) | tap reduction (max, sum, count) | divide and
+clamp (output register). Back-pressure on the output stalls every stage at once.
+"""
+
+import enum
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import AcceleratorConfig
+from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
+
+__all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count"]
+
+
+class PoolMode(enum.IntEnum):
+    """What a pooling layer computes; the same values drive the gateware and the host."""
+    MAX = 0
+    AVG = 1
+    GLOBAL_AVG = 2
+
+
+def pool_layer_layout(config):
+    """Runtime parameters of one pooling layer (``window`` is the window generator's descriptor)."""
+    return data.StructLayout({
+        "window": window_layer_layout(config),
+        "mode":   2,
+        "qmin":   signed(8),
+        "qmax":   signed(8),
+    })
+
+
+def global_max_count(config):
+    """Most pixels one global-average plane may have."""
+    return config.max_width * config.max_width
+
+
+def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, padding=(0, 0, 0, 0), qmin=-128,
+               qmax=127, name="pool"):
+    """Check a pooling layer against ``config`` and return its descriptor as a dict (``ValueError`` naming
+    ``name`` and the reason otherwise). Global average ignores ``kernel``, ``stride`` and ``padding``."""
+    mode = PoolMode(mode)
+    if not -128 <= qmin <= qmax <= 127:
+        raise ValueError(f"{name}: activation range must satisfy -128 <= qmin <= qmax <= 127, not {qmin}..{qmax}")
+    if mode == PoolMode.GLOBAL_AVG:
+        if not isinstance(width, int) or not 1 <= width <= config.max_width:
+            raise ValueError(f"{name}: width must be an integer from 1 to {config.max_width}, not {width!r}")
+        if not isinstance(height, int) or height < 1 or height * width > global_max_count(config):
+            raise ValueError(f"{name}: global average over {height}x{width} pixels exceeds the "
+                             f"{global_max_count(config)} the divider is built for")
+        window = window_layer(config, height=height, width=width, kernel=1, stride=1, groups=groups, name=name)
+    else:
+        window = window_layer(config, height=height, width=width, kernel=kernel, stride=stride, padding=padding,
+                              groups=groups, name=name)
+    return {"window": window, "mode": int(mode), "qmin": qmin, "qmax": qmax}
+
+
+def avg_reciprocals(max_count, max_numerator):
+    """``(shift, table)`` with ``(n * table[c]) >> shift == n // c`` for all ``0 <= n <= max_numerator`` and
+    ``1 <= c <= max_count`` (``table[0]`` is unused).
+
+    With ``table[c] = ceil(2**shift / c)`` the error of ``n * table[c] / 2**shift`` over ``n / c`` is below
+    ``n / 2**shift``; a shift with ``2**shift > max_numerator * max_count`` keeps that under ``1 / c``, the
+    smallest gap between ``n / c`` and the next integer, so the floor is exact.
+    """
+    shift = (max_numerator * max_count).bit_length()
+    return shift, [0] + [-(-(1 << shift) // c) for c in range(1, max_count + 1)]
+
+
+def _clamp(value, qmin, qmax):
+    return Mux(value < qmin, qmin, Mux(value > qmax, qmax, value))
+
+
+class PoolEngine(wiring.Component):
+    """Max, average and global-average pooling of int8 pixel streams.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        Supplies ``lanes``, ``max_kernel`` and ``max_width``.
+
+    Members
+    -------
+    i_layer : In(stream.Signature(pool_layer_layout(config)))
+        One descriptor per layer (see :func:`pool_layer`); taken once the previous layer's output has left.
+    i_pixels : In(stream.Signature(pixel_layout(config)))
+        ``groups x height x width`` beats: channel-group planes in raster order.
+    o_pixels : Out(stream.Signature(pixel_layout(config)))
+        ``groups x OH x OW`` pooled beats in the same order (``groups`` beats for global average).
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "i_layer":  In(stream.Signature(pool_layer_layout(config))),
+            "i_pixels": In(stream.Signature(pixel_layout(config))),
+            "o_pixels": Out(stream.Signature(pixel_layout(config))),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        kmax, lanes = cfg.max_kernel, cfg.lanes
+        m.submodules.windows = wg = WindowGenerator(cfg)
+
+        busy = Signal()
+        mode = Signal(2)
+        qmin, qmax = Signal(signed(8)), Signal(signed(8))
+        layer_w = Signal(window_layer_layout(cfg))
+        o = self.o_pixels
+        stall = o.valid & ~o.ready
+        o_free = ~stall
+
+        # --- layer descriptor: windowed layers hand their window part to the generator at the same time.
+        desc = self.i_layer.payload
+        is_global = desc.mode == PoolMode.GLOBAL_AVG
+        m.d.comb += [
+            wg.i_layer.payload.eq(desc.window),
+            wg.i_layer.valid.eq(self.i_layer.valid & ~busy & ~is_global),
+            # Even a global layer waits for the generator to be idle: a windowed layer's output can be complete
+            # while the generator still swallows input rows and columns no window reaches.
+            self.i_layer.ready.eq(~busy & wg.i_layer.ready),
+        ]
+        global_start = Signal()
+        with m.If(self.i_layer.valid & self.i_layer.ready):
+            m.d.sync += [busy.eq(1), mode.eq(desc.mode), qmin.eq(desc.qmin), qmax.eq(desc.qmax),
+                         layer_w.eq(desc.window)]
+            m.d.comb += global_start.eq(is_global)
+
+        global_mode = mode == PoolMode.GLOBAL_AVG
+        global_ready = Signal()
+        m.d.comb += [
+            wg.i_pixels.payload.eq(self.i_pixels.payload),
+            wg.i_pixels.valid.eq(self.i_pixels.valid & ~global_mode),
+            self.i_pixels.ready.eq(Mux(global_mode, busy & global_ready, wg.i_pixels.ready)),
+        ]
+
+        # --- windowed modes: reduce the taps (stage A), then divide and clamp into the output register.
+        win = wg.o_windows.payload
+        m.d.comb += wg.o_windows.ready.eq(o_free & busy & ~global_mode)
+        max_sum = kmax * kmax * 128
+        a_valid, a_last = Signal(), Signal()
+        a_max = [Signal(signed(8), name=f"a_max_{l}") for l in range(lanes)]
+        a_sum = [Signal(signed(max_sum.bit_length() + 1), name=f"a_sum_{l}") for l in range(lanes)]
+        a_count = Signal(range(kmax * kmax + 1))
+
+        rows_in = Signal(range(kmax + 1))
+        cols_in = Signal(range(kmax + 1))
+        m.d.comb += [rows_in.eq(sum(win.row_valid[i] for i in range(kmax))),
+                     cols_in.eq(sum(win.col_valid[j] for j in range(kmax)))]
+        with m.If(o_free):
+            m.d.sync += a_valid.eq(wg.o_windows.valid & wg.o_windows.ready)
+            m.d.sync += [a_last.eq(win.last), a_count.eq(rows_in * cols_in)]
+            for lane in range(lanes):
+                taps = [(win.row_valid[i] & win.col_valid[j], win.taps[i][j][lane])
+                        for i in range(kmax) for j in range(kmax)]
+                # A balanced tree of maxima; padded taps enter as -128, which never beats an in-bounds tap.
+                level = [Mux(ok, v, -128) for ok, v in taps]
+                while len(level) > 1:
+                    nxt = []
+                    for a, b in zip(level[::2], level[1::2]):
+                        s = Signal(signed(8))
+                        m.d.comb += s.eq(Mux(a > b, a, b))
+                        nxt.append(s)
+                    level = nxt + ([level[-1]] if len(level) % 2 else [])
+                m.d.sync += a_max[lane].eq(level[0])
+                m.d.sync += a_sum[lane].eq(sum(Mux(ok, v, 0) for ok, v in taps))
+
+        max_numer = max_sum + (kmax * kmax) // 2
+        shift, table = avg_reciprocals(kmax * kmax, max_numer)
+        recip = Signal(range(table[1] + 1))
+        with m.Switch(a_count):
+            for c in range(1, kmax * kmax + 1):
+                with m.Case(c):
+                    m.d.comb += recip.eq(table[c])
+        window_result = []
+        for lane in range(lanes):
+            magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
+            m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
+            quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
+            m.d.comb += quotient.eq((magnitude * recip) >> shift)
+            avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
+            m.d.comb += avg.eq(Mux(a_sum[lane] < 0, -quotient, quotient))
+            value = Mux(mode == PoolMode.MAX, a_max[lane], avg)
+            window_result.append(_clamp(value, qmin, qmax))
+
+        # --- global average: per-plane sums, then a restoring divider per lane.
+        max_count = global_max_count(cfg)
+        g_numer_max = max_count * 128 + max_count // 2
+        nbits = g_numer_max.bit_length()
+        g_x = Signal(range(cfg.max_width))
+        g_y = Signal(16)
+        g_count = Signal(range(max_count + 1))
+        g_group = Signal(16)
+        g_sum = [Signal(signed((max_count * 128).bit_length() + 1), name=f"g_sum_{l}") for l in range(lanes)]
+        div_busy = Signal()                          # dividing, or holding a quotient for the output
+        div_step = Signal(range(nbits + 1))
+        div_last = Signal()
+        divisor = Signal(range(max_count + 1))
+        d_numer = [Signal(nbits, name=f"d_numer_{l}") for l in range(lanes)]
+        d_rem = [Signal(range(2 * max_count + 1), name=f"d_rem_{l}") for l in range(lanes)]
+        d_quot = [Signal(nbits, name=f"d_quot_{l}") for l in range(lanes)]
+        d_neg = [Signal(name=f"d_neg_{l}") for l in range(lanes)]
+
+        with m.If(global_start):
+            m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0)]
+            m.d.sync += [s.eq(0) for s in g_sum]
+
+        end_of_plane = (g_x == layer_w.width - 1) & (g_y == layer_w.height - 1)
+        # A plane's last pixel hands the sums to the divider, so it waits until the divider is free.
+        m.d.comb += global_ready.eq(~end_of_plane | ~div_busy)
+        pixel_in = Signal()
+        m.d.comb += pixel_in.eq(self.i_pixels.valid & self.i_pixels.ready & global_mode)
+        with m.If(pixel_in):
+            with m.If(g_x == layer_w.width - 1):
+                m.d.sync += [g_x.eq(0), g_y.eq(g_y + 1)]
+            with m.Else():
+                m.d.sync += g_x.eq(g_x + 1)
+            m.d.sync += g_count.eq(g_count + 1)
+            with m.If(end_of_plane):
+                m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(g_group + 1),
+                             div_busy.eq(1), div_step.eq(nbits), divisor.eq(g_count + 1),
+                             div_last.eq(g_group == layer_w.groups - 1)]
+            for lane in range(lanes):
+                total = Signal.like(g_sum[lane], name=f"g_total_{lane}")
+                m.d.comb += total.eq(g_sum[lane] + self.i_pixels.payload[lane])
+                m.d.sync += g_sum[lane].eq(total)
+                with m.If(end_of_plane):
+                    m.d.sync += [
+                        g_sum[lane].eq(0),
+                        d_numer[lane].eq(Mux(total < 0, -total, total) + ((g_count + 1) >> 1)),
+                        d_neg[lane].eq(total < 0), d_rem[lane].eq(0), d_quot[lane].eq(0),
+                    ]
+
+        with m.If(div_busy & (div_step != 0)):
+            m.d.sync += div_step.eq(div_step - 1)
+            for lane in range(lanes):
+                partial = Signal(range(2 * max_count + 1), name=f"d_partial_{lane}")
+                m.d.comb += partial.eq((d_rem[lane] << 1) | d_numer[lane][-1])
+                fits = partial >= divisor
+                m.d.sync += [
+                    d_rem[lane].eq(Mux(fits, partial - divisor, partial)),
+                    d_quot[lane].eq((d_quot[lane] << 1) | fits),
+                    d_numer[lane].eq(d_numer[lane] << 1),
+                ]
+
+        global_result = []
+        for lane in range(lanes):
+            q = d_quot[lane]
+            global_result.append(_clamp(Mux(d_neg[lane], -q, q), qmin, qmax))
+
+        # --- the output register, shared by both paths.
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(~global_mode):
+            with m.If(o_free):
+                m.d.sync += o.valid.eq(a_valid & busy)
+                with m.If(a_valid):
+                    m.d.sync += [o.payload[lane].eq(window_result[lane]) for lane in range(lanes)]
+                    with m.If(a_last):
+                        m.d.sync += busy.eq(0)
+        with m.Else():
+            with m.If(div_busy & (div_step == 0) & o_free):
+                m.d.sync += [o.valid.eq(1), div_busy.eq(0)]
+                m.d.sync += [o.payload[lane].eq(global_result[lane]) for lane in range(lanes)]
+                with m.If(div_last):
+                    m.d.sync += busy.eq(0)
+
+        return m

@@ -1,0 +1,190 @@
+"""PoolEngine against golden.max_pool2d / avg_pool2d, in the Amaranth simulator and on Verilator."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from cnnacc.config import AcceleratorConfig
+from cnnacc.host import golden
+from cnnacc.host.cycles_vector import pool_cycles
+from cnnacc.hw.pool_engine import PoolEngine, PoolMode, avg_reciprocals, pool_layer
+from cnnacc.hw.window_generator import window_output_shape
+from cnnacc.sim import tb_pool_engine
+from cnnacc.sim.amaranth_streams import stream_get, stream_put
+
+
+def to_nhwc(planes):
+    """``[G, H, W, lanes]`` channel-group planes -> ``[1, H, W, G * lanes]``."""
+    g, h, w, lanes = planes.shape
+    return planes.transpose(1, 2, 0, 3).reshape(1, h, w, g * lanes)
+
+
+def from_nhwc(x, lanes):
+    _, h, w, c = x.shape
+    return x.reshape(h, w, c // lanes, lanes).transpose(2, 0, 1, 3)
+
+
+def golden_pool(planes, layer):
+    win = layer["window"]
+    x = to_nhwc(planes.astype(np.int8))
+    qmin, qmax = layer["qmin"], layer["qmax"]
+    if layer["mode"] == PoolMode.GLOBAL_AVG:
+        out = golden.avg_pool2d(x, (win["height"], win["width"]), (1, 1), qmin=qmin, qmax=qmax)
+    else:
+        k, s = win["kernel"], win["stride"]
+        pad = (win["pad_top"], win["pad_bottom"], win["pad_left"], win["pad_right"])
+        op = golden.max_pool2d if layer["mode"] == PoolMode.MAX else golden.avg_pool2d
+        out = op(x, (k, k), (s, s), pad, qmin, qmax)
+    return from_nhwc(out, planes.shape[-1]).astype(np.int64)
+
+
+def output_beats(layer):
+    win = layer["window"]
+    if layer["mode"] == PoolMode.GLOBAL_AVG:
+        return win["groups"]
+    oh, ow = window_output_shape(win["height"], win["width"], win["kernel"], win["stride"],
+                                 (win["pad_top"], win["pad_bottom"], win["pad_left"], win["pad_right"]))
+    return win["groups"] * oh * ow
+
+
+def run_amaranth(config, jobs, *, seed=0, bubble=0.0, stall=0.0):
+    dut = PoolEngine(config)
+    rng = random.Random(seed)
+    expected = sum(output_beats(layer) for layer, _ in jobs)
+    got, cycles = [], 0
+
+    async def producer(ctx):
+        for layer, planes in jobs:
+            await stream_put(ctx, dut.i_layer, layer)
+            for pixel in planes.reshape(-1, planes.shape[-1]):
+                await stream_put(ctx, dut.i_pixels, pixel.tolist(), rng=rng, bubble_prob=bubble)
+
+    async def consumer(ctx):
+        for _ in range(expected):
+            beat = await stream_get(ctx, dut.o_pixels, rng=rng, stall_prob=stall)
+            got.append([int(v) for v in beat])
+
+    async def clock_counter(ctx):
+        nonlocal cycles
+        async for _ in ctx.tick():
+            cycles += 1
+
+    limit = (100 + 3 * sum(pool_cycles(config, layer) for layer, _ in jobs)) * (1 + 10 * max(bubble, stall))
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.add_testbench(clock_counter, background=True)
+    while sim.advance():
+        if cycles > limit:
+            raise AssertionError(f"PoolEngine produced {len(got)} of {expected} beats in {limit} cycles")
+    return np.array(got, np.int64).reshape(-1, config.lanes), cycles
+
+
+def check(got, jobs, what):
+    want = np.concatenate([golden_pool(planes, layer).reshape(-1, planes.shape[-1]) for layer, planes in jobs])
+    assert got.shape == want.shape, f"{what}: {got.shape[0]} beats, expected {want.shape[0]}"
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, f"{what}: {len(bad)} wrong values, first at beat {bad[0][0]}: {got[bad[0][0]]} != {want[bad[0][0]]}"
+
+
+def random_job(config, rng):
+    mode = PoolMode(int(rng.integers(0, 3)))
+    k = int(rng.choice([2, 3]))
+    s = int(rng.integers(1, 3))
+    pads = tuple(int(v) for v in rng.integers(0, k, size=4))
+    h = int(rng.integers(max(1, k - pads[0] - pads[1]), 6))
+    w = int(rng.integers(max(1, k - pads[2] - pads[3]), config.max_width + 1))
+    qmin = int(rng.choice([-128, int(rng.integers(-128, 0))]))
+    qmax = int(rng.choice([127, int(rng.integers(0, 128))]))
+    g = int(rng.integers(1, 3))
+    layer = pool_layer(config, mode, height=h, width=w, groups=g, kernel=k, stride=s, padding=pads, qmin=qmin,
+                       qmax=qmax)
+    return layer, rng.integers(-128, 128, size=(g, h, w, config.lanes), dtype=np.int64)
+
+
+def test_reciprocal_division_is_exact_for_every_window_sum_and_count():
+    # Every numerator |sum| + count // 2 a 7x7 (or 11x11) window can produce, over every count of in-bounds taps.
+    for kmax in (7, 11):
+        max_numer = kmax * kmax * 128 + (kmax * kmax) // 2
+        shift, table = avg_reciprocals(kmax * kmax, max_numer)
+        n = np.arange(max_numer + 1, dtype=np.int64)
+        for c in range(1, kmax * kmax + 1):
+            np.testing.assert_array_equal((n * table[c]) >> shift, n // c, err_msg=f"kmax {kmax}, count {c}")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_layers_with_backpressure(seed):
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=7)
+    rng = np.random.default_rng(seed)
+    jobs = [random_job(config, rng) for _ in range(4)]
+    got, _ = run_amaranth(config, jobs, seed=seed, bubble=0.3, stall=0.3)
+    check(got, jobs, f"seed {seed}")
+
+
+def test_edge_cases_and_rounding():
+    config = AcceleratorConfig(lanes=3, max_kernel=3, max_width=5)
+    rng = np.random.default_rng(5)
+    jobs = []
+    # Sums that land exactly on .5 (round away from zero, both signs), and the extremes.
+    ties = np.array([[[[1, -1, -128], [2, -2, -128]], [[0, 0, -128], [0, 0, -128]]]], np.int64)  # 1x2x2x3
+    jobs.append((pool_layer(config, PoolMode.AVG, height=2, width=2, kernel=2, stride=1), ties))
+    jobs.append((pool_layer(config, PoolMode.GLOBAL_AVG, height=2, width=2), ties))
+    jobs.append((pool_layer(config, PoolMode.MAX, height=1, width=5, kernel=3, stride=2, padding=(1, 1, 1, 1),
+                            qmin=-20, qmax=20), rng.integers(-128, 128, size=(1, 1, 5, 3))))
+    jobs.append((pool_layer(config, PoolMode.AVG, height=1, width=1, kernel=3, stride=1, padding=(1, 1, 1, 1), groups=2),
+                 np.full((2, 1, 1, 3), -128)))
+    jobs.append((pool_layer(config, PoolMode.MAX, height=5, width=5, kernel=3, stride=2, groups=2),
+                 np.full((2, 5, 5, 3), -128)))
+    jobs.append((pool_layer(config, PoolMode.GLOBAL_AVG, height=1, width=1, groups=3),
+                 rng.integers(-128, 128, size=(3, 1, 1, 3))))
+    got, _ = run_amaranth(config, jobs, seed=5, bubble=0.2, stall=0.2)
+    check(got, jobs, "edge cases")
+
+
+def test_cycle_model_matches_rtl():
+    config = AcceleratorConfig(lanes=1, max_kernel=3, max_width=8)
+    rng = np.random.default_rng(6)
+    for layer in [pool_layer(config, PoolMode.MAX, height=6, width=8, kernel=3, stride=1, padding=(1, 1, 1, 1), groups=2),
+                  pool_layer(config, PoolMode.AVG, height=7, width=7, kernel=2, stride=2),
+                  pool_layer(config, PoolMode.GLOBAL_AVG, height=3, width=8, groups=3),
+                  pool_layer(config, PoolMode.GLOBAL_AVG, height=1, width=2, groups=4)]:
+        shape = (layer["window"]["groups"], layer["window"]["height"], layer["window"]["width"], 1)
+        job = (layer, rng.integers(-128, 128, size=shape))
+        got, cycles = run_amaranth(config, [job])
+        check(got, [job], "cycle model")
+        assert cycles == pool_cycles(config, layer), f"{layer}: RTL {cycles} cycles, model {pool_cycles(config, layer)}"
+
+
+def test_bad_layer_names_it():
+    config = AcceleratorConfig(max_width=16)
+    with pytest.raises(ValueError, match=r"^pool5: global average over 17x16 pixels exceeds the 256 the divider"):
+        pool_layer(config, PoolMode.GLOBAL_AVG, height=17, width=16, name="pool5")
+    with pytest.raises(ValueError, match=r"^pool2: pad_left must be an integer from 0 to 1, not 2$"):
+        pool_layer(config, PoolMode.MAX, height=4, width=4, kernel=2, padding=(0, 0, 2, 0), name="pool2")
+
+
+def test_verilator_mobilenet_shapes():
+    # MobileNet's 7x7 global average at full width, a 3x3/2 max pool, and a 224x224 global average
+    # (count 50176, the largest the divider is built for).
+    config = AcceleratorConfig(lanes=4, max_kernel=3, max_width=224)
+    rng = np.random.default_rng(41)
+    print("seed 41")
+    jobs = []
+    for layer in [pool_layer(config, PoolMode.GLOBAL_AVG, height=7, width=7, groups=4),
+                  pool_layer(config, PoolMode.MAX, height=15, width=15, kernel=3, stride=2, groups=2,
+                             padding=(0, 1, 0, 1), qmin=0),
+                  pool_layer(config, PoolMode.AVG, height=9, width=30, kernel=3, stride=1, padding=(1, 1, 1, 1), groups=2),
+                  pool_layer(config, PoolMode.GLOBAL_AVG, height=224, width=224, groups=1)]:
+        shape = (layer["window"]["groups"], layer["window"]["height"], layer["window"]["width"], config.lanes)
+        jobs.append((layer, rng.integers(-128, 128, size=shape)))
+    # Push the big plane's average to the rounding edge.
+    big = jobs[-1][1]
+    big[0, :, :, :2] = 0
+    big[0, 0, :196, 0] = -128          # sum -25088 = -count/2: rounds to -1
+    big[0, 0, :195, 1] = -128          # sum -25087: rounds to 0
+    big[0, 0, 195, 1] = -127
+    got, cycles = tb_pool_engine.run_rtl(config, jobs, seed=41, bubble=0.1, stall=0.1)
+    check(got, jobs, "verilator seed 41")
