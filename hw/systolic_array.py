@@ -1,0 +1,175 @@
+"""Output-stationary systolic array of int8 x int8 -> int32 processing elements.
+
+Processing element ``(r, c)`` owns the accumulator of output channel ``r`` at output pixel ``c`` of a tile. A tile
+is a run of beats, each carrying one weight per row (``wgt[r]``) and one activation per column (``act[c]``);
+``first`` and ``last`` frame it. Weights enter at the left and move right one PE per cycle, activations enter at
+the top and move down, so beat ``k`` meets PE ``(r, c)`` at cycle ``k + r + c``: the skew is applied inside the
+block by delay lines, and the framing flags travel with the weights.
+
+Each PE is pipelined: the product is registered, then added. On a tile's ``last`` beat the PE copies its
+finished sum into a shadow register and the next tile's ``first`` beat restarts the accumulator in the same
+cycle, so tiles follow each other with no bubble. The shadows of column ``c`` are complete one cycle after the
+bottom PE of column ``c`` finishes; columns finish on consecutive cycles, and the output register takes one
+column per cycle (de-skew by timing, not by extra delay lines).
+
+Two consecutive ``last`` beats must be at least :func:`min_tile_beats` cycles apart so that a column is taken
+before the next tile overwrites its shadows; the block enforces this itself by holding a too-early ``last`` beat
+(``i_beats.ready`` low) and letting bubbles into the array meanwhile. Tiles at least that long (every tile of a
+real convolution layer but the shallowest) run at one beat per cycle.
+
+Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import AcceleratorConfig
+
+__all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency"]
+
+
+def beat_layout(config):
+    """One input beat: ``act[cols]`` and ``wgt[rows]`` int8 operands, and the tile framing flags."""
+    return data.StructLayout({
+        "act":   data.ArrayLayout(signed(config.operand_width), config.cols),
+        "wgt":   data.ArrayLayout(signed(config.operand_width), config.rows),
+        "first": 1,
+        "last":  1,
+    })
+
+
+def column_layout(config):
+    """One output beat: the ``rows`` accumulators of column ``col`` of a finished tile."""
+    return data.StructLayout({
+        "acc": data.ArrayLayout(signed(config.acc_width), config.rows),
+        "col": range(config.cols),
+    })
+
+
+def min_tile_beats(config):
+    """Fewest cycles between two ``last`` beats: the columns of a tile drain one per cycle (``cols``) and the top
+    row's shadow must outlive the bottom row's finish by one cycle (``rows + 1``)."""
+    return max(config.cols, config.rows + 1)
+
+
+def array_latency(config):
+    """Cycles from a tile's ``last`` beat entering to its column 0 in the output register (no stalls)."""
+    # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
+    # output register.
+    return config.rows + 3
+
+
+class SystolicArray(wiring.Component):
+    """Output-stationary ``rows x cols`` systolic array with internal skew, de-skew and double-buffered drain.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        Supplies ``rows``, ``cols`` and ``acc_width``.
+
+    Members
+    -------
+    i_beats : In(stream.Signature(beat_layout(config)))
+        One beat per reduction step of a tile.
+    o_columns : Out(stream.Signature(column_layout(config)))
+        ``cols`` beats per tile, columns in order. Accumulators wrap modulo ``2**acc_width``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "i_beats":   In(stream.Signature(beat_layout(config))),
+            "o_columns": Out(stream.Signature(column_layout(config))),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        rows, cols = cfg.rows, cfg.cols
+        en = Signal()
+        m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
+
+        # Spacing of last beats (see min_tile_beats), counted in enabled cycles.
+        gap = min_tile_beats(cfg)
+        since_last = Signal(range(gap + 1), init=gap)
+        beat = self.i_beats.payload
+        m.d.comb += self.i_beats.ready.eq(en & (~beat.last | (since_last >= gap - 1)))
+        take = self.i_beats.valid & self.i_beats.ready
+
+        # Input register: a refused or missing beat enters as a bubble.
+        in_valid, in_first, in_last = Signal(), Signal(), Signal()
+        in_act = Signal(beat_layout(cfg).members["act"])
+        in_wgt = Signal(beat_layout(cfg).members["wgt"])
+        with m.If(en):
+            m.d.sync += [in_valid.eq(take), in_first.eq(beat.first), in_last.eq(beat.last),
+                         in_act.eq(beat.act), in_wgt.eq(beat.wgt)]
+            with m.If(take & beat.last):
+                m.d.sync += since_last.eq(0)
+            with m.Elif(since_last != gap):
+                m.d.sync += since_last.eq(since_last + 1)
+
+        def delayed(value, cycles, name):
+            """``value`` delayed by ``cycles`` enabled cycles."""
+            for i in range(cycles):
+                reg = Signal.like(value, name=f"{name}_d{i}")
+                with m.If(en):
+                    m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        # Skew: row r's weight and flags, and column c's activation, wait r (c) cycles before the first PE.
+        flags_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+        west = []
+        for r in range(rows):
+            flags = Signal(flags_layout, name=f"flags_in_{r}")
+            m.d.comb += [flags.valid.eq(in_valid), flags.first.eq(in_first), flags.last.eq(in_last)]
+            west.append((delayed(in_wgt[r], r, f"wgt_skew_{r}"), delayed(flags, r, f"flags_skew_{r}")))
+        north = [delayed(in_act[c], c, f"act_skew_{c}") for c in range(cols)]
+
+        shadow = [[None] * cols for _ in range(rows)]
+        column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
+        for r in range(rows):
+            wgt_in, flags_in = west[r]
+            for c in range(cols):
+                act_in = north[c]
+                # Operand registers: the systolic hops (right for weights and flags, down for activations).
+                act = Signal(signed(8), name=f"act_{r}_{c}")
+                wgt = Signal(signed(8), name=f"wgt_{r}_{c}")
+                flags = Signal(flags_layout, name=f"flags_{r}_{c}")
+                # Product stage, then accumulate stage.
+                product = Signal(signed(16), name=f"product_{r}_{c}")
+                pflags = Signal(flags_layout, name=f"pflags_{r}_{c}")
+                acc = Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}")
+                done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
+                total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
+                m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
+                with m.If(en):
+                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in),
+                                 product.eq(act * wgt), pflags.eq(flags)]
+                    with m.If(pflags.valid):
+                        m.d.sync += acc.eq(total)
+                        with m.If(pflags.last):
+                            m.d.sync += done.eq(total)
+                    if r == rows - 1:
+                        m.d.sync += column_done[c].eq(pflags.valid & pflags.last)
+                shadow[r][c] = done
+                act_in = act
+                north[c] = act
+                wgt_in, flags_in = wgt, flags
+
+        # Output register: at most one column finishes per cycle (tiles are >= cols cycles apart).
+        with m.If(en):
+            m.d.sync += self.o_columns.valid.eq(0)
+            for c in range(cols):
+                with m.If(column_done[c]):
+                    m.d.sync += self.o_columns.valid.eq(1)
+                    m.d.sync += self.o_columns.payload.col.eq(c)
+                    m.d.sync += [self.o_columns.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
+        return m
