@@ -385,7 +385,8 @@ class _QuantImporter:
         if chw is not None:
             w = _nchw_columns_to_nhwc(w, chw)
         cout = w.shape[0]
-        out = self.act_spec(node, out_name, y_scale, y_zp, (1, 1, cout), "output")
+        # The golden model's fully connected output is [N, Cout], as the quantizer declares it.
+        out = self.act_spec(node, out_name, y_scale, y_zp, (cout,), "output")
         try:
             gnode = g.FullyConnected(node.name or out_name, (x.name,), out, weights=np.ascontiguousarray(w),
                                      bias=self.bias(node, bias, cout),
@@ -972,9 +973,9 @@ def import_onnx(model, *, calibration=None, rounding=None):
     proto = load_onnx(model)
     form = _form(proto)
     if form == "float":
+        float_model = _FloatImporter(proto).run()
         if calibration is None:
             raise OnnxImportError("a float model needs calibration images (calibration=[N, C, H, W])")
-        float_model = _FloatImporter(proto).run()
         images = np.asarray(calibration, np.float32)
         c, h, w = float_model.input_shape[2], *float_model.input_shape[:2]
         if images.ndim != 4 or images.shape[1:] != (c, h, w):

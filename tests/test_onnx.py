@@ -1,0 +1,434 @@
+"""ONNX import/export checked against onnxruntime.
+
+* Float semantics: FloatModels (padding, strides, depthwise, batch norm, residual add, pools, non-square maps)
+  exported with export_onnx_float run in onnxruntime and in FloatModel.forward; imported back, they run the same.
+* int8: models quantized by onnxruntime's own quantizer (quantize_static, QInt8 activations and per-channel QInt8
+  weights, QOperator and QDQ) import into graphs whose golden int8 outputs equal onnxruntime's on every element.
+  onnxruntime's int8 kernels differ between CPUs (AVX-512 VNNI here); the expected values are computed on the
+  machine that runs the test, so a CPU whose kernels differ would show up here as a mismatch.
+* Errors: one line naming the node and the reason.
+"""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ort = pytest.importorskip("onnxruntime")
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
+from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
+
+from cnnacc.host import float_model as fm  # noqa: E402
+from cnnacc.host import graph as g  # noqa: E402
+from cnnacc.host.golden import conv2d_acc, fully_connected_acc, run_graph, run_node  # noqa: E402
+from cnnacc.host.onnx_io import (OnnxImportError, export_onnx_float, import_onnx,  # noqa: E402
+                                 onnx_to_float_model)
+
+SEED = 20261122
+
+
+def _session(proto, config=None):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _nchw(x):
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+
+
+def _nhwc(x):
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1)) if np.ndim(x) == 4 else np.asarray(x)
+
+
+def _run_all(proto, x, config=None):
+    """onnxruntime's value of every node output (and the input) for input ``x`` (NCHW)."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    have = {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        for name in node.output:
+            if name and name not in have:
+                proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = _session(proto, config)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {proto.graph.input[0].name: x})))
+
+
+def _ort_quantize(float_proto, images_nchw, fmt, tmp_path, activation_type=QuantType.QInt8):
+    """onnxruntime's own static quantization (after its pre-processing), per-channel int8 weights."""
+    src, dst = tmp_path / f"float_{fmt.name}.onnx", tmp_path / f"int8_{fmt.name}.onnx"
+    onnx.save(float_proto, tmp_path / "exported.onnx")
+    # onnxruntime's recommended pre-processing: shape inference and graph optimization (batch norm folding).
+    quant_pre_process(str(tmp_path / "exported.onnx"), str(src))
+    name = float_proto.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: images_nchw[i:i + 16]} for i in range(0, len(images_nchw), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=fmt, per_channel=True,
+                    activation_type=activation_type, weight_type=QuantType.QInt8)
+    return onnx.load(str(dst))
+
+
+def _compare_nodes(graph, ort_values, exact_kinds=("conv2d", "depthwise_conv2d", "fully_connected", "max_pool2d")):
+    """Run every graph node on onnxruntime's own int8 inputs; mismatch count per node."""
+    values = {k: _nhwc(v) for k, v in ort_values.items() if v.dtype == np.int8}
+    report = {}
+    for node in graph.nodes:
+        expected = values[node.output.name]
+        got = run_node(node, graph, values).reshape(expected.shape)
+        diff = np.abs(got.astype(np.int16) - expected)
+        report[node.name] = (node.kind, int(np.count_nonzero(diff)), int(diff.max()), expected.size)
+    return report
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+
+def _rand(rng, *shape, scale=0.3):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _bn(rng, n):
+    return fm.BatchNorm(rng.uniform(0.5, 1.5, n).astype(np.float32), _rand(rng, n, scale=0.2),
+                        _rand(rng, n, scale=0.2), rng.uniform(0.5, 1.5, n).astype(np.float32), 1e-3)
+
+
+def semantics_model(seed=SEED):
+    """Every layer kind and padding case, on a non-square 11x9x3 input."""
+    rng = np.random.default_rng(seed)
+    layers = [
+        fm.FConv2D("stem", "image", "t1", weights=_rand(rng, 8, 3, 3, 3), bias=_rand(rng, 8), stride=(2, 1),
+                   padding=(0, 1, 2, 1), bn=_bn(rng, 8), activation="relu"),
+        fm.FDepthwiseConv2D("dw", "t1", "t2", weights=_rand(rng, 1, 3, 3, 8), bias=_rand(rng, 8), stride=(2, 2),
+                            padding="same", bn=_bn(rng, 8), activation="relu6"),
+        fm.FConv2D("pw", "t2", "t3", weights=_rand(rng, 8, 1, 1, 8), bias=_rand(rng, 8)),
+        fm.FAdd("res", ("t2", "t3"), "t4", activation="relu"),
+        fm.FMaxPool2D("maxp", "t4", "t5", kernel=(3, 2), stride=(1, 1), padding=(1, 1, 0, 1)),
+        fm.FAvgPool2D("avgp", "t5", "t6", kernel=(2, 2), stride=(1, 2), padding=(0, 1, 1, 0)),
+        fm.FConv2D("conv5", "t6", "t7", weights=_rand(rng, 6, 2, 2, 8), bias=_rand(rng, 6), padding="same"),
+        fm.FFullyConnected("fc1", "t7", "t8", weights=_rand(rng, 7, 3 * 3 * 6), bias=_rand(rng, 7),
+                           bn=_bn(rng, 7), activation="relu"),
+        fm.FFullyConnected("fc2", "t8", "out", weights=_rand(rng, 5, 7), bias=_rand(rng, 5)),
+    ]
+    return fm.FloatModel("image", (11, 9, 3), layers, "out", "semantics")
+
+
+def mobilenet_like(seed=SEED):
+    """Stem, depthwise-separable block with a residual add, global average pooling, classifier."""
+    rng = np.random.default_rng(seed)
+    layers = [
+        fm.FConv2D("stem", "image", "s", weights=_rand(rng, 8, 3, 3, 1), bias=_rand(rng, 8), stride=(2, 2),
+                   padding="same", bn=_bn(rng, 8), activation="relu6"),
+        fm.FDepthwiseConv2D("dw", "s", "d", weights=_rand(rng, 1, 3, 3, 8, scale=0.5), bias=_rand(rng, 8),
+                            padding="same", bn=_bn(rng, 8), activation="relu6"),
+        fm.FConv2D("pw", "d", "p", weights=_rand(rng, 8, 1, 1, 8), bias=_rand(rng, 8), bn=_bn(rng, 8)),
+        fm.FAdd("res", ("s", "p"), "r"),
+        fm.FDepthwiseConv2D("dw2", "r", "d2", weights=_rand(rng, 1, 3, 3, 8, scale=0.5), bias=_rand(rng, 8),
+                            stride=(2, 2), padding="same", activation="relu"),
+        fm.FConv2D("pw2", "d2", "p2", weights=_rand(rng, 12, 1, 1, 8), bias=_rand(rng, 12), activation="relu"),
+        fm.FMaxPool2D("pool", "p2", "q", kernel=(2, 2), stride=(2, 2)),
+        fm.FFullyConnected("fc", "q", "out", weights=_rand(rng, 10, 4 * 4 * 12), bias=_rand(rng, 10)),
+    ]
+    return fm.FloatModel("image", (32, 32, 1), layers, "out", "mobilenet_like")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from cnnacc.host.data import load_digits
+    calib, _ = load_digits("calibration")
+    test, _ = load_digits("test")
+    return _nchw(calib[:128]), _nchw(test[:200])
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    from cnnacc.host.models import lenet5_float
+    return lenet5_float()
+
+
+# --- float semantics -------------------------------------------------------------------------------------------
+
+def test_float_export_matches_onnxruntime_and_imports_back():
+    model = semantics_model()
+    x = np.random.default_rng(SEED).standard_normal((4, 11, 9, 3)).astype(np.float32)
+    expected = model.forward(x)
+    proto = export_onnx_float(model)
+    got = _session(proto).run(None, {"image": _nchw(x)})[0]
+    assert got.shape == (4, 5)
+    np.testing.assert_allclose(got, expected.reshape(4, -1), rtol=1e-4, atol=1e-4)
+    back = onnx_to_float_model(proto)
+    assert back.input_shape == (11, 9, 3)
+    assert [l.kind for l in back.layers] == [l.kind for l in model.layers]
+    assert back.layers[0].bn is not None and back.layers[0].padding == (0, 1, 2, 1)
+    np.testing.assert_allclose(back.forward(x).reshape(4, -1), expected.reshape(4, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_float_import_of_hand_written_onnx():
+    """auto_pad SAME_UPPER/SAME_LOWER/VALID, Reshape, MatMul + Add bias, Clip, GlobalAveragePool."""
+    rng = np.random.default_rng(SEED + 1)
+    inits = {"w1": _rand(rng, 4, 2, 3, 3), "b1": _rand(rng, 4), "w2": _rand(rng, 4, 1, 2, 2),
+             "w3": _rand(rng, 6, 4, 3, 3), "shape": np.array([-1, 6], np.int64),
+             "m": _rand(rng, 6, 5), "mb": _rand(rng, 5), "lo": np.float32(0), "hi": np.float32(6)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="same_upper", auto_pad="SAME_UPPER",
+                         strides=[2, 2]),
+        helper.make_node("Clip", ["a", "lo", "hi"], ["a6"], name="clip"),
+        helper.make_node("Conv", ["a6", "w2"], ["b"], name="same_lower_dw", auto_pad="SAME_LOWER", group=4),
+        helper.make_node("Relu", ["b"], ["br"], name="relu"),
+        helper.make_node("Conv", ["br", "w3"], ["c"], name="valid", auto_pad="VALID"),
+        helper.make_node("GlobalAveragePool", ["c"], ["gap"], name="gap"),
+        helper.make_node("Reshape", ["gap", "shape"], ["flat"], name="reshape"),
+        helper.make_node("MatMul", ["flat", "m"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "mb"], ["y"], name="fc_bias"),
+    ]
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                        [None, 2, 8, 11])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    x = rng.standard_normal((3, 2, 8, 11)).astype(np.float32)
+    expected = _session(proto).run(None, {"x": x})[0]
+    model = onnx_to_float_model(proto)
+    assert model.layers[0].padding == (0, 1, 1, 1)       # SAME_UPPER: odd extra at the bottom/right
+    assert model.layers[1].padding == (1, 0, 1, 0)       # SAME_LOWER: odd extra at the top/left
+    assert model.layers[1].kind == "depthwise_conv2d" and model.layers[0].activation == "relu6"
+    np.testing.assert_allclose(model.forward(_nhwc(x)).reshape(3, -1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_float_model_import_quantizes_like_the_quantizer(lenet, digits):
+    """A float ONNX model + calibration images -> the same graph the quantizer makes from the FloatModel."""
+    from cnnacc.host.quantizer import quantize
+    calib, test = digits
+    graph = import_onnx(export_onnx_float(lenet), calibration=calib)
+    direct = quantize(lenet, _nhwc(calib))
+    assert graph.input.shape == (32, 32, 1)
+    xq = np.clip(np.rint(_nhwc(test) / graph.input.scale) + graph.input.zero_point, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(run_graph(graph, xq), run_graph(direct, xq))
+
+
+# --- int8: onnxruntime's float32 requantization ----------------------------------------------------------------
+
+def _qlinearconv_model(w, w_scale, x_scale, y_scale, bias, group=1, pads=(0, 0, 0, 0)):
+    c = w.shape[1] * group
+    inits = [numpy_helper.from_array(np.float32(x_scale), "xs"), numpy_helper.from_array(np.int8(3), "xz"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(w_scale.astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(w.shape[0], np.int8), "wz"),
+             numpy_helper.from_array(np.float32(y_scale), "ys"), numpy_helper.from_array(np.int8(-5), "yz"),
+             numpy_helper.from_array(bias.astype(np.int32), "b"), numpy_helper.from_array(np.float32(x_scale), "xs2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="quant"),
+             helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], name="conv",
+                              group=group, pads=list(pads), kernel_shape=list(w.shape[2:])),
+             helper.make_node("DequantizeLinear", ["y", "ys", "yz"], ["out"], name="dequant")]
+    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, c, 9, 7])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None] * 4)], inits[:-1])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return proto
+
+
+@pytest.mark.parametrize("group", [1, 32])
+def test_float32_requantization_reproduces_onnxruntime(group):
+    """Random per-channel scales (order of the float32 scale product matters) and exact ties (half-even)."""
+    rng = np.random.default_rng(SEED + group)
+    cout = 32
+    # Accumulators of a few thousand, scaled to tens: no saturation to hide a wrong rounding.
+    wmax, tie = (10, 6) if group == 1 else (20, 4)
+    w = rng.integers(-wmax, wmax + 1, (cout, 32 // group, 3, 3), dtype=np.int8)
+    w_scale = rng.uniform(1e-3, 1e-2, cout).astype(np.float32)
+    w_scale[:4] = 2.0 ** -np.arange(tie, tie + 4)   # with x_scale = y_scale: exact .5 ties on some outputs
+    proto = _qlinearconv_model(w, w_scale, 0.05, 0.05, rng.integers(-300, 300, cout), group, (1, 0, 2, 1))
+    x = rng.uniform(-6, 6, (6, 32, 9, 7)).astype(np.float32)
+    values = _run_all(proto, x)
+    graph = import_onnx(proto)
+    assert graph.nodes[0].kind == ("conv2d" if group == 1 else "depthwise_conv2d")
+    assert graph.nodes[0].requant.mode == "float32"
+    got = run_graph(graph, _nhwc(values["xq"]))
+    np.testing.assert_array_equal(got, _nhwc(values["y"]))
+    # The test can tell the rounding apart: half away from zero differs on the exact ties.
+    node = graph.nodes[0]
+    from cnnacc.host.golden import depthwise_conv2d_acc
+    acc_fn = conv2d_acc if group == 1 else depthwise_conv2d_acc
+    acc = acc_fn(_nhwc(values["xq"]), node.weights, node.bias, node.input_spec.zero_point, node.stride, node.padding)
+    product = acc.astype(np.float32) * node.requant.float_scale
+    ties = np.abs(product - np.trunc(product)) == 0.5
+    assert np.count_nonzero(ties) >= 10, np.count_nonzero(ties)
+    away = np.clip(np.sign(product) * np.floor(np.abs(product) + 0.5) + node.requant.zero_point, -128, 127)
+    assert np.any(away != _nhwc(values["y"]))
+
+
+# --- int8: models quantized by onnxruntime ---------------------------------------------------------------------
+
+def _lenet_int8(lenet, digits, fmt, tmp_path):
+    calib, test = digits
+    proto = _ort_quantize(export_onnx_float(lenet), calib, fmt, tmp_path)
+    ops = {n.op_type for n in proto.graph.node}
+    assert ("QLinearConv" in ops) == (fmt == QuantFormat.QOperator)
+    graph = import_onnx(proto)
+    assert [n.kind for n in graph.nodes] == ["conv2d", "max_pool2d", "conv2d", "max_pool2d", "conv2d",
+                                             "fully_connected", "fully_connected"]
+    values = _run_all(proto, test)
+    out_name = proto.graph.output[0].name
+    producer = next(n for n in proto.graph.node if n.output[0] == out_name)
+    assert producer.op_type == "DequantizeLinear"
+    expected = values[producer.input[0]]                       # int8 output before the final DequantizeLinear
+    assert expected.dtype == np.int8 and expected.shape == (200, 10)
+    xq = _nhwc(values[graph.input.name])                       # onnxruntime's own QuantizeLinear of the input
+    got = run_graph(graph, xq).reshape(expected.shape)
+    # The graph classifies like onnxruntime's dequantized output.
+    np.testing.assert_array_equal(got.argmax(-1), values[out_name].argmax(-1))
+    return graph, values, got, expected
+
+
+def test_lenet5_quantized_by_onnxruntime_qoperator_is_bit_exact(lenet, digits, tmp_path):
+    """The acceptance test: onnxruntime's QOperator LeNet-5, every int8 element of every layer identical."""
+    graph, values, got, expected = _lenet_int8(lenet, digits, QuantFormat.QOperator, tmp_path)
+    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
+    for name, (kind, bad, worst, size) in _compare_nodes(graph, values).items():
+        assert bad == 0, f"{name} ({kind}): {bad} of {size} differ, up to {worst} LSB"
+
+
+def test_lenet5_quantized_by_onnxruntime_qdq(lenet, digits, tmp_path):
+    """QDQ: the same fused layers; onnxruntime runs them on x86 after converting int8 activations to uint8
+    ("qdq_s8_to_u8"), whose kernels round a product that lies within ~1e-5 of .5 differently from
+    QLinearConv's int8 path: such outputs (about 1 in 10^6) may differ by 1 LSB, and only those."""
+    graph, values, got, expected = _lenet_int8(lenet, digits, QuantFormat.QDQ, tmp_path)
+    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
+    ints = {k: _nhwc(v) for k, v in values.items() if v.dtype == np.int8}
+    for node in graph.nodes:
+        exp = ints[node.output.name]
+        out = run_node(node, graph, ints).reshape(exp.shape)
+        bad = out != exp
+        assert np.abs(out.astype(np.int16) - exp).max() <= 1 and np.count_nonzero(bad) <= exp.size // 100_000
+        if np.any(bad):
+            x = ints[node.inputs[0]]
+            acc = (conv2d_acc(x, node.weights, node.bias, node.input_spec.zero_point, node.stride, node.padding)
+                   if node.kind == "conv2d" else
+                   fully_connected_acc(x, node.weights, node.bias, node.input_spec.zero_point))
+            product = acc.astype(np.float32) * node.requant.float_scale
+            assert np.all(np.abs(np.abs(product - np.trunc(product)) - 0.5)[bad] < 1e-5 * np.abs(product[bad]))
+
+
+def test_lenet5_integer_rounding_within_one_lsb_of_onnxruntime(lenet, digits, tmp_path):
+    """The hardware's TFLite rounding ("double") on the same graph: at most 1 LSB from onnxruntime, per node."""
+    calib, test = digits
+    proto = _ort_quantize(export_onnx_float(lenet), calib, QuantFormat.QOperator, tmp_path)
+    values = _run_all(proto, test)
+    for rounding in ("double", "single"):
+        report = _compare_nodes(import_onnx(proto, rounding=rounding), values)
+        assert all(worst <= 1 for _, _, worst, _ in report.values()), report
+        weighted = [r for r in report.values() if r[0] in ("conv2d", "fully_connected")]
+        rate = sum(r[1] for r in weighted) / sum(r[3] for r in weighted)
+        assert rate < 0.01, f"{rounding}: {rate:.2%} of weighted-layer outputs differ from onnxruntime"
+
+
+@pytest.mark.parametrize("fmt", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qoperator", "qdq"])
+def test_mobilenet_like_quantized_by_onnxruntime(fmt, tmp_path):
+    """Depthwise, residual add, batch norm, relu6: weighted layers and pools exact on onnxruntime's inputs.
+
+    onnxruntime's QLinearAdd rescales in float; the graph's Add is TFLite's integer ADD, so the add may differ by
+    one step on a few elements, and that is all it may do.
+    """
+    model = mobilenet_like()
+    rng = np.random.default_rng(SEED + 7)
+    calib = rng.uniform(0, 1, (64, 1, 32, 32)).astype(np.float32)
+    x = rng.uniform(0, 1, (32, 1, 32, 32)).astype(np.float32)
+    proto = _ort_quantize(export_onnx_float(model), calib, fmt, tmp_path)
+    graph = import_onnx(proto)
+    assert [n.kind for n in graph.nodes] == ["conv2d", "depthwise_conv2d", "conv2d", "add", "depthwise_conv2d",
+                                             "conv2d", "max_pool2d", "fully_connected"]
+    report = _compare_nodes(graph, _run_all(proto, x))
+    for name, (kind, bad, worst, size) in report.items():
+        if kind == "add":
+            assert worst <= 1 and bad <= size // 50, f"{name}: {bad} of {size} differ, up to {worst} LSB"
+        else:
+            assert bad == 0, f"{name} ({kind}): {bad} of {size} differ, up to {worst} LSB"
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+def _error(model, match, **kwargs):
+    with pytest.raises(OnnxImportError, match=match) as info:
+        import_onnx(model, **kwargs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_unsupported_operator_names_the_node(lenet, digits):
+    proto = export_onnx_float(lenet)
+    out = proto.graph.output[0]
+    proto.graph.node.append(helper.make_node("Softmax", [out.name], ["probs"], name="classifier_softmax"))
+    out.name = "probs"
+    _error(proto, r"node 'classifier_softmax' \(Softmax\): operator Softmax is not supported",
+           calibration=digits[0][:4])
+
+
+def test_uint8_activations_are_rejected(lenet, digits, tmp_path):
+    proto = _ort_quantize(export_onnx_float(lenet), digits[0][:32], QuantFormat.QOperator, tmp_path,
+                          activation_type=QuantType.QUInt8)
+    _error(proto, r"node .*\(QuantizeLinear\): the input has dtype uint8; only int8 activations")
+
+
+def test_wrong_input_dtype_and_dynamic_shape(lenet):
+    proto = export_onnx_float(lenet)
+    proto.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    _error(proto, r"input 'input': dtype DOUBLE is not supported")
+    proto = export_onnx_float(lenet)
+    proto.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    _error(proto, r"input 'input': dynamic shape on axis H \(height\)")
+
+
+def test_malformed_files(tmp_path):
+    _error(b"\x08\x07\x12\xff\xff not an onnx file", r"malformed ONNX bytes")
+    _error(b"", r"malformed ONNX bytes")
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(export_onnx_float(mobilenet_like()).SerializeToString()[:100])
+    _error(path, r"malformed ONNX file")
+    _error(tmp_path / "missing.onnx", r"cannot read ONNX file")
+
+
+def test_unsupported_geometry_names_the_node():
+    model = export_onnx_float(mobilenet_like())
+    conv = next(n for n in model.graph.node if n.name == "pw2")
+    conv.attribute.append(helper.make_attribute("dilations", [2, 2]))
+    _error(model, r"node 'pw2' \(Conv\): dilations \[2, 2\] are not supported", calibration=np.zeros((1, 1, 32, 32)))
+    model = export_onnx_float(mobilenet_like())
+    pool = next(n for n in model.graph.node if n.name == "pool")
+    pool.attribute.append(helper.make_attribute("ceil_mode", 1))
+    _error(model, r"node 'pool' \(MaxPool\): ceil_mode=1 is not supported", calibration=np.zeros((1, 1, 32, 32)))
+
+
+def test_float_model_needs_calibration(lenet):
+    _error(export_onnx_float(lenet), r"a float model needs calibration images")
+    _error(export_onnx_float(lenet), r"calibration images must be \[N, 1, 32, 32\]",
+           calibration=np.zeros((2, 32, 32, 1)))
+
+
+def test_float32_scale_is_formed_in_onnxruntimes_order():
+    """onnxruntime forms ``float32(float32(s_x * s_w) / s_y)``; other float32 orders or a float64 product differ
+    from it on some outputs, so the order in graph.Requant matters and is checked here."""
+    rng = np.random.default_rng(5)
+    cout = 256
+    w = rng.integers(-10, 11, (cout, 32, 3, 3), dtype=np.int8)
+    w_scale = rng.uniform(1e-3, 1e-2, cout).astype(np.float32)
+    xs, ys = np.float32(0.0371), np.float32(0.0293)
+    proto = _qlinearconv_model(w, w_scale, xs, ys, rng.integers(-300, 300, cout), 1, (1, 0, 2, 1))
+    values = _run_all(proto, rng.uniform(-4, 4, (32, 32, 9, 7)).astype(np.float32))
+    graph = import_onnx(proto)
+    node = graph.nodes[0]
+    expected = _nhwc(values["y"])
+    np.testing.assert_array_equal(run_graph(graph, _nhwc(values["xq"])), expected)
+    acc = conv2d_acc(_nhwc(values["xq"]), node.weights, node.bias, node.input_spec.zero_point, node.stride,
+                     node.padding).astype(np.float32)
+    others = {"s_x * (s_w / s_y)": xs * (w_scale / ys), "(s_x / s_y) * s_w": (xs / ys) * w_scale,
+              "float64": (np.float64(xs) * w_scale / np.float64(ys)).astype(np.float32)}
+    for what, scale in others.items():
+        out = np.clip(np.rint(acc * scale.astype(np.float32)) + node.requant.zero_point, -128, 127)
+        assert np.any(out != expected), f"{what} should differ from onnxruntime somewhere on this seed"
