@@ -1,46 +1,118 @@
-"""The on-chip memories as the host sees them: one 32-bit word port, decoded by :class:`MemoryId`."""
+"""The on-chip memories, seen by the host as 32-bit words and by the engines as full-width rows.
 
-from amaranth.hdl import Module, Signal
+Each memory is ``width`` bits wide (a multiple of 32: an activation memory row holds one pixel of ``lanes``
+int8 channels) and ``depth`` rows deep. The host's word ``a`` is the 32-bit part ``a % (width // 32)`` of row
+``a // (width // 32)``, little-endian, so a row's bytes are channel 0, 1, 2, ... in order.
+
+Engines get one full-width read port per memory and one write port per memory. The write port is shared with
+the host: while ``engine_active`` is high the engines own it (the command processor does not touch memory while
+an engine runs).
+"""
+
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from .command_processor import MemoryBusSignature
 from .commands import MemoryId
 
-__all__ = ["MemoryMap"]
+__all__ = ["MemorySpec", "MemoryMap", "ReadPortSignature", "WritePortSignature"]
+
+
+class MemorySpec:
+    """``width`` bits per row (a multiple of 32), ``depth`` rows."""
+
+    def __init__(self, width, depth):
+        if width % 32 or width <= 0:
+            raise ValueError(f"memory width must be a positive multiple of 32 bits, not {width}")
+        if depth <= 0:
+            raise ValueError(f"memory depth must be positive, not {depth}")
+        self.width, self.depth = int(width), int(depth)
+
+    @property
+    def words(self):
+        """Size in host (32-bit) words."""
+        return self.depth * self.width // 32
+
+    def __repr__(self):
+        return f"MemorySpec(width={self.width}, depth={self.depth})"
+
+
+class ReadPortSignature(wiring.Signature):
+    """Synchronous read: ``data`` is valid the cycle after ``en``, and holds while ``en`` is low."""
+
+    def __init__(self, spec):
+        super().__init__({"addr": Out(range(spec.depth)), "en": Out(1), "data": In(spec.width)})
+
+
+class WritePortSignature(wiring.Signature):
+    def __init__(self, spec):
+        super().__init__({"addr": Out(range(spec.depth)), "en": Out(1), "data": Out(spec.width)})
 
 
 class MemoryMap(wiring.Component):
-    """Memories of ``depths`` words each, behind the command processor's memory bus.
-
-    Parameters
+    """Parameters
     ----------
-    depths : dict of MemoryId -> int
+    specs : dict of MemoryId -> MemorySpec
+
+    Members
+    -------
+    bus : In(MemoryBusSignature())
+        The command processor's port.
+    <name>_read, <name>_write : In(ReadPortSignature / WritePortSignature)
+        The engines' ports of memory ``<name>`` (``act_a``, ``weights``, ...).
+    engine_active : In(1)
+        Gives the write ports to the engines.
     """
 
-    def __init__(self, depths):
-        self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
-        super().__init__({"bus": In(MemoryBusSignature())})
+    def __init__(self, specs):
+        self._specs = {MemoryId(k): v for k, v in specs.items()}
+        members = {"bus": In(MemoryBusSignature()), "engine_active": In(1)}
+        for memory, spec in self._specs.items():
+            members[f"{memory.name.lower()}_read"] = In(ReadPortSignature(spec))
+            members[f"{memory.name.lower()}_write"] = In(WritePortSignature(spec))
+        super().__init__(members)
 
     @property
-    def depths(self):
-        return dict(self._depths)
+    def specs(self):
+        return dict(self._specs)
+
+    def word_depths(self):
+        """Host-visible size of each memory in 32-bit words (for the command processor's range checks)."""
+        return {memory: spec.words for memory, spec in self._specs.items()}
 
     def elaborate(self, platform):
         m = Module()
-        # The read data comes a cycle after the request: select it with the memory id of that request.
+        bus = self.bus
+        # The host's read data comes a cycle after the request: remember which memory and which part.
         selected = Signal(MemoryId)
-        with m.If(self.bus.r_en):
-            m.d.sync += selected.eq(self.bus.memory)
-        for memory, depth in self._depths.items():
-            m.submodules[memory.name.lower()] = mem = Memory(shape=32, depth=depth, init=[])
-            wp, rp = mem.write_port(), mem.read_port()
-            here = self.bus.memory == memory
+        part = Signal(8)
+        for memory, spec in self._specs.items():
+            name = memory.name.lower()
+            parts = spec.width // 32
+            m.submodules[name] = mem = Memory(shape=spec.width, depth=spec.depth, init=[])
+            wp = mem.write_port(granularity=32)
+            host_rp = mem.read_port()
+            engine_rp = mem.read_port()
+            engine_read = getattr(self, f"{name}_read")
+            engine_write = getattr(self, f"{name}_write")
+            here = bus.memory == memory
+            row = bus.addr // parts if parts > 1 else bus.addr
             m.d.comb += [
-                wp.addr.eq(self.bus.addr), wp.data.eq(self.bus.w_data), wp.en.eq(self.bus.w_en & here),
-                rp.addr.eq(self.bus.addr), rp.en.eq(self.bus.r_en & here),
+                engine_rp.addr.eq(engine_read.addr), engine_rp.en.eq(engine_read.en),
+                engine_read.data.eq(engine_rp.data),
+                host_rp.addr.eq(row), host_rp.en.eq(bus.r_en & here),
             ]
+            with m.If(self.engine_active):
+                m.d.comb += [wp.addr.eq(engine_write.addr), wp.data.eq(engine_write.data),
+                             wp.en.eq(Mux(engine_write.en, (1 << parts) - 1, 0))]
+            with m.Else():
+                m.d.comb += [wp.addr.eq(row), wp.data.eq(bus.w_data.replicate(parts))]
+                with m.If(bus.w_en & here):
+                    m.d.comb += wp.en.eq(1 << (bus.addr % parts) if parts > 1 else 1)
+            with m.If(bus.r_en & here):
+                m.d.sync += [selected.eq(memory), part.eq(bus.addr % parts if parts > 1 else 0)]
             with m.If(selected == memory):
-                m.d.comb += self.bus.r_data.eq(rp.data)
+                m.d.comb += bus.r_data.eq(host_rp.data.word_select(part, 32) if parts > 1 else host_rp.data)
         return m

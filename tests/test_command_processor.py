@@ -13,10 +13,11 @@ from amaranth.sim import Simulator
 from cnnacc.host import protocol
 from cnnacc.hw.command_processor import WORD_LAYOUT, CommandProcessor
 from cnnacc.hw.commands import MemoryId, Opcode, Status
-from cnnacc.hw.memory_map import MemoryMap
+from cnnacc.hw.memory_map import MemoryMap, MemorySpec
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 
-DEPTHS = {MemoryId.ACT_A: 32, MemoryId.WEIGHTS: 8}
+SPECS = {MemoryId.ACT_A: MemorySpec(64, 16), MemoryId.WEIGHTS: MemorySpec(32, 8)}
+DEPTHS = {memory: spec.words for memory, spec in SPECS.items()}
 CONFIG_ID = 0xC0FFEE42
 
 
@@ -31,7 +32,7 @@ class Harness(wiring.Component):
         m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
-        m.submodules.memories = memories = MemoryMap(DEPTHS)
+        m.submodules.memories = memories = MemoryMap(SPECS)
         wiring.connect(m, cp.mem, memories.bus)
         countdown = Signal(32)
         busy = Signal()

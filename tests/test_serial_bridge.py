@@ -14,11 +14,12 @@ from cnnacc.host import protocol
 from cnnacc.host.serial_link import FrameReader, LinkError, SerialLink, crc16, encode_frame
 from cnnacc.hw.command_processor import CommandProcessor
 from cnnacc.hw.commands import MemoryId, Opcode
-from cnnacc.hw.memory_map import MemoryMap
+from cnnacc.hw.memory_map import MemoryMap, MemorySpec
 from cnnacc.hw.serial_bridge import FrameType, SerialBridge, crc16_update
 from cnnacc.sim.serial_port import SimulatedSerialPort
 
-DEPTHS = {MemoryId.ACT_A: 64, MemoryId.WEIGHTS: 64}
+SPECS = {MemoryId.ACT_A: MemorySpec(64, 32), MemoryId.WEIGHTS: MemorySpec(32, 64)}
+DEPTHS = {memory: spec.words for memory, spec in SPECS.items()}
 MAX_WORDS = 32
 
 
@@ -31,7 +32,7 @@ class LinkedAccelerator(wiring.Component):
         m = Module()
         m.submodules.bridge = bridge = SerialBridge(max_words=MAX_WORDS, idle_timeout=48)
         m.submodules.cp = cp = CommandProcessor(DEPTHS, 0x1234ABCD)
-        m.submodules.memories = memories = MemoryMap(DEPTHS)
+        m.submodules.memories = memories = MemoryMap(SPECS)
         wiring.connect(m, wiring.flipped(self.i_rx), bridge.i_rx)
         wiring.connect(m, bridge.o_tx, wiring.flipped(self.o_tx))
         wiring.connect(m, bridge.o_cmd, cp.i_host)
