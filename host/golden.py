@@ -3,9 +3,10 @@
 This is the executable specification of the hardware. Every function works on a batch (NHWC, int8) at once and
 is bit-exact with TFLite-Micro's reference kernels (tests/test_golden_tflm.py shows it).
 
-Convolutions accumulate ``sum(w * (x - zp_in)) + bias`` exactly: the products are formed in float64, which is
-exact here because every partial sum is below 2**53 (|x - zp| <= 255, |w| <= 127, and a reduction depth of up
-to 2**30 / 32385 terms), and BLAS makes it fast. The sums are then wrapped to int32 as the hardware's
+Convolutions accumulate ``sum(w * (x - zp_in)) + bias`` exactly with BLAS: in float32 when every partial sum
+stays within 2**24 (|x - zp| <= 255, |w| <= 127, so a reduction depth of up to 518 terms, which covers LeNet-5
+and most layers), else in float64 (exact below 2**53, a depth of up to 2**53 / 32385). Integers are exact in
+either format whatever order BLAS adds them in. The sums are then wrapped to int32 as the hardware's
 accumulators would.
 """
 
@@ -21,6 +22,14 @@ __all__ = [
 ]
 
 _MAX_EXACT_DEPTH = (1 << 53) // (255 * 127)
+_MAX_FLOAT32_DEPTH = (1 << 24) // (255 * 127)
+
+
+def _exact_float(depth):
+    """The narrowest float type in which a reduction of ``depth`` int8 products is exact."""
+    if depth > _MAX_EXACT_DEPTH:
+        raise ValueError(f"reduction depth {depth} is too deep for exact floating-point accumulation")
+    return np.float32 if depth <= _MAX_FLOAT32_DEPTH else np.float64
 
 
 def _pad(x, padding, value):
@@ -37,10 +46,14 @@ def _windows(x, kh, kw, stride):
 
 
 def _exact_matmul(a, b):
-    """Exact integer product of small-integer float64 matrices, returned as int64."""
+    """Exact integer product of small-integer float matrices (see :func:`_exact_float`), returned as int64."""
     if a.shape[-1] > _MAX_EXACT_DEPTH:
-        raise ValueError(f"reduction depth {a.shape[-1]} is too deep for exact float64 accumulation")
-    return np.rint(a @ b).astype(np.int64)
+        raise ValueError(f"reduction depth {a.shape[-1]} is too deep for exact floating-point accumulation")
+    if b.shape[1] < 12:
+        # OpenBLAS is about twice as fast on a tall-skinny product with a handful of output channels (LeNet's
+        # first layer) when it is posed transposed; the cast makes the result C-contiguous again.
+        return (b.T @ a.T).T.astype(np.int64, order="C")
+    return (a @ b).astype(np.int64)
 
 
 def conv2d_acc(x, weights, bias, zp_in, stride=(1, 1), padding=(0, 0, 0, 0)):
@@ -48,13 +61,15 @@ def conv2d_acc(x, weights, bias, zp_in, stride=(1, 1), padding=(0, 0, 0, 0)):
     cout, kh, kw, cin = weights.shape
     if x.shape[-1] != cin:
         raise ValueError(f"input has {x.shape[-1]} channels, weights expect {cin}")
-    xs = _pad(x.astype(np.float64) - zp_in, padding, 0.0)
-    win = _windows(xs, kh, kw, stride)
+    dtype = _exact_float(kh * kw * cin)
+    xs = _pad(x.astype(dtype) - dtype(zp_in), padding, 0.0)
+    # Windows in the view's own [C, KH, KW] order gather faster than transposed ones; the weights follow.
+    win = np.lib.stride_tricks.sliding_window_view(xs, (kh, kw), axis=(1, 2))[:, ::stride[0], ::stride[1]]
     n, oh, ow = win.shape[:3]
     if oh <= 0 or ow <= 0:
         raise ValueError("the kernel does not fit the padded input")
     cols = win.reshape(n * oh * ow, kh * kw * cin)
-    acc = _exact_matmul(cols, weights.reshape(cout, -1).astype(np.float64).T)
+    acc = _exact_matmul(cols, weights.transpose(0, 3, 1, 2).reshape(cout, -1).astype(dtype).T)
     return wrap_int32(acc.reshape(n, oh, ow, cout) + bias.astype(np.int64))
 
 
@@ -63,9 +78,10 @@ def depthwise_conv2d_acc(x, weights, bias, zp_in, stride=(1, 1), padding=(0, 0, 
     _, kh, kw, c = weights.shape
     if x.shape[-1] != c:
         raise ValueError(f"input has {x.shape[-1]} channels, depthwise weights expect {c}")
-    xs = _pad(x.astype(np.float64) - zp_in, padding, 0.0)
+    dtype = _exact_float(kh * kw)
+    xs = _pad(x.astype(dtype) - dtype(zp_in), padding, 0.0)
     win = _windows(xs, kh, kw, stride)                   # N, OH, OW, KH, KW, C
-    acc = np.rint(np.einsum("nyxijc,ijc->nyxc", win, weights[0].astype(np.float64))).astype(np.int64)
+    acc = np.einsum("nyxijc,ijc->nyxc", win, weights[0].astype(dtype)).astype(np.int64)
     return wrap_int32(acc + bias.astype(np.int64))
 
 
@@ -74,7 +90,8 @@ def fully_connected_acc(x, weights, bias, zp_in):
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != weights.shape[1]:
         raise ValueError(f"input has {flat.shape[1]} features, weights expect {weights.shape[1]}")
-    acc = _exact_matmul(flat.astype(np.float64) - zp_in, weights.astype(np.float64).T)
+    dtype = _exact_float(flat.shape[1])
+    acc = _exact_matmul(flat.astype(dtype) - dtype(zp_in), weights.astype(dtype).T)
     return wrap_int32(acc + bias.astype(np.int64))
 
 
@@ -97,18 +114,44 @@ def fully_connected(x, node):
     return _apply(fully_connected_acc(x, node.weights, node.bias, node.input_spec.zero_point), node.requant)
 
 
+def _taps(xs, kernel, stride):
+    """The KH*KW strided slices of a padded NHWC array, one per kernel tap, each [N, OH, OW, C].
+
+    Reducing tap by tap touches each output KH*KW times in contiguous runs, much faster than a reduction
+    over the last axes of a window view."""
+    (kh, kw), (sy, sx) = kernel, stride
+    oh = (xs.shape[1] - kh) // sy + 1
+    ow = (xs.shape[2] - kw) // sx + 1
+    if oh <= 0 or ow <= 0:
+        raise ValueError("the kernel does not fit the padded input")
+    for i in range(kh):
+        for j in range(kw):
+            yield xs[:, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx]
+
+
 def max_pool2d(x, kernel, stride, padding=(0, 0, 0, 0), qmin=-128, qmax=127):
     """Max over in-bounds taps (padding never wins), then the activation clamp."""
     xs = _pad(x.astype(np.int16), padding, -32768)
-    win = _windows(xs, kernel[0], kernel[1], stride)
-    return np.clip(win.max(axis=(3, 4)), qmin, qmax).astype(np.int8)
+    taps = _taps(xs, kernel, stride)
+    out = next(taps).copy()
+    for tap in taps:
+        np.maximum(out, tap, out=out)
+    return np.clip(out, qmin, qmax).astype(np.int8)
+
+
+def _tap_sum(xs, kernel, stride):
+    taps = _taps(xs, kernel, stride)
+    total = next(taps).copy()
+    for tap in taps:
+        total += tap
+    return total
 
 
 def avg_pool2d(x, kernel, stride, padding=(0, 0, 0, 0), qmin=-128, qmax=127):
     """TFLite's integer average: sum of in-bounds taps over their count, rounded half away from zero."""
-    sums = _windows(_pad(x.astype(np.int64), padding, 0), kernel[0], kernel[1], stride).sum(axis=(3, 4))
+    sums = _tap_sum(_pad(x.astype(np.int64), padding, 0), kernel, stride)
     ones = np.ones((1,) + x.shape[1:3] + (1,), np.int64)
-    counts = _windows(_pad(ones, padding, 0), kernel[0], kernel[1], stride).sum(axis=(3, 4))
+    counts = _tap_sum(_pad(ones, padding, 0), kernel, stride)
     half = counts // 2
     # C++ division truncates toward zero; with the +/- half this is rounding half away from zero.
     numer = np.where(sums > 0, sums + half, sums - half)

@@ -83,23 +83,28 @@ def quantize_multipliers(input_scale, weight_scales, output_scale):
 def wrap_int32(x):
     """Two's-complement wrap of integers to int32, as C++ int32 arithmetic does in practice."""
     x = np.asarray(x, dtype=np.int64)
+    # Accumulators almost always fit: two reductions are cheaper than three full-size temporaries.
+    if x.size == 0 or (x.min() >= INT32_MIN and x.max() <= INT32_MAX):
+        return x
     return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
-def _div_pow2_trunc(x, bits):
-    """``x / 2**bits`` truncated toward zero, like C++ integer division."""
-    return (x + ((x < 0) * ((1 << bits) - 1))) >> bits
-
-
 def saturating_rounding_doubling_high_mul(a, b):
-    """gemmlowp ``SaturatingRoundingDoublingHighMul`` on int32 values."""
+    """gemmlowp ``SaturatingRoundingDoublingHighMul`` on int32 values.
+
+    gemmlowp adds a nudge of ``2**30`` (``1 - 2**30`` for a negative product) and divides by ``2**31``
+    truncating toward zero. For a negative numerator truncation is ``floor((n + 2**31 - 1) / 2**31)``, so both
+    branches equal ``floor((a*b + 2**30) / 2**31)``: one add and one arithmetic shift, ties toward +infinity.
+    """
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    overflow = (a == INT32_MIN) & (b == INT32_MIN)
-    ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    high = _div_pow2_trunc(ab + nudge, 31)
-    return np.where(overflow, INT32_MAX, high)
+    high = a * b
+    high += 1 << 30
+    high >>= 31
+    if np.any(b == INT32_MIN) or np.any(a == INT32_MIN):
+        # The one product that does not fit: INT32_MIN * INT32_MIN saturates.
+        high = np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+    return high
 
 
 def rounding_divide_by_pot(x, exponent):
@@ -108,10 +113,16 @@ def rounding_divide_by_pot(x, exponent):
     exponent = np.asarray(exponent, dtype=np.int64)
     if np.any((exponent < 0) | (exponent > 31)):
         raise ValueError("rounding_divide_by_pot needs an exponent from 0 to 31")
-    mask = (np.int64(1) << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
+    # gemmlowp's (x >> e) + ((x & mask) > (mask >> 1) + (x < 0)) is round-half-away-from-zero of x / 2**e,
+    # which is floor((x + 2**(e-1) - (x < 0)) / 2**e) for e >= 1 (and x itself for e = 0).
+    half = (np.int64(1) << exponent) >> 1
+    result = x + half
+    if np.all(exponent > 0):
+        result -= x < 0
+    elif np.any(exponent > 0):
+        result -= (x < 0) & (exponent > 0)
+    result >>= exponent
+    return result
 
 
 def multiply_by_quantized_multiplier(x, multiplier, shift):
@@ -120,7 +131,7 @@ def multiply_by_quantized_multiplier(x, multiplier, shift):
     shift = np.asarray(shift, dtype=np.int64)
     left_shift = np.maximum(shift, 0)
     right_shift = np.maximum(-shift, 0)
-    shifted = wrap_int32(x << left_shift)
+    shifted = wrap_int32(x << left_shift) if np.any(left_shift) else x
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, multiplier), right_shift)
 
 
