@@ -1,0 +1,100 @@
+"""Feature maps between memory and engines: :class:`MemoryReader` streams rows out of a memory,
+:class:`MemoryWriter` stores a stream of rows into one. Both run at one row per cycle without stalls."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .memory_map import ReadPortSignature, WritePortSignature
+
+__all__ = ["transfer_layout", "MemoryReader", "MemoryWriter"]
+
+
+def transfer_layout(spec):
+    """A transfer: ``count`` rows from row ``base``."""
+    return data.StructLayout({"base": range(spec.depth), "count": range(spec.depth + 1)})
+
+
+class MemoryReader(wiring.Component):
+    """Streams rows ``base .. base + count - 1`` of a memory through a read port, in order.
+
+    Members
+    -------
+    i_transfer : In(stream.Signature(transfer_layout(spec)))
+    o_rows : Out(stream.Signature(spec.width))
+    port : Out(ReadPortSignature(spec))
+    busy : Out(1)
+    """
+
+    def __init__(self, spec):
+        self._spec = spec
+        super().__init__({
+            "i_transfer": In(stream.Signature(transfer_layout(spec))),
+            "o_rows": Out(stream.Signature(spec.width)),
+            "port": Out(ReadPortSignature(spec)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        addr = Signal(range(self._spec.depth + 1))
+        remaining = Signal(range(self._spec.depth + 1))
+        m.d.comb += [self.i_transfer.ready.eq((remaining == 0) & ~self.o_rows.valid),
+                     self.busy.eq((remaining != 0) | self.o_rows.valid)]
+        with m.If(self.i_transfer.valid & self.i_transfer.ready):
+            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(self.i_transfer.payload.count)]
+
+        # The read port holds its data while not enabled, so its output is the stream's payload: a new row is
+        # read only when the one on offer is being taken (or none is on offer).
+        fetch = Signal()
+        m.d.comb += [
+            fetch.eq((remaining != 0) & (~self.o_rows.valid | self.o_rows.ready)),
+            self.port.addr.eq(addr), self.port.en.eq(fetch),
+            self.o_rows.payload.eq(self.port.data),
+        ]
+        with m.If(fetch):
+            m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1), self.o_rows.valid.eq(1)]
+        with m.Elif(self.o_rows.ready):
+            m.d.sync += self.o_rows.valid.eq(0)
+        return m
+
+
+class MemoryWriter(wiring.Component):
+    """Stores ``count`` rows from ``i_rows`` at ``base, base + 1, ...``; ``done`` pulses after the last one.
+
+    Members
+    -------
+    i_transfer : In(stream.Signature(transfer_layout(spec)))
+    i_rows : In(stream.Signature(spec.width))
+    port : Out(WritePortSignature(spec))
+    done : Out(1)
+    """
+
+    def __init__(self, spec):
+        self._spec = spec
+        super().__init__({
+            "i_transfer": In(stream.Signature(transfer_layout(spec))),
+            "i_rows": In(stream.Signature(spec.width)),
+            "port": Out(WritePortSignature(spec)),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        addr = Signal(range(self._spec.depth + 1))
+        remaining = Signal(range(self._spec.depth + 1))
+        m.d.comb += [
+            self.i_transfer.ready.eq(remaining == 0),
+            self.i_rows.ready.eq(remaining != 0),
+            self.port.addr.eq(addr), self.port.data.eq(self.i_rows.payload),
+            self.port.en.eq(self.i_rows.valid & self.i_rows.ready),
+        ]
+        with m.If(self.i_transfer.valid & self.i_transfer.ready):
+            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(self.i_transfer.payload.count)]
+            with m.If(self.i_transfer.payload.count == 0):
+                m.d.comb += self.done.eq(1)
+        with m.If(self.port.en):
+            m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1)]
+            with m.If(remaining == 1):
+                m.d.comb += self.done.eq(1)
+        return m
