@@ -82,3 +82,42 @@ def test_bad_scales_are_named():
     tiny_out = TensorSpec("y", (1,), 1e-9, 0)
     with pytest.raises(ValueError, match="res_add: these scales need an ADD multiplier outside"):
         add_layer(a, a, tiny_out, count=4, name="res_add")
+
+
+def test_fixed_point_helpers_match_quant():
+    """The rounding divide and high multiply inside the engine, on ties, signs and extremes: ADD's outputs
+    hide an LSB error of its intermediate stages, so the stages are checked on their own."""
+    from amaranth.hdl import Module, Signal, signed
+    from cnnacc.host import quant
+    from cnnacc.hw.add_engine import _high_mul, _rounding_divide
+
+    m = Module()
+    x, right, a, b = Signal(signed(32)), Signal(range(32)), Signal(signed(32)), Signal(signed(32))
+    div = Signal(signed(33))
+    m.d.comb += div.eq(_rounding_divide(m, x, right, "t"))
+    high = _high_mul(m, 1, a, b, "t")
+    rng = np.random.default_rng(5)
+    xs = [0, 1, -1, 2, -2, 3, -3, 5, -5, 6, -6, (1 << 31) - 1, -(1 << 31), 1 << 20, -(1 << 20)]
+    xs += rng.integers(-(1 << 31), 1 << 31, size=40).tolist()
+    pairs = [(v, s) for v in xs for s in (0, 1, 2, 3, 17, 30, 31)]
+    products = [(v, mm) for v in xs for mm in (1 << 30, (1 << 31) - 1, 1, 1359862339)]
+    bad = []
+
+    async def bench(ctx):
+        for v, s in pairs:
+            ctx.set(x, v)
+            ctx.set(right, s)
+            if ctx.get(div) != int(quant.rounding_divide_by_pot(v, s)):
+                bad.append(("divide", v, s))
+        for v, mm in products:
+            ctx.set(a, v)
+            ctx.set(b, mm)
+            await ctx.tick().repeat(2)
+            if ctx.get(high) != int(quant.saturating_rounding_doubling_high_mul(v, mm)):
+                bad.append(("high", v, mm))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, bad[:5]
