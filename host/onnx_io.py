@@ -469,6 +469,9 @@ class _QuantImporter:
             handler(node)
         if self.graph_input is None:
             raise OnnxImportError(f"input {self.input_name!r}: no QuantizeLinear makes it int8")
+        for pending in self.pending.values():
+            raise OnnxImportError(f"{_node_label(pending.node)}: its float result is never quantized "
+                                  f"(no QuantizeLinear follows it)")
         if len(self.proto.graph.output) != 1:
             raise OnnxImportError(f"the model must have exactly one output, not {len(self.proto.graph.output)}")
         out = self.proto.graph.output[0].name

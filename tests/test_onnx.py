@@ -11,19 +11,15 @@
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
-ort = pytest.importorskip("onnxruntime")
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
-from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
-
-from cnnacc.host import float_model as fm  # noqa: E402
-from cnnacc.host import graph as g  # noqa: E402
-from cnnacc.host.golden import (conv2d_acc, depthwise_conv2d_acc, fully_connected_acc, run_graph,  # noqa: E402
-                                run_node)
-from cnnacc.host.onnx_io import (OnnxImportError, export_onnx_float, import_onnx,  # noqa: E402
-                                 onnx_to_float_model)
+from cnnacc.host import float_model as fm
+from cnnacc.host.golden import conv2d_acc, depthwise_conv2d_acc, fully_connected_acc, run_graph, run_node
+from cnnacc.host.onnx_io import OnnxImportError, export_onnx_float, import_onnx, onnx_to_float_model
 
 SEED = 20261122
 
@@ -493,3 +489,18 @@ def test_qlinear_global_average_pool_and_matmul():
     assert np.any(ties) and np.array_equal(pooled[~ties], ints["gap"][~ties])
     assert np.abs(pooled.astype(np.int16) - ints["gap"]).max() <= 1
     np.testing.assert_array_equal(run_node(fc, graph, ints), ints["logits"])
+
+
+def test_qdq_result_never_quantized_names_the_node():
+    t = {"s": np.float32(0.1), "z": np.int8(0), "w": np.ones((2, 1, 3, 3), np.int8), "ws": np.float32(0.01),
+         "wz": np.int8(0)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="dqw"),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="float_conv")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in t.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    _error(proto, r"node 'float_conv' \(Conv\): its float result is never quantized")
