@@ -59,6 +59,28 @@ def _cmd_gemm(args):
     return 0 if result.matches_golden else 1
 
 
+def _cmd_inspect(args):
+    from .host.graph import GraphError
+    from .host.model_file import graph_summary, load_graph
+    try:
+        graph = load_graph(args.model, calibration=args.calibration)
+    except (GraphError, FileNotFoundError) as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    rows = graph_summary(graph)
+    spec = graph.input
+    print(f"{graph.name}: input {list(spec.shape)} int8 (scale {spec.scale:.6g}, zero point {spec.zero_point}), "
+          f"{len(rows)} layers")
+    header = ("layer", "kind", "input", "output", "MACs", "params")
+    table = [header] + [(n, k, "x".join(map(str, i)), "x".join(map(str, o)), f"{m:,}", f"{p:,}")
+                        for n, k, i, o, m, p in rows]
+    widths = [max(len(str(r[c])) for r in table) for c in range(len(header))]
+    for r in table:
+        print("  " + "  ".join(str(v).ljust(w) if c < 4 else str(v).rjust(w)
+                               for c, (v, w) in enumerate(zip(r, widths))))
+    print(f"total: {sum(r[4] for r in rows):,} MACs, {sum(r[5] for r in rows):,} parameters")
+    return 0
+
+
 def _cmd_demo(args):
     from .host.gemm import demo
     return demo(seed=args.seed)
@@ -75,6 +97,12 @@ def _build_parser():
     p = commands.add_parser("demo", help="the main job: run the accelerator in RTL simulation and check it")
     p.add_argument("--seed", type=int, default=2026, help="seed of the random operands (default %(default)s)")
     p.set_defaults(func=_cmd_demo)
+
+    p = commands.add_parser("inspect", help="import a model (.tflite, .onnx or a bundled name) and list its layers")
+    p.add_argument("model", help="a .tflite or .onnx file, or one of: lenet5, mobilenet_v1_digits, mobilenet_v1, "
+                                 "mobilenet_v2")
+    p.add_argument("--calibration", help="for a float .onnx model: a .npy file of NCHW float calibration images")
+    p.set_defaults(func=_cmd_inspect)
 
     p = commands.add_parser("gemm", help="multiply two int8 matrices (.npy) on the MAC array and check the result")
     p.add_argument("a", help="A, an M x K int8 matrix (.npy)")

@@ -94,3 +94,25 @@ def test_doctor_reports_tool_missing_from_path(monkeypatch):
     icarus_line = next(l for l in lines if "icarus" in l)
     assert "apt-get install iverilog" in icarus_line
     assert code == 0  # optional tools never fail the doctor
+
+
+def test_inspect_bundled_and_exported_lenet5(tmp_path):
+    from cnnacc.host.models import lenet5
+    from cnnacc.host.tflite_io import export_tflite
+    result = cnnacc("inspect", "lenet5")
+    assert result.returncode == 0, result.stderr
+    assert "7 layers" in result.stdout and "total: 416,520 MACs, 61,706 parameters" in result.stdout
+    (tmp_path / "lenet5.tflite").write_bytes(export_tflite(lenet5()))
+    exported = cnnacc("inspect", str(tmp_path / "lenet5.tflite"))
+    assert exported.returncode == 0, exported.stderr
+    assert "total: 416,520 MACs, 61,706 parameters" in exported.stdout
+
+
+def test_inspect_bad_model_files(tmp_path):
+    assert_one_line_error(cnnacc("inspect", str(tmp_path / "none.tflite")), "does not exist", "lenet5")
+    (tmp_path / "junk.tflite").write_bytes(b"\x00" * 64)
+    assert_one_line_error(cnnacc("inspect", str(tmp_path / "junk.tflite")), "junk.tflite")
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    assert_one_line_error(cnnacc("inspect", str(tmp_path / "junk.onnx")), "junk.onnx")
+    (tmp_path / "model.bin").write_bytes(b"\x01\x02")
+    assert_one_line_error(cnnacc("inspect", str(tmp_path / "model.bin")), "unknown model format")
