@@ -1,0 +1,517 @@
+"""Convolution engine: a whole conv layer from on-chip memories through the systolic array and the requantizer.
+
+Standard KxK convolution, pointwise 1x1, and fully connected (1x1 on a 1x1 map) with a runtime layer shape
+(:class:`ConvLayer`): H, W, Cin, Cout, KH, KW, stride 1 or 2, padding with the input zero point. Windows are
+built on the fly from the input feature map; no im2col copy exists anywhere.
+
+Dataflow (output stationary, see :mod:`.systolic_array`): a tile is ``rows`` output channels x ``cols`` output
+pixels; its reduction runs over ``(ky, kx, ci)`` in TFLite's weight order, one beat per cycle. Tiles go output
+channel block by output channel block (outer), pixel tile by pixel tile (inner). The ``cols`` pixels of a tile
+are consecutive in raster order, spanning rows, when the layer has stride 1 and as many output columns as input
+columns (then the input pixel of column ``c`` is ``f0 + c`` for every tap); otherwise they are consecutive
+within one output row (input pixels ``f0 + c * stride``). Either way the ``cols`` input pixels of a beat lie in
+``NB = 2 * cols`` (rounded up to a power of two) consecutive flat pixel indices, so a map stored in ``NB`` banks
+by ``flat pixel mod NB`` serves every column in the same cycle with no conflict.
+
+Zero points: the PEs multiply raw int8 activations (padding taps read the input zero point), and the input zero
+point's contribution ``zp_in * sum(w)`` is folded into the bias by the host (:func:`fold_bias`); modulo 2**32
+this equals TFLite's ``sum(w * (x - zp_in)) + bias`` exactly, and keeps the PEs int8 x int8.
+
+Memories (filled through the ``*_write`` ports, see :func:`memory_images` for their layouts):
+
+``act``
+    ``NB`` banks of ``act_depth`` bytes. Bank ``j``, word ``ci * act_channel_stride + f // NB`` holds channel
+    ``ci`` of flat input pixel ``f = iy * W + ix`` with ``f % NB == j``. One write fills one word of every bank.
+``weights``
+    ``weight_depth`` words of ``rows`` int8: word ``t * KH*KW*Cin + k`` holds ``w[t * rows + r, k]`` in lane ``r``.
+``params``
+    ``param_depth`` words of ``rows`` :func:`~.requantizer.lane_params_layout` (folded bias, multiplier, shift):
+    word ``t`` holds output channels ``t * rows ... t * rows + rows - 1``.
+
+Results leave on ``o_data``: one beat per valid output pixel and channel block, ``rows`` int8 lanes for channels
+``channel ... channel + rows - 1`` of flat output pixel ``pixel`` (``oy * OW + ox``); lanes past Cout are
+padding. Beats come channel block by channel block, pixels in raster order within a block.
+"""
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..config import AcceleratorConfig
+from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout
+from .systolic_array import SystolicArray
+
+__all__ = ["ConvLayer", "ConvEngine", "act_banks", "output_layout", "conv_layer", "fold_bias", "memory_images",
+           "node_job", "scatter_outputs"]
+
+DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
+PIXEL = 24        # bits of a flat pixel index
+FLAT = 26         # signed bits of a flat input pixel index, padding offsets included
+
+
+class ConvLayer(data.Struct):
+    """Layer descriptor of :class:`ConvEngine` (build its fields with :func:`conv_layer`).
+
+    ``act_channel_stride`` is ``ceil(H * W / NB)``, the bank words per input channel; ``origin`` is
+    ``-(pad_top * W + pad_left)``, the flat index of the top-left tap of the first window. Both are derived by
+    the host so that the engine needs no multiplier.
+    """
+    in_h: unsigned(DIM)
+    in_w: unsigned(DIM)
+    in_c: unsigned(DIM)
+    out_h: unsigned(DIM)
+    out_w: unsigned(DIM)
+    out_c: unsigned(DIM)
+    kernel_h: unsigned(4)
+    kernel_w: unsigned(4)
+    stride2: unsigned(1)            # 0: stride 1, 1: stride 2
+    pad_top: unsigned(4)
+    pad_left: unsigned(4)
+    in_zp: signed(8)
+    out_zp: signed(8)
+    qmin: signed(8)
+    qmax: signed(8)
+    single_rounding: unsigned(1)
+    act_channel_stride: unsigned(16)
+    origin: signed(FLAT)
+
+
+def act_banks(config):
+    """Number of input feature map banks: ``2 * cols`` rounded up to a power of two (stride 2 spreads a tile's
+    pixels over twice as many flat indices)."""
+    banks = 1
+    while banks < 2 * config.cols:
+        banks *= 2
+    return banks
+
+
+def output_layout(config):
+    """One output beat: ``rows`` int8 lanes, the flat output ``pixel`` and the first output ``channel``."""
+    return data.StructLayout({
+        "data": data.ArrayLayout(signed(8), config.rows),
+        "pixel": PIXEL,
+        "channel": DIM,
+    })
+
+
+def _write_signature(addr_depth, payload_shape):
+    return stream.Signature(data.StructLayout({"addr": range(addr_depth), "data": payload_shape}))
+
+
+class _TileCursor:
+    """Output coordinates of the ``cols`` pixels of the current tile, and how to step to the next tile.
+
+    The input side (issuing beats) and the output side (naming results) each own one, stepped in the same
+    order, so the results need no tag through the array.
+    """
+
+    def __init__(self, m, layer, span, cols, name):
+        self.oy = [Signal(DIM + 1, name=f"{name}_oy_{c}") for c in range(cols)]
+        self.ox = [Signal(DIM + 1, name=f"{name}_ox_{c}") for c in range(cols)]
+        self.pixel0 = Signal(PIXEL, name=f"{name}_pixel0")
+        self.row_pixel = Signal(PIXEL, name=f"{name}_row_pixel")   # flat index of (oy[0], 0)
+        self._m, self._layer, self._span, self._cols = m, layer, span, cols
+
+        def step(y, x):
+            # Raster increment in span mode, along the row otherwise (columns past the row are masked).
+            # Materialized as signals so that the chain of cols steps stays linear in size.
+            wrap = span & (x + 1 == layer.out_w)
+            ny, nx = Signal(DIM + 1), Signal(DIM + 1)
+            m.d.comb += [ny.eq(Mux(wrap, y + 1, y)), nx.eq(Mux(wrap, 0, x + 1))]
+            return ny, nx
+
+        wrap_row = self.ox[0] + cols >= layer.out_w
+        after_last = step(self.oy[-1], self.ox[-1])
+        first = (Signal(DIM + 1, name=f"{name}_next_oy"), Signal(DIM + 1, name=f"{name}_next_ox"))
+        m.d.comb += [first[0].eq(Mux(span, after_last[0], Mux(wrap_row, self.oy[0] + 1, self.oy[0]))),
+                     first[1].eq(Mux(span, after_last[1], Mux(wrap_row, 0, self.ox[0] + cols)))]
+        self.wrap_row = Signal(name=f"{name}_wrap_row")
+        m.d.comb += self.wrap_row.eq(~span & wrap_row)
+        self.next = [first]
+        self.start = [(Const(0, DIM + 1), Const(0, DIM + 1))]
+        for _ in range(1, cols):
+            self.next.append(step(*self.next[-1]))
+            self.start.append(step(*self.start[-1]))
+        self.last_tile = Signal(name=f"{name}_last_tile")
+        m.d.comb += self.last_tile.eq(self.next[0][0] >= layer.out_h)
+        self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
+        m.d.comb += [v.eq((y < layer.out_h) & (x < layer.out_w))
+                     for v, y, x in zip(self.pixel_valid, self.oy, self.ox)]
+
+    def reset(self):
+        """Statements (for an ``m.d.sync``) that move to the first tile."""
+        stmts = [self.pixel0.eq(0), self.row_pixel.eq(0)]
+        for c, (y, x) in enumerate(self.start):
+            stmts += [self.oy[c].eq(y), self.ox[c].eq(x)]
+        return stmts
+
+    def advance(self):
+        """Statements that move to the next tile."""
+        stmts = []
+        for c, (y, x) in enumerate(self.next):
+            stmts += [self.oy[c].eq(y), self.ox[c].eq(x)]
+        next_row = self.row_pixel + self._layer.out_w
+        stmts += [self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
+                  self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
+        return stmts
+
+
+class ConvEngine(wiring.Component):
+    """A conv layer on the systolic array: on-chip input map, weights and requantization parameters in, int8 out.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        ``rows`` output channels x ``cols`` output pixels per tile.
+    act_depth : int
+        Words per input bank (the map holds ``act_banks(config) * act_depth`` bytes).
+    weight_depth : int
+        Weight words (``rows`` bytes each).
+    param_depth : int
+        Requantization parameter words (one per block of ``rows`` output channels).
+
+    Members
+    -------
+    layer : In(ConvLayer)
+        Sampled when ``start`` is high and the engine is idle.
+    start : In(1)
+    busy : Out(1)
+        High from the cycle after ``start`` until the last result has left ``o_data``.
+    act_write, weight_write, param_write : In(stream.Signature(...))
+        Memory write ports (``addr``, ``data``), always ready; write only while the engine is idle.
+    o_data : Out(stream.Signature(output_layout(config)))
+    """
+
+    def __init__(self, config, *, act_depth=4096, weight_depth=8192, param_depth=256):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        for name, value in (("act_depth", act_depth), ("weight_depth", weight_depth), ("param_depth", param_depth)):
+            if not isinstance(value, int) or not 1 <= value <= 1 << 20:
+                raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
+        self._config = config
+        self.act_depth, self.weight_depth, self.param_depth = act_depth, weight_depth, param_depth
+        self.banks = act_banks(config)
+        super().__init__({
+            "layer": In(ConvLayer),
+            "start": In(1),
+            "busy": Out(1),
+            "act_write": In(_write_signature(act_depth, data.ArrayLayout(8, self.banks))),
+            "weight_write": In(_write_signature(weight_depth, data.ArrayLayout(signed(8), config.rows))),
+            "param_write": In(_write_signature(param_depth, data.ArrayLayout(lane_params_layout(), config.rows))),
+            "o_data": Out(stream.Signature(output_layout(config))),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        rows, cols, nb = cfg.rows, cfg.cols, self.banks
+        lg_nb = nb.bit_length() - 1
+
+        m.submodules.array = array = SystolicArray(cfg)
+        m.submodules.requant = requant = Requantizer(rows, tag_width=PIXEL + DIM)
+
+        # Writes always complete in their cycle.
+        m.d.comb += [self.act_write.ready.eq(1), self.weight_write.ready.eq(1), self.param_write.ready.eq(1)]
+
+        # --- memories -----------------------------------------------------------------------------------------
+        act_mems = []
+        for j in range(nb):
+            mem = m.submodules[f"act_bank_{j}"] = Memory(shape=8, depth=self.act_depth, init=[])
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(self.act_write.payload.addr), wp.data.eq(self.act_write.payload.data[j]),
+                         wp.en.eq(self.act_write.valid)]
+            act_mems.append(mem)
+        m.submodules.weights = weights = Memory(shape=data.ArrayLayout(signed(8), rows), depth=self.weight_depth,
+                                                init=[])
+        wp = weights.write_port()
+        m.d.comb += [wp.addr.eq(self.weight_write.payload.addr), wp.data.eq(self.weight_write.payload.data),
+                     wp.en.eq(self.weight_write.valid)]
+        m.submodules.params = params = Memory(shape=data.ArrayLayout(lane_params_layout(), rows),
+                                              depth=self.param_depth, init=[])
+        wp = params.write_port()
+        m.d.comb += [wp.addr.eq(self.param_write.payload.addr), wp.data.eq(self.param_write.payload.data),
+                     wp.en.eq(self.param_write.valid)]
+
+        # --- layer ------------------------------------------------------------------------------------------------
+        layer = Signal(ConvLayer)
+        span = Signal()
+        m.d.comb += span.eq(~layer.stride2 & (layer.out_w == layer.in_w))
+        setup, in_run, out_run = Signal(), Signal(), Signal()
+        s1_valid, p_valid = Signal(), Signal()
+        inflight = Signal(range(REQUANT_LATENCY + 3))
+        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | (inflight != 0))
+        start = Signal()
+        m.d.comb += start.eq(self.start & ~self.busy)
+        # The descriptor is latched first; the walkers start from it one cycle later.
+        with m.If(start):
+            m.d.sync += [layer.eq(self.layer), setup.eq(1)]
+        with m.If(setup):
+            m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
+        m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
+                     requant.qmin.eq(layer.qmin), requant.qmax.eq(layer.qmax)]
+
+        # --- input side: one beat per cycle ------------------------------------------------------------------
+        cursor = _TileCursor(m, layer, span, cols, "in")
+        ci, kx, ky = Signal(DIM), Signal(4), Signal(4)
+        chan_offset = Signal(range(self.act_depth + (1 << 16)))     # ci * act_channel_stride
+        tap_offset, tap_row = Signal(signed(FLAT)), Signal(signed(FLAT))   # ky * W + kx, ky * W
+        tile_base, row_base = Signal(signed(FLAT)), Signal(signed(FLAT))    # flat input index of column 0's
+        w_addr, w_base = Signal(range(self.weight_depth)), Signal(range(self.weight_depth))   # top-left tap
+        out_block = Signal(DIM)        # output channel block being computed (input side)
+
+        last_ci = ci + 1 == layer.in_c
+        last_kx = kx + 1 == layer.kernel_w
+        last_ky = ky + 1 == layer.kernel_h
+        tile_last = last_ci & last_kx & last_ky
+        tile_first = (ci == 0) & (kx == 0) & (ky == 0)
+        block_last = cursor.last_tile
+        all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
+
+        adv = Signal()
+        m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
+
+        def restart_tile():
+            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(0), tap_offset.eq(0), tap_row.eq(0)]
+
+        with m.If(setup):
+            m.d.sync += restart_tile() + cursor.reset() + [
+                tile_base.eq(layer.origin), row_base.eq(layer.origin), w_addr.eq(0), w_base.eq(0),
+                out_block.eq(0)]
+        with m.Elif(in_run & adv):
+            with m.If(~last_ci):
+                m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
+            with m.Else():
+                m.d.sync += [ci.eq(0), chan_offset.eq(0)]
+                with m.If(~last_kx):
+                    m.d.sync += [kx.eq(kx + 1), tap_offset.eq(tap_offset + 1)]
+                with m.Else():
+                    m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1)),
+                                 tap_offset.eq(Mux(last_ky, 0, tap_row + layer.in_w)),
+                                 tap_row.eq(Mux(last_ky, 0, tap_row + layer.in_w))]
+            m.d.sync += w_addr.eq(w_addr + 1)
+            with m.If(tile_last):
+                step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
+                with m.If(block_last):
+                    m.d.sync += cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
+                                                  w_base.eq(w_addr + 1), out_block.eq(out_block + 1)]
+                    with m.If(all_last):
+                        m.d.sync += in_run.eq(0)
+                with m.Else():
+                    m.d.sync += cursor.advance() + [w_addr.eq(w_base)]
+                    with m.If(span):
+                        m.d.sync += tile_base.eq(tile_base + cols)
+                    with m.Elif(cursor.wrap_row):
+                        m.d.sync += [tile_base.eq(row_base + step), row_base.eq(row_base + step)]
+                    with m.Else():
+                        m.d.sync += tile_base.eq(tile_base + Mux(layer.stride2, 2 * cols, cols))
+
+        # Bank addresses: bank j serves the first flat index >= f0 that is j modulo NB.
+        f0 = Signal(signed(FLAT))
+        m.d.comb += f0.eq(tile_base + tap_offset)
+        bank_reads = []
+        for j, mem in enumerate(act_mems):
+            rp = mem.read_port()
+            fj = Signal(signed(FLAT), name=f"flat_{j}")
+            m.d.comb += fj.eq(f0 + ((j - f0[:lg_nb])[:lg_nb]))
+            m.d.comb += [rp.addr.eq(chan_offset + (fj >> lg_nb)), rp.en.eq(adv)]
+            bank_reads.append(rp.data)
+        wrp = weights.read_port()
+        m.d.comb += [wrp.addr.eq(w_addr), wrp.en.eq(adv)]
+
+        # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map.
+        select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
+        inside = [Signal(name=f"inside_{c}") for c in range(cols)]
+        s1_first, s1_last = Signal(), Signal()
+        with m.If(adv):
+            m.d.sync += [s1_valid.eq(in_run), s1_first.eq(tile_first), s1_last.eq(tile_last)]
+            for c in range(cols):
+                iy = Signal(signed(DIM + 3), name=f"iy_{c}")
+                ix = Signal(signed(DIM + 3), name=f"ix_{c}")
+                m.d.comb += [iy.eq((cursor.oy[c] << layer.stride2) - layer.pad_top + ky),
+                             ix.eq((cursor.ox[c] << layer.stride2) - layer.pad_left + kx)]
+                m.d.sync += [
+                    select[c].eq((f0 + (c << layer.stride2))[:lg_nb]),
+                    inside[c].eq(cursor.pixel_valid[c] & (iy >= 0) & (iy < layer.in_h) & (ix >= 0)
+                                 & (ix < layer.in_w)),
+                ]
+        banks = Array(bank_reads)
+        m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
+                     array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(wrp.data)]
+        for c in range(cols):
+            m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], banks[select[c]].as_signed(), layer.in_zp))
+
+        # --- output side: name each column, fetch its parameters, requantize ---------------------------------
+        out_cursor = _TileCursor(m, layer, span, cols, "out")
+        out_block_o = Signal(DIM)
+        column = array.o_columns.payload
+        p_advance = Signal()
+        p_keep = Signal()
+        p_acc = Signal.like(column.acc)
+        p_tag = Signal(data.StructLayout({"pixel": PIXEL, "channel": DIM}))
+        m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
+        m.d.comb += array.o_columns.ready.eq(p_advance)
+        prp = params.read_port()
+        m.d.comb += [prp.addr.eq(out_block_o), prp.en.eq(p_advance)]
+        taken = array.o_columns.valid & p_advance
+        with m.If(p_advance):
+            m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
+                         p_acc.eq(column.acc), p_tag.pixel.eq(out_cursor.pixel0 + column.col),
+                         p_tag.channel.eq(out_block_o * rows)]
+        out_block_last = (out_block_o + 1) * rows >= layer.out_c
+        with m.If(setup):
+            m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
+        with m.Elif(taken & (column.col == cols - 1)):
+            with m.If(out_cursor.last_tile):
+                m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
+                with m.If(out_block_last):
+                    m.d.sync += out_run.eq(0)
+            with m.Else():
+                m.d.sync += out_cursor.advance()
+        m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep), requant.i_acc.payload.acc.eq(p_acc),
+                     requant.i_acc.payload.params.eq(prp.data), requant.i_acc.payload.tag.eq(p_tag)]
+
+        m.d.comb += [self.o_data.valid.eq(requant.o_data.valid), requant.o_data.ready.eq(self.o_data.ready),
+                     self.o_data.payload.data.eq(requant.o_data.payload.data),
+                     self.o_data.payload.pixel.eq(requant.o_data.payload.tag[:PIXEL]),
+                     self.o_data.payload.channel.eq(requant.o_data.payload.tag[PIXEL:])]
+        entered = requant.i_acc.valid & requant.i_acc.ready
+        left = self.o_data.valid & self.o_data.ready
+        with m.If(entered & ~left):
+            m.d.sync += inflight.eq(inflight + 1)
+        with m.Elif(left & ~entered):
+            m.d.sync += inflight.eq(inflight - 1)
+        return m
+
+
+# --- host side: descriptors and memory images -------------------------------------------------------------------
+
+def conv_layer(config, in_shape, weight_shape, *, stride=1, padding=(0, 0, 0, 0), in_zp=0, out_zp=0,
+               qmin=-128, qmax=127, rounding="double", name="layer"):
+    """Fields of a :class:`ConvLayer` (a dict for ``ConvLayer.const``) for one convolution.
+
+    ``in_shape`` is ``(H, W, Cin)``, ``weight_shape`` ``(Cout, KH, KW, Cin)``, ``padding`` ``(top, bottom, left,
+    right)``. Raises ``ValueError`` naming ``name`` and the reason when the engine cannot run the layer.
+    """
+    h, w, cin = (int(v) for v in in_shape)
+    cout, kh, kw, wcin = (int(v) for v in weight_shape)
+    top, bottom, left, right = (int(v) for v in padding)
+    stride = int(stride)
+
+    def fail(reason):
+        raise ValueError(f"layer {name!r}: {reason}")
+
+    if wcin != cin:
+        fail(f"weights expect {wcin} input channels, the input has {cin}")
+    if stride not in (1, 2):
+        fail(f"stride {stride} is not supported (1 or 2)")
+    if not (1 <= kh <= min(config.max_kernel, 15) and 1 <= kw <= min(config.max_kernel, 15)):
+        fail(f"kernel {kh}x{kw} is outside 1..{config.max_kernel}")
+    if min(h, w, cin, cout) < 1 or max(h, w, cin, cout) >= 1 << DIM:
+        fail(f"shape H={h} W={w} Cin={cin} Cout={cout} must have every dimension in 1..{(1 << DIM) - 1}")
+    if not all(0 <= p <= 15 for p in padding) or top >= kh or bottom >= kh or left >= kw or right >= kw:
+        fail(f"padding {tuple(padding)} must be smaller than the kernel {kh}x{kw}")
+    if w > config.max_width:
+        fail(f"input width {w} exceeds max_width {config.max_width}")
+    out_h = (h + top + bottom - kh) // stride + 1
+    out_w = (w + left + right - kw) // stride + 1
+    if out_h < 1 or out_w < 1:
+        fail(f"the {kh}x{kw} kernel does not fit the padded {h}x{w} input")
+    if rounding not in ("double", "single"):
+        fail(f"rounding {rounding!r} is not a hardware mode (double or single)")
+    if not (-128 <= qmin <= qmax <= 127 and -128 <= in_zp <= 127 and -128 <= out_zp <= 127):
+        fail(f"zero points and clamp bounds must be int8 with qmin <= qmax, not "
+             f"in_zp={in_zp} out_zp={out_zp} qmin={qmin} qmax={qmax}")
+    banks = act_banks(config)
+    return dict(in_h=h, in_w=w, in_c=cin, out_h=out_h, out_w=out_w, out_c=cout, kernel_h=kh, kernel_w=kw,
+                stride2=int(stride == 2), pad_top=top, pad_left=left, in_zp=int(in_zp), out_zp=int(out_zp),
+                qmin=int(qmin), qmax=int(qmax), single_rounding=int(rounding == "single"),
+                act_channel_stride=-(-(h * w) // banks), origin=-(top * w + left))
+
+
+def fold_bias(weights, bias, in_zp):
+    """``bias - in_zp * sum(w)`` per output channel, wrapped to int32: the PEs then multiply raw activations."""
+    import numpy as np
+    sums = weights.reshape(weights.shape[0], -1).astype(np.int64).sum(axis=1)
+    folded = np.asarray(bias, np.int64) - int(in_zp) * sums
+    return ((folded + (1 << 31)) % (1 << 32)) - (1 << 31)
+
+
+def memory_images(config, fields, x, weights, bias, multiplier, shift, *, act_depth=None, weight_depth=None,
+                  param_depth=None, name="layer"):
+    """Contents of the three memories for one layer, as NumPy arrays.
+
+    ``x`` is ``[H, W, Cin]`` int8, ``weights`` ``[Cout, KH, KW, Cin]``, ``bias`` int32 (not folded),
+    ``multiplier``/``shift`` per output channel. Returns ``(act, wgt, params)``: ``act`` ``[words, NB]`` uint8,
+    ``wgt`` ``[words, rows]`` int8, ``params`` ``[blocks, rows, 3]`` int64 (folded bias, multiplier, shift).
+    Depths, when given, are checked (error naming ``name``).
+    """
+    import numpy as np
+    banks, rows = act_banks(config), config.rows
+    h, w, cin = fields["in_h"], fields["in_w"], fields["in_c"]
+    cout = fields["out_c"]
+    stride = fields["act_channel_stride"]
+    flat = np.zeros((cin, stride * banks), np.uint8)
+    flat[:, :h * w] = np.asarray(x, np.int8).reshape(h * w, cin).T.view(np.uint8)
+    act = flat.reshape(cin * stride, banks)
+    blocks = -(-cout // rows)
+    kdepth = weights[0].size
+    wpad = np.zeros((blocks * rows, kdepth), np.int8)
+    wpad[:cout] = weights.reshape(cout, kdepth)
+    wgt = wpad.reshape(blocks, rows, kdepth).transpose(0, 2, 1).reshape(blocks * kdepth, rows)
+    params = np.zeros((blocks * rows, 3), np.int64)
+    params[:cout, 0] = fold_bias(weights, bias, fields["in_zp"])
+    params[:cout, 1] = np.broadcast_to(multiplier, (cout,))
+    params[:cout, 2] = np.broadcast_to(shift, (cout,))
+    for what, need, have in (("input map", act.shape[0], act_depth), ("weights", wgt.shape[0], weight_depth),
+                             ("requantization parameters", blocks, param_depth)):
+        if have is not None and need > have:
+            raise ValueError(f"layer {name!r}: the {what} need {need} words, the engine has {have}")
+    return act, wgt, params.reshape(blocks, rows, 3)
+
+
+def node_job(config, node, x):
+    """Descriptor fields and memory images for a graph node (``Conv2D`` or ``FullyConnected``) on one input
+    ``x`` (``[H, W, C]`` int8); a fully connected layer runs as a 1x1 convolution on a 1x1 map."""
+    import numpy as np
+    kind = node.kind
+    rq = node.requant
+    if kind == "fully_connected":
+        x = np.asarray(x).reshape(1, 1, -1)
+        weights = node.weights.reshape(node.weights.shape[0], 1, 1, node.weights.shape[1])
+        stride, padding = 1, (0, 0, 0, 0)
+    elif kind == "conv2d":
+        weights = node.weights
+        if node.stride[0] != node.stride[1]:
+            raise ValueError(f"layer {node.name!r}: stride {node.stride} must be equal in both axes")
+        stride, padding = node.stride[0], node.padding
+    else:
+        raise ValueError(f"layer {node.name!r}: the conv engine runs conv2d and fully_connected, not {kind}")
+    fields = conv_layer(config, x.shape, weights.shape, stride=stride, padding=padding,
+                        in_zp=node.input_spec.zero_point, out_zp=rq.zero_point, qmin=rq.qmin, qmax=rq.qmax,
+                        rounding=rq.mode, name=node.name)
+    images = memory_images(config, fields, x, weights, node.bias, rq.multiplier, rq.shift, name=node.name)
+    return fields, images
+
+
+def scatter_outputs(config, fields, beats):
+    """Rebuild the ``[OH, OW, Cout]`` int8 output from ``(pixel, channel, data[rows])`` beats, checking that each
+    output is written exactly once."""
+    import numpy as np
+    oh, ow, cout = fields["out_h"], fields["out_w"], fields["out_c"]
+    out = np.zeros((oh * ow, cout), np.int64)
+    seen = np.zeros((oh * ow, cout), np.int64)
+    for pixel, channel, lanes in beats:
+        if pixel >= oh * ow or channel >= cout:
+            raise AssertionError(f"output beat for pixel {pixel}, channel {channel} is outside the layer")
+        n = min(config.rows, cout - channel)
+        out[pixel, channel:channel + n] = np.asarray(lanes)[:n]
+        seen[pixel, channel:channel + n] += 1
+    if not (seen == 1).all():
+        bad = np.argwhere(seen != 1)[0]
+        raise AssertionError(f"output pixel {bad[0]} channel {bad[1]} was written {seen[tuple(bad)]} times")
+    return out.reshape(oh, ow, cout)
