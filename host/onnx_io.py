@@ -26,7 +26,10 @@ onnxruntime's ``QLinearConv``/``QGemm``/``QLinearMatMul`` use (``rint(float32(ac
 the scale formed in float32 in that order), so the golden model reproduces onnxruntime's int8 outputs bit for
 bit. The hardware rounds with TFLite's integer rules ("double"/"single"); pass ``rounding=`` to import with those.
 ``QLinearAdd`` and average pooling are computed in float by onnxruntime; the graph keeps TFLite's integer rules
-for them, so models using them can differ from onnxruntime by one step on a few elements.
+for them, so models using them can differ from onnxruntime by one step on a few elements (average pooling: where
+the mean is an exact .5 tie). A QDQ model is exact where onnxruntime fuses each ``DequantizeLinear -> op ->
+QuantizeLinear`` group into its int8 kernels; groups it leaves in float (a quantized tensor with two consumers,
+some depthwise convolutions, adds) can differ by a step, because the import always fuses.
 
 Every rejection is one :class:`OnnxImportError` line naming the node (name and op type) and the reason.
 """

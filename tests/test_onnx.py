@@ -2,10 +2,12 @@
 
 * Float semantics: FloatModels (padding, strides, depthwise, batch norm, residual add, pools, non-square maps)
   exported with export_onnx_float run in onnxruntime and in FloatModel.forward; imported back, they run the same.
-* int8: models quantized by onnxruntime's own quantizer (quantize_static, QInt8 activations and per-channel QInt8
-  weights, QOperator and QDQ) import into graphs whose golden int8 outputs equal onnxruntime's on every element.
+* int8: models quantized by onnxruntime's own quantizer (quantize_static after quant_pre_process, QInt8
+  activations and per-channel QInt8 weights, QOperator and QDQ) import into graphs whose golden int8 outputs equal
+  onnxruntime's on every element (LeNet-5 both forms; the MobileNet-like model as QOperator).
   onnxruntime's int8 kernels differ between CPUs (AVX-512 VNNI here); the expected values are computed on the
   machine that runs the test, so a CPU whose kernels differ would show up here as a mismatch.
+* The float32 requantization: scale formed as onnxruntime forms it, ties rounded to even.
 * Errors: one line naming the node and the reason.
 """
 
@@ -18,7 +20,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from cnnacc.host import float_model as fm
-from cnnacc.host.golden import conv2d_acc, depthwise_conv2d_acc, fully_connected_acc, run_graph, run_node
+from cnnacc.host.golden import conv2d_acc, depthwise_conv2d_acc, run_graph, run_node
 from cnnacc.host.onnx_io import OnnxImportError, export_onnx_float, import_onnx, onnx_to_float_model
 
 SEED = 20261122
@@ -262,39 +264,47 @@ def test_float32_requantization_reproduces_onnxruntime(group):
 
 # --- int8: models quantized by onnxruntime ---------------------------------------------------------------------
 
-def _check_nodes(graph, values, qdq=False):
-    """Every node, run on onnxruntime's own int8 inputs, equals onnxruntime's int8 output.
+def _check_nodes(graph, values):
+    """Every node, run on onnxruntime's own int8 inputs, equals onnxruntime's int8 output (QOperator models).
 
-    Exceptions: an integer ADD (graph) against onnxruntime's float QLinearAdd may differ by 1 LSB on at most 2%
-    of elements. In a QDQ model onnxruntime (x86) converts int8 activations to uint8 ("qdq_s8_to_u8") and its
-    uint8 kernels round a product lying within ~1e-5 of .5 differently from QLinearConv's int8 path (measured:
-    8 of 6.5 million LeNet-5 outputs): such outputs, and only those, may differ by 1 LSB.
+    The one allowed difference: the graph's integer ADD against onnxruntime's float QLinearAdd may differ by
+    1 LSB on at most 2% of elements (measured: none in 524,288 outputs of the MobileNet-like model).
     """
     ints = {k: _nhwc(v) for k, v in values.items() if v.dtype == np.int8}
     for node in graph.nodes:
         expected = ints[node.output.name]
         got = run_node(node, graph, ints).reshape(expected.shape)
-        bad = got != expected
-        where = f"{node.name} ({node.kind}): {np.count_nonzero(bad)} of {bad.size} differ"
-        if not np.any(bad):
-            continue
-        assert np.abs(got.astype(np.int16) - expected).max() <= 1, where
+        bad = np.count_nonzero(got != expected)
+        where = f"{node.name} ({node.kind}): {bad} of {got.size} differ"
         if node.kind == "add":
-            assert np.count_nonzero(bad) <= bad.size // 50, where
-            continue
-        assert qdq and node.kind in ("conv2d", "depthwise_conv2d", "fully_connected"), where
-        assert np.count_nonzero(bad) <= max(2, bad.size // 100_000), where
-        x = ints[node.inputs[0]]
-        zp = node.input_spec.zero_point
-        if node.kind == "conv2d":
-            acc = conv2d_acc(x, node.weights, node.bias, zp, node.stride, node.padding)
-        elif node.kind == "depthwise_conv2d":
-            acc = depthwise_conv2d_acc(x, node.weights, node.bias, zp, node.stride, node.padding)
+            assert np.abs(got.astype(np.int16) - expected).max() <= 1 and bad <= got.size // 50, where
         else:
-            acc = fully_connected_acc(x, node.weights, node.bias, zp)
-        product = (acc.astype(np.float32) * node.requant.float_scale).reshape(bad.shape)
-        off_tie = np.abs(np.abs(product - np.trunc(product)) - 0.5)
-        assert np.all(off_tie[bad] <= 1e-5 * np.abs(product[bad])), where
+            assert bad == 0, where
+
+
+def _end_to_end(proto, graph, x):
+    """(golden, onnxruntime) int8 outputs of the unmodified model, which onnxruntime optimizes as it would in use.
+
+    The input is quantized as its QuantizeLinear does (float32 division, half to even; checked against
+    onnxruntime's own on the same images in _int8_input), and the int8 output is recovered exactly from the
+    final DequantizeLinear's float output.
+    """
+    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    name = proto.graph.input[0].name
+    quant = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name)
+    xq = _int8_input(x, consts[quant.input[1]], consts[quant.input[2]])
+    dequant = next(n for n in proto.graph.node if n.output[0] == proto.graph.output[0].name)
+    assert dequant.op_type == "DequantizeLinear"
+    scale, zero_point = consts[dequant.input[1]], consts[dequant.input[2]]
+    y = _session(proto).run(None, {name: x})[0]
+    expected = np.rint(y / scale + zero_point)
+    np.testing.assert_array_equal((expected - zero_point) * scale, y)      # the recovery is exact
+    got = run_graph(graph, _nhwc(xq)).reshape(expected.shape)
+    return got.astype(np.int64), expected.astype(np.int64), xq
+
+
+def _int8_input(x, scale, zero_point):
+    return np.clip(np.rint(x / scale) + zero_point, -128, 127).astype(np.int8)
 
 
 def _lenet_int8(lenet, digits, fmt, tmp_path):
@@ -305,37 +315,30 @@ def _lenet_int8(lenet, digits, fmt, tmp_path):
     graph = import_onnx(proto)
     assert [n.kind for n in graph.nodes] == ["conv2d", "max_pool2d", "conv2d", "max_pool2d", "conv2d",
                                              "fully_connected", "fully_connected"]
-    values = _run_all(proto, test)
-    out_name = proto.graph.output[0].name
-    producer = next(n for n in proto.graph.node if n.output[0] == out_name)
-    assert producer.op_type == "DequantizeLinear"
-    expected = values[producer.input[0]]                       # int8 output before the final DequantizeLinear
-    assert expected.dtype == np.int8 and expected.shape == (200, 10)
-    xq = _nhwc(values[graph.input.name])                       # onnxruntime's own QuantizeLinear of the input
-    got = run_graph(graph, xq).reshape(expected.shape)
-    # The graph classifies like onnxruntime's dequantized output.
-    np.testing.assert_array_equal(got.argmax(-1), values[out_name].argmax(-1))
-    return graph, values, got, expected
+    got, expected, xq = _end_to_end(proto, graph, test)
+    assert expected.shape == (200, 10)
+    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
+    return proto, graph, xq
 
 
 def test_lenet5_quantized_by_onnxruntime_qoperator_is_bit_exact(lenet, digits, tmp_path):
-    """The acceptance test: onnxruntime's QOperator LeNet-5, every int8 element of every layer identical."""
-    graph, values, got, expected = _lenet_int8(lenet, digits, QuantFormat.QOperator, tmp_path)
-    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
+    """The acceptance test: onnxruntime's QOperator LeNet-5, every int8 output identical, and every int8 element
+    of every layer too (intermediate outputs exposed; QOperator kernels do not change when exposed)."""
+    proto, graph, xq = _lenet_int8(lenet, digits, QuantFormat.QOperator, tmp_path)
+    values = _run_all(proto, digits[1])
+    np.testing.assert_array_equal(values[graph.input.name], xq)     # QuantizeLinear as _int8_input does it
     _check_nodes(graph, values)
-    assert all(r[1] == 0 for r in _compare_nodes(graph, values).values())
 
 
-def test_lenet5_quantized_by_onnxruntime_qdq(lenet, digits, tmp_path):
-    """QDQ: the same fused layers, checked with the QDQ rule of :func:`_check_nodes`."""
-    graph, values, got, expected = _lenet_int8(lenet, digits, QuantFormat.QDQ, tmp_path)
-    assert np.abs(got.astype(np.int16) - expected).max() <= 1
-    assert np.count_nonzero(got != expected) <= expected.size // 100
-    _check_nodes(graph, values, qdq=True)
+def test_lenet5_quantized_by_onnxruntime_qdq_is_bit_exact(lenet, digits, tmp_path):
+    """QDQ: onnxruntime fuses each DequantizeLinear -> op -> QuantizeLinear group into the int8 kernels, and the
+    outputs are identical. Intermediate values are not compared: exposing a QuantizeLinear output as a graph
+    output stops that fusion, and the exposed model runs its convolutions in float."""
+    _lenet_int8(lenet, digits, QuantFormat.QDQ, tmp_path)
 
 
 def test_lenet5_integer_rounding_within_one_lsb_of_onnxruntime(lenet, digits, tmp_path):
-    """The hardware's TFLite rounding ("double") on the same graph: at most 1 LSB from onnxruntime, per node."""
+    """The hardware's TFLite rounding on the same graph: at most 1 LSB from onnxruntime, node by node."""
     calib, test = digits
     proto = _ort_quantize(export_onnx_float(lenet), calib, QuantFormat.QOperator, tmp_path)
     values = _run_all(proto, test)
@@ -347,19 +350,36 @@ def test_lenet5_integer_rounding_within_one_lsb_of_onnxruntime(lenet, digits, tm
         assert rate < 0.01, f"{rounding}: {rate:.2%} of weighted-layer outputs differ from onnxruntime"
 
 
-@pytest.mark.parametrize("fmt", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qoperator", "qdq"])
-def test_mobilenet_like_quantized_by_onnxruntime(fmt, tmp_path):
-    """Depthwise, residual add, batch norm (folded by onnxruntime's pre-processing), relu6, on onnxruntime's
-    own int8 inputs, node by node (:func:`_check_nodes`)."""
-    model = mobilenet_like()
+def test_mobilenet_like_quantized_by_onnxruntime_qoperator(tmp_path):
+    """Depthwise, residual add, batch norm (folded by onnxruntime's pre-processing), relu6: every node on
+    onnxruntime's own int8 inputs (:func:`_check_nodes`) and the whole network."""
     rng = np.random.default_rng(SEED + 7)
     calib = rng.uniform(0, 1, (64, 1, 32, 32)).astype(np.float32)
     x = rng.uniform(0, 1, (32, 1, 32, 32)).astype(np.float32)
-    proto = _ort_quantize(export_onnx_float(model), calib, fmt, tmp_path)
+    proto = _ort_quantize(export_onnx_float(mobilenet_like()), calib, QuantFormat.QOperator, tmp_path)
     graph = import_onnx(proto)
     assert [n.kind for n in graph.nodes] == ["conv2d", "depthwise_conv2d", "conv2d", "add", "depthwise_conv2d",
                                              "conv2d", "max_pool2d", "fully_connected"]
-    _check_nodes(graph, _run_all(proto, x), qdq=fmt == QuantFormat.QDQ)
+    _check_nodes(graph, _run_all(proto, x))
+    got, expected, _ = _end_to_end(proto, graph, x)
+    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
+
+
+def test_mobilenet_like_qdq_imports_and_stays_close(tmp_path):
+    """QDQ form of the same model. onnxruntime does not fuse every group here: it leaves the stem (whose output
+    has two consumers), the first depthwise convolution and the add as float Conv/Add between Dequantize and
+    Quantize, while the import fuses all of them into integer nodes; so outputs may differ by a step on a few
+    elements (measured: 2 of 10,000 outputs on 1,000 random images)."""
+    rng = np.random.default_rng(SEED + 7)
+    calib = rng.uniform(0, 1, (64, 1, 32, 32)).astype(np.float32)
+    x = rng.uniform(0, 1, (200, 1, 32, 32)).astype(np.float32)
+    proto = _ort_quantize(export_onnx_float(mobilenet_like()), calib, QuantFormat.QDQ, tmp_path)
+    graph = import_onnx(proto)
+    assert [n.kind for n in graph.nodes] == ["conv2d", "depthwise_conv2d", "conv2d", "add", "depthwise_conv2d",
+                                             "conv2d", "max_pool2d", "fully_connected"]
+    got, expected, _ = _end_to_end(proto, graph, x)
+    assert np.count_nonzero(got != expected) <= expected.size // 100
+    assert np.abs(got - expected).max() <= 2
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
