@@ -524,3 +524,21 @@ def test_qdq_result_never_quantized_names_the_node():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
     _error(proto, r"node 'float_conv' \(Conv\): its float result is never quantized")
+
+
+def test_unsupported_quantized_conv_names_the_node():
+    rng = np.random.default_rng(SEED + 9)
+    w = rng.integers(-127, 128, (32, 16, 3, 3), dtype=np.int8)
+    proto = _qlinearconv_model(w, np.full(32, 0.01, np.float32), 0.05, 0.05, np.zeros(32), group=2)
+    _error(proto, r"node 'conv' \(QLinearConv\): group=2 with 32 input and 32 output channels is not supported")
+    w = rng.integers(-127, 128, (32, 32, 3, 3), dtype=np.int8)
+    proto = _qlinearconv_model(w, np.full(32, 0.01, np.float32), 0.05, 0.05, np.zeros(32))
+    for init in proto.graph.initializer:
+        if init.name == "wz":
+            init.CopyFrom(numpy_helper.from_array(np.ones(32, np.int8), "wz"))
+    _error(proto, r"node 'conv' \(QLinearConv\): weight zero points must be 0")
+    proto = _qlinearconv_model(w, np.full(32, 0.01, np.float32), 0.05, 0.05, np.zeros(32))
+    for init in proto.graph.initializer:
+        if init.name == "w":
+            init.CopyFrom(numpy_helper.from_array(w.astype(np.uint8), "w"))
+    _error(proto, r"node 'conv' \(QLinearConv\): weights must be a 4-D int8 constant, not uint8 4-D")
