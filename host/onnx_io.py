@@ -741,6 +741,7 @@ class _FloatImporter:
         self.layers = []
         self.tensors = {self.input_name: (self.input_name, ("chw", self.input_chw))}   # ONNX -> (fm name, layout)
         self.producer = {}   # fm tensor name -> layer
+        self.pool_inputs = {}   # max pool layer name -> the ONNX tensor it reads
 
     def run(self):
         for node in self.proto.graph.node:
@@ -845,11 +846,28 @@ class _FloatImporter:
 
     def _activation(self, node):
         layer, layout = self.fusable(node, ("conv2d", "depthwise_conv2d", "fully_connected", "add"))
+        if layer is None and self.fold_through_max_pool(node):
+            return
         if layer is None or layer.activation != "none":
             raise OnnxImportError(f"{_node_label(node)}: an activation is supported only right after a Conv, "
                                   f"Gemm, MatMul, BatchNormalization or Add with no other consumer")
         layer.activation = _activation_of(node, self.consts, _attrs(node))
         self.rename(node, layer, layout)
+
+    def fold_through_max_pool(self, node):
+        """``act(max_pool(y)) == max_pool(act(y))`` for the monotone ReLU/ReLU6, so an activation after a max pool
+        (PyTorch's ``relu(max_pool2d(conv(x)))``) folds into the layer before the pool when nothing else reads
+        the tensors in between."""
+        pool, _ = self.fusable(node, ("max_pool2d",))
+        if pool is None:
+            return False
+        source = self.pool_inputs[pool.name]
+        layer, _ = self.fusable(node, ("conv2d", "depthwise_conv2d", "fully_connected", "add"), source)
+        if layer is None or layer.activation != "none":
+            return False
+        layer.activation = _activation_of(node, self.consts, _attrs(node))
+        self.tensors[node.output[0]] = self.tensors[node.input[0]]
+        return True
 
     def op_Relu(self, node):
         self._activation(node)
@@ -941,6 +959,7 @@ class _FloatImporter:
             layer = fm.FAvgPool2D(lname, name, node.output[0], kernel=kernel, stride=stride, padding=padding)
         else:
             layer = fm.FMaxPool2D(lname, name, node.output[0], kernel=kernel, stride=stride, padding=padding)
+            self.pool_inputs[lname] = node.input[0]
         self.add_layer(node, layer, ("chw", (c, oh, ow)))
 
     def op_MaxPool(self, node):

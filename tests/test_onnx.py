@@ -170,7 +170,8 @@ def test_float_export_matches_onnxruntime_and_imports_back():
 
 
 def test_float_import_of_hand_written_onnx():
-    """auto_pad SAME_UPPER/SAME_LOWER/VALID, Reshape, MatMul + Add bias, Clip, GlobalAveragePool."""
+    """auto_pad SAME_UPPER/SAME_LOWER/VALID, Reshape, MatMul + Add bias, Clip, Relu after MaxPool,
+    GlobalAveragePool."""
     rng = np.random.default_rng(SEED + 1)
     inits = {"w1": _rand(rng, 4, 2, 3, 3), "b1": _rand(rng, 4), "w2": _rand(rng, 4, 1, 2, 2),
              "w3": _rand(rng, 6, 4, 3, 3), "shape": np.array([-1, 6], np.int64),
@@ -180,7 +181,8 @@ def test_float_import_of_hand_written_onnx():
                          strides=[2, 2]),
         helper.make_node("Clip", ["a", "lo", "hi"], ["a6"], name="clip"),
         helper.make_node("Conv", ["a6", "w2"], ["b"], name="same_lower_dw", auto_pad="SAME_LOWER", group=4),
-        helper.make_node("Relu", ["b"], ["br"], name="relu"),
+        helper.make_node("MaxPool", ["b"], ["bp"], name="maxpool", kernel_shape=[2, 2]),
+        helper.make_node("Relu", ["bp"], ["br"], name="relu_after_pool"),
         helper.make_node("Conv", ["br", "w3"], ["c"], name="valid", auto_pad="VALID"),
         helper.make_node("GlobalAveragePool", ["c"], ["gap"], name="gap"),
         helper.make_node("Reshape", ["gap", "shape"], ["flat"], name="reshape"),
@@ -199,6 +201,7 @@ def test_float_import_of_hand_written_onnx():
     assert model.layers[0].padding == (0, 1, 1, 1)       # SAME_UPPER: odd extra at the bottom/right
     assert model.layers[1].padding == (1, 0, 1, 0)       # SAME_LOWER: odd extra at the top/left
     assert model.layers[1].kind == "depthwise_conv2d" and model.layers[0].activation == "relu6"
+    assert model.layers[1].activation == "relu" and model.layers[2].kind == "max_pool2d"
     np.testing.assert_allclose(model.forward(_nhwc(x)).reshape(3, -1), expected, rtol=1e-5, atol=1e-5)
 
 
