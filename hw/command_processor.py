@@ -93,11 +93,14 @@ class CommandProcessor(wiring.Component):
         answer_len = Signal(range(5))
         answer_pos = Signal(range(5))
 
+        # The transfer's end, registered when the address arrives, so that the range check is one compare
+        # against a constant (it is on the critical path of small FPGAs otherwise).
+        end = Signal(25)
         range_ok = Signal()
         with m.Switch(address.memory):
             for memory, depth in self._depths.items():
                 with m.Case(memory):
-                    m.d.comb += range_ok.eq(address.word + header.count <= depth)
+                    m.d.comb += range_ok.eq(end <= depth)
 
         def respond(code, *extra):
             """Queue an answer: the Response word and up to three more words (in the sync domain)."""
@@ -163,7 +166,7 @@ class CommandProcessor(wiring.Component):
             with m.State("ADDRESS"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += address.eq(word.data)
+                    m.d.sync += [address.eq(word.data), end.eq(Address(word.data).word + header.count)]
                     # READ and an empty WRITE end at the address; a WRITE with data must not.
                     ends_here = (header.opcode == Opcode.READ) | (header.count == 0)
                     with m.If(word.last != ends_here):
