@@ -5,8 +5,10 @@
 QOperator (int8)
     ``QuantizeLinear`` at the input, ``QLinearConv`` (depthwise when ``group`` equals the channel count),
     ``QGemm``/``QLinearMatMul`` for fully connected layers, ``QLinearAdd``, ``MaxPool`` on int8,
-    ``QLinearAveragePool``/``QLinearGlobalAveragePool`` (only where input and output share one quantization),
-    ``Flatten``/``Reshape`` before a fully connected layer, ``DequantizeLinear`` at the output.
+    ``QLinearAveragePool``/``QLinearGlobalAveragePool`` where input and output share one quantization (TFLite's
+    integer average), ``QLinearGlobalAveragePool`` with its own output quantization (a depthwise convolution
+    with weights 1, exact against onnxruntime), ``Flatten``/``Reshape`` before a fully connected layer,
+    ``DequantizeLinear`` at the output.
 QDQ (int8)
     ``DequantizeLinear -> Conv/Gemm/MatMul/Add/pool [-> Relu/Clip] -> QuantizeLinear`` chains, each fused into one
     graph node, exactly as onnxruntime fuses them before running.
@@ -35,6 +37,7 @@ Every rejection is one :class:`OnnxImportError` line naming the node (name and o
 """
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -415,6 +418,9 @@ class _QuantImporter:
                                   f"counts in-bounds taps only)")
         if y_scale is not None:
             if float(np.float32(y_scale[0])) != x.spec.scale or int(y_zp.reshape(-1)[0]) != x.spec.zero_point:
+                if global_pool and kind == "avg":
+                    self.emit_rescaled_global_average(node, out_name, x, y_scale, y_zp)
+                    return
                 raise OnnxImportError(f"{label}: output quantization ({float(y_scale[0])}, "
                                       f"{int(y_zp.reshape(-1)[0])}) differs from the input's ({x.spec.scale}, "
                                       f"{x.spec.zero_point}); integer pooling has no rescale")
@@ -422,6 +428,28 @@ class _QuantImporter:
         cls = g.MaxPool2D if kind == "max" else g.AvgPool2D
         gnode = cls(node.name or out_name, (x.name,), out, kernel=kernel, stride=stride, padding=padding)
         self.add_node(node, gnode, ("chw", (c, oh, ow)))
+
+    def emit_rescaled_global_average(self, node, out_name, x, y_scale, y_zp):
+        """Global average pooling whose output has its own quantization, as a depthwise convolution.
+
+        The kernel covers the map with weights 1 and weight scale ``1/N`` (N = H*W taps): the accumulator is
+        ``sum(x - zp_x)``, as in onnxruntime's QLinearGlobalAveragePool, which requantizes it with the float32
+        scale ``s_x / (s_y * N)``; that scale replaces the generic ``s_x * s_w / s_y`` so that rounding "float32"
+        reproduces onnxruntime exactly.
+        """
+        c, h, w = x.layout[1]
+        taps = h * w
+        out = self.act_spec(node, out_name, y_scale, y_zp, (1, 1, c), "output")
+        try:
+            gnode = g.DepthwiseConv2D(node.name or out_name, (x.name,), out, weights=np.ones((1, h, w, c), np.int8),
+                                      bias=np.zeros(c, np.int32),
+                                      weight_scales=np.full(c, np.float32(1.0) / np.float32(taps), np.float32),
+                                      input_spec=x.spec, rounding=self.rounding)
+        except g.GraphError as exc:
+            raise OnnxImportError(f"{_node_label(node)}: {exc}") from None
+        scale = np.float32(x.spec.scale) / (np.float32(out.scale) * np.float32(taps))
+        gnode.requant = replace(gnode.requant, float_scale=np.full(c, scale, np.float32))
+        self.add_node(node, gnode, ("chw", (c, 1, 1)))
 
     def emit_add(self, node, out_name, a, b, y_scale, y_zp, activation="none"):
         label = _node_label(node)

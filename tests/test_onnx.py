@@ -467,7 +467,7 @@ def test_float32_scale_is_formed_in_onnxruntimes_order():
         assert np.any(out != expected), f"{what} should differ from onnxruntime somewhere on this seed"
 
 
-def _qoperator_gap_matmul_model(rng, c=16, hw=(6, 5), classes=7):
+def _qoperator_gap_matmul_model(rng, c=16, hw=(6, 5), classes=7, gap_scale=0.05, gap_zp=-20):
     """Hand-written QOperator: QLinearConv, QLinearGlobalAveragePool (same quantization in and out), Flatten,
     QLinearMatMul (per-column weight scales)."""
     t = {"xs": np.float32(0.04), "xz": np.int8(-3), "w": rng.integers(-127, 128, (c, 3, 3, 3), dtype=np.int8),
@@ -475,14 +475,15 @@ def _qoperator_gap_matmul_model(rng, c=16, hw=(6, 5), classes=7):
          "ys": np.float32(0.05), "yz": np.int8(-20), "b": rng.integers(-500, 500, c).astype(np.int32),
          "m": rng.integers(-127, 128, (c, classes), dtype=np.int8),
          "ms": rng.uniform(5e-3, 2e-2, classes).astype(np.float32),
-         "mz": np.zeros(classes, np.int8), "os": np.float32(0.03), "oz": np.int8(4)}
+         "mz": np.zeros(classes, np.int8), "os": np.float32(0.03), "oz": np.int8(4),
+         "gs": np.float32(gap_scale), "gz": np.int8(gap_zp)}
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="quant"),
              helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["conv"],
                               name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("QLinearGlobalAveragePool", ["conv", "ys", "yz", "ys", "yz"], ["gap"], name="gap",
+             helper.make_node("QLinearGlobalAveragePool", ["conv", "ys", "yz", "gs", "gz"], ["gap"], name="gap",
                               domain="com.microsoft", channels_last=0),
              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1),
-             helper.make_node("QLinearMatMul", ["flat", "ys", "yz", "m", "ms", "mz", "os", "oz"], ["logits"],
+             helper.make_node("QLinearMatMul", ["flat", "gs", "gz", "m", "ms", "mz", "os", "oz"], ["logits"],
                               name="classifier"),
              helper.make_node("DequantizeLinear", ["logits", "os", "oz"], ["out"], name="dequant")]
     graph = helper.make_graph(nodes, "gap_matmul",
@@ -545,3 +546,28 @@ def test_unsupported_quantized_conv_names_the_node():
         if init.name == "w":
             init.CopyFrom(numpy_helper.from_array(w.astype(np.uint8), "w"))
     _error(proto, r"node 'conv' \(QLinearConv\): weights must be a 4-D int8 constant, not uint8 4-D")
+
+
+def test_qlinear_global_average_pool_with_its_own_quantization_is_exact():
+    """onnxruntime's quantizer gives global average pooling its own output scale: imported as a depthwise
+    convolution with weights 1 and onnxruntime's scale ``s_x / (s_y * N)``, it is exact."""
+    rng = np.random.default_rng(SEED + 4)
+    proto = _qoperator_gap_matmul_model(rng, gap_scale=0.0123, gap_zp=7)
+    graph = import_onnx(proto)
+    assert [n.kind for n in graph.nodes] == ["conv2d", "depthwise_conv2d", "fully_connected"]
+    x = rng.uniform(-4, 4, (256, 3, 6, 5)).astype(np.float32)
+    _check_nodes(graph, _run_all(proto, x))
+
+
+@pytest.mark.parametrize("fmt", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qoperator", "qdq"])
+def test_trained_mobilenet_v1_quantized_by_onnxruntime_is_bit_exact(digits, fmt, tmp_path):
+    """The bundled trained MobileNet v1 (0.25, digits): batch norm, ReLU6, 13 depthwise-separable blocks, global
+    average pooling (of a 1x1 map here), classifier; every int8 output identical to onnxruntime's, both forms."""
+    from cnnacc.host.models import mobilenet_v1_digits_float
+    calib, test = digits
+    proto = _ort_quantize(export_onnx_float(mobilenet_v1_digits_float()), calib, fmt, tmp_path)
+    graph = import_onnx(proto)
+    kinds = [n.kind for n in graph.nodes]
+    assert kinds.count("depthwise_conv2d") == 13 and kinds[-2:] == ["avg_pool2d", "fully_connected"]
+    got, expected, _ = _end_to_end(proto, graph, test)
+    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
