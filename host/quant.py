@@ -101,7 +101,7 @@ def saturating_rounding_doubling_high_mul(a, b):
     high = a * b
     high += 1 << 30
     high >>= 31
-    if np.any(b == INT32_MIN) or np.any(a == INT32_MIN):
+    if np.any(b == INT32_MIN) and np.any(a == INT32_MIN):
         # The one product that does not fit: INT32_MIN * INT32_MIN saturates.
         high = np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
     return high

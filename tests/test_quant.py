@@ -22,7 +22,7 @@ from cnnacc.host import quant
 INT32_MIN = -(2 ** 31)
 INT32_MAX = 2 ** 31 - 1
 
-SETTINGS = settings(max_examples=400, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=250, deadline=None, derandomize=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
