@@ -524,9 +524,10 @@ class _Reader:
         """The source spec and extra padding when ``idx`` is a pending PAD whose value is ``neutral``."""
         if idx not in self.pending:
             return self.input_of(idx, where), (0, 0, 0, 0)
-        kind, src, (pads, value) = self.pending[idx]
+        kind, src, payload = self.pending[idx]
         if kind == "RESHAPE":
-            self.input_of(idx, where)
+            self.input_of(idx, where)       # raises: a reshaped tensor only feeds FULLY_CONNECTED
+        pads, value = payload
         spec = self.specs[src]
         if value != neutral(spec):
             raise g.GraphError(f"{where}: its input is padded with {value}, which is not neutral here "

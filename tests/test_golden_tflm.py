@@ -425,6 +425,8 @@ def unsupported_cases():
     conv_w = dict(name="w", shape=(2, 3, 3, 2), ttype=TensorType.INT8, scales=[0.01], zero_points=[0], data=wt)
     x, y = act("x", (1, 5, 5, 2)), act("y", (1, 5, 5, 2))
     conv = fb_conv_options(dilation=1)
+    paddings = dict(name="pads", shape=(4, 2), ttype=TensorType.INT32,
+                    data=np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32))
     return {
         "softmax": ([(BuiltinOperator.SOFTMAX, [0], [1])], [x, y], "operator #0 (SOFTMAX)"),
         "float conv": ([(BuiltinOperator.CONV_2D, [0, 2, -1], [1], *conv)],
@@ -448,6 +450,12 @@ def unsupported_cases():
                          "operator #0 (CONV_2D): node 'y': weight -128"),
         "wrong output shape": ([(BuiltinOperator.CONV_2D, [0, 2, -1], [1], *conv)],
                                [x, act("y", (1, 4, 4, 2)), conv_w], "computes [5, 5, 2]"),
+        "pad value not neutral": ([(BuiltinOperator.PAD, [0, 2], [1]),
+                                   (BuiltinOperator.MAX_POOL_2D, [1], [3], *fb_pool_options(2))],
+                                  [x, act("p", (1, 7, 7, 2)), paddings, act("y", (1, 3, 3, 2))],
+                                  "operator #1 (MAX_POOL_2D): its input is padded with 0"),
+        "reshape into conv": ([(BuiltinOperator.RESHAPE, [0], [1]), (BuiltinOperator.CONV_2D, [1, 2, -1], [3], *conv)],
+                              [x, act("r", (1, 50)), conv_w, y], "comes from a RESHAPE"),
         "dangling pad": ([(BuiltinOperator.PAD, [0, 2], [1])],
                          [x, act("y", (1, 7, 7, 2)),
                           dict(name="p", shape=(4, 2), ttype=TensorType.INT32,
