@@ -568,3 +568,11 @@ def test_mobilenet_v1_export_runs_in_tflm():
                                                           seed=3))
     x, _ = load_digits("test", "int8")
     check_against_tflm(graph, 0, x=x[:32])
+
+
+def test_a_converter_made_float_model_is_refused_clearly():
+    """sine_float.tflite ships with tflite-micro, written by TensorFlow's converter: a float model."""
+    from pathlib import Path
+    path = Path(runtime.__file__).with_name("sine_float.tflite")
+    with pytest.raises(g.GraphError, match=r"operator #0 \(FULLY_CONNECTED\): tensor '.*' is FLOAT32; only int8"):
+        import_tflite(path)
