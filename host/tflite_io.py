@@ -342,9 +342,24 @@ def _export_add(w, graph, node):
 
 
 def export_tflite(graph, batch=1):
-    """Serialize ``graph`` as an int8 ``.tflite`` model (bytes) with a batch dimension of ``batch``.
+    """Serialize ``graph`` as an int8 ``.tflite`` model.
 
-    Raises :class:`~cnnacc.host.graph.GraphError` naming the node when a node cannot be expressed in TFLite.
+    Parameters
+    ----------
+    graph : Graph
+    batch : int
+        The batch dimension of the model's tensors (TFLite-Micro runs one fixed shape).
+
+    Returns
+    -------
+    bytes
+        The flatbuffer, file identifier ``TFL3``, schema version 3.
+
+    Raises
+    ------
+    GraphError
+        Naming the node, when a node cannot be expressed in TFLite (a rounding mode other than TFLite's,
+        average pooling with padding that is neither SAME nor VALID, broadcasting ADD).
     """
     if not (isinstance(batch, int) and batch >= 1):
         raise g.GraphError(f"batch must be a positive integer, not {batch!r}")
@@ -821,10 +836,23 @@ class _Reader:
 
 
 def import_tflite(path_or_bytes):
-    """Read an int8 ``.tflite`` model (a path or its bytes) into a :class:`~cnnacc.host.graph.Graph`.
+    """Read an int8 ``.tflite`` model into a :class:`~cnnacc.host.graph.Graph`.
 
-    Raises :class:`~cnnacc.host.graph.GraphError` with one line naming the operator and the reason for
-    unsupported operators, types or shapes, and for malformed or truncated files.
+    Parameters
+    ----------
+    path_or_bytes : str, os.PathLike, bytes or bytearray
+        A file, or the flatbuffer itself.
+
+    Returns
+    -------
+    Graph
+        Nodes named after the tensors they produce; the input without its batch axis.
+
+    Raises
+    ------
+    GraphError
+        One line naming the operator (``operator #i (NAME)``) and the reason, for unsupported operators, types
+        or shapes; naming the source, for unreadable, malformed or truncated files.
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data, source = bytes(path_or_bytes), "the .tflite data"
