@@ -158,7 +158,7 @@ class PoolEngine(wiring.Component):
         m.d.comb += [
             wg.i_pixels.payload.eq(self.i_pixels.payload),
             wg.i_pixels.valid.eq(self.i_pixels.valid & ~global_mode),
-            self.i_pixels.ready.eq(Mux(global_mode, busy & global_ready, wg.i_pixels.ready)),
+            self.i_pixels.ready.eq(Mux(global_mode, global_ready, wg.i_pixels.ready)),
         ]
 
         # --- windowed modes: reduce the taps (stage A), then divide and clamp into the output register.
@@ -228,13 +228,15 @@ class PoolEngine(wiring.Component):
         d_quot = [Signal(nbits, name=f"d_quot_{l}") for l in range(lanes)]
         d_neg = [Signal(name=f"d_neg_{l}") for l in range(lanes)]
 
+        g_feeding = Signal()                         # the layer still has pixels to come
         with m.If(global_start):
-            m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0)]
+            m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0), g_feeding.eq(1)]
             m.d.sync += [s.eq(0) for s in g_sum]
 
         end_of_plane = (g_x == layer_w.width - 1) & (g_y == layer_w.height - 1)
         # A plane's last pixel hands the sums to the divider, so it waits until the divider is free.
-        m.d.comb += global_ready.eq(~end_of_plane | ~div_busy)
+        # The next layer's pixels may already be waiting: take none once the last plane is in.
+        m.d.comb += global_ready.eq(g_feeding & (~end_of_plane | ~div_busy))
         pixel_in = Signal()
         m.d.comb += pixel_in.eq(self.i_pixels.valid & self.i_pixels.ready & global_mode)
         with m.If(pixel_in):
@@ -247,6 +249,8 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(g_group + 1),
                              div_busy.eq(1), div_step.eq(nbits), divisor.eq(g_count + 1),
                              div_last.eq(g_group == layer_w.groups - 1)]
+                with m.If(g_group == layer_w.groups - 1):
+                    m.d.sync += g_feeding.eq(0)
             for lane in range(lanes):
                 total = Signal.like(g_sum[lane], name=f"g_total_{lane}")
                 m.d.comb += total.eq(g_sum[lane] + self.i_pixels.payload[lane])

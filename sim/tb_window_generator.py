@@ -14,7 +14,7 @@ import numpy as np
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
 
 from .cocotb_streams import StreamSink, StreamSource
 from .runner import run_cocotb, testbench_inputs, testbench_outputs
@@ -36,7 +36,10 @@ def run_streams(design, toplevel, sources, sinks, *, seed=0, bubble=0.0, stall=0
     beat counts. Returns ``(dict name -> uint8 [count, bytes], cycles)``."""
     inputs = {f"src_{name}": np.asarray(beats, np.uint8) for name, beats in sources.items()}
     inputs.update({f"sink_{name}": np.int64(count) for name, count in sinks.items()})
-    inputs.update(seed=seed, bubble=bubble, stall=stall, **(extra or {}))
+    # Generous: every beat in and out, each delayed by bubbles and stalls, plus pipeline and divider latency.
+    beats = sum(len(b) for b in sources.values()) + sum(sinks.values())
+    max_cycles = int((1000 + 40 * beats) * (1 + 10 * max(bubble, stall)))
+    inputs.update(seed=seed, bubble=bubble, stall=stall, max_cycles=max_cycles, **(extra or {}))
     run = run_cocotb(design, toplevel=toplevel, test_module="cnnacc.sim.tb_window_generator", inputs=inputs,
                      sim=sim)
     got = {name: run.outputs[f"got_{name}"] for name in sinks}
@@ -96,8 +99,14 @@ async def streams(dut):
         cocotb.start_soon(source.send(payloads))
     tasks = {name: cocotb.start_soon(sink.receive(count)) for name, (sink, count) in sinks.items()}
     results = {}
+    # A design that deadlocks fails after max_cycles instead of hanging the test run.
+    limit = int(args["max_cycles"]) * 10
     for name, task in tasks.items():
-        results[name] = await task
+        try:
+            results[name] = await with_timeout(task, max(1, limit - (cocotb.utils.get_sim_time(unit="ns") - start)),
+                                               "ns")
+        except SimTimeoutError:
+            raise AssertionError(f"{name}: fewer than {sinks[name][1]} beats came out in {limit // 10} cycles") from None
     cycles = (cocotb.utils.get_sim_time(unit="ns") - start) // 10
 
     outputs = {"cycles": cycles}

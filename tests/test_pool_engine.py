@@ -55,9 +55,13 @@ def run_amaranth(config, jobs, *, seed=0, bubble=0.0, stall=0.0):
     expected = sum(output_beats(layer) for layer, _ in jobs)
     got, cycles = [], 0
 
+    # Descriptors are offered as early as the engine takes them, concurrently with the pixels.
+    async def layers(ctx):
+        for layer, _ in jobs:
+            await stream_put(ctx, dut.i_layer, layer)
+
     async def producer(ctx):
         for layer, planes in jobs:
-            await stream_put(ctx, dut.i_layer, layer)
             for pixel in planes.reshape(-1, planes.shape[-1]):
                 await stream_put(ctx, dut.i_pixels, pixel.tolist(), rng=rng, bubble_prob=bubble)
 
@@ -74,8 +78,8 @@ def run_amaranth(config, jobs, *, seed=0, bubble=0.0, stall=0.0):
     limit = (100 + 3 * sum(pool_cycles(config, layer) for layer, _ in jobs)) * (1 + 10 * max(bubble, stall))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
+    for bench in (layers, producer, consumer):
+        sim.add_testbench(bench)
     sim.add_testbench(clock_counter, background=True)
     while sim.advance():
         if cycles > limit:

@@ -42,9 +42,13 @@ def run_amaranth(config, jobs, *, seed=0, bubble=0.0, stall=0.0, max_kernel=None
     got = []
     cycles = 0
 
+    # Descriptors are offered as early as the generator takes them, concurrently with the pixels.
+    async def layers(ctx):
+        for layer, _ in jobs:
+            await stream_put(ctx, dut.i_layer, layer)
+
     async def producer(ctx):
         for layer, planes in jobs:
-            await stream_put(ctx, dut.i_layer, layer)
             for pixel in planes.reshape(-1, planes.shape[-1]):
                 await stream_put(ctx, dut.i_pixels, pixel.tolist(), rng=rng, bubble_prob=bubble)
 
@@ -63,8 +67,8 @@ def run_amaranth(config, jobs, *, seed=0, bubble=0.0, stall=0.0, max_kernel=None
     limit = (50 + 3 * sum(window_layer_cycles(layer) for layer, _ in jobs)) * (1 + 10 * max(bubble, stall))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
+    for bench in (layers, producer, consumer):
+        sim.add_testbench(bench)
     sim.add_testbench(clock_counter, background=True)
     while sim.advance():
         if cycles > limit:
