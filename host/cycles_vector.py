@@ -18,7 +18,7 @@ Where the cycles go:
 
 from ..config import AcceleratorConfig
 
-__all__ = ["window_scan_cycles", "pool_cycles", "depthwise_cycles", "global_divider_bits",
+__all__ = ["window_scan_cycles", "window_cycles", "pool_cycles", "depthwise_cycles", "global_divider_bits",
            "WINDOW_LATENCY", "POOL_LATENCY"]
 
 #: Cycles from the scanner reaching a window's last tap to the window being taken: the window generator's two
@@ -34,7 +34,7 @@ def window_scan_cycles(window):
                                * (window["width"] + window["pad_left"] + window["pad_right"]))
 
 
-def _window_layer_cycles(window, latency, per_plane=0):
+def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0):
     """Cycles until a windowed layer has both taken its last pixel and delivered its last output.
 
     The scanner visits padded position ``i`` (counted over all planes) at cycle ``2 + i`` (cycle 1 takes the
@@ -64,7 +64,7 @@ def pool_cycles(config, layer):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
     window = layer["window"]
     if layer["mode"] != 2:                                     # PoolMode.GLOBAL_AVG
-        return _window_layer_cycles(window, POOL_LATENCY)
+        return window_cycles(window, POOL_LATENCY)
     pixels = window["height"] * window["width"]
     nbits = global_divider_bits(config)
     # last_pixel: the cycle a plane's last pixel is taken; the divider frees nbits + 1 cycles after that.
@@ -80,4 +80,4 @@ def depthwise_cycles(config, layer):
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
     window = layer["window"]
-    return _window_layer_cycles(window, DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES)
+    return window_cycles(window, DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES)

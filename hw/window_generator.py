@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 
 __all__ = ["WindowGenerator", "window_layer_layout", "pixel_layout", "window_layout", "window_layer",
-           "window_output_shape", "window_layer_cycles"]
+           "window_output_shape"]
 
 #: Widest ``height`` and ``groups`` a descriptor can carry.
 MAX_HEIGHT = (1 << 16) - 1
@@ -111,12 +111,6 @@ def window_layer(config, *, height, width, kernel, stride, padding=(0, 0, 0, 0),
     return {"height": height, "width": width, "kernel": kernel, "stride": stride, "pad_top": top,
             "pad_bottom": bottom, "pad_left": left, "pad_right": right, "zero_point": zero_point,
             "groups": groups}
-
-
-def window_layer_cycles(layer):
-    """Cycles the generator spends scanning a layer when neither of its streams stalls."""
-    return layer["groups"] * ((layer["height"] + layer["pad_top"] + layer["pad_bottom"])
-                              * (layer["width"] + layer["pad_left"] + layer["pad_right"]))
 
 
 class WindowGenerator(wiring.Component):

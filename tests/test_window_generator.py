@@ -7,7 +7,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from cnnacc.config import AcceleratorConfig
-from cnnacc.hw.window_generator import WindowGenerator, window_layer, window_layer_cycles, window_output_shape
+from cnnacc.host.cycles_vector import window_cycles
+from cnnacc.hw.window_generator import WindowGenerator, window_layer, window_output_shape
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 from cnnacc.sim import tb_window_generator
 
@@ -64,7 +65,7 @@ def run_amaranth(config, jobs, *, seed=0, bubble=0.0, stall=0.0, max_kernel=None
         async for _ in ctx.tick():
             cycles += 1
 
-    limit = (50 + 3 * sum(window_layer_cycles(layer) for layer, _ in jobs)) * (1 + 10 * max(bubble, stall))
+    limit = (50 + 3 * sum(window_cycles(layer) for layer, _ in jobs)) * (1 + 10 * max(bubble, stall))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     for bench in (layers, producer, consumer):
@@ -134,7 +135,7 @@ def test_one_window_per_cycle():
     got, cycles = run_amaranth(config, [(layer, planes)])
     check(got, [(layer, planes)], 3, "full rate")
     # 100 padded positions, one per cycle, plus the descriptor beat and the two pipeline stages.
-    assert cycles == window_layer_cycles(layer) + 3
+    assert cycles == window_cycles(layer) == 100 + 3
 
 
 def test_bad_descriptor_names_the_layer():
