@@ -90,10 +90,19 @@ def weights(rng, shape):
     return w
 
 
-def fit_output(rng, real, name, shape, zp=None):
-    """An output spec whose scale puts the largest real value near the int8 limit (x0.5..1.5)."""
-    peak = float(np.max(np.abs(real))) or 1.0
-    return rand_spec(rng, name, shape, zp=zp, scale=peak / 127 * float(rng.uniform(0.5, 1.5)))
+def fit_output(rng, real, name, shape, activation="none", zp=None):
+    """An output spec that uses the int8 range: the 99th percentile of |real| lands near the limit (x0.8..1.25).
+    ReLU-family outputs get a zero point in the lower part of the range, since they start at 0."""
+    real = np.asarray(real, np.float64)
+    if activation in ("relu", "relu6"):
+        zp = int(rng.integers(-128, -60)) if zp is None else zp
+        positive = real[real > 0]
+        top = 6.0 if activation == "relu6" else (float(np.quantile(positive, 0.99)) if positive.size else 1.0)
+        scale = top / max(127 - zp, 1)
+    else:
+        zp = int(rng.integers(-40, 41)) if zp is None else zp
+        scale = (float(np.quantile(np.abs(real), 0.99)) or 1.0) / 127.5
+    return rand_spec(rng, name, shape, zp=zp, scale=scale * float(rng.uniform(0.8, 1.25)))
 
 
 def conv_out_hw(h, w, k, stride, padding):
@@ -110,8 +119,11 @@ def resolve_padding(mode, h, w, k, stride):
 
 
 def make_weighted(rng, kind, x_spec, cout=None, k=(3, 3), stride=(1, 1), padding="same", activation="none",
-                  zp_out=None, name="y", per_tensor=False, scale_decades=3.0):
-    """One conv / depthwise / FC node with random weights, per-channel scales spanning ``scale_decades``."""
+                  zp_out=None, name="y", per_tensor=False, scale_decades=2.0, probe=None):
+    """One conv / depthwise / FC node with random weights and per-channel scales spanning ``scale_decades``.
+
+    ``probe`` (int8 inputs, default random) gives the real output range the output scale is fitted to; for
+    RELU6 the weight scales are first scaled so that about a tenth of the outputs exceed 6."""
     h = w = cin = None
     if kind != "fully_connected":
         h, w, cin = x_spec.shape
@@ -125,12 +137,13 @@ def make_weighted(rng, kind, x_spec, cout=None, k=(3, 3), stride=(1, 1), padding
         wt = weights(rng, (cout, int(np.prod(x_spec.shape))))
         channels = cout
     if per_tensor:
-        scales = np.full(channels, np.float32(10 ** rng.uniform(-3, -1)), np.float32)
+        scales = np.full(channels, 10 ** rng.uniform(-3, -1))
     else:
-        scales = (10 ** rng.uniform(-1 - scale_decades, -1, channels)).astype(np.float32)
+        scales = 10 ** rng.uniform(-1 - scale_decades, -1, channels)
     bias = rng.integers(-3000, 3001, channels)
-    # A probe with the true input range gives the real output range to size the output scale from.
-    probe = rng.integers(-128, 128, (4,) + x_spec.shape).astype(np.int8)
+    if probe is None:
+        probe = rng.integers(-128, 128, (4,) + x_spec.shape).astype(np.int8)
+    pad = None
     if kind == "fully_connected":
         acc = golden.fully_connected_acc(probe, wt, bias, x_spec.zero_point)
         out_shape = (cout,)
@@ -139,8 +152,13 @@ def make_weighted(rng, kind, x_spec, cout=None, k=(3, 3), stride=(1, 1), padding
         fn = golden.conv2d_acc if kind == "conv2d" else golden.depthwise_conv2d_acc
         acc = fn(probe, wt, bias, x_spec.zero_point, stride, pad)
         out_shape = acc.shape[1:]
-    real = acc * (x_spec.scale * scales.astype(np.float64))
-    out = fit_output(rng, real, name, out_shape, zp=zp_out)
+    real = acc * (x_spec.scale * scales)
+    if activation == "relu6":
+        magnitude = float(np.quantile(np.abs(real), 0.9)) or 1.0
+        scales = scales * (6.0 / magnitude)
+        real = real * (6.0 / magnitude)
+    scales = scales.astype(np.float32)
+    out = fit_output(rng, real, name, out_shape, activation, zp=zp_out)
     common = dict(name=name, inputs=(x_spec.name,), output=out, weights=wt, bias=bias, weight_scales=scales,
                   input_spec=x_spec, activation=activation)
     if kind == "conv2d":
@@ -148,6 +166,38 @@ def make_weighted(rng, kind, x_spec, cout=None, k=(3, 3), stride=(1, 1), padding
     if kind == "depthwise_conv2d":
         return g.DepthwiseConv2D(stride=stride, padding=pad, **common)
     return g.FullyConnected(per_tensor=per_tensor, **common)
+
+
+class Net:
+    """Builds a graph layer by layer, running a sample batch through it so that each layer's output scale is
+    fitted to the data it will really see (random scales would leave deep layers saturated or constant)."""
+
+    def __init__(self, rng, x_spec, batch=8):
+        self.rng, self.input, self.nodes = rng, x_spec, []
+        self.values = {x_spec.name: rng.integers(-128, 128, (batch,) + x_spec.shape).astype(np.int8)}
+
+    def add(self, node):
+        self.nodes.append(node)
+        graph = g.Graph(input=self.input, nodes=self.nodes, output=node.output.name)
+        self.values[node.output.name] = golden.run_node(node, graph, self.values)
+        return node.output
+
+    def weighted(self, kind, src, *args, **kwargs):
+        return self.add(make_weighted(self.rng, kind, src, *args, probe=self.values[src.name], **kwargs))
+
+    def pool(self, cls, src, name, kernel=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0)):
+        out = g.TensorSpec(name, conv_out_hw(*src.shape[:2], kernel, stride, padding) + src.shape[2:],
+                           src.scale, src.zero_point)
+        return self.add(cls(name=name, inputs=(src.name,), output=out, kernel=kernel, stride=stride,
+                            padding=padding))
+
+    def residual(self, a, b, name, activation="none"):
+        real = ((self.values[a.name] - a.zero_point) * a.scale + (self.values[b.name] - b.zero_point) * b.scale)
+        out = fit_output(self.rng, real, name, a.shape, activation)
+        return self.add(g.Add(name=name, inputs=(a.name, b.name), output=out, activation=activation))
+
+    def graph(self, name):
+        return g.Graph(input=self.input, nodes=self.nodes, output=self.nodes[-1].output.name, name=name)
 
 
 def single(node, x_spec):
@@ -305,19 +355,21 @@ ADD_CASES = [
 @pytest.mark.parametrize("seed,shape,act,ratio", ADD_CASES)
 def test_add_matches_tflm(seed, shape, act, ratio):
     rng = np.random.default_rng(seed)
-    x = rand_spec(rng, "x", shape)
-    # The second operand is a 1x1 convolution of the first, so the graph has one input and ADD two.
-    if len(shape) == 3:
-        conv = make_weighted(rng, "conv2d", x, shape[2], k=(1, 1), name="b")
-    else:
-        conv = make_weighted(rng, "fully_connected", x, shape[0], name="b")
-    conv.output = g.TensorSpec("b", conv.output.shape, x.scale * ratio, int(rng.integers(-128, 128)))
-    conv = type(conv)(**{f: getattr(conv, f) for f in ("name", "inputs", "output", "weights", "bias",
-                                                        "weight_scales", "input_spec", "activation")},
-                      **({"stride": conv.stride, "padding": conv.padding} if len(shape) == 3 else {}))
-    out = rand_spec(rng, "y", shape, scale=max(x.scale, conv.output.scale) * float(rng.uniform(1, 3)))
-    add = g.Add(name="y", inputs=("x", "b"), output=out, activation=act)
-    check_against_tflm(g.Graph(input=x, nodes=[conv, add], output="y", name="add"), seed)
+    net = Net(rng, rand_spec(rng, "x", shape))
+    x = net.input
+    # The second operand is a 1x1 convolution of the first, so the graph has one input and ADD two. Its weight
+    # and output scales are then multiplied by one factor, which keeps its integers and sets the scale ratio.
+    kind = "conv2d" if len(shape) == 3 else "fully_connected"
+    conv = make_weighted(rng, kind, x, shape[-1], k=(1, 1), name="b", probe=net.values["x"])
+    factor = x.scale * ratio / conv.output.scale
+    fields = {f: getattr(conv, f) for f in ("name", "inputs", "weights", "bias", "input_spec", "activation")}
+    fields.update(output=g.TensorSpec("b", conv.output.shape, x.scale * ratio, conv.output.zero_point),
+                  weight_scales=(conv.weight_scales * factor).astype(np.float32))
+    if kind == "conv2d":
+        fields.update(stride=conv.stride, padding=conv.padding)
+    b = net.add(type(conv)(**fields))
+    net.residual(x, b, "y", activation=act)
+    check_against_tflm(net.graph("add"), seed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -326,34 +378,29 @@ def test_add_matches_tflm(seed, shape, act, ratio):
 
 def lenet_like(seed):
     rng = np.random.default_rng(seed)
-    x = rand_spec(rng, "input", (32, 32, 1), zp=-128, scale=1 / 255)
-    c1 = make_weighted(rng, "conv2d", x, 6, (5, 5), padding="valid", activation="relu", name="c1")
-    p1 = g.MaxPool2D(name="p1", inputs=("c1",), output=g.TensorSpec("p1", (14, 14, 6), c1.output.scale,
-                                                                       c1.output.zero_point))
-    c2 = make_weighted(rng, "conv2d", p1.output, 16, (5, 5), padding="valid", activation="relu", name="c2")
-    p2 = g.AvgPool2D(name="p2", inputs=("c2",), output=g.TensorSpec("p2", (5, 5, 16), c2.output.scale,
-                                                                       c2.output.zero_point))
-    f1 = make_weighted(rng, "fully_connected", p2.output, 120, activation="relu", name="f1")
-    f2 = make_weighted(rng, "fully_connected", f1.output, 84, activation="relu6", name="f2", per_tensor=True)
-    f3 = make_weighted(rng, "fully_connected", f2.output, 10, name="logits")
-    return g.Graph(input=x, nodes=[c1, p1, c2, p2, f1, f2, f3], output="logits", name="lenet_like")
+    net = Net(rng, rand_spec(rng, "input", (32, 32, 1), zp=-128, scale=1 / 255))
+    c1 = net.weighted("conv2d", net.input, 6, (5, 5), padding="valid", activation="relu", name="c1")
+    p1 = net.pool(g.MaxPool2D, c1, "p1")
+    c2 = net.weighted("conv2d", p1, 16, (5, 5), padding="valid", activation="relu", name="c2")
+    p2 = net.pool(g.AvgPool2D, c2, "p2")
+    f1 = net.weighted("fully_connected", p2, 120, activation="relu", name="f1")
+    f2 = net.weighted("fully_connected", f1, 84, activation="relu6", name="f2", per_tensor=True)
+    net.weighted("fully_connected", f2, 10, name="logits")
+    return net.graph("lenet_like")
 
 
 def mobilenet_block_like(seed):
     rng = np.random.default_rng(seed)
-    x = rand_spec(rng, "input", (16, 16, 3))
-    stem = make_weighted(rng, "conv2d", x, 8, (3, 3), (2, 2), "same", "relu6", name="stem")
-    dw = make_weighted(rng, "depthwise_conv2d", stem.output, k=(3, 3), padding="same", activation="relu6",
-                       name="dw")
-    pw = make_weighted(rng, "conv2d", dw.output, 8, (1, 1), padding="valid", name="pw")
-    res = g.Add(name="res", inputs=("stem", "pw"), output=rand_spec(rng, "res", (8, 8, 8)), activation="relu6")
-    dw2 = make_weighted(rng, "depthwise_conv2d", res.output, k=(3, 3), stride=(2, 2), padding=(0, 1, 0, 1),
-                        activation="relu", name="dw2")
-    pool = g.AvgPool2D(name="gap", inputs=("dw2",), output=g.TensorSpec("gap", (1, 1, 8), dw2.output.scale,
-                                                                          dw2.output.zero_point),
-                       kernel=(4, 4), stride=(4, 4))
-    fc = make_weighted(rng, "fully_connected", pool.output, 5, name="logits")
-    return g.Graph(input=x, nodes=[stem, dw, pw, res, dw2, pool, fc], output="logits", name="mobilenet_like")
+    net = Net(rng, rand_spec(rng, "input", (16, 16, 3)))
+    stem = net.weighted("conv2d", net.input, 8, (3, 3), (2, 2), "same", "relu6", name="stem")
+    dw = net.weighted("depthwise_conv2d", stem, k=(3, 3), padding="same", activation="relu6", name="dw")
+    pw = net.weighted("conv2d", dw, 8, (1, 1), padding="valid", name="pw")
+    res = net.residual(stem, pw, "res", activation="relu6")
+    dw2 = net.weighted("depthwise_conv2d", res, k=(3, 3), stride=(2, 2), padding=(0, 1, 0, 1), activation="relu",
+                       name="dw2")
+    gap = net.pool(g.AvgPool2D, dw2, "gap", kernel=(4, 4), stride=(4, 4))
+    net.weighted("fully_connected", gap, 5, name="logits")
+    return net.graph("mobilenet_like")
 
 
 @pytest.mark.parametrize("seed", [81, 82])
