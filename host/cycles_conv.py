@@ -1,0 +1,83 @@
+"""Cycle model of the convolution engine (:class:`cnnacc.hw.conv_engine.ConvEngine`).
+
+A function of the layer shape and the configuration that predicts the RTL cycle count of one layer, from the
+cycle ``start`` is sampled to the cycle ``busy`` falls, with the output stream always ready. It is exact (the
+tests compare it with the RTL on every layer they run) because the engine's schedule is static:
+
+* tiles are ``rows`` output channels x ``cols`` output pixels; ``ceil(Cout / rows)`` channel blocks, each over
+  ``ceil(OH * OW / cols)`` pixel tiles when the tile may span output rows (stride 1 and ``OW == W``), else
+  ``OH * ceil(OW / cols)`` tiles within rows;
+* a tile is ``K = KH * KW * Cin`` beats, one per cycle, but two tiles end at least
+  :func:`~cnnacc.hw.systolic_array.min_tile_beats` cycles apart (the array's drain);
+* a fixed pipeline: start and setup (2), memory read (1), the array
+  (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
+  valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`) and
+  the output handshake.
+"""
+
+from dataclasses import dataclass
+
+from ..hw.requantizer import REQUANT_LATENCY
+from ..hw.systolic_array import array_latency, min_tile_beats
+
+__all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
+           "weight_stationary_cycles"]
+
+
+@dataclass(frozen=True)
+class ConvSchedule:
+    """How the engine tiles one layer."""
+    span: bool            # pixel tiles run across output rows
+    pixel_tiles: int      # per channel block
+    channel_blocks: int
+    depth: int            # K, beats per tile
+    last_column: int      # column of the last valid pixel in the last tile
+
+    @property
+    def tiles(self):
+        return self.pixel_tiles * self.channel_blocks
+
+
+def conv_schedule(config, fields):
+    """The tiling of a layer given its :func:`cnnacc.hw.conv_engine.conv_layer` fields."""
+    oh, ow, cout = fields["out_h"], fields["out_w"], fields["out_c"]
+    span = not fields["stride2"] and ow == fields["in_w"]
+    if span:
+        pixel_tiles = -(-(oh * ow) // config.cols)
+        last_column = (oh * ow - 1) % config.cols
+    else:
+        pixel_tiles = oh * -(-ow // config.cols)
+        last_column = (ow - 1) % config.cols
+    return ConvSchedule(span=span, pixel_tiles=pixel_tiles, channel_blocks=-(-cout // config.rows),
+                        depth=fields["kernel_h"] * fields["kernel_w"] * fields["in_c"], last_column=last_column)
+
+
+def conv_cycles(config, fields):
+    """Predicted RTL cycles of one layer (see the module docstring)."""
+    s = conv_schedule(config, fields)
+    beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
+    pipeline = 2 + 1 + array_latency(config) + s.last_column + 1 + REQUANT_LATENCY + 1
+    return beats + pipeline
+
+
+def useful_macs(fields):
+    """Multiply-accumulates the layer needs: ``OH * OW * Cout * KH * KW * Cin``."""
+    return (fields["out_h"] * fields["out_w"] * fields["out_c"]
+            * fields["kernel_h"] * fields["kernel_w"] * fields["in_c"])
+
+
+def utilization(config, fields, cycles):
+    """PE utilization: useful MACs / (PEs x cycles)."""
+    return useful_macs(fields) / (config.pes * cycles)
+
+
+def weight_stationary_cycles(config, fields):
+    """Cycles of the weight-stationary alternative, for the dataflow comparison (a model, not built).
+
+    Rows hold ``rows`` reduction steps, columns ``cols`` output channels; each pass streams every output pixel
+    (one per cycle) through one block of weights, with the next block preloaded behind it (free) and partial
+    sums accumulated outside the array. Pipeline fill of ``rows + cols`` is paid once.
+    """
+    passes = -(-fields["kernel_h"] * fields["kernel_w"] * fields["in_c"] // config.rows) \
+        * -(-fields["out_c"] // config.cols)
+    return passes * fields["out_h"] * fields["out_w"] + config.rows + config.cols
