@@ -221,10 +221,10 @@ class SerialBridge(wiring.Component):
             with m.State("SEND"):
                 payload_end = 5 + words * 4
                 accepted = self.o_tx.valid & self.o_tx.ready
-                next_pos = Signal.like(tx_pos)
-                m.d.comb += next_pos.eq(tx_pos + accepted)
-                # The read port answers a cycle late, so it is given the word of the byte that goes out next.
-                m.d.comb += [rp.en.eq(1), rp.addr.eq((next_pos - 5)[2:])]
+                # The read port answers a cycle late and holds its data while not enabled: when a byte is
+                # taken, fetch the word of the byte after it. (Addressing from the registered position keeps
+                # the UART's ready off the memory address path.)
+                m.d.comb += [rp.en.eq(accepted), rp.addr.eq((tx_pos - 4)[2:])]
                 with m.If(tx_pos == 0):
                     m.d.comb += tx_byte.eq(SYNC)
                 with m.Elif(tx_pos == 1):
@@ -246,7 +246,7 @@ class SerialBridge(wiring.Component):
                     m.d.comb += tx_byte.eq(tx_crc[8:])
                 m.d.comb += [self.o_tx.valid.eq(1), self.o_tx.payload.eq(tx_byte)]
                 with m.If(accepted):
-                    m.d.sync += tx_pos.eq(next_pos)
+                    m.d.sync += tx_pos.eq(tx_pos + 1)
                     with m.If((tx_pos >= 1) & (tx_pos < payload_end)):
                         m.d.sync += tx_crc.eq(crc16_update(tx_crc, tx_byte))
                     with m.If(tx_pos == payload_end + 1):
