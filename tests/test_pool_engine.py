@@ -4,12 +4,18 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from cnnacc.config import AcceleratorConfig
 from cnnacc.host import golden
+from cnnacc.host import graph as g
+from cnnacc.hw.conv_engine import ConvEngine, ConvLayer, node_job
 from cnnacc.host.cycles_vector import pool_cycles
-from cnnacc.hw.pool_engine import PoolEngine, PoolMode, avg_reciprocals, pool_layer
+from cnnacc.hw.pool_engine import PoolEngine, PoolMode, avg_reciprocals, pool_layer, pool_layer_layout
+from cnnacc.hw.window_generator import pixel_layout
 from cnnacc.hw.window_generator import window_output_shape
 from cnnacc.sim import tb_pool_engine
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
@@ -192,3 +198,82 @@ def test_verilator_mobilenet_shapes():
     big[0, 0, 195, 1] = -127
     got, cycles = tb_pool_engine.run_rtl(config, jobs, seed=41, bubble=0.1, stall=0.1)
     check(got, jobs, "verilator seed 41")
+
+
+class _ConvThenPool(wiring.Component):
+    """The convolution engine's int8 output wired straight into the pooling engine (``rows == lanes``)."""
+
+    def __init__(self, config):
+        self._config = config
+        conv = ConvEngine(config)
+        self.conv = conv
+        super().__init__({
+            "act_write": In(conv.act_write.signature.flip()), "weight_write": In(conv.weight_write.signature.flip()),
+            "param_write": In(conv.param_write.signature.flip()), "layer": In(ConvLayer), "start": In(1),
+            "pool_layer": In(stream.Signature(pool_layer_layout(config))),
+            "o_pixels": Out(stream.Signature(pixel_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.conv = conv = self.conv
+        m.submodules.pool = pool = PoolEngine(self._config)
+        for name in ("act_write", "weight_write", "param_write"):
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(conv, name))
+        wiring.connect(m, wiring.flipped(self.pool_layer), pool.i_layer)
+        wiring.connect(m, pool.o_pixels, wiring.flipped(self.o_pixels))
+        m.d.comb += [conv.layer.eq(self.layer), conv.start.eq(self.start),
+                     pool.i_pixels.payload.eq(conv.o_data.payload.data), pool.i_pixels.valid.eq(conv.o_data.valid),
+                     conv.o_data.ready.eq(pool.i_pixels.ready)]
+        return m
+
+
+def test_conv_relu_pool_fused_without_memory():
+    # Conv (3x3, SAME, ReLU) -> 3x3/2 average pool, the conv output streamed straight in, with back-pressure.
+    config = AcceleratorConfig(rows=2, cols=2, lanes=2, max_kernel=3, max_width=8)
+    rng = np.random.default_rng(61)
+    h, w, cin, cout = 4, 5, 2, 4
+    x = rng.integers(-128, 128, size=(1, h, w, cin), dtype=np.int8)
+    node = g.Conv2D("conv", ["x"], g.TensorSpec("y", (h, w, cout), 0.3, -7),
+                    weights=rng.integers(-127, 128, size=(cout, 3, 3, cin), dtype=np.int8),
+                    bias=rng.integers(-20000, 20000, size=cout), weight_scales=rng.uniform(0.001, 0.01, cout),
+                    input_spec=g.TensorSpec("x", (h, w, cin), 0.05, 3), activation="relu", stride=(1, 1),
+                    padding=(1, 1, 1, 1))
+    conv_out = golden.conv2d(x, node)
+    fields, (act, wgt, params) = node_job(config, node, x[0])
+    # (One pooling layer: the convolution is slow in the Amaranth simulator; the others are covered above.)
+    for layer in [pool_layer(config, PoolMode.AVG, height=h, width=w, groups=2, kernel=3, stride=2,
+                             padding=(1, 1, 1, 1), qmin=-7)]:
+        want = golden_pool(from_nhwc(conv_out, 2), layer).reshape(-1, 2)
+        dut = _ConvThenPool(config)
+        got = []
+        rng_bp = random.Random(61)
+
+        async def driver(ctx):
+            words = [(dut.act_write, [a.tolist() for a in act]), (dut.weight_write, [v.tolist() for v in wgt]),
+                     (dut.param_write, [[{"bias": int(b), "multiplier": int(mu), "shift": int(s)} for b, mu, s in blk]
+                                        for blk in params])]
+            for port, data in words:
+                for addr, word in enumerate(data):
+                    ctx.set(port.valid, 1)
+                    ctx.set(port.payload, {"addr": addr, "data": word})
+                    await ctx.tick()
+                ctx.set(port.valid, 0)
+            await stream_put(ctx, dut.pool_layer, layer)
+            ctx.set(dut.layer, fields)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+
+        async def consumer(ctx):
+            for _ in range(len(want)):
+                beat = await stream_get(ctx, dut.o_pixels, rng=rng_bp, stall_prob=0.3)
+                got.append([int(v) for v in beat])
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(driver)
+        sim.add_testbench(consumer)
+        sim.run_until(1e-8 * 20000)
+        assert len(got) == len(want), f"{layer['mode']}: {len(got)} of {len(want)} pooled beats"
+        np.testing.assert_array_equal(np.array(got), want, err_msg=f"fused conv -> pool mode {layer['mode']}")
