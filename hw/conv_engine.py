@@ -474,9 +474,10 @@ def memory_images(config, fields, x, weights, bias, multiplier, shift, *, act_de
     return act, wgt, params.reshape(blocks, rows, 3)
 
 
-def node_job(config, node, x):
+def node_job(config, node, x, *, act_depth=4096, weight_depth=8192, param_depth=256):
     """Descriptor fields and memory images for a graph node (``Conv2D`` or ``FullyConnected``) on one input
-    ``x`` (``[H, W, C]`` int8); a fully connected layer runs as a 1x1 convolution on a 1x1 map."""
+    ``x`` (``[H, W, C]`` int8); a fully connected layer runs as a 1x1 convolution on a 1x1 map. The depths are
+    those of the :class:`ConvEngine` that will run it (its defaults here)."""
     import numpy as np
     kind = node.kind
     rq = node.requant
@@ -494,7 +495,8 @@ def node_job(config, node, x):
     fields = conv_layer(config, x.shape, weights.shape, stride=stride, padding=padding,
                         in_zp=node.input_spec.zero_point, out_zp=rq.zero_point, qmin=rq.qmin, qmax=rq.qmax,
                         rounding=rq.mode, name=node.name)
-    images = memory_images(config, fields, x, weights, node.bias, rq.multiplier, rq.shift, name=node.name)
+    images = memory_images(config, fields, x, weights, node.bias, rq.multiplier, rq.shift, act_depth=act_depth,
+                           weight_depth=weight_depth, param_depth=param_depth, name=node.name)
     return fields, images
 
 

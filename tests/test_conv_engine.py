@@ -115,3 +115,6 @@ def test_bad_layer_named():
         conv_layer(SMALL, (8, 8, 1), (4, 3, 3, 1), stride=3, name="c1")
     with pytest.raises(ValueError, match="layer 'c2': the 5x5 kernel does not fit"):
         conv_layer(SMALL, (2, 2, 1), (4, 5, 5, 1), name="c2")
+    node, x = conv_node(17, 8, 8, 4, 4, 3)
+    with pytest.raises(ValueError, match="layer 'conv': the weights need 72 words, the engine has 20"):
+        node_job(SMALL, node, x[0], weight_depth=20)
