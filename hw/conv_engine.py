@@ -111,7 +111,7 @@ class _TileCursor:
         self.ox = [Signal(DIM + 1, name=f"{name}_ox_{c}") for c in range(cols)]
         self.pixel0 = Signal(PIXEL, name=f"{name}_pixel0")
         self.row_pixel = Signal(PIXEL, name=f"{name}_row_pixel")   # flat index of (oy[0], 0)
-        self._m, self._layer, self._span, self._cols = m, layer, span, cols
+        self._layer, self._cols = layer, cols
 
         def step(y, x):
             # Raster increment in span mode, along the row otherwise (columns past the row are masked).
