@@ -33,11 +33,11 @@ SPLIT_SEED = 0
 TEST_PER_CLASS = 100
 CALIBRATION_SIZE = 256
 
-# Per network: (architecture, output file, epochs, learning rate, weight decay).
+# Per network: (architecture, output file, epochs, batch size, peak learning rate, weight decay).
 RECIPES = {
-    "lenet5": (lambda: models.lenet5_architecture(), models.LENET5_FILE, 20, 2e-3, 1e-4),
+    "lenet5": (lambda: models.lenet5_architecture(), models.LENET5_FILE, 20, 64, 2e-3, 1e-4),
     "mobilenet_v1_digits": (lambda: models.mobilenet_v1_architecture(**models.MOBILENET_V1_DIGITS, seed=None),
-                            models.MOBILENET_V1_DIGITS_FILE, 30, 4e-3, 1e-4),
+                            models.MOBILENET_V1_DIGITS_FILE, 30, 64, 4e-3, 1e-4),
 }
 
 
@@ -160,7 +160,7 @@ def train(name, epochs=None, out=print):
     torch.manual_seed(0)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    architecture, _, default_epochs, lr, weight_decay = RECIPES[name]
+    architecture, _, default_epochs, batch_size, lr, weight_decay = RECIPES[name]
     epochs = default_epochs if epochs is None else epochs
     model = architecture()
     net = _torch_net(model)
@@ -169,7 +169,7 @@ def train(name, epochs=None, out=print):
     test_images = pad_digits(test_x).astype(np.float32) / np.float32(255.0)
     ys = torch.from_numpy(train_y)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * ((len(train_y) + 63) // 64)
+    steps = epochs * -(-len(train_y) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     rng = np.random.default_rng(SPLIT_SEED + 2)
     start = time.time()
@@ -178,14 +178,14 @@ def train(name, epochs=None, out=print):
         xs = torch.from_numpy(_shift(train_x, rng)[:, None])
         order = torch.from_numpy(rng.permutation(len(train_y)))
         total = 0.0
-        for i in range(0, len(order), 64):
-            batch = order[i:i + 64]
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
             loss = F.cross_entropy(net(xs[batch]), ys[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         out(f"{name}: epoch {epoch + 1}/{epochs} loss {total / len(order):.4f} ({time.time() - start:.0f} s)")
     net.eval()
     model = net.export()
