@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ SIMULATORS = ("verilator", "icarus")
 
 _VERILATOR_LINT = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
 _TIMESCALE = ("1ns", "1ps")
+#: A failing run longer than this (seconds) is not repeated with tracing on: the trace would cost too much.
+_RERUN_LIMIT = 120
 
 
 class SimulationError(Exception):
@@ -213,11 +216,15 @@ def run_cocotb(design, *, toplevel, test_module, inputs=None, testcase=None, sim
     np.savez(io_env["CNNACC_TB_INPUTS"], **(inputs or {}))
     io_env.update(extra_env or {})
 
+    started = time.monotonic()
     passed, log, crash = _run(sim, build_dir, toplevel, test_module, run_dir, waves=False, testcase=testcase,
                               extra_env=io_env)
     if not passed:
         message = f"{test_module} on {toplevel} ({sim}) failed{f' ({crash})' if crash else ''}; log: {log}"
-        if keep_waves_on_failure:
+        if keep_waves_on_failure and time.monotonic() - started > _RERUN_LIMIT:
+            message += (f"; the run took over {_RERUN_LIMIT} s, so it was not repeated with tracing: "
+                        f"inputs are in {io_env['CNNACC_TB_INPUTS']}")
+        elif keep_waves_on_failure:
             wave_build = _build(sim, verilog_text, toplevel, waves=True, sources=sources)
             wave_dir = run_dir / "waves"
             wave_dir.mkdir()
