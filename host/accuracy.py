@@ -2,13 +2,12 @@
 
 The float figure is the float model (host/float_model.py) on ``pixel / 255``; the int8 figure is the quantized
 graph run by the golden model (host/golden.py, bit-exact with TFLite's integer kernels) on ``pixel - 128``.
-``python -m cnnacc.bench accuracy`` records the table in docs/benchmarks.md.
+``python -m cnnacc.host.accuracy`` (or ``python -m cnnacc.bench accuracy`` once registered) records the table in
+docs/benchmarks.md.
 """
 
 import platform
 import time
-
-import numpy as np
 
 from . import golden, models
 from .data import load_digits
