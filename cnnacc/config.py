@@ -28,6 +28,12 @@ class AcceleratorConfig:
         Largest convolution/pooling kernel side the window generator supports.
     max_width : int
         Widest feature map row (pixels) the line buffers hold.
+    conv_act_depth, conv_weight_depth, conv_param_depth : int
+        Words in the convolution engine's input map banks, weight memory (``rows`` int8 a word) and
+        requantization parameter memory (``rows`` channels a word); see hw/conv_engine.py.
+    vector_depth : int
+        Rows (one pixel of ``lanes`` channels each) of each feature map memory of the vector engines
+        (depthwise, pooling, add) and of the output memory.
     """
     rows: int = 8
     cols: int = 8
@@ -35,13 +41,19 @@ class AcceleratorConfig:
     lanes: int = 8
     max_kernel: int = 7
     max_width: int = 224
+    conv_act_depth: int = 4096
+    conv_weight_depth: int = 8192
+    conv_param_depth: int = 256
+    vector_depth: int = 8192
 
     #: Operand width. The integer scheme is int8 x int8; this is not a knob.
     operand_width = 8
 
     def __post_init__(self):
         for name, low, high in (("rows", 1, 64), ("cols", 1, 64), ("lanes", 1, 64), ("max_kernel", 1, 11),
-                                ("max_width", 1, 4096)):
+                                ("max_width", 1, 4096), ("conv_act_depth", 16, 1 << 20),
+                                ("conv_weight_depth", 16, 1 << 20), ("conv_param_depth", 1, 1 << 16),
+                                ("vector_depth", 16, 1 << 20)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")
