@@ -23,6 +23,7 @@ Pipeline: window generator (2 stages) | ``x - zp`` times ``w`` (products registe
 registered) | requantizer (6 stages). Back-pressure on the output stalls everything at once.
 """
 
+import numpy as np
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -83,7 +84,6 @@ def depthwise_weight_beats(config, weights, bias, multiplier, shift, max_kernel=
     """The ``i_weights`` beats (dicts, one per channel group) of a layer with TFLite depthwise ``weights``
     [1, KH, KW, C], int32 ``bias`` [C] and per-channel ``multiplier``/``shift`` [C]. Channels past ``C`` in the
     last group get zero weights and parameters."""
-    import numpy as np
     weights = np.asarray(weights)
     if weights.ndim != 4 or weights.shape[0] != 1 or weights.shape[1] != weights.shape[2]:
         raise ValueError(f"{name}: depthwise weights must have shape [1, K, K, C], not {list(weights.shape)}")

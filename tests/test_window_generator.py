@@ -149,7 +149,7 @@ def test_bad_descriptor_names_the_layer():
 
 
 def test_verilator_larger_maps():
-    config = AcceleratorConfig(lanes=4, max_kernel=7, max_width=32)
+    config = AcceleratorConfig(lanes=2, max_kernel=7, max_width=32)
     rng = np.random.default_rng(31)
     print("seed 31")
     jobs = []
