@@ -62,8 +62,9 @@ def pool_cycles(config, layer):
     """Cycles of one pooling layer (a :func:`cnnacc.hw.pool_engine.pool_layer` descriptor)."""
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+    from ..hw.pool_engine import PoolMode
     window = layer["window"]
-    if layer["mode"] != 2:                                     # PoolMode.GLOBAL_AVG
+    if PoolMode(layer["mode"]) != PoolMode.GLOBAL_AVG:
         return window_cycles(window, POOL_LATENCY)
     pixels = window["height"] * window["width"]
     nbits = global_divider_bits(config)

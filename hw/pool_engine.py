@@ -21,10 +21,8 @@ Pipeline of the windowed modes: window generator (two stages) | tap reduction (m
 clamp (output register). Back-pressure on the output stalls every stage at once.
 """
 
-import enum
-
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
@@ -33,7 +31,7 @@ from .window_generator import WindowGenerator, pixel_layout, window_layer, windo
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count"]
 
 
-class PoolMode(enum.IntEnum):
+class PoolMode(enum.Enum, shape=2):
     """What a pooling layer computes; the same values drive the gateware and the host."""
     MAX = 0
     AVG = 1
@@ -44,7 +42,7 @@ def pool_layer_layout(config):
     """Runtime parameters of one pooling layer (``window`` is the window generator's descriptor)."""
     return data.StructLayout({
         "window": window_layer_layout(config),
-        "mode":   2,
+        "mode":   PoolMode,
         "qmin":   signed(8),
         "qmax":   signed(8),
     })
@@ -72,7 +70,7 @@ def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, pad
     else:
         window = window_layer(config, height=height, width=width, kernel=kernel, stride=stride, padding=padding,
                               groups=groups, name=name)
-    return {"window": window, "mode": int(mode), "qmin": qmin, "qmax": qmax}
+    return {"window": window, "mode": mode, "qmin": qmin, "qmax": qmax}
 
 
 def avg_reciprocals(max_count, max_numerator):
@@ -130,7 +128,7 @@ class PoolEngine(wiring.Component):
         m.submodules.windows = wg = WindowGenerator(cfg)
 
         busy = Signal()
-        mode = Signal(2)
+        mode = Signal(PoolMode)
         qmin, qmax = Signal(signed(8)), Signal(signed(8))
         layer_w = Signal(window_layer_layout(cfg))
         o = self.o_pixels
