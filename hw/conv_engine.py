@@ -164,12 +164,14 @@ class ConvEngine(wiring.Component):
     ----------
     config : AcceleratorConfig
         ``rows`` output channels x ``cols`` output pixels per tile.
-    act_depth : int
-        Words per input bank (the map holds ``act_banks(config) * act_depth`` bytes).
-    weight_depth : int
-        Weight words (``rows`` bytes each).
-    param_depth : int
-        Requantization parameter words (one per block of ``rows`` output channels).
+    act_depth : int, optional
+        Words per input bank (the map holds ``act_banks(config) * act_depth`` bytes); ``config.conv_act_depth``
+        by default.
+    weight_depth : int, optional
+        Weight words (``rows`` bytes each); ``config.conv_weight_depth`` by default.
+    param_depth : int, optional
+        Requantization parameter words (one per block of ``rows`` output channels); ``config.conv_param_depth``
+        by default.
 
     Members
     -------
@@ -183,9 +185,12 @@ class ConvEngine(wiring.Component):
     o_data : Out(stream.Signature(output_layout(config)))
     """
 
-    def __init__(self, config, *, act_depth=4096, weight_depth=8192, param_depth=256):
+    def __init__(self, config, *, act_depth=None, weight_depth=None, param_depth=None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        act_depth = config.conv_act_depth if act_depth is None else act_depth
+        weight_depth = config.conv_weight_depth if weight_depth is None else weight_depth
+        param_depth = config.conv_param_depth if param_depth is None else param_depth
         for name, value in (("act_depth", act_depth), ("weight_depth", weight_depth), ("param_depth", param_depth)):
             if not isinstance(value, int) or not 1 <= value <= 1 << 20:
                 raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
@@ -474,10 +479,13 @@ def memory_images(config, fields, x, weights, bias, multiplier, shift, *, act_de
     return act, wgt, params.reshape(blocks, rows, 3)
 
 
-def node_job(config, node, x, *, act_depth=4096, weight_depth=8192, param_depth=256):
+def node_job(config, node, x, *, act_depth=None, weight_depth=None, param_depth=None):
     """Descriptor fields and memory images for a graph node (``Conv2D`` or ``FullyConnected``) on one input
     ``x`` (``[H, W, C]`` int8); a fully connected layer runs as a 1x1 convolution on a 1x1 map. The depths are
-    those of the :class:`ConvEngine` that will run it (its defaults here)."""
+    those of the :class:`ConvEngine` that will run it (the configuration's by default)."""
+    act_depth = config.conv_act_depth if act_depth is None else act_depth
+    weight_depth = config.conv_weight_depth if weight_depth is None else weight_depth
+    param_depth = config.conv_param_depth if param_depth is None else param_depth
     import numpy as np
     kind = node.kind
     rq = node.requant
