@@ -80,6 +80,7 @@ class CommandProcessor(wiring.Component):
         m.d.comb += take.eq(self.i_host.valid & self.i_host.ready)
 
         header = Signal(Header)
+        header_last = Signal()
         status = Signal(Status)
         remaining = Signal(25)      # data words still expected (WRITE) or to send (READ)
         address = Signal(Address)
@@ -92,6 +93,7 @@ class CommandProcessor(wiring.Component):
         answer = Signal(data.ArrayLayout(32, 4))
         answer_len = Signal(range(5))
         answer_pos = Signal(range(5))
+        answer_last = Signal()
 
         # The transfer's end, registered when the address arrives, so that the range check is one compare
         # against a constant (it is on the critical path of small FPGAs otherwise).
@@ -108,6 +110,7 @@ class CommandProcessor(wiring.Component):
                 answer[0].eq(Cat(code, header.opcode, Const(0, 16))),
                 answer_len.eq(1 + len(extra)),
                 answer_pos.eq(0),
+                answer_last.eq(len(extra) == 0),
             ]
             for i, value in enumerate(extra):
                 m.d.sync += answer[1 + i].eq(value)
@@ -123,45 +126,41 @@ class CommandProcessor(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [header.eq(word.data), remaining.eq(Header(word.data).count), desc_index.eq(0)]
-                    opcode = Header(word.data).opcode
-                    with m.Switch(opcode):
-                        with m.Case(Opcode.NOP):
-                            with m.If(word.last):
-                                m.d.sync += status.eq(Status.OK)
-                                m.next = "ANSWER_STATUS"
-                            with m.Else():
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "DISCARD"
-                        with m.Case(Opcode.STATUS):
-                            with m.If(word.last):
-                                m.d.sync += status.eq(Status.OK)
-                                m.next = "ANSWER_STATUS"
-                            with m.Else():
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "DISCARD"
-                        with m.Case(Opcode.WRITE, Opcode.READ):
-                            with m.If(word.last):
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "ANSWER_STATUS"
-                            with m.Else():
-                                m.next = "ADDRESS"
-                        with m.Case(Opcode.RUN):
-                            with m.If(word.last | (Header(word.data).count == 0) |
-                                      (Header(word.data).count > self._max_descriptor)):
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                with m.If(word.last):
-                                    m.next = "ANSWER_STATUS"
-                                with m.Else():
-                                    m.next = "DISCARD"
-                            with m.Else():
-                                m.next = "DESCRIPTOR"
-                        with m.Default():
-                            m.d.sync += status.eq(Status.UNKNOWN_OPCODE)
-                            with m.If(word.last):
+                    m.d.sync += [header.eq(word.data), header_last.eq(word.last),
+                                 remaining.eq(Header(word.data).count), desc_index.eq(0)]
+                    m.next = "DECODE"
+
+            # Decoding from registers, a cycle after the header arrives, keeps the stream handshake out of the
+            # decode (the two together missed timing on the iCE40).
+            with m.State("DECODE"):
+                with m.Switch(header.opcode):
+                    with m.Case(Opcode.NOP, Opcode.STATUS):
+                        m.d.sync += status.eq(Mux(header_last, Status.OK, Status.BAD_LENGTH))
+                        with m.If(header_last):
+                            m.next = "ANSWER_STATUS"
+                        with m.Else():
+                            m.next = "DISCARD"
+                    with m.Case(Opcode.WRITE, Opcode.READ):
+                        with m.If(header_last):
+                            m.d.sync += status.eq(Status.BAD_LENGTH)
+                            m.next = "ANSWER_STATUS"
+                        with m.Else():
+                            m.next = "ADDRESS"
+                    with m.Case(Opcode.RUN):
+                        with m.If(header_last | (header.count == 0) | (header.count > self._max_descriptor)):
+                            m.d.sync += status.eq(Status.BAD_LENGTH)
+                            with m.If(header_last):
                                 m.next = "ANSWER_STATUS"
                             with m.Else():
                                 m.next = "DISCARD"
+                        with m.Else():
+                            m.next = "DESCRIPTOR"
+                    with m.Default():
+                        m.d.sync += status.eq(Status.UNKNOWN_OPCODE)
+                        with m.If(header_last):
+                            m.next = "ANSWER_STATUS"
+                        with m.Else():
+                            m.next = "DISCARD"
 
             with m.State("ADDRESS"):
                 m.d.comb += self.i_host.ready.eq(1)
@@ -262,15 +261,15 @@ class CommandProcessor(wiring.Component):
             with m.State("SEND"):
                 m.d.comb += [
                     self.o_host.valid.eq(1),
-                    self.o_host.payload.last.eq(answer_pos + 1 == answer_len),
+                    self.o_host.payload.last.eq(answer_last),
                 ]
                 with m.Switch(answer_pos):
                     for i in range(4):
                         with m.Case(i):
                             m.d.comb += self.o_host.payload.data.eq(answer[i])
                 with m.If(self.o_host.ready):
-                    m.d.sync += answer_pos.eq(answer_pos + 1)
-                    with m.If(answer_pos + 1 == answer_len):
+                    m.d.sync += [answer_pos.eq(answer_pos + 1), answer_last.eq(answer_pos + 2 == answer_len)]
+                    with m.If(answer_last):
                         m.next = "HEADER"
 
             # READ: the Response word, then the data, one memory read per word.

@@ -13,7 +13,7 @@ frame the bridge waits for the line to go idle before it answers, so the rest of
 new one. The encodings are shared with the host through :class:`FrameType` and :data:`SYNC`.
 """
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -105,6 +105,11 @@ class SerialBridge(wiring.Component):
         tx_type = Signal(8)
         tx_len = Signal(16)
         tx_pos = Signal(range(max_words * 4 + 8))
+        tx_phase = Signal(3)
+        feed_last = Signal()
+        rx_left = Signal(range(max_words * 4 + 1))
+        cmd_data = Signal(32)
+        tx_left = Signal(range(max_words * 4 + 1))
         tx_crc = Signal(16)
         tx_byte = Signal(8)
         send_index = Signal(range(max_words + 1))
@@ -131,6 +136,7 @@ class SerialBridge(wiring.Component):
                             m.d.sync += length[:8].eq(byte_in)
                         with m.Case(3):
                             m.d.sync += [length[8:].eq(byte_in), byte_index.eq(0)]
+                            m.d.sync += rx_left.eq(Cat(length[:8], byte_in) * 4)
                             full_length = Cat(length[:8], byte_in)
                             with m.If((full_length == 0) | (full_length > max_words) |
                                       (frame_type != FrameType.COMMAND)):
@@ -151,7 +157,8 @@ class SerialBridge(wiring.Component):
                         with m.Case(3):
                             m.d.comb += [wp.en.eq(1), wp.addr.eq(byte_index[2:]),
                                          wp.data.eq(Cat(word[:24], byte_in))]
-                    with m.If(byte_index + 1 == length * 4):
+                    m.d.sync += rx_left.eq(rx_left - 1)
+                    with m.If(rx_left == 1):    # a countdown: no adder and compare on the byte path
                         m.d.sync += byte_index.eq(0)
                         m.next = "CRC"
                 with m.Elif(timed_out):
@@ -179,19 +186,21 @@ class SerialBridge(wiring.Component):
                 with m.If(timed_out):
                     m.next = "NAK"
 
-            # Feed the checked command to the processor, one word per cycle after a one-cycle read.
+            # Feed the checked command to the processor from an output register (the buffer's read data would
+            # otherwise run straight into the processor's decode): read, load, hand over; three cycles a word,
+            # far faster than the UART brings words in.
             with m.State("FETCH"):
                 m.d.comb += rp.en.eq(1)
+                m.d.sync += feed_last.eq(send_index + 1 == words)
+                m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.sync += [cmd_data.eq(rp.data), self.o_cmd.valid.eq(1)]
                 m.next = "FEED"
             with m.State("FEED"):
-                m.d.comb += [
-                    self.o_cmd.valid.eq(1),
-                    self.o_cmd.payload.data.eq(rp.data),
-                    self.o_cmd.payload.last.eq(send_index + 1 == words),
-                ]
+                m.d.comb += [self.o_cmd.payload.data.eq(cmd_data), self.o_cmd.payload.last.eq(feed_last)]
                 with m.If(self.o_cmd.ready):
-                    m.d.sync += send_index.eq(send_index + 1)
-                    with m.If(send_index + 1 == words):
+                    m.d.sync += [send_index.eq(send_index + 1), self.o_cmd.valid.eq(0)]
+                    with m.If(feed_last):
                         m.d.sync += words.eq(0)
                         m.next = "COLLECT"
                     with m.Else():
@@ -206,49 +215,63 @@ class SerialBridge(wiring.Component):
                         m.d.sync += words.eq(words + 1)
                     with m.If(self.i_answer.payload.last):
                         m.d.sync += [tx_type.eq(FrameType.ANSWER), tx_pos.eq(0), send_index.eq(0),
-                                     tx_crc.eq(0xFFFF)]
-                        m.next = "SEND"
+                                     tx_crc.eq(0xFFFF), tx_phase.eq(0)]
+                        m.next = "SETUP"
+
+            with m.State("SETUP"):
+                m.d.sync += tx_left.eq(words * 4)
+                m.next = "SEND"
 
             with m.State("NAK"):
                 # Wait for the line to fall silent, so the tail of a damaged frame is not read as a new one.
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(timed_out):
                     m.d.sync += [tx_type.eq(FrameType.NAK), words.eq(0), tx_pos.eq(0), send_index.eq(0),
-                                 tx_crc.eq(0xFFFF)]
+                                 tx_crc.eq(0xFFFF), tx_phase.eq(0), tx_left.eq(0)]
                     m.next = "SEND"
 
-            # Send SYNC, type, seq, length, payload bytes, CRC: tx_pos counts bytes.
+            # Send SYNC, type, seq, length (2), payload bytes, CRC (2). tx_pos counts bytes (it addresses the
+            # payload); tx_phase and tx_left are registered so that no byte-position compare sits between the
+            # UART and the CRC register.
             with m.State("SEND"):
-                payload_end = 5 + words * 4
                 accepted = self.o_tx.valid & self.o_tx.ready
                 # The read port answers a cycle late and holds its data while not enabled: when a byte is
-                # taken, fetch the word of the byte after it. (Addressing from the registered position keeps
-                # the UART's ready off the memory address path.)
+                # taken, fetch the word of the byte after it.
                 m.d.comb += [rp.en.eq(accepted), rp.addr.eq((tx_pos - 4)[2:])]
-                with m.If(tx_pos == 0):
-                    m.d.comb += tx_byte.eq(SYNC)
-                with m.Elif(tx_pos == 1):
-                    m.d.comb += tx_byte.eq(tx_type)
-                with m.Elif(tx_pos == 2):
-                    m.d.comb += tx_byte.eq(seq)
-                with m.Elif(tx_pos == 3):
-                    m.d.comb += tx_byte.eq(words[:8])
-                with m.Elif(tx_pos == 4):
-                    m.d.comb += tx_byte.eq(words[8:])
-                with m.Elif(tx_pos < payload_end):
-                    with m.Switch((tx_pos - 5)[:2]):
-                        for i in range(4):
-                            with m.Case(i):
-                                m.d.comb += tx_byte.eq(rp.data[8 * i:8 * i + 8])
-                with m.Elif(tx_pos == payload_end):
-                    m.d.comb += tx_byte.eq(tx_crc[:8])
-                with m.Else():
-                    m.d.comb += tx_byte.eq(tx_crc[8:])
+                with m.Switch(tx_phase):
+                    with m.Case(0):
+                        m.d.comb += tx_byte.eq(SYNC)
+                    with m.Case(1):
+                        m.d.comb += tx_byte.eq(tx_type)
+                    with m.Case(2):
+                        m.d.comb += tx_byte.eq(seq)
+                    with m.Case(3):
+                        m.d.comb += tx_byte.eq(words[:8])
+                    with m.Case(4):
+                        m.d.comb += tx_byte.eq(words[8:])
+                    with m.Case(5):
+                        with m.Switch((tx_pos + 3)[:2]):       # byte lane of payload byte tx_pos - 5
+                            for i in range(4):
+                                with m.Case(i):
+                                    m.d.comb += tx_byte.eq(rp.data[8 * i:8 * i + 8])
+                    with m.Case(6):
+                        m.d.comb += tx_byte.eq(tx_crc[:8])
+                    with m.Default():
+                        m.d.comb += tx_byte.eq(tx_crc[8:])
                 m.d.comb += [self.o_tx.valid.eq(1), self.o_tx.payload.eq(tx_byte)]
                 with m.If(accepted):
                     m.d.sync += tx_pos.eq(tx_pos + 1)
-                    with m.If((tx_pos >= 1) & (tx_pos < payload_end)):
+                    with m.If((tx_phase >= 1) & (tx_phase <= 5)):
                         m.d.sync += tx_crc.eq(crc16_update(tx_crc, tx_byte))
-                    with m.If(tx_pos == payload_end + 1):
-                        m.next = "HUNT"
+                    with m.Switch(tx_phase):
+                        with m.Case(4):
+                            m.d.sync += tx_phase.eq(Mux(tx_left == 0, 6, 5))
+                        with m.Case(5):
+                            m.d.sync += tx_left.eq(tx_left - 1)
+                            with m.If(tx_left == 1):
+                                m.d.sync += tx_phase.eq(6)
+                        with m.Case(7):
+                            m.next = "HUNT"
+                        with m.Default():
+                            m.d.sync += tx_phase.eq(tx_phase + 1)
         return m
