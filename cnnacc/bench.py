@@ -71,6 +71,8 @@ def _lazy(module, function="bench"):
 BENCHMARKS = {
     "mac_array": bench_mac_array,
     "accuracy": _lazy("cnnacc.host.accuracy"),
+    "compute": _lazy("cnnacc.hw.bench_compute"),
+    "vector": _lazy("cnnacc.hw.bench_vector"),
 }
 
 
