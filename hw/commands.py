@@ -24,7 +24,7 @@ import zlib
 
 from amaranth.lib import data, enum
 
-__all__ = ["Opcode", "Status", "MemoryId", "Header", "Address", "Response", "config_id", "MAX_COUNT"]
+__all__ = ["Opcode", "Status", "MemoryId", "EngineId", "Header", "Address", "Response", "config_id", "MAX_COUNT"]
 
 MAX_COUNT = (1 << 24) - 1
 
@@ -47,10 +47,22 @@ class Status(enum.Enum, shape=8):
 
 
 class MemoryId(enum.Enum, shape=8):
-    ACT_A = 0x00
-    ACT_B = 0x01
-    WEIGHTS = 0x02
-    PARAMS = 0x03
+    """On-chip memories (see hw/accelerator.py for what each holds and its row layout)."""
+    ACT_A = 0x00        # vector engines' first input map (channel-group planes)
+    ACT_B = 0x01        # the add engine's second input map
+    WEIGHTS = 0x02      # convolution weights (write only)
+    PARAMS = 0x03       # convolution requantization parameters (write only)
+    CONV_ACT = 0x04     # convolution input map, banked (write only)
+    DW_WEIGHTS = 0x05   # depthwise weights and parameters, one row per channel group
+    OUTPUT = 0x06       # every engine's output map (channel-group planes)
+
+
+class EngineId(enum.Enum, shape=8):
+    """Word 0 of a ``RUN`` descriptor: which engine runs (the rest is that engine's descriptor struct)."""
+    CONV = 0x01         # conv / pointwise / fully connected, optionally fused with a pool
+    DEPTHWISE = 0x02
+    POOL = 0x03
+    ADD = 0x04
 
 
 class Header(data.Struct):

@@ -1,0 +1,88 @@
+"""The RTL backend: a program on the accelerator's Verilog (Amaranth -> Verilator, cocotb), cycle accurate.
+
+All images and all steps run in one simulation (sim/tb_accelerator.py), through the same
+:class:`~cnnacc.host.driver.AcceleratorDriver` the board uses. The Verilator build is cached by the runner
+(keyed by the Verilog text); the Verilog itself is cached here by the configuration and the gateware sources,
+because generating it takes longer than running a small network.
+"""
+
+import hashlib
+import os
+import pickle
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..hw.accelerator import Accelerator
+from ..sim.runner import cache_dir, run_cocotb, verilog_of
+from .program import ProgramError
+
+__all__ = ["RtlBackend", "accelerator_verilog"]
+
+TOPLEVEL = "accelerator"
+
+
+def accelerator_verilog(config):
+    """Verilog of :class:`Accelerator` for ``config``, cached by the config and every hw/ source file."""
+    hw = Path(__file__).resolve().parent.parent / "hw"
+    digest = hashlib.sha256(repr(config).encode())
+    for path in sorted(hw.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    path = cache_dir() / f"verilog-{TOPLEVEL}-{digest.hexdigest()[:16]}.v"
+    if not path.exists():
+        text = verilog_of(Accelerator(config), TOPLEVEL)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path.read_text()
+
+
+class RtlBackend:
+    """``run(program, images) -> (outputs, stats)``.
+
+    ``outputs`` is ``[N, ...]`` int8 (the graph output); ``stats`` a list (one per image) of dicts
+    ``{step name: {"cycles", "words_in", "words_out"}}``; :attr:`last_wall` holds the seconds the simulation
+    spent running the images (the build and the simulator start excluded).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig, optional
+        The accelerator to simulate; by default the program's own (pass another to see the configuration check
+        refuse the program).
+    sim : str, optional
+        Simulator name for :func:`cnnacc.sim.runner.run_cocotb`.
+    """
+
+    def __init__(self, config=None, sim=None):
+        self.config = config
+        self.sim = sim
+        self.last_wall = None
+
+    def run(self, program, images):
+        images = np.asarray(images)
+        if images.dtype != np.int8:
+            raise ProgramError(f"the RTL backend takes int8 images, not {images.dtype}")
+        config = self.config or program.config
+        with tempfile.TemporaryDirectory(prefix="cnnacc-program-") as tmp:
+            program_path = Path(tmp) / "program.pkl"
+            with open(program_path, "wb") as f:
+                pickle.dump(program, f)
+            run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
+                             sim=self.sim, inputs={"mode": "program", "program": str(program_path),
+                                                   "images": images})
+        out = run.outputs
+        if "error" in out:
+            raise ProgramError(str(out["error"]))
+        self.last_wall = float(out["wall"])
+        names = [step.name for step in program.steps]
+        stats = [{name: dict(zip(("cycles", "words_in", "words_out"), map(int, row)))
+                  for name, row in zip(names, image)} for image in out["stats"]]
+        return out["outputs"], stats
+
+    def probe_bad_engine(self, config):
+        """RUN with an unknown engine id, then NOP: returns both answers (lists of words)."""
+        run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
+                         sim=self.sim, inputs={"mode": "bad_engine"})
+        return run.outputs["bad"].tolist(), run.outputs["nop"].tolist()

@@ -1,0 +1,396 @@
+"""The accelerator top: command processor, on-chip memories and the four engines behind one host bus.
+
+What moves where (host-orchestrated, one tile at a time)
+------------------------------------------------------
+The host (host/driver.py) runs a program tile by tile. For each tile it WRITEs the tile's input map and the
+layer's weights into the memories below, RUNs one engine with a descriptor, and READs the tile's output back;
+layout conversions (NHWC <-> channel-group planes, the conv engine's bank layout) are done in NumPy on the host.
+Nothing stays on chip between tiles, which keeps this version simple and every tile independent: the price is
+host-bus traffic, reported per step by the driver (``words_in`` / ``words_out``). Double-buffering of
+activations (loading tile n+1 while tile n runs) is left undone.
+
+Memories (:class:`~cnnacc.hw.commands.MemoryId`), as the host sees them (32-bit words, little-endian):
+
+``CONV_ACT``, ``WEIGHTS``, ``PARAMS`` (write only)
+    The convolution engine's own memories (see hw/conv_engine.py :func:`memory_images`). A memory row is
+    ``2**k`` host words (the row's bits zero-padded to a power-of-two number of words); the row is written into
+    the engine when its last word arrives, so the host writes whole rows in order.
+``ACT_A``, ``ACT_B``
+    Input maps of the vector engines, one row per pixel of ``lanes`` int8 channels (``lanes / 4`` words), in
+    channel-group plane order (hw/window_generator.py). ``ACT_B`` is the add engine's second input.
+``DW_WEIGHTS``
+    One row per channel group: the depthwise engine's weight beat
+    (:func:`~cnnacc.hw.depthwise.depthwise_weights_layout`), zero-padded to a power-of-two number of words.
+``OUTPUT``
+    Every engine writes its result here, one row per pixel of ``lanes`` channels, in channel-group plane
+    order, from row ``out_base``.
+
+Runs
+----
+A ``RUN`` descriptor is word 0 = :class:`~cnnacc.hw.commands.EngineId`, then the engine's run struct
+(:func:`run_layouts`), packed little-endian from bit 0 of word 1. The convolution run can fuse a pooling layer
+(``fuse = 1``): the conv engine's output beats go straight into the pooling engine, which needs
+``config.rows == config.lanes`` (a conv output beat is then one plane pixel); so does writing conv results as
+plane rows, and this version requires it. A descriptor with an unknown engine, a zero count or size, a kernel or
+padding the engine cannot take is answered ``BAD_DESCRIPTOR`` at once. A run that makes no progress (no memory
+row read or written) for :data:`WATCHDOG_CYCLES` cycles is aborted (also ``BAD_DESCRIPTOR``), so a descriptor
+whose counts disagree with its layer cannot hang the accelerator. After every run, good or aborted, the engines
+and streamers are reset (their memories keep their contents), so nothing of one run leaks into the next.
+"""
+
+from amaranth.hdl import Cat, Const, Module, ResetInserter, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import AcceleratorConfig
+from .add_engine import AddEngine, add_layer_layout
+from .command_processor import WORD_LAYOUT, CommandProcessor
+from .commands import EngineId, MemoryId, config_id
+from .conv_engine import ConvEngine, ConvLayer, act_banks
+from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
+from .memory_map import MemoryMap, MemorySpec
+from .pool_engine import PoolEngine, PoolMode, pool_layer_layout
+from .requantizer import lane_params_layout
+from .streamer import MemoryReader, MemoryWriter
+
+__all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words", "DW_GROUPS",
+           "DW_KERNEL", "WATCHDOG_CYCLES"]
+
+#: Channel groups the depthwise weight memory holds (2048 channels at 8 lanes).
+DW_GROUPS = 256
+#: Kernel side the depthwise engine is built for (MobileNet's 3x3).
+DW_KERNEL = 3
+#: Cycles without a memory row read or written after which a run is aborted.
+WATCHDOG_CYCLES = 1 << 20
+
+
+def _pow2_words(bits):
+    words = 1
+    while words * 32 < bits:
+        words *= 2
+    return words
+
+
+def conv_row_words(config):
+    """Host words per row of ``CONV_ACT``, ``WEIGHTS`` and ``PARAMS``."""
+    return {
+        MemoryId.CONV_ACT: _pow2_words(8 * act_banks(config)),
+        MemoryId.WEIGHTS: _pow2_words(8 * config.rows),
+        MemoryId.PARAMS: _pow2_words(lane_params_layout().size * config.rows),
+    }
+
+
+def memory_specs(config):
+    """:class:`MemorySpec` of each host-visible memory (for the conv memories: the host's view)."""
+    lanes_bits = 8 * config.lanes
+    rows = conv_row_words(config)
+    dw_bits = 32 * _pow2_words(data.Layout.cast(depthwise_weights_layout(config, DW_KERNEL)).size)
+    return {
+        MemoryId.ACT_A: MemorySpec(lanes_bits, config.vector_depth),
+        MemoryId.ACT_B: MemorySpec(lanes_bits, config.vector_depth),
+        MemoryId.DW_WEIGHTS: MemorySpec(dw_bits, DW_GROUPS),
+        MemoryId.OUTPUT: MemorySpec(lanes_bits, config.vector_depth),
+        MemoryId.CONV_ACT: MemorySpec(32 * rows[MemoryId.CONV_ACT], config.conv_act_depth),
+        MemoryId.WEIGHTS: MemorySpec(32 * rows[MemoryId.WEIGHTS], config.conv_weight_depth),
+        MemoryId.PARAMS: MemorySpec(32 * rows[MemoryId.PARAMS], config.conv_param_depth),
+    }
+
+
+def run_layouts(config):
+    """The run struct of each engine (descriptor words 1...)."""
+    depth = config.vector_depth
+    rows = range(depth)
+    count = range(depth + 1)
+    return {
+        EngineId.CONV: data.StructLayout({
+            "layer": ConvLayer, "pool": pool_layer_layout(config), "fuse": 1, "out_base": rows, "out_count": count,
+        }),
+        EngineId.DEPTHWISE: data.StructLayout({
+            "layer": depthwise_layer_layout(config, DW_KERNEL), "in_base": rows, "in_count": count,
+            "w_count": range(DW_GROUPS + 1), "out_base": rows, "out_count": count,
+        }),
+        EngineId.POOL: data.StructLayout({
+            "layer": pool_layer_layout(config), "in_base": rows, "in_count": count, "out_base": rows,
+            "out_count": count,
+        }),
+        EngineId.ADD: data.StructLayout({
+            "layer": add_layer_layout(config), "in_base": rows, "in_count": count, "out_base": rows,
+            "out_count": count,
+        }),
+    }
+
+
+def max_descriptor_words(config):
+    return 1 + max(-(-data.Layout.cast(layout).size // 32) for layout in run_layouts(config).values())
+
+
+def descriptor_words(config, engine, fields):
+    """The ``RUN`` descriptor (a list of 32-bit ints) of ``engine`` with run struct ``fields`` (a dict)."""
+    engine = EngineId(engine)
+    layout = data.Layout.cast(run_layouts(config)[engine])
+    bits = layout.const(fields).as_bits()
+    return [int(engine.value)] + [(bits >> (32 * i)) & 0xFFFFFFFF for i in range(-(-layout.size // 32))]
+
+
+class Accelerator(wiring.Component):
+    """Command processor + memories + conv, depthwise, pool and add engines.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        ``rows`` must equal ``lanes`` (see the module docstring).
+
+    Members
+    -------
+    i_host : In(stream.Signature(WORD_LAYOUT))
+    o_host : Out(stream.Signature(WORD_LAYOUT))
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        if config.rows != config.lanes:
+            raise ValueError(f"the accelerator needs rows == lanes (conv output beats are plane pixels), "
+                             f"not rows={config.rows} lanes={config.lanes}")
+        if config.lanes % 4:
+            raise ValueError(f"lanes must be a multiple of 4 (a pixel row is whole host words), not {config.lanes}")
+        self._config = config
+        super().__init__({
+            "i_host": In(stream.Signature(WORD_LAYOUT)),
+            "o_host": Out(stream.Signature(WORD_LAYOUT)),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        specs = memory_specs(cfg)
+        layouts = run_layouts(cfg)
+        vector_ids = (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS, MemoryId.OUTPUT)
+        conv_ids = (MemoryId.CONV_ACT, MemoryId.WEIGHTS, MemoryId.PARAMS)
+
+        m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
+                                                max_descriptor=max_descriptor_words(cfg))
+        wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
+        wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
+
+        m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids})
+        m.d.comb += [mems.bus.memory.eq(cp.mem.memory), mems.bus.addr.eq(cp.mem.addr), mems.bus.w_en.eq(cp.mem.w_en),
+                     mems.bus.w_data.eq(cp.mem.w_data), mems.bus.r_en.eq(cp.mem.r_en),
+                     cp.mem.r_data.eq(mems.bus.r_data)]
+
+        # Every run ends with a reset of the engines and streamers (not of their memories).
+        flush = Signal()
+        def engine(name, component):
+            m.submodules[name] = ResetInserter(flush)(component)
+            return component
+
+        conv = engine("conv", ConvEngine(cfg, act_depth=cfg.conv_act_depth, weight_depth=cfg.conv_weight_depth,
+                                         param_depth=cfg.conv_param_depth))
+        dw = engine("depthwise", DepthwiseEngine(cfg, kernel=DW_KERNEL))
+        pool = engine("pool", PoolEngine(cfg))
+        add = engine("add", AddEngine(cfg))
+        reader_a = engine("reader_a", MemoryReader(specs[MemoryId.ACT_A]))
+        reader_b = engine("reader_b", MemoryReader(specs[MemoryId.ACT_B]))
+        reader_w = engine("reader_w", MemoryReader(specs[MemoryId.DW_WEIGHTS]))
+        writer = engine("writer", MemoryWriter(specs[MemoryId.OUTPUT]))
+        wiring.connect(m, reader_a.port, mems.act_a_read)
+        wiring.connect(m, reader_b.port, mems.act_b_read)
+        wiring.connect(m, reader_w.port, mems.dw_weights_read)
+        wiring.connect(m, writer.port, mems.output_write)
+        for name in ("act_a", "act_b", "dw_weights"):
+            m.d.comb += getattr(mems, f"{name}_write").en.eq(0)
+        m.d.comb += mems.output_read.en.eq(0)
+
+        # --- host writes into the conv engine's memories: assemble a row, write it on its last word ---------
+        row_words = conv_row_words(cfg)
+        targets = {MemoryId.CONV_ACT: conv.act_write, MemoryId.WEIGHTS: conv.weight_write,
+                   MemoryId.PARAMS: conv.param_write}
+        for memory in conv_ids:
+            parts = row_words[memory]
+            lg = parts.bit_length() - 1
+            port = targets[memory]
+            width = len(port.payload.data.as_value())
+            here = cp.mem.w_en & (cp.mem.memory == memory)
+            part = cp.mem.addr[:lg] if lg else Const(0, 1)
+            row = Cat(cp.mem.w_data) if parts == 1 else None
+            if parts > 1:
+                held = Signal(32 * (parts - 1), name=f"{memory.name.lower()}_held")
+                with m.If(here & (part != parts - 1)):
+                    m.d.sync += held.word_select(part, 32).eq(cp.mem.w_data)
+                row = Cat(held, cp.mem.w_data)
+            m.d.comb += [port.valid.eq(here & (part == parts - 1)), port.payload.addr.eq(cp.mem.addr >> lg),
+                         port.payload.data.eq(row[:width])]
+
+        # --- the dispatcher ------------------------------------------------------------------------------------
+        desc = cp.run.descriptor
+        engine_id = desc[0][:8]
+        body = Signal(32 * (len(desc.as_value()) // 32 - 1))
+        m.d.comb += body.eq(desc.as_value()[32:])
+        runs = {eid: data.Layout.cast(layout)(body[:data.Layout.cast(layout).size]) for eid, layout in layouts.items()}
+
+        active = Signal()
+        current = Signal(EngineId, init=EngineId.CONV)
+        m.d.comb += mems.engine_active.eq(active)
+        pend_layer, pend_read, pend_read_b, pend_read_w, pend_write, pend_start = (Signal(name=n) for n in (
+            "pend_layer", "pend_read", "pend_read_b", "pend_read_w", "pend_write", "pend_start"))
+        fused = Signal()
+
+        def window_ok(w, kmax):
+            return ((w.kernel != 0) & (w.kernel <= kmax) & (w.height != 0) & (w.width != 0)
+                    & (w.width <= cfg.max_width) & (w.stride != 0) & (w.groups != 0)
+                    & (w.pad_top < w.kernel) & (w.pad_bottom < w.kernel) & (w.pad_left < w.kernel)
+                    & (w.pad_right < w.kernel))
+
+        def pool_ok(p):
+            return (p.mode.as_value() <= PoolMode.GLOBAL_AVG.value) & window_ok(p.window, cfg.max_kernel) & (p.qmin <= p.qmax)
+
+        c = runs[EngineId.CONV]
+        L = c.layer
+        conv_ok = ((L.in_h != 0) & (L.in_w != 0) & (L.in_c != 0) & (L.out_h != 0) & (L.out_w != 0) & (L.out_c != 0)
+                   & (L.in_w <= cfg.max_width) & (L.kernel_h != 0) & (L.kernel_h <= cfg.max_kernel)
+                   & (L.kernel_w != 0) & (L.kernel_w <= cfg.max_kernel) & (L.pad_top < L.kernel_h)
+                   & (L.pad_left < L.kernel_w) & (L.act_channel_stride != 0) & (L.qmin <= L.qmax)
+                   & (c.out_count != 0) & (~c.fuse | pool_ok(c.pool)))
+        d = runs[EngineId.DEPTHWISE]
+        dw_ok = (window_ok(d.layer.window, DW_KERNEL) & (d.in_count != 0) & (d.out_count != 0) & (d.w_count != 0)
+                 & (d.layer.qmin <= d.layer.qmax))
+        p = runs[EngineId.POOL]
+        p_ok = pool_ok(p.layer) & (p.in_count != 0) & (p.out_count != 0)
+        a = runs[EngineId.ADD]
+        add_ok = (a.in_count != 0) & (a.out_count != 0) & (a.layer.count != 0) & (a.layer.qmin <= a.layer.qmax)
+
+        accept = Signal()
+        with m.Switch(engine_id):
+            for eid, ok in ((EngineId.CONV, conv_ok), (EngineId.DEPTHWISE, dw_ok), (EngineId.POOL, p_ok),
+                            (EngineId.ADD, add_ok)):
+                with m.Case(eid):
+                    m.d.comb += accept.eq(ok)
+
+        # Watchdog: cycles since the last memory row moved.
+        idle = Signal(range(WATCHDOG_CYCLES + 1))
+        progress = (reader_a.port.en | reader_b.port.en | reader_w.port.en | writer.port.en
+                    | conv.o_data.valid | pend_start)
+        abort = Signal()
+        m.d.comb += abort.eq(active & (idle == WATCHDOG_CYCLES))
+        with m.If(~active | progress):
+            m.d.sync += idle.eq(0)
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+
+        with m.If(cp.run.start):
+            with m.If(accept):
+                m.d.sync += [active.eq(1), current.eq(engine_id), pend_write.eq(1)]
+                with m.Switch(engine_id):
+                    with m.Case(EngineId.CONV):
+                        m.d.sync += [pend_start.eq(1), pend_layer.eq(c.fuse), fused.eq(c.fuse)]
+                    with m.Case(EngineId.DEPTHWISE):
+                        m.d.sync += [pend_layer.eq(1), pend_read.eq(1), pend_read_w.eq(1)]
+                    with m.Case(EngineId.POOL):
+                        m.d.sync += [pend_layer.eq(1), pend_read.eq(1)]
+                    with m.Case(EngineId.ADD):
+                        m.d.sync += [pend_layer.eq(1), pend_read.eq(1), pend_read_b.eq(1)]
+            with m.Else():
+                m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(1)]
+
+        finished = active & writer.done
+        with m.If(finished | abort):
+            m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(abort & ~finished), flush.eq(1)]
+            m.d.sync += [active.eq(0), pend_layer.eq(0), pend_read.eq(0), pend_read_b.eq(0), pend_read_w.eq(0),
+                         pend_write.eq(0), pend_start.eq(0), fused.eq(0)]
+
+        # Conv start: one pulse; the layer is sampled with it.
+        m.d.comb += conv.layer.eq(c.layer)
+        with m.If(active & pend_start):
+            m.d.comb += conv.start.eq(1)
+            m.d.sync += pend_start.eq(0)
+
+        # Descriptors and transfers: each offered once per run until taken.
+        def offer(pending, port, payload_stmts):
+            m.d.comb += payload_stmts
+            with m.If(active & pending):
+                m.d.comb += port.valid.eq(1)
+                with m.If(port.ready):
+                    m.d.sync += pending.eq(0)
+
+        is_ = {eid: current == eid for eid in EngineId}
+        m.d.comb += [dw.i_layer.payload.eq(d.layer), add.i_layer.payload.eq(a.layer)]
+        with m.If(is_[EngineId.CONV]):
+            m.d.comb += pool.i_layer.payload.eq(c.pool)
+        with m.Else():
+            m.d.comb += pool.i_layer.payload.eq(p.layer)
+        with m.If(active & pend_layer):
+            with m.Switch(current):
+                with m.Case(EngineId.CONV, EngineId.POOL):
+                    m.d.comb += pool.i_layer.valid.eq(1)
+                    with m.If(pool.i_layer.ready):
+                        m.d.sync += pend_layer.eq(0)
+                with m.Case(EngineId.DEPTHWISE):
+                    m.d.comb += dw.i_layer.valid.eq(1)
+                    with m.If(dw.i_layer.ready):
+                        m.d.sync += pend_layer.eq(0)
+                with m.Case(EngineId.ADD):
+                    m.d.comb += add.i_layer.valid.eq(1)
+                    with m.If(add.i_layer.ready):
+                        m.d.sync += pend_layer.eq(0)
+
+        in_base, in_count, out_base, out_count = (Signal(range(cfg.vector_depth + 1), name=n)
+                                                  for n in ("in_base", "in_count", "out_base", "out_count"))
+        with m.Switch(current):
+            with m.Case(EngineId.CONV):
+                m.d.comb += [out_base.eq(c.out_base), out_count.eq(c.out_count)]
+            with m.Case(EngineId.DEPTHWISE):
+                m.d.comb += [in_base.eq(d.in_base), in_count.eq(d.in_count), out_base.eq(d.out_base),
+                             out_count.eq(d.out_count)]
+            with m.Case(EngineId.POOL):
+                m.d.comb += [in_base.eq(p.in_base), in_count.eq(p.in_count), out_base.eq(p.out_base),
+                             out_count.eq(p.out_count)]
+            with m.Case(EngineId.ADD):
+                m.d.comb += [in_base.eq(a.in_base), in_count.eq(a.in_count), out_base.eq(a.out_base),
+                             out_count.eq(a.out_count)]
+        offer(pend_read, reader_a.i_transfer,
+              [reader_a.i_transfer.payload.base.eq(in_base), reader_a.i_transfer.payload.count.eq(in_count)])
+        offer(pend_read_b, reader_b.i_transfer,
+              [reader_b.i_transfer.payload.base.eq(in_base), reader_b.i_transfer.payload.count.eq(in_count)])
+        offer(pend_read_w, reader_w.i_transfer,
+              [reader_w.i_transfer.payload.base.eq(0), reader_w.i_transfer.payload.count.eq(d.w_count)])
+        offer(pend_write, writer.i_transfer,
+              [writer.i_transfer.payload.base.eq(out_base), writer.i_transfer.payload.count.eq(out_count)])
+
+        # --- stream routing --------------------------------------------------------------------------------------
+        dw_bits = data.Layout.cast(depthwise_weights_layout(cfg, DW_KERNEL)).size
+        m.d.comb += [
+            dw.i_pixels.payload.eq(reader_a.o_rows.payload), pool.i_pixels.payload.eq(reader_a.o_rows.payload),
+            add.i_a.payload.eq(reader_a.o_rows.payload), add.i_b.payload.eq(reader_b.o_rows.payload),
+            add.i_b.valid.eq(reader_b.o_rows.valid), reader_b.o_rows.ready.eq(add.i_b.ready),
+            dw.i_weights.payload.eq(reader_w.o_rows.payload[:dw_bits]),
+            dw.i_weights.valid.eq(reader_w.o_rows.valid), reader_w.o_rows.ready.eq(dw.i_weights.ready),
+        ]
+        with m.Switch(current):
+            with m.Case(EngineId.CONV):
+                with m.If(fused):
+                    m.d.comb += [pool.i_pixels.payload.eq(conv.o_data.payload.data),
+                                 pool.i_pixels.valid.eq(conv.o_data.valid), conv.o_data.ready.eq(pool.i_pixels.ready),
+                                 writer.i_rows.payload.eq(pool.o_pixels.payload),
+                                 writer.i_rows.valid.eq(pool.o_pixels.valid),
+                                 pool.o_pixels.ready.eq(writer.i_rows.ready)]
+                with m.Else():
+                    m.d.comb += [writer.i_rows.payload.eq(conv.o_data.payload.data),
+                                 writer.i_rows.valid.eq(conv.o_data.valid), conv.o_data.ready.eq(writer.i_rows.ready)]
+            with m.Case(EngineId.DEPTHWISE):
+                m.d.comb += [dw.i_pixels.valid.eq(reader_a.o_rows.valid), reader_a.o_rows.ready.eq(dw.i_pixels.ready),
+                             writer.i_rows.payload.eq(dw.o_pixels.payload), writer.i_rows.valid.eq(dw.o_pixels.valid),
+                             dw.o_pixels.ready.eq(writer.i_rows.ready)]
+            with m.Case(EngineId.POOL):
+                m.d.comb += [pool.i_pixels.valid.eq(reader_a.o_rows.valid),
+                             reader_a.o_rows.ready.eq(pool.i_pixels.ready),
+                             writer.i_rows.payload.eq(pool.o_pixels.payload),
+                             writer.i_rows.valid.eq(pool.o_pixels.valid), pool.o_pixels.ready.eq(writer.i_rows.ready)]
+            with m.Case(EngineId.ADD):
+                m.d.comb += [add.i_a.valid.eq(reader_a.o_rows.valid), reader_a.o_rows.ready.eq(add.i_a.ready),
+                             writer.i_rows.payload.eq(add.o_pixels.payload), writer.i_rows.valid.eq(add.o_pixels.valid),
+                             add.o_pixels.ready.eq(writer.i_rows.ready)]
+        return m

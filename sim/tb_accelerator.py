@@ -1,0 +1,110 @@
+"""cocotb testbench of the whole accelerator (hw/accelerator.py): runs a compiled program on the host bus.
+
+The RTL backend (host/rtl_backend.py) hands over a pickled :class:`~cnnacc.host.program.Program`, the images,
+and a ``mode``. The testbench runs the ordinary :class:`~cnnacc.host.driver.AcceleratorDriver` (the same one
+the board uses) in a :func:`cocotb.bridge` thread; its transport turns each ``transact`` into words on
+``i_host`` and collects the answer from ``o_host``, sleeping on ``o_host`` valid while an engine runs, so
+Python stays out of the simulation's per-cycle loop.
+
+Modes: ``"program"`` (run it; outputs ``outputs`` and the per-step stats), ``"bad_engine"`` (a RUN with an
+unknown engine id, then a NOP: outputs both statuses).
+"""
+
+import pickle
+import time
+
+import numpy as np
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+
+from ..host import protocol
+from ..host.driver import AcceleratorDriver, run_program
+from ..host.program import ProgramError
+from .cocotb_streams import StreamSource
+from .runner import testbench_inputs, testbench_outputs
+
+try:
+    from cocotb import bridge, resume
+except ImportError:     # cocotb 2.1 exports them lazily
+    from cocotb._bridge import bridge, resume
+
+__all__ = ["CocotbTransport"]
+
+
+class CocotbTransport:
+    """``transact(words)`` on the DUT's host-bus streams, from a :func:`cocotb.bridge` thread."""
+
+    def __init__(self, dut):
+        self._dut = dut
+        self._source = StreamSource(dut, "i_host", dut.clk)
+        dut.o_host__ready.value = 0
+
+    async def _transact(self, words):
+        dut = self._dut
+        await self._source.send([(w & 0xFFFFFFFF) | ((i == len(words) - 1) << 32) for i, w in enumerate(words)])
+        answer = []
+        dut.o_host__ready.value = 1
+        while True:
+            await ReadOnly()
+            if dut.o_host__valid.value:
+                payload = int(dut.o_host__payload.value)
+                answer.append(payload & 0xFFFFFFFF)
+                await RisingEdge(dut.clk)
+                if payload >> 32:
+                    break
+            else:
+                # An engine is running: sleep until the answer starts.
+                await RisingEdge(dut.o_host__valid)
+        dut.o_host__ready.value = 0
+        return answer
+
+    def transact(self, words):
+        return resume(self._transact)(words)
+
+
+@cocotb.test()
+async def accelerator_program(dut):
+    args = testbench_inputs()
+    mode = str(args["mode"])
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    dut.i_host__valid.value = 0
+    dut.o_host__ready.value = 0
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+    transport = CocotbTransport(dut)
+
+    if mode == "bad_engine":
+        def probe():
+            bad = transport.transact(protocol.encode_run([0x7F, 0, 0]))
+            nop = transport.transact(protocol.encode_nop())
+            return bad, nop
+        bad, nop = await bridge(probe)()
+        testbench_outputs(bad=np.array(bad, np.int64), nop=np.array(nop, np.int64))
+        return
+
+    with open(str(args["program"]), "rb") as f:
+        program = pickle.load(f)
+    images = args["images"]
+    config = program.config
+    started = time.monotonic()
+
+    def work():
+        driver = AcceleratorDriver(transport, config)
+        try:
+            return run_program(driver, program, images, log=dut._log.info)
+        except ProgramError as exc:
+            return str(exc)
+
+    result = await bridge(work)()
+    if isinstance(result, str):
+        testbench_outputs(error=np.array(result))
+        return
+    outputs, stats = result
+    names = [step.name for step in program.steps]
+    table = np.array([[[s[n]["cycles"], s[n]["words_in"], s[n]["words_out"]] for n in names] for s in stats],
+                     np.int64)
+    testbench_outputs(outputs=outputs, stats=table, wall=np.array(time.monotonic() - started))
