@@ -81,6 +81,184 @@ def _cmd_inspect(args):
     return 0
 
 
+# Configuration fields a user may override on compile/run/report (the accelerator the program is for).
+_CONFIG_OPTIONS = ("rows", "cols", "lanes", "max_kernel", "max_width", "conv_act_depth", "conv_weight_depth",
+                   "conv_param_depth", "vector_depth")
+
+
+def _add_config_options(p):
+    group = p.add_argument_group("accelerator configuration (default: the standard build)")
+    for name in _CONFIG_OPTIONS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N")
+
+
+def _config(args):
+    from dataclasses import replace
+    from .config import DEFAULT_CONFIG
+    changes = {n: getattr(args, n) for n in _CONFIG_OPTIONS if getattr(args, n, None) is not None}
+    try:
+        return replace(DEFAULT_CONFIG, **changes)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _program(args, config):
+    """The program of ``args.model``: a saved program (.json) as it is, or a model compiled for ``config``."""
+    from .host.compiler import compile_graph
+    from .host.graph import GraphError
+    from .host.model_file import BUNDLED, load_graph
+    from .host.program import Program, ProgramError
+    source = str(args.model)
+    try:
+        if source.endswith(".json"):
+            if not Path(source).is_file():
+                raise CliError(f"program file {source!r} does not exist")
+            return Program.load(source)
+        calibration = getattr(args, "calibration", None)
+        graph = load_graph(source, calibration=calibration)
+        if source not in BUNDLED:
+            source = str(Path(source).resolve())
+        program = compile_graph(graph, config, source)
+        program.calibration = str(Path(calibration).resolve()) if calibration else ""
+        return program
+    except (GraphError, ProgramError, FileNotFoundError) as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+
+
+def _cmd_compile(args):
+    from .host.report import format_table, step_rows
+    config = _config(args)
+    program = _program(args, config)
+    rows = step_rows(program)
+    print(f"{program.graph.name}: {len(program.steps)} steps, {sum(len(s.tiles) for s in program.steps)} tiles "
+          f"for {config!r}")
+    print(format_table(rows))
+    _print_totals(program, rows)
+    out = args.output or f"{program.graph.name}.program.json"
+    program.save(out)
+    print(f"program written to {out}")
+    return 0
+
+
+def _print_totals(program, rows, cycles=None):
+    report = program.report
+    cycles = sum(r["cycles"] for r in rows) if cycles is None else cycles
+    macs = report["total_macs"]
+    print(f"total: {cycles:,} cycles per image, {macs:,} MACs, PE utilization {100 * macs / (program.config.pes * cycles):.1f}% "
+          f"of {program.config.pes} PEs; traffic {report['bytes_in'] + report['bytes_out']:,} bytes "
+          f"(minimum {report['min_in'] + report['min_out']:,}); activation arena {report['memory']['arena_bytes']:,} "
+          f"bytes, weights {report['weight_bytes']:,} bytes")
+
+
+def _images(args, program):
+    """``(images, labels or None)``: ``--images``/``--labels`` files, or the bundled test digits."""
+    from .host.data import load_digits
+    shape = tuple(program.graph.input.shape)
+    if args.images:
+        images = _load_array(args.images, "images")
+        labels = _load_array(args.labels, "labels") if args.labels else None
+    else:
+        if shape != (32, 32, 1):
+            raise CliError(f"model {program.graph.name!r} takes images of shape {list(shape)}; the bundled digits "
+                           f"are [32, 32, 1]: give --images FILE.npy")
+        images, labels = load_digits("test", dtype="int8")
+    if images.ndim == len(shape):
+        images = images[None]
+    if args.count is not None:
+        if args.count < 1:
+            raise CliError(f"--count must be at least 1, not {args.count}")
+        images = images[:args.count]
+        labels = None if labels is None else labels[:args.count]
+    if labels is not None and len(labels) != len(images):
+        raise CliError(f"{len(labels)} labels for {len(images)} images")
+    return images, labels
+
+
+def _load_array(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"{what} file {str(path)!r} is not a .npy array ({exc})") from None
+
+
+def _run(args, program, config, images):
+    """Run ``images`` in batches (a progress bar when there are several) and merge the results."""
+    from .host.program import ProgramError
+    from .host.runtime import Runtime, check_images
+    try:
+        runtime = Runtime(program, args.backend, config=config)
+        images = check_images(program, images)
+    except ProgramError as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    batch = 64 if args.backend == "golden" else 1
+    chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+    if len(chunks) > 1:
+        from tqdm import tqdm
+        chunks = tqdm(chunks, desc=f"{program.graph.name} ({args.backend})", unit="batch", leave=False,
+                      file=sys.stderr)
+    results = []
+    try:
+        for chunk in chunks:
+            results.append(runtime.run(chunk))
+    except ProgramError as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    first = results[0]
+    first.outputs = np.concatenate([r.outputs for r in results])
+    first.per_image = [c for r in results for c in r.per_image]
+    return first
+
+
+def _cmd_run(args):
+    config = _config(args)
+    program = _program(args, config)
+    images, labels = _images(args, program)
+    result = _run(args, program, config, images)
+    predictions = result.outputs.reshape(len(result.outputs), -1).argmax(axis=1)
+    shown = " ".join(map(str, predictions[:20])) + (" ..." if len(predictions) > 20 else "")
+    print(f"{program.graph.name} on {args.backend}: {len(predictions)} images")
+    print(f"predictions: {shown}")
+    if labels is not None:
+        correct = int((predictions == np.asarray(labels)).sum())
+        print(f"accuracy: {correct}/{len(predictions)} = {100 * correct / len(predictions):.1f}%")
+    cycles = result.total_cycles
+    macs = program.report["total_macs"]
+    print(f"cycles: {cycles:,} per image ({'measured' if args.backend != 'golden' else 'cycle model'}), "
+          f"PE utilization {100 * macs / (config.pes * cycles):.1f}% of {config.pes} PEs")
+    if args.backend != "golden":
+        model = sum(result.model_cycles.values())
+        print(f"cycle model: {model:,} per image, error {100 * (model - cycles) / cycles:+.2f}%")
+    kinds = {}
+    for step in program.steps:
+        kinds.setdefault(step.kind, []).append(result.utilization[step.name])
+    print("utilization by engine: " + ", ".join(f"{k} {100 * sum(v) / len(v):.1f}% (mean of {len(v)})"
+                                                 for k, v in kinds.items()))
+    return 0
+
+
+def _cmd_report(args):
+    from .host.report import format_kinds, format_table, plot, step_rows
+    config = _config(args)
+    program = _program(args, config)
+    result = None
+    if args.backend != "golden":
+        images, _ = _images(args, program)
+        result = _run(args, program, config, images[:1])
+    rows = step_rows(program, result)
+    print(format_table(rows, measured=result is not None))
+    _print_totals(program, rows)
+    print(format_kinds(rows, config))
+    out = args.plot or f"{program.graph.name}_report.png"
+    try:
+        plot(rows, out, title=f"{program.graph.name}: cycles and utilization per step ({args.backend})")
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    print(f"plot written to {out}")
+    return 0
+
+
 def _cmd_demo(args):
     from .host.gemm import demo
     return demo(seed=args.seed)
@@ -110,6 +288,29 @@ def _build_parser():
     p.add_argument("--backend", choices=["golden", "amaranth", "verilator", "icarus"], default="verilator")
     p.add_argument("--out", help="write C (int32) to this .npy file instead of printing it")
     p.set_defaults(func=_cmd_gemm)
+
+    models_help = ("a .tflite or .onnx file, a bundled name (lenet5, mobilenet_v1_digits, mobilenet_v1, "
+                   "mobilenet_v2), or a program saved by compile (.json)")
+    p = commands.add_parser("compile", help="compile a model for the accelerator: program (.json) and report")
+    p.add_argument("model", help=models_help)
+    p.add_argument("-o", "--output", help="program file to write (default: NAME.program.json)")
+    p.add_argument("--calibration", help="for a float .onnx model: a .npy file of NCHW float calibration images")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_compile)
+
+    for name, what in (("run", "run a model on images and print predictions, accuracy, cycles, utilization"),
+                       ("report", "per-step table of cycles, utilization and traffic, and a PNG plot")):
+        p = commands.add_parser(name, help=what)
+        p.add_argument("model", nargs="?", default="lenet5", help=models_help + " (default %(default)s)")
+        p.add_argument("--backend", choices=["golden", "rtl", "board"], default="golden")
+        p.add_argument("--images", help="int8 images [N, H, W, C] (.npy); default: the bundled test digits")
+        p.add_argument("--labels", help="labels [N] (.npy) of --images, for the accuracy")
+        p.add_argument("--count", type=int, help="run only the first N images")
+        p.add_argument("--calibration", help="for a float .onnx model: a .npy file of NCHW calibration images")
+        if name == "report":
+            p.add_argument("--plot", help="PNG file to write (default: NAME_report.png)")
+        _add_config_options(p)
+        p.set_defaults(func=_cmd_run if name == "run" else _cmd_report)
     return parser
 
 

@@ -27,6 +27,7 @@ descriptor the RTL receives.
 
 import math
 
+from ..hw.accelerator import DW_GROUPS, DW_KERNEL
 from ..hw.add_engine import ADD_LATENCY, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, conv_layer
@@ -40,8 +41,8 @@ from .program import Program, ProgramError, Step, Tile, tile_bands
 
 __all__ = ["compile_graph", "build_report", "node_descriptor", "tile_descriptors", "tile_cycles", "step_utilization", "DEPTHWISE_KERNEL", "PARAM_BYTES"]
 
-#: Kernel side the depthwise engine is built for (MobileNet's 3x3).
-DEPTHWISE_KERNEL = 3
+#: Kernel side the depthwise engine is built for (MobileNet's 3x3; hw/accelerator.py).
+DEPTHWISE_KERNEL = DW_KERNEL
 #: Bytes of requantization parameters per output channel in memory: folded bias (4), multiplier (4), shift (1).
 PARAM_BYTES = 9
 _POOLS = ("max_pool2d", "avg_pool2d")
@@ -71,9 +72,12 @@ def _shape3(shape):
     return tuple(shape) if len(shape) == 3 else (1, 1, int(math.prod(shape)))
 
 
-def _is_global(node, in_shape):
+def _is_global(config, node, in_shape):
+    """An average over the whole map with a kernel wider than the window generator's runs on the global
+    divider; one that fits ``max_kernel`` runs as an ordinary window (the same rule as host/driver.py)."""
     h, w, _ = in_shape
-    return node.kind == "avg_pool2d" and tuple(node.kernel) == (h, w) and not any(node.padding)
+    return (node.kind == "avg_pool2d" and tuple(node.kernel) == (h, w) and not any(node.padding)
+            and node.kernel[0] > config.max_kernel)
 
 
 def node_descriptor(config, graph, node, band, c0, c1):
@@ -113,7 +117,7 @@ def node_descriptor(config, graph, node, band, c0, c1):
     qmin, qmax = activation_range(node.activation, node.output.scale, node.output.zero_point)
     groups = _cdiv(channels, config.lanes)
     if kind in _POOLS:
-        if _is_global(node, (h, w, cin)):
+        if _is_global(config, node, (h, w, cin)):
             return _engine(node, pool_layer, config, PoolMode.GLOBAL_AVG, height=b - a, width=w, groups=groups,
                            qmin=qmin, qmax=qmax, name=node.name)
         kh, kw = node.kernel
@@ -238,6 +242,9 @@ class _StepPlan:
                        cfg.conv_param_depth)]
         else:
             needs.append(("vector_depth (input map)", (b - a) * w * _cdiv(channels, cfg.lanes), cfg.vector_depth))
+            if self.kind == "depthwise":
+                needs.append(("the depthwise weight memory (channel groups)", _cdiv(channels, cfg.lanes),
+                              DW_GROUPS))
         needs.append(("vector_depth (output map)", (tile.y1 - tile.y0) * self.out_w * _cdiv(channels, cfg.lanes),
                       cfg.vector_depth))
         for what, need, have in needs:

@@ -129,13 +129,15 @@ def input_rows(step, tile, graph):
 @dataclass
 class Program:
     """``graph`` compiled for ``config``; ``config_id`` is checked against the accelerator before a run.
-    ``source`` names the model the graph was loaded from (a file or a bundled name), for :meth:`save`."""
+    ``source`` names the model the graph was loaded from (a file or a bundled name) and ``calibration`` the
+    calibration images of a float ONNX model, so that :meth:`load` can load the graph again."""
     graph: object
     config: object
     steps: list
     config_id: int
     report: dict = field(default_factory=dict)
     source: str = ""
+    calibration: str = ""
 
     def step(self, name):
         for s in self.steps:
@@ -147,11 +149,13 @@ class Program:
         return {
             "format": PROGRAM_FORMAT,
             "source": self.source,
+            "calibration": self.calibration,
             "graph": self.graph.name,
             "config": asdict(self.config),
             "config_id": self.config_id,
             "steps": [{"name": s.name, "kind": s.kind, "nodes": [n.name for n in s.nodes], "inputs": list(s.inputs),
-                       "output": s.output, "loop_order": s.loop_order, "traffic": s.traffic,
+                       "output": s.output,
+                       "shape": list(self.graph.spec(s.output).shape), "loop_order": s.loop_order, "traffic": s.traffic,
                        "tiles": [[t.y0, t.y1, t.c0, t.c1, t.cycles] for t in s.tiles]} for s in self.steps],
             "report": self.report,
         }
@@ -176,7 +180,7 @@ class Program:
             config = AcceleratorConfig(**doc["config"])
             if graph is None:
                 from .model_file import load_graph
-                graph = load_graph(doc["source"])
+                graph = load_graph(doc["source"], calibration=doc.get("calibration") or None)
             nodes = {n.name: n for n in graph.nodes}
             steps = []
             for s in doc["steps"]:
@@ -184,6 +188,10 @@ class Program:
                 if missing:
                     raise ProgramError(f"{path}: step {s['name']!r} runs node {missing[0]!r}, which model "
                                        f"{doc['source']!r} does not have")
+                shape = list(graph.spec(s["output"]).shape) if s["output"] in graph.tensors else None
+                if shape != s["shape"]:
+                    raise ProgramError(f"{path}: step {s['name']!r} writes {s['output']!r} of shape {s['shape']}, "
+                                       f"model {doc['source']!r} makes it {shape}: compile the model again")
                 steps.append(Step(s["name"], s["kind"], tuple(nodes[n] for n in s["nodes"]), tuple(s["inputs"]),
                                   s["output"], tuple(Tile(*t) for t in s["tiles"]), s["loop_order"], s["traffic"]))
         except FileNotFoundError as exc:
@@ -194,4 +202,5 @@ class Program:
             if isinstance(exc, ProgramError):
                 raise
             raise ProgramError(f"{path}: {str(exc).splitlines()[0]}") from None
-        return cls(graph, config, steps, doc["config_id"], doc.get("report", {}), doc["source"])
+        return cls(graph, config, steps, doc["config_id"], doc.get("report", {}), doc["source"],
+                   doc.get("calibration", ""))
