@@ -124,9 +124,11 @@ def plot(rows, path, title="cycles and utilization per step"):
               label="utilization")
     twin.set_ylim(0, 105)
     twin.set_ylabel("engine utilization (%)")
-    ax.set_title(title)
+    ax.set_title(title, pad=22)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, ["cycles", "utilization"], loc="upper right", fontsize=8)
+    # Above the axes, so it hides no bar.
+    ax.legend(handles, ["cycles", "utilization"], loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2,
+              frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

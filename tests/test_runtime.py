@@ -1,0 +1,109 @@
+"""The runtime: compiled programs run tile by tile in the golden backend give exactly what golden.run_graph gives,
+on LeNet-5, the digits MobileNet, MobileNet v1 224 and a small MobileNet v2, with the standard memories and with
+memories small enough to split rows and channels; bad input and a configuration mismatch are one-line errors."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cnnacc.config import DEFAULT_CONFIG
+from cnnacc.host import golden, models
+from cnnacc.host.compiler import compile_graph
+from cnnacc.host.data import load_digits
+from cnnacc.host.model_file import load_graph
+from cnnacc.host.program import ProgramError
+from cnnacc.host.quantizer import quantize
+from cnnacc.host.runtime import Runtime
+
+SEED = 2026
+TINY = replace(DEFAULT_CONFIG, conv_act_depth=256, conv_weight_depth=512, conv_param_depth=2, vector_depth=128)
+#: MobileNet v2's widest 1x1 layers (Cin 336 at alpha 0.35) and its classifier need more than TINY.
+SMALL = replace(TINY, conv_act_depth=2048, conv_weight_depth=2048)
+
+
+def _images(graph, n, seed=SEED):
+    print(f"random images: seed {seed}")
+    return np.random.default_rng(seed).integers(-128, 128, size=(n,) + graph.input.shape, dtype=np.int8)
+
+
+def _check_exact(graph, config, x):
+    program = compile_graph(graph, config)
+    result = Runtime(program).run(x)
+    expected = golden.run_graph(graph, x)
+    assert result.outputs.dtype == np.int8
+    np.testing.assert_array_equal(result.outputs, expected)
+    return program, result
+
+
+@pytest.mark.parametrize("config", [DEFAULT_CONFIG, TINY], ids=["default", "tiny"])
+def test_lenet5_exact(config):
+    graph = models.lenet5()
+    digits, _ = load_digits("test", dtype="int8")
+    x = np.concatenate([digits[::100], _images(graph, 6)])
+    program, result = _check_exact(graph, config, x)
+    if config is TINY:
+        assert sum(len(s.tiles) for s in program.steps) > len(program.steps)
+    assert result.cycles == {s.name: s.cycles for s in program.steps}
+    assert result.total_cycles == program.report["total_cycles"]
+    assert all(0 < u <= 1 for u in result.utilization.values())
+
+
+@pytest.mark.parametrize("config", [DEFAULT_CONFIG, TINY], ids=["default", "tiny"])
+def test_mobilenet_digits_exact(config):
+    graph = models.mobilenet_v1_digits()
+    _check_exact(graph, config, _images(graph, 4))
+
+
+def test_mobilenet_v1_224_exact():
+    graph = load_graph("mobilenet_v1")
+    program, result = _check_exact(graph, DEFAULT_CONFIG, _images(graph, 1))
+    # The standard memories cannot hold 112x112x64 maps: the big layers run in row bands.
+    assert len(program.step("pw1").tiles) > 1 and len(program.step("conv1").tiles) > 1
+    assert result.total_cycles > program.report["total_macs"] / DEFAULT_CONFIG.pes
+
+
+@pytest.mark.parametrize("config", [DEFAULT_CONFIG, SMALL], ids=["default", "small"])
+def test_mobilenet_v2_small_exact(config):
+    model = models.mobilenet_v2(alpha=0.35, resolution=48, classes=10, seed=3)
+    calibration = np.random.default_rng(SEED).uniform(-1, 1, size=(2,) + model.input_shape).astype(np.float32)
+    graph = quantize(model, calibration)
+    program, _ = _check_exact(graph, config, _images(graph, 2))
+    assert any(s.kind == "add" for s in program.steps)
+
+
+def _one_line(info, *needles):
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_wrong_image_shape_and_dtype():
+    graph = models.lenet5()
+    runtime = Runtime(compile_graph(graph, DEFAULT_CONFIG))
+    with pytest.raises(ProgramError) as info:
+        runtime.run(np.zeros((2, 28, 28, 1), np.int8))
+    _one_line(info, "'lenet5'", "[N, 32, 32, 1]", "[2, 28, 28, 1]")
+    with pytest.raises(ProgramError) as info:
+        runtime.run(np.zeros((2, 32, 32, 1), np.float32))
+    _one_line(info, "int8", "float32")
+    # One image without the batch axis is accepted.
+    assert runtime.run(np.zeros((32, 32, 1), np.int8)).outputs.shape == (1, 10)
+
+
+def test_program_for_another_configuration():
+    program = compile_graph(models.lenet5(), DEFAULT_CONFIG)
+    with pytest.raises(ProgramError) as info:
+        Runtime(program, config=replace(DEFAULT_CONFIG, rows=16))
+    _one_line(info, "compiled for configuration", "rows 8 vs 16")
+
+
+def test_backends():
+    program = compile_graph(models.lenet5(), DEFAULT_CONFIG)
+    with pytest.raises(ProgramError) as info:
+        Runtime(program, "board")
+    _one_line(info, "not available yet", "issue 6")
+    with pytest.raises(ProgramError) as info:
+        Runtime(program, "fpga")
+    _one_line(info, "unknown backend 'fpga'")
