@@ -81,13 +81,19 @@ class CommandProcessor(wiring.Component):
 
         header = Signal(Header)
         header_last = Signal()
+        count_zero = Signal()       # flags of the header's count, registered with it
+        count_too_long = Signal()
         status = Signal(Status)
         remaining = Signal(25)      # data words still expected (WRITE) or to send (READ)
         address = Signal(Address)
         desc_index = Signal(range(self._max_descriptor + 1))
-        cycles = Signal(64)         # free-running cycle counter
+        # Free-running 64-bit cycle counter, as two 32-bit halves with a registered carry (a 64-bit carry chain
+        # is too long for the iCE40 at speed). The high half lags by one cycle at a wrap of the low half.
+        cycles = Signal(64)
+        low_wraps = Signal()
+        m.d.sync += [cycles[:32].eq(cycles[:32] + 1), low_wraps.eq(cycles[:32] == 0xFFFFFFFE),
+                     cycles[32:].eq(cycles[32:] + low_wraps)]
         run_cycles = Signal(32)
-        m.d.sync += cycles.eq(cycles + 1)
 
         # The answer being sent: `words` queued in a small register file, sent in order.
         answer = Signal(data.ArrayLayout(32, 4))
@@ -99,6 +105,7 @@ class CommandProcessor(wiring.Component):
         # against a constant (it is on the critical path of small FPGAs otherwise).
         end = Signal(25)
         range_ok = Signal()
+        in_range = Signal()         # range_ok, registered: the compare and the decisions on it take a cycle each
         with m.Switch(address.memory):
             for memory, depth in self._depths.items():
                 with m.Case(memory):
@@ -126,8 +133,10 @@ class CommandProcessor(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
+                    count = Header(word.data).count
                     m.d.sync += [header.eq(word.data), header_last.eq(word.last),
-                                 remaining.eq(Header(word.data).count), desc_index.eq(0)]
+                                 count_zero.eq(count == 0), count_too_long.eq(count > self._max_descriptor),
+                                 remaining.eq(count), desc_index.eq(0)]
                     m.next = "DECODE"
 
             # Decoding from registers, a cycle after the header arrives, keeps the stream handshake out of the
@@ -147,7 +156,7 @@ class CommandProcessor(wiring.Component):
                         with m.Else():
                             m.next = "ADDRESS"
                     with m.Case(Opcode.RUN):
-                        with m.If(header_last | (header.count == 0) | (header.count > self._max_descriptor)):
+                        with m.If(header_last | count_zero | count_too_long):
                             m.d.sync += status.eq(Status.BAD_LENGTH)
                             with m.If(header_last):
                                 m.next = "ANSWER_STATUS"
@@ -167,7 +176,7 @@ class CommandProcessor(wiring.Component):
                 with m.If(take):
                     m.d.sync += [address.eq(word.data), end.eq(Address(word.data).word + header.count)]
                     # READ and an empty WRITE end at the address; a WRITE with data must not.
-                    ends_here = (header.opcode == Opcode.READ) | (header.count == 0)
+                    ends_here = (header.opcode == Opcode.READ) | count_zero
                     with m.If(word.last != ends_here):
                         m.d.sync += status.eq(Status.BAD_LENGTH)
                         with m.If(word.last):
@@ -175,20 +184,23 @@ class CommandProcessor(wiring.Component):
                         with m.Else():
                             m.next = "DISCARD"
                     with m.Else():
-                        m.next = "CHECK"
+                        m.next = "RANGE"
+
+            with m.State("RANGE"):
+                m.d.sync += in_range.eq(range_ok)
+                m.next = "CHECK"
 
             with m.State("CHECK"):
-                # One cycle for the range check on the registered address.
-                with m.If(~range_ok):
+                with m.If(~in_range):
                     m.d.sync += status.eq(Status.BAD_ADDRESS)
-                    with m.If((header.opcode == Opcode.READ) | (header.count == 0)):
+                    with m.If((header.opcode == Opcode.READ) | count_zero):
                         m.next = "ANSWER_STATUS"
                     with m.Else():
                         m.next = "DISCARD"
                 with m.Elif(header.opcode == Opcode.READ):
                     m.d.sync += status.eq(Status.OK)
                     m.next = "READ_ANSWER"
-                with m.Elif(header.count == 0):
+                with m.Elif(count_zero):
                     m.d.sync += status.eq(Status.OK)
                     m.next = "ANSWER_STATUS"
                 with m.Else():
@@ -276,12 +288,12 @@ class CommandProcessor(wiring.Component):
             with m.State("READ_ANSWER"):
                 m.d.comb += [
                     self.o_host.valid.eq(1),
-                    self.o_host.payload.last.eq(header.count == 0),
+                    self.o_host.payload.last.eq(count_zero),
                     self.o_host.payload.data.eq(
                         Response.const({"status": Status.OK, "opcode": Opcode.READ}).as_bits()),
                 ]
                 with m.If(self.o_host.ready):
-                    with m.If(header.count == 0):
+                    with m.If(count_zero):
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "READ_FETCH"

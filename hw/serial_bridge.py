@@ -109,6 +109,9 @@ class SerialBridge(wiring.Component):
         feed_last = Signal()
         rx_left = Signal(range(max_words * 4 + 1))
         cmd_data = Signal(32)
+        ans_valid = Signal()
+        ans_data = Signal(32)
+        ans_last = Signal()
         tx_left = Signal(range(max_words * 4 + 1))
         tx_crc = Signal(16)
         tx_byte = Signal(8)
@@ -171,14 +174,19 @@ class SerialBridge(wiring.Component):
                     with m.If(byte_index == 0):
                         m.d.sync += damaged.eq(byte_in != crc[:8])
                     with m.Else():
-                        with m.If(damaged | (byte_in != crc[8:])):
-                            m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
-                            m.next = "NAK"
-                        with m.Else():
-                            m.d.sync += [send_index.eq(0), words.eq(length)]
-                            m.next = "FETCH"
+                        m.d.sync += damaged.eq(damaged | (byte_in != crc[8:]))
+                        m.next = "VERIFY"
                 with m.Elif(timed_out):
                     m.next = "NAK"
+
+            # The verdict on the CRC a cycle after its last byte, from a register.
+            with m.State("VERIFY"):
+                with m.If(damaged):
+                    m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
+                    m.next = "NAK"
+                with m.Else():
+                    m.d.sync += [send_index.eq(0), words.eq(length)]
+                    m.next = "FETCH"
 
             with m.State("DROP"):
                 # A frame we will not take: swallow the rest of it, then say so.
@@ -206,16 +214,20 @@ class SerialBridge(wiring.Component):
                     with m.Else():
                         m.next = "FETCH"
 
-            # Collect the answer into the buffer (the command has been consumed, so the buffer is free).
+            # Collect the answer into the buffer (the command has been consumed, so the buffer is free). Each
+            # answer word is registered first, so the processor's output logic does not run into this block's.
             with m.State("COLLECT"):
-                m.d.comb += [self.i_answer.ready.eq(1), wp.addr.eq(words), wp.data.eq(self.i_answer.payload.data)]
-                with m.If(self.i_answer.valid):
+                m.d.comb += self.i_answer.ready.eq(1)
+                m.d.sync += [ans_valid.eq(self.i_answer.valid), ans_data.eq(self.i_answer.payload.data),
+                             ans_last.eq(self.i_answer.payload.last)]
+                m.d.comb += [wp.addr.eq(words), wp.data.eq(ans_data)]
+                with m.If(ans_valid):
                     with m.If(words < max_words):
                         m.d.comb += wp.en.eq(1)
                         m.d.sync += words.eq(words + 1)
-                    with m.If(self.i_answer.payload.last):
+                    with m.If(ans_last):
                         m.d.sync += [tx_type.eq(FrameType.ANSWER), tx_pos.eq(0), send_index.eq(0),
-                                     tx_crc.eq(0xFFFF), tx_phase.eq(0)]
+                                     tx_crc.eq(0xFFFF), tx_phase.eq(0), ans_valid.eq(0)]
                         m.next = "SETUP"
 
             with m.State("SETUP"):
