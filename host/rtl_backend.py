@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.accelerator import Accelerator
+from ..hw.accelerator import Accelerator, descriptor_words
+from ..hw.commands import EngineId
 from ..sim.runner import cache_dir, run_cocotb, verilog_of
 from .program import ProgramError
 
@@ -82,7 +83,9 @@ class RtlBackend:
         return out["outputs"], stats
 
     def probe_bad_engine(self, config):
-        """RUN with an unknown engine id, then NOP: returns both answers (lists of words)."""
+        """RUN with an unknown engine id, RUN of the conv engine with an all-zero layer, then NOP: returns the
+        three answers (lists of words)."""
+        words = len(descriptor_words(config, EngineId.CONV, {})) - 1
         run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
-                         sim=self.sim, inputs={"mode": "bad_engine"})
-        return run.outputs["bad"].tolist(), run.outputs["nop"].tolist()
+                         sim=self.sim, inputs={"mode": "bad_engine", "conv_words": words})
+        return [run.outputs[f"answer{i}"].tolist() for i in range(3)]

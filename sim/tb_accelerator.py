@@ -7,7 +7,7 @@ the board uses) in a :func:`cocotb.bridge` thread; its transport turns each ``tr
 Python stays out of the simulation's per-cycle loop.
 
 Modes: ``"program"`` (run it; outputs ``outputs`` and the per-step stats), ``"bad_engine"`` (a RUN with an
-unknown engine id, then a NOP: outputs both statuses).
+unknown engine id, a RUN of the conv engine with an all-zero layer, then a NOP: outputs the three answers).
 """
 
 import pickle
@@ -20,6 +20,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from ..host import protocol
+from ..hw.commands import EngineId
 from ..host.driver import AcceleratorDriver, run_program
 from ..host.program import ProgramError
 from .cocotb_streams import StreamSource
@@ -39,6 +40,7 @@ class CocotbTransport:
     def __init__(self, dut):
         self._dut = dut
         self._source = StreamSource(dut, "i_host", dut.clk)
+        self.seconds = {}     # wall time per opcode, for the log
         dut.o_host__ready.value = 0
 
     async def _transact(self, words):
@@ -61,7 +63,11 @@ class CocotbTransport:
         return answer
 
     def transact(self, words):
-        return resume(self._transact)(words)
+        started = time.monotonic()
+        answer = resume(self._transact)(words)
+        opcode = (words[0] >> 24) & 0xFF
+        self.seconds[opcode] = self.seconds.get(opcode, 0.0) + time.monotonic() - started
+        return answer
 
 
 @cocotb.test()
@@ -78,12 +84,14 @@ async def accelerator_program(dut):
     transport = CocotbTransport(dut)
 
     if mode == "bad_engine":
+        words = int(args["conv_words"])
+
         def probe():
-            bad = transport.transact(protocol.encode_run([0x7F, 0, 0]))
-            nop = transport.transact(protocol.encode_nop())
-            return bad, nop
-        bad, nop = await bridge(probe)()
-        testbench_outputs(bad=np.array(bad, np.int64), nop=np.array(nop, np.int64))
+            return [transport.transact(protocol.encode_run([0x7F, 0, 0])),
+                    transport.transact(protocol.encode_run([int(EngineId.CONV.value)] + [0] * words)),
+                    transport.transact(protocol.encode_nop())]
+        answers = await bridge(probe)()
+        testbench_outputs(**{f"answer{i}": np.array(a, np.int64) for i, a in enumerate(answers)})
         return
 
     with open(str(args["program"]), "rb") as f:
@@ -104,6 +112,7 @@ async def accelerator_program(dut):
         testbench_outputs(error=np.array(result))
         return
     outputs, stats = result
+    dut._log.info("wall seconds per opcode: %s", transport.seconds)
     names = [step.name for step in program.steps]
     table = np.array([[[s[n]["cycles"], s[n]["words_in"], s[n]["words_out"]] for n in names] for s in stats],
                      np.int64)

@@ -1,0 +1,117 @@
+"""The whole accelerator in RTL (cocotb + Verilator) against the golden model, bit for bit.
+
+Every test here runs the Verilog of :class:`cnnacc.hw.accelerator.Accelerator` through the RTL backend (one
+simulation per test, the build cached by the runner: the first build takes several minutes, later runs start at
+once). The MobileNet v1 224 layers run on a few of their tiles, chosen to cover the map's top and bottom
+padding, middle channel blocks and the last, partial one: a whole 224 layer is hundreds of thousands of cycles
+(tens of seconds each in Verilator), which is what ``make bench`` is for.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cnnacc.config import DEFAULT_CONFIG
+from cnnacc.host import golden, models, protocol, quantizer
+from cnnacc.host.compiler import compile_graph
+from cnnacc.host.data import load_digits
+from cnnacc.host.graph import Graph
+from cnnacc.host.program import ProgramError, Tile
+from cnnacc.host.rtl_backend import RtlBackend
+from cnnacc.hw.commands import Opcode, Status
+
+SEED = 0
+
+
+def _digits(n):
+    x = load_digits("test", "int8")
+    x = x[0] if isinstance(x, tuple) else x
+    return np.asarray(x[:n])
+
+
+def test_lenet5_20_digits_bit_exact():
+    graph = models.lenet5()
+    program = compile_graph(graph, DEFAULT_CONFIG)
+    images = _digits(20)
+    backend = RtlBackend()
+    out, stats = backend.run(program, images)
+    ref = golden.run_graph(graph, images)
+    assert out.dtype == np.int8 and out.shape == ref.shape
+    bad = np.argwhere(out != ref)
+    assert bad.size == 0, f"LeNet-5 differs from golden at (image, class) {bad[:5].tolist()}"
+    # Cycles are the command processor's count of each RUN: the same for every image.
+    assert len(stats) == 20 and all(s == stats[0] or
+                                    all(s[k]["cycles"] == stats[0][k]["cycles"] for k in s) for s in stats)
+    for step in program.steps:
+        model = sum(t.cycles for t in step.tiles)
+        assert abs(stats[0][step.name]["cycles"] - model) <= len(step.tiles), (step.name, stats[0], model)
+
+
+def test_mobilenet_v1_digits_whole_bit_exact():
+    graph = models.mobilenet_v1_digits()
+    program = compile_graph(graph, DEFAULT_CONFIG)
+    images = _digits(3)
+    out, _ = RtlBackend().run(program, images)
+    ref = golden.run_graph(graph, images)
+    assert (out == ref).all(), f"MobileNet v1 (digits) differs from golden on {int((out != ref).sum())} outputs"
+
+
+@pytest.fixture(scope="module")
+def mobilenet224():
+    rng = np.random.default_rng(SEED)
+    calibration = rng.uniform(-1, 1, size=(2, 224, 224, 3)).astype(np.float32)
+    return quantizer.quantize(models.mobilenet_v1(), calibration), rng
+
+
+# (node, tiles to run: None = every tile the compiler makes, else hand-picked (y0, y1, c0, c1))
+LAYERS_224 = [
+    ("conv1", [(0, 16, 8, 16), (96, 112, 24, 32)]),      # 3x3 stride 2: top and bottom padding rows
+    ("pw13", [(0, 7, 504, 512)]),                         # pointwise 1024 -> 1024, a middle block
+    ("dw13", None),                                       # depthwise stride 1, whole (one tile)
+    ("dw12", None),                                       # depthwise stride 2, whole (two channel tiles)
+    ("pool", None),                                       # 7x7 global average, whole
+    ("fc", [(0, 1, 0, 8), (0, 1, 992, 1000)]),           # fully connected: first and last channel block
+]
+
+
+@pytest.mark.parametrize("name, tiles", LAYERS_224, ids=[name for name, _ in LAYERS_224])
+def test_mobilenet_v1_224_layer_bit_exact(mobilenet224, name, tiles):
+    graph, rng = mobilenet224
+    node = next(n for n in graph.nodes if n.name == name)
+    single = Graph(input=graph.spec(node.inputs[0]), nodes=[node], output=node.output.name, name=name)
+    program = compile_graph(single, DEFAULT_CONFIG)
+    if tiles is not None:
+        step = dataclasses.replace(program.steps[0], tiles=tuple(Tile(*t) for t in tiles))
+        program = dataclasses.replace(program, steps=[step])
+    x = rng.integers(-128, 128, size=(1,) + tuple(single.input.shape), dtype=np.int8)
+    out, stats = RtlBackend().run(program, x)
+    ref = golden.run_graph(single, x)
+    out = out.reshape((1,) + tuple(np.atleast_1d(ref.shape[1:])) if ref.ndim == 2 else ref.shape)
+    for tile in program.steps[0].tiles:
+        if ref.ndim == 2:
+            got, want = out[:, tile.c0:tile.c1], ref[:, tile.c0:tile.c1]
+        else:
+            got = out[:, tile.y0:tile.y1, :, tile.c0:tile.c1]
+            want = ref[:, tile.y0:tile.y1, :, tile.c0:tile.c1]
+        bad = np.argwhere(got != want)
+        assert bad.size == 0, f"{name} tile {tile}: {len(bad)} outputs differ, first at {bad[0].tolist()}"
+    assert stats[0][program.steps[0].name]["cycles"] > 0
+
+
+def test_program_for_another_config_is_refused():
+    # The accelerator (DEFAULT_CONFIG) answers STATUS with its config id; the driver compares it with the
+    # program's before sending anything else.
+    graph = models.lenet5()
+    program = compile_graph(graph, dataclasses.replace(DEFAULT_CONFIG, vector_depth=4096))
+    with pytest.raises(ProgramError, match="program built for a different configuration"):
+        RtlBackend(DEFAULT_CONFIG).run(program, _digits(1))
+
+
+def test_bad_descriptors_answered_and_accelerator_keeps_working():
+    answers = RtlBackend().probe_bad_engine(DEFAULT_CONFIG)
+    unknown, zero_conv, nop = answers
+    for what, answer in (("unknown engine id", unknown), ("all-zero conv descriptor", zero_conv)):
+        with pytest.raises(protocol.AcceleratorError, match=Status.BAD_DESCRIPTOR.name):
+            protocol.decode_response(answer, Opcode.RUN, 1)
+    assert protocol.decode_response(nop, Opcode.NOP) == []
