@@ -193,7 +193,8 @@ def _run(args, program, config, images):
         images = check_images(program, images)
     except ProgramError as exc:
         raise CliError(str(exc).splitlines()[0]) from None
-    batch = 64 if args.backend == "golden" else 1
+    # One simulation per batch on the RTL: its start-up is paid once per batch, and the bar still moves.
+    batch = 64 if args.backend == "golden" else 10
     chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
     if len(chunks) > 1:
         from tqdm import tqdm

@@ -39,7 +39,7 @@ from .graph import activation_range
 from .model_file import node_macs
 from .program import Program, ProgramError, Step, Tile, tile_bands
 
-__all__ = ["compile_graph", "build_report", "node_descriptor", "tile_descriptors", "tile_cycles", "step_utilization", "DEPTHWISE_KERNEL", "PARAM_BYTES"]
+__all__ = ["compile_graph", "build_report", "node_descriptor", "tile_descriptors", "tile_cycles", "run_overhead", "step_utilization", "DEPTHWISE_KERNEL", "PARAM_BYTES"]
 
 #: Kernel side the depthwise engine is built for (MobileNet's 3x3; hw/accelerator.py).
 DEPTHWISE_KERNEL = DW_KERNEL
@@ -152,24 +152,38 @@ def _pool_tail(config, layer):
     return window_cycles(window, POOL_LATENCY) - (last_pixel + 2)
 
 
-def tile_cycles(config, step, descriptors):
-    """Predicted cycles of one tile from its descriptors.
+def run_overhead(step_kind, descriptor):
+    """Cycles a ``RUN`` of the accelerator (hw/accelerator.py) takes beyond its engine's own model, measured on
+    the RTL: the output writer stores the last result one cycle after the engine hands it over, and the memory
+    reader that feeds a vector engine delivers its first pixel one cycle later than an ideal stream, which costs
+    a cycle only when the window generator needs an input pixel at its very first scan position (no top and no
+    left padding); the conv engine reads its own memories."""
+    if step_kind in ("conv", "add"):
+        return 1
+    window = descriptor["window"]
+    return 1 + int(window["pad_top"] == 0 and window["pad_left"] == 0)
 
-    Conv, depthwise and pool are the engines' exact models. A fused pool adds the pooling engine's tail after
-    the conv's last output; the add engine is modelled as one beat per cycle behind its descriptor and its
-    seven-stage pipeline. Those two are not yet measured against RTL.
+
+def tile_cycles(config, step, descriptors):
+    """Predicted cycles of one tile's ``RUN`` from its descriptors: the engine's cycle model plus
+    :func:`run_overhead`.
+
+    Conv, depthwise and pool use the engines' exact models (host/cycles_conv.py, host/cycles_vector.py). A fused
+    pool adds the pooling engine's tail after the conv's last output; the add engine is one beat per cycle
+    behind its descriptor and its seven-stage pipeline.
     """
     first = descriptors[0]
     if step.kind == "conv":
         cycles = conv_cycles(config, first)
         if len(descriptors) == 2:
             cycles += _pool_tail(config, descriptors[1])
-        return cycles
-    if step.kind == "depthwise":
-        return depthwise_cycles(config, first)
-    if step.kind == "pool":
-        return pool_cycles(config, first)
-    return first["count"] + ADD_LATENCY + 2
+    elif step.kind == "depthwise":
+        cycles = depthwise_cycles(config, first)
+    elif step.kind == "pool":
+        cycles = pool_cycles(config, first)
+    else:
+        cycles = first["count"] + ADD_LATENCY + 2
+    return cycles + run_overhead(step.kind, first)
 
 
 def _fuse(graph, config):

@@ -78,14 +78,14 @@ def test_fusion_conv_pool(graphs):
     assert [s.name for s in unfused.steps][:2] == ["c1", "s2"]
 
 
-def test_single_tile_cycles_are_the_engine_model(graphs):
+def test_single_tile_cycles_are_the_engine_model_plus_the_run(graphs):
     graph = graphs["lenet5"]
     program = compile_graph(graph, DEFAULT_CONFIG)
     node = graph.nodes[4]                              # c5: 5x5x16 -> 120, one tile
     step = program.step("c5")
     fields = conv_layer(DEFAULT_CONFIG, (5, 5, 16), node.weights.shape, in_zp=node.input_spec.zero_point,
                         out_zp=node.requant.zero_point, qmin=node.requant.qmin, qmax=node.requant.qmax)
-    assert len(step.tiles) == 1 and step.cycles == conv_cycles(DEFAULT_CONFIG, fields)
+    assert len(step.tiles) == 1 and step.cycles == conv_cycles(DEFAULT_CONFIG, fields) + 1   # + the RUN's writer
     assert tile_descriptors(DEFAULT_CONFIG, graph, step, step.tiles[0])[0] == fields
 
 
