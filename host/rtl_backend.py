@@ -10,7 +10,6 @@ import hashlib
 import os
 import pickle
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,36 @@ __all__ = ["RtlBackend", "accelerator_verilog"]
 TOPLEVEL = "accelerator"
 
 
+def _gateware_sources():
+    """hw/accelerator.py and every cnnacc module it imports, directly or not (found by reading the imports)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    todo, seen = [root / "hw" / "accelerator.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+                parts = (node.module or "").split(".") if node.module else []
+                if base == root and (not parts or parts[0] not in ("hw", "host", "sim")):
+                    base = root / "cnnacc"      # the package root's own modules (config.py, ...)
+                target = base.joinpath(*parts)
+                todo.append(target.with_suffix(".py"))
+                todo.extend(target / f"{alias.name}.py" for alias in node.names)
+    return sorted(seen)
+
+
 def accelerator_verilog(config):
-    """Verilog of :class:`Accelerator` for ``config``, cached by the config and every hw/ source file."""
-    hw = Path(__file__).resolve().parent.parent / "hw"
+    """Verilog of :class:`Accelerator` for ``config``, cached by the config and the source of every module the
+    accelerator is built from."""
     digest = hashlib.sha256(repr(config).encode())
-    for path in sorted(hw.glob("*.py")):
+    for path in _gateware_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     path = cache_dir() / f"verilog-{TOPLEVEL}-{digest.hexdigest()[:16]}.v"
     if not path.exists():

@@ -51,7 +51,7 @@ def test_lenet5_20_digits_bit_exact():
 def test_mobilenet_v1_digits_whole_bit_exact():
     graph = models.mobilenet_v1_digits()
     program = compile_graph(graph, DEFAULT_CONFIG)
-    images = _digits(3)
+    images = _digits(2)
     out, _ = RtlBackend().run(program, images)
     ref = golden.run_graph(graph, images)
     assert (out == ref).all(), f"MobileNet v1 (digits) differs from golden on {int((out != ref).sum())} outputs"
