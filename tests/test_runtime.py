@@ -107,3 +107,49 @@ def test_backends():
     with pytest.raises(ProgramError) as info:
         Runtime(program, "fpga")
     _one_line(info, "unknown backend 'fpga'")
+
+
+def _vector_probe(seed=5):
+    """Every vector-engine case the RUN overhead depends on: depthwise with and without top-left padding,
+    stride 1 and 2, add, max, windowed average and global average pooling."""
+    from cnnacc.host import graph as g
+    rng = np.random.default_rng(seed)
+    c = 16
+
+    def spec(name, shape, scale, zp):
+        return g.TensorSpec(name, shape, scale, zp)
+
+    def dw(name, inp, out, stride, pad):
+        return g.DepthwiseConv2D(name, (inp.name,), out, weights=rng.integers(-127, 128, (1, 3, 3, c), dtype=np.int8),
+                                 bias=rng.integers(-500, 500, c), weight_scales=0.01, input_spec=inp,
+                                 stride=(stride, stride), padding=pad)
+    x = spec("x", (12, 12, c), 0.05, 0)
+    t1, t2 = spec("t1", (12, 12, c), 0.08, 3), spec("t2", (12, 12, c), 0.1, -2)
+    t3, t4 = spec("t3", (6, 6, c), 0.1, -2), spec("t4", (6, 6, c), 0.1, -2)
+    t5, t6 = spec("t5", (3, 3, c), 0.07, 1), spec("t6", (4, 4, c), 0.07, 1)
+    t7, t8 = spec("t7", (1, 1, c), 0.1, -2), spec("t8", (10, 10, c), 0.07, 1)
+    nodes = [dw("dwA", x, t1, 1, (1, 1, 1, 1)), g.Add("add", ("x", "t1"), t2),
+             g.MaxPool2D("mp", ("t2",), t3, kernel=(2, 2), stride=(2, 2)),
+             g.AvgPool2D("ap", ("t3",), t4, kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1)),
+             dw("dwB", t4, t5, 2, (1, 1, 1, 1)), dw("dwC", t4, t6, 1, (0, 0, 0, 0)),
+             g.AvgPool2D("gap", ("t2",), t7, kernel=(12, 12), stride=(1, 1)), dw("dwD", t2, t8, 1, (0, 0, 0, 0))]
+    return g.Graph(x, nodes, "t5", name="vector_probe")
+
+
+# The standard configuration only: every other one is a new Verilator build of the accelerator (minutes).
+@pytest.mark.parametrize("case", ["lenet5", "vector_probe"])
+def test_rtl_backend_exact_outputs_and_cycles(case):
+    """The rtl backend (cocotb + Verilator) gives the golden outputs, and the cycle model predicts every step's
+    measured cycles exactly (fused conv + pool, fully connected, every vector engine, with and without padding)."""
+    if case == "lenet5":
+        graph, config = models.lenet5(), DEFAULT_CONFIG
+        x = load_digits("test", dtype="int8")[0][::500]
+    else:
+        graph, config = _vector_probe(), DEFAULT_CONFIG
+        x = _images(graph, 1)
+    program = compile_graph(graph, config)
+    result = Runtime(program, "rtl").run(x)
+    np.testing.assert_array_equal(result.outputs, golden.run_graph(graph, x))
+    for cycles in result.per_image:
+        assert cycles == result.model_cycles, case
+    assert result.model_error() == {name: 0.0 for name in result.cycles}
