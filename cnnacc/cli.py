@@ -189,13 +189,14 @@ def _run(args, program, config, images):
     from .host.program import ProgramError
     from .host.runtime import Runtime, check_images
     try:
-        runtime = Runtime(program, args.backend, config=config)
         images = check_images(program, images)
+        # One simulation per batch on the RTL: its start-up is paid once per batch, and the bar still moves.
+        batch = 64 if args.backend == "golden" else 10
+        chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+        # A single batch shows its progress step by step instead (a 224x224 network takes seconds).
+        runtime = Runtime(program, args.backend, config=config, progress=len(chunks) == 1)
     except ProgramError as exc:
         raise CliError(str(exc).splitlines()[0]) from None
-    # One simulation per batch on the RTL: its start-up is paid once per batch, and the bar still moves.
-    batch = 64 if args.backend == "golden" else 10
-    chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
     if len(chunks) > 1:
         from tqdm import tqdm
         chunks = tqdm(chunks, desc=f"{program.graph.name} ({args.backend})", unit="batch", leave=False,
@@ -219,7 +220,7 @@ def _cmd_run(args):
     result = _run(args, program, config, images)
     predictions = result.outputs.reshape(len(result.outputs), -1).argmax(axis=1)
     shown = " ".join(map(str, predictions[:20])) + (" ..." if len(predictions) > 20 else "")
-    print(f"{program.graph.name} on {args.backend}: {len(predictions)} images")
+    print(f"{program.graph.name} on {args.backend}: {len(predictions)} image{'s' if len(predictions) > 1 else ''}")
     print(f"predictions: {shown}")
     if labels is not None:
         correct = int((predictions == np.asarray(labels)).sum())
@@ -233,9 +234,12 @@ def _cmd_run(args):
         print(f"cycle model: {model:,} per image, error {100 * (model - cycles) / cycles:+.2f}%")
     kinds = {}
     for step in program.steps:
-        kinds.setdefault(step.kind, []).append(result.utilization[step.name])
-    print("utilization by engine: " + ", ".join(f"{k} {100 * sum(v) / len(v):.1f}% (mean of {len(v)})"
-                                                 for k, v in kinds.items()))
+        c = result.cycles[step.name]
+        work, total = kinds.get(step.kind, (0.0, 0))
+        kinds[step.kind] = (work + result.utilization[step.name] * c, total + c)
+    # Weighted by cycles: the engine's useful work over its capacity during all its steps.
+    print("utilization by engine: " + ", ".join(f"{k} {100 * w / c:.1f}% over {c:,} cycles"
+                                                 for k, (w, c) in kinds.items() if c))
     return 0
 
 

@@ -83,8 +83,8 @@ def _mobilenet(config, out):
     traffic, minimum = report["bytes_in"] + report["bytes_out"], report["min_in"] + report["min_out"]
     summary = (f"MobileNet v1 1.0 224: {len(program.steps)} steps, {sum(len(s.tiles) for s in program.steps)} "
                f"tiles; {total:,} cycles per image (cycle model), {report['total_macs']:,} MACs, "
-               f"{100 * report['total_macs'] / (config.pes * total):.1f}% of {config.pes} PEs over the whole "
-               f"network; traffic {traffic:,} bytes vs minimum {minimum:,} ({traffic / minimum:.3f}x); "
+               f"MACs / ({config.pes} PEs x cycles) = {100 * report['total_macs'] / (config.pes * total):.1f}% over the "
+               f"whole network (the depthwise MACs, run on their own engine, counted too); traffic {traffic:,} bytes vs minimum {minimum:,} ({traffic / minimum:.3f}x); "
                f"activation arena {report['memory']['arena_bytes']:,} bytes. Compile {compile_wall:.1f} s, "
                f"tiled golden run {run_wall:.1f} s.")
     out(summary)

@@ -17,6 +17,7 @@ give the same outputs on every backend.
     Not available yet (issue 6).
 """
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,7 +212,7 @@ class Runtime:
         steps = program.steps
         if self.progress:
             from tqdm import tqdm
-            steps = tqdm(steps, desc=f"{graph.name} (golden)", unit="step", leave=False)
+            steps = tqdm(steps, desc=f"{graph.name} (golden)", unit="step", leave=False, file=sys.stderr)
         n = len(images)
         for step in steps:
             shape = graph.spec(step.output).shape
