@@ -73,6 +73,7 @@ BENCHMARKS = {
     "accuracy": _lazy("cnnacc.host.accuracy"),
     "compute": _lazy("cnnacc.hw.bench_compute"),
     "vector": _lazy("cnnacc.hw.bench_vector"),
+    "network": _lazy("cnnacc.host.bench_network"),
 }
 
 
