@@ -53,8 +53,8 @@ from .pool_engine import PoolEngine, PoolMode, pool_layer_layout
 from .requantizer import lane_params_layout
 from .streamer import MemoryReader, MemoryWriter
 
-__all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words", "DW_GROUPS",
-           "DW_KERNEL", "WATCHDOG_CYCLES"]
+__all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words",
+           "max_descriptor_words", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES"]
 
 #: Channel groups the depthwise weight memory holds (2048 channels at 8 lanes).
 DW_GROUPS = 256
@@ -121,6 +121,7 @@ def run_layouts(config):
 
 
 def max_descriptor_words(config):
+    """Longest ``RUN`` descriptor (words, engine id included)."""
     return 1 + max(-(-data.Layout.cast(layout).size // 32) for layout in run_layouts(config).values())
 
 

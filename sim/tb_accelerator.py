@@ -74,7 +74,8 @@ class CocotbTransport:
 async def accelerator_program(dut):
     args = testbench_inputs()
     mode = str(args["mode"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    # The clock runs in the simulator (GPI), not in Python: Python then wakes only on the triggers it awaits.
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns", impl="gpi").start())
     dut.rst.value = 1
     dut.i_host__valid.value = 0
     dut.o_host__ready.value = 0

@@ -19,6 +19,8 @@ from cnnacc.host.data import load_digits
 from cnnacc.host.graph import Graph
 from cnnacc.host.program import ProgramError, Tile
 from cnnacc.host.rtl_backend import RtlBackend
+from cnnacc.host.driver import from_planes, sub_padding, to_planes
+from cnnacc.hw.accelerator import descriptor_words, max_descriptor_words, run_layouts
 from cnnacc.hw.commands import Opcode, Status
 
 SEED = 0
@@ -66,9 +68,9 @@ def mobilenet224():
 
 # (node, tiles to run: None = every tile the compiler makes, else hand-picked (y0, y1, c0, c1))
 LAYERS_224 = [
-    ("conv1", [(0, 16, 8, 16), (96, 112, 24, 32)]),      # 3x3 stride 2: top and bottom padding rows
+    ("conv1", [(100, 112, 24, 32)]),                      # 3x3 stride 2: a bottom band (its padding row)
     ("pw13", [(0, 7, 504, 512)]),                         # pointwise 1024 -> 1024, a middle block
-    ("dw13", None),                                       # depthwise stride 1, whole (one tile)
+    ("dw13", [(0, 7, 0, 64), (0, 7, 960, 1024)]),         # depthwise stride 1: first and last channels
     ("dw12", None),                                       # depthwise stride 2, whole (two channel tiles)
     ("pool", None),                                       # 7x7 global average, whole
     ("fc", [(0, 1, 0, 8), (0, 1, 992, 1000)]),           # fully connected: first and last channel block
@@ -97,6 +99,23 @@ def test_mobilenet_v1_224_layer_bit_exact(mobilenet224, name, tiles):
         bad = np.argwhere(got != want)
         assert bad.size == 0, f"{name} tile {tile}: {len(bad)} outputs differ, first at {bad[0].tolist()}"
     assert stats[0][program.steps[0].name]["cycles"] > 0
+
+
+def test_host_layouts_round_trip():
+    rng = np.random.default_rng(SEED)
+    x = rng.integers(-128, 128, size=(5, 7, 19), dtype=np.int8)
+    rows = to_planes(x, DEFAULT_CONFIG.lanes)
+    assert rows.shape == (3 * 5 * 7, DEFAULT_CONFIG.lanes)
+    assert (rows[5 * 7 + 3, :] == x[0, 3, 8:16]).all()          # plane 1 (channels 8..15), pixel 3
+    assert (from_planes(rows, 5, 7, 19, DEFAULT_CONFIG.lanes) == x).all()
+    # Row bands of a 3x3 stride-2 layer with padding (0, 1) on 10 rows (5 output rows): the last band reads
+    # one padding row past the map; a 3x3 stride-1 "same" layer pads the first band's top.
+    assert sub_padding(0, 3, 3, 2, 0, 10) == (0, 7, 0, 0)
+    assert sub_padding(3, 5, 3, 2, 0, 10) == (6, 10, 0, 1)
+    assert sub_padding(0, 4, 3, 1, 1, 10) == (0, 5, 1, 0)
+    for engine, layout in run_layouts(DEFAULT_CONFIG).items():
+        words = descriptor_words(DEFAULT_CONFIG, engine, {})
+        assert words[0] == engine.value and len(words) <= max_descriptor_words(DEFAULT_CONFIG)
 
 
 def test_program_for_another_config_is_refused():
