@@ -50,6 +50,23 @@ def test_lenet5_20_digits_bit_exact():
         assert abs(stats[0][step.name]["cycles"] - model) <= len(step.tiles), (step.name, stats[0], model)
 
 
+def test_lenet5_fused_conv_pool_in_row_bands_and_channel_tiles():
+    # Hand-made tiles: the fused conv + pool steps cut in uneven row bands (each band's conv computes exactly the
+    # rows its pool windows need) and channel tiles, with tiles in both loop orders.
+    graph = models.lenet5()
+    program = compile_graph(graph, DEFAULT_CONFIG)
+    tiles = {"c1+s2": [(0, 5, 0, 6), (5, 14, 0, 6)],
+             "c3+s4": [(0, 2, 0, 8), (0, 2, 8, 16), (2, 5, 8, 16), (2, 5, 0, 8)],
+             "c5": [(0, 1, 0, 64), (0, 1, 64, 120)]}
+    steps = [dataclasses.replace(step, tiles=tuple(Tile(*t) for t in tiles[step.name])) if step.name in tiles
+             else step for step in program.steps]
+    assert [s.kind for s in steps[:2]] == ["conv", "conv"] and len(steps[0].nodes) == 2
+    program = dataclasses.replace(program, steps=steps)
+    images = _digits(2)
+    out, _ = RtlBackend().run(program, images)
+    assert (out == golden.run_graph(graph, images)).all()
+
+
 def test_mobilenet_v1_digits_whole_bit_exact():
     graph = models.mobilenet_v1_digits()
     program = compile_graph(graph, DEFAULT_CONFIG)
