@@ -107,9 +107,9 @@ class RtlBackend:
         return out["outputs"], stats
 
     def probe_bad_engine(self, config):
-        """RUN with an unknown engine id, RUN of the conv engine with an all-zero layer, then NOP: returns the
-        three answers (lists of words)."""
+        """Bad RUNs and recovery (see sim/tb_accelerator.py, mode ``bad_engine``): returns every answer (lists of
+        words), then the words written as the pool's input."""
         words = len(descriptor_words(config, EngineId.CONV, {})) - 1
         run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
                          sim=self.sim, inputs={"mode": "bad_engine", "conv_words": words})
-        return [run.outputs[f"answer{i}"].tolist() for i in range(3)]
+        return [run.outputs[f"answer{i}"].tolist() for i in range(len(run.outputs))]

@@ -60,8 +60,9 @@ __all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "desc
 DW_GROUPS = 256
 #: Kernel side the depthwise engine is built for (MobileNet's 3x3).
 DW_KERNEL = 3
-#: Cycles without a memory row read or written after which a run is aborted.
-WATCHDOG_CYCLES = 1 << 20
+#: Cycles without a memory row read or written (or a conv result) after which a run is aborted: longer than any
+#: conv tile's reduction (Cin x KH x KW beats): every 3x3 and 5x5 conv, 7x7 up to Cin = 2674.
+WATCHDOG_CYCLES = 1 << 17
 
 
 def _pow2_words(bits):

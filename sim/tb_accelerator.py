@@ -7,7 +7,8 @@ the board uses) in a :func:`cocotb.bridge` thread; its transport turns each ``tr
 Python stays out of the simulation's per-cycle loop.
 
 Modes: ``"program"`` (run it; outputs ``outputs`` and the per-step stats), ``"bad_engine"`` (a RUN with an
-unknown engine id, a RUN of the conv engine with an all-zero layer, then a NOP: outputs the three answers).
+unknown engine id, a RUN of the conv engine with an all-zero layer, a NOP, then a pool run starved of input that
+the watchdog must abort, the same run with its input, and a READ of its output: outputs every answer).
 """
 
 import pickle
@@ -20,7 +21,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from ..host import protocol
-from ..hw.commands import EngineId
+from ..config import AcceleratorConfig
+from ..hw.accelerator import descriptor_words
+from ..hw.commands import EngineId, MemoryId
+from ..hw.pool_engine import PoolMode, pool_layer
 from ..host.driver import AcceleratorDriver, run_program
 from ..host.program import ProgramError
 from .cocotb_streams import StreamSource
@@ -87,11 +91,30 @@ async def accelerator_program(dut):
     if mode == "bad_engine":
         words = int(args["conv_words"])
 
+        config = AcceleratorConfig()
+        x = np.arange(16 * config.lanes, dtype=np.int64).reshape(16, config.lanes) % 256 - 128
+        pixels = protocol.pack_int8(x)
+
+        def pool_run(in_count):
+            # Max pool with a 1x1 kernel (a copy) over a 4x4 map: 16 input rows.
+            layer = pool_layer(config, PoolMode.MAX, height=4, width=4, kernel=1, stride=1)
+            return protocol.encode_run(descriptor_words(config, EngineId.POOL, {
+                "layer": {**layer, "mode": PoolMode.MAX}, "in_base": 0, "in_count": in_count, "out_base": 0,
+                "out_count": 16}))
+
         def probe():
-            return [transport.transact(protocol.encode_run([0x7F, 0, 0])),
-                    transport.transact(protocol.encode_run([int(EngineId.CONV.value)] + [0] * words)),
-                    transport.transact(protocol.encode_nop())]
+            answers = [transport.transact(protocol.encode_run([0x7F, 0, 0])),
+                       transport.transact(protocol.encode_run([int(EngineId.CONV.value)] + [0] * words)),
+                       transport.transact(protocol.encode_nop()),
+                       transport.transact(protocol.encode_write(MemoryId.ACT_A, 0, pixels)),
+                       # Half the pixels the layer needs: the engine starves until the watchdog aborts it.
+                       transport.transact(pool_run(8)),
+                       # The same layer with all its pixels must then run normally.
+                       transport.transact(pool_run(16)),
+                       transport.transact(protocol.encode_read(MemoryId.OUTPUT, 0, len(pixels)))]
+            return answers
         answers = await bridge(probe)()
+        answers.append(pixels)
         testbench_outputs(**{f"answer{i}": np.array(a, np.int64) for i, a in enumerate(answers)})
         return
 

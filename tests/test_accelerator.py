@@ -20,7 +20,7 @@ from cnnacc.host.graph import Graph
 from cnnacc.host.program import ProgramError, Tile
 from cnnacc.host.rtl_backend import RtlBackend
 from cnnacc.host.driver import from_planes, sub_padding, to_planes
-from cnnacc.hw.accelerator import descriptor_words, max_descriptor_words, run_layouts
+from cnnacc.hw.accelerator import WATCHDOG_CYCLES, descriptor_words, max_descriptor_words, run_layouts
 from cnnacc.hw.commands import Opcode, Status
 
 SEED = 0
@@ -146,8 +146,14 @@ def test_program_for_another_config_is_refused():
 
 def test_bad_descriptors_answered_and_accelerator_keeps_working():
     answers = RtlBackend().probe_bad_engine(DEFAULT_CONFIG)
-    unknown, zero_conv, nop = answers
-    for what, answer in (("unknown engine id", unknown), ("all-zero conv descriptor", zero_conv)):
+    unknown, zero_conv, nop, write, starved, good, read, pixels = answers
+    for what, answer in (("unknown engine id", unknown), ("all-zero conv descriptor", zero_conv),
+                         ("starved pool", starved)):
         with pytest.raises(protocol.AcceleratorError, match=Status.BAD_DESCRIPTOR.name):
             protocol.decode_response(answer, Opcode.RUN, 1)
     assert protocol.decode_response(nop, Opcode.NOP) == []
+    assert protocol.decode_response(write, Opcode.WRITE) == []
+    # The starved run was aborted by the watchdog, after that many cycles without a row moving.
+    assert starved[1] >= WATCHDOG_CYCLES
+    assert protocol.decode_response(good, Opcode.RUN, 1)[0] < 100
+    assert protocol.decode_response(read, Opcode.READ, len(pixels)) == pixels
