@@ -265,8 +265,11 @@ def _cmd_report(args):
 
 
 def _cmd_demo(args):
-    from .host.gemm import demo
-    return demo(seed=args.seed)
+    from .host.demo import lenet5_demo
+    try:
+        return lenet5_demo(count=args.count)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _build_parser():
@@ -277,8 +280,9 @@ def _build_parser():
     p = commands.add_parser("doctor", help="check that every tool the project uses is installed and works")
     p.set_defaults(func=_cmd_doctor)
 
-    p = commands.add_parser("demo", help="the main job: run the accelerator in RTL simulation and check it")
-    p.add_argument("--seed", type=int, default=2026, help="seed of the random operands (default %(default)s)")
+    p = commands.add_parser("demo", help="the main job: LeNet-5 on bundled digits through the RTL simulation, "
+                                         "checked against the golden model")
+    p.add_argument("--count", type=int, default=10, help="digits to run (default %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("inspect", help="import a model (.tflite, .onnx or a bundled name) and list its layers")

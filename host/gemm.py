@@ -1,4 +1,4 @@
-"""int8 matrix products on the MAC array: tiling, backends and the first end-to-end demo.
+"""int8 matrix products on the MAC array: tiling and backends (``cnnacc gemm``).
 
 A product ``C = A @ B`` of any size is cut into ``rows x cols`` output tiles (zero-padded at the edges), each
 streamed through the array over the full reduction depth ``K``. The same tiles run on the NumPy golden model,
@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import DEFAULT_CONFIG
 
-__all__ = ["GemmResult", "golden_gemm", "tile_gemm", "run_gemm", "demo"]
+__all__ = ["GemmResult", "golden_gemm", "tile_gemm", "run_gemm"]
 
 BACKENDS = ("golden", "amaranth", "verilator", "icarus")
 
@@ -99,20 +99,3 @@ def run_gemm(a, b, *, backend="verilator", config=DEFAULT_CONFIG, seed=0, bubble
     mismatches = int(np.count_nonzero(c != expected))
     return GemmResult(c=c, backend=backend, cycles=cycles, useful_macs=a.shape[0] * a.shape[1] * b.shape[1],
                       pes=config.pes, seconds=seconds, matches_golden=mismatches == 0, mismatches=mismatches)
-
-
-def demo(seed=2026, out=print):
-    """The main job until the accelerator runs networks: a random int8 GEMM through cocotb + Verilator."""
-    rng = np.random.default_rng(seed)
-    m, k, n = 2 * DEFAULT_CONFIG.rows, 64, 2 * DEFAULT_CONFIG.cols
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
-    out(f"cnnacc demo: C = A @ B with A {m}x{k} and B {k}x{n} int8 (seed {seed}) "
-        f"on a {DEFAULT_CONFIG.rows}x{DEFAULT_CONFIG.cols} MAC array, cocotb + Verilator")
-    result = run_gemm(a, b, backend="verilator", seed=seed)
-    out(f"  C[0, :8] from RTL: {result.c[0, :8].tolist()}")
-    out(f"  C[0, :8] NumPy:    {golden_gemm(a, b)[0, :8].tolist()}")
-    out("  " + result.summary())
-    out("PASS: RTL result equals NumPy, all {} elements".format(result.c.size) if result.matches_golden
-        else f"FAIL: {result.mismatches} of {result.c.size} elements differ from NumPy")
-    return 0 if result.matches_golden else 1
