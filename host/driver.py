@@ -184,8 +184,8 @@ class AcceleratorDriver:
         a, b, pt, pb = sub_padding(y0, y1, kh, node.stride[0], top, in_h)
         qmin, qmax = g.activation_range(node.activation, node.output.scale, node.output.zero_point)
         mode = PoolMode.MAX if node.kind == "max_pool2d" else PoolMode.AVG
-        if (mode == PoolMode.AVG and (kh, kw) == (in_h, in_w) == (b - a, in_w) and not any(node.padding)
-                and kh > self.config.max_kernel):
+        # A whole-map average runs in the engine's global mode (any size), as the compiler plans it.
+        if mode == PoolMode.AVG and (kh, kw) == (in_h, in_w) and not any(node.padding):
             fields = pool_layer(self.config, PoolMode.GLOBAL_AVG, height=b - a, width=in_w, groups=groups,
                                 qmin=qmin, qmax=qmax, name=node.name)
         else:
