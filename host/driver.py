@@ -14,8 +14,8 @@ from ..hw import accelerator as acc
 from ..hw.commands import EngineId, MemoryId, Opcode, config_id
 from ..hw.conv_engine import conv_layer, memory_images
 from ..hw.depthwise import depthwise_layer, depthwise_weight_beats, depthwise_weights_layout
-from ..hw.pool_engine import PoolMode, pool_layer
 from ..hw.add_engine import add_layer
+from ..hw.pool_engine import PoolMode, pool_layer
 from ..hw.requantizer import lane_params_layout
 from . import graph as g
 from . import protocol
@@ -242,11 +242,10 @@ class AcceleratorDriver:
             return self._read_planes(count, oh, ow, cout)
         # Fused: the pool sees exactly this conv sub-map (rows pa..pb_ of the conv output).
         _, _, pfields = self._pool_fields(pool, tile.y0, tile.y1, conv_h, ow, groups)
-        pfields_sub = dict(pfields)
         ph, pw = tile.y1 - tile.y0, pool.output.shape[1]
         count = groups * (1 if pfields["mode"] == PoolMode.GLOBAL_AVG else ph * pw)
         self._check_rows(pool, count)
-        self.run(EngineId.CONV, {"layer": fields, "pool": _pool_desc(pfields_sub), "fuse": 1, "out_base": 0,
+        self.run(EngineId.CONV, {"layer": fields, "pool": _pool_desc(pfields), "fuse": 1, "out_base": 0,
                                  "out_count": count})
         return self._read_planes(count, ph, pw, cout)
 

@@ -318,9 +318,8 @@ class Accelerator(wiring.Component):
                 with m.If(port.ready):
                     m.d.sync += pending.eq(0)
 
-        is_ = {eid: current == eid for eid in EngineId}
         m.d.comb += [dw.i_layer.payload.eq(d.layer), add.i_layer.payload.eq(a.layer)]
-        with m.If(is_[EngineId.CONV]):
+        with m.If(current == EngineId.CONV):
             m.d.comb += pool.i_layer.payload.eq(c.pool)
         with m.Else():
             m.d.comb += pool.i_layer.payload.eq(p.layer)
