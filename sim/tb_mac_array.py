@@ -12,12 +12,10 @@ import random
 import numpy as np
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
 
 from ..config import AcceleratorConfig
 from ..hw.mac_array import operand_layout, result_layout
-from .cocotb_streams import StreamSink, StreamSource
+from .cocotb_streams import stream_through
 from .runner import testbench_inputs, testbench_outputs
 
 
@@ -40,18 +38,8 @@ async def mac_array_products(dut):
                 "first": k == 0, "last": k == depth - 1,
             }).as_bits())
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    source = StreamSource(dut, "i_operands", dut.clk, rng, float(args["bubble"]))
-    sink = StreamSink(dut, "o_result", dut.clk, rng, float(args["stall"]))
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-
-    start = cocotb.utils.get_sim_time(unit="ns")
-    cocotb.start_soon(source.send(beats))
-    raw = await sink.receive(len(a))
-    cycles = (cocotb.utils.get_sim_time(unit="ns") - start) // 10
+    raw, cycles = await stream_through(dut, "i_operands", "o_result", beats, len(a), rng, float(args["bubble"]),
+                                       float(args["stall"]))
 
     c = [[list(row) for row in out_layout.from_bits(bits)] for bits in raw]
     testbench_outputs(c=c, cycles=cycles)

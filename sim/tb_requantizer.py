@@ -10,11 +10,9 @@ import random
 import numpy as np
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
 
 from ..hw.requantizer import Requantizer, requant_input_layout, requant_output_layout
-from .cocotb_streams import StreamSink, StreamSource
+from .cocotb_streams import stream_through
 from .runner import run_cocotb, testbench_inputs, testbench_outputs
 
 __all__ = ["run_rtl"]
@@ -44,17 +42,7 @@ async def requantizer_stream(dut):
     dut.zero_point.value = int(args["zp"]) & 0xFF
     dut.qmin.value = int(args["qmin"]) & 0xFF
     dut.qmax.value = int(args["qmax"]) & 0xFF
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    source = StreamSource(dut, "i_acc", dut.clk, rng, float(args["bubble"]))
-    sink = StreamSink(dut, "o_data", dut.clk, rng, float(args["stall"]))
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-
-    start = cocotb.utils.get_sim_time(unit="ns")
-    cocotb.start_soon(source.send(beats))
-    raw = await sink.receive(len(beats))
-    cycles = (cocotb.utils.get_sim_time(unit="ns") - start) // 10
+    raw, cycles = await stream_through(dut, "i_acc", "o_data", beats, len(beats), rng, float(args["bubble"]),
+                                       float(args["stall"]))
     data = [[int(v) for v in out_layout.from_bits(bits).data] for bits in raw]
     testbench_outputs(data=np.array(data, np.int64), cycles=cycles)

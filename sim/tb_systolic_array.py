@@ -13,13 +13,11 @@ import numpy as np
 from amaranth.sim import Simulator
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
 
 from ..config import AcceleratorConfig
 from ..hw.systolic_array import SystolicArray, beat_layout, column_layout
 from .amaranth_streams import stream_get, stream_put
-from .cocotb_streams import StreamSink, StreamSource
+from .cocotb_streams import stream_through
 from .runner import run_cocotb, testbench_inputs, testbench_outputs
 
 __all__ = ["run_amaranth", "run_rtl", "golden_tiles"]
@@ -103,18 +101,8 @@ async def systolic_array_tiles(dut):
     in_layout, out_layout = beat_layout(config), column_layout(config)
     beats = [in_layout.const(beat).as_bits() for beat in _beats(tiles)]
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    source = StreamSource(dut, "i_beats", dut.clk, rng, float(args["bubble"]))
-    sink = StreamSink(dut, "o_columns", dut.clk, rng, float(args["stall"]))
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-
-    start = cocotb.utils.get_sim_time(unit="ns")
-    cocotb.start_soon(source.send(beats))
-    raw = await sink.receive(len(tiles) * config.cols)
-    cycles = (cocotb.utils.get_sim_time(unit="ns") - start) // 10
+    raw, cycles = await stream_through(dut, "i_beats", "o_columns", beats, len(tiles) * config.cols, rng, float(args["bubble"]),
+                                       float(args["stall"]))
     views = [out_layout.from_bits(bits) for bits in raw]
     testbench_outputs(col=np.array([int(v.col) for v in views]),
                       acc=np.array([[int(x) for x in v.acc] for v in views], np.int64), cycles=cycles)
