@@ -6,7 +6,10 @@ Make variants with :func:`dataclasses.replace`, e.g. ``replace(DEFAULT_CONFIG, r
 
 from dataclasses import dataclass
 
-__all__ = ["AcceleratorConfig", "DEFAULT_CONFIG"]
+__all__ = ["AcceleratorConfig", "DEFAULT_CONFIG", "ENGINES"]
+
+#: Every engine an accelerator can be built with (see hw/accelerator.py).
+ENGINES = ("conv", "depthwise", "pool", "add")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class AcceleratorConfig:
     vector_depth : int
         Rows (one pixel of ``lanes`` channels each) of each feature map memory of the vector engines
         (depthwise, pooling, add) and of the output memory.
+    engines : tuple of str
+        Engines the accelerator is built with, from :data:`ENGINES`; ``"conv"`` is always there. A small part
+        (the iCE40UP5K) leaves out the ones its networks do not need, and the compiler refuses a layer whose
+        engine is missing.
     """
     rows: int = 8
     cols: int = 8
@@ -45,6 +52,7 @@ class AcceleratorConfig:
     conv_weight_depth: int = 8192
     conv_param_depth: int = 256
     vector_depth: int = 8192
+    engines: tuple = ("conv", "depthwise", "pool", "add")
 
     #: Operand width. The integer scheme is int8 x int8; this is not a knob.
     operand_width = 8
@@ -59,6 +67,12 @@ class AcceleratorConfig:
                 raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not isinstance(self.acc_width, int) or not 17 <= self.acc_width <= 48:
             raise ValueError(f"acc_width must be an integer from 17 to 48, not {self.acc_width!r}")
+        if isinstance(self.engines, list):          # as read back from a program's JSON
+            object.__setattr__(self, "engines", tuple(self.engines))
+        if (not isinstance(self.engines, tuple) or "conv" not in self.engines
+                or any(e not in ENGINES for e in self.engines) or len(set(self.engines)) != len(self.engines)):
+            raise ValueError(f"engines must be a tuple of distinct names from {ENGINES} that includes 'conv', "
+                             f"not {self.engines!r}")
 
     @property
     def pes(self):
