@@ -6,10 +6,12 @@ Make variants with :func:`dataclasses.replace`, e.g. ``replace(DEFAULT_CONFIG, r
 
 from dataclasses import dataclass
 
-__all__ = ["AcceleratorConfig", "DEFAULT_CONFIG", "ENGINES"]
+__all__ = ["AcceleratorConfig", "DEFAULT_CONFIG", "ENGINES", "TARGETS"]
 
 #: Every engine an accelerator can be built with (see hw/accelerator.py).
 ENGINES = ("conv", "depthwise", "pool", "add")
+#: What the multipliers can be built from (see ``AcceleratorConfig.target``).
+TARGETS = ("generic", "ice40", "ecp5")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class AcceleratorConfig:
         Engines the accelerator is built with, from :data:`ENGINES`; ``"conv"`` is always there. A small part
         (the iCE40UP5K) leaves out the ones its networks do not need, and the compiler refuses a layer whose
         engine is missing.
+    target : str
+        What the multipliers are built from, one of :data:`TARGETS`: ``"generic"`` (plain ``*``, for simulation
+        and any FPGA), ``"ice40"`` (``SB_MAC16`` blocks, two 8x8 products each) or ``"ecp5"`` (``MULT18X18D``
+        with their input and output registers). Every target computes the same numbers.
     """
     rows: int = 8
     cols: int = 8
@@ -53,6 +59,7 @@ class AcceleratorConfig:
     conv_param_depth: int = 256
     vector_depth: int = 8192
     engines: tuple = ("conv", "depthwise", "pool", "add")
+    target: str = "generic"
 
     #: Operand width. The integer scheme is int8 x int8; this is not a knob.
     operand_width = 8
@@ -67,6 +74,8 @@ class AcceleratorConfig:
                 raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not isinstance(self.acc_width, int) or not 17 <= self.acc_width <= 48:
             raise ValueError(f"acc_width must be an integer from 17 to 48, not {self.acc_width!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
         if isinstance(self.engines, list):          # as read back from a program's JSON
             object.__setattr__(self, "engines", tuple(self.engines))
         if (not isinstance(self.engines, tuple) or "conv" not in self.engines
