@@ -8,10 +8,10 @@ written against that one method, as Glasgow's host code is against its abstract 
 
 from amaranth.lib import data
 
-from ..hw.commands import MAX_COUNT, Address, Header, MemoryId, Opcode, Response, Status
+from ..hw.commands import MAX_COUNT, Address, Header, MemoryId, Opcode, Response, RunState, Status
 
-__all__ = ["AcceleratorError", "encode_nop", "encode_write", "encode_read", "encode_run", "encode_status",
-           "decode_response", "pack_int8", "unpack_int8"]
+__all__ = ["AcceleratorError", "encode_nop", "encode_write", "encode_read", "encode_run", "encode_start",
+           "encode_wait", "encode_status", "decode_response", "run_state", "pack_int8", "unpack_int8"]
 
 _RESPONSE = data.Layout.cast(Response)
 
@@ -50,6 +50,15 @@ def encode_run(descriptor):
     return [_header(Opcode.RUN, len(descriptor)), *descriptor]
 
 
+def encode_start(descriptor):
+    descriptor = [int(v) & 0xFFFFFFFF for v in descriptor]
+    return [_header(Opcode.START, len(descriptor)), *descriptor]
+
+
+def encode_wait():
+    return [_header(Opcode.WAIT, 0)]
+
+
 def encode_status():
     return [_header(Opcode.STATUS, 0)]
 
@@ -74,6 +83,11 @@ def decode_response(answer, opcode, expected_words=0):
     if len(answer) - 1 != expected_words:
         raise AcceleratorError(f"{opcode.name}: expected {expected_words} answer words, got {len(answer) - 1}")
     return list(answer[1:])
+
+
+def run_state(answer):
+    """The :class:`~cnnacc.hw.commands.RunState` a ``STATUS`` answer reports."""
+    return RunState(_RESPONSE.from_bits(answer[0]).detail & 0x3)
 
 
 def pack_int8(values):

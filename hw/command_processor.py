@@ -4,17 +4,29 @@ memories, starts engines, and answers every command, bad ones included.
 Host words arrive on ``i_host`` and answers leave on ``o_host``, both streams of ``{data: 32, last: 1}``;
 ``last`` marks the final word of a command and of an answer, which is what lets the processor recover from a
 command of the wrong length: it consumes words up to ``last`` and answers with an error status.
+
+Runs: ``START`` pulses ``run.start`` and answers at once; the run is then *in flight* until ``run.done``, and
+its status and cycle count wait in registers until a ``WAIT`` collects them (``RUN`` is ``START`` + ``WAIT``).
+While a run is in flight the processor goes on serving commands; the engine side says which host words it owns
+(``run.lock``: per memory, a word range ``[lo, hi)`` the running engine reads or writes), and a transfer that
+overlaps it, a ``WRITE`` into a memory the engines write (``engine_written``), or another ``START`` is refused
+with ``BUSY``. The decision is taken from registers (address, end, lock) in the range-check cycle, so no new
+logic sits between the host word and a memory enable.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .commands import Address, Header, MemoryId, Opcode, Response, Status
+from .commands import Address, Header, MemoryId, Opcode, Response, RunState, Status
 
-__all__ = ["WORD_LAYOUT", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
+__all__ = ["WORD_LAYOUT", "LOCK_LAYOUT", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
 
 WORD_LAYOUT = data.StructLayout({"data": 32, "last": 1})
+#: Host words ``[lo, hi)`` of one memory that a running engine owns (``lo == hi``: none).
+LOCK_LAYOUT = data.StructLayout({"lo": 25, "hi": 25})
+#: One lock per possible memory id (indexed by ``MemoryId`` value).
+LOCKS = 1 << len(MemoryId)
 
 
 class MemoryBusSignature(wiring.Signature):
@@ -33,7 +45,8 @@ class MemoryBusSignature(wiring.Signature):
 
 class RunSignature(wiring.Signature):
     """Starts an engine: ``start`` pulses with ``descriptor`` valid; the engine answers with ``done`` (and
-    ``error`` in the same cycle if it rejected the descriptor or failed)."""
+    ``error`` in the same cycle if it rejected the descriptor or failed), in the start cycle if it rejects the
+    descriptor. ``lock[memory]`` is the word range the running engine owns, valid while the run is in flight."""
 
     def __init__(self, max_words):
         super().__init__({
@@ -42,6 +55,7 @@ class RunSignature(wiring.Signature):
             "length":     Out(range(max_words + 1)),
             "done":       In(1),
             "error":      In(1),
+            "lock":       In(data.ArrayLayout(LOCK_LAYOUT, LOCKS)),
         })
 
 
@@ -56,15 +70,18 @@ class CommandProcessor(wiring.Component):
         32-bit fingerprint reported by ``STATUS`` (see :func:`cnnacc.hw.commands.config_id`).
     max_descriptor : int
         Longest ``RUN`` descriptor, in words.
+    engine_written : iterable of MemoryId
+        Memories the engines write: the host may not ``WRITE`` them while a run is in flight.
     """
 
-    def __init__(self, depths, config_id, max_descriptor=16):
+    def __init__(self, depths, config_id, max_descriptor=16, engine_written=()):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
                 raise ValueError(f"depth of {memory.name} must be from 1 to 2**24 words, not {depth}")
         self._config_id = int(config_id) & 0xFFFFFFFF
         self._max_descriptor = int(max_descriptor)
+        self._engine_written = frozenset(MemoryId(k) for k in engine_written)
         super().__init__({
             "i_host": In(stream.Signature(WORD_LAYOUT)),
             "o_host": Out(stream.Signature(WORD_LAYOUT)),
@@ -93,7 +110,16 @@ class CommandProcessor(wiring.Component):
         low_wraps = Signal()
         m.d.sync += [cycles[:32].eq(cycles[:32] + 1), low_wraps.eq(cycles[:32] == 0xFFFFFFFE),
                      cycles[32:].eq(cycles[32:] + low_wraps)]
+        # The run in flight (or finished, its result not yet collected by WAIT).
+        running = Signal()
+        finished = Signal()
         run_cycles = Signal(32)
+        run_status = Signal(Status)
+        with m.If(running):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+            with m.If(self.run.done):
+                m.d.sync += [running.eq(0), finished.eq(1),
+                             run_status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))]
 
         # The answer being sent: `words` queued in a small register file, sent in order.
         answer = Signal(data.ArrayLayout(32, 4))
@@ -106,15 +132,22 @@ class CommandProcessor(wiring.Component):
         end = Signal(25)
         range_ok = Signal()
         in_range = Signal()         # range_ok, registered: the compare and the decisions on it take a cycle each
+        lock_hit = Signal()         # the transfer would disturb the run in flight
+        in_lock = Signal()          # lock_hit, registered
         with m.Switch(address.memory):
             for memory, depth in self._depths.items():
                 with m.Case(memory):
-                    m.d.comb += range_ok.eq(end <= depth)
+                    lock = self.run.lock[memory.value]
+                    overlap = (lock.lo < end) & (address.word < lock.hi)
+                    if memory in self._engine_written:
+                        overlap = overlap | (header.opcode == Opcode.WRITE)
+                    m.d.comb += [range_ok.eq(end <= depth), lock_hit.eq(running & overlap)]
 
-        def respond(code, *extra):
-            """Queue an answer: the Response word and up to three more words (in the sync domain)."""
+        def respond(code, *extra, detail=Const(0, 16)):
+            """Queue an answer: the Response word (``detail`` in its top half) and up to three more words."""
+            detail = Value.cast(detail)
             m.d.sync += [
-                answer[0].eq(Cat(code, header.opcode, Const(0, 16))),
+                answer[0].eq(Cat(code, header.opcode, detail, Const(0, 16 - len(detail)))),
                 answer_len.eq(1 + len(extra)),
                 answer_pos.eq(0),
                 answer_last.eq(len(extra) == 0),
@@ -143,9 +176,11 @@ class CommandProcessor(wiring.Component):
             # decode (the two together missed timing on the iCE40).
             with m.State("DECODE"):
                 with m.Switch(header.opcode):
-                    with m.Case(Opcode.NOP, Opcode.STATUS):
+                    with m.Case(Opcode.NOP, Opcode.STATUS, Opcode.WAIT):
                         m.d.sync += status.eq(Mux(header_last, Status.OK, Status.BAD_LENGTH))
-                        with m.If(header_last):
+                        with m.If(header_last & (header.opcode == Opcode.WAIT)):
+                            m.next = "WAIT_RUN"
+                        with m.Elif(header_last):
                             m.next = "ANSWER_STATUS"
                         with m.Else():
                             m.next = "DISCARD"
@@ -155,13 +190,17 @@ class CommandProcessor(wiring.Component):
                             m.next = "ANSWER_STATUS"
                         with m.Else():
                             m.next = "ADDRESS"
-                    with m.Case(Opcode.RUN):
+                    with m.Case(Opcode.RUN, Opcode.START):
                         with m.If(header_last | count_zero | count_too_long):
                             m.d.sync += status.eq(Status.BAD_LENGTH)
                             with m.If(header_last):
                                 m.next = "ANSWER_STATUS"
                             with m.Else():
                                 m.next = "DISCARD"
+                        with m.Elif(running):
+                            # The descriptor is not taken: the run in flight reads it.
+                            m.d.sync += status.eq(Status.BUSY)
+                            m.next = "DISCARD"
                         with m.Else():
                             m.next = "DESCRIPTOR"
                     with m.Default():
@@ -187,12 +226,18 @@ class CommandProcessor(wiring.Component):
                         m.next = "RANGE"
 
             with m.State("RANGE"):
-                m.d.sync += in_range.eq(range_ok)
+                m.d.sync += [in_range.eq(range_ok), in_lock.eq(lock_hit)]
                 m.next = "CHECK"
 
             with m.State("CHECK"):
                 with m.If(~in_range):
                     m.d.sync += status.eq(Status.BAD_ADDRESS)
+                    with m.If((header.opcode == Opcode.READ) | count_zero):
+                        m.next = "ANSWER_STATUS"
+                    with m.Else():
+                        m.next = "DISCARD"
+                with m.Elif(in_lock):
+                    m.d.sync += status.eq(Status.BUSY)
                     with m.If((header.opcode == Opcode.READ) | count_zero):
                         m.next = "ANSWER_STATUS"
                     with m.Else():
@@ -230,7 +275,6 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         with m.If(word.last):
-                            m.d.sync += run_cycles.eq(0)
                             m.next = "START"
                         with m.Else():
                             m.d.sync += status.eq(Status.BAD_LENGTH)
@@ -241,22 +285,32 @@ class CommandProcessor(wiring.Component):
 
             with m.State("START"):
                 m.d.comb += self.run.start.eq(1)
-                m.d.sync += run_cycles.eq(1)
-                m.next = "RUNNING"
-                # An engine may reject the descriptor at once.
+                # A new run drops the result of one that nobody waited for.
+                m.d.sync += [run_cycles.eq(1), finished.eq(0)]
                 with m.If(self.run.done):
-                    m.d.sync += status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))
-                    m.next = "ANSWER_RUN"
+                    # The engine rejected the descriptor at once: nothing runs.
+                    with m.If(header.opcode == Opcode.RUN):
+                        respond(Status.BAD_DESCRIPTOR, Const(1, 32))
+                    with m.Else():
+                        respond(Status.BAD_DESCRIPTOR)
+                    m.next = "SEND"
+                with m.Else():
+                    m.d.sync += running.eq(1)
+                    with m.If(header.opcode == Opcode.RUN):
+                        m.next = "WAIT_RUN"
+                    with m.Else():
+                        respond(Status.OK)
+                        m.next = "SEND"
 
-            with m.State("RUNNING"):
-                m.d.sync += run_cycles.eq(run_cycles + 1)
-                with m.If(self.run.done):
-                    m.d.sync += status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))
-                    m.next = "ANSWER_RUN"
-
-            with m.State("ANSWER_RUN"):
-                respond(status, run_cycles)
-                m.next = "SEND"
+            # RUN and WAIT: answer with the status and cycles of the run when it has ended.
+            with m.State("WAIT_RUN"):
+                with m.If(finished):
+                    m.d.sync += finished.eq(0)
+                    respond(run_status, run_cycles)
+                    m.next = "SEND"
+                with m.Elif(~running):
+                    respond(Status.IDLE)
+                    m.next = "SEND"
 
             with m.State("DISCARD"):
                 m.d.comb += self.i_host.ready.eq(1)
@@ -265,7 +319,8 @@ class CommandProcessor(wiring.Component):
 
             with m.State("ANSWER_STATUS"):
                 with m.If((header.opcode == Opcode.STATUS) & (status == Status.OK)):
-                    respond(status, cycles[:32], cycles[32:], Const(self._config_id, 32))
+                    state = Mux(running, RunState.RUNNING, Mux(finished, RunState.FINISHED, RunState.IDLE))
+                    respond(status, cycles[:32], cycles[32:], Const(self._config_id, 32), detail=state)
                 with m.Else():
                     respond(status)
                 m.next = "SEND"

@@ -11,7 +11,16 @@ opcode       words after the header                      response
 ``READ``     :class:`Address`                            ``Response``, then ``count`` data words (if OK)
 ``RUN``      ``count`` descriptor words                  ``Response``, then the run's cycle count
 ``STATUS``   none                                        ``Response``, cycle counter (lo, hi), config id
+``START``    ``count`` descriptor words                  ``Response`` at once (the run goes on)
+``WAIT``     none                                        ``Response`` when the run ends, then its cycles
 ===========  ==========================================  ============================================
+
+``RUN`` is ``START`` and ``WAIT`` in one command: it answers when the run ends. After ``START`` the processor
+keeps serving ``NOP``, ``STATUS``, ``WRITE`` and ``READ`` while the engine runs, which is what lets the host load
+the next tile and read the previous one meanwhile. While a run is in flight, ``START``/``RUN`` and any transfer
+that would touch a row the running engine reads or writes (or any ``WRITE`` into a memory engines write) are
+refused with ``BUSY`` and change nothing. ``WAIT`` with no run started since the last ``WAIT`` answers ``IDLE``
+at once. ``STATUS``'s Response carries the run state in ``detail`` (:class:`RunState`).
 
 A command the accelerator does not know, or one that is too short, too long, or out of range, is consumed up to
 its ``last`` word and answered with an error :class:`Status`; the accelerator never hangs on bad input.
@@ -24,7 +33,7 @@ import zlib
 
 from amaranth.lib import data, enum
 
-__all__ = ["Opcode", "Status", "MemoryId", "EngineId", "Header", "Address", "Response", "config_id", "MAX_COUNT"]
+__all__ = ["Opcode", "Status", "RunState", "MemoryId", "EngineId", "Header", "Address", "Response", "config_id", "MAX_COUNT"]
 
 MAX_COUNT = (1 << 24) - 1
 
@@ -35,6 +44,8 @@ class Opcode(enum.Enum, shape=8):
     READ = 0x02
     RUN = 0x03
     STATUS = 0x04
+    START = 0x05
+    WAIT = 0x06
 
 
 class Status(enum.Enum, shape=8):
@@ -44,6 +55,15 @@ class Status(enum.Enum, shape=8):
     BAD_ADDRESS = 0x03      # unknown memory, or a transfer past its end
     BAD_DESCRIPTOR = 0x04   # RUN with a descriptor an engine rejects
     ENGINE_ERROR = 0x05
+    BUSY = 0x06             # refused because a run is in flight and the command would disturb it
+    IDLE = 0x07             # WAIT with no run to wait for
+
+
+class RunState(enum.Enum, shape=2):
+    """``detail`` of a ``STATUS`` answer: is a run in flight, or finished with its result not yet collected."""
+    IDLE = 0
+    RUNNING = 1
+    FINISHED = 2
 
 
 class MemoryId(enum.Enum, shape=8):

@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 
 from cnnacc.host import protocol
 from cnnacc.hw.command_processor import WORD_LAYOUT, CommandProcessor
-from cnnacc.hw.commands import MemoryId, Opcode, Status
+from cnnacc.hw.commands import MemoryId, Opcode, RunState, Status
 from cnnacc.hw.memory_map import MemoryMap, MemorySpec
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 
@@ -23,13 +23,15 @@ CONFIG_ID = 0xC0FFEE42
 
 class Harness(wiring.Component):
     """Command processor + memory map + an engine that answers RUN after descriptor[1] cycles, and rejects a
-    descriptor whose word 0 is not 0x5EED (a test double for the real engines)."""
+    descriptor whose word 0 is not 0x5EED (a test double for the real engines). While it runs it owns words
+    ``[descriptor[2], descriptor[3])`` of ACT_A, and it is said to write WEIGHTS."""
     i_host: In(stream.Signature(WORD_LAYOUT))
     o_host: Out(stream.Signature(WORD_LAYOUT))
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4)
+        m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4,
+                                                engine_written=[MemoryId.WEIGHTS])
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
         m.submodules.memories = memories = MemoryMap(SPECS)
@@ -40,7 +42,9 @@ class Harness(wiring.Component):
             with m.If(cp.run.descriptor[0] != 0x5EED):
                 m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(1)]
             with m.Else():
-                m.d.sync += [busy.eq(1), countdown.eq(cp.run.descriptor[1])]
+                m.d.sync += [busy.eq(1), countdown.eq(cp.run.descriptor[1]),
+                             cp.run.lock[MemoryId.ACT_A.value].lo.eq(cp.run.descriptor[2]),
+                             cp.run.lock[MemoryId.ACT_A.value].hi.eq(cp.run.descriptor[3])]
         with m.If(busy):
             m.d.sync += countdown.eq(countdown - 1)
             with m.If(countdown == 0):
@@ -158,3 +162,57 @@ def test_int8_packing_round_trip():
     words = protocol.pack_int8(values)
     assert len(words) == 64 and words[0] == 0x83828180
     np.testing.assert_array_equal(protocol.unpack_int8(words, len(values)), values)
+
+
+def test_start_wait_and_busy_while_a_run_is_in_flight():
+    rng = np.random.default_rng(3)
+    data_a = rng.integers(0, 1 << 32, size=16).tolist()
+    answers = simulate([
+        protocol.encode_write(MemoryId.ACT_A, 0, data_a),
+        protocol.encode_start([0x5EED, 400, 4, 8]),              # owns ACT_A words 4..7 for ~400 cycles
+        protocol.encode_status(),
+        protocol.encode_write(MemoryId.ACT_A, 0, [1, 2, 3, 4]),  # words 0..3: beside the run, accepted
+        protocol.encode_write(MemoryId.ACT_A, 6, [7, 7, 7]),     # words 6..8: overlaps, refused
+        protocol.encode_read(MemoryId.ACT_A, 7, 1),              # inside: refused
+        protocol.encode_read(MemoryId.ACT_A, 8, 2),              # just past it: served
+        protocol.encode_write(MemoryId.WEIGHTS, 0, [5]),         # a memory engines write: refused
+        protocol.encode_start([0x5EED, 3, 0, 0]),                # a second run: refused
+        protocol.encode_run([0x5EED, 3, 0, 0]),
+        protocol.encode_wait(),                                  # the first run's end
+        protocol.encode_wait(),                                  # nothing left to wait for
+        protocol.encode_status(),
+        protocol.encode_read(MemoryId.ACT_A, 0, 16),
+        protocol.encode_write(MemoryId.WEIGHTS, 0, [5]),         # free again
+        protocol.encode_start([0xBAD, 3, 0, 0]),                 # rejected at once: nothing runs
+        protocol.encode_wait(),
+        protocol.encode_run([0x5EED, 20, 0, 16]),                # RUN = START + WAIT still
+        protocol.encode_read(MemoryId.ACT_A, 0, 1),
+    ], seed=3)
+    assert protocol.decode_response(answers[0], Opcode.WRITE) == []
+    assert protocol.decode_response(answers[1], Opcode.START) == []
+    status = protocol.decode_response(answers[2], Opcode.STATUS, 3)
+    assert protocol.run_state(answers[2]) is RunState.RUNNING and status[2] == CONFIG_ID
+    assert protocol.decode_response(answers[3], Opcode.WRITE) == []
+    for i in (4, 5, 7, 8, 9):
+        assert status_of(answers[i]) is Status.BUSY and len(answers[i]) == 1, (i, answers[i])
+    assert protocol.decode_response(answers[6], Opcode.READ, 2) == data_a[8:10]
+    cycles, = protocol.decode_response(answers[10], Opcode.WAIT, 1)
+    assert 400 <= cycles <= 403
+    assert status_of(answers[11]) is Status.IDLE and len(answers[11]) == 1
+    assert protocol.run_state(answers[12]) is RunState.IDLE
+    # The refused write changed nothing; the accepted one landed.
+    assert protocol.decode_response(answers[13], Opcode.READ, 16) == [1, 2, 3, 4] + data_a[4:]
+    assert protocol.decode_response(answers[14], Opcode.WRITE) == []
+    assert status_of(answers[15]) is Status.BAD_DESCRIPTOR and len(answers[15]) == 1
+    assert status_of(answers[16]) is Status.IDLE
+    assert 20 <= protocol.decode_response(answers[17], Opcode.RUN, 1)[0] <= 23
+    # A RUN's lock ends with it: the whole of ACT_A is readable again.
+    assert protocol.decode_response(answers[18], Opcode.READ, 1) == [1]
+
+
+def test_finished_run_waits_for_its_wait():
+    answers = simulate([protocol.encode_start([0x5EED, 10, 0, 0]), protocol.encode_nop(), protocol.encode_status(),
+                        protocol.encode_wait()], seed=5)
+    # Whatever the host's pace, the status says finished once the run has ended and WAIT still collects it.
+    assert protocol.run_state(answers[2]) in (RunState.RUNNING, RunState.FINISHED)
+    assert 10 <= protocol.decode_response(answers[3], Opcode.WAIT, 1)[0] <= 13
