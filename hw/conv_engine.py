@@ -20,13 +20,18 @@ this equals TFLite's ``sum(w * (x - zp_in)) + bias`` exactly, and keeps the PEs 
 Memories (filled through the ``*_write`` ports, see :func:`memory_images` for their layouts):
 
 ``act``
-    ``NB`` banks of ``act_depth`` bytes. Bank ``j``, word ``ci * act_channel_stride + f // NB`` holds channel
-    ``ci`` of flat input pixel ``f = iy * W + ix`` with ``f % NB == j``. One write fills one word of every bank.
+    ``NB`` banks of ``act_depth`` bytes. Bank ``j``, word ``act_base + ci * act_channel_stride + f // NB`` holds
+    channel ``ci`` of flat input pixel ``f = iy * W + ix`` with ``f % NB == j``. One write fills one word of
+    every bank.
 ``weights``
-    ``weight_depth`` words of ``rows`` int8: word ``t * KH*KW*Cin + k`` holds ``w[t * rows + r, k]`` in lane ``r``.
+    ``weight_depth`` words of ``rows`` int8: word ``weight_base + t * KH*KW*Cin + k`` holds ``w[t * rows + r, k]``
+    in lane ``r``.
 ``params``
     ``param_depth`` words of ``rows`` :func:`~.requantizer.lane_params_layout` (folded bias, multiplier, shift):
-    word ``t`` holds output channels ``t * rows ... t * rows + rows - 1``.
+    word ``param_base + t`` holds output channels ``t * rows ... t * rows + rows - 1``.
+
+The three bases let a host keep two layers (or two tiles) in each memory and load one while the engine runs the
+other; they only move the walkers' start addresses, so the schedule and the cycle count do not depend on them.
 
 Results leave on ``o_data``: one beat per valid output pixel and channel block, ``rows`` int8 lanes for channels
 ``channel ... channel + rows - 1`` of flat output pixel ``pixel`` (``oy * OW + ox``); lanes past Cout are
@@ -48,6 +53,7 @@ __all__ = ["ConvLayer", "ConvEngine", "act_banks", "output_layout", "conv_layer"
 DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
 PIXEL = 24        # bits of a flat pixel index
 FLAT = 26         # signed bits of a flat input pixel index, padding offsets included
+BASE = 20         # bits of a memory base address (depths go up to 2**20 words)
 
 
 class ConvLayer(data.Struct):
@@ -75,6 +81,9 @@ class ConvLayer(data.Struct):
     single_rounding: unsigned(1)
     act_channel_stride: unsigned(16)
     origin: signed(FLAT)
+    act_base: unsigned(BASE)        # first word of the input map in every bank
+    weight_base: unsigned(BASE)     # first weight word
+    param_base: unsigned(BASE)      # first parameter word
 
 
 def act_banks(config):
@@ -263,7 +272,7 @@ class ConvEngine(wiring.Component):
         # --- input side: one beat per cycle ------------------------------------------------------------------
         cursor = _TileCursor(m, layer, span, cols, "in")
         ci, kx, ky = Signal(DIM), Signal(4), Signal(4)
-        chan_offset = Signal(range(self.act_depth + (1 << 16)))     # ci * act_channel_stride
+        chan_offset = Signal(range(2 * self.act_depth + (1 << 16)))     # act_base + ci * act_channel_stride
         tap_offset, tap_row = Signal(signed(FLAT)), Signal(signed(FLAT))   # ky * W + kx, ky * W
         tile_base, row_base = Signal(signed(FLAT)), Signal(signed(FLAT))    # flat input index of column 0's
         w_addr, w_base = Signal(range(self.weight_depth)), Signal(range(self.weight_depth))   # top-left tap
@@ -281,17 +290,17 @@ class ConvEngine(wiring.Component):
         m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
 
         def restart_tile():
-            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(0), tap_offset.eq(0), tap_row.eq(0)]
+            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0)]
 
         with m.If(setup):
             m.d.sync += restart_tile() + cursor.reset() + [
-                tile_base.eq(layer.origin), row_base.eq(layer.origin), w_addr.eq(0), w_base.eq(0),
-                out_block.eq(0)]
+                tile_base.eq(layer.origin), row_base.eq(layer.origin), w_addr.eq(layer.weight_base),
+                w_base.eq(layer.weight_base), out_block.eq(0)]
         with m.Elif(in_run & adv):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
             with m.Else():
-                m.d.sync += [ci.eq(0), chan_offset.eq(0)]
+                m.d.sync += [ci.eq(0), chan_offset.eq(layer.act_base)]
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), tap_offset.eq(tap_offset + 1)]
                 with m.Else():
@@ -360,8 +369,9 @@ class ConvEngine(wiring.Component):
         p_tag = Signal(data.StructLayout({"pixel": PIXEL, "channel": DIM}))
         m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
         m.d.comb += array.o_columns.ready.eq(p_advance)
+        param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
         prp = params.read_port()
-        m.d.comb += [prp.addr.eq(out_block_o), prp.en.eq(p_advance)]
+        m.d.comb += [prp.addr.eq(param_addr), prp.en.eq(p_advance)]
         taken = array.o_columns.valid & p_advance
         with m.If(p_advance):
             m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
@@ -369,10 +379,10 @@ class ConvEngine(wiring.Component):
                          p_tag.channel.eq(out_block_o * rows)]
         out_block_last = (out_block_o + 1) * rows >= layer.out_c
         with m.If(setup):
-            m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
+            m.d.sync += out_cursor.reset() + [out_block_o.eq(0), param_addr.eq(layer.param_base)]
         with m.Elif(taken & (column.col == cols - 1)):
             with m.If(out_cursor.last_tile):
-                m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
+                m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1), param_addr.eq(param_addr + 1)]
                 with m.If(out_block_last):
                     m.d.sync += out_run.eq(0)
             with m.Else():
@@ -396,11 +406,12 @@ class ConvEngine(wiring.Component):
 # --- host side: descriptors and memory images -------------------------------------------------------------------
 
 def conv_layer(config, in_shape, weight_shape, *, stride=1, padding=(0, 0, 0, 0), in_zp=0, out_zp=0,
-               qmin=-128, qmax=127, rounding="double", name="layer"):
+               qmin=-128, qmax=127, rounding="double", act_base=0, weight_base=0, param_base=0, name="layer"):
     """Fields of a :class:`ConvLayer` (a dict for ``ConvLayer.const``) for one convolution.
 
     ``in_shape`` is ``(H, W, Cin)``, ``weight_shape`` ``(Cout, KH, KW, Cin)``, ``padding`` ``(top, bottom, left,
-    right)``. Raises ``ValueError`` naming ``name`` and the reason when the engine cannot run the layer.
+    right)``; the bases place the input map, weights and parameters in their memories (words). Raises
+    ``ValueError`` naming ``name`` and the reason when the engine cannot run the layer.
     """
     h, w, cin = (int(v) for v in in_shape)
     cout, kh, kw, wcin = (int(v) for v in weight_shape)
@@ -431,8 +442,11 @@ def conv_layer(config, in_shape, weight_shape, *, stride=1, padding=(0, 0, 0, 0)
     if not (-128 <= qmin <= qmax <= 127 and -128 <= in_zp <= 127 and -128 <= out_zp <= 127):
         fail(f"zero points and clamp bounds must be int8 with qmin <= qmax, not "
              f"in_zp={in_zp} out_zp={out_zp} qmin={qmin} qmax={qmax}")
+    if not all(0 <= int(v) < 1 << BASE for v in (act_base, weight_base, param_base)):
+        fail(f"memory bases {act_base}, {weight_base}, {param_base} must be below {1 << BASE}")
     banks = act_banks(config)
-    return dict(in_h=h, in_w=w, in_c=cin, out_h=out_h, out_w=out_w, out_c=cout, kernel_h=kh, kernel_w=kw,
+    return dict(act_base=int(act_base), weight_base=int(weight_base), param_base=int(param_base),
+                in_h=h, in_w=w, in_c=cin, out_h=out_h, out_w=out_w, out_c=cout, kernel_h=kh, kernel_w=kw,
                 stride2=int(stride == 2), pad_top=top, pad_left=left, in_zp=int(in_zp), out_zp=int(out_zp),
                 qmin=int(qmin), qmax=int(qmax), single_rounding=int(rounding == "single"),
                 act_channel_stride=-(-(h * w) // banks), origin=-(top * w + left))

@@ -45,8 +45,16 @@ def run_amaranth(config, fields, images, *, seed=0, bubble=0.0, stall=0.0, engin
 
     async def driver(ctx):
         nonlocal cycles
-        for port, words in ((dut.act_write, [w.tolist() for w in act]), (dut.weight_write, [w.tolist() for w in wgt]),
-                            (dut.param_write, _param_words(params))):
+        # Each image goes to its base (``*_base`` of the layer); the words below a base get garbage, so an engine
+        # that ignored the base would compute with it.
+        for port, words, base in ((dut.act_write, [w.tolist() for w in act], fields.get("act_base", 0)),
+                                  (dut.weight_write, [w.tolist() for w in wgt], fields.get("weight_base", 0)),
+                                  (dut.param_write, _param_words(params), fields.get("param_base", 0))):
+            words = words[:1] * base + words if base else words
+            if base:
+                garbage = [[(v + 1) % 100 if not isinstance(v, dict) else {**v, "bias": v["bias"] + 1}
+                            for v in words[0]]] * base
+                words = garbage + words[base:]
             for addr, word in enumerate(words):
                 while rng.random() < bubble:
                     ctx.set(port.valid, 0)
@@ -74,7 +82,8 @@ def run_amaranth(config, fields, images, *, seed=0, bubble=0.0, stall=0.0, engin
     sim.add_clock(1e-8)
     sim.add_testbench(driver)
     sim.add_testbench(consumer)
-    fill = len(act) + len(wgt) + len(params)
+    fill = len(act) + len(wgt) + len(params) + sum(fields.get(k, 0) for k in ("act_base", "weight_base",
+                                                                                  "param_base"))
     sim.run_until(1e-8 * (200 + fill * (1 + 10 * bubble) + 40 * (count + len(wgt) * 8) * (1 + 10 * stall)))
     if cycles is None or len(beats) != count:
         raise AssertionError(f"ConvEngine gave {len(beats)} of {count} output beats (seed {seed})")
@@ -141,9 +150,11 @@ async def conv_engine_layers(dut):
         params = args[f"params{job}"]
         param_words = [sum(int(params_layout.const({"bias": int(b), "multiplier": int(mu), "shift": int(s)}).as_bits())
                            << (70 * i) for i, (b, mu, s) in enumerate(block)) for block in params]
-        for port, words, width in (("act_write", [word(w, 8) for w in args[f"act{job}"]], 8 * len(args[f"act{job}"][0])),
-                                   ("weight_write", [word(w, 8) for w in args[f"wgt{job}"]], 8 * rows),
-                                   ("param_write", param_words, 70 * rows)):
+        for port, words, width, base in (
+                ("act_write", [word(w, 8) for w in args[f"act{job}"]], 8 * len(args[f"act{job}"][0]),
+                 fields.get("act_base", 0)),
+                ("weight_write", [word(w, 8) for w in args[f"wgt{job}"]], 8 * rows, fields.get("weight_base", 0)),
+                ("param_write", param_words, 70 * rows, fields.get("param_base", 0))):
             valid = getattr(dut, f"{port}__valid")
             payload = getattr(dut, f"{port}__payload")
             addr_bits = len(payload) - width
@@ -152,7 +163,7 @@ async def conv_engine_layers(dut):
                     valid.value = 0
                     await FallingEdge(dut.clk)
                 valid.value = 1
-                payload.value = addr | (value << addr_bits)
+                payload.value = (base + addr) | (value << addr_bits)
                 await FallingEdge(dut.clk)
             valid.value = 0
 

@@ -82,6 +82,18 @@ def test_amaranth_cycle_model_exact():
     assert cycles == conv_cycles(SMALL, fields)
 
 
+def test_amaranth_memory_bases_move_nothing_but_addresses():
+    # The same layer with its input map, weights and parameters placed past garbage: same output, same cycles.
+    node, x = conv_node(18, 4, 6, 3, 10, 3, 1, (1, 1, 1, 1))
+    fields, images = node_job(SMALL, node, x[0])
+    want, want_cycles = tb.run_amaranth(SMALL, fields, images)
+    moved = dict(fields, act_base=5, weight_base=7, param_base=1)
+    got, cycles = tb.run_amaranth(SMALL, moved, images)
+    np.testing.assert_array_equal(got, golden_out(node, x))
+    np.testing.assert_array_equal(want, got)
+    assert cycles == want_cycles == conv_cycles(SMALL, fields)
+
+
 def test_verilator_layers():
     """Many layers in one simulation: random shapes under back-pressure, then edge cases run without it, whose
     cycle counts must equal the model's."""
@@ -103,6 +115,9 @@ def test_verilator_layers():
         assert (out == -128).any() and (out == 127).any()
     cases += [(case, 0.0) for case in edge]
     jobs = [node_job(SMALL, node, x[0]) for (node, x), _ in cases]
+    # Two layers placed past the start of every memory (over the earlier layers' data).
+    for i in (3, 9):
+        jobs[i] = (dict(jobs[i][0], act_base=3 + i, weight_base=11, param_base=2), jobs[i][1])
     results = tb.run_rtl_layers(SMALL, jobs, seed=7, bubble=0.2, stall=[stall for _, stall in cases])
     for i, (((node, x), stall), (fields, _), (got, cycles)) in enumerate(zip(cases, jobs, results)):
         np.testing.assert_array_equal(got, golden_out(node, x).reshape(got.shape), err_msg=f"layer {i}")
