@@ -11,7 +11,9 @@ Four passes:
    words, ``conv_param_depth`` parameter words; the vector engines and the output buffer: ``vector_depth`` pixels
    of ``lanes`` channels). Row bands carry the kernel's halo (:func:`~cnnacc.host.program.tile_bands`), channel
    tiles are whole blocks of ``rows`` (conv) or ``lanes`` (vector engines). Among the tile sizes that fit, the
-   one that moves the fewest bytes wins.
+   one that moves the fewest bytes wins. A tile's input and output maps are fitted into *half* of their memories
+   when any tiling allows it, so that the driver can load the next tile into the other half while this one runs
+   (host/driver.py); weights may use the whole memory (a block's weights serve every image of a batch).
 3. **Loop order.** A convolution's row bands all need every input channel and its channel blocks all need the
    whole input: with several of each, either the input is read once per channel block (``channels_outer``) or
    the weights once per row band (``rows_outer``). The compiler counts both and keeps the cheaper; a single
@@ -48,6 +50,8 @@ PARAM_BYTES = 9
 _POOLS = ("max_pool2d", "avg_pool2d")
 _STEP_KIND = {"conv2d": "conv", "fully_connected": "conv", "depthwise_conv2d": "depthwise", "max_pool2d": "pool",
               "avg_pool2d": "pool", "add": "add"}
+_KIND_WORDS = {"conv2d": "convolution", "fully_connected": "fully connected", "depthwise_conv2d": "depthwise",
+               "max_pool2d": "max pooling", "avg_pool2d": "average pooling", "add": "add"}
 
 
 def _cdiv(a, b):
@@ -186,6 +190,16 @@ def tile_cycles(config, step, descriptors):
     return cycles + run_overhead(step.kind, first)
 
 
+def _check_engine(config, node):
+    """A layer whose engine this configuration was built without is refused (a fused pool needs the pool engine
+    too: it runs there). None is lowered onto another engine: an average pool as a convolution would round
+    differently from TFLite's pooling, and a depthwise layer as a dense one would need Cin times its weights."""
+    engine = _STEP_KIND[node.kind]
+    if engine not in config.engines:
+        _fail(node, f"{_KIND_WORDS[node.kind]} layers need the {engine!r} engine, which this configuration "
+                    f"(engines={','.join(config.engines)}) does not have")
+
+
 def _fuse(graph, config):
     """Node groups, one per step (see the module docstring)."""
     uses = {}
@@ -197,10 +211,12 @@ def _fuse(graph, config):
         node = nodes[i]
         if node.kind not in _STEP_KIND:
             _fail(node, f"no engine runs {node.kind!r} layers (supported: {', '.join(_STEP_KIND)})")
+        _check_engine(config, node)
         nxt = nodes[i + 1] if i + 1 < len(nodes) else None
         if (node.kind == "conv2d" and nxt is not None and nxt.kind in _POOLS and nxt.inputs[0] == node.output.name
                 and uses[node.output.name] == 1 and node.output.name != graph.output
                 and config.rows == config.lanes):
+            _check_engine(config, nxt)
             groups.append((node, nxt))
             i += 2
         else:
@@ -222,6 +238,8 @@ class _StepPlan:
 
     def __init__(self, config, graph, nodes):
         self.config, self.graph, self.nodes = config, graph, nodes
+        #: Activation maps must fit ``1 / share`` of their memories (2: double-buffered, see the module docstring).
+        self.share = 1
         self.first, self.last = nodes[0], nodes[-1]
         self.kind = _STEP_KIND[self.first.kind]
         self.in_shape = _shape3(graph.spec(self.first.inputs[0]).shape)
@@ -249,18 +267,20 @@ class _StepPlan:
         if self.kind == "conv":
             pixels = 1 if self.fc else (b - a) * w
             depth = self.first.weights.shape[1] if self.fc else cin
-            needs += [("conv_act_depth (input map)", depth * _cdiv(pixels, act_banks(cfg)), cfg.conv_act_depth),
+            needs += [("conv_act_depth (input map)", depth * _cdiv(pixels, act_banks(cfg)),
+                       cfg.conv_act_depth // self.share),
                       ("conv_weight_depth (weights)", _cdiv(channels, cfg.rows) * self.depth,
                        cfg.conv_weight_depth),
                       ("conv_param_depth (requantization parameters)", _cdiv(channels, cfg.rows),
                        cfg.conv_param_depth)]
         else:
-            needs.append(("vector_depth (input map)", (b - a) * w * _cdiv(channels, cfg.lanes), cfg.vector_depth))
+            needs.append(("vector_depth (input map)", (b - a) * w * _cdiv(channels, cfg.lanes),
+                          cfg.vector_depth // self.share))
             if self.kind == "depthwise":
                 needs.append(("the depthwise weight memory (channel groups)", _cdiv(channels, cfg.lanes),
                               DW_GROUPS))
         needs.append(("vector_depth (output map)", (tile.y1 - tile.y0) * self.out_w * _cdiv(channels, cfg.lanes),
-                      cfg.vector_depth))
+                      cfg.vector_depth // self.share))
         for what, need, have in needs:
             if need > have:
                 return what, need, have
@@ -321,18 +341,23 @@ def _plan_step(config, graph, nodes):
     units = _cdiv(plan.channels, unit)
     candidates = sorted({min(plan.channels, unit * _cdiv(units, k)) for k in range(1, units + 1)}, reverse=True)
     best = None
-    for channel_tile in candidates:
-        if channel_tile > cmax:
-            continue
-        rows = plan.rows_that_fit(channel_tile)
-        if not rows:
-            continue
-        for order in ("channels_outer", "rows_outer"):
-            tiles = _tiles(plan.out_h, plan.channels, rows, channel_tile, order)
-            traffic = plan.traffic(tiles, order)
-            key = (traffic["bytes_in"], len(tiles))
-            if best is None or key < best[0]:
-                best = (key, tiles, order, traffic)
+    # Maps in half their memories if any tiling allows it, else in the whole (then tiles cannot overlap).
+    for share in (2, 1):
+        plan.share = share
+        for channel_tile in candidates:
+            if channel_tile > cmax:
+                continue
+            rows = plan.rows_that_fit(channel_tile)
+            if not rows:
+                continue
+            for order in ("channels_outer", "rows_outer"):
+                tiles = _tiles(plan.out_h, plan.channels, rows, channel_tile, order)
+                traffic = plan.traffic(tiles, order)
+                key = (traffic["bytes_in"], len(tiles))
+                if best is None or key < best[0]:
+                    best = (key, tiles, order, traffic)
+        if best is not None:
+            break
     if best is None:
         smallest = Tile(0, 1, 0, min(unit, plan.channels))
         what, need, have = plan.overflow(smallest)

@@ -215,3 +215,47 @@ def test_error_float_rounding_is_not_hardware():
 
 def test_tile_type_is_plain():
     assert Tile(0, 1, 0, 8) == Tile(0, 1, 0, 8, 0)
+
+
+def test_maps_fit_half_their_memories_when_they_can(graphs):
+    # Double buffering: every tile's input and output map fits half of its memory (so the driver can load the
+    # next tile into the other half), on the standard configuration.
+    from cnnacc.host.compiler import _StepPlan
+    for graph in graphs.values():
+        program = compile_graph(graph, DEFAULT_CONFIG)
+        for step in program.steps:
+            plan = _StepPlan(DEFAULT_CONFIG, program.graph, step.nodes)
+            plan.share = 2
+            assert all(plan.overflow(t) is None for t in step.tiles), step.name
+
+
+def test_half_memories_fall_back_to_whole_ones(graphs):
+    # One output row of c1+s2 (a 14-pixel pooled row from 32x32 input rows) needs more than half of a 16-row
+    # output map but fits the whole: the compiler takes the whole memory rather than refusing.
+    config = replace(DEFAULT_CONFIG, vector_depth=16)
+    program = compile_graph(graphs["lenet5"], config)
+    _check_cover(program)
+    assert all(t.y1 - t.y0 == 1 for t in program.steps[0].tiles)
+
+
+@pytest.mark.parametrize("engines, node, engine", [
+    (("conv", "pool"), "dw1", "depthwise"),
+    (("conv",), "s2", "pool"),
+])
+def test_error_missing_engine(graphs, engines, node, engine):
+    config = replace(DEFAULT_CONFIG, engines=engines)
+    name = "mobilenet_v1_digits" if engine == "depthwise" else "lenet5"
+    graph = graphs[name]
+    kinds = {"depthwise": "depthwise", "pool": "(max|average) pooling"}[engine]
+    with pytest.raises(ProgramError, match=rf"^node '{node}': {kinds} layers need the '{engine}' engine, which this "
+                                           rf"configuration \(engines={','.join(engines)}\) does not have$"):
+        compile_graph(graph, config)
+
+
+def test_standalone_pool_refused_without_the_pool_engine(graphs):
+    # The digits MobileNet ends with a global average pool that no conv feeds alone: a pool step of its own.
+    config = replace(DEFAULT_CONFIG, engines=("conv", "depthwise"))
+    graph = graphs["mobilenet_v1_digits"]
+    pool = next(n for n in graph.nodes if n.kind == "avg_pool2d")
+    with pytest.raises(ProgramError, match=rf"^node '{pool.name}': average pooling layers need the 'pool' engine"):
+        compile_graph(graph, config)
