@@ -1,35 +1,40 @@
 """The accelerator's host driver: runs program steps tile by tile over the host bus (hw/commands.py).
 
 One driver serves every transport (the cocotb one in RTL simulation, the serial link on the board): it only
-calls ``transport.transact(words) -> answer words`` (host/protocol.py). For each tile it writes the tile's input
-map and the layer's weights, RUNs one engine, and reads the tile's output back; what lives in which memory is
-described in hw/accelerator.py. Layout conversions (NHWC <-> channel-group planes, the conv engine's banks) are
-done here in NumPy.
+calls ``transport.transact(words) -> answer words`` (host/protocol.py). What lives in which memory is described
+in hw/accelerator.py; layout conversions (NHWC <-> channel-group planes, the conv engine's banks) are done here
+in NumPy. Every tile runs with the engine descriptors the compiler made for it
+(:func:`cnnacc.host.compiler.tile_descriptors`), so the program's cycle model and the hardware see the same
+layers.
+
+Pipelining
+----------
+A step runs as a list of *jobs*, one per tile and image (tiles outer, images inner, so a channel block's weights
+are loaded once for the whole batch). Job ``j`` puts its input map in half ``j % 2`` of each activation memory
+and its result in half ``j % 2`` of ``OUTPUT``; weights alternate halves whenever the weights change. The driver
+then loads job ``j + 1`` while job ``j`` runs (``START``), waits for ``j`` (``WAIT``), starts ``j + 1`` and reads
+``j``'s output while ``j + 1`` runs. A tile too large for half a memory goes to its start; the driver keeps
+track of the rows the run in flight owns (as the accelerator does, hw/command_processor.py) and waits for the
+run before touching them, so the order of operations never depends on the sizes. ``overlap=False`` runs each
+job with a blocking ``RUN`` instead (write, run, read), the driver's behaviour before double buffering.
 """
+
+from dataclasses import dataclass, field
 
 import numpy as np
 from amaranth.lib import data
 
 from ..hw import accelerator as acc
 from ..hw.commands import EngineId, MemoryId, Opcode, config_id
-from ..hw.conv_engine import conv_layer, memory_images
-from ..hw.depthwise import depthwise_layer, depthwise_weight_beats, depthwise_weights_layout
-from ..hw.add_engine import add_layer
-from ..hw.pool_engine import PoolMode, pool_layer
+from ..hw.conv_engine import memory_images
+from ..hw.depthwise import depthwise_weight_beats, depthwise_weights_layout
+from ..hw.pool_engine import PoolMode
 from ..hw.requantizer import lane_params_layout
-from . import graph as g
 from . import protocol
-from .program import ProgramError
+from .compiler import tile_descriptors
+from .program import ProgramError, tile_bands
 
-__all__ = ["AcceleratorDriver", "run_program", "sub_padding", "to_planes", "from_planes"]
-
-
-def sub_padding(y0, y1, kernel, stride, top, in_h):
-    """Input rows ``[a, b)`` and the ``(top, bottom)`` padding of the sub-layer computing output rows
-    ``[y0, y1)`` of a windowed layer (kernel side, stride, top padding) over ``in_h`` input rows."""
-    start = y0 * stride - top
-    end = (y1 - 1) * stride - top + kernel
-    return max(start, 0), min(end, in_h), max(-start, 0), max(end - in_h, 0)
+__all__ = ["AcceleratorDriver", "run_program", "to_planes", "from_planes"]
 
 
 def _rows_to_words(rows_u8, words_per_row):
@@ -68,6 +73,33 @@ def _channels(value, n):
     return np.broadcast_to(np.asarray(value, np.int64), (n,))
 
 
+def _overlap(a, b):
+    return a[0] < b[1] and b[0] < a[1]
+
+
+@dataclass
+class _Write:
+    memory: MemoryId
+    base: int              # host word
+    words: object          # np.uint32 array, or a callable making it (weights: only built when not resident)
+    size: int              # words
+    key: object = None     # names constant contents (weights), None for an input map
+
+
+@dataclass
+class _Job:
+    """One tile of one step on one image: what to write, the run, and where its result lands."""
+    image: int
+    tile: object
+    engine: EngineId
+    run: dict
+    writes: list
+    out_base: int          # OUTPUT rows
+    out_count: int
+    out_shape: tuple       # (h, w, c) of the tile's output
+    owns: dict = field(default_factory=dict)     # memory -> (lo, hi) host words the run owns
+
+
 class AcceleratorDriver:
     """Runs :class:`~cnnacc.host.program.Step` s on an accelerator through ``transport``.
 
@@ -77,52 +109,62 @@ class AcceleratorDriver:
         Has ``transact(words) -> answer words``; ``max_words`` (optional) caps one command's length.
     config : AcceleratorConfig
         The configuration the program was built for.
+    overlap : bool, optional
+        Load the next tile and read the previous one while a tile runs (``START``/``WAIT``, the default), or run
+        every tile with a blocking ``RUN``.
     """
 
-    def __init__(self, transport, config):
+    def __init__(self, transport, config, overlap=True):
         self.transport = transport
         self.config = config
+        self.overlap = bool(overlap)
         self.specs = acc.memory_specs(config)
         self.row_words = acc.conv_row_words(config)
         self.max_words = getattr(transport, "max_words", None)
+        #: Bus-inclusive cycles of each step over its whole batch (from STATUS's cycle counter), by step name.
+        self.bus_cycles = {}
         self._stats = None
-        # What the write-only weight memories hold (the engines never change them), so that a step run on many
-        # images in a row loads its weights once.
-        self._resident = {}
+        self._image = 0
+        # What the write-only memories hold: memory -> list of (lo, hi, key) regions of constant contents
+        # (weights), so that a step run on many images loads its weights once.
+        self._contents = {}
 
     # --- bus ---------------------------------------------------------------------------------------------------
     def _transact(self, words, opcode, expected=0):
         answer = self.transport.transact(list(words))
         if self._stats is not None:
-            self._stats["words_in"] += len(words)
-            self._stats["words_out"] += len(answer)
+            stats = self._stats[self._image]
+            stats["words_in"] += len(words)
+            stats["words_out"] += len(answer)
         return protocol.decode_response(answer, opcode, expected)
+
+    def status(self):
+        """STATUS: ``(cycle counter, config id)``."""
+        words = self._transact(protocol.encode_status(), Opcode.STATUS, 3)
+        return words[0] | (words[1] << 32), words[2]
 
     def check(self):
         """STATUS: the accelerator must be built for this configuration."""
-        words = self._transact(protocol.encode_status(), Opcode.STATUS, 3)
+        cycles, got = self.status()
         want = config_id(self.config)
-        if words[2] != want:
+        if got != want:
             raise ProgramError(f"program built for a different configuration: the accelerator reports config id "
-                               f"{words[2]:#010x}, the program needs {want:#010x}")
-        return words
-
-    def write_resident(self, memory, key, make_words):
-        """Write ``make_words()`` into ``memory`` unless it already holds what ``key`` names."""
-        if self._resident.get(MemoryId(memory)) != key:
-            self._resident.pop(MemoryId(memory), None)
-            self.write(memory, make_words())
-            self._resident[MemoryId(memory)] = key
+                               f"{got:#010x}, the program needs {want:#010x}")
+        return cycles
 
     def write(self, memory, words, base=0):
         words = np.asarray(words, np.uint32).reshape(-1)
-        if base + len(words) > self.specs[MemoryId(memory)].words:
-            raise ProgramError(f"{MemoryId(memory).name}: {base + len(words)} words do not fit its "
-                               f"{self.specs[MemoryId(memory)].words}")
+        memory = MemoryId(memory)
+        if memory not in self.specs:
+            raise ProgramError(f"{memory.name}: this accelerator (engines={','.join(self.config.engines)}) has no "
+                               f"such memory")
+        if base + len(words) > self.specs[memory].words:
+            raise ProgramError(f"{memory.name}: {base + len(words)} words do not fit its {self.specs[memory].words}")
         chunk = len(words) if not self.max_words else max(1, self.max_words - 2)
         for start in range(0, len(words), max(chunk, 1)):
             part = words[start:start + chunk].tolist()
             self._transact(protocol.encode_write(memory, base + start, part), Opcode.WRITE)
+        self._forget(memory, (base, base + len(words)))
 
     def read(self, memory, count, base=0):
         chunk = count if not self.max_words else max(1, self.max_words - 1)
@@ -133,185 +175,285 @@ class AcceleratorDriver:
         return np.asarray(out, np.uint32)
 
     def run(self, engine, fields):
-        """RUN one engine; returns its cycle count."""
+        """RUN one engine (blocking); returns its cycle count."""
         words = acc.descriptor_words(self.config, engine, fields)
-        answer = self._transact(protocol.encode_run(words), Opcode.RUN, 1)
-        self._stats["cycles"] += answer[0]
-        return answer[0]
+        cycles, = self._transact(protocol.encode_run(words), Opcode.RUN, 1)
+        return cycles
 
-    def _write_planes(self, memory, x):
-        rows = to_planes(x, self.config.lanes)
-        if rows.shape[0] > self.config.vector_depth:
-            raise ProgramError(f"a {x.shape} map needs {rows.shape[0]} rows of {MemoryId(memory).name}, which has "
-                               f"{self.config.vector_depth}")
-        self.write(memory, rows.view(np.uint8).reshape(-1).view("<u4"))
-        return rows.shape[0]
+    def start(self, engine, fields):
+        """START one engine; returns at once."""
+        self._transact(protocol.encode_start(acc.descriptor_words(self.config, engine, fields)), Opcode.START)
 
-    def _read_planes(self, count, h, w, c):
-        words = self.read(MemoryId.OUTPUT, count * self.config.lanes // 4)
-        rows = words.astype("<u4").view(np.int8).reshape(count, self.config.lanes)
-        return from_planes(rows, h, w, c, self.config.lanes)
+    def wait(self):
+        """WAIT for the run in flight; returns its cycle count."""
+        cycles, = self._transact(protocol.encode_wait(), Opcode.WAIT, 1)
+        return cycles
+
+    def _forget(self, memory, span):
+        self._contents[memory] = [r for r in self._contents.get(memory, []) if not _overlap(r, span)]
+
+    def _resident_base(self, memory, key, size):
+        for lo, hi, k in self._contents.get(memory, []):
+            if k == key and hi - lo == size:
+                return lo
+        return None
+
+    # --- placement ---------------------------------------------------------------------------------------------
+    def _half_base(self, memory, rows, slot):
+        """First row of half ``slot`` of ``memory`` for ``rows`` rows, or 0 when they do not fit half of it."""
+        depth = self.specs[memory].depth
+        return slot * (depth // 2) if rows <= depth // 2 else 0
+
+    def _words_per_row(self, memory):
+        return self.specs[memory].width // 32
+
+    def _owned(self, engine, run):
+        """The host words the accelerator locks for this run (hw/accelerator.py), per memory."""
+        def span(memory, base, count):
+            w = self._words_per_row(memory)
+            return memory, (base * w, (base + count) * w)
+        layer = run["layer"]
+        if engine == EngineId.CONV:
+            spans = [span(MemoryId.CONV_ACT, layer["act_base"], run["act_count"]),
+                     span(MemoryId.WEIGHTS, layer["weight_base"], run["weight_count"]),
+                     span(MemoryId.PARAMS, layer["param_base"], run["param_count"])]
+        else:
+            spans = [span(MemoryId.ACT_A, run["in_base"], run["in_count"])]
+            if engine == EngineId.DEPTHWISE:
+                spans.append(span(MemoryId.DW_WEIGHTS, run["w_base"], run["w_count"]))
+            if engine == EngineId.ADD:
+                spans.append(span(MemoryId.ACT_B, run["in_base"], run["in_count"]))
+        spans.append(span(MemoryId.OUTPUT, run["out_base"], run["out_count"]))
+        return dict(spans)
 
     # --- steps -------------------------------------------------------------------------------------------------
     def run_step(self, step, tensors, graph):
-        """Run every tile of ``step`` on the tensors (a dict name -> ``[H, W, C]`` or ``[C]`` int8 array, one
-        image); returns ``(output, stats)`` with stats ``{"cycles", "words_in", "words_out"}``."""
-        self._stats = {"cycles": 0, "words_in": 0, "words_out": 0}
+        """Run every tile of ``step`` on one image's tensors (a dict name -> ``[H, W, C]`` or ``[C]`` int8 array);
+        returns ``(output, stats)`` with stats ``{"cycles", "words_in", "words_out"}``."""
+        outputs, stats = self.run_step_batch(step, [tensors], graph)
+        return outputs[0], stats[0]
+
+    def run_step_batch(self, step, batch, graph):
+        """Run every tile of ``step`` on every image of ``batch`` (a list of tensor dicts), pipelined; returns
+        ``(outputs, stats)``, one of each per image. The step's bus-inclusive cycles over the whole batch go to
+        :attr:`bus_cycles`."""
         last = step.nodes[-1]
         shape = last.output.shape
-        out = np.zeros(shape if len(shape) == 3 else (1, 1, shape[0]), np.int8)
-        runner = {"conv": self._conv_tile, "depthwise": self._depthwise_tile, "pool": self._pool_tile,
-                  "add": self._add_tile}[step.kind]
+        outs = [np.zeros(shape if len(shape) == 3 else (1, 1, shape[0]), np.int8) for _ in batch]
+        self._stats = [{"cycles": 0, "words_in": 0, "words_out": 0} for _ in batch]
+        try:
+            self._image = 0
+            began, _ = self.status()
+            jobs = self._jobs(step, batch, graph)
+            self._execute(jobs, outs)
+            self._image = len(batch) - 1
+            ended, _ = self.status()
+            self.bus_cycles[step.name] = ended - began
+            stats = self._stats
+        finally:
+            self._stats = None
+        return [out.reshape(shape) for out in outs], stats
+
+    def _jobs(self, step, batch, graph):
+        """The step's jobs, tiles outer and images inner, lazily (a job's data is made just before it loads)."""
+        builder = {"conv": self._conv_job, "depthwise": self._depthwise_job, "pool": self._pool_job,
+                   "add": self._add_job}[step.kind]
+        slot, wslot, wkey = 0, 1, None
         for tile in step.tiles:
             try:
-                out[tile.y0:tile.y1, :, tile.c0:tile.c1] = runner(step, tile, tensors, graph)
+                descriptors = tile_descriptors(self.config, graph, step, tile)
             except ValueError as exc:
-                if isinstance(exc, ProgramError):
-                    raise
-                raise ProgramError(f"step {step.name!r}, tile {tile}: {exc}") from None
-        stats, self._stats = self._stats, None
-        return out.reshape(shape), stats
+                raise ProgramError(f"step {step.name!r}, tile {tile}: {str(exc).splitlines()[0]}") from None
+            bands = tile_bands(step, tile, graph)
+            key = (step.name, id(step.nodes[0]), tile.c0, tile.c1)
+            if key != wkey:
+                wkey, wslot = key, 1 - wslot
+            for image, tensors in enumerate(batch):
+                yield builder(step, tile, descriptors, bands, tensors, image, slot, wslot, key)
+                slot = 1 - slot
 
-    def _input(self, tensors, name):
+    def _execute(self, jobs, outs):
+        if not self.overlap:
+            for job in jobs:
+                self._image = job.image
+                self._load(job, None)
+                self._stats[job.image]["cycles"] += self.run(job.engine, job.run)
+                self._collect(job, outs)
+            return
+        done = None         # the job started before this one: in flight until waited for, then to be read
+        running = False
+        for job in jobs:
+            self._image = job.image
+            running = self._load(job, done if running else None) and running
+            if running:
+                self._finish(done)
+                running = False
+            if done is not None and _overlap(done.owns[MemoryId.OUTPUT], job.owns[MemoryId.OUTPUT]):
+                self._collect(done, outs)       # its result would be overwritten by this run
+                done = None
+            self._image = job.image
+            self.start(job.engine, job.run)
+            if done is not None:
+                self._image = done.image
+                self._collect(done, outs)
+            done, running = job, True
+        if done is not None:
+            self._image = done.image
+            if running:
+                self._finish(done)
+            self._collect(done, outs)
+
+    def _finish(self, job):
+        self._image = job.image
+        self._stats[job.image]["cycles"] += self.wait()
+
+    def _load(self, job, inflight):
+        """Write ``job``'s data; waits first for ``inflight`` (the run in flight) when a write would touch what it
+        owns. Returns False if it had to wait (nothing is in flight any more)."""
+        for w in job.writes:
+            if w.key is not None and self._resident_base(w.memory, w.key, w.size) == w.base:
+                continue
+            span = (w.base, w.base + w.size)
+            if inflight is not None and w.memory in inflight.owns and _overlap(inflight.owns[w.memory], span):
+                self._finish(inflight)
+                inflight = None
+                self._image = job.image
+            self.write(w.memory, w.words() if callable(w.words) else w.words, w.base)
+            if w.key is not None:
+                self._contents.setdefault(w.memory, []).append((w.base, w.base + w.size, w.key))
+        return inflight is not None
+
+    def _collect(self, job, outs):
+        """READ ``job``'s output and put it into its image's output."""
+        lanes = self.config.lanes
+        words = self.read(MemoryId.OUTPUT, job.out_count * lanes // 4, job.out_base * lanes // 4)
+        rows = words.astype("<u4").view(np.int8).reshape(job.out_count, lanes)
+        h, w, c = job.out_shape
+        t = job.tile
+        outs[job.image][t.y0:t.y1, :, t.c0:t.c1] = from_planes(rows, h, w, c, lanes)
+
+    def _job(self, image, tile, engine, run, writes, out_shape, out_count):
+        if out_count > self.config.vector_depth:
+            raise ProgramError(f"tile {tile}: its output needs {out_count} rows, OUTPUT has "
+                               f"{self.config.vector_depth}")
+        job = _Job(image, tile, engine, run, writes, run["out_base"], out_count, out_shape)
+        job.owns = self._owned(engine, run)
+        return job
+
+    def _plane_write(self, memory, x, slot, name):
+        rows = to_planes(x, self.config.lanes)
+        if rows.shape[0] > self.config.vector_depth:
+            raise ProgramError(f"node {name!r}: a {x.shape} map needs {rows.shape[0]} rows of {memory.name}, which "
+                               f"has {self.config.vector_depth}")
+        base = self._half_base(memory, rows.shape[0], slot)
+        words = rows.view(np.uint8).reshape(-1).view("<u4")
+        per_row = self._words_per_row(memory)
+        return _Write(memory, base * per_row, words, len(words)), base, rows.shape[0]
+
+    def _weights_write(self, memory, rows, make_words, slot, key):
+        """Constant contents (weights): where they already are, else in half ``slot`` (if they fit half)."""
+        per_row = self._words_per_row(memory)
+        size = rows * per_row
+        at = self._resident_base(memory, key, size)
+        base = at // per_row if at is not None else self._half_base(memory, rows, slot)
+        return _Write(memory, base * per_row, make_words, size, key), base
+
+    @staticmethod
+    def _input(tensors, name):
         x = np.asarray(tensors[name])
         return x.reshape(1, 1, -1) if x.ndim == 1 else x
 
-    def _pool_fields(self, node, y0, y1, in_h, in_w, groups):
-        kh, kw = node.kernel
-        if kh != kw or node.stride[0] != node.stride[1]:
-            raise ProgramError(f"node {node.name!r}: only square pooling windows and strides run on the engine")
-        top, _, left, right = node.padding
-        a, b, pt, pb = sub_padding(y0, y1, kh, node.stride[0], top, in_h)
-        qmin, qmax = g.activation_range(node.activation, node.output.scale, node.output.zero_point)
-        mode = PoolMode.MAX if node.kind == "max_pool2d" else PoolMode.AVG
-        # A whole-map average runs in the engine's global mode (any size), as the compiler plans it.
-        if mode == PoolMode.AVG and (kh, kw) == (in_h, in_w) and not any(node.padding):
-            fields = pool_layer(self.config, PoolMode.GLOBAL_AVG, height=b - a, width=in_w, groups=groups,
-                                qmin=qmin, qmax=qmax, name=node.name)
-        else:
-            fields = pool_layer(self.config, mode, height=b - a, width=in_w, groups=groups, kernel=kh,
-                                stride=node.stride[0], padding=(pt, pb, left, right), qmin=qmin, qmax=qmax,
-                                name=node.name)
-        return a, b, fields
-
-    def _conv_tile(self, step, tile, tensors, graph):
+    def _conv_job(self, step, tile, descriptors, bands, tensors, image, slot, wslot, key):
         cfg = self.config
         node = step.nodes[0]
-        pool = step.nodes[1] if len(step.nodes) > 1 else None
+        layer = descriptors[0]
         x = self._input(tensors, node.inputs[0])
-        c0, c1 = tile.c0, tile.c1
-        cout = c1 - c0
+        weights = node.weights
         if node.kind == "fully_connected":
             x = x.reshape(1, 1, -1)
-            weights = node.weights.reshape(node.weights.shape[0], 1, 1, -1)
-            stride, padding = 1, (0, 0, 0, 0)
+            weights = weights.reshape(weights.shape[0], 1, 1, -1)
         else:
-            weights = node.weights
-            stride, padding = node.stride[0], node.padding
-        conv_h = node.output.shape[0] if len(node.output.shape) == 3 else 1
-        # Conv output rows this tile needs (all of the pool's input rows when fused).
-        if pool is not None:
-            pa, pb_, _, _ = sub_padding(tile.y0, tile.y1, pool.kernel[0], pool.stride[0], pool.padding[0], conv_h)
-        else:
-            pa, pb_ = tile.y0, tile.y1
-        kh = weights.shape[1]
-        a, b, pt, pbot = sub_padding(pa, pb_, kh, stride, padding[0], x.shape[0])
+            x = x[bands[0][0]:bands[0][1]]
+        c0, c1 = tile.c0, tile.c1
         rq = node.requant
-        fields = conv_layer(cfg, (b - a,) + x.shape[1:], (cout,) + weights.shape[1:], stride=stride,
-                            padding=(pt, pbot, padding[2], padding[3]), in_zp=node.input_spec.zero_point,
-                            out_zp=rq.zero_point, qmin=rq.qmin, qmax=rq.qmax, rounding=rq.mode, name=node.name)
-        assert fields["out_h"] == pb_ - pa, (fields["out_h"], pa, pb_)
-        act, wgt, params = memory_images(cfg, fields, x[a:b], weights[c0:c1], np.asarray(node.bias)[c0:c1],
-                                         _channels(rq.multiplier, weights.shape[0])[c0:c1],
-                                         _channels(rq.shift, weights.shape[0])[c0:c1],
+        cout = weights.shape[0]
+        act, wgt, params = memory_images(cfg, layer, x, weights[c0:c1], np.asarray(node.bias)[c0:c1],
+                                         _channels(rq.multiplier, cout)[c0:c1], _channels(rq.shift, cout)[c0:c1],
                                          act_depth=cfg.conv_act_depth, weight_depth=cfg.conv_weight_depth,
                                          param_depth=cfg.conv_param_depth, name=node.name)
-        self.write(MemoryId.CONV_ACT, _rows_to_words(act, self.row_words[MemoryId.CONV_ACT]))
-        key = (id(node), node.name, c0, c1)
-        self.write_resident(MemoryId.WEIGHTS, key,
-                            lambda: _rows_to_words(wgt.view(np.uint8), self.row_words[MemoryId.WEIGHTS]))
-        self.write_resident(MemoryId.PARAMS, key, lambda: _ints_to_words(_param_rows(params),
-                                                                          self.row_words[MemoryId.PARAMS]))
-        groups = -(-cout // cfg.lanes)
-        oh, ow = fields["out_h"], fields["out_w"]
-        if pool is None:
-            count = groups * oh * ow
-            run = {"layer": fields, "pool": _zero_pool(cfg), "fuse": 0, "out_base": 0, "out_count": count}
-            self._check_rows(node, count)
-            self.run(EngineId.CONV, run)
-            return self._read_planes(count, oh, ow, cout)
-        # Fused: the pool sees exactly this conv sub-map (rows pa..pb_ of the conv output).
-        _, _, pfields = self._pool_fields(pool, tile.y0, tile.y1, conv_h, ow, groups)
-        ph, pw = tile.y1 - tile.y0, pool.output.shape[1]
-        count = groups * (1 if pfields["mode"] == PoolMode.GLOBAL_AVG else ph * pw)
-        self._check_rows(pool, count)
-        self.run(EngineId.CONV, {"layer": fields, "pool": _pool_desc(pfields), "fuse": 1, "out_base": 0,
-                                 "out_count": count})
-        return self._read_planes(count, ph, pw, cout)
+        act_rw = self.row_words[MemoryId.CONV_ACT]
+        act_base = self._half_base(MemoryId.CONV_ACT, act.shape[0], slot)
+        writes = [_Write(MemoryId.CONV_ACT, act_base * act_rw, _rows_to_words(act, act_rw), act.shape[0] * act_rw)]
+        w_write, weight_base = self._weights_write(
+            MemoryId.WEIGHTS, wgt.shape[0],
+            lambda: _rows_to_words(wgt.view(np.uint8), self.row_words[MemoryId.WEIGHTS]), wslot, key)
+        p_write, param_base = self._weights_write(
+            MemoryId.PARAMS, params.shape[0],
+            lambda: _ints_to_words(_param_rows(params), self.row_words[MemoryId.PARAMS]), wslot, key)
+        writes += [w_write, p_write]
+        layer = dict(layer, act_base=act_base, weight_base=weight_base, param_base=param_base)
+        groups = -(-(c1 - c0) // cfg.lanes)
+        if len(step.nodes) == 1:
+            out_shape = (layer["out_h"], layer["out_w"], c1 - c0)
+            pool, fuse = _zero_pool(), 0
+        else:
+            pool, fuse = _pool_desc(descriptors[1]), 1
+            out_shape = (tile.y1 - tile.y0, step.nodes[1].output.shape[1], c1 - c0)
+        count = groups * out_shape[0] * out_shape[1]
+        if fuse and pool["mode"] == PoolMode.GLOBAL_AVG:
+            count = groups
+        run = {"layer": layer, "pool": pool, "fuse": fuse, "out_base": self._half_base(MemoryId.OUTPUT, count, slot),
+               "out_count": count, "act_count": act.shape[0], "weight_count": wgt.shape[0],
+               "param_count": params.shape[0]}
+        return self._job(image, tile, EngineId.CONV, run, writes, out_shape, count)
 
-    def _check_rows(self, node, count):
-        if count > self.config.vector_depth:
-            raise ProgramError(f"node {node.name!r}: a tile's output needs {count} rows, OUTPUT has "
-                               f"{self.config.vector_depth}")
-
-    def _depthwise_tile(self, step, tile, tensors, graph):
+    def _depthwise_job(self, step, tile, descriptors, bands, tensors, image, slot, wslot, key):
         cfg = self.config
         node = step.nodes[0]
         x = self._input(tensors, node.inputs[0])
+        a, b = bands[0][:2]
         c0, c1 = tile.c0, tile.c1
-        k = node.weights.shape[1]
-        if node.stride[0] != node.stride[1]:
-            raise ProgramError(f"node {node.name!r}: stride {node.stride} must be equal in both axes")
-        a, b, pt, pb = sub_padding(tile.y0, tile.y1, k, node.stride[0], node.padding[0], x.shape[0])
         rq = node.requant
         cout = node.weights.shape[3]
-        fields = depthwise_layer(cfg, height=b - a, width=x.shape[1], channels=c1 - c0, kernel=k,
-                                 stride=node.stride[0], padding=(pt, pb, node.padding[2], node.padding[3]),
-                                 zero_point_in=node.input_spec.zero_point, zero_point_out=rq.zero_point,
-                                 qmin=rq.qmin, qmax=rq.qmax, mode=rq.mode, max_kernel=acc.DW_KERNEL, name=node.name)
         beats = depthwise_weight_beats(cfg, node.weights[..., c0:c1], np.asarray(node.bias)[c0:c1],
                                        _channels(rq.multiplier, cout)[c0:c1], _channels(rq.shift, cout)[c0:c1],
                                        max_kernel=acc.DW_KERNEL, name=node.name)
         layout = data.Layout.cast(depthwise_weights_layout(cfg, acc.DW_KERNEL))
-        wwords = self.specs[MemoryId.DW_WEIGHTS].width // 32
-        self.write_resident(MemoryId.DW_WEIGHTS, (id(node), node.name, c0, c1), lambda: _ints_to_words(
-            [layout.const(beat).as_bits() for beat in beats], wwords))
-        in_count = self._write_planes(MemoryId.ACT_A, x[a:b, :, c0:c1])
-        oh, ow = tile.y1 - tile.y0, node.output.shape[1]
-        count = len(beats) * oh * ow
-        self._check_rows(node, count)
-        self.run(EngineId.DEPTHWISE, {"layer": fields, "in_base": 0, "in_count": in_count, "w_count": len(beats),
-                                      "out_base": 0, "out_count": count})
-        return self._read_planes(count, oh, ow, c1 - c0)
+        per_row = self._words_per_row(MemoryId.DW_WEIGHTS)
+        w_write, w_base = self._weights_write(
+            MemoryId.DW_WEIGHTS, len(beats),
+            lambda: _ints_to_words([layout.const(beat).as_bits() for beat in beats], per_row), wslot, key)
+        in_write, in_base, in_count = self._plane_write(MemoryId.ACT_A, x[a:b, :, c0:c1], slot, node.name)
+        out_shape = (tile.y1 - tile.y0, node.output.shape[1], c1 - c0)
+        count = len(beats) * out_shape[0] * out_shape[1]
+        run = {"layer": descriptors[0], "in_base": in_base, "in_count": in_count, "w_base": w_base,
+               "w_count": len(beats), "out_base": self._half_base(MemoryId.OUTPUT, count, slot), "out_count": count}
+        return self._job(image, tile, EngineId.DEPTHWISE, run, [w_write, in_write], out_shape, count)
 
-    def _pool_tile(self, step, tile, tensors, graph):
-        cfg = self.config
+    def _pool_job(self, step, tile, descriptors, bands, tensors, image, slot, wslot, key):
         node = step.nodes[0]
         x = self._input(tensors, node.inputs[0])
+        a, b = bands[0][:2]
         c0, c1 = tile.c0, tile.c1
-        groups = -(-(c1 - c0) // cfg.lanes)
-        a, b, fields = self._pool_fields(node, tile.y0, tile.y1, x.shape[0], x.shape[1], groups)
-        in_count = self._write_planes(MemoryId.ACT_A, x[a:b, :, c0:c1])
-        oh, ow = tile.y1 - tile.y0, node.output.shape[1]
-        count = groups * oh * ow
-        self._check_rows(node, count)
-        self.run(EngineId.POOL, {"layer": _pool_desc(fields), "in_base": 0, "in_count": in_count, "out_base": 0,
-                                 "out_count": count})
-        return self._read_planes(count, oh, ow, c1 - c0)
+        in_write, in_base, in_count = self._plane_write(MemoryId.ACT_A, x[a:b, :, c0:c1], slot, node.name)
+        fields = _pool_desc(descriptors[0])
+        out_shape = (tile.y1 - tile.y0, node.output.shape[1] if len(node.output.shape) == 3 else 1, c1 - c0)
+        count = -(-(c1 - c0) // self.config.lanes) * out_shape[0] * out_shape[1]
+        run = {"layer": fields, "in_base": in_base, "in_count": in_count,
+               "out_base": self._half_base(MemoryId.OUTPUT, count, slot), "out_count": count}
+        return self._job(image, tile, EngineId.POOL, run, [in_write], out_shape, count)
 
-    def _add_tile(self, step, tile, tensors, graph):
+    def _add_job(self, step, tile, descriptors, bands, tensors, image, slot, wslot, key):
         node = step.nodes[0]
-        x1 = self._input(tensors, node.inputs[0])[tile.y0:tile.y1, :, tile.c0:tile.c1]
-        x2 = self._input(tensors, node.inputs[1])[tile.y0:tile.y1, :, tile.c0:tile.c1]
-        in_count = self._write_planes(MemoryId.ACT_A, x1)
-        self._write_planes(MemoryId.ACT_B, x2)
-        qmin, qmax = g.activation_range(node.activation, node.output.scale, node.output.zero_point)
-        fields = add_layer(graph.spec(node.inputs[0]), graph.spec(node.inputs[1]), node.output, count=in_count,
-                           qmin=qmin, qmax=qmax, name=node.name)
-        self._check_rows(node, in_count)
-        self.run(EngineId.ADD, {"layer": fields, "in_base": 0, "in_count": in_count, "out_base": 0,
-                                "out_count": in_count})
-        return self._read_planes(in_count, x1.shape[0], x1.shape[1], x1.shape[2])
+        t = tile
+        x1 = self._input(tensors, node.inputs[0])[t.y0:t.y1, :, t.c0:t.c1]
+        x2 = self._input(tensors, node.inputs[1])[t.y0:t.y1, :, t.c0:t.c1]
+        # The add engine reads both maps from the same base.
+        write_a, in_base, in_count = self._plane_write(MemoryId.ACT_A, x1, slot, node.name)
+        write_b, _, _ = self._plane_write(MemoryId.ACT_B, x2, slot, node.name)
+        run = {"layer": descriptors[0], "in_base": in_base, "in_count": in_count,
+               "out_base": self._half_base(MemoryId.OUTPUT, in_count, slot), "out_count": in_count}
+        return self._job(image, tile, EngineId.ADD, run, [write_a, write_b], x1.shape, in_count)
 
 
 def _param_rows(params):
@@ -331,7 +473,7 @@ def _pool_desc(fields):
     return {**fields, "mode": PoolMode(fields["mode"])}
 
 
-def _zero_pool(config):
+def _zero_pool():
     window = {"height": 0, "width": 0, "kernel": 0, "stride": 0, "pad_top": 0, "pad_bottom": 0, "pad_left": 0,
               "pad_right": 0, "zero_point": 0, "groups": 0}
     return {"window": window, "mode": PoolMode.MAX, "qmin": 0, "qmax": 0}
@@ -339,11 +481,11 @@ def _zero_pool(config):
 
 def run_program(driver, program, images, log=None):
     """Run ``program`` on a batch of images (``[N, ...]`` int8) through ``driver``, step by step over the whole
-    batch (so a step's weights are loaded once for all images).
+    batch (so a step's weights are loaded once for all images, and one image's tile loads while another's runs).
 
     Returns ``(outputs, stats)``: the graph outputs ``[N, ...]`` int8, and per image a dict
     ``{step name: {"cycles", "words_in", "words_out"}}`` (weights count against the first image that loads
-    them).
+    them). ``driver.bus_cycles`` then holds each step's bus-inclusive cycles over the batch.
     """
     graph = program.graph
     driver.check()
@@ -351,8 +493,10 @@ def run_program(driver, program, images, log=None):
     tensors = [{graph.input.name: image} for image in images]
     stats = [{} for _ in images]
     for step in program.steps:
-        for values, per_step in zip(tensors, stats):
-            values[step.output], per_step[step.name] = driver.run_step(step, values, graph)
+        outputs, per_image = driver.run_step_batch(step, tensors, graph)
+        for values, per_step, out, st in zip(tensors, stats, outputs, per_image):
+            values[step.output] = out
+            per_step[step.name] = st
         if log is not None:
             log(f"step {step.name} done on {len(images)} images")
     outputs = np.stack([values[graph.output] for values in tensors]).astype(np.int8)

@@ -69,7 +69,9 @@ class RtlBackend:
 
     ``outputs`` is ``[N, ...]`` int8 (the graph output); ``stats`` a list (one per image) of dicts
     ``{step name: {"cycles", "words_in", "words_out"}}``; :attr:`last_wall` holds the seconds the simulation
-    spent running the images (the build and the simulator start excluded).
+    spent running the images (the build and the simulator start excluded), :attr:`last_bus_cycles` each step's
+    bus-inclusive cycles over the whole batch (simulation clock cycles from its first command to its last
+    answer: transfers and runs, with what overlaps counted once).
 
     Parameters
     ----------
@@ -78,12 +80,16 @@ class RtlBackend:
         refuse the program).
     sim : str, optional
         Simulator name for :func:`cnnacc.sim.runner.run_cocotb`.
+    overlap : bool, optional
+        Pipelined driver (the default) or one blocking RUN per tile (see host/driver.py).
     """
 
-    def __init__(self, config=None, sim=None):
+    def __init__(self, config=None, sim=None, overlap=True):
         self.config = config
         self.sim = sim
+        self.overlap = bool(overlap)
         self.last_wall = None
+        self.last_bus_cycles = None
 
     def run(self, program, images):
         images = np.asarray(images)
@@ -96,15 +102,29 @@ class RtlBackend:
                 pickle.dump(program, f)
             run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
                              sim=self.sim, inputs={"mode": "program", "program": str(program_path),
-                                                   "images": images})
+                                                   "images": images, "overlap": int(self.overlap)})
         out = run.outputs
         if "error" in out:
             raise ProgramError(str(out["error"]))
         self.last_wall = float(out["wall"])
         names = [step.name for step in program.steps]
+        self.last_bus_cycles = dict(zip(names, map(int, out["bus"])))
         stats = [{name: dict(zip(("cycles", "words_in", "words_out"), map(int, row)))
                   for name, row in zip(names, image)} for image in out["stats"]]
         return out["outputs"], stats
+
+    def probe_in_flight(self, config):
+        """Commands sent while a run is in flight (see sim/tb_accelerator.py, mode ``in_flight``): returns a dict
+        command name -> answer (a list of words), and ``"pixels"`` -> the words the run's input holds."""
+        from ..sim.tb_accelerator import in_flight_commands
+        fields = {f"config_{k}": (np.array(v) if k == "engines" else v) for k, v in vars(config).items()
+                  if isinstance(v, (int, tuple, str)) and not isinstance(v, bool)}
+        run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
+                         sim=self.sim, inputs={"mode": "in_flight", **fields})
+        names = [name for name, _ in in_flight_commands(config)]
+        answers = {name: run.outputs[f"answer{i}"].tolist() for i, name in enumerate(names[:-1])}
+        answers["pixels"] = in_flight_commands(config)[-1][1]
+        return answers
 
     def probe_bad_engine(self, config):
         """Bad RUNs and recovery (see sim/tb_accelerator.py, mode ``bad_engine``): returns every answer (lists of

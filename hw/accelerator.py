@@ -1,13 +1,22 @@
-"""The accelerator top: command processor, on-chip memories and the four engines behind one host bus.
+"""The accelerator top: command processor, on-chip memories and the engines behind one host bus.
 
-What moves where (host-orchestrated, one tile at a time)
-------------------------------------------------------
+Which engines are built is ``config.engines`` (the conv engine always; depthwise, pool, add as listed): a missing
+engine and the memories only it uses are not built (``ACT_B`` only with add, ``DW_WEIGHTS`` only with depthwise,
+``ACT_A`` with any vector engine), a run for it is answered ``BAD_DESCRIPTOR`` and a transfer into its memory
+``BAD_ADDRESS``.
+
+What moves where (host-orchestrated, tile by tile, double-buffered)
+-------------------------------------------------------------------
 The host (host/driver.py) runs a program tile by tile. For each tile it WRITEs the tile's input map and the
-layer's weights into the memories below, RUNs one engine with a descriptor, and READs the tile's output back;
+layer's weights into the memories below, STARTs one engine with a descriptor, and READs the tile's output back;
 layout conversions (NHWC <-> channel-group planes, the conv engine's bank layout) are done in NumPy on the host.
-Nothing stays on chip between tiles, which keeps this version simple and every tile independent: the price is
-host-bus traffic, reported per step by the driver (``words_in`` / ``words_out``). Double-buffering of
-activations (loading tile n+1 while tile n runs) is left undone.
+Every descriptor carries the base row of each memory region it reads and writes, so the host keeps two tiles in
+each memory: while tile n runs from one half it writes tile n+1 into the other and reads tile n-1's output
+(``START`` answers at once, ``WAIT`` collects the run's status and cycles; hw/commands.py). At the start of a run
+the dispatcher registers the host-word range of every memory the run owns and hands it to the command processor,
+which refuses with ``BUSY`` any transfer into it (and any host WRITE into ``OUTPUT``, which the engines write)
+until the run ends. The price of host orchestration is bus traffic, reported per step by the driver
+(``words_in`` / ``words_out``); double buffering hides the part of it that fits under the runs.
 
 Memories (:class:`~cnnacc.hw.commands.MemoryId`), as the host sees them (32-bit words, little-endian):
 
@@ -27,7 +36,7 @@ Memories (:class:`~cnnacc.hw.commands.MemoryId`), as the host sees them (32-bit 
 
 Runs
 ----
-A ``RUN`` descriptor is word 0 = :class:`~cnnacc.hw.commands.EngineId`, then the engine's run struct
+A ``RUN``/``START`` descriptor is word 0 = :class:`~cnnacc.hw.commands.EngineId`, then the engine's run struct
 (:func:`run_layouts`), packed little-endian from bit 0 of word 1. The convolution run can fuse a pooling layer
 (``fuse = 1``): the conv engine's output beats go straight into the pooling engine, which needs
 ``config.rows == config.lanes`` (a conv output beat is then one plane pixel); so does writing conv results as
@@ -54,7 +63,7 @@ from .requantizer import lane_params_layout
 from .streamer import MemoryReader, MemoryWriter
 
 __all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words",
-           "max_descriptor_words", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES"]
+           "max_descriptor_words", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES", "ENGINE_MEMORIES", "ENGINE_IDS"]
 
 #: Channel groups the depthwise weight memory holds (2048 channels at 8 lanes).
 DW_GROUPS = 256
@@ -81,12 +90,21 @@ def conv_row_words(config):
     }
 
 
+#: The memories each engine reads or writes besides OUTPUT (which every engine writes) and the conv engine's own.
+ENGINE_MEMORIES = {"depthwise": (MemoryId.ACT_A, MemoryId.DW_WEIGHTS), "pool": (MemoryId.ACT_A,),
+                   "add": (MemoryId.ACT_A, MemoryId.ACT_B), "conv": ()}
+#: The engine id of each engine name of :data:`cnnacc.config.ENGINES`.
+ENGINE_IDS = {"conv": EngineId.CONV, "depthwise": EngineId.DEPTHWISE, "pool": EngineId.POOL, "add": EngineId.ADD}
+
+
 def memory_specs(config):
-    """:class:`MemorySpec` of each host-visible memory (for the conv memories: the host's view)."""
+    """:class:`MemorySpec` of each host-visible memory (for the conv memories: the host's view). A memory no
+    engine of ``config.engines`` uses is not built (ACT_B only with add, DW_WEIGHTS only with depthwise, ACT_A with
+    any vector engine)."""
     lanes_bits = 8 * config.lanes
     rows = conv_row_words(config)
     dw_bits = 32 * _pow2_words(data.Layout.cast(depthwise_weights_layout(config, DW_KERNEL)).size)
-    return {
+    specs = {
         MemoryId.ACT_A: MemorySpec(lanes_bits, config.vector_depth),
         MemoryId.ACT_B: MemorySpec(lanes_bits, config.vector_depth),
         MemoryId.DW_WEIGHTS: MemorySpec(dw_bits, DW_GROUPS),
@@ -95,6 +113,9 @@ def memory_specs(config):
         MemoryId.WEIGHTS: MemorySpec(32 * rows[MemoryId.WEIGHTS], config.conv_weight_depth),
         MemoryId.PARAMS: MemorySpec(32 * rows[MemoryId.PARAMS], config.conv_param_depth),
     }
+    used = {memory for engine in config.engines for memory in ENGINE_MEMORIES[engine]}
+    return {k: v for k, v in specs.items() if k in used or k not in (MemoryId.ACT_A, MemoryId.ACT_B,
+                                                                       MemoryId.DW_WEIGHTS)}
 
 
 def run_layouts(config):
@@ -103,12 +124,17 @@ def run_layouts(config):
     rows = range(depth)
     count = range(depth + 1)
     return {
+        # The conv engine's counts are the rows of its memories the layer reads (from the layer's bases): the
+        # engine derives its addresses from the layer, the counts only say what the host must leave alone while
+        # it runs (deriving them in gateware would take a multiplier for one compare per run).
         EngineId.CONV: data.StructLayout({
             "layer": ConvLayer, "pool": pool_layer_layout(config), "fuse": 1, "out_base": rows, "out_count": count,
+            "act_count": range(config.conv_act_depth + 1), "weight_count": range(config.conv_weight_depth + 1),
+            "param_count": range(config.conv_param_depth + 1),
         }),
         EngineId.DEPTHWISE: data.StructLayout({
             "layer": depthwise_layer_layout(config, DW_KERNEL), "in_base": rows, "in_count": count,
-            "w_count": range(DW_GROUPS + 1), "out_base": rows, "out_count": count,
+            "w_base": range(DW_GROUPS), "w_count": range(DW_GROUPS + 1), "out_base": rows, "out_count": count,
         }),
         EngineId.POOL: data.StructLayout({
             "layer": pool_layer_layout(config), "in_base": rows, "in_count": count, "out_base": rows,
@@ -135,7 +161,7 @@ def descriptor_words(config, engine, fields):
 
 
 class Accelerator(wiring.Component):
-    """Command processor + memories + conv, depthwise, pool and add engines.
+    """Command processor + memories + the conv engine and the vector engines ``config.engines`` lists.
 
     Parameters
     ----------
@@ -171,15 +197,17 @@ class Accelerator(wiring.Component):
         cfg = self._config
         specs = memory_specs(cfg)
         layouts = run_layouts(cfg)
-        vector_ids = (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS, MemoryId.OUTPUT)
+        has = set(cfg.engines)
+        vector_ids = [k for k in (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS, MemoryId.OUTPUT) if k in specs]
         conv_ids = (MemoryId.CONV_ACT, MemoryId.WEIGHTS, MemoryId.PARAMS)
 
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
-                                                max_descriptor=max_descriptor_words(cfg))
+                                                max_descriptor=max_descriptor_words(cfg),
+                                                engine_written=[MemoryId.OUTPUT])
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 
-        m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids})
+        m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT])
         m.d.comb += [mems.bus.memory.eq(cp.mem.memory), mems.bus.addr.eq(cp.mem.addr), mems.bus.w_en.eq(cp.mem.w_en),
                      mems.bus.w_data.eq(cp.mem.w_data), mems.bus.r_en.eq(cp.mem.r_en),
                      cp.mem.r_data.eq(mems.bus.r_data)]
@@ -190,21 +218,21 @@ class Accelerator(wiring.Component):
             m.submodules[name] = ResetInserter(flush)(component)
             return component
 
+        def reader(memory):
+            if memory not in specs:
+                return None
+            port = engine(f"reader_{memory.name.lower()}", MemoryReader(specs[memory]))
+            wiring.connect(m, port.port, getattr(mems, f"{memory.name.lower()}_read"))
+            return port
+
         conv = engine("conv", ConvEngine(cfg, act_depth=cfg.conv_act_depth, weight_depth=cfg.conv_weight_depth,
                                          param_depth=cfg.conv_param_depth))
-        dw = engine("depthwise", DepthwiseEngine(cfg, kernel=DW_KERNEL))
-        pool = engine("pool", PoolEngine(cfg))
-        add = engine("add", AddEngine(cfg))
-        reader_a = engine("reader_a", MemoryReader(specs[MemoryId.ACT_A]))
-        reader_b = engine("reader_b", MemoryReader(specs[MemoryId.ACT_B]))
-        reader_w = engine("reader_w", MemoryReader(specs[MemoryId.DW_WEIGHTS]))
+        dw = engine("depthwise", DepthwiseEngine(cfg, kernel=DW_KERNEL)) if "depthwise" in has else None
+        pool = engine("pool", PoolEngine(cfg)) if "pool" in has else None
+        add = engine("add", AddEngine(cfg)) if "add" in has else None
+        reader_a, reader_b, reader_w = (reader(k) for k in (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS))
         writer = engine("writer", MemoryWriter(specs[MemoryId.OUTPUT]))
-        wiring.connect(m, reader_a.port, mems.act_a_read)
-        wiring.connect(m, reader_b.port, mems.act_b_read)
-        wiring.connect(m, reader_w.port, mems.dw_weights_read)
         wiring.connect(m, writer.port, mems.output_write)
-        for name in ("act_a", "act_b", "dw_weights"):
-            m.d.comb += getattr(mems, f"{name}_write").en.eq(0)
         m.d.comb += mems.output_read.en.eq(0)
 
         # --- host writes into the conv engine's memories: assemble a row, write it on its last word ---------
@@ -252,11 +280,13 @@ class Accelerator(wiring.Component):
 
         c = runs[EngineId.CONV]
         L = c.layer
+        # Fusing a pool needs the pool engine.
+        fuse_ok = (~c.fuse | pool_ok(c.pool)) if pool is not None else ~c.fuse
         conv_ok = ((L.in_h != 0) & (L.in_w != 0) & (L.in_c != 0) & (L.out_h != 0) & (L.out_w != 0) & (L.out_c != 0)
                    & (L.in_w <= cfg.max_width) & (L.kernel_h != 0) & (L.kernel_h <= cfg.max_kernel)
                    & (L.kernel_w != 0) & (L.kernel_w <= cfg.max_kernel) & (L.pad_top < L.kernel_h)
                    & (L.pad_left < L.kernel_w) & (L.act_channel_stride != 0) & (L.qmin <= L.qmax)
-                   & (c.out_count != 0) & (~c.fuse | pool_ok(c.pool)))
+                   & (c.out_count != 0) & fuse_ok)
         d = runs[EngineId.DEPTHWISE]
         dw_ok = (window_ok(d.layer.window, DW_KERNEL) & (d.in_count != 0) & (d.out_count != 0) & (d.w_count != 0)
                  & (d.layer.qmin <= d.layer.qmax))
@@ -265,17 +295,21 @@ class Accelerator(wiring.Component):
         a = runs[EngineId.ADD]
         add_ok = (a.in_count != 0) & (a.out_count != 0) & (a.layer.count != 0) & (a.layer.qmin <= a.layer.qmax)
 
+        # An engine this instance was built without is an unknown engine: BAD_DESCRIPTOR.
         accept = Signal()
         with m.Switch(engine_id):
-            for eid, ok in ((EngineId.CONV, conv_ok), (EngineId.DEPTHWISE, dw_ok), (EngineId.POOL, p_ok),
-                            (EngineId.ADD, add_ok)):
-                with m.Case(eid):
-                    m.d.comb += accept.eq(ok)
+            for eid, ok, there in ((EngineId.CONV, conv_ok, True), (EngineId.DEPTHWISE, dw_ok, dw is not None),
+                                   (EngineId.POOL, p_ok, pool is not None), (EngineId.ADD, add_ok, add is not None)):
+                if there:
+                    with m.Case(eid):
+                        m.d.comb += accept.eq(ok)
 
         # Watchdog: cycles since the last memory row moved.
         idle = Signal(range(WATCHDOG_CYCLES + 1))
-        progress = (reader_a.port.en | reader_b.port.en | reader_w.port.en | writer.port.en
-                    | conv.o_data.valid | pend_start)
+        progress = writer.port.en | conv.o_data.valid | pend_start
+        for r in (reader_a, reader_b, reader_w):
+            if r is not None:
+                progress = progress | r.port.en
         abort = Signal()
         m.d.comb += abort.eq(active & (idle == WATCHDOG_CYCLES))
         with m.If(~active | progress):
@@ -283,18 +317,42 @@ class Accelerator(wiring.Component):
         with m.Else():
             m.d.sync += idle.eq(idle + 1)
 
+        # What the run owns (host words of each memory), registered at the start; the command processor refuses
+        # host transfers into it while the run is in flight.
+        lock = cp.run.lock
+
+        def own(memory, base, count):
+            if memory not in specs:
+                return []
+            per_row = specs[memory].width // 32
+            entry = lock[memory.value]
+            return [entry.lo.eq(base * per_row), entry.hi.eq((base + count) * per_row)]
+
         with m.If(cp.run.start):
             with m.If(accept):
                 m.d.sync += [active.eq(1), current.eq(engine_id), pend_write.eq(1)]
+                m.d.sync += [lock[memory.value].eq(0) for memory in specs]
                 with m.Switch(engine_id):
                     with m.Case(EngineId.CONV):
                         m.d.sync += [pend_start.eq(1), pend_layer.eq(c.fuse), fused.eq(c.fuse)]
+                        m.d.sync += (own(MemoryId.CONV_ACT, L.act_base, c.act_count)
+                                     + own(MemoryId.WEIGHTS, L.weight_base, c.weight_count)
+                                     + own(MemoryId.PARAMS, L.param_base, c.param_count)
+                                     + own(MemoryId.OUTPUT, c.out_base, c.out_count))
                     with m.Case(EngineId.DEPTHWISE):
                         m.d.sync += [pend_layer.eq(1), pend_read.eq(1), pend_read_w.eq(1)]
+                        m.d.sync += (own(MemoryId.ACT_A, d.in_base, d.in_count)
+                                     + own(MemoryId.DW_WEIGHTS, d.w_base, d.w_count)
+                                     + own(MemoryId.OUTPUT, d.out_base, d.out_count))
                     with m.Case(EngineId.POOL):
                         m.d.sync += [pend_layer.eq(1), pend_read.eq(1)]
+                        m.d.sync += own(MemoryId.ACT_A, p.in_base, p.in_count) + own(MemoryId.OUTPUT, p.out_base,
+                                                                                      p.out_count)
                     with m.Case(EngineId.ADD):
                         m.d.sync += [pend_layer.eq(1), pend_read.eq(1), pend_read_b.eq(1)]
+                        m.d.sync += (own(MemoryId.ACT_A, a.in_base, a.in_count)
+                                     + own(MemoryId.ACT_B, a.in_base, a.in_count)
+                                     + own(MemoryId.OUTPUT, a.out_base, a.out_count))
             with m.Else():
                 m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(1)]
 
@@ -318,80 +376,81 @@ class Accelerator(wiring.Component):
                 with m.If(port.ready):
                     m.d.sync += pending.eq(0)
 
-        m.d.comb += [dw.i_layer.payload.eq(d.layer), add.i_layer.payload.eq(a.layer)]
-        with m.If(current == EngineId.CONV):
-            m.d.comb += pool.i_layer.payload.eq(c.pool)
-        with m.Else():
-            m.d.comb += pool.i_layer.payload.eq(p.layer)
+        def take_layer(port):
+            m.d.comb += port.valid.eq(1)
+            with m.If(port.ready):
+                m.d.sync += pend_layer.eq(0)
+
+        if dw is not None:
+            m.d.comb += dw.i_layer.payload.eq(d.layer)
+        if add is not None:
+            m.d.comb += add.i_layer.payload.eq(a.layer)
+        if pool is not None:
+            with m.If(current == EngineId.CONV):
+                m.d.comb += pool.i_layer.payload.eq(c.pool)
+            with m.Else():
+                m.d.comb += pool.i_layer.payload.eq(p.layer)
         with m.If(active & pend_layer):
             with m.Switch(current):
-                with m.Case(EngineId.CONV, EngineId.POOL):
-                    m.d.comb += pool.i_layer.valid.eq(1)
-                    with m.If(pool.i_layer.ready):
-                        m.d.sync += pend_layer.eq(0)
-                with m.Case(EngineId.DEPTHWISE):
-                    m.d.comb += dw.i_layer.valid.eq(1)
-                    with m.If(dw.i_layer.ready):
-                        m.d.sync += pend_layer.eq(0)
-                with m.Case(EngineId.ADD):
-                    m.d.comb += add.i_layer.valid.eq(1)
-                    with m.If(add.i_layer.ready):
-                        m.d.sync += pend_layer.eq(0)
+                if pool is not None:
+                    with m.Case(EngineId.CONV, EngineId.POOL):
+                        take_layer(pool.i_layer)
+                if dw is not None:
+                    with m.Case(EngineId.DEPTHWISE):
+                        take_layer(dw.i_layer)
+                if add is not None:
+                    with m.Case(EngineId.ADD):
+                        take_layer(add.i_layer)
 
         in_base, in_count, out_base, out_count = (Signal(range(cfg.vector_depth + 1), name=n)
                                                   for n in ("in_base", "in_count", "out_base", "out_count"))
         with m.Switch(current):
             with m.Case(EngineId.CONV):
                 m.d.comb += [out_base.eq(c.out_base), out_count.eq(c.out_count)]
-            with m.Case(EngineId.DEPTHWISE):
-                m.d.comb += [in_base.eq(d.in_base), in_count.eq(d.in_count), out_base.eq(d.out_base),
-                             out_count.eq(d.out_count)]
-            with m.Case(EngineId.POOL):
-                m.d.comb += [in_base.eq(p.in_base), in_count.eq(p.in_count), out_base.eq(p.out_base),
-                             out_count.eq(p.out_count)]
-            with m.Case(EngineId.ADD):
-                m.d.comb += [in_base.eq(a.in_base), in_count.eq(a.in_count), out_base.eq(a.out_base),
-                             out_count.eq(a.out_count)]
-        offer(pend_read, reader_a.i_transfer,
-              [reader_a.i_transfer.payload.base.eq(in_base), reader_a.i_transfer.payload.count.eq(in_count)])
-        offer(pend_read_b, reader_b.i_transfer,
-              [reader_b.i_transfer.payload.base.eq(in_base), reader_b.i_transfer.payload.count.eq(in_count)])
-        offer(pend_read_w, reader_w.i_transfer,
-              [reader_w.i_transfer.payload.base.eq(0), reader_w.i_transfer.payload.count.eq(d.w_count)])
+            for eid, r, there in ((EngineId.DEPTHWISE, d, dw), (EngineId.POOL, p, pool), (EngineId.ADD, a, add)):
+                if there is not None:
+                    with m.Case(eid):
+                        m.d.comb += [in_base.eq(r.in_base), in_count.eq(r.in_count), out_base.eq(r.out_base),
+                                     out_count.eq(r.out_count)]
+        if reader_a is not None:
+            offer(pend_read, reader_a.i_transfer,
+                  [reader_a.i_transfer.payload.base.eq(in_base), reader_a.i_transfer.payload.count.eq(in_count)])
+        if reader_b is not None:
+            offer(pend_read_b, reader_b.i_transfer,
+                  [reader_b.i_transfer.payload.base.eq(in_base), reader_b.i_transfer.payload.count.eq(in_count)])
+        if reader_w is not None:
+            offer(pend_read_w, reader_w.i_transfer,
+                  [reader_w.i_transfer.payload.base.eq(d.w_base), reader_w.i_transfer.payload.count.eq(d.w_count)])
         offer(pend_write, writer.i_transfer,
               [writer.i_transfer.payload.base.eq(out_base), writer.i_transfer.payload.count.eq(out_count)])
 
         # --- stream routing --------------------------------------------------------------------------------------
-        dw_bits = data.Layout.cast(depthwise_weights_layout(cfg, DW_KERNEL)).size
-        m.d.comb += [
-            dw.i_pixels.payload.eq(reader_a.o_rows.payload), pool.i_pixels.payload.eq(reader_a.o_rows.payload),
-            add.i_a.payload.eq(reader_a.o_rows.payload), add.i_b.payload.eq(reader_b.o_rows.payload),
-            add.i_b.valid.eq(reader_b.o_rows.valid), reader_b.o_rows.ready.eq(add.i_b.ready),
-            dw.i_weights.payload.eq(reader_w.o_rows.payload[:dw_bits]),
-            dw.i_weights.valid.eq(reader_w.o_rows.valid), reader_w.o_rows.ready.eq(dw.i_weights.ready),
-        ]
+        def route(source, sink):
+            """``source`` stream into ``sink`` stream (payload, valid, ready)."""
+            m.d.comb += [sink.payload.eq(source.payload), sink.valid.eq(source.valid), source.ready.eq(sink.ready)]
+
+        if dw is not None:
+            dw_bits = data.Layout.cast(depthwise_weights_layout(cfg, DW_KERNEL)).size
+            m.d.comb += [dw.i_weights.payload.eq(reader_w.o_rows.payload[:dw_bits]),
+                         dw.i_weights.valid.eq(reader_w.o_rows.valid), reader_w.o_rows.ready.eq(dw.i_weights.ready)]
+        if add is not None:
+            route(reader_b.o_rows, add.i_b)
         with m.Switch(current):
             with m.Case(EngineId.CONV):
                 with m.If(fused):
-                    m.d.comb += [pool.i_pixels.payload.eq(conv.o_data.payload.data),
-                                 pool.i_pixels.valid.eq(conv.o_data.valid), conv.o_data.ready.eq(pool.i_pixels.ready),
-                                 writer.i_rows.payload.eq(pool.o_pixels.payload),
-                                 writer.i_rows.valid.eq(pool.o_pixels.valid),
-                                 pool.o_pixels.ready.eq(writer.i_rows.ready)]
+                    if pool is not None:
+                        m.d.comb += [pool.i_pixels.payload.eq(conv.o_data.payload.data),
+                                     pool.i_pixels.valid.eq(conv.o_data.valid),
+                                     conv.o_data.ready.eq(pool.i_pixels.ready)]
+                        route(pool.o_pixels, writer.i_rows)
                 with m.Else():
                     m.d.comb += [writer.i_rows.payload.eq(conv.o_data.payload.data),
                                  writer.i_rows.valid.eq(conv.o_data.valid), conv.o_data.ready.eq(writer.i_rows.ready)]
-            with m.Case(EngineId.DEPTHWISE):
-                m.d.comb += [dw.i_pixels.valid.eq(reader_a.o_rows.valid), reader_a.o_rows.ready.eq(dw.i_pixels.ready),
-                             writer.i_rows.payload.eq(dw.o_pixels.payload), writer.i_rows.valid.eq(dw.o_pixels.valid),
-                             dw.o_pixels.ready.eq(writer.i_rows.ready)]
-            with m.Case(EngineId.POOL):
-                m.d.comb += [pool.i_pixels.valid.eq(reader_a.o_rows.valid),
-                             reader_a.o_rows.ready.eq(pool.i_pixels.ready),
-                             writer.i_rows.payload.eq(pool.o_pixels.payload),
-                             writer.i_rows.valid.eq(pool.o_pixels.valid), pool.o_pixels.ready.eq(writer.i_rows.ready)]
-            with m.Case(EngineId.ADD):
-                m.d.comb += [add.i_a.valid.eq(reader_a.o_rows.valid), reader_a.o_rows.ready.eq(add.i_a.ready),
-                             writer.i_rows.payload.eq(add.o_pixels.payload), writer.i_rows.valid.eq(add.o_pixels.valid),
-                             add.o_pixels.ready.eq(writer.i_rows.ready)]
+            for eid, eng, inp, out in ((EngineId.DEPTHWISE, dw, "i_pixels", "o_pixels"),
+                                       (EngineId.POOL, pool, "i_pixels", "o_pixels"),
+                                       (EngineId.ADD, add, "i_a", "o_pixels")):
+                if eng is not None:
+                    with m.Case(eid):
+                        route(reader_a.o_rows, getattr(eng, inp))
+                        route(getattr(eng, out), writer.i_rows)
         return m

@@ -4,9 +4,11 @@ Each memory is ``width`` bits wide (a multiple of 32: an activation memory row h
 int8 channels) and ``depth`` rows deep. The host's word ``a`` is the 32-bit part ``a % (width // 32)`` of row
 ``a // (width // 32)``, little-endian, so a row's bytes are channel 0, 1, 2, ... in order.
 
-Engines get one full-width read port per memory and one write port per memory. The write port is shared with
-the host: while ``engine_active`` is high the engines own it (the command processor does not touch memory while
-an engine runs).
+Engines get one full-width read port per memory, and a write port into each memory listed as engine-written.
+That write port is shared with the host: while ``engine_active`` is high the engines own it (the command
+processor refuses host writes into such a memory while a run is in flight). The host owns the write port of
+every other memory at all times, so it can load one half of a memory while an engine reads the other; reads
+have their own ports.
 """
 
 from amaranth.hdl import Module, Mux, Signal
@@ -55,23 +57,29 @@ class MemoryMap(wiring.Component):
     """Parameters
     ----------
     specs : dict of MemoryId -> MemorySpec
+    engine_written : iterable of MemoryId, optional
+        Memories the engines write (every memory by default).
 
     Members
     -------
     bus : In(MemoryBusSignature())
         The command processor's port.
-    <name>_read, <name>_write : In(ReadPortSignature / WritePortSignature)
-        The engines' ports of memory ``<name>`` (``act_a``, ``weights``, ...).
+    <name>_read : In(ReadPortSignature)
+        The engines' read port of memory ``<name>`` (``act_a``, ``output``, ...).
+    <name>_write : In(WritePortSignature)
+        The engines' write port, for the engine-written memories only.
     engine_active : In(1)
-        Gives the write ports to the engines.
+        Gives the shared write ports to the engines.
     """
 
-    def __init__(self, specs):
+    def __init__(self, specs, engine_written=None):
         self._specs = {MemoryId(k): v for k, v in specs.items()}
+        self._engine_written = frozenset(self._specs if engine_written is None else map(MemoryId, engine_written))
         members = {"bus": In(MemoryBusSignature()), "engine_active": In(1)}
         for memory, spec in self._specs.items():
             members[f"{memory.name.lower()}_read"] = In(ReadPortSignature(spec))
-            members[f"{memory.name.lower()}_write"] = In(WritePortSignature(spec))
+            if memory in self._engine_written:
+                members[f"{memory.name.lower()}_write"] = In(WritePortSignature(spec))
         super().__init__(members)
 
     @property
@@ -96,7 +104,6 @@ class MemoryMap(wiring.Component):
             host_rp = mem.read_port()
             engine_rp = mem.read_port()
             engine_read = getattr(self, f"{name}_read")
-            engine_write = getattr(self, f"{name}_write")
             here = bus.memory == memory
             row = bus.addr // parts if parts > 1 else bus.addr
             m.d.comb += [
@@ -104,10 +111,15 @@ class MemoryMap(wiring.Component):
                 engine_read.data.eq(engine_rp.data),
                 host_rp.addr.eq(row), host_rp.en.eq(bus.r_en & here),
             ]
-            with m.If(self.engine_active):
-                m.d.comb += [wp.addr.eq(engine_write.addr), wp.data.eq(engine_write.data),
-                             wp.en.eq(Mux(engine_write.en, (1 << parts) - 1, 0))]
-            with m.Else():
+            host_owns = ~self.engine_active
+            if memory in self._engine_written:
+                engine_write = getattr(self, f"{name}_write")
+                with m.If(self.engine_active):
+                    m.d.comb += [wp.addr.eq(engine_write.addr), wp.data.eq(engine_write.data),
+                                 wp.en.eq(Mux(engine_write.en, (1 << parts) - 1, 0))]
+            else:
+                host_owns = 1
+            with m.If(host_owns):
                 m.d.comb += [wp.addr.eq(row), wp.data.eq(bus.w_data.replicate(parts))]
                 with m.If(bus.w_en & here):
                     m.d.comb += wp.en.eq(1 << (bus.addr % parts) if parts > 1 else 1)
