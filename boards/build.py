@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..tools import yowasp_env
 
-__all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "parse_nextpnr_log"]
+__all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
+           "parse_yosys_stat"]
 
 
 class BuildError(RuntimeError):
@@ -29,13 +30,25 @@ class BoardSpec:
     baud: int
     leds: int
     frame_words: int
-    config: object = None    # AcceleratorConfig; None: the core factory's default
     flash: str = ""
 
     def make_platform(self):
         module, cls = self.platform.split(":")
         import importlib
         return getattr(importlib.import_module(module), cls)()
+
+
+def board_config(board):
+    """The :class:`~cnnacc.config.AcceleratorConfig` a board's bitstream is built with (boards/configs.py)."""
+    if board not in BOARDS:
+        raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    try:
+        from . import configs
+    except ImportError:         # boards/configs.py not there yet: the standard accelerator
+        from ..config import DEFAULT_CONFIG
+        return DEFAULT_CONFIG
+    from ..config import DEFAULT_CONFIG
+    return getattr(configs, f"{board.upper()}_CONFIG", DEFAULT_CONFIG)
 
 
 BOARDS = {
@@ -48,8 +61,23 @@ BOARDS = {
 }
 
 
+# Resource kinds the report shows, per family: (label, cells that count, where "available" comes from). The
+# nextpnr utilisation gives the totals; yosys's cell statistics split the iCE40's logic cells into LUTs and FFs.
+_KINDS = {
+    "ice40": (("LUTs", "SB_LUT4", "ICESTORM_LC"), ("FFs", "SB_DFF", "ICESTORM_LC"),
+              ("DSPs", "ICESTORM_DSP", "ICESTORM_DSP"), ("BRAM (4 Kbit EBR)", "ICESTORM_RAM", "ICESTORM_RAM"),
+              ("SPRAM (256 Kbit)", "ICESTORM_SPRAM", "ICESTORM_SPRAM")),
+    "ecp5": (("LUTs", "TRELLIS_COMB", "TRELLIS_COMB"), ("FFs", "TRELLIS_FF", "TRELLIS_FF"),
+             ("DSPs (18x18)", "MULT18X18D", "MULT18X18D"), ("BRAM (18 Kbit)", "DP16KD", "DP16KD")),
+}
+
+
 @dataclass
 class BuildReport:
+    """What a build produced: the bitstream, the logs, resources used and the achieved Fmax.
+
+    ``resources`` maps nextpnr's cell types to ``(used, available)``; ``cells`` is yosys's cell count by type.
+    """
     board: str
     bitstream: Path
     log: Path
@@ -57,22 +85,66 @@ class BuildReport:
     fmax_mhz: float
     resources: dict = field(default_factory=dict)    # cell type -> (used, available)
     seconds: float = 0.0
+    cells: dict = field(default_factory=dict)        # yosys cell type -> count
+    family: str = "ice40"
 
     @property
     def timing_met(self):
         return self.fmax_mhz >= self.target_mhz
 
+    def usage(self):
+        """``{label: (used, available)}`` for LUTs, FFs, DSPs and block RAM (and the UP5K's SPRAM)."""
+        out = {}
+        for label, cell, total in _KINDS[self.family]:
+            available = self.resources.get(total, (0, 0))[1]
+            if cell.startswith("SB_"):          # from yosys: every cell type of that prefix (SB_DFFESR, ...)
+                used = sum(n for name, n in self.cells.items() if name.startswith(cell))
+            else:
+                used = self.resources.get(cell, (0, 0))[0]
+            out[label] = (used, available)
+        return out
+
+    def fits(self):
+        return all(used <= available for used, available in self.resources.values())
+
     def summary(self):
         lines = [f"{self.board}: {self.bitstream} ({self.seconds:.0f} s)"]
-        for cell, (used, total) in sorted(self.resources.items()):
-            lines.append(f"  {cell:<14} {used:>6} / {total:<6} ({100 * used / total:.0f}%)")
-        verdict = "met" if self.timing_met else "MISSED"
-        lines.append(f"  Fmax {self.fmax_mhz:.1f} MHz against {self.target_mhz:.1f} MHz: timing {verdict}")
+        for label, (used, total) in self.usage().items():
+            share = f"({100 * used / total:.0f}%)" if total else ""
+            lines.append(f"  {label:<18} {used:>6} / {total:<6} {share}")
+        if "ICESTORM_LC" in self.resources:
+            used, total = self.resources["ICESTORM_LC"]
+            lines.append(f"  {'logic cells':<18} {used:>6} / {total:<6} ({100 * used / total:.0f}%)")
+        verdict = "met" if self.timing_met else "NOT met"
+        lines.append(f"  Fmax {self.fmax_mhz:.1f} MHz against the {self.target_mhz:.1f} MHz clock: timing {verdict}")
         return "\n".join(lines)
+
+    def flash_command(self):
+        return BOARDS[self.board].flash.format(bitstream=self.bitstream)
 
 
 _UTIL = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
 _FMAX = re.compile(r"Info: Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+
+
+_CELL = re.compile(r"^\s+(\d+)\s+(\w+)\s*$")
+
+
+def parse_yosys_stat(text):
+    """Cell counts by type from the last ``stat`` block of a yosys log (the whole design, after synthesis)."""
+    start = text.rfind("Count including submodules")
+    if start < 0:
+        start = text.rfind("Number of cells")
+    cells = {}
+    for line in text[max(start, 0):].splitlines():
+        match = _CELL.match(line)
+        if match and not match.group(2).startswith("$") and match.group(2) not in ("wires", "ports", "cells",
+                                                                                  "submodules", "processes",
+                                                                                  "memories"):
+            cells[match.group(2)] = int(match.group(1))
+        elif line.strip().startswith(("2.", "3.", "End of script")) and cells:
+            break
+    return cells
 
 
 def parse_nextpnr_log(text):
@@ -97,10 +169,10 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
     from .top import BoardTop
     if core_factory is None:
         from ..hw.accelerator import Accelerator
-        config = spec.config
+        config = board_config(board)
 
         def core_factory():
-            return Accelerator(config) if config is not None else Accelerator()
+            return Accelerator(config)
     name = name or f"cnnacc_{board}"
     out_dir = Path(out_dir) / board
     platform = spec.make_platform()
@@ -117,9 +189,11 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         platform.build(BoardTop(spec, core_factory), name=name, build_dir=str(out_dir), do_program=False,
                        **overrides)
     except Exception as exc:
-        log = out_dir / f"{name}.tim"
+        # The last log a tool wrote names the failing step: nextpnr's, else yosys's.
+        logs = [p for p in (out_dir / f"{name}.tim", out_dir / f"{name}.rpt") if p.exists()]
+        log = max(logs, key=lambda p: p.stat().st_mtime) if logs else out_dir
         raise BuildError(f"{board} build failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                         f"see {log if log.exists() else out_dir}") from None
+                         f"see {log}") from None
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -131,5 +205,9 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         raise BuildError(f"{board}: nextpnr reported no clock frequency; see {log}")
     clock, fmax, target = min(sync, key=lambda c: c[1] - c[2])
     bitstream = out_dir / f"{name}.{'bin' if spec.family == 'ice40' else 'bit'}"
+    if not bitstream.exists() or bitstream.stat().st_size == 0:
+        raise BuildError(f"{board}: the packer wrote no bitstream ({bitstream}); see {log}")
+    rpt = out_dir / f"{name}.rpt"
+    cells = parse_yosys_stat(rpt.read_text(errors="replace")) if rpt.exists() else {}
     return BuildReport(board=board, bitstream=bitstream, log=log, target_mhz=target, fmax_mhz=fmax,
-                       resources=resources, seconds=seconds)
+                       resources=resources, seconds=seconds, cells=cells, family=spec.family)

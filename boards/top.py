@@ -1,15 +1,15 @@
-"""Board top levels: clock (PLL), reset, UART, serial bridge, the accelerator core, status LEDs.
+"""Board top levels: clock (PLL), reset and pad buffers around :class:`~cnnacc.boards.core.BoardCore` (UART,
+serial bridge, the accelerator core, status LEDs).
 
 The core is any component with host-bus streams ``i_host``/``o_host`` (hw/command_processor.py's word
 streams); :func:`cnnacc.boards.build.build` passes the accelerator for the board's configuration.
 """
 
 from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
-from amaranth.lib import io, wiring
+from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
-from ..hw.serial_bridge import SerialBridge
-from ..hw.uart import UartRx, UartTx
+from .core import BoardCore
 from .pll import ecp5_pll, ice40_pll
 
 __all__ = ["BoardTop"]
@@ -59,30 +59,14 @@ class BoardTop(Elaboratable):
         platform.add_clock_constraint(clk_sys, pll.f_out)
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
-        divisor = round(pll.f_out / board.baud)
         uart_pins = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart_pins.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart_pins.tx)
-        m.submodules.uart_rx = uart_rx = UartRx(divisor)
-        m.submodules.uart_tx = uart_tx = UartTx(divisor)
-        m.d.comb += [uart_rx.rx.eq(rx_buf.i), tx_buf.o.eq(uart_tx.tx)]
-        m.submodules.bridge = bridge = SerialBridge(max_words=board.frame_words,
-                                                    idle_timeout=divisor * 10 * 4)
-        m.submodules.core = core = self._core_factory()
-        wiring.connect(m, uart_rx.o_data, bridge.i_rx)
-        wiring.connect(m, bridge.o_tx, uart_tx.i_data)
-        wiring.connect(m, bridge.o_cmd, core.i_host)
-        wiring.connect(m, core.o_host, bridge.i_answer)
-
-        # LEDs, as many as the board has of: a heartbeat (the clock runs), CRC errors seen, activity.
-        heartbeat = Signal(range(int(pll.f_out) // 2 + 1))
-        beat = Signal()
-        with m.If(heartbeat == int(pll.f_out) // 2):
-            m.d.sync += [heartbeat.eq(0), beat.eq(~beat)]
-        with m.Else():
-            m.d.sync += heartbeat.eq(heartbeat + 1)
-        status = [beat, bridge.crc_errors != 0, core.i_host.valid | core.o_host.valid]
-        for i, value in zip(range(board.leds), status):
+        m.submodules.board_core = board_core = BoardCore(
+            self._core_factory(), round(pll.f_out / board.baud), frame_words=board.frame_words,
+            leds=board.leds, heartbeat_cycles=int(pll.f_out) // 2)
+        m.d.comb += [board_core.rx.eq(rx_buf.i), tx_buf.o.eq(board_core.tx)]
+        for i in range(board.leds):
             m.submodules[f"led_{i}"] = led = io.Buffer("o", platform.request("led", i, dir="-"))
-            m.d.comb += led.o.eq(value)
+            m.d.comb += led.o.eq(board_core.leds[i])
         return m

@@ -93,11 +93,16 @@ def _add_config_options(p):
 
 
 def _config(args):
+    """The standard configuration, or the one of ``--board``, with the options' changes."""
     from dataclasses import replace
     from .config import DEFAULT_CONFIG
+    base = DEFAULT_CONFIG
+    if getattr(args, "board", None):
+        from .boards.build import board_config
+        base = board_config(args.board)
     changes = {n: getattr(args, n) for n in _CONFIG_OPTIONS if getattr(args, n, None) is not None}
     try:
-        return replace(DEFAULT_CONFIG, **changes)
+        return replace(base, **changes)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -194,7 +199,12 @@ def _run(args, program, config, images):
         batch = 64 if args.backend == "golden" else 10
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
         # A single batch shows its progress step by step instead (a 224x224 network takes seconds).
-        runtime = Runtime(program, args.backend, config=config, progress=len(chunks) == 1)
+        board = {}
+        if args.backend == "board":
+            board = {"port": args.port, "baud": args.baud, "board": args.board}
+        elif args.port or args.baud:
+            raise CliError("--port and --baud are for --backend board")
+        runtime = Runtime(program, args.backend, config=config, progress=len(chunks) == 1, **board)
     except ProgramError as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     if len(chunks) > 1:
@@ -264,6 +274,20 @@ def _cmd_report(args):
     return 0
 
 
+def _cmd_build(args):
+    from .boards.build import BuildError, build
+    try:
+        report = build(args.board, out_dir=args.out_dir, seed=args.seed)
+    except BuildError as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    print(report.summary())
+    if not report.timing_met:
+        raise CliError(f"{args.board}: timing not met: Fmax {report.fmax_mhz:.1f} MHz is below the "
+                       f"{report.target_mhz:.1f} MHz clock (see {report.log})")
+    print(f"flash with: {report.flash_command()}")
+    return 0
+
+
 def _cmd_demo(args):
     from .host.demo import lenet5_demo
     try:
@@ -298,6 +322,12 @@ def _build_parser():
     p.add_argument("--out", help="write C (int32) to this .npy file instead of printing it")
     p.set_defaults(func=_cmd_gemm)
 
+    p = commands.add_parser("build", help="build a board's bitstream (YoWASP yosys/nextpnr): resources and Fmax")
+    p.add_argument("--board", choices=["icebreaker", "ulx3s"], required=True)
+    p.add_argument("--out-dir", default="build", help="build directory (default %(default)s/BOARD)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default %(default)s)")
+    p.set_defaults(func=_cmd_build)
+
     models_help = ("a .tflite or .onnx file, a bundled name (lenet5, mobilenet_v1_digits, mobilenet_v1, "
                    "mobilenet_v2), or a program saved by compile (.json)")
     p = commands.add_parser("compile", help="compile a model for the accelerator: program (.json) and report")
@@ -312,6 +342,10 @@ def _build_parser():
         p = commands.add_parser(name, help=what)
         p.add_argument("model", nargs="?", default="lenet5", help=models_help + " (default %(default)s)")
         p.add_argument("--backend", choices=["golden", "rtl", "board"], default="golden")
+        p.add_argument("--board", choices=["icebreaker", "ulx3s"],
+                       help="compile for this board's accelerator (and, with --backend board, use its baud rate)")
+        p.add_argument("--port", help="--backend board: the board's serial port, e.g. /dev/ttyUSB1")
+        p.add_argument("--baud", type=int, help="--backend board: baud rate (default: the board's)")
         p.add_argument("--images", help="int8 images [N, H, W, C] (.npy); default: the bundled test digits")
         p.add_argument("--labels", help="labels [N] (.npy) of --images, for the accuracy")
         p.add_argument("--count", type=int, help="run only the first N images")

@@ -14,7 +14,8 @@ give the same outputs on every backend.
     :class:`cnnacc.host.rtl_backend.RtlBackend`: the gateware in cocotb + Verilator; cycles are measured, and the
     cycle model's error is reported beside them.
 ``board``
-    Not available yet (issue 6).
+    :class:`cnnacc.host.board_backend.BoardBackend`: an FPGA board on a serial port (pyserial), through the same
+    driver; the board's configuration id is checked when the runtime is made. Cycles are the board's own counts.
 """
 
 import sys
@@ -162,26 +163,35 @@ class Runtime:
         Defaults to the program's own.
     progress : bool
         Show a progress bar over the steps (golden) or images (rtl).
+    port : str or object, optional
+        ``board`` only: the board's serial port (``/dev/ttyUSB1``), or an open byte port.
+    baud : int, optional
+        ``board`` only: the baud rate of the bitstream (default: ``board``'s, else 1,000,000).
+    board : str, optional
+        ``board`` only: the board's name in :data:`cnnacc.boards.build.BOARDS` (its baud rate and frame size).
+    timeout : float
+        ``board`` only: seconds to wait for an answer before sending a command again.
     """
 
-    def __init__(self, program, backend="golden", *, config=None, progress=False):
+    def __init__(self, program, backend="golden", *, config=None, progress=False, port=None, baud=None,
+                 board=None, timeout=2.0):
         if backend not in BACKENDS:
             raise ProgramError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-        if backend == "board":
-            raise ProgramError("backend 'board' is not available yet: see issue 6")
         target = program.config if config is None else config
         if program.config_id != config_id(target) or (config is not None and config != program.config):
             raise ProgramError(f"program {program.graph.name!r} was compiled for configuration "
                                f"{program.config_id:#010x}, the accelerator is {config_id(target):#010x} "
                                f"({_config_diff(program.config, target)}): compile it again for this one")
         self.program, self.backend, self.config, self.progress = program, backend, target, progress
-        self._rtl = None
-        if backend == "rtl":
+        self._device = None
+        if backend == "board":
+            self._device = _open_board(target, port, baud, board, timeout)
+        elif backend == "rtl":
             try:
                 from .rtl_backend import RtlBackend
             except ImportError as exc:
                 raise ProgramError(f"backend 'rtl' is not available: {exc}") from None
-            self._rtl = RtlBackend(target)
+            self._device = RtlBackend(target)
 
     def model_cycles(self):
         return {s.name: s.cycles for s in self.program.steps}
@@ -196,7 +206,7 @@ class Runtime:
             outputs = self._run_golden(images)
             per_image = [dict(model) for _ in range(len(images))]
         else:
-            outputs, measured = self._rtl.run(program, images)
+            outputs, measured = self._device.run(program, images)
             outputs = np.asarray(outputs)
             per_image = [{name: int(v["cycles"]) for name, v in m.items()} for m in measured]
             words = [{name: (v.get("words_in"), v.get("words_out")) for name, v in m.items()} for m in measured]
@@ -230,6 +240,26 @@ class Runtime:
                     out[..., tile.c0:tile.c1] = result.reshape(n, -1)
             values[step.output] = out
         return values[graph.output]
+
+
+def _open_board(config, port, baud, board, timeout):
+    """A :class:`~cnnacc.host.board_backend.BoardBackend` on ``port`` whose bitstream is built for ``config``."""
+    from .board_backend import BoardBackend
+    if port is None:
+        raise ProgramError("backend 'board' needs the board's serial port: pass --port (e.g. /dev/ttyUSB1)")
+    frame_words = 256        # every board's bridge takes frames this long (the ULX3S takes longer ones too)
+    if board is not None:
+        from ..boards.build import BOARDS
+        if board not in BOARDS:
+            raise ProgramError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+        baud = baud or BOARDS[board].baud
+    backend = BoardBackend(port, baud=baud or 1_000_000, max_words=frame_words, timeout=timeout)
+    try:
+        backend.check(config)
+    except ProgramError:
+        backend.close()
+        raise
+    return backend
 
 
 def _config_diff(a, b):

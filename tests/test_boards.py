@@ -1,12 +1,14 @@
-"""Board groundwork (issue 6): PLL parameter search, nextpnr report parsing, and the iCEBreaker top elaborated
-around the host-facing half of the accelerator (the whole accelerator does not fit the UP5K yet)."""
+"""Boards: PLL parameter search, yosys/nextpnr report parsing, the iCEBreaker top elaborated around the host-facing
+half of the accelerator, and the iCEBreaker bitstream of the whole board built and checked (resources, timing)."""
+
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cnnacc.boards.build import BOARDS, parse_nextpnr_log
+from cnnacc.boards.build import BOARDS, BuildReport, build, parse_nextpnr_log, parse_yosys_stat
 from cnnacc.boards.pll import ecp5_pll, ice40_pll
 from cnnacc.boards.top import BoardTop
 from cnnacc.hw.command_processor import WORD_LAYOUT, CommandProcessor
@@ -77,3 +79,40 @@ def test_icebreaker_top_elaborates_with_pll_and_uart():
     pcf = files["top.pcf"]
     pcf = pcf.decode() if isinstance(pcf, bytes) else pcf
     assert "uart_0__rx" in pcf and "uart_0__tx" in pcf
+
+
+def test_usage_from_yosys_and_nextpnr():
+    rpt = """
+=== design hierarchy ===
+        +----------Count including submodules.
+       22 cells
+       13   $scopeinfo
+        4   SB_RAM40_4K
+      282   SB_CARRY
+       67   SB_DFF
+      531   SB_DFFESR
+     1155   SB_LUT4
+        8   SB_MAC16
+
+2.60. Executing CHECK pass (checking for obvious problems).
+"""
+    cells = parse_yosys_stat(rpt)
+    assert cells == {"SB_RAM40_4K": 4, "SB_CARRY": 282, "SB_DFF": 67, "SB_DFFESR": 531, "SB_LUT4": 1155,
+                     "SB_MAC16": 8}
+    report = BuildReport("icebreaker", Path("x.bin"), Path("x.tim"), 42.0, 41.9,
+                         {"ICESTORM_LC": (1506, 5280), "ICESTORM_RAM": (4, 30), "ICESTORM_DSP": (8, 8),
+                          "ICESTORM_SPRAM": (0, 4)}, cells=cells, family="ice40")
+    assert report.usage() == {"LUTs": (1155, 5280), "FFs": (598, 5280), "DSPs": (8, 8),
+                              "BRAM (4 Kbit EBR)": (4, 30), "SPRAM (256 Kbit)": (0, 4)}
+    assert report.fits() and not report.timing_met
+    assert "timing NOT met" in report.summary()
+
+
+def test_icebreaker_bitstream_builds_fits_and_meets_timing(tmp_path):
+    """`make test` builds the iCEBreaker bitstream of the board's accelerator and checks nextpnr's report."""
+    report = build("icebreaker", out_dir=tmp_path)
+    print(report.summary())
+    assert report.bitstream.stat().st_size > 100_000, report.bitstream      # the UP5K image is 104,090 bytes
+    assert report.fits(), report.summary()
+    assert report.usage()["LUTs"][0] > 0 and report.usage()["FFs"][0] > 0
+    assert report.timing_met, report.summary()

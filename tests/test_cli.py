@@ -116,3 +116,43 @@ def test_inspect_bad_model_files(tmp_path):
     assert_one_line_error(cnnacc("inspect", str(tmp_path / "junk.onnx")), "junk.onnx")
     (tmp_path / "model.bin").write_bytes(b"\x01\x02")
     assert_one_line_error(cnnacc("inspect", str(tmp_path / "model.bin")), "unknown model format")
+
+
+def test_build_reports_and_fails_in_one_line(monkeypatch, capsys, tmp_path):
+    """``cnnacc build``: the report on success; one line naming the log when timing is missed or a tool fails."""
+    from pathlib import Path
+
+    from cnnacc.boards import build as board_build
+    from cnnacc.cli import main
+
+    log = tmp_path / "cnnacc_icebreaker.tim"
+    bitstream = tmp_path / "cnnacc_icebreaker.bin"
+    bitstream.write_bytes(b"\xff" * 16)
+
+    def fake(fmax):
+        def build(board, **kwargs):
+            assert board == "icebreaker" and kwargs["out_dir"] == str(tmp_path)
+            return board_build.BuildReport(board, Path(bitstream), Path(log), 42.0, fmax,
+                                           {"ICESTORM_LC": (4000, 5280), "ICESTORM_DSP": (8, 8),
+                                            "ICESTORM_RAM": (20, 30), "ICESTORM_SPRAM": (4, 4)},
+                                           cells={"SB_LUT4": 3500, "SB_DFFE": 2000}, family="ice40")
+        return build
+
+    monkeypatch.setattr(board_build, "build", fake(43.5))
+    assert main(["build", "--board", "icebreaker", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "LUTs" in out and "3500 / 5280" in out and "DSPs" in out and "8 / 8" in out
+    assert "Fmax 43.5 MHz against the 42.0 MHz clock: timing met" in out and f"iceprog {bitstream}" in out
+
+    monkeypatch.setattr(board_build, "build", fake(39.1))
+    assert main(["build", "--board", "icebreaker", "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cnnacc: error: icebreaker: timing not met: Fmax 39.1 MHz is below the 42.0 MHz clock "
+                   f"(see {log})")
+
+    def broken(board, **kwargs):
+        raise board_build.BuildError(f"icebreaker build failed: Command 'sh' returned 1; see {log}")
+    monkeypatch.setattr(board_build, "build", broken)
+    assert main(["build", "--board", "icebreaker", "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnacc: error: icebreaker build failed") and str(log) in err and "\n" not in err

@@ -1,10 +1,14 @@
 """``cnnacc compile``, ``run`` and ``report``: what they print and write, and their one-line errors."""
 
 import json
+import time
 
 import numpy as np
+import pytest
 
 from cnnacc.cli import main
+from cnnacc.config import DEFAULT_CONFIG
+from cnnacc.hw.commands import config_id
 
 
 def _error(capsys, argv, *needles):
@@ -59,7 +63,10 @@ def test_errors(capsys, tmp_path):
     _error(capsys, ["compile", "lenet5", "--max-width", "16", "-o", str(tmp_path / "p.json")], "'c1'", "max_width")
     _error(capsys, ["run", "mobilenet_v1_digits", "--conv-act-depth", "64", "--conv-param-depth", "2"],
            "one output row", "conv_act_depth")
-    _error(capsys, ["run", "--backend", "board"], "issue 6")
+    _error(capsys, ["run", "--backend", "board"], "needs the board's serial port", "--port")
+    _error(capsys, ["run", "--backend", "board", "--board", "icebreaker", "--port", str(tmp_path / "ttyUSB9")],
+           f"serial port {tmp_path / 'ttyUSB9'} does not exist", "plugged in")
+    _error(capsys, ["run", "--port", "/dev/ttyUSB1"], "--port and --baud are for --backend board")
     _error(capsys, ["run", str(tmp_path / "missing.json")], "does not exist")
     _error(capsys, ["compile", str(tmp_path / "missing.tflite")], "does not exist")
     _error(capsys, ["run", "--rows", "0"], "rows must be an integer")
@@ -85,3 +92,43 @@ def test_bundled_digits_need_a_digit_model():
                                                     input=SimpleNamespace(shape=(224, 224, 3))))
     with pytest.raises(CliError, match=r"takes images of shape \[224, 224, 3\].*give --images"):
         _images(SimpleNamespace(images=None, labels=None, count=None), program)
+
+
+class SilentPort:
+    """A serial port with nothing on the other end."""
+    def __init__(self):
+        self.written = 0
+
+    def write(self, data):
+        self.written += len(data)
+        return len(data)
+
+    def read(self, n):
+        time.sleep(0.002)
+        return b""
+
+
+def test_board_backend_errors():
+    from cnnacc.host.board_backend import BoardError
+    from cnnacc.host.compiler import compile_graph
+    from cnnacc.host.runtime import Runtime
+    from cnnacc.host import models
+    from cnnacc.sim.serial_port import SimulatedSerialPort
+    from test_serial_bridge import LinkedAccelerator
+
+    program = compile_graph(models.lenet5(), DEFAULT_CONFIG, "lenet5")
+    # No answer: every attempt times out, and the error names the port; bounded by retries x timeout.
+    silent = SilentPort()
+    started = time.monotonic()
+    with pytest.raises(BoardError, match="board on serial port did not answer after 5 attempts .last: no answer "
+                                         "within 0.05 s"):
+        Runtime(program, "board", port=silent, timeout=0.05)
+    assert time.monotonic() - started < 5 and silent.written == 5 * 11     # five STATUS frames of 11 bytes
+    # A board that answers but runs another configuration's bitstream (config id 0x1234abcd).
+    dut = LinkedAccelerator()
+    port = SimulatedSerialPort(dut, dut.i_rx, dut.o_tx)
+    with pytest.raises(BoardError) as info:
+        Runtime(program, "board", port=port, timeout=5.0)
+    message = str(info.value)
+    assert "runs a bitstream for configuration 0x1234abcd" in message
+    assert f"the program is compiled for {config_id(DEFAULT_CONFIG):#010x}" in message and "\n" not in message
