@@ -15,20 +15,69 @@ product, one rounding shift by ``31 - shift`` and a saturation to int32.
 Pipeline: bias add | left shift | 32x32 multiply | high part (or single-rounding shift) | rounding divide |
 zero point and clamp. Six register stages, one result per cycle per lane; the whole pipeline stalls only while
 the output is held by back-pressure.
+
+Target ``"ice40"``: serial datapath
+------------------------------------
+On the iCE40UP5K every DSP block computes MACs and a parallel 32x32 multiplier with 64-bit barrel shifters
+costs several thousand LUTs per lane, so ``target="ice40"`` builds a serial version that computes the same
+numbers with one adder per lane. Each lane runs two passes of a radix-4 Booth multiplier (16 cycles each,
+operand digits taken straight from the held input beat):
+
+1. ``p = wrap32(x << left) * multiplier`` (single rounding: ``x * multiplier``). The product's low bits leave
+   the accumulator two per cycle; only bit 31, bit 30 and "bits 29..0 are zero" are kept. gemmlowp's nudge
+   followed by truncation toward zero equals rounding half up, so the saturating rounding doubling high
+   multiply is ``(p >> 31) + p[30]``, saturated (only ``INT32_MIN * INT32_MIN`` reaches ``2**31``).
+2. the right shift by ``right = max(-shift, 0)`` as a multiplication by ``2**(31 - right)``: the product's part
+   above bit 31 is ``value >> right``, bit 30 is the half bit and bits 29..0 the sticky bits, which give TFLite's
+   rounding divide (half away from zero) or single rounding's half up. A zero shift skips the pass's result.
+
+Then zero point and clamp, as in the parallel version. A beat takes :func:`requant_interval` cycles (the input
+is acknowledged when its result enters the output register) and nothing overlaps, so the block needs no
+pipeline registers beyond the per-lane accumulator, multiplicand and a few flags.
+
+Single rounding with a positive shift (an effective scale above 1) needs a left shift the serial path does not
+have; :func:`check_shifts` refuses it for that target and the compiler must call it.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["Requantizer", "lane_params_layout", "requant_input_layout", "requant_output_layout",
-           "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
+           "requant_interval", "requant_latency", "check_shifts", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 SHIFT_MIN, SHIFT_MAX = -31, 30
 #: Register stages from an accepted input to the output register (cycles, without back-pressure).
 REQUANT_LATENCY = 6
+#: Booth radix-4 digits of a 32-bit operand: cycles of one pass of the serial (ice40) multiplier.
+_PASS_CYCLES = 16
+_TARGETS = ("generic", "ice40", "ecp5")
+
+
+def requant_interval(target="generic"):
+    """Cycles between two beats the requantizer of ``target`` can accept back to back (1 when pipelined).
+
+    The serial ice40 version spends one cycle seeing the beat, two passes of :data:`_PASS_CYCLES`, one cycle
+    between them and one writing the result (which acknowledges the beat)."""
+    return 1 if target != "ice40" else 2 * _PASS_CYCLES + 3
+
+
+def requant_latency(target="generic"):
+    """Cycles from a beat becoming valid at the input (the requantizer idle) to its result being valid."""
+    return REQUANT_LATENCY if target != "ice40" else requant_interval(target)
+
+
+def check_shifts(target, rounding, shifts, name="layer"):
+    """Raise ``ValueError`` naming ``name`` if the requantizer of ``target`` cannot apply ``shifts`` with
+    ``rounding`` ("double" or "single"); the serial ice40 version has no single rounding with a left shift."""
+    if target == "ice40" and rounding == "single":
+        import numpy as np
+        bad = np.flatnonzero(np.asarray(shifts).ravel() > 0)
+        if bad.size:
+            raise ValueError(f"layer {name!r}: single rounding with a positive shift (channel {int(bad[0])}) is "
+                             f"not supported by the ice40 requantizer; use double rounding")
 
 
 def lane_params_layout():
@@ -64,6 +113,8 @@ class Requantizer(wiring.Component):
         Channels per beat (``config.lanes`` for the vector engines, ``config.rows`` behind the array).
     tag_width : int
         Width of an opaque tag carried from each input beat to its output beat (0 for none).
+    target : str
+        ``"ice40"`` builds the serial datapath (see the module docstring), anything else the pipelined one.
 
     Members
     -------
@@ -75,13 +126,16 @@ class Requantizer(wiring.Component):
         Output zero point and clamp bounds (ReLU/ReLU6 are clamp bounds). Layer-constant, as above.
     """
 
-    def __init__(self, lanes, tag_width=0):
+    def __init__(self, lanes, tag_width=0, *, target="generic"):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
             raise ValueError(f"lanes must be an integer from 1 to 64, not {lanes!r}")
         if not isinstance(tag_width, int) or tag_width < 0:
             raise ValueError(f"tag_width must be a non-negative integer, not {tag_width!r}")
+        if target not in _TARGETS:
+            raise ValueError(f"target must be one of {_TARGETS}, not {target!r}")
         self._lanes = lanes
         self._tag_width = tag_width
+        self._target = target
         super().__init__({
             "i_acc": In(stream.Signature(requant_input_layout(lanes, tag_width))),
             "o_data": Out(stream.Signature(requant_output_layout(lanes, tag_width))),
@@ -95,7 +149,13 @@ class Requantizer(wiring.Component):
     def lanes(self):
         return self._lanes
 
+    @property
+    def target(self):
+        return self._target
+
     def elaborate(self, platform):
+        if self._target == "ice40":
+            return self._elaborate_serial()
         m = Module()
 
         # One enable for every stage: the pipeline moves whenever the output register is free or being taken.
@@ -181,4 +241,121 @@ class Requantizer(wiring.Component):
             biased = Signal(signed(34), name=f"l{lane}_biased")
             m.d.comb += biased.eq(scaled5 + self.zero_point)
             clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
+            m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])
+
+    # --- serial datapath (target "ice40") -------------------------------------------------------------------------
+
+    def _elaborate_serial(self):
+        m = Module()
+        o = self.o_data
+        # phase: 0 idle, 1 first pass, 2 between passes, 3 second pass, 4 writing the result.
+        phase = Signal(range(5))
+        step = Signal(range(_PASS_CYCLES))
+        last_step = step == _PASS_CYCLES - 1
+        finish = Signal()
+        m.d.comb += finish.eq((phase == 4) & (~o.valid | o.ready))
+        # The beat stays on the input (stream rule) until its result is written; only then is it taken.
+        m.d.comb += self.i_acc.ready.eq(finish)
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.Switch(phase):
+            with m.Case(0):
+                with m.If(self.i_acc.valid):
+                    m.d.sync += [phase.eq(1), step.eq(0)]
+            with m.Case(1, 3):
+                m.d.sync += step.eq(step + 1)
+                with m.If(last_step):
+                    m.d.sync += phase.eq(phase + 1)
+            with m.Case(2):
+                m.d.sync += [phase.eq(3), step.eq(0)]
+            with m.Case(4):
+                with m.If(finish):
+                    m.d.sync += [phase.eq(0), o.valid.eq(1)]
+                    if self._tag_width:
+                        m.d.sync += o.payload.tag.eq(self.i_acc.payload.tag)
+        for lane in range(self._lanes):
+            self._serial_lane(m, lane, phase, step, last_step, finish)
+        return m
+
+    def _serial_lane(self, m, lane, phase, step, last_step, finish):
+        acc = self.i_acc.payload.acc[lane]
+        params = self.i_acc.payload.params[lane]
+        single = self.single_rounding
+
+        def sig(shape, name):
+            return Signal(shape, name=f"l{lane}_{name}")
+
+        x = sig(signed(32), "x")
+        m.d.comb += x.eq((acc + params.bias)[:32].as_signed())
+        shift = params.shift
+        left = sig(range(31), "left")              # double rounding only
+        right = sig(range(32), "right")
+        m.d.comb += [left.eq(Mux(single | (shift <= 0), 0, shift)), right.eq(Mux(shift < 0, -shift, 0))]
+
+        # The three operand bits of Booth digit ``step``: a[2k+1], a[2k], a[2k-1].
+        window = sig(3, "window")
+        # First pass: a = wrap32(x << left); bit j of a is bit j - left of x (zero below), so the window is a
+        # 3-bit slice of x with 32 zeros below it.
+        padded = Cat(Const(0, 32), x)
+        offset = sig(range(64), "offset")
+        m.d.comb += offset.eq(31 + (step << 1) - left)
+        first_window = padded.bit_select(offset, 3)
+        # Second pass: a = 2**(31 - right), one bit at position 31 - right.
+        position = sig(range(32), "position")
+        m.d.comb += position.eq(31 - right)
+        second_window = Cat(*[(step << 1) + (i - 1) == position for i in range(3)])
+        m.d.comb += window.eq(Mux(phase == 1, first_window, second_window))
+        b0, b1, b2 = window[0], window[1], window[2]
+        negative = b2 & ~(b1 & b0)
+        one = b1 ^ b0
+        two = (b2 & ~b1 & ~b0) | (~b2 & b1 & b0)
+
+        # Multiplicand: the multiplier (first pass) or the first pass's result (second pass), 33 bits because
+        # single rounding's p >> 31 reaches 2**31.
+        held = sig(signed(33), "held")              # loaded between the passes
+        mc = sig(signed(33), "mc")
+        m.d.comb += mc.eq(Mux(phase == 1, params.multiplier, held))
+        addend = sig(signed(35), "addend")
+        m.d.comb += addend.eq(Mux(one, mc, Mux(two, mc << 1, 0)))
+        high = sig(signed(36), "high")             # the product above the bits already shifted out
+        total = sig(signed(37), "total")
+        m.d.comb += total.eq(Mux(negative, high - addend, high + addend))
+        low2 = sig(2, "low2")                       # product bits 31 and 30 once a pass is done
+        zero = sig(1, "zero")                       # product bits 29..0 are all zero
+
+        bypass = sig(1, "bypass")
+        hi_neg = sig(1, "hi_neg")
+        quotient = sig(signed(37), "quotient")      # p >> 31 of the pass just finished
+        m.d.comb += quotient.eq(Cat(low2[1], high).as_signed())
+        rounded = sig(signed(38), "rounded")
+        m.d.comb += rounded.eq(quotient + low2[0])
+        saturated = Mux(rounded > INT32_MAX, INT32_MAX, rounded)
+
+        with m.If((phase == 1) | (phase == 3)):
+            m.d.sync += high.eq(total >> 2)
+            with m.If(last_step):
+                m.d.sync += low2.eq(total[:2])
+            with m.Else():
+                m.d.sync += zero.eq(zero & (total[:2] == 0))
+        with m.If(phase == 0):
+            m.d.sync += [high.eq(0), zero.eq(1)]
+        with m.If(phase == 2):
+            # Double: the saturating rounding doubling high multiply. Single: p >> 31 itself, unless the shift
+            # is 0 (then the half-up rounding just done is the result).
+            m.d.sync += [
+                held.eq(Mux(single & (right != 0), quotient, saturated)),
+                hi_neg.eq(Mux(single & (right != 0), quotient < 0, saturated < 0)),
+                bypass.eq(right == 0),
+                high.eq(0), zero.eq(1),
+            ]
+
+        # Result: the second pass gives floor(value / 2**right) with the half bit and the sticky bits.
+        up = sig(1, "up")
+        m.d.comb += up.eq(low2[0] & (single | ~hi_neg | ~zero))
+        result = sig(signed(34), "result")
+        m.d.comb += result.eq(Mux(bypass, held, quotient + up))
+        biased = sig(signed(35), "biased")
+        m.d.comb += biased.eq(result + self.zero_point)
+        clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
+        with m.If(finish):
             m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])

@@ -18,13 +18,27 @@ before the next tile overwrites its shadows; the block enforces this itself by h
 real convolution layer but the shallowest) run at one beat per cycle.
 
 Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation.
+
+Target ``"ice40"`` (``config.target``) changes two things and keeps every cycle of the schedule otherwise:
+
+* the products come from ``SB_MAC16`` blocks, two PEs per block (:class:`~.dsp.DualMul8`), registered inside the
+  block exactly where the fabric register of the generic PE is;
+* the drain is decoupled: the shadows are the output buffer. A finished column stays pending in its shadows and
+  ``o_columns`` shows the oldest pending column (columns still in order) until it is taken; the array keeps
+  computing meanwhile and stalls only when the next tile is about to overwrite a column that was not taken.
+  The requantizer of that target needs several cycles per column (hw/requantizer.py), so
+  :func:`min_tile_beats` spaces tiles by the time it takes to drain ``cols`` columns through it: with a
+  consumer that keeps up, no stall ever happens and the cycle model stays a closed formula. When the consumer
+  takes every column at once, the output timing equals the generic array's.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .dsp import DualMul8
+from .requantizer import requant_interval
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency"]
 
@@ -49,8 +63,15 @@ def column_layout(config):
 
 def min_tile_beats(config):
     """Fewest cycles between two ``last`` beats: the columns of a tile drain one per cycle (``cols``) and the top
-    row's shadow must outlive the bottom row's finish by one cycle (``rows + 1``)."""
-    return max(config.cols, config.rows + 1)
+    row's shadow must outlive the bottom row's finish by one cycle (``rows + 1``).
+
+    On target ``"ice40"`` the columns drain at the requantizer's pace (:func:`~.requantizer.requant_interval`
+    cycles each), so tiles are spaced by ``cols`` such intervals; the top row of column ``c`` of the next tile
+    then finishes no earlier than the cycle column ``c`` is taken, and the decoupled drain never stalls."""
+    generic = max(config.cols, config.rows + 1)
+    if config.target != "ice40":
+        return generic
+    return max(generic, config.cols * requant_interval(config.target))
 
 
 def array_latency(config):
@@ -66,7 +87,11 @@ class SystolicArray(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        Supplies ``rows``, ``cols`` and ``acc_width``.
+        Supplies ``rows``, ``cols``, ``acc_width`` and ``target``.
+    dsp_model : bool
+        Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMul8` with target
+        ``"generic"``) while keeping the target's drain: for the Amaranth simulator, which cannot run a vendor
+        primitive. Default ``False``.
 
     Members
     -------
@@ -76,10 +101,11 @@ class SystolicArray(wiring.Component):
         ``cols`` beats per tile, columns in order. Accumulators wrap modulo ``2**acc_width``.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, dsp_model=False):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         self._config = config
+        self._dsp_model = bool(dsp_model)
         super().__init__({
             "i_beats":   In(stream.Signature(beat_layout(config))),
             "o_columns": Out(stream.Signature(column_layout(config))),
@@ -93,8 +119,10 @@ class SystolicArray(wiring.Component):
         m = Module()
         cfg = self._config
         rows, cols = cfg.rows, cfg.cols
+        decoupled = cfg.target == "ice40"
         en = Signal()
-        m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
+        if not decoupled:
+            m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
 
         # Spacing of last beats (see min_tile_beats), counted in enabled cycles.
         gap = min_tile_beats(cfg)
@@ -135,6 +163,18 @@ class SystolicArray(wiring.Component):
 
         shadow = [[None] * cols for _ in range(rows)]
         column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
+        top_flags = [None] * cols          # what row 0 is about to accumulate, per column (decoupled drain)
+        # Products: a registered ``*`` per PE, or on ice40 one SB_MAC16 (two products) per pair of PEs.
+        pe_products = {}
+        if decoupled:
+            target = "generic" if self._dsp_model else cfg.target
+            pes = [(r, c) for r in range(rows) for c in range(cols)]
+            for i in range(0, len(pes), 2):
+                mul = m.submodules[f"mul_{i // 2}"] = DualMul8(target)
+                m.d.comb += mul.ce.eq(en)
+                pe_products[pes[i]] = (mul.a0, mul.b0, mul.p0)
+                if i + 1 < len(pes):
+                    pe_products[pes[i + 1]] = (mul.a1, mul.b1, mul.p1)
         for r in range(rows):
             wgt_in, flags_in = west[r]
             for c in range(cols):
@@ -150,9 +190,17 @@ class SystolicArray(wiring.Component):
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
                 m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
+                if (r, c) in pe_products:
+                    mul_a, mul_b, mul_p = pe_products[r, c]
+                    m.d.comb += [mul_a.eq(act), mul_b.eq(wgt), product.eq(mul_p)]
+                    product_update = []
+                else:
+                    product_update = [product.eq(act * wgt)]
+                if r == 0:
+                    top_flags[c] = pflags
                 with m.If(en):
-                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in),
-                                 product.eq(act * wgt), pflags.eq(flags)]
+                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags)]
+                    m.d.sync += product_update
                     with m.If(pflags.valid):
                         m.d.sync += acc.eq(total)
                         with m.If(pflags.last):
@@ -164,6 +212,10 @@ class SystolicArray(wiring.Component):
                 north[c] = act
                 wgt_in, flags_in = wgt, flags
 
+        if decoupled:
+            self._decoupled_drain(m, en, shadow, column_done, top_flags)
+            return m
+
         # Output register: at most one column finishes per cycle (tiles are >= cols cycles apart).
         with m.If(en):
             m.d.sync += self.o_columns.valid.eq(0)
@@ -173,3 +225,31 @@ class SystolicArray(wiring.Component):
                     m.d.sync += self.o_columns.payload.col.eq(c)
                     m.d.sync += [self.o_columns.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
         return m
+
+    def _decoupled_drain(self, m, en, shadow, column_done, top_flags):
+        """Pending columns shown from their shadows, oldest first; stall only to protect an untaken column."""
+        rows, cols = self._config.rows, self._config.cols
+        o = self.o_columns
+        pending = Signal(cols)
+        next_col = Signal(range(cols))
+        m.d.comb += o.valid.eq(pending.bit_select(next_col, 1))
+        m.d.comb += o.payload.col.eq(next_col)
+        with m.Switch(next_col):
+            for c in range(cols):
+                with m.Case(c):
+                    m.d.comb += [o.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
+        taken = Signal(cols)
+        m.d.comb += taken.eq(Mux(o.valid & o.ready, 1 << next_col, 0))
+        with m.If(o.valid & o.ready):
+            m.d.sync += next_col.eq(Mux(next_col == cols - 1, 0, next_col + 1))
+        # Row 0 of column c writes its shadow first; if column c of the previous tile is still pending (and not
+        # being taken now), everything waits. The later rows of the column follow row 0, so they are safe too.
+        hazard = Signal()
+        m.d.comb += hazard.eq(0)
+        for c in range(cols):
+            with m.If(top_flags[c].valid & top_flags[c].last & pending[c] & ~taken[c]):
+                m.d.comb += hazard.eq(1)
+        m.d.comb += en.eq(~hazard)
+        done = Signal(cols)
+        m.d.comb += done.eq(Mux(en, Cat(*column_done), 0))
+        m.d.sync += pending.eq((pending & ~taken) | done)

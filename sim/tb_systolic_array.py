@@ -15,10 +15,10 @@ from amaranth.sim import Simulator
 import cocotb
 
 from ..config import AcceleratorConfig
-from ..hw.systolic_array import SystolicArray, beat_layout, column_layout
+from ..hw.systolic_array import SystolicArray, beat_layout, column_layout, min_tile_beats
 from .amaranth_streams import stream_get, stream_put
 from .cocotb_streams import stream_through
-from .runner import run_cocotb, testbench_inputs, testbench_outputs
+from .runner import run_cocotb, testbench_inputs, testbench_outputs, vendor_models
 
 __all__ = ["run_amaranth", "run_rtl", "golden_tiles"]
 
@@ -47,8 +47,10 @@ def _assemble(config, columns, count):
     return results
 
 
-def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0):
-    dut = SystolicArray(config)
+def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0, stall_cycles=None):
+    """``stall_cycles``: if given, the consumer takes a column only every that many cycles (a slow requantizer);
+    the random ``stall`` then applies on top. Vendor primitives are built from their plain models here."""
+    dut = SystolicArray(config, dsp_model=True)
     rng = random.Random(seed)
     columns = []
     cycles = 0
@@ -59,6 +61,8 @@ def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0):
 
     async def consumer(ctx):
         for _ in range(len(tiles) * config.cols):
+            if stall_cycles and stall_cycles > 1:
+                await ctx.tick().repeat(stall_cycles - 1)
             beat = await stream_get(ctx, dut.o_columns, rng=rng, stall_prob=stall)
             columns.append((int(beat.col), [int(v) for v in beat.acc]))
 
@@ -67,7 +71,7 @@ def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0):
         async for _ in ctx.tick():
             cycles += 1
 
-    beats = sum(max(w.shape[0], config.rows + 1, config.cols) for w, _ in tiles)
+    beats = sum(max(w.shape[0], min_tile_beats(config)) for w, _ in tiles) * (stall_cycles or 1)
     limit = (40 + 2 * beats + config.rows + config.cols) * (1 + 20 * max(bubble, stall))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -82,8 +86,11 @@ def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0):
 
 
 def run_rtl(config, tiles, *, seed=0, bubble=0.0, stall=0.0, sim=None):
+    """Under cocotb; an ice40 array runs its ``SB_MAC16`` instances on yosys's models."""
+    sources = [vendor_models("ice40")] if config.target == "ice40" else []
     run = run_cocotb(
         SystolicArray(config), toplevel="systolic_array", test_module="cnnacc.sim.tb_systolic_array", sim=sim,
+        sources=sources,
         inputs=dict(wgt=np.concatenate([w for w, _ in tiles]), act=np.concatenate([a for _, a in tiles]),
                     depths=[w.shape[0] for w, _ in tiles], rows=config.rows, cols=config.cols,
                     acc_width=config.acc_width, seed=seed, bubble=bubble, stall=stall))

@@ -10,7 +10,7 @@ from amaranth.hdl import UnusedElaboratable
 from amaranth.sim import Simulator
 
 from cnnacc.host.quant import INT32_MAX, INT32_MIN, requantize, wrap_int32
-from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer
+from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer, check_shifts, requant_interval
 from cnnacc.sim import tb_requantizer
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 
@@ -24,8 +24,8 @@ def golden(vectors, zp, qmin, qmax, mode):
     return out.reshape(x.shape).astype(np.int64)
 
 
-def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stall=0.3):
-    dut = Requantizer(lanes, tag_width=8)
+def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stall=0.3, target="generic"):
+    dut = Requantizer(lanes, tag_width=8, target=target)
     rng = random.Random(seed)
     beats = vectors["acc"].shape[0]
     got, tags = [], []
@@ -53,7 +53,7 @@ def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stal
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.run_until(1e-8 * (50 + 10 * beats))
+    sim.run_until(1e-8 * (50 + (10 + requant_interval(target)) * beats))
     assert len(got) == beats, f"seed {seed}: {len(got)} of {beats} results came out"
     return np.array(got, np.int64), np.array(tags)
 
@@ -134,3 +134,38 @@ def test_verilator_single_one_beat_per_cycle():
     np.testing.assert_array_equal(got, golden(vectors, 0, -128, 127, "single"), err_msg=f"seed {seed}")
     # Without bubbles or back-pressure: the beats plus the pipeline latency, nothing more.
     assert cycles == len(vectors["acc"]) + REQUANT_LATENCY
+
+
+# --- target "ice40": the serial datapath, same numbers -----------------------------------------------------------
+
+def without_positive_single_shifts(vectors):
+    """The ice40 requantizer has no single rounding with a left shift (check_shifts refuses it): clip to 0."""
+    return dict(vectors, shift=np.minimum(vectors["shift"], 0))
+
+
+@pytest.mark.parametrize("mode", ["double", "single"])
+def test_ice40_every_shift_at_the_extremes(mode):
+    vectors = edge_vectors(4)
+    if mode == "single":
+        vectors = without_positive_single_shifts(vectors)
+    got, tags = run_amaranth(4, vectors, -128, -128, 127, mode, seed=5, bubble=0.2, stall=0.4, target="ice40")
+    np.testing.assert_array_equal(got, golden(vectors, -128, -128, 127, mode), err_msg=f"mode {mode}, seed 5")
+    np.testing.assert_array_equal(tags, np.arange(len(tags)) % 256)
+
+
+@pytest.mark.parametrize("mode,seed,zp,qmin,qmax", [("double", 6, 127, -128, 127), ("single", 7, -5, -5, 90)])
+def test_ice40_random_values_with_clamps(mode, seed, zp, qmin, qmax):
+    rng = np.random.default_rng(seed)
+    vectors = random_vectors(rng, 40, 4)
+    if mode == "single":
+        vectors = without_positive_single_shifts(vectors)
+    got, _ = run_amaranth(4, vectors, zp, qmin, qmax, mode, seed=seed, target="ice40")
+    np.testing.assert_array_equal(got, golden(vectors, zp, qmin, qmax, mode), err_msg=f"seed {seed}")
+
+
+def test_ice40_refuses_single_rounding_with_a_left_shift():
+    check_shifts("ice40", "double", [3, -4])
+    check_shifts("generic", "single", [3, -4])
+    check_shifts("ice40", "single", [0, -4])
+    with pytest.raises(ValueError, match="layer 'c1': single rounding with a positive shift \\(channel 1\\)"):
+        check_shifts("ice40", "single", [0, 2], name="c1")

@@ -1,0 +1,98 @@
+"""Multiplier primitives chosen by ``config.target``: a pair of registered signed 8x8 products.
+
+:class:`DualMul8` is the unit the systolic array builds its processing elements from. Each cycle ``ce`` is high
+it registers ``p0 = a0 * b0`` and ``p1 = a1 * b1`` (signed int8 operands, int16 products), so the products are
+valid one cycle after their operands, exactly like the fabric register of a plain ``*``.
+
+``target="ice40"`` builds it from one ``SB_MAC16`` in ``MODE_8x8``: the top multiplier takes ``A[15:8] x B[15:8]``
+and the bottom one ``A[7:0] x B[7:0]``; with ``A_SIGNED``/``B_SIGNED`` both are signed, ``TOP/BOT_8x8_MULT_REG``
+register the products inside the block and ``TOP/BOTOUTPUT_SELECT=2`` routes those registers straight to
+``O[31:16]``/``O[15:0]``. The iCE40UP5K's 8 blocks therefore give 16 products per cycle. Every other target
+(and the Amaranth simulator, which cannot run a vendor primitive) gets the plain ``*`` model of the same
+latency; tests run the two against each other with yosys's ``cells_sim.v`` under Verilator.
+
+Unlike the fabric model, the ``SB_MAC16`` product registers are not reset by the ``sync`` reset (their reset
+inputs are tied low); the model's registers are reset-less too, so the two agree from the first cycle on any
+operands. Users must not rely on the products before the first enabled cycle.
+"""
+
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import TARGETS
+
+__all__ = ["DualMul8", "sb_mac16_8x8"]
+
+
+def sb_mac16_8x8(a_top, b_top, a_bot, b_bot, p_top, p_bot, ce):
+    """An ``SB_MAC16`` instance computing two registered signed 8x8 products (see the module docstring)."""
+    out = Signal(32)
+    inst = Instance(
+        "SB_MAC16",
+        p_NEG_TRIGGER=Const(0, 1),
+        p_C_REG=Const(0, 1), p_A_REG=Const(0, 1), p_B_REG=Const(0, 1), p_D_REG=Const(0, 1),
+        p_TOP_8x8_MULT_REG=Const(1, 1), p_BOT_8x8_MULT_REG=Const(1, 1),
+        p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(0, 1),
+        p_TOPOUTPUT_SELECT=Const(2, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
+        p_TOPADDSUB_UPPERINPUT=Const(0, 1), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+        p_BOTOUTPUT_SELECT=Const(2, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+        p_BOTADDSUB_UPPERINPUT=Const(0, 1), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+        p_MODE_8x8=Const(1, 1), p_A_SIGNED=Const(1, 1), p_B_SIGNED=Const(1, 1),
+        i_CLK=ClockSignal("sync"), i_CE=ce,
+        i_A=Cat(a_bot, a_top), i_B=Cat(b_bot, b_top),
+        i_C=Const(0, 16), i_D=Const(0, 16),
+        i_AHOLD=Const(0), i_BHOLD=Const(0), i_CHOLD=Const(0), i_DHOLD=Const(0),
+        i_IRSTTOP=Const(0), i_IRSTBOT=Const(0), i_ORSTTOP=Const(0), i_ORSTBOT=Const(0),
+        i_OLOADTOP=Const(0), i_OLOADBOT=Const(0), i_ADDSUBTOP=Const(0), i_ADDSUBBOT=Const(0),
+        i_OHOLDTOP=Const(0), i_OHOLDBOT=Const(0), i_CI=Const(0), i_ACCUMCI=Const(0), i_SIGNEXTIN=Const(0),
+        o_O=out)
+    return inst, [p_top.eq(out[16:32].as_signed()), p_bot.eq(out[0:16].as_signed())]
+
+
+class DualMul8(wiring.Component):
+    """Two registered signed 8x8 multipliers sharing one clock enable.
+
+    Parameters
+    ----------
+    target : str
+        One of :data:`cnnacc.config.TARGETS`; ``"ice40"`` builds an ``SB_MAC16``, anything else a plain ``*``.
+
+    Members
+    -------
+    a0, b0, a1, b1 : In(signed(8))
+        Operands.
+    ce : In(1)
+        Clock enable of both product registers.
+    p0, p1 : Out(signed(16))
+        ``a0 * b0`` and ``a1 * b1`` as they were on the last enabled clock edge.
+    """
+
+    def __init__(self, target="generic"):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+        self._target = target
+        super().__init__({
+            "a0": In(signed(8)), "b0": In(signed(8)), "a1": In(signed(8)), "b1": In(signed(8)),
+            "ce": In(1),
+            "p0": Out(signed(16)), "p1": Out(signed(16)),
+        })
+
+    @property
+    def target(self):
+        return self._target
+
+    def elaborate(self, platform):
+        m = Module()
+        if self._target == "ice40":
+            inst, connections = sb_mac16_8x8(self.a1, self.b1, self.a0, self.b0, self.p1, self.p0, self.ce)
+            m.submodules.mac16 = inst
+            m.d.comb += connections
+        else:
+            # Reset-less like the SB_MAC16 product registers, so both versions behave alike after reset.
+            r0 = Signal(signed(16), reset_less=True)
+            r1 = Signal(signed(16), reset_less=True)
+            with m.If(self.ce):
+                m.d.sync += [r0.eq(self.a0 * self.b0), r1.eq(self.a1 * self.b1)]
+            m.d.comb += [self.p0.eq(r0), self.p1.eq(r1)]
+        return m
