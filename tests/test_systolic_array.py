@@ -55,3 +55,59 @@ def test_verilator_8x8_random_tiles():
     tiles = random_tiles(config, seed, count=12, depths=[1, 4, 9, 40])
     got, _ = tb.run_rtl(config, tiles, seed=seed, bubble=0.25, stall=0.25)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
+
+
+# --- target "ice40": SB_MAC16 products and the decoupled drain ---------------------------------------------------
+
+ICE40 = AcceleratorConfig(rows=4, cols=4, target="ice40")
+
+
+@pytest.mark.parametrize("seed,rows,cols", [(31, 4, 4), (32, 3, 2)])
+def test_ice40_amaranth_random_tiles_with_backpressure(seed, rows, cols):
+    # The Amaranth simulator runs the SB_MAC16 pairs as their plain models (dsp_model); the drain is ice40's.
+    config = AcceleratorConfig(rows=rows, cols=cols, target="ice40")
+    tiles = random_tiles(config, seed, count=6, depths=[1, 2, 9, 40])
+    got, _ = tb.run_amaranth(config, tiles, seed=seed, bubble=0.3, stall=0.3)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
+
+
+def test_ice40_slow_consumer_never_loses_a_column():
+    # A consumer slower than the tile spacing: the array must stall rather than overwrite a pending column.
+    seed = 33
+    tiles = random_tiles(ICE40, seed, count=5, depths=[1, 5, 40])
+    got, _ = tb.run_amaranth(ICE40, tiles, seed=seed, stall_cycles=min_tile_beats(ICE40) // 2)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
+
+
+def test_ice40_consumer_at_the_requantizer_pace_costs_no_cycle():
+    # Tiles at the ice40 spacing with a consumer taking one column per requantizer interval: the array keeps one
+    # beat per cycle, and only the last tile's drain at that pace comes on top of the beats.
+    from cnnacc.hw.requantizer import requant_interval
+    depth = min_tile_beats(ICE40)
+    assert depth == ICE40.cols * requant_interval("ice40")
+    tiles = random_tiles(ICE40, 34, count=3, depths=[depth])
+    got, cycles = tb.run_amaranth(ICE40, tiles, stall_cycles=requant_interval("ice40"))
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
+    got_fast, fast = tb.run_amaranth(ICE40, tiles)
+    np.testing.assert_array_equal(got_fast, tb.golden_tiles(tiles))
+    assert fast == 3 * depth + array_latency(ICE40) + ICE40.cols
+    assert cycles == fast + (ICE40.cols - 1) * (requant_interval("ice40") - 1)
+
+
+def test_ice40_verilator_sb_mac16_equals_generic():
+    # SB_MAC16 on yosys's cells_sim.v: the same accumulators as golden, and for tiles at least as deep as the ice40
+    # spacing, the same cycles as the generic array.
+    seed = 35
+    generic = AcceleratorConfig(rows=4, cols=4)
+    tiles = random_tiles(ICE40, seed, count=4, depths=[min_tile_beats(ICE40), 150])
+    extremes = [(np.full((min_tile_beats(ICE40), 4), -128, np.int8), np.full((min_tile_beats(ICE40), 4), -128, np.int8)),
+                (np.full((200, 4), 127, np.int8), np.full((200, 4), -128, np.int8))]
+    tiles = extremes + tiles
+    got, cycles = tb.run_rtl(ICE40, tiles, seed=seed)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
+    got_generic, cycles_generic = tb.run_rtl(generic, tiles, seed=seed)
+    np.testing.assert_array_equal(got, got_generic)
+    assert cycles == cycles_generic
+    shallow = random_tiles(ICE40, seed + 1, count=6, depths=[1, 3, 20])
+    got, _ = tb.run_rtl(ICE40, shallow, seed=seed, bubble=0.25, stall=0.25)
+    np.testing.assert_array_equal(got, tb.golden_tiles(shallow), err_msg=f"seed {seed + 1}")
