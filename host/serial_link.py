@@ -3,8 +3,9 @@
 :class:`SerialLink` is a transport for :mod:`cnnacc.host.protocol`: ``transact(words)`` sends one command and
 returns the answer words. It needs a *port* with pyserial's two calls, ``write(bytes)`` and ``read(n)`` (which
 returns fewer bytes when its timeout passes), so it runs the same over a real serial port and over a simulated
-board. A damaged answer, a ``NAK`` or silence makes it send the command again (commands are idempotent: the
-accelerator never overwrites a command's own inputs); after ``retries`` attempts it raises :class:`LinkError`.
+board. A damaged answer, a ``NAK`` or silence makes it send the command again, as a ``RETRY`` frame with the same
+``seq``: the bridge then resends the answer of a command it already executed instead of executing it twice, so
+``START`` and ``WAIT`` survive a lost answer. After ``retries`` attempts it raises :class:`LinkError`.
 """
 
 import binascii
@@ -106,13 +107,12 @@ class SerialLink:
         if not 1 <= len(words) <= self._max_words:
             raise ValueError(f"a command frame carries 1 to {self._max_words} words, not {len(words)}")
         self._seq = (self._seq + 1) & 0xFF
-        frame = encode_frame(FrameType.COMMAND, self._seq, words)
         reader = FrameReader(self._max_words)
         last_problem = "no answer"
         for attempt in range(self._retries):
             if attempt:
                 self.stats["retries"] += 1
-            self._port.write(frame)
+            self._port.write(encode_frame(FrameType.RETRY if attempt else FrameType.COMMAND, self._seq, words))
             self.stats["frames"] += 1
             deadline = self._clock() + self._timeout
             while self._clock() < deadline:

@@ -7,7 +7,13 @@ Frame, both directions (all multi-byte fields little-endian)::
 The CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF) over ``type`` to the end of the payload.
 The host sends ``COMMAND`` frames; the bridge answers every one, with ``ANSWER`` (the command processor's answer
 words) or ``NAK`` (the frame arrived damaged: bad CRC, bad type, empty, too long, or cut short by a pause longer
-than ``idle_timeout`` cycles). ``seq`` is echoed so the host can match answers to commands. A command runs only
+than ``idle_timeout`` cycles). ``seq`` is echoed so the host can match answers to commands.
+
+The host sends a command again as a ``RETRY`` frame with the same ``seq``. If that ``seq`` is the last command
+the bridge executed, the bridge sends the stored answer again instead of executing the command twice (the answer,
+not the command, was lost on the line); otherwise (the first attempt never arrived whole) it executes it. This
+makes retries safe for commands that are not idempotent (``START`` of a run, ``WAIT`` for it). The answer is kept
+in its own buffer, so receiving the retried frame does not overwrite it. A command runs only
 after its whole frame has been received and checked, so a damaged frame never writes anything; after a damaged
 frame the bridge waits for the line to go idle before it answers, so the rest of that frame is not mistaken for a
 new one. The encodings are shared with the host through :class:`FrameType` and :data:`SYNC`.
@@ -29,6 +35,7 @@ class FrameType(enum.Enum, shape=8):
     COMMAND = 0x01
     ANSWER = 0x02
     NAK = 0x03
+    RETRY = 0x04        # a COMMAND sent again: answered from the stored answer if it was already executed
 
 
 def crc16_update(crc, byte):
@@ -76,9 +83,13 @@ class SerialBridge(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         max_words = self._max_words
+        # The command being received, and the last answer (kept for a RETRY of its command).
         m.submodules.buffer = buffer = Memory(shape=32, depth=max_words, init=[])
         wp = buffer.write_port()
         rp = buffer.read_port()
+        m.submodules.answers = answers = Memory(shape=32, depth=max_words, init=[])
+        ans_wp = answers.write_port()
+        ans_rp = answers.read_port()
 
         byte_in = self.i_rx.payload
         got = Signal()
@@ -91,6 +102,10 @@ class SerialBridge(wiring.Component):
         byte_index = Signal(range(max_words * 4 + 8))
         word = Signal(32)
         words = Signal(range(max_words + 1))   # words in the buffer (received, or answer collected)
+        answer_words = Signal(range(max_words + 1))
+        done_seq = Signal(8)                   # seq of the command whose answer is in ``answers``
+        done_valid = Signal()
+        replay = Signal()
         damaged = Signal()
         idle = Signal(range(self._idle_timeout + 1))
 
@@ -118,6 +133,8 @@ class SerialBridge(wiring.Component):
         send_index = Signal(range(max_words + 1))
 
         m.d.comb += [wp.data.eq(word), rp.addr.eq(send_index)]
+        # Registered a cycle before VERIFY needs it, off the byte path.
+        m.d.sync += replay.eq((frame_type == FrameType.RETRY) & done_valid & (seq == done_seq))
 
         with m.FSM():
             with m.State("HUNT"):
@@ -142,7 +159,7 @@ class SerialBridge(wiring.Component):
                             m.d.sync += rx_left.eq(Cat(length[:8], byte_in) * 4)
                             full_length = Cat(length[:8], byte_in)
                             with m.If((full_length == 0) | (full_length > max_words) |
-                                      (frame_type != FrameType.COMMAND)):
+                                      ((frame_type != FrameType.COMMAND) & (frame_type != FrameType.RETRY))):
                                 m.next = "DROP"
                             with m.Else():
                                 m.next = "PAYLOAD"
@@ -184,8 +201,13 @@ class SerialBridge(wiring.Component):
                 with m.If(damaged):
                     m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
                     m.next = "NAK"
+                with m.Elif(replay):
+                    m.d.sync += [tx_type.eq(FrameType.ANSWER), words.eq(answer_words), tx_pos.eq(0),
+                                 send_index.eq(0), tx_crc.eq(0xFFFF), tx_phase.eq(0)]
+                    m.next = "SETUP"
                 with m.Else():
-                    m.d.sync += [send_index.eq(0), words.eq(length)]
+                    # The stored answer is about to be overwritten by this command's.
+                    m.d.sync += [send_index.eq(0), words.eq(length), done_valid.eq(0)]
                     m.next = "FETCH"
 
             with m.State("DROP"):
@@ -220,14 +242,16 @@ class SerialBridge(wiring.Component):
                 m.d.comb += self.i_answer.ready.eq(1)
                 m.d.sync += [ans_valid.eq(self.i_answer.valid), ans_data.eq(self.i_answer.payload.data),
                              ans_last.eq(self.i_answer.payload.last)]
-                m.d.comb += [wp.addr.eq(words), wp.data.eq(ans_data)]
+                m.d.comb += [ans_wp.addr.eq(words), ans_wp.data.eq(ans_data)]
                 with m.If(ans_valid):
                     with m.If(words < max_words):
-                        m.d.comb += wp.en.eq(1)
+                        m.d.comb += ans_wp.en.eq(1)
                         m.d.sync += words.eq(words + 1)
                     with m.If(ans_last):
                         m.d.sync += [tx_type.eq(FrameType.ANSWER), tx_pos.eq(0), send_index.eq(0),
-                                     tx_crc.eq(0xFFFF), tx_phase.eq(0), ans_valid.eq(0)]
+                                     tx_crc.eq(0xFFFF), tx_phase.eq(0), ans_valid.eq(0),
+                                     answer_words.eq(Mux(words < max_words, words + 1, words)),
+                                     done_seq.eq(seq), done_valid.eq(1)]
                         m.next = "SETUP"
 
             with m.State("SETUP"):
@@ -249,7 +273,7 @@ class SerialBridge(wiring.Component):
                 accepted = self.o_tx.valid & self.o_tx.ready
                 # The read port answers a cycle late and holds its data while not enabled: when a byte is
                 # taken, fetch the word of the byte after it.
-                m.d.comb += [rp.en.eq(accepted), rp.addr.eq((tx_pos - 4)[2:])]
+                m.d.comb += [ans_rp.en.eq(accepted), ans_rp.addr.eq((tx_pos - 4)[2:])]
                 with m.Switch(tx_phase):
                     with m.Case(0):
                         m.d.comb += tx_byte.eq(SYNC)
@@ -265,7 +289,7 @@ class SerialBridge(wiring.Component):
                         with m.Switch((tx_pos + 3)[:2]):       # byte lane of payload byte tx_pos - 5
                             for i in range(4):
                                 with m.Case(i):
-                                    m.d.comb += tx_byte.eq(rp.data[8 * i:8 * i + 8])
+                                    m.d.comb += tx_byte.eq(ans_rp.data[8 * i:8 * i + 8])
                     with m.Case(6):
                         m.d.comb += tx_byte.eq(tx_crc[:8])
                     with m.Default():

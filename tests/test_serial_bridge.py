@@ -140,3 +140,29 @@ def test_hopeless_line_fails_clearly():
     link, port = make_link(seed=4, drop=0.5)
     with pytest.raises(LinkError, match="board on simulated UART did not answer after 8 attempts"):
         link.transact(protocol.encode_status())
+
+
+def test_retry_of_an_executed_command_resends_its_answer():
+    """A RETRY whose seq is the last executed command is answered from the stored answer, not executed again;
+    a RETRY of a command that never arrived whole is executed."""
+    link, port = make_link()
+    transact(link, protocol.encode_write(MemoryId.ACT_A, 0, [1, 2, 3]), Opcode.WRITE)
+
+    def exchange(frame_type, seq, words):
+        port.write(encode_frame(frame_type, seq, words))
+        reader, frames = FrameReader(), []
+        for _ in range(40):
+            frames += reader.feed(port.read(64))
+        assert len(frames) == 1 and frames[0][:2] == (FrameType.ANSWER, seq), frames
+        return frames[0][2]
+
+    first = exchange(FrameType.COMMAND, 50, protocol.encode_write(MemoryId.ACT_A, 0, [4, 5, 6]))
+    # Same seq, other contents: the bridge must not execute it (a WRITE of 9s), only resend the answer.
+    again = exchange(FrameType.RETRY, 50, protocol.encode_write(MemoryId.ACT_A, 0, [9, 9, 9]))
+    assert again == first
+    assert exchange(FrameType.COMMAND, 51, protocol.encode_read(MemoryId.ACT_A, 0, 3))[1:] == [4, 5, 6]
+    # A RETRY with a seq the bridge has not executed is executed.
+    exchange(FrameType.RETRY, 52, protocol.encode_write(MemoryId.ACT_A, 0, [7, 8, 9]))
+    assert exchange(FrameType.RETRY, 53, protocol.encode_read(MemoryId.ACT_A, 0, 3))[1:] == [7, 8, 9]
+    # ... and the stored answer is the latest one: the RETRY of 53 is the READ's answer again.
+    assert exchange(FrameType.RETRY, 53, protocol.encode_write(MemoryId.ACT_A, 0, [0, 0, 0]))[1:] == [7, 8, 9]
