@@ -18,9 +18,10 @@ from .runner import run_cocotb, testbench_inputs, testbench_outputs
 __all__ = ["run_rtl"]
 
 
-def run_rtl(lanes, vectors, zp, qmin, qmax, single, *, seed=0, bubble=0.0, stall=0.0, sim=None):
-    """Run the requantizer on ``vectors`` (dict of beats x lanes arrays); returns ``(data, cycles)``."""
-    run = run_cocotb(Requantizer(lanes), toplevel="requantizer", test_module="cnnacc.sim.tb_requantizer", sim=sim,
+def run_rtl(lanes, vectors, zp, qmin, qmax, single, *, seed=0, bubble=0.0, stall=0.0, sim=None, target="generic"):
+    """Run the requantizer (of ``target``) on ``vectors`` (dict of beats x lanes arrays); returns
+    ``(data, cycles)``."""
+    run = run_cocotb(Requantizer(lanes, target=target), toplevel="requantizer", test_module="cnnacc.sim.tb_requantizer", sim=sim,
                      inputs=dict(vectors, lanes=lanes, zp=zp, qmin=qmin, qmax=qmax, single=single, seed=seed,
                                  bubble=bubble, stall=stall))
     return np.asarray(run.outputs["data"], np.int64), int(run.outputs["cycles"])

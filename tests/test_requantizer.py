@@ -10,7 +10,7 @@ from amaranth.hdl import UnusedElaboratable
 from amaranth.sim import Simulator
 
 from cnnacc.host.quant import INT32_MAX, INT32_MIN, requantize, wrap_int32
-from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer, check_shifts, requant_interval
+from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer, check_shifts, requant_interval, requant_latency
 from cnnacc.sim import tb_requantizer
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 
@@ -169,3 +169,20 @@ def test_ice40_refuses_single_rounding_with_a_left_shift():
     check_shifts("ice40", "single", [0, -4])
     with pytest.raises(ValueError, match="layer 'c1': single rounding with a positive shift \\(channel 1\\)"):
         check_shifts("ice40", "single", [0, 2], name="c1")
+
+
+def test_ice40_verilator_double_and_single():
+    seed = 42
+    rng = np.random.default_rng(seed)
+    vectors = random_vectors(rng, 150, 4)
+    edges = edge_vectors(4)
+    vectors = {k: np.concatenate([edges[k], vectors[k]]) for k in vectors}
+    got, _ = tb_requantizer.run_rtl(4, vectors, -20, -128, 100, MODES["double"], seed=seed, bubble=0.2, stall=0.2,
+                                    target="ice40")
+    np.testing.assert_array_equal(got, golden(vectors, -20, -128, 100, "double"), err_msg=f"seed {seed}")
+    single = without_positive_single_shifts(vectors)
+    got, cycles = tb_requantizer.run_rtl(4, single, 0, -128, 127, MODES["single"], seed=seed, target="ice40")
+    np.testing.assert_array_equal(got, golden(single, 0, -128, 127, "single"), err_msg=f"seed {seed}")
+    # One beat every requant_interval cycles; as for the pipelined version, the count ends with the last
+    # result's handshake (generic: beats + REQUANT_LATENCY).
+    assert cycles == (len(single["acc"]) - 1) * requant_interval("ice40") + requant_latency("ice40") + 1
