@@ -19,6 +19,11 @@ is being summed, so it only costs time when planes have fewer pixels than the qu
 
 Pipeline of the windowed modes: window generator (two stages) | tap reduction (max, sum, count) | divide and
 clamp (output register). Back-pressure on the output stalls every stage at once.
+
+On the iCE40UP5K (``config.target == "ice40"``) the window is at most :data:`ICE40_POOL_KERNEL` wide
+(:func:`pool_max_kernel`): the register window, the tap trees and the line buffers grow with the square of the
+kernel, and LeNet-5's 2x2 pools are what that part runs. The average's reciprocal multiplication is then built
+from shifts and adds, because every DSP block of that part computes MACs.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
@@ -28,7 +33,18 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
-__all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count"]
+__all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
+           "pool_max_kernel", "ICE40_POOL_KERNEL"]
+
+#: Largest pooling window on target "ice40" (see the module docstring).
+ICE40_POOL_KERNEL = 2
+
+
+def pool_max_kernel(config):
+    """Largest pooling window side the pool engine of ``config`` is built for."""
+    if config.target == "ice40":
+        return min(config.max_kernel, ICE40_POOL_KERNEL)
+    return config.max_kernel
 
 
 class PoolMode(enum.Enum, shape=2):
@@ -41,7 +57,7 @@ class PoolMode(enum.Enum, shape=2):
 def pool_layer_layout(config):
     """Runtime parameters of one pooling layer (``window`` is the window generator's descriptor)."""
     return data.StructLayout({
-        "window": window_layer_layout(config),
+        "window": window_layer_layout(config, pool_max_kernel(config)),
         "mode":   PoolMode,
         "qmin":   signed(8),
         "qmax":   signed(8),
@@ -66,10 +82,11 @@ def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, pad
         if not isinstance(height, int) or height < 1 or height * width > global_max_count(config):
             raise ValueError(f"{name}: global average over {height}x{width} pixels exceeds the "
                              f"{global_max_count(config)} the divider is built for")
-        window = window_layer(config, height=height, width=width, kernel=1, stride=1, groups=groups, name=name)
+        window = window_layer(config, height=height, width=width, kernel=1, stride=1, groups=groups,
+                              max_kernel=pool_max_kernel(config), name=name)
     else:
         window = window_layer(config, height=height, width=width, kernel=kernel, stride=stride, padding=padding,
-                              groups=groups, name=name)
+                              groups=groups, max_kernel=pool_max_kernel(config), name=name)
     return {"window": window, "mode": mode, "qmin": qmin, "qmax": qmax}
 
 
@@ -83,6 +100,15 @@ def avg_reciprocals(max_count, max_numerator):
     """
     shift = (max_numerator * max_count).bit_length()
     return shift, [0] + [-(-(1 << shift) // c) for c in range(1, max_count + 1)]
+
+
+def _times_constant(value, constant):
+    """``value * constant`` as a sum of shifted copies (no multiplier cell for synthesis to map to a DSP)."""
+    terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _clamp(value, qmin, qmax):
@@ -124,13 +150,13 @@ class PoolEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        kmax, lanes = cfg.max_kernel, cfg.lanes
-        m.submodules.windows = wg = WindowGenerator(cfg)
+        kmax, lanes = pool_max_kernel(cfg), cfg.lanes
+        m.submodules.windows = wg = WindowGenerator(cfg, max_kernel=kmax)
 
         busy = Signal()
         mode = Signal(PoolMode)
         qmin, qmax = Signal(signed(8)), Signal(signed(8))
-        layer_w = Signal(window_layer_layout(cfg))
+        layer_w = Signal(window_layer_layout(cfg, kmax))
         o = self.o_pixels
         stall = o.valid & ~o.ready
         o_free = ~stall
@@ -202,7 +228,16 @@ class PoolEngine(wiring.Component):
             magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
             m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
             quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
-            m.d.comb += quotient.eq((magnitude * recip) >> shift)
+            if cfg.target == "ice40":
+                # No DSP left: one shift-and-add constant multiplication per count, chosen by the count.
+                # Only counts a window can have (rows x columns in bounds) get a multiplier.
+                counts = sorted({r * c for r in range(1, kmax + 1) for c in range(1, kmax + 1)})
+                with m.Switch(a_count):
+                    for c in counts:
+                        with m.Case(c):
+                            m.d.comb += quotient.eq(_times_constant(magnitude, table[c]) >> shift)
+            else:
+                m.d.comb += quotient.eq((magnitude * recip) >> shift)
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
             m.d.comb += avg.eq(Mux(a_sum[lane] < 0, -quotient, quotient))
             value = Mux(mode == PoolMode.MAX, a_max[lane], avg)
