@@ -103,7 +103,7 @@ def test_backends():
     program = compile_graph(models.lenet5(), DEFAULT_CONFIG)
     with pytest.raises(ProgramError) as info:
         Runtime(program, "board")
-    _one_line(info, "not available yet", "issue 6")
+    _one_line(info, "backend 'board' needs the board's serial port", "--port")
     with pytest.raises(ProgramError) as info:
         Runtime(program, "fpga")
     _one_line(info, "unknown backend 'fpga'")
