@@ -42,12 +42,9 @@ def board_config(board):
     """The :class:`~cnnacc.config.AcceleratorConfig` a board's bitstream is built with (boards/configs.py)."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
-    try:
-        from . import configs
-    except ImportError:         # boards/configs.py not there yet: the standard accelerator
-        from ..config import DEFAULT_CONFIG
-        return DEFAULT_CONFIG
     from ..config import DEFAULT_CONFIG
+    from . import configs
+    # A board without its own configuration gets the standard accelerator (the ULX3S, until it has one).
     return getattr(configs, f"{board.upper()}_CONFIG", DEFAULT_CONFIG)
 
 

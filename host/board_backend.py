@@ -56,20 +56,22 @@ class BoardBackend:
         Seconds without an answer before a command is sent again; longer than the slowest RUN.
     retries : int
         Attempts per command before giving up.
+    gap : float
+        Seconds of silence that cut an answer short (see :class:`~cnnacc.host.serial_link.SerialLink`).
     clock : callable
         Current time in seconds (the simulated board passes simulated time).
     name : str, optional
         What errors call the port; by default its path.
     """
 
-    def __init__(self, port, *, baud=1_000_000, max_words=256, timeout=2.0, retries=5, clock=time.monotonic,
-                 name=None):
+    def __init__(self, port, *, baud=1_000_000, max_words=256, timeout=2.0, retries=5, gap=0.05,
+                 clock=time.monotonic, name=None):
         if isinstance(port, (str, os.PathLike)):
             name = name or str(port)
             port = open_serial(str(port), baud)
         self.name = name or "serial port"
         self.port = port
-        self.link = SerialLink(port, timeout=timeout, retries=retries, max_words=max_words, clock=clock,
+        self.link = SerialLink(port, timeout=timeout, retries=retries, max_words=max_words, gap=gap, clock=clock,
                                name=self.name)
 
     def status(self):
@@ -140,8 +142,9 @@ def simulated_board_verilog(config, divisor=SIM_DIVISOR, frame_words=256):
 class SimulatedBoard:
     """The whole board (UART pins included) in cocotb + Verilator, driven by :class:`BoardBackend`.
 
-    ``run(program, images, phases)`` runs the program over ``images`` once per phase ``(flip, drop, seed)`` of
-    line faults (see sim/tb_board.py) in one simulation, and returns one dict per phase: ``outputs`` (int8) or
+    ``run(program, images, phases)`` runs the program over ``images`` once per phase of line faults, ``(flip,
+    drop)`` probabilities per byte towards the board, the same from the board, and a seed (see sim/tb_board.py),
+    in one simulation, and returns one dict per phase: ``outputs`` (int8) or
     ``error`` (the one-line message), ``link`` (the link's counters), ``faults`` (bytes damaged towards the
     board, from the board, framing errors), ``sim_seconds``, ``wall``, ``cycles`` (per image, per step).
 
@@ -153,20 +156,30 @@ class SimulatedBoard:
         The bridge's longest frame payload.
     retries : int
         Attempts per command before the link gives up.
+    timeout : float, optional
+        Simulated seconds the link waits for an answer; by default :meth:`default_timeout`.
     """
 
-    def __init__(self, divisor=SIM_DIVISOR, frame_words=256, retries=5, sim=None):
+    def __init__(self, divisor=SIM_DIVISOR, frame_words=256, retries=5, timeout=None, sim=None):
         self.divisor, self.frame_words, self.retries, self.sim = divisor, frame_words, retries, sim
+        self.timeout = self.default_timeout() if timeout is None else timeout
         self.leds = None
 
-    def timeout(self):
-        """Simulated seconds the link waits for an answer: the accelerator's watchdog (a run that stalls is
-        aborted after 2**17 idle cycles) plus a full frame each way, twice over."""
+    def _seconds(self, cycles):
         from ..sim.tb_board import PERIOD_NS
-        frame_bits = (self.frame_words * 4 + 7) * 10 * self.divisor
-        return 2 * ((1 << 17) + 2 * frame_bits) * PERIOD_NS * 1e-9
+        return cycles * PERIOD_NS * 1e-9
 
-    def run(self, program, images, phases=((0.0, 0.0, 0),)):
+    def default_timeout(self):
+        """The accelerator's watchdog (a run that stalls is aborted after 2**17 idle cycles) plus a full frame
+        each way, twice over: no answer can take longer."""
+        frame_cycles = (self.frame_words * 4 + 7) * 10 * self.divisor
+        return self._seconds(2 * ((1 << 17) + 2 * frame_cycles))
+
+    def gap(self):
+        """Silence that cuts an answer short: 64 byte times."""
+        return self._seconds(64 * 10 * self.divisor)
+
+    def run(self, program, images, phases=((0.0, 0.0, 0.0, 0.0, 0),)):
         import pickle
         import tempfile
         from pathlib import Path
@@ -183,7 +196,7 @@ class SimulatedBoard:
             run = run_cocotb(simulated_board_verilog(program.config, self.divisor, self.frame_words),
                              toplevel="board", test_module="cnnacc.sim.tb_board", sim=self.sim,
                              inputs={"program": str(program_path), "images": images, "divisor": self.divisor,
-                                     "frame_words": self.frame_words, "timeout": self.timeout(),
+                                     "frame_words": self.frame_words, "timeout": self.timeout, "gap": self.gap(),
                                      "retries": self.retries, "phases": np.asarray(phases, np.float64)})
         out = run.outputs
         self.leds = int(out["leds"])

@@ -40,6 +40,10 @@ class FrameReader:
         self._buffer = bytearray()
         self._max_words = max_words
 
+    def pending(self):
+        """True while part of a frame has arrived and the rest has not."""
+        return bool(self._buffer)
+
     def feed(self, data):
         self._buffer += data
         frames = []
@@ -83,15 +87,21 @@ class SerialLink:
         Seconds to wait for an answer before sending again (``clock`` decides what a second is).
     retries : int
         Attempts per command before :class:`LinkError`.
+    gap : float
+        Seconds of silence in the middle of an answer after which it counts as damaged (a dropped byte leaves
+        the reader waiting for one that never comes): the command is sent again without waiting for
+        ``timeout``. The board sends an answer's bytes back to back, so this can be a few byte times.
     clock : callable
         Returns the current time in seconds; the simulated board passes simulated time.
     name : str
         What the errors call the port (e.g. ``/dev/ttyUSB1``).
     """
 
-    def __init__(self, port, *, timeout=1.0, retries=5, max_words=256, clock=time.monotonic, name="serial port"):
+    def __init__(self, port, *, timeout=1.0, retries=5, max_words=256, gap=0.05, clock=time.monotonic,
+                 name="serial port"):
         self._port = port
         self._timeout = timeout
+        self._gap = gap
         self._retries = retries
         self._max_words = max_words
         self._clock = clock
@@ -115,10 +125,16 @@ class SerialLink:
             self._port.write(encode_frame(FrameType.RETRY if attempt else FrameType.COMMAND, self._seq, words))
             self.stats["frames"] += 1
             deadline = self._clock() + self._timeout
+            last_byte = self._clock()
             while self._clock() < deadline:
                 data = self._port.read(64)
                 if not data:
+                    if reader.pending() and self._clock() - last_byte > self._gap:
+                        self.stats["damaged"] += 1
+                        last_problem = "an answer cut short"
+                        break
                     continue
+                last_byte = self._clock()
                 answer = None
                 for frame_type, seq, payload in reader.feed(data):
                     if frame_type == "damaged":
