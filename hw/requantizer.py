@@ -294,12 +294,17 @@ class Requantizer(wiring.Component):
 
         # The three operand bits of Booth digit ``step``: a[2k+1], a[2k], a[2k-1].
         window = sig(3, "window")
-        # First pass: a = wrap32(x << left); bit j of a is bit j - left of x (zero below), so the window is a
-        # 3-bit slice of x with 32 zeros below it.
-        padded = Cat(Const(0, 32), x)
-        offset = sig(range(64), "offset")
-        m.d.comb += offset.eq(31 + (step << 1) - left)
-        first_window = padded.bit_select(offset, 3)
+        # First pass: a = wrap32(x << left). Bit j of a is bit j - left of x (zero below), so digit k's window
+        # is zero while 2k + 1 < left, then the low bits of a register loaded with x (shifted by one when left is
+        # odd, with a[-1] = 0 below) and shifted by two per digit.
+        operand = sig(34, "operand")
+        started = sig(1, "started")
+        m.d.comb += started.eq((step << 1) + 1 >= left)
+        with m.If(phase == 0):
+            m.d.sync += operand.eq(Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x)))
+        with m.Elif((phase == 1) & started):
+            m.d.sync += operand.eq(operand >> 2)
+        first_window = Mux(started, operand[:3], 0)
         # Second pass: a = 2**(31 - right), one bit at position 31 - right.
         position = sig(range(32), "position")
         m.d.comb += position.eq(31 - right)
@@ -327,9 +332,15 @@ class Requantizer(wiring.Component):
         hi_neg = sig(1, "hi_neg")
         quotient = sig(signed(37), "quotient")      # p >> 31 of the pass just finished
         m.d.comb += quotient.eq(Cat(low2[1], high).as_signed())
-        rounded = sig(signed(38), "rounded")
-        m.d.comb += rounded.eq(quotient + low2[0])
-        saturated = Mux(rounded > INT32_MAX, INT32_MAX, rounded)
+        # One incrementer serves both roundings: half up after the first pass (bit 30), TFLite's rounding divide
+        # (half away from zero: the half bit, and for a negative value a sticky bit too) or half up after the
+        # second.
+        up = sig(1, "up")
+        m.d.comb += up.eq(Mux(phase == 2, low2[0], low2[0] & (single | ~hi_neg | ~zero)))
+        rounded = sig(signed(34), "rounded")
+        m.d.comb += rounded.eq(quotient + up)
+        # After the first pass only INT32_MIN * INT32_MIN reaches 2**31 (and nothing goes below -2**31).
+        saturated = Mux(rounded[31] & ~rounded[-1], INT32_MAX, rounded)
 
         with m.If((phase == 1) | (phase == 3)):
             m.d.sync += high.eq(total >> 2)
@@ -349,13 +360,15 @@ class Requantizer(wiring.Component):
                 high.eq(0), zero.eq(1),
             ]
 
-        # Result: the second pass gives floor(value / 2**right) with the half bit and the sticky bits.
-        up = sig(1, "up")
-        m.d.comb += up.eq(low2[0] & (single | ~hi_neg | ~zero))
         result = sig(signed(34), "result")
-        m.d.comb += result.eq(Mux(bypass, held, quotient + up))
-        biased = sig(signed(35), "biased")
-        m.d.comb += biased.eq(result + self.zero_point)
-        clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
+        m.d.comb += result.eq(Mux(bypass, held, rounded))
+        # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point.
+        sign = result[-1]
+        above = ~sign & (result[8:] != 0)
+        below = sign & (result[8:] != (1 << (len(result) - 8)) - 1)
+        biased = sig(signed(11), "biased")
+        m.d.comb += biased.eq(result[:10].as_signed() + self.zero_point)
+        clamped = Mux(above, self.qmax, Mux(below, self.qmin,
+                      Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))))
         with m.If(finish):
             m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])
