@@ -17,11 +17,11 @@ from ..config import DEFAULT_CONFIG
 from . import golden
 from .compiler import compile_graph
 from .data import load_digits
-from .model_file import load_graph
+from .model_file import load_graph, node_macs
 from .report import format_kinds, step_rows
 from .runtime import Runtime
 
-__all__ = ["bench"]
+__all__ = ["bench", "bench_mobilenet_rtl"]
 
 
 def _lenet(config, out):
@@ -127,3 +127,81 @@ def bench(out=print):
 
 if __name__ == "__main__":
     bench()
+
+
+def _part(graph, step, index):
+    """A graph of one step's nodes, its input being the step's input (golden: the same arithmetic)."""
+    from .graph import Graph
+    return Graph(input=graph.spec(step.inputs[0]), nodes=list(step.nodes), output=step.output,
+                 name=f"{graph.name}-{index}")
+
+
+def bench_mobilenet_rtl(out=print, budget=20 * 60):
+    """MobileNet v1 1.0 224 on the RTL, step by step (one simulation per step, the next step fed with this one's
+    RTL output), each step checked bit for bit against golden and its cycles against the model; records section
+    ``mobilenet_rtl`` of docs/benchmarks.md. Stops after ``budget`` seconds of wall time and then reports the
+    measured simulation rate and the expected duration of the whole network instead of its figures."""
+    from ..bench import write_section
+    from .rtl_backend import RtlBackend
+    from .compiler import step_utilization
+    from .report import _layer_kind
+    config = DEFAULT_CONFIG
+    graph = load_graph("mobilenet_v1")
+    program = compile_graph(graph, config, "mobilenet_v1")
+    x = np.random.default_rng(0).integers(-128, 128, size=(1,) + graph.input.shape, dtype=np.int8)
+    total_model = sum(s.cycles for s in program.steps)
+    started = time.time()
+    tensors = {graph.input.name: x}
+    rows, simulated, sim_wall = [], 0, 0.0
+    for index, step in enumerate(program.steps):
+        part = _part(graph, step, index)
+        sub = compile_graph(part, config)
+        backend = RtlBackend()
+        got, stats = backend.run(sub, tensors[step.inputs[0]])
+        want = golden.run_graph(part, tensors[step.inputs[0]])
+        if not np.array_equal(got.reshape(want.shape), want):
+            raise SystemExit(f"bench: MobileNet v1 step {step.name} differs from golden on the RTL")
+        tensors[step.output] = got.reshape(want.shape)
+        cycles = sum(st["cycles"] for st in stats[0].values())
+        model = sum(s.cycles for s in sub.steps)
+        bus = sum(backend.last_bus_cycles.values())
+        simulated += bus
+        sim_wall += backend.last_wall
+        rows.append({"step": step.name, "kind": _layer_kind(step), "cycles": cycles, "model_cycles": model,
+                     "bus": bus, "macs": sum(node_macs(n, graph) for n in step.nodes),
+                     "utilization": step_utilization(config, graph, step, cycles), "bytes_in": 0, "min_in": 0,
+                     "tiles": len(sub.steps[0].tiles)})
+        elapsed = time.time() - started
+        rate = simulated / sim_wall if sim_wall else 0
+        done_model = sum(r["model_cycles"] for r in rows)
+        eta = elapsed / done_model * (total_model - done_model) if done_model else 0
+        out(f"[{index + 1}/{len(program.steps)}] {step.name}: {cycles:,} cycles (model {model:,}), bus-inclusive "
+            f"{bus:,}; {rate:,.0f} simulated cycles/s; {elapsed:.0f} s so far, ~{eta:.0f} s to go")
+        if elapsed > budget and index + 1 < len(program.steps):
+            break
+    complete = len(rows) == len(program.steps)
+    rate = simulated / sim_wall if sim_wall else 0
+    expected = time.time() - started if complete else (
+        (time.time() - started) / sum(r["model_cycles"] for r in rows) * total_model)
+    lines = [f"## MobileNet v1 (alpha 1.0, 224x224x3) on the RTL",
+             "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} by `python -m cnnacc.bench mobilenet_rtl`: "
+             f"one seeded image, one Verilator simulation per step (fed with the previous step's RTL output), every "
+             f"step bit-exact against golden. Simulation rate {rate:,.0f} bus-inclusive cycles per second of "
+             f"simulation wall time."]
+    if complete:
+        total = sum(r["cycles"] for r in rows)
+        err = sum(r["model_cycles"] for r in rows) - total
+        lines += ["", f"Whole network: {total:,} engine cycles (model error {err:+,} cycles), "
+                      f"{sum(r['bus'] for r in rows):,} bus-inclusive cycles, {time.time() - started:.0f} s of wall time.",
+                  "", format_kinds(rows, config)]
+    else:
+        lines += ["", f"Not run to completion: {len(rows)} of {len(program.steps)} steps in {time.time() - started:.0f} s "
+                      f"(budget {budget} s); at that pace the whole network ({total_model:,} model cycles) takes about "
+                      f"{expected / 60:.0f} min. Steps run: model error "
+                      f"{sum(r['model_cycles'] - r['cycles'] for r in rows):+,} cycles over "
+                      f"{sum(r['cycles'] for r in rows):,}.", "", format_kinds(rows, config)]
+    body = "\n".join(lines)
+    out(body)
+    write_section("mobilenet_rtl", body)
+    return rows
