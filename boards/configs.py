@@ -12,6 +12,11 @@ just deep enough for LeNet-5's tiles in one EBR column each:
 * ``vector_depth`` 512: C1's pooled 14x14x6 map is 392 rows of 4 channels.
 
 There is no ``ULX3S_CONFIG`` yet (boards/build.py then builds the standard 8x8 accelerator for the ULX3S).
+
+Status (2026-11-22): this configuration does not fit the UP5K yet. With the board top it synthesizes to
+15,706 LCs, 50 EBRs and 8 of 8 DSPs (nextpnr fails placement on the EBRs); the conv engine alone is 6,039 LUT4s
+and 30 EBRs (its parameter memory is 280 bits wide: 18 EBRs), of which the 4x4 array is 1,451 LUT4s and 1,485
+FFs and the serial requantizer 2,044 LUT4s. See docs/decisions.md for what has to shrink.
 """
 
 from ..config import AcceleratorConfig
