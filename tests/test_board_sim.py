@@ -1,8 +1,8 @@
 """The board backend against the simulated board: UART pins, serial bridge and accelerator in cocotb + Verilator,
 driven byte for byte by the same BoardBackend (SerialLink + AcceleratorDriver) that drives a real board.
 
-LeNet-5 on a real digit: exact on a clean line, still exact on a line that flips bits and drops bytes both ways,
-and a hopeless line ends in one clear error in bounded (simulated and wall) time.
+LeNet-5 on a real digit exact through a line that flips bits and drops bytes both ways, and a hopeless line ending
+in one clear error in bounded (simulated and wall) time.
 """
 
 from dataclasses import replace
@@ -42,20 +42,20 @@ def _check_exact(lenet, phase, seed):
     return result
 
 
-def test_lenet5_through_the_uart_pins(lenet):
-    result = _check_exact(lenet, (0.0, 0.0, 0.0, 0.0, 0), seed=0)
-    assert result["link"]["retries"] == 0 and result["faults"] == [0, 0, 0], result
-
-
 def test_lenet5_through_a_noisy_line_still_exact(lenet):
-    """Bits flipped and bytes dropped both ways, about 1 byte in 2,500 towards the board (the weights and maps)
-    and 1 in 1,250 from it (the answers: maps read back). Lost answers to START and WAIT are replayed by the
-    bridge, not executed twice."""
+    """LeNet-5 on a real digit through the UART pins, bits flipped and bytes dropped both ways (about 1 byte in
+    2,500 towards the board: the weights and maps; 1 in 1,250 from it: the answers, maps read back). The logits
+    equal the golden backend's; lost answers to START and WAIT are replayed by the bridge, not run twice; and
+    every retry is paid for by a fault (a clean stretch of line needs none).
+
+    One test, not a clean run and a noisy one: the ~70 KB each run sends take ~4 million simulated cycles
+    (40 a byte at the UART's minimum of 4 cycles a bit), minutes of Verilator."""
     seed = 11
     result = _check_exact(lenet, (2e-4, 2e-4, 4e-4, 4e-4, seed), seed=seed)
-    to_board, from_board, _ = result["faults"]
+    to_board, from_board, framing = result["faults"]
     assert to_board > 0 and from_board > 0, f"seed {seed}: the line should have damaged bytes both ways"
     assert result["link"]["retries"] > 0 and result["link"]["naks"] > 0, f"seed {seed}: {result['link']}"
+    assert result["link"]["retries"] <= to_board + from_board + framing, f"seed {seed}: {result}"
 
 
 def test_hopeless_line_fails_clearly_and_in_bounded_time(lenet):
