@@ -116,3 +116,24 @@ def test_icebreaker_bitstream_builds_fits_and_meets_timing(tmp_path):
     assert report.fits(), report.summary()
     assert report.usage()["LUTs"][0] > 0 and report.usage()["FFs"][0] > 0
     assert report.timing_met, report.summary()
+
+
+def test_bench_boards_table(monkeypatch):
+    """boards/bench.py: one row per board, the figures of its report, or why it failed and where the log is."""
+    from cnnacc.boards import bench
+    from cnnacc.boards.build import BuildError
+
+    def fake_build(board, **kwargs):
+        if board == "icebreaker":
+            raise BuildError("icebreaker build failed: no BELs remaining for ICESTORM_DSP; see build/x.tim")
+        return BuildReport("ulx3s", Path("u.bit"), Path("u.tim"), 125.0, 131.2,
+                           {"TRELLIS_COMB": (9000, 83640), "TRELLIS_FF": (7000, 83640), "MULT18X18D": (64, 156),
+                            "DP16KD": (60, 208)}, seconds=200, cells={}, family="ecp5")
+    monkeypatch.setattr(bench, "build", fake_build)
+    text = bench.bench_boards()
+    lines = text.splitlines()
+    assert lines[0] == "## Boards"
+    row = next(line for line in lines if line.startswith("| ulx3s |"))
+    assert "9,000 / 83,640" in row and "64 / 156" in row and "| 131.2 | 125.0 | met |" in row
+    assert next(line for line in lines if line.startswith("| icebreaker |")).count("failed") == 1
+    assert any("no BELs remaining" in line and "build/x.tim" in line for line in lines)
