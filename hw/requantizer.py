@@ -289,27 +289,32 @@ class Requantizer(wiring.Component):
         m.d.comb += x.eq((acc + params.bias)[:32].as_signed())
         shift = params.shift
         left = sig(range(31), "left")              # double rounding only
-        right = sig(range(32), "right")
-        m.d.comb += [left.eq(Mux(single | (shift <= 0), 0, shift)), right.eq(Mux(shift < 0, -shift, 0))]
-
-        # The three operand bits of Booth digit ``step``: a[2k+1], a[2k], a[2k-1].
-        window = sig(3, "window")
-        # First pass: a = wrap32(x << left). Bit j of a is bit j - left of x (zero below), so digit k's window
-        # is zero while 2k + 1 < left, then the low bits of a register loaded with x (shifted by one when left is
-        # odd, with a[-1] = 0 below) and shifted by two per digit.
-        operand = sig(34, "operand")
-        started = sig(1, "started")
-        m.d.comb += started.eq((step << 1) + 1 >= left)
+        m.d.comb += left.eq(Mux(single | (shift <= 0), 0, shift))
+        right = sig(range(32), "right")             # latched with the beat: it steers the second pass and the end
         with m.If(phase == 0):
-            m.d.sync += operand.eq(Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x)))
-        with m.Elif((phase == 1) & started):
-            m.d.sync += operand.eq(operand >> 2)
-        first_window = Mux(started, operand[:3], 0)
-        # Second pass: a = 2**(31 - right), one bit at position 31 - right.
-        position = sig(range(32), "position")
-        m.d.comb += position.eq(31 - right)
-        second_window = Cat(*[(step << 1) + (i - 1) == position for i in range(3)])
-        m.d.comb += window.eq(Mux(phase == 1, first_window, second_window))
+            m.d.sync += right.eq(Mux(shift < 0, -shift, 0))
+
+        # Booth digit ``step`` reads a[2k+1], a[2k], a[2k-1] from the low bits of ``operand``, which shifts by two
+        # per digit. First pass: a = wrap32(x << left). Bit j of a is bit j - left of x (zero below), so the
+        # first ``left // 2`` digits are zero (``wait`` counts them down, ``go`` says they are over) and then
+        # ``operand`` holds x (shifted by one more when left is odd, a[-1] = 0 below). Second pass: a =
+        # 2**(31 - right), loaded between the passes. Everything the digit depends on is a register, so the
+        # cycle is one digit decode, the addend select and the adder.
+        operand = sig(34, "operand")
+        wait = sig(range(16), "wait")
+        go = sig(1, "go")
+        with m.If(phase == 0):
+            m.d.sync += [operand.eq(Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x))),
+                         wait.eq(left >> 1), go.eq((left >> 1) == 0)]
+        with m.Elif(phase == 2):
+            m.d.sync += [operand.eq(Cat(Const(0, 1), Const(1 << 31, 32) >> right)), go.eq(1)]
+        with m.Elif((phase == 1) | (phase == 3)):
+            with m.If(go):
+                m.d.sync += operand.eq(operand >> 2)
+            with m.Else():
+                m.d.sync += [wait.eq(wait - 1), go.eq(wait == 1)]
+        window = sig(3, "window")
+        m.d.comb += window.eq(Mux(go, operand[:3], 0))
         b0, b1, b2 = window[0], window[1], window[2]
         negative = b2 & ~(b1 & b0)
         one = b1 ^ b0
@@ -317,9 +322,12 @@ class Requantizer(wiring.Component):
 
         # Multiplicand: the multiplier (first pass) or the first pass's result (second pass), 33 bits because
         # single rounding's p >> 31 reaches 2**31.
-        held = sig(signed(33), "held")              # loaded between the passes
-        mc = sig(signed(33), "mc")
-        m.d.comb += mc.eq(Mux(phase == 1, params.multiplier, held))
+        # The multiplicand register: the multiplier for the first pass, then the first pass's result (33 bits:
+        # single rounding's p >> 31 reaches 2**31), which is also the result when the shift is 0.
+        held = sig(signed(33), "held")
+        mc = held
+        with m.If(phase == 0):
+            m.d.sync += held.eq(params.multiplier)
         addend = sig(signed(35), "addend")
         m.d.comb += addend.eq(Mux(one, mc, Mux(two, mc << 1, 0)))
         high = sig(signed(36), "high")             # the product above the bits already shifted out
