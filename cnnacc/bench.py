@@ -76,9 +76,10 @@ BENCHMARKS = {
     "network": _lazy("cnnacc.host.bench_network"),
     # Not part of a plain ``make bench``: the full MobileNet 224 in RTL takes hours (see its section).
     "mobilenet_rtl": _lazy("cnnacc.host.bench_network", "bench_mobilenet_rtl"),
+    "overlap": _lazy("cnnacc.host.bench_network", "bench_overlap"),
 }
-#: Benchmarks run only when named.
-ON_REQUEST = ("mobilenet_rtl",)
+#: Benchmarks run only when named (minutes to hours of RTL simulation).
+ON_REQUEST = ("mobilenet_rtl", "overlap")
 
 
 def main(argv=None):

@@ -21,7 +21,7 @@ from .model_file import load_graph, node_macs
 from .report import format_kinds, step_rows
 from .runtime import Runtime
 
-__all__ = ["bench", "bench_mobilenet_rtl"]
+__all__ = ["bench", "bench_mobilenet_rtl", "bench_overlap"]
 
 
 def _lenet(config, out):
@@ -205,3 +205,46 @@ def bench_mobilenet_rtl(out=print, budget=20 * 60):
     out(body)
     write_section("mobilenet_rtl", body)
     return rows
+
+
+def bench_overlap(out=print, lenet_images=10, mobilenet_images=2):
+    """Bus-inclusive cycles with and without double buffering (``AcceleratorDriver(overlap=...)``), on the RTL:
+    LeNet-5 and the digits MobileNet on bundled digits; records section ``overlap`` of docs/benchmarks.md."""
+    from ..bench import write_section
+    from .models import lenet5, mobilenet_v1_digits
+    from .rtl_backend import RtlBackend
+    config = DEFAULT_CONFIG
+    images, _ = load_digits("test", dtype="int8")
+    lines = ["| network | images | driver | engine cycles / image (model) | host words / image | "
+             "bus-inclusive cycles / image |", "|---|---|---|---|---|---|"]
+    for name, graph, count in (("LeNet-5", lenet5(), lenet_images),
+                               ("MobileNet v1 digits", mobilenet_v1_digits(), mobilenet_images)):
+        program = compile_graph(graph, config)
+        x = images[:count]
+        want = golden.run_graph(graph, x)
+        for overlap in (False, True):
+            backend = RtlBackend(overlap=overlap)
+            got, stats = backend.run(program, x)
+            if not np.array_equal(got, want):
+                raise SystemExit(f"bench: {name} on the RTL differs from golden (overlap={overlap})")
+            runs = sum(stats[0][s.name]["cycles"] for s in program.steps)
+            model = sum(s.cycles for s in program.steps)
+            words = sum(st[k]["words_in"] + st[k]["words_out"] for st in stats for k in st) / count
+            bus = sum(backend.last_bus_cycles.values()) / count
+            line = (f"| {name} | {count} | {'START/WAIT, overlapped' if overlap else 'RUN per tile'} | "
+                    f"{runs:,} ({model:,}) | {words:,.0f} | {bus:,.0f} |")
+            out(line)
+            lines.append(line)
+    body = "\n".join([
+        "## Double buffering: bus-inclusive cycles",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} by `python -m cnnacc.bench overlap` on the RTL ({config.rows}x"
+        f"{config.cols}, standard memories). Bus-inclusive cycles: simulation clock cycles from a step's first "
+        "command to its last answer (STATUS's cycle counter), summed over the steps and divided by the images; "
+        "the simulated host bus moves one 32-bit word per cycle. `RUN per tile` writes a tile, runs it and reads it "
+        "back in sequence; `START/WAIT` loads the next tile and reads the previous one while a tile runs. "
+        "Outputs equal golden in both.",
+        "",
+        *lines,
+    ])
+    write_section("overlap", body)
