@@ -14,8 +14,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n $(JOBS) --durations=10
 
+# Every benchmark, the long ones included: both boards' place-and-route and the full MobileNet v1 224 in RTL
+# (hours). One section: `make bench BENCH=compute`; cap the RTL run with CNNACC_BENCH_BUDGET=<seconds>.
+BENCH ?= mac_array accuracy compute vector network overlap boards mobilenet_rtl
 bench: $(VENV)/.installed-test
-	$(PY) -m cnnacc.bench
+	$(PY) -m cnnacc.bench $(BENCH)
 
 doctor: $(VENV)/.installed
 	$(VENV)/bin/cnnacc doctor
