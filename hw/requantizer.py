@@ -60,8 +60,8 @@ def requant_interval(target="generic"):
     """Cycles between two beats the requantizer of ``target`` can accept back to back (1 when pipelined).
 
     The serial ice40 version spends one cycle seeing the beat, two passes of :data:`_PASS_CYCLES`, one cycle
-    between them and one writing the result (which acknowledges the beat)."""
-    return 1 if target != "ice40" else 2 * _PASS_CYCLES + 3
+    between them, one rounding and one clamping and writing the result (which acknowledges the beat)."""
+    return 1 if target != "ice40" else 2 * _PASS_CYCLES + 4
 
 
 def requant_latency(target="generic"):
@@ -248,12 +248,12 @@ class Requantizer(wiring.Component):
     def _elaborate_serial(self):
         m = Module()
         o = self.o_data
-        # phase: 0 idle, 1 first pass, 2 between passes, 3 second pass, 4 writing the result.
-        phase = Signal(range(5))
+        # phase: 0 idle, 1 first pass, 2 between passes, 3 second pass, 4 rounding, 5 writing the result.
+        phase = Signal(range(6))
         step = Signal(range(_PASS_CYCLES))
         last_step = step == _PASS_CYCLES - 1
         finish = Signal()
-        m.d.comb += finish.eq((phase == 4) & (~o.valid | o.ready))
+        m.d.comb += finish.eq((phase == 5) & (~o.valid | o.ready))
         # The beat stays on the input (stream rule) until its result is written; only then is it taken.
         m.d.comb += self.i_acc.ready.eq(finish)
         with m.If(o.valid & o.ready):
@@ -269,6 +269,8 @@ class Requantizer(wiring.Component):
             with m.Case(2):
                 m.d.sync += [phase.eq(3), step.eq(0)]
             with m.Case(4):
+                m.d.sync += phase.eq(5)
+            with m.Case(5):
                 with m.If(finish):
                     m.d.sync += [phase.eq(0), o.valid.eq(1)]
                     if self._tag_width:
@@ -368,8 +370,9 @@ class Requantizer(wiring.Component):
                 high.eq(0), zero.eq(1),
             ]
 
-        result = sig(signed(34), "result")
-        m.d.comb += result.eq(Mux(bypass, held, rounded))
+        result = sig(signed(34), "result")          # registered: rounding and clamping take a cycle each
+        with m.If(phase == 4):
+            m.d.sync += result.eq(Mux(bypass, held, rounded))
         # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point.
         sign = result[-1]
         above = ~sign & (result[8:] != 0)
