@@ -305,25 +305,28 @@ class Requantizer(wiring.Component):
         operand = sig(34, "operand")
         wait = sig(range(16), "wait")
         go = sig(1, "go")
+        load_first = Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x))
+        load_second = Cat(Const(0, 1), Const(1 << 31, 32) >> right)
+        # The digit is decoded a cycle ahead, from the window the next step will see, and registered.
+        next_window = sig(3, "next_window")
         with m.If(phase == 0):
-            m.d.sync += [operand.eq(Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x))),
-                         wait.eq(left >> 1), go.eq((left >> 1) == 0)]
+            m.d.sync += [operand.eq(load_first), wait.eq(left >> 1), go.eq((left >> 1) == 0)]
+            m.d.comb += next_window.eq(Mux((left >> 1) == 0, load_first[:3], 0))
         with m.Elif(phase == 2):
-            m.d.sync += [operand.eq(Cat(Const(0, 1), Const(1 << 31, 32) >> right)), go.eq(1)]
+            m.d.sync += [operand.eq(load_second), go.eq(1)]
+            m.d.comb += next_window.eq(load_second[:3])
         with m.Elif((phase == 1) | (phase == 3)):
             with m.If(go):
                 m.d.sync += operand.eq(operand >> 2)
+                m.d.comb += next_window.eq(operand[2:5])
             with m.Else():
                 m.d.sync += [wait.eq(wait - 1), go.eq(wait == 1)]
-        window = sig(3, "window")
-        m.d.comb += window.eq(Mux(go, operand[:3], 0))
-        b0, b1, b2 = window[0], window[1], window[2]
-        negative = b2 & ~(b1 & b0)
-        one = b1 ^ b0
-        two = (b2 & ~b1 & ~b0) | (~b2 & b1 & b0)
+                m.d.comb += next_window.eq(Mux(wait == 1, operand[:3], 0))
+        n0, n1, n2 = next_window[0], next_window[1], next_window[2]
+        negative, one, two = sig(1, "negative"), sig(1, "one"), sig(1, "two")
+        m.d.sync += [negative.eq(n2 & ~(n1 & n0)), one.eq(n1 ^ n0),
+                     two.eq((n2 & ~n1 & ~n0) | (~n2 & n1 & n0))]
 
-        # Multiplicand: the multiplier (first pass) or the first pass's result (second pass), 33 bits because
-        # single rounding's p >> 31 reaches 2**31.
         # The multiplicand register: the multiplier for the first pass, then the first pass's result (33 bits:
         # single rounding's p >> 31 reaches 2**31), which is also the result when the shift is 0.
         held = sig(signed(33), "held")
