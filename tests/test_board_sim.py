@@ -44,14 +44,15 @@ def _check_exact(lenet, phase, seed):
 
 def test_lenet5_through_a_noisy_line_still_exact(lenet):
     """LeNet-5 on a real digit through the UART pins, bits flipped and bytes dropped both ways (about 1 byte in
-    2,500 towards the board: the weights and maps; 1 in 1,250 from it: the answers, maps read back). The logits
+    10,000 towards the board: the ~90 KB of weights and maps, each fault costing a ~1 KB frame again; 1 in 1,250
+    from it: the answers, maps read back). The logits
     equal the golden backend's; lost answers to START and WAIT are replayed by the bridge, not run twice; and
     every retry is paid for by a fault (a clean stretch of line needs none).
 
     One test, not a clean run and a noisy one: the ~70 KB each run sends take ~4 million simulated cycles
     (40 a byte at the UART's minimum of 4 cycles a bit), minutes of Verilator."""
     seed = 11
-    result = _check_exact(lenet, (2e-4, 2e-4, 4e-4, 4e-4, seed), seed=seed)
+    result = _check_exact(lenet, (5e-5, 5e-5, 4e-4, 4e-4, seed), seed=seed)
     to_board, from_board, framing = result["faults"]
     assert to_board > 0 and from_board > 0, f"seed {seed}: the line should have damaged bytes both ways"
     assert result["link"]["retries"] > 0 and result["link"]["naks"] > 0, f"seed {seed}: {result['link']}"
