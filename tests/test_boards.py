@@ -8,7 +8,7 @@ from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cnnacc.boards.build import BOARDS, BuildReport, build, parse_nextpnr_log, parse_yosys_stat
+from cnnacc.boards.build import BOARDS, BuildReport, parse_nextpnr_log, parse_yosys_stat
 from cnnacc.boards.pll import ecp5_pll, ice40_pll
 from cnnacc.boards.top import BoardTop
 from cnnacc.hw.command_processor import WORD_LAYOUT, CommandProcessor
