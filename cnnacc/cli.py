@@ -196,7 +196,8 @@ def _run(args, program, config, images):
     try:
         images = check_images(program, images)
         # One simulation per batch on the RTL: its start-up is paid once per batch, and the bar still moves.
-        batch = 64 if args.backend == "golden" else 10
+        # A board runs everything in one batch: its weights then cross the serial line once.
+        batch = {"golden": 64, "rtl": 10}.get(args.backend, max(len(images), 1))
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
         # A single batch shows its progress step by step instead (a 224x224 network takes seconds).
         board = {}
@@ -213,8 +214,9 @@ def _run(args, program, config, images):
                       file=sys.stderr)
     results = []
     try:
-        for chunk in chunks:
-            results.append(runtime.run(chunk))
+        with runtime:
+            for chunk in chunks:
+                results.append(runtime.run(chunk))
     except ProgramError as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     first = results[0]

@@ -35,6 +35,7 @@ from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, conv_layer
 from ..hw.depthwise import depthwise_layer
 from ..hw.pool_engine import PoolMode, pool_layer
+from ..hw.requantizer import check_shifts
 from .cycles_conv import conv_cycles
 from .cycles_vector import POOL_LATENCY, depthwise_cycles, global_divider_bits, pool_cycles, window_cycles
 from .graph import activation_range
@@ -198,6 +199,11 @@ def _check_engine(config, node):
     if engine not in config.engines:
         _fail(node, f"{_KIND_WORDS[node.kind]} layers need the {engine!r} engine, which this configuration "
                     f"(engines={','.join(config.engines)}) does not have")
+    # The requantizer of some targets (the iCE40's serial one) cannot apply every rounding: refuse, never
+    # compute other numbers.
+    rq = getattr(node, "requant", None)
+    if engine == "conv" and rq is not None:
+        _engine(node, check_shifts, config.target, rq.mode, rq.shift, node.name)
 
 
 def _fuse(graph, config):

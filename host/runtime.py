@@ -196,6 +196,19 @@ class Runtime:
     def model_cycles(self):
         return {s.name: s.cycles for s in self.program.steps}
 
+    def close(self):
+        """Release the backend's device (the board's serial port); the runtime cannot run afterwards."""
+        close = getattr(self._device, "close", None)
+        self._device = None
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def run(self, images):
         """Run ``images`` (int8 ``[N, H, W, C]``, or one ``[H, W, C]`` image) and return a :class:`RunResult`."""
         program = self.program
@@ -206,6 +219,8 @@ class Runtime:
             outputs = self._run_golden(images)
             per_image = [dict(model) for _ in range(len(images))]
         else:
+            if self._device is None:
+                raise ProgramError(f"this {self.backend} runtime is closed: make a new Runtime")
             outputs, measured = self._device.run(program, images)
             outputs = np.asarray(outputs)
             per_image = [{name: int(v["cycles"]) for name, v in m.items()} for m in measured]
@@ -247,12 +262,13 @@ def _open_board(config, port, baud, board, timeout):
     from .board_backend import BoardBackend
     if port is None:
         raise ProgramError("backend 'board' needs the board's serial port: pass --port (e.g. /dev/ttyUSB1)")
-    frame_words = 256        # every board's bridge takes frames this long (the ULX3S takes longer ones too)
+    frame_words = 256        # the shortest frame any board's bridge takes, when the board is not named
     if board is not None:
         from ..boards.build import BOARDS
         if board not in BOARDS:
             raise ProgramError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
         baud = baud or BOARDS[board].baud
+        frame_words = BOARDS[board].frame_words
     backend = BoardBackend(port, baud=baud or 1_000_000, max_words=frame_words, timeout=timeout)
     try:
         backend.check(config)

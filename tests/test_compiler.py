@@ -259,3 +259,20 @@ def test_standalone_pool_refused_without_the_pool_engine(graphs):
     pool = next(n for n in graph.nodes if n.kind == "avg_pool2d")
     with pytest.raises(ProgramError, match=rf"^node '{pool.name}': average pooling layers need the 'pool' engine"):
         compile_graph(graph, config)
+
+
+def test_ice40_refuses_single_rounding_with_a_left_shift(graphs):
+    """The iCE40's serial requantizer has no single rounding with a left shift: the compiler refuses such a layer
+    for that target (naming node and channel) instead of letting the board compute other numbers."""
+    import copy
+    graph = copy.deepcopy(graphs["lenet5"])
+    node = next(n for n in graph.nodes if n.kind == "conv2d")
+    shift = np.array(np.broadcast_to(node.requant.shift, (node.weights.shape[0],)), np.int64)
+    shift[2] = 1
+    node.requant = replace(node.requant, mode="single", shift=shift)
+    compile_graph(graph, DEFAULT_CONFIG)                      # the generic requantizer takes it
+    with pytest.raises(ProgramError, match=rf"^layer '{node.name}': single rounding with a positive shift "
+                                           rf"\(channel 2\) is not supported by the ice40 requantizer"):
+        compile_graph(graph, replace(DEFAULT_CONFIG, target="ice40"))
+    node.requant = replace(node.requant, mode="double")
+    compile_graph(graph, replace(DEFAULT_CONFIG, target="ice40"))
