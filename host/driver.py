@@ -25,7 +25,7 @@ import numpy as np
 from amaranth.lib import data
 
 from ..hw import accelerator as acc
-from ..hw.commands import EngineId, MemoryId, Opcode, config_id
+from ..hw.commands import EngineId, MemoryId, Opcode, RunState, config_id
 from ..hw.conv_engine import memory_images
 from ..hw.depthwise import depthwise_weight_beats, depthwise_weights_layout
 from ..hw.pool_engine import PoolMode
@@ -125,6 +125,7 @@ class AcceleratorDriver:
         self.bus_cycles = {}
         self._stats = None
         self._image = 0
+        self._in_flight = False     # a START not yet waited for
         # What the write-only memories hold: memory -> list of (lo, hi, key) regions of constant contents
         # (weights), so that a step run on many images loads its weights once.
         self._contents = {}
@@ -140,16 +141,31 @@ class AcceleratorDriver:
 
     def status(self):
         """STATUS: ``(cycle counter, config id)``."""
-        words = self._transact(protocol.encode_status(), Opcode.STATUS, 3)
-        return words[0] | (words[1] << 32), words[2]
+        cycles, got, _ = self._status()
+        return cycles, got
+
+    def _status(self):
+        answer = self.transport.transact(list(protocol.encode_status()))
+        words = protocol.decode_response(answer, Opcode.STATUS, 3)
+        if self._stats is not None:
+            stats = self._stats[self._image]
+            stats["words_in"] += 1
+            stats["words_out"] += len(answer)
+        return words[0] | (words[1] << 32), words[2], protocol.run_state(answer)
 
     def check(self):
-        """STATUS: the accelerator must be built for this configuration."""
-        cycles, got = self.status()
+        """STATUS: the accelerator must be built for this configuration. A run left in flight (or finished and
+        not collected) by an earlier host that stopped half-way is waited for, so it cannot make this one BUSY."""
+        cycles, got, state = self._status()
         want = config_id(self.config)
         if got != want:
             raise ProgramError(f"program built for a different configuration: the accelerator reports config id "
                                f"{got:#010x}, the program needs {want:#010x}")
+        if state is not RunState.IDLE:
+            try:
+                self.wait()
+            except protocol.AcceleratorError:
+                pass        # that run's own failure (e.g. aborted by the watchdog) is not this program's
         return cycles
 
     def write(self, memory, words, base=0):
@@ -183,9 +199,11 @@ class AcceleratorDriver:
     def start(self, engine, fields):
         """START one engine; returns at once."""
         self._transact(protocol.encode_start(acc.descriptor_words(self.config, engine, fields)), Opcode.START)
+        self._in_flight = True
 
     def wait(self):
         """WAIT for the run in flight; returns its cycle count."""
+        self._in_flight = False         # answered or not, WAIT is not sent twice for one run
         cycles, = self._transact(protocol.encode_wait(), Opcode.WAIT, 1)
         return cycles
 
@@ -280,6 +298,19 @@ class AcceleratorDriver:
                 self._stats[job.image]["cycles"] += self.run(job.engine, job.run)
                 self._collect(job, outs)
             return
+        try:
+            self._pipeline(jobs, outs)
+        except BaseException:
+            # Whatever failed (a tile that does not fit, the link, a refused command), leave no run in flight:
+            # the next START would be answered BUSY.
+            if self._in_flight:
+                try:
+                    self.wait()
+                except Exception:
+                    pass
+            raise
+
+    def _pipeline(self, jobs, outs):
         done = None         # the job started before this one: in flight until waited for, then to be read
         running = False
         for job in jobs:
