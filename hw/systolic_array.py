@@ -18,6 +18,10 @@ before the next tile overwrites its shadows; the block enforces this itself by h
 real convolution layer but the shallowest) run at one beat per cycle.
 
 Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation.
+
+With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
+registers load the same operands as the PE's hop registers and whose output register is the product stage:
+same cycles, same numbers, and no fabric logic between a register and the block.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
@@ -25,6 +29,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .dsp_ecp5 import Mult18x18D
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency"]
 
@@ -66,7 +71,10 @@ class SystolicArray(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        Supplies ``rows``, ``cols`` and ``acc_width``.
+        Supplies ``rows``, ``cols``, ``acc_width`` and ``target``.
+    primitive : bool
+        For ``target == "ecp5"``: instantiate ``MULT18X18D`` (True) or its behavioural model (False, for the
+        Amaranth simulator). Other targets ignore it.
 
     Members
     -------
@@ -76,10 +84,11 @@ class SystolicArray(wiring.Component):
         ``cols`` beats per tile, columns in order. Accumulators wrap modulo ``2**acc_width``.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, primitive=True):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         self._config = config
+        self._primitive = primitive
         super().__init__({
             "i_beats":   In(stream.Signature(beat_layout(config))),
             "o_columns": Out(stream.Signature(column_layout(config))),
@@ -150,9 +159,15 @@ class SystolicArray(wiring.Component):
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
                 m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
+                if cfg.target == "ecp5":
+                    # The block's input registers mirror act/wgt (which still carry the operands on), its
+                    # output register is the product register.
+                    mult = m.submodules[f"mult_{r}_{c}"] = Mult18x18D(8, 8, primitive=self._primitive)
+                    m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en), product.eq(mult.p)]
                 with m.If(en):
-                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in),
-                                 product.eq(act * wgt), pflags.eq(flags)]
+                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags)]
+                    if cfg.target != "ecp5":
+                        m.d.sync += product.eq(act * wgt)
                     with m.If(pflags.valid):
                         m.d.sync += acc.eq(total)
                         with m.If(pflags.last):
