@@ -64,6 +64,10 @@ class Requantizer(wiring.Component):
         Channels per beat (``config.lanes`` for the vector engines, ``config.rows`` behind the array).
     tag_width : int
         Width of an opaque tag carried from each input beat to its output beat (0 for none).
+    split_product : bool
+        Build the 32x32 multiply from LUTs in two halves (``config.target == "ecp5"``, whose multiplier blocks
+        all go to the MAC array): stage 2 registers eight 32x4 partial products of the shifted value, stage 3
+        adds them. Same numbers, same cycles; without it stage 3 is one ``*`` (a DSP block where there is one).
 
     Members
     -------
@@ -75,13 +79,14 @@ class Requantizer(wiring.Component):
         Output zero point and clamp bounds (ReLU/ReLU6 are clamp bounds). Layer-constant, as above.
     """
 
-    def __init__(self, lanes, tag_width=0):
+    def __init__(self, lanes, tag_width=0, *, split_product=False):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
             raise ValueError(f"lanes must be an integer from 1 to 64, not {lanes!r}")
         if not isinstance(tag_width, int) or tag_width < 0:
             raise ValueError(f"tag_width must be a non-negative integer, not {tag_width!r}")
         self._lanes = lanes
         self._tag_width = tag_width
+        self._split_product = bool(split_product)
         super().__init__({
             "i_acc": In(stream.Signature(requant_input_layout(lanes, tag_width))),
             "o_data": Out(stream.Signature(requant_output_layout(lanes, tag_width))),
@@ -146,21 +151,36 @@ class Requantizer(wiring.Component):
                 right1.eq(Mux(shift < 0, -shift, 0)),
                 total1.eq(31 - shift),
             ]
-            m.d.sync += [
-                a2.eq(Mux(single, x1, (x1 << left1)[:32].as_signed())),
-                m2.eq(m1), right2.eq(right1), total2.eq(total1),
-            ]
-            m.d.sync += [
-                ab3.eq(a2 * m2),
-                sat3.eq((a2 == INT32_MIN) & (m2 == INT32_MIN) & ~single),
-                right3.eq(right2), total3.eq(total2),
-            ]
+            m.d.sync += [right2.eq(right1), total2.eq(total1), right3.eq(right2), total3.eq(total2)]
+            shifted = Mux(single, x1, (x1 << left1)[:32].as_signed())
+            if not self._split_product:
+                m.d.sync += [a2.eq(shifted), m2.eq(m1)]
+                m.d.sync += [ab3.eq(a2 * m2), sat3.eq((a2 == INT32_MIN) & (m2 == INT32_MIN) & ~single)]
+            else:
+                # m = sum(digit[i] * 16**i), digits 0..6 unsigned, digit 7 signed: each partial product is a
+                # 32x4 multiply (a shallow adder tree), registered; stage 3 is one eight-term sum.
+                sat2 = reg(1, "sat2")
+                partial = []
+                for i in range(8):
+                    digit = m1[4 * i:4 * i + 4]
+                    digit = digit.as_signed() if i == 7 else digit
+                    pp = reg(signed(36), f"pp2_{i}")
+                    m.d.sync += pp.eq(shifted * digit)
+                    partial.append(pp)
+                m.d.sync += sat2.eq((shifted == INT32_MIN) & (m1 == INT32_MIN) & ~single)
+                m.d.sync += [ab3.eq(sum(pp << (4 * i) for i, pp in enumerate(partial))[:64].as_signed()),
+                             sat3.eq(sat2)]
 
             # gemmlowp: nudge by +/- 2**30, then divide by 2**31 truncating toward zero.
             nudged = Signal(signed(65), name=f"l{lane}_nudged")
             m.d.comb += nudged.eq(ab3 + Mux(ab3 >= 0, 1 << 30, 1 - (1 << 30)))
             truncated = Signal(signed(65), name=f"l{lane}_truncated")
-            m.d.comb += truncated.eq((nudged + Mux(nudged < 0, (1 << 31) - 1, 0)) >> 31)
+            if not self._split_product:
+                m.d.comb += truncated.eq((nudged + Mux(nudged < 0, (1 << 31) - 1, 0)) >> 31)
+            else:
+                # The same number with one adder: the nudge and the truncation toward zero add 2**30 together
+                # for either sign (ab >= 0: 2**30; ab < 0: 1 - 2**30, then 2**31 - 1).
+                m.d.comb += truncated.eq((ab3 + (1 << 30)) >> 31)
             # Single rounding: add half of the divisor, arithmetic shift, saturate.
             rounded = Signal(signed(65), name=f"l{lane}_rounded")
             m.d.comb += rounded.eq((ab3 + (Const(1, 64) << (total3 - 1)[:6])) >> total3)
