@@ -182,3 +182,29 @@ def test_split_high_mul_matches_quant(zero_bits):
     sim.add_testbench(bench)
     sim.run()
     np.testing.assert_array_equal(np.array(got[:len(a)]), want, err_msg=f"seed {seed}")
+
+
+def test_ecp5_pool_engine_matches_golden_and_cycle_model():
+    """The pooling engine's deeper ecp5 pipeline: random layers and the rounding ties against the golden model
+    (with bubbles and back-pressure), and the cycle model with its extra stages."""
+    import test_pool_engine as t
+    from cnnacc.host.cycles_vector import pool_cycles
+    from cnnacc.hw.pool_engine import PoolMode, pool_extra_stages, pool_layer
+
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=7, target="ecp5")
+    assert pool_extra_stages(config) == 3 and pool_extra_stages(replace(config, target="generic")) == 0
+    seed = 8
+    rng = np.random.default_rng(seed)
+    jobs = [t.random_job(config, rng) for _ in range(5)]
+    ties = np.array([[[[1, -128], [2, -2]], [[0, 127], [0, -128]]]], np.int64)
+    jobs.append((pool_layer(config, PoolMode.AVG, height=2, width=2, kernel=2, stride=1), ties))
+    got, _ = t.run_amaranth(config, jobs, seed=seed, bubble=0.3, stall=0.3)
+    t.check(got, jobs, f"ecp5 seed {seed}")
+    for layer in [pool_layer(config, PoolMode.MAX, height=5, width=7, kernel=3, stride=1, padding=(1, 1, 1, 1)),
+                  pool_layer(config, PoolMode.AVG, height=6, width=6, kernel=2, stride=2, groups=2)]:
+        window = layer["window"]
+        job = (layer, rng.integers(-128, 128, size=(window["groups"], window["height"], window["width"], 2)))
+        got, cycles = t.run_amaranth(config, [job])
+        t.check(got, [job], "ecp5 cycle model")
+        assert cycles == pool_cycles(config, layer)
+        assert cycles == pool_cycles(replace(config, target="generic"), layer) + 3
