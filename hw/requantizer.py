@@ -181,24 +181,68 @@ class Requantizer(wiring.Component):
                 # The same number with one adder: the nudge and the truncation toward zero add 2**30 together
                 # for either sign (ab >= 0: 2**30; ab < 0: 1 - 2**30, then 2**31 - 1).
                 m.d.comb += truncated.eq((ab3 + (1 << 30)) >> 31)
-            # Single rounding: add half of the divisor, arithmetic shift, saturate.
-            rounded = Signal(signed(65), name=f"l{lane}_rounded")
-            m.d.comb += rounded.eq((ab3 + (Const(1, 64) << (total3 - 1)[:6])) >> total3)
-            saturated = Mux(rounded > INT32_MAX, INT32_MAX, Mux(rounded < INT32_MIN, INT32_MIN, rounded))
-            m.d.sync += [
-                high4.eq(Mux(single, saturated, Mux(sat3, INT32_MAX, truncated))),
-                right4.eq(Mux(single, 0, right3)),
-            ]
+            if not self._split_product:
+                # Single rounding: add half of the divisor, arithmetic shift, saturate.
+                rounded = Signal(signed(65), name=f"l{lane}_rounded")
+                m.d.comb += rounded.eq((ab3 + (Const(1, 64) << (total3 - 1)[:6])) >> total3)
+                saturated = Mux(rounded > INT32_MAX, INT32_MAX, Mux(rounded < INT32_MIN, INT32_MIN, rounded))
+                m.d.sync += [
+                    high4.eq(Mux(single, saturated, Mux(sat3, INT32_MAX, truncated))),
+                    right4.eq(Mux(single, 0, right3)),
+                ]
 
-            mask = Signal(32, name=f"l{lane}_mask")
-            m.d.comb += mask.eq((Const(1, 33) << right4) - 1)
-            remainder = Signal(32, name=f"l{lane}_remainder")
-            m.d.comb += remainder.eq(high4.as_unsigned() & mask)
-            threshold = Signal(33, name=f"l{lane}_threshold")
-            m.d.comb += threshold.eq((mask >> 1) + (high4 < 0))
-            m.d.sync += scaled5.eq((high4 >> right4) + (remainder > threshold))
+                mask = Signal(32, name=f"l{lane}_mask")
+                m.d.comb += mask.eq((Const(1, 33) << right4) - 1)
+                remainder = Signal(32, name=f"l{lane}_remainder")
+                m.d.comb += remainder.eq(high4.as_unsigned() & mask)
+                threshold = Signal(33, name=f"l{lane}_threshold")
+                m.d.comb += threshold.eq((mask >> 1) + (high4 < 0))
+                m.d.sync += scaled5.eq((high4 >> right4) + (remainder > threshold))
+            else:
+                self._split_tail(m, lane, reg, single, ab3, sat3, truncated, total2, total3, right3, high4, right4,
+                                 scaled5)
 
             biased = Signal(signed(34), name=f"l{lane}_biased")
             m.d.comb += biased.eq(scaled5 + self.zero_point)
             clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
             m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])
+
+    def _split_tail(self, m, lane, reg, single, ab3, sat3, truncated, total2, total3, right3, high4, right4,
+                    scaled5):
+        """Stages 4 and 5 with every shift-only constant decoded a stage early, so that no stage holds more than
+        one carry chain after a shifter (the LUT-built ECP5 pipeline). The same numbers as the plain stages:
+
+        * single rounding: ``r = (ab + 2**(t-1)) >> t`` saturated to int32 (``t = 31 - shift``). Stage 3 decodes
+          ``2**(t-1)`` and the saturation bounds (``r > INT32_MAX`` iff ``ab >= (2**32 - 1) * 2**(t-1)``,
+          ``r < INT32_MIN`` iff ``ab < -(2**32 + 1) * 2**(t-1)``; neither is reachable for ``t > 32`` since
+          ``|ab| <= 2**62``), stage 4 adds and compares side by side, stage 5 shifts and selects;
+        * double rounding: stage 4 decodes the divide's mask and its two thresholds (``mask >> 1`` and that plus
+          one, for negative values), stage 5 compares the remainder and shifts side by side, then adds.
+        """
+        en_ops = []
+        round3 = reg(64, "round3")
+        hi3, lo3, can3 = reg(signed(65), "hi3"), reg(signed(66), "lo3"), reg(1, "can_sat3")
+        t1 = (total2 - 1)[:5]
+        en_ops += [round3.eq(Const(1, 64) << (total2 - 1)[:6]),
+                   hi3.eq(Const((1 << 32) - 1, 33) << t1),
+                   lo3.eq(Const(-((1 << 32) + 1), signed(34)) << t1),
+                   can3.eq(total2 <= 32)]
+        sum4, total4 = reg(signed(65), "sum4"), reg(range(63), "total4")
+        sat_hi4, sat_lo4 = reg(1, "sat_hi4"), reg(1, "sat_lo4")
+        mask4, half4, halfp4 = reg(32, "mask4"), reg(32, "half4"), reg(33, "halfp4")
+        en_ops += [sum4.eq(ab3 + round3), total4.eq(total3),
+                   sat_hi4.eq(can3 & (ab3 >= hi3)), sat_lo4.eq(can3 & (ab3 < lo3)),
+                   high4.eq(Mux(sat3, INT32_MAX, truncated)), right4.eq(right3)]
+        # Thermometer codes and a one-hot: decoders, no adders.
+        en_ops += [mask4[i].eq(right3 > i) for i in range(32)]
+        en_ops += [half4[i].eq(right3 > i + 1) for i in range(32)]
+        en_ops += [halfp4.eq(Mux(right3 == 0, 1, Const(1, 33) << (right3 - 1)[:5]))]
+
+        remainder = Signal(32, name=f"l{lane}_remainder")
+        m.d.comb += remainder.eq(high4.as_unsigned() & mask4)
+        up = Mux(high4 < 0, remainder > halfp4, remainder > half4)
+        double_result = (high4 >> right4) + up
+        shifted = (sum4 >> total4)[:32].as_signed()
+        single_result = Mux(sat_hi4, INT32_MAX, Mux(sat_lo4, INT32_MIN, shifted))
+        en_ops += [scaled5.eq(Mux(single, single_result, double_result))]
+        m.d.sync += en_ops

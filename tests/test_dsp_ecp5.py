@@ -92,6 +92,15 @@ def test_split_product_requantizer_matches_golden(mode):
     lanes, seed = 4, 7
     edge = edge_vectors(lanes)
     rand = random_vectors(np.random.default_rng(seed), 120, lanes)
+    # Products exactly at and beside the single-rounding saturation bounds (2**32 - 1) * 2**(t-1) and
+    # -(2**32 + 1) * 2**(t-1), t = 31 - shift: factored into int32 x int32.
+    bounds = np.array([(983055, 4369, 30), (2, 2147483647, 30), (65536, 65536, 30), (-641, 6700417, 30),
+                       (-6, 715827883, 30), (-65536, 65537, 30), (-65537, 65535, 30), (1966110, 4369, 29),
+                       (983055, 4369, 29), (-1282, 6700417, 29), (-1281, 6700417, 29), (-1283, 6700417, 29)],
+                      np.int64).reshape(-1, lanes, 3)
+    edge = {k: np.concatenate([edge[k], v]) for k, v in
+            (("acc", bounds[..., 0]), ("bias", 0 * bounds[..., 0]), ("multiplier", bounds[..., 1]),
+             ("shift", bounds[..., 2]))}
     vectors = {k: np.concatenate([edge[k], rand[k]]) for k in edge}
     zp, qmin, qmax = 3, -120, 127
     want = golden(vectors, zp, qmin, qmax, mode)
