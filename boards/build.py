@@ -181,9 +181,14 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
     start = time.perf_counter()
     try:
         overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail"}
+        core = core_factory()
         if spec.family == "ice40":
             overrides["synth_opts"] = "-dsp"
-        platform.build(BoardTop(spec, core_factory), name=name, build_dir=str(out_dir), do_program=False,
+        elif getattr(getattr(core, "config", None), "target", None) == "ecp5":
+            # The MAC array instantiates its MULT18X18D blocks itself; every other product (depthwise taps,
+            # requantizer multiplies) is left to LUTs, since inferred ones would overflow the 156 blocks.
+            overrides["synth_opts"] = "-nodsp"
+        platform.build(BoardTop(spec, lambda: core), name=name, build_dir=str(out_dir), do_program=False,
                        **overrides)
     except Exception as exc:
         # The last log a tool wrote names the failing step: nextpnr's, else yosys's.

@@ -187,6 +187,7 @@ class SimulatedBoard:
         import numpy as np
 
         from ..sim.runner import run_cocotb
+        from ..sim.vendor_models import vendor_models
 
         images = np.asarray(images)
         with tempfile.TemporaryDirectory(prefix="cnnacc-board-") as tmp:
@@ -195,6 +196,7 @@ class SimulatedBoard:
                 pickle.dump(program, f)
             run = run_cocotb(simulated_board_verilog(program.config, self.divisor, self.frame_words),
                              toplevel="board", test_module="cnnacc.sim.tb_board", sim=self.sim,
+                             sources=vendor_models(program.config),
                              inputs={"program": str(program_path), "images": images, "divisor": self.divisor,
                                      "frame_words": self.frame_words, "timeout": self.timeout, "gap": self.gap(),
                                      "retries": self.retries, "phases": np.asarray(phases, np.float64)})

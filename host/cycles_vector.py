@@ -62,10 +62,10 @@ def pool_cycles(config, layer):
     """Cycles of one pooling layer (a :func:`cnnacc.hw.pool_engine.pool_layer` descriptor)."""
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-    from ..hw.pool_engine import PoolMode
+    from ..hw.pool_engine import PoolMode, pool_extra_stages
     window = layer["window"]
     if PoolMode(layer["mode"]) != PoolMode.GLOBAL_AVG:
-        return window_cycles(window, POOL_LATENCY)
+        return window_cycles(window, POOL_LATENCY + pool_extra_stages(config))
     pixels = window["height"] * window["width"]
     nbits = global_divider_bits(config)
     # last_pixel: the cycle a plane's last pixel is taken; the divider frees nbits + 1 cycles after that.

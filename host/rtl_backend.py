@@ -17,6 +17,7 @@ import numpy as np
 from ..hw.accelerator import Accelerator, descriptor_words
 from ..hw.commands import EngineId
 from ..sim.runner import cache_dir, run_cocotb, verilog_of
+from ..sim.vendor_models import vendor_models
 from .program import ProgramError
 
 __all__ = ["RtlBackend", "accelerator_verilog"]
@@ -101,8 +102,9 @@ class RtlBackend:
             with open(program_path, "wb") as f:
                 pickle.dump(program, f)
             run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
-                             sim=self.sim, inputs={"mode": "program", "program": str(program_path),
-                                                   "images": images, "overlap": int(self.overlap)})
+                             sources=vendor_models(config), sim=self.sim,
+                             inputs={"mode": "program", "program": str(program_path),
+                                     "images": images, "overlap": int(self.overlap)})
         out = run.outputs
         if "error" in out:
             raise ProgramError(str(out["error"]))
@@ -120,7 +122,7 @@ class RtlBackend:
         fields = {f"config_{k}": (np.array(v) if k == "engines" else v) for k, v in vars(config).items()
                   if isinstance(v, (int, tuple, str)) and not isinstance(v, bool)}
         run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
-                         sim=self.sim, inputs={"mode": "in_flight", **fields})
+                         sources=vendor_models(config), sim=self.sim, inputs={"mode": "in_flight", **fields})
         names = [name for name, _ in in_flight_commands(config)]
         answers = {name: run.outputs[f"answer{i}"].tolist() for i, name in enumerate(names[:-1])}
         answers["pixels"] = in_flight_commands(config)[-1][1]
@@ -131,5 +133,5 @@ class RtlBackend:
         words), then the words written as the pool's input."""
         words = len(descriptor_words(config, EngineId.CONV, {})) - 1
         run = run_cocotb(accelerator_verilog(config), toplevel=TOPLEVEL, test_module="cnnacc.sim.tb_accelerator",
-                         sim=self.sim, inputs={"mode": "bad_engine", "conv_words": words})
+                         sources=vendor_models(config), sim=self.sim, inputs={"mode": "bad_engine", "conv_words": words})
         return [run.outputs[f"answer{i}"].tolist() for i in range(len(run.outputs))]

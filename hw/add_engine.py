@@ -74,6 +74,30 @@ def _high_mul(m, en, a, b, name):
     return high
 
 
+def _high_mul_split(m, en, a, b, name, *, a_zero_bits=0):
+    """:func:`_high_mul` for LUT multipliers (``target == "ecp5"``), the same two stages and numbers.
+
+    Stage 1 registers eight 4-bit-digit partial products of ``a * b`` (each a shallow adder tree; ``a``'s
+    ``a_zero_bits`` low bits, known to be zero, are left out of them), stage 2 adds them with the nudge in one
+    sum. The nudge and the truncation toward zero of SRDHM together are ``floor((ab + 2**30) / 2**31)`` for either
+    sign of ``ab``: ``ab >= 0`` adds ``2**30``; ``ab < 0`` adds ``1 - 2**30`` and, to truncate toward zero,
+    ``2**31 - 1``, which is ``2**30`` again."""
+    narrow = a[a_zero_bits:].as_signed() if a_zero_bits else a
+    partial = []
+    with m.If(en):
+        for i in range(8):
+            digit = b[4 * i:4 * i + 4]
+            digit = digit.as_signed() if i == 7 else digit
+            pp = Signal(signed(len(narrow) + 4), name=f"{name}_pp{i}")
+            m.d.sync += pp.eq(narrow * digit)
+            partial.append(pp)
+    high = Signal(signed(32), name=f"{name}_high")
+    total = sum(pp << (4 * i + a_zero_bits) for i, pp in enumerate(partial)) + (1 << 30)
+    with m.If(en):
+        m.d.sync += high.eq(total[31:64])
+    return high
+
+
 def _rounding_divide(m, x, right, name):
     """RoundingDivideByPOT, combinational: ``x / 2**right`` rounded to nearest, ties away from zero."""
     mask = Signal(32, name=f"{name}_mask")
@@ -130,19 +154,25 @@ class AddEngine(wiring.Component):
             m.d.sync += [valid[0].eq(take), self.o_pixels.valid.eq(valid[-1])]
             m.d.sync += [valid[i + 1].eq(valid[i]) for i in range(ADD_LATENCY - 2)]
 
+        # Target "ecp5": the MAC array takes the multiplier blocks, these products are LUTs (see _high_mul_split).
+        split = self._config.target == "ecp5"
         for lane in range(self._config.lanes):
             name = f"l{lane}"
             a1, b1 = Signal(signed(32), name=f"{name}_a1"), Signal(signed(32), name=f"{name}_b1")
             with m.If(en):
                 m.d.sync += [a1.eq((self.i_a.payload[lane] - layer.zp1) << LEFT_SHIFT),
                              b1.eq((self.i_b.payload[lane] - layer.zp2) << LEFT_SHIFT)]
-            ha = _high_mul(m, en, a1, layer.m1, f"{name}_a")          # stages 2, 3
-            hb = _high_mul(m, en, b1, layer.m2, f"{name}_b")
+            if split:                                                  # stages 2, 3
+                ha = _high_mul_split(m, en, a1, layer.m1, f"{name}_a", a_zero_bits=LEFT_SHIFT)
+                hb = _high_mul_split(m, en, b1, layer.m2, f"{name}_b", a_zero_bits=LEFT_SHIFT)
+            else:
+                ha = _high_mul(m, en, a1, layer.m1, f"{name}_a")
+                hb = _high_mul(m, en, b1, layer.m2, f"{name}_b")
             total = Signal(signed(32), name=f"{name}_sum")            # stage 4
             with m.If(en):
                 m.d.sync += total.eq(_rounding_divide(m, ha, layer.s1, f"{name}_da")
                                      + _rounding_divide(m, hb, layer.s2, f"{name}_db"))
-            ho = _high_mul(m, en, total, layer.mo, f"{name}_o")        # stages 5, 6
+            ho = (_high_mul_split if split else _high_mul)(m, en, total, layer.mo, f"{name}_o")   # stages 5, 6
             out = Signal(signed(34), name=f"{name}_out")
             m.d.comb += out.eq(_rounding_divide(m, ho, layer.so, f"{name}_do") + layer.zp_out)
             clamped = Mux(out < layer.qmin, layer.qmin, Mux(out > layer.qmax, layer.qmax, out))

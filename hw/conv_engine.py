@@ -227,7 +227,7 @@ class ConvEngine(wiring.Component):
         lg_nb = nb.bit_length() - 1
 
         m.submodules.array = array = SystolicArray(cfg)
-        m.submodules.requant = requant = Requantizer(rows, tag_width=PIXEL + DIM)
+        m.submodules.requant = requant = Requantizer(rows, tag_width=PIXEL + DIM, target=cfg.target)
 
         # Writes always complete in their cycle.
         m.d.comb += [self.act_write.ready.eq(1), self.weight_write.ready.eq(1), self.param_write.ready.eq(1)]

@@ -164,7 +164,8 @@ class DepthwiseEngine(wiring.Component):
         m = Module()
         cfg, k, lanes = self._config, self._kernel, self._config.lanes
         m.submodules.windows = wg = WindowGenerator(cfg, max_kernel=k)
-        m.submodules.requantizer = rq = Requantizer(lanes, tag_width=1)
+        m.submodules.requantizer = rq = Requantizer(lanes, tag_width=1,
+                                                       target="ecp5" if cfg.target == "ecp5" else "generic")
         params_layout = data.ArrayLayout(lane_params_layout(), lanes)
         weights_layout = depthwise_weights_layout(cfg, k)
 

@@ -24,6 +24,8 @@ On the iCE40UP5K (``config.target == "ice40"``) the window is at most :data:`ICE
 (:func:`pool_max_kernel`): the register window, the tap trees and the line buffers grow with the square of the
 kernel, and LeNet-5's 2x2 pools are what that part runs. The average's reciprocal multiplication is then built
 from shifts and adds, because every DSP block of that part computes MACs.
+Target ``"ecp5"`` adds three stages (per-row reduction, reciprocal lookup, product) for its 125 MHz clock:
+:func:`pool_extra_stages`.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
@@ -34,7 +36,7 @@ from ..config import AcceleratorConfig
 from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
-           "pool_max_kernel", "ICE40_POOL_KERNEL"]
+           "pool_max_kernel", "ICE40_POOL_KERNEL", "pool_extra_stages"]
 
 #: Largest pooling window on target "ice40" (see the module docstring).
 ICE40_POOL_KERNEL = 2
@@ -45,6 +47,11 @@ def pool_max_kernel(config):
     if config.target == "ice40":
         return min(config.max_kernel, ICE40_POOL_KERNEL)
     return config.max_kernel
+
+
+def pool_extra_stages(config):
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (3 on the ECP5)."""
+    return 3 if config.target == "ecp5" else 0
 
 
 class PoolMode(enum.Enum, shape=2):
@@ -198,23 +205,46 @@ class PoolEngine(wiring.Component):
         cols_in = Signal(range(kmax + 1))
         m.d.comb += [rows_in.eq(sum(win.row_valid[i] for i in range(kmax))),
                      cols_in.eq(sum(win.col_valid[j] for j in range(kmax)))]
+
+        def max_tree(values):
+            """A balanced tree of maxima (padded taps enter as -128, which never beats an in-bounds tap)."""
+            level = list(values)
+            while len(level) > 1:
+                nxt = []
+                for a, b in zip(level[::2], level[1::2]):
+                    s = Signal(signed(8))
+                    m.d.comb += s.eq(Mux(a > b, a, b))
+                    nxt.append(s)
+                level = nxt + ([level[-1]] if len(level) % 2 else [])
+            return level[0]
+
+        # Target "ecp5" (125 MHz) takes three more stages for the same numbers: the taps are reduced per window
+        # row first (stage R), and the division is split into the reciprocal lookup (B1) and the product (B2).
+        deep = cfg.target == "ecp5"
         with m.If(o_free):
-            m.d.sync += a_valid.eq(wg.o_windows.valid & wg.o_windows.ready)
-            m.d.sync += [a_last.eq(win.last), a_count.eq(rows_in * cols_in)]
-            for lane in range(lanes):
-                taps = [(win.row_valid[i] & win.col_valid[j], win.taps[i][j][lane])
-                        for i in range(kmax) for j in range(kmax)]
-                # A balanced tree of maxima; padded taps enter as -128, which never beats an in-bounds tap.
-                level = [Mux(ok, v, -128) for ok, v in taps]
-                while len(level) > 1:
-                    nxt = []
-                    for a, b in zip(level[::2], level[1::2]):
-                        s = Signal(signed(8))
-                        m.d.comb += s.eq(Mux(a > b, a, b))
-                        nxt.append(s)
-                    level = nxt + ([level[-1]] if len(level) % 2 else [])
-                m.d.sync += a_max[lane].eq(level[0])
-                m.d.sync += a_sum[lane].eq(sum(Mux(ok, v, 0) for ok, v in taps))
+            if not deep:
+                m.d.sync += a_valid.eq(wg.o_windows.valid & wg.o_windows.ready)
+                m.d.sync += [a_last.eq(win.last), a_count.eq(rows_in * cols_in)]
+                for lane in range(lanes):
+                    taps = [(win.row_valid[i] & win.col_valid[j], win.taps[i][j][lane])
+                            for i in range(kmax) for j in range(kmax)]
+                    m.d.sync += a_max[lane].eq(max_tree(Mux(ok, v, -128) for ok, v in taps))
+                    m.d.sync += a_sum[lane].eq(sum(Mux(ok, v, 0) for ok, v in taps))
+            else:
+                r_valid, r_last = Signal(), Signal()
+                r_rows, r_cols = Signal.like(rows_in), Signal.like(cols_in)
+                m.d.sync += [r_valid.eq(wg.o_windows.valid & wg.o_windows.ready), r_last.eq(win.last),
+                             r_rows.eq(rows_in), r_cols.eq(cols_in)]
+                m.d.sync += [a_valid.eq(r_valid), a_last.eq(r_last), a_count.eq(r_rows * r_cols)]
+                for lane in range(lanes):
+                    r_max = [Signal(signed(8), name=f"r_max_{lane}_{i}") for i in range(kmax)]
+                    r_sum = [Signal(signed((kmax * 128).bit_length() + 1), name=f"r_sum_{lane}_{i}")
+                             for i in range(kmax)]
+                    for i in range(kmax):
+                        row = [(win.row_valid[i] & win.col_valid[j], win.taps[i][j][lane]) for j in range(kmax)]
+                        m.d.sync += r_max[i].eq(max_tree(Mux(ok, v, -128) for ok, v in row))
+                        m.d.sync += r_sum[i].eq(sum(Mux(ok, v, 0) for ok, v in row))
+                    m.d.sync += [a_max[lane].eq(max_tree(r_max)), a_sum[lane].eq(sum(r_sum))]
 
         max_numer = max_sum + (kmax * kmax) // 2
         shift, table = avg_reciprocals(kmax * kmax, max_numer)
@@ -224,10 +254,19 @@ class PoolEngine(wiring.Component):
                 with m.Case(c):
                     m.d.comb += recip.eq(table[c])
         window_result = []
+        out_valid, out_last = a_valid, a_last
+        if deep:
+            b1_valid, b1_last, b2_valid, b2_last = Signal(), Signal(), Signal(), Signal()
+            b1_recip = Signal.like(recip)
+            with m.If(o_free):
+                m.d.sync += [b1_valid.eq(a_valid), b1_last.eq(a_last), b1_recip.eq(recip),
+                             b2_valid.eq(b1_valid), b2_last.eq(b1_last)]
+            out_valid, out_last = b2_valid, b2_last
         for lane in range(lanes):
             magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
             m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
             quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
+            neg, window_max = a_sum[lane] < 0, a_max[lane]
             if cfg.target == "ice40":
                 # No DSP left: one shift-and-add constant multiplication per count, chosen by the count.
                 # Only counts a window can have (rows x columns in bounds) get a multiplier.
@@ -236,11 +275,19 @@ class PoolEngine(wiring.Component):
                     for c in counts:
                         with m.Case(c):
                             m.d.comb += quotient.eq(_times_constant(magnitude, table[c]) >> shift)
-            else:
+            elif not deep:
                 m.d.comb += quotient.eq((magnitude * recip) >> shift)
+            else:
+                b1_numer = Signal.like(magnitude, name=f"b1_numer_{lane}")
+                b1_neg, b2_neg = Signal(name=f"b1_neg_{lane}"), Signal(name=f"b2_neg_{lane}")
+                b1_max, b2_max = Signal(signed(8), name=f"b1_max_{lane}"), Signal(signed(8), name=f"b2_max_{lane}")
+                with m.If(o_free):
+                    m.d.sync += [b1_numer.eq(magnitude), b1_neg.eq(neg), b1_max.eq(window_max),
+                                 quotient.eq((b1_numer * b1_recip) >> shift), b2_neg.eq(b1_neg), b2_max.eq(b1_max)]
+                neg, window_max = b2_neg, b2_max
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
-            m.d.comb += avg.eq(Mux(a_sum[lane] < 0, -quotient, quotient))
-            value = Mux(mode == PoolMode.MAX, a_max[lane], avg)
+            m.d.comb += avg.eq(Mux(neg, -quotient, quotient))
+            value = Mux(mode == PoolMode.MAX, window_max, avg)
             window_result.append(_clamp(value, qmin, qmax))
 
         # --- global average: per-plane sums, then a restoring divider per lane.
@@ -317,10 +364,10 @@ class PoolEngine(wiring.Component):
             m.d.sync += o.valid.eq(0)
         with m.If(~global_mode):
             with m.If(o_free):
-                m.d.sync += o.valid.eq(a_valid & busy)
-                with m.If(a_valid):
+                m.d.sync += o.valid.eq(out_valid & busy)
+                with m.If(out_valid):
                     m.d.sync += [o.payload[lane].eq(window_result[lane]) for lane in range(lanes)]
-                    with m.If(a_last):
+                    with m.If(out_last):
                         m.d.sync += busy.eq(0)
         with m.Else():
             with m.If(div_busy & (div_step == 0) & o_free):

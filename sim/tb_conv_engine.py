@@ -21,6 +21,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
 from ..config import AcceleratorConfig
 from ..hw.conv_engine import ConvEngine, ConvLayer, output_layout, scatter_outputs
 from ..hw.requantizer import lane_params_layout
+from .vendor_models import vendor_models
 from .amaranth_streams import stream_get
 from .runner import run_cocotb, testbench_inputs, testbench_outputs
 
@@ -110,7 +111,8 @@ def run_rtl_layers(config, jobs, *, seed=0, bubble=0.0, stall=None, engine_args=
                        f"count{i}": output_beats(config, fields)})
     inputs["field_names"] = np.array(list(jobs[0][0].keys()))
     dut = ConvEngine(config, **(engine_args or {}))
-    run = run_cocotb(dut, toplevel="conv_engine", test_module="cnnacc.sim.tb_conv_engine", sim=sim, inputs=inputs)
+    run = run_cocotb(dut, toplevel="conv_engine", test_module="cnnacc.sim.tb_conv_engine", sim=sim, inputs=inputs,
+                     sources=vendor_models(config))
     results = []
     for i, (fields, _) in enumerate(jobs):
         out = run.outputs

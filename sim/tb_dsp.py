@@ -11,14 +11,15 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from ..hw.dsp import DualMul8
-from .runner import run_cocotb, testbench_inputs, testbench_outputs, vendor_models
+from .runner import run_cocotb, testbench_inputs, testbench_outputs
+from .vendor_models import vendor_models
 
 __all__ = ["run_rtl"]
 
 
 def run_rtl(target, a0, b0, a1, b1, ce, *, sim=None):
     """Drive the operands and enables cycle by cycle; returns ``(p0, p1)`` as seen after each edge."""
-    sources = [vendor_models("ice40")] if target == "ice40" else []
+    sources = vendor_models(target)
     run = run_cocotb(DualMul8(target), toplevel="dual_mul8", test_module="cnnacc.sim.tb_dsp", sim=sim,
                      sources=sources, inputs=dict(a0=a0, b0=b0, a1=a1, b1=b1, ce=ce))
     return np.asarray(run.outputs["p0"], np.int64), np.asarray(run.outputs["p1"], np.int64)

@@ -18,7 +18,8 @@ from ..config import AcceleratorConfig
 from ..hw.systolic_array import SystolicArray, beat_layout, column_layout, min_tile_beats
 from .amaranth_streams import stream_get, stream_put
 from .cocotb_streams import stream_through
-from .runner import run_cocotb, testbench_inputs, testbench_outputs, vendor_models
+from .vendor_models import vendor_models
+from .runner import run_cocotb, testbench_inputs, testbench_outputs
 
 __all__ = ["run_amaranth", "run_rtl", "golden_tiles"]
 
@@ -87,10 +88,9 @@ def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0, stall_cycles=N
 
 def run_rtl(config, tiles, *, seed=0, bubble=0.0, stall=0.0, sim=None):
     """Under cocotb; an ice40 array runs its ``SB_MAC16`` instances on yosys's models."""
-    sources = [vendor_models("ice40")] if config.target == "ice40" else []
     run = run_cocotb(
         SystolicArray(config), toplevel="systolic_array", test_module="cnnacc.sim.tb_systolic_array", sim=sim,
-        sources=sources,
+        sources=vendor_models(config),
         inputs=dict(wgt=np.concatenate([w for w, _ in tiles]), act=np.concatenate([a for _, a in tiles]),
                     depths=[w.shape[0] for w, _ in tiles], rows=config.rows, cols=config.cols,
                     acc_width=config.acc_width, seed=seed, bubble=bubble, stall=stall))

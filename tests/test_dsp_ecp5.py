@@ -1,0 +1,220 @@
+"""ECP5 target: the MULT18X18D wrapper's model against ``*`` (Amaranth simulator), and the systolic array built
+from MULT18X18D instances (with sim/models/MULT18X18D.v on Verilator) against the generic array: same results,
+same cycle count, under the same bubbles and back-pressure."""
+
+import gc
+import random
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from amaranth.back import verilog
+from amaranth.hdl import UnusedElaboratable
+from amaranth.sim import Simulator
+
+from cnnacc.config import AcceleratorConfig
+from cnnacc.hw.dsp_ecp5 import MULT_LATENCY, Mult18x18D
+from cnnacc.hw.systolic_array import SystolicArray
+from cnnacc.sim import tb_systolic_array as tb
+
+
+def test_model_latency_and_clock_enable():
+    seed = 3
+    rng = random.Random(seed)
+    dut = Mult18x18D(9, 8, primitive=False)
+    history = []      # operands of every enabled cycle
+    seen = []
+
+    async def bench(ctx):
+        for _ in range(300):
+            a, b, ce = rng.randint(-256, 255), rng.randint(-128, 127), rng.random() < 0.7
+            ctx.set(dut.a, a)
+            ctx.set(dut.b, b)
+            ctx.set(dut.ce, ce)
+            await ctx.tick()
+            if ce:
+                history.append(a * b)
+                if len(history) >= MULT_LATENCY:
+                    seen.append((ctx.get(dut.p), history[-MULT_LATENCY]))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    # After the n-th enabled edge, p holds the product of the operands of enabled edge n - MULT_LATENCY + 1.
+    assert len(seen) > 150
+    assert all(got == want for got, want in seen), f"seed {seed}"
+
+
+@pytest.mark.parametrize("width", [1, 19, True])
+def test_widths_are_checked(width):
+    # The refused object was never meant to be elaborated: collect it here, with Amaranth's warning silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(ValueError, match="a_width must be an integer from 2 to 18"):
+            Mult18x18D(width, 8, primitive=False)
+        gc.collect()
+
+
+def test_ecp5_array_instantiates_one_block_per_pe():
+    config = AcceleratorConfig(rows=2, cols=3, target="ecp5")
+    text = verilog.convert(SystolicArray(config), name="systolic_array")
+    assert text.count("MULT18X18D #(") == 6
+    assert "REG_OUTPUT_CLK(\"CLK0\")" in text and "REG_INPUTA_CLK(\"CLK0\")" in text
+    # The generic target stays free of vendor primitives.
+    assert "MULT18X18D" not in verilog.convert(SystolicArray(replace(config, target="generic")),
+                                               name="systolic_array")
+
+
+def test_verilator_ecp5_array_matches_generic():
+    seed = 21
+    # A small array keeps the two Verilator builds short; every PE is the same code at any size.
+    generic = AcceleratorConfig(rows=3, cols=5)
+    rng = np.random.default_rng(seed)
+    tiles = [(rng.integers(-127, 128, size=(k, 3), dtype=np.int8), rng.integers(-128, 128, size=(k, 5), dtype=np.int8))
+             for k in rng.choice([1, 5, 16, 33], size=10)]
+    # Extremes in the last tile: the widest products and their signs.
+    tiles.append((np.full((20, 3), -127, np.int8), np.full((20, 5), -128, np.int8)))
+    want, want_cycles = tb.run_rtl(generic, tiles, seed=seed, bubble=0.25, stall=0.25)
+    got, cycles = tb.run_rtl(replace(generic, target="ecp5"), tiles, seed=seed, bubble=0.25, stall=0.25)
+    np.testing.assert_array_equal(want, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
+    assert cycles == want_cycles
+
+
+@pytest.mark.parametrize("mode", ["double", "single"])
+def test_split_product_requantizer_matches_golden(mode):
+    """The ecp5 requantizer (LUT multiply split over two stages): every shift at the extremes and random values,
+    bit for bit, with the same latency as the plain one."""
+    from test_requantizer import edge_vectors, golden, random_vectors
+    from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer
+
+    lanes, seed = 4, 7
+    edge = edge_vectors(lanes)
+    rand = random_vectors(np.random.default_rng(seed), 120, lanes)
+    # Products exactly at and beside the single-rounding saturation bounds (2**32 - 1) * 2**(t-1) and
+    # -(2**32 + 1) * 2**(t-1), t = 31 - shift: factored into int32 x int32.
+    bounds = np.array([(983055, 4369, 30), (2, 2147483647, 30), (65536, 65536, 30), (-641, 6700417, 30),
+                       (-6, 715827883, 30), (-65536, 65537, 30), (-65537, 65535, 30), (1966110, 4369, 29),
+                       (983055, 4369, 29), (-1282, 6700417, 29), (-1281, 6700417, 29), (-1283, 6700417, 29)],
+                      np.int64).reshape(-1, lanes, 3)
+    edge = {k: np.concatenate([edge[k], v]) for k, v in
+            (("acc", bounds[..., 0]), ("bias", 0 * bounds[..., 0]), ("multiplier", bounds[..., 1]),
+             ("shift", bounds[..., 2]))}
+    vectors = {k: np.concatenate([edge[k], rand[k]]) for k in edge}
+    zp, qmin, qmax = 3, -120, 127
+    want = golden(vectors, zp, qmin, qmax, mode)
+    dut = Requantizer(lanes, tag_width=10, target="ecp5")
+    beats = len(want)
+    got = {}
+
+    async def bench(ctx):
+        ctx.set(dut.single_rounding, mode == "single")
+        ctx.set(dut.zero_point, zp)
+        ctx.set(dut.qmin, qmin)
+        ctx.set(dut.qmax, qmax)
+        ctx.set(dut.o_data.ready, 1)
+        for cycle in range(beats + REQUANT_LATENCY + 1):
+            if cycle < beats:
+                ctx.set(dut.i_acc.valid, 1)
+                ctx.set(dut.i_acc.payload, {
+                    "acc": vectors["acc"][cycle].tolist(), "tag": cycle,
+                    "params": [{"bias": int(vectors["bias"][cycle, j]),
+                                "multiplier": int(vectors["multiplier"][cycle, j]),
+                                "shift": int(vectors["shift"][cycle, j])} for j in range(lanes)]})
+            else:
+                ctx.set(dut.i_acc.valid, 0)
+            await ctx.tick()
+            if ctx.get(dut.o_data.valid):
+                beat = ctx.get(dut.o_data.payload)
+                # A beat offered at cycle t leaves the output register after REQUANT_LATENCY edges.
+                assert int(beat.tag) == cycle - REQUANT_LATENCY + 1
+                got[int(beat.tag)] = [int(v) for v in beat.data]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert sorted(got) == list(range(beats))
+    np.testing.assert_array_equal(np.array([got[i] for i in range(beats)]), want, err_msg=f"mode {mode} seed {seed}")
+
+
+def test_ecp5_add_engine_matches_golden(monkeypatch):
+    """The add engine with its products split for LUTs (target "ecp5"): random layers, extremes included."""
+    import test_add_engine as t
+    monkeypatch.setattr(t, "CONFIG", replace(t.CONFIG, target="ecp5"))
+    seed = 12
+    rng = np.random.default_rng(seed)
+    cases = [t.random_case(rng, int(rng.integers(4, 30))) for _ in range(4)]
+    got = t.run_add([c[:3] for c in cases], seed)
+    for i, (case, out) in enumerate(zip(cases, got)):
+        np.testing.assert_array_equal(out, case[3], err_msg=f"seed {seed} layer {i}")
+
+
+@pytest.mark.parametrize("zero_bits", [0, 20])
+def test_split_high_mul_matches_quant(zero_bits):
+    """_high_mul_split against quant.saturating_rounding_doubling_high_mul, products of both signs and the
+    extremes, with and without the known-zero low bits of the add engine's shifted inputs."""
+    from amaranth.hdl import Module, Signal, signed
+    from cnnacc.host.quant import INT32_MAX, INT32_MIN, saturating_rounding_doubling_high_mul
+    from cnnacc.hw.add_engine import _high_mul_split
+
+    seed = 5 + zero_bits
+    rng = np.random.default_rng(seed)
+    if zero_bits:
+        a = rng.integers(-255, 256, size=300) << zero_bits
+        a[:2] = [-255 << zero_bits, 255 << zero_bits]
+    else:
+        a = rng.integers(INT32_MIN + 1, INT32_MAX, size=300, endpoint=True)
+        a[:4] = [INT32_MIN + 1, INT32_MAX, -1, 0]
+    b = np.where(rng.random(300) < 0.5, rng.integers(1 << 30, 1 << 31, size=300),
+                 rng.integers(INT32_MIN + 1, INT32_MAX, size=300, endpoint=True))
+    b[:4] = [INT32_MAX, INT32_MIN + 1, 1 << 30, -1]
+    want = saturating_rounding_doubling_high_mul(a, b)
+
+    m = Module()
+    sa, sb, en = Signal(signed(32)), Signal(signed(32)), Signal(init=1)
+    high = _high_mul_split(m, en, sa, sb, "t", a_zero_bits=zero_bits)
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(a) + 2):
+            if i < len(a):
+                ctx.set(sa, int(a[i]))
+                ctx.set(sb, int(b[i]))
+            await ctx.tick()
+            if i >= 1:
+                got.append(ctx.get(high))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    np.testing.assert_array_equal(np.array(got[:len(a)]), want, err_msg=f"seed {seed}")
+
+
+def test_ecp5_pool_engine_matches_golden_and_cycle_model():
+    """The pooling engine's deeper ecp5 pipeline: random layers and the rounding ties against the golden model
+    (with bubbles and back-pressure), and the cycle model with its extra stages."""
+    import test_pool_engine as t
+    from cnnacc.host.cycles_vector import pool_cycles
+    from cnnacc.hw.pool_engine import PoolMode, pool_extra_stages, pool_layer
+
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=7, target="ecp5")
+    assert pool_extra_stages(config) == 3 and pool_extra_stages(replace(config, target="generic")) == 0
+    seed = 8
+    rng = np.random.default_rng(seed)
+    jobs = [t.random_job(config, rng) for _ in range(5)]
+    ties = np.array([[[[1, -128], [2, -2]], [[0, 127], [0, -128]]]], np.int64)
+    jobs.append((pool_layer(config, PoolMode.AVG, height=2, width=2, kernel=2, stride=1), ties))
+    got, _ = t.run_amaranth(config, jobs, seed=seed, bubble=0.3, stall=0.3)
+    t.check(got, jobs, f"ecp5 seed {seed}")
+    for layer in [pool_layer(config, PoolMode.MAX, height=5, width=7, kernel=3, stride=1, padding=(1, 1, 1, 1)),
+                  pool_layer(config, PoolMode.AVG, height=6, width=6, kernel=2, stride=2, groups=2)]:
+        window = layer["window"]
+        job = (layer, rng.integers(-128, 128, size=(window["groups"], window["height"], window["width"], 2)))
+        got, cycles = t.run_amaranth(config, [job])
+        t.check(got, [job], "ecp5 cycle model")
+        assert cycles == pool_cycles(config, layer)
+        assert cycles == pool_cycles(replace(config, target="generic"), layer) + 3
