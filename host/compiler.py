@@ -206,6 +206,24 @@ def _check_engine(config, node):
         _engine(node, check_shifts, config.target, rq.mode, rq.shift, node.name)
 
 
+def _check_accumulator(config, node):
+    """The array's accumulators are ``config.acc_width`` bits and wrap; TFLite accumulates in int32. A conv or
+    fully connected layer runs only if no input can take its sum past the accumulator: every raw int8 product is
+    at most ``128 * |w|``, so ``128 * sum(|w|)`` per output channel bounds the sum (the input zero point is
+    folded into the int32 bias, which the requantizer adds). Refused otherwise, never wrapped silently."""
+    if node.kind not in ("conv2d", "fully_connected") or config.acc_width >= 32:
+        return
+    import numpy as np
+    weights = np.asarray(node.weights, np.int64)
+    sums = np.abs(weights.reshape(weights.shape[0], -1)).sum(axis=1)
+    bound = 128 * int(sums.max())
+    if bound >= 1 << (config.acc_width - 1):
+        channel = int(sums.argmax())
+        _fail(node, f"output channel {channel} can accumulate up to {bound:,} (128 x sum |w|), beyond the "
+                    f"{config.acc_width}-bit accumulators of this configuration; it needs acc_width >= "
+                    f"{bound.bit_length() + 1}")
+
+
 def _fuse(graph, config):
     """Node groups, one per step (see the module docstring)."""
     uses = {}
@@ -218,6 +236,7 @@ def _fuse(graph, config):
         if node.kind not in _STEP_KIND:
             _fail(node, f"no engine runs {node.kind!r} layers (supported: {', '.join(_STEP_KIND)})")
         _check_engine(config, node)
+        _check_accumulator(config, node)
         nxt = nodes[i + 1] if i + 1 < len(nodes) else None
         if (node.kind == "conv2d" and nxt is not None and nxt.kind in _POOLS and nxt.inputs[0] == node.output.name
                 and uses[node.output.name] == 1 and node.output.name != graph.output

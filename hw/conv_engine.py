@@ -387,7 +387,9 @@ class ConvEngine(wiring.Component):
                     m.d.sync += out_run.eq(0)
             with m.Else():
                 m.d.sync += out_cursor.advance()
-        m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep), requant.i_acc.payload.acc.eq(p_acc),
+        # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not copied as raw bits.
+        m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
+        m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
                      requant.i_acc.payload.params.eq(prp.data), requant.i_acc.payload.tag.eq(p_tag)]
 
         m.d.comb += [self.o_data.valid.eq(requant.o_data.valid), requant.o_data.ready.eq(self.o_data.ready),

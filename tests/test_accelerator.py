@@ -24,10 +24,11 @@ from cnnacc.hw.accelerator import WATCHDOG_CYCLES, descriptor_words, max_descrip
 from cnnacc.hw.commands import Opcode, RunState, Status
 
 SEED = 0
-#: Close to the iCEBreaker instance: a 4x4 array, 4 lanes, only the conv and pool engines, small memories (the
-#: activation memories hold two of LeNet-5's tiles; c5's and f6's weights take several channel tiles).
+#: Close to the iCEBreaker instance: a 4x4 array with 24-bit accumulators, 4 lanes, only the conv and pool
+#: engines, small memories (the activation memories hold two of LeNet-5's tiles; c5's and f6's weights take
+#: several channel tiles).
 SMALL = AcceleratorConfig(rows=4, cols=4, lanes=4, engines=("conv", "pool"), max_width=32, conv_act_depth=512,
-                          conv_weight_depth=2048, conv_param_depth=64, vector_depth=1024)
+                          conv_weight_depth=2048, conv_param_depth=64, vector_depth=1024, acc_width=24)
 
 
 def _digits(n):

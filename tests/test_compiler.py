@@ -276,3 +276,25 @@ def test_ice40_refuses_single_rounding_with_a_left_shift(graphs):
         compile_graph(graph, replace(DEFAULT_CONFIG, target="ice40"))
     node.requant = replace(node.requant, mode="double")
     compile_graph(graph, replace(DEFAULT_CONFIG, target="ice40"))
+
+
+def test_narrow_accumulators_refuse_a_layer_that_could_wrap(graphs):
+    """With accumulators narrower than int32 a layer runs only if no input can take a sum past them: LeNet-5's
+    c5 (400 terms) fits 24 bits, not 22; the refusal names the node, the channel and the width it needs."""
+    import copy
+    graph = graphs["lenet5"]
+    c5 = next(n for n in graph.nodes if n.name == "c5")
+    sums = np.abs(c5.weights.reshape(c5.weights.shape[0], -1).astype(np.int64)).sum(axis=1)
+    need = (128 * int(sums.max())).bit_length() + 1
+    assert need <= 24
+    compile_graph(graph, replace(DEFAULT_CONFIG, acc_width=24))
+    with pytest.raises(ProgramError, match=rf"^node 'c5': output channel {int(sums.argmax())} can accumulate up to "
+                                           rf"[\d,]+ \(128 x sum \|w\|\), beyond the {need - 1}-bit accumulators "
+                                           rf"of this configuration; it needs acc_width >= {need}$"):
+        compile_graph(graph, replace(DEFAULT_CONFIG, acc_width=need - 1))
+    # A single weight pushed up in one channel of an earlier layer is caught there.
+    graph = copy.deepcopy(graph)
+    c1 = next(n for n in graph.nodes if n.name == "c1")
+    c1.weights[3] = 127
+    with pytest.raises(ProgramError, match=r"^node 'c1': output channel 3 can accumulate up to 406,400 "):
+        compile_graph(graph, replace(DEFAULT_CONFIG, acc_width=19))
