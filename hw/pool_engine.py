@@ -20,25 +20,26 @@ is being summed, so it only costs time when planes have fewer pixels than the qu
 Pipeline of the windowed modes: window generator (two stages) | tap reduction (max, sum, count) | divide and
 clamp (output register). Back-pressure on the output stalls every stage at once.
 
-On the iCE40UP5K (``config.target == "ice40"``) the window is at most :data:`ICE40_POOL_KERNEL` wide
-(:func:`pool_max_kernel`): the register window, the tap trees and the line buffers grow with the square of the
-kernel, and LeNet-5's 2x2 pools are what that part runs. The average's reciprocal multiplication is then built
-from shifts and adds, because every DSP block of that part computes MACs.
+On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the engine is a separate, lean design that
+computes max and average pooling over windows of at most :data:`ICE40_POOL_KERNEL` x :data:`ICE40_POOL_KERNEL`
+(:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, with the same cycle count as the generic
+engine. Global average is not built there (:func:`pool_modes`); the dispatcher and the compiler refuse it.
 Target ``"ecp5"`` adds three stages (per-row reduction, reciprocal lookup, product) for its 125 MHz clock:
 :func:`pool_extra_stages`.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
+from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
-           "pool_max_kernel", "ICE40_POOL_KERNEL", "pool_extra_stages"]
+           "pool_max_kernel", "pool_modes", "check_pool_support", "ICE40_POOL_KERNEL", "pool_extra_stages"]
 
-#: Largest pooling window on target "ice40" (see the module docstring).
+#: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
 
 
@@ -47,6 +48,26 @@ def pool_max_kernel(config):
     if config.target == "ice40":
         return min(config.max_kernel, ICE40_POOL_KERNEL)
     return config.max_kernel
+
+
+def pool_modes(config):
+    """The :class:`PoolMode` values the pool engine of ``config`` computes (no global average on the iCE40)."""
+    if config.target == "ice40":
+        return (PoolMode.MAX, PoolMode.AVG)
+    return tuple(PoolMode)
+
+
+def check_pool_support(config, mode, kernel=1, name="pool"):
+    """Raise ``ValueError`` naming ``name`` if the pool engine of ``config`` is not built for ``mode`` or for a
+    ``kernel`` x ``kernel`` window (``kernel`` is ignored for global average)."""
+    mode = PoolMode(mode)
+    if mode not in pool_modes(config):
+        raise ValueError(f"{name}: {mode.name.lower()} pooling is not built on the {config.target} pool engine "
+                         f"(it computes {', '.join(m.name.lower() for m in pool_modes(config))})")
+    kmax = pool_max_kernel(config)
+    if mode != PoolMode.GLOBAL_AVG and kernel > kmax:
+        raise ValueError(f"{name}: a {kernel}x{kernel} pooling window exceeds the {kmax}x{kmax} the "
+                         f"{config.target} pool engine is built for")
 
 
 def pool_extra_stages(config):
@@ -81,6 +102,8 @@ def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, pad
     """Check a pooling layer against ``config`` and return its descriptor as a dict (``ValueError`` naming
     ``name`` and the reason otherwise). Global average ignores ``kernel``, ``stride`` and ``padding``."""
     mode = PoolMode(mode)
+    if mode not in pool_modes(config):
+        check_pool_support(config, mode, name=name)
     if not -128 <= qmin <= qmax <= 127:
         raise ValueError(f"{name}: activation range must satisfy -128 <= qmin <= qmax <= 127, not {qmin}..{qmax}")
     if mode == PoolMode.GLOBAL_AVG:
@@ -107,15 +130,6 @@ def avg_reciprocals(max_count, max_numerator):
     """
     shift = (max_numerator * max_count).bit_length()
     return shift, [0] + [-(-(1 << shift) // c) for c in range(1, max_count + 1)]
-
-
-def _times_constant(value, constant):
-    """``value * constant`` as a sum of shifted copies (no multiplier cell for synthesis to map to a DSP)."""
-    terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
 
 
 def _clamp(value, qmin, qmax):
@@ -157,6 +171,12 @@ class PoolEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
+        if cfg.target == "ice40":
+            m.submodules.ice40 = ice40 = _Ice40Pool(cfg)
+            wiring.connect(m, wiring.flipped(self.i_layer), ice40.i_layer)
+            wiring.connect(m, wiring.flipped(self.i_pixels), ice40.i_pixels)
+            wiring.connect(m, ice40.o_pixels, wiring.flipped(self.o_pixels))
+            return m
         kmax, lanes = pool_max_kernel(cfg), cfg.lanes
         m.submodules.windows = wg = WindowGenerator(cfg, max_kernel=kmax)
 
@@ -267,15 +287,7 @@ class PoolEngine(wiring.Component):
             m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
             quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
             neg, window_max = a_sum[lane] < 0, a_max[lane]
-            if cfg.target == "ice40":
-                # No DSP left: one shift-and-add constant multiplication per count, chosen by the count.
-                # Only counts a window can have (rows x columns in bounds) get a multiplier.
-                counts = sorted({r * c for r in range(1, kmax + 1) for c in range(1, kmax + 1)})
-                with m.Switch(a_count):
-                    for c in counts:
-                        with m.Case(c):
-                            m.d.comb += quotient.eq(_times_constant(magnitude, table[c]) >> shift)
-            elif not deep:
+            if not deep:
                 m.d.comb += quotient.eq((magnitude * recip) >> shift)
             else:
                 b1_numer = Signal.like(magnitude, name=f"b1_numer_{lane}")
@@ -376,4 +388,185 @@ class PoolEngine(wiring.Component):
                 with m.If(div_last):
                     m.d.sync += busy.eq(0)
 
+        return m
+
+
+class _Ice40Pool(wiring.Component):
+    """The pool engine of target "ice40": max and average pooling over windows of at most 2x2, reduced as the
+    pixels stream past, in one line buffer (two block RAMs) and about a fifth of the generic engine's logic.
+
+    Why this much and no more: LeNet-5, the network the iCEBreaker runs, pools 2x2 with stride 2 behind C1 and C3,
+    and the iCE40UP5K has room for little beyond its 16 MACs. A 2x2 window needs only the row above, and its
+    in-bounds tap counts are 1, 2 and 4, so the average rounds (half away from zero, TFLite's rule) with an
+    adder and a shift, bit-exact with the golden model; max and average share the datapath. Windows wider than
+    2x2 and global average (whose per-lane restoring dividers alone were larger than this engine) are not built:
+    the dispatcher answers ``BAD_DESCRIPTOR`` and the compiler refuses such a layer naming it.
+
+    Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans):
+
+    * S0, scan: the position's input pixel is written into the line buffer and the pixel above it is read. The
+      buffer holds two rows, the row of even and of odd padded index (a padded row of ``max_width + 2`` pixels
+      at its padded column), so the row read is never the row being written and the block RAM needs no
+      read-during-write bypass.
+    * S1, vertical: the pixel and the one above it (those in bounds) combine into a column value: their maximum
+      or their sum. The column values of this and of the previous position are kept.
+    * S2, horizontal: the two column values (those in bounds) combine into the window's maximum or sum.
+    * S3, divide and clamp: ``(sum + r) >> log2(count)`` with ``r = count / 2`` for a non-negative sum and
+      ``count / 2 - 1`` for a negative one (``count > 1``) is TFLite's rounded average; the maximum passes with
+      ``count = 1``; then the activation clamp, into the output register.
+
+    The latency (scan to output, five cycles with the consumer's) equals the generic engine's, so one cycle
+    model serves both. Back-pressure on the output stalls every stage at once.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "i_layer":  In(stream.Signature(pool_layer_layout(config))),
+            "i_pixels": In(stream.Signature(pixel_layout(config))),
+            "o_pixels": Out(stream.Signature(pixel_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        kmax, lanes = pool_max_kernel(cfg), cfg.lanes
+        pix = pixel_layout(cfg)
+        o = self.o_pixels
+        stall = o.valid & ~o.ready
+
+        # --- the layer, latched with its descriptor.
+        window = Signal(window_layer_layout(cfg, kmax))
+        is_max = Signal()
+        qmin, qmax = Signal(signed(8)), Signal(signed(8))
+        last_py = Signal(range(MAX_HEIGHT + 2 * kmax))
+        last_px = Signal(range(cfg.max_width + 2 * kmax))
+        groups_left = Signal(16)
+
+        # --- S0: the scanner's position in the padded map.
+        active = Signal()
+        py, px = Signal.like(last_py), Signal.like(last_px)
+        row_wait = Signal(range(MAX_STRIDE + kmax))       # rows until the next row that ends a window
+        col_wait = Signal(range(MAX_STRIDE + kmax))
+        # S1..S3 valid flags (S1: a position was scanned; S2, S3: it ends a window).
+        s1_valid, s2_valid, s3_valid = Signal(), Signal(), Signal()
+
+        desc = self.i_layer.payload
+        w = desc.window
+        m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~s3_valid & ~o.valid)
+        with m.If(self.i_layer.valid & self.i_layer.ready):
+            m.d.sync += [
+                window.eq(w), is_max.eq(desc.mode == PoolMode.MAX), qmin.eq(desc.qmin), qmax.eq(desc.qmax),
+                last_py.eq(w.height + w.pad_top + w.pad_bottom - 1), last_px.eq(w.width + w.pad_left + w.pad_right - 1),
+                groups_left.eq(w.groups), active.eq(1), py.eq(0), px.eq(0),
+                row_wait.eq(w.kernel - 1), col_wait.eq(w.kernel - 1),
+            ]
+
+        # Padding is at most one row or column on each side (kernel <= 2), so "in bounds" is a few equalities.
+        wide = (window.kernel == 2) if kmax == 2 else 0
+        first_row, last_row = py == 0, py == last_py
+        first_col, last_col = px == 0, px == last_px
+        in_row = ~(window.pad_top & first_row) & ~(window.pad_bottom & last_row)
+        in_col = ~(window.pad_left & first_col) & ~(window.pad_right & last_col)
+        in_bounds = in_row & in_col
+        # The window's other row (above) and column (left) of a 2x2 window; never the bottom/right padding.
+        above_ok = wide & ~(window.pad_top & (py == 1))
+        left_ok = wide & ~(window.pad_left & (px == 1))
+
+        fire = Signal()
+        m.d.comb += [
+            self.i_pixels.ready.eq(active & ~stall & in_bounds),
+            fire.eq(active & ~stall & (~in_bounds | self.i_pixels.valid)),
+        ]
+        with m.If(fire):
+            with m.If(last_col):
+                m.d.sync += [px.eq(0), col_wait.eq(window.kernel - 1)]
+                m.d.sync += row_wait.eq(Mux(row_wait == 0, window.stride - 1, row_wait - 1))
+                with m.If(last_row):
+                    m.d.sync += [py.eq(0), row_wait.eq(window.kernel - 1), groups_left.eq(groups_left - 1)]
+                    with m.If(groups_left == 1):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += py.eq(py + 1)
+            with m.Else():
+                m.d.sync += px.eq(px + 1)
+                m.d.sync += col_wait.eq(Mux(col_wait == 0, window.stride - 1, col_wait - 1))
+
+        # S0 -> S1: the pixel, in offset binary (x + 128, so that 0 is below every tap and adds nothing to a sum:
+        # a padding tap is 0 and needs no flag further on), and what the window needs to know about the position.
+        s1_pixel = Signal(data.ArrayLayout(8, lanes))
+        s1_px, s1_bank = Signal.like(px), Signal()
+        s1_emit, s1_rows2, s1_in_col, s1_left = (Signal(name=f"s1_{n}") for n in ("emit", "rows2", "in_col", "left"))
+        with m.If(~stall):
+            m.d.sync += s1_valid.eq(fire)
+        with m.If(fire):
+            m.d.sync += [s1_px.eq(px), s1_bank.eq(py[0]), s1_emit.eq((row_wait == 0) & (col_wait == 0)),
+                         s1_rows2.eq(in_row & above_ok), s1_in_col.eq(in_col), s1_left.eq(left_ok)]
+            m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane] ^ 0x80, 0))
+                         for lane in range(lanes)]
+
+        # The line buffer: padded row py at (py mod 2, px), so the row above is read from the other half and never
+        # from the row being written. Every position is written (padding as 0), one cycle after it is scanned.
+        # Columns past the widest padded row are never written and stay 0: a 1x1 window reads its "row above"
+        # there, which keeps the vertical step the same for both kernels.
+        above = [0] * lanes
+        if kmax == 2:
+            col_bits = (cfg.max_width + 2).bit_length()
+            m.submodules.line = line = Memory(shape=data.ArrayLayout(8, lanes), depth=2 << col_bits, init=[])
+            wr, rd = line.write_port(), line.read_port()
+            m.d.comb += [
+                wr.addr.eq(Cat(s1_px[:col_bits], s1_bank)), wr.data.eq(s1_pixel), wr.en.eq(s1_valid),
+                rd.addr.eq(Cat(Mux(wide, px[:col_bits], (1 << col_bits) - 1), ~py[0])), rd.en.eq(fire),
+            ]
+            above = [rd.data[lane] for lane in range(lanes)]
+
+        def combine(a, b, width):
+            """The larger of ``a`` and ``b`` (max pooling) or their sum (average)."""
+            value = Signal(width)
+            m.d.comb += value.eq(Mux(is_max, Mux(a > b, a, b), a + b))
+            return value
+
+        # S1 -> S2: the column values (the pixel with the one above) of this position and of the previous one
+        # (0 for a 1x1 window).
+        col_now = [Signal(9, name=f"col_now_{l}") for l in range(lanes)]
+        col_prev = [Signal(9, name=f"col_prev_{l}") for l in range(lanes)]
+        s2_rows2, s2_cols2 = Signal(), Signal()
+        with m.If(~stall):
+            m.d.sync += s2_valid.eq(s1_valid & s1_emit)
+            with m.If(s1_valid):
+                m.d.sync += [s2_rows2.eq(s1_rows2), s2_cols2.eq(s1_in_col & s1_left)]
+                for lane in range(lanes):
+                    m.d.sync += [col_now[lane].eq(combine(above[lane], s1_pixel[lane], 9)),
+                                 col_prev[lane].eq(Mux(wide, col_now[lane], 0))]
+
+        # S2 -> S3: the window's maximum or sum, and log2 of its in-bounds tap count (0 for max).
+        total = [Signal(10, name=f"total_{l}") for l in range(lanes)]
+        s3_shift = Signal(range(3))
+        with m.If(~stall):
+            m.d.sync += s3_valid.eq(s2_valid)
+            with m.If(s2_valid):
+                m.d.sync += s3_shift.eq(Mux(is_max, 0, s2_rows2 + s2_cols2))
+                for lane in range(lanes):
+                    m.d.sync += total[lane].eq(combine(col_prev[lane], col_now[lane], 10))
+
+        # S3 -> output: TFLite's rounded average (x + 128 offsets: a signed sum is negative exactly when the offset
+        # sum of 2 taps is below 256, of 4 below 512) as an add and a shift, then the clamp (in offsets too).
+        qmin_u, qmax_u = qmin.as_unsigned() ^ 0x80, qmax.as_unsigned() ^ 0x80
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(~stall):
+            m.d.sync += o.valid.eq(s3_valid)
+            with m.If(s3_valid):
+                for lane in range(lanes):
+                    t = total[lane]
+                    bias = Mux(s3_shift == 0, 0, Mux(s3_shift == 1, t[8], Cat(~t[9], t[9])))
+                    rounded = Signal(11, name=f"rounded_{lane}")
+                    m.d.comb += rounded.eq(t + bias)
+                    average = Signal(8, name=f"average_{lane}")
+                    with m.Switch(s3_shift):
+                        for sh in range(3):
+                            with m.Case(sh):
+                                m.d.comb += average.eq(rounded[sh:sh + 8])
+                    clamped = Mux(average < qmin_u, qmin_u, Mux(average > qmax_u, qmax_u, average))
+                    m.d.sync += o.payload[lane].eq(clamped ^ 0x80)
         return m

@@ -1,0 +1,100 @@
+"""The iCE40 pool engine (target "ice40": max and average over windows up to 2x2) against the golden model, bit for
+bit, with the cycle model exact; and what it refuses."""
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from cnnacc.boards.configs import ICEBREAKER_CONFIG
+from cnnacc.config import AcceleratorConfig
+from cnnacc.host.cycles_vector import pool_cycles
+from cnnacc.hw.pool_engine import PoolMode, check_pool_support, pool_layer
+from cnnacc.sim import tb_pool_engine
+
+from test_pool_engine import check, run_amaranth
+
+#: Small enough for the Amaranth simulator; the iCEBreaker's lanes and kernel limit.
+ICE40 = AcceleratorConfig(rows=4, cols=4, lanes=4, max_kernel=5, max_width=9, target="ice40")
+
+
+def random_job(config, rng):
+    mode = PoolMode(int(rng.integers(0, 2)))
+    k = int(rng.integers(1, 3))
+    s = int(rng.integers(1, 4))
+    pads = tuple(int(v) for v in rng.integers(0, k, size=4))
+    h = int(rng.integers(max(1, k - pads[0] - pads[1]), 6))
+    w = int(rng.integers(max(1, k - pads[2] - pads[3]), config.max_width + 1))
+    qmin = int(rng.choice([-128, int(rng.integers(-128, 0))]))
+    qmax = int(rng.choice([127, int(rng.integers(0, 128))]))
+    groups = int(rng.integers(1, 3))
+    layer = pool_layer(config, mode, height=h, width=w, groups=groups, kernel=k, stride=s, padding=pads, qmin=qmin,
+                       qmax=qmax)
+    return layer, rng.integers(-128, 128, size=(groups, h, w, config.lanes), dtype=np.int64)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_random_layers_with_backpressure(seed):
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    jobs = [random_job(ICE40, rng) for _ in range(5)]
+    got, _ = run_amaranth(ICE40, jobs, seed=seed, bubble=0.3, stall=0.3)
+    check(got, jobs, f"ice40 seed {seed}")
+
+
+def test_every_average_rounding_and_the_extremes():
+    # Every count (1, 2, 4 in-bounds taps: corners, edges and the inside of a padded 2x2 window), sums that land
+    # on .5 of both signs, and -128/127 everywhere, one layer per pattern.
+    config = dataclasses.replace(ICE40, lanes=8, rows=8)
+    rng = np.random.default_rng(13)
+    jobs = []
+    ties = np.array([[1, -1, 3, -3, 2, -2, 0, -128], [0, 0, 0, 0, 1, -1, -1, 127]])
+    for rows in (ties, np.full((2, 8), -128), np.full((2, 8), 127), rng.integers(-128, 128, size=(2, 8))):
+        planes = np.stack([rows[0], rows[1], rows[1], rows[0]]).reshape(1, 2, 2, 8)
+        jobs.append((pool_layer(config, PoolMode.AVG, height=2, width=2, kernel=2, stride=1,
+                                padding=(1, 1, 1, 1)), planes))
+        jobs.append((pool_layer(config, PoolMode.MAX, height=2, width=2, kernel=2, stride=1,
+                                padding=(1, 1, 1, 1)), planes))
+    got, _ = run_amaranth(config, jobs, seed=13, bubble=0.1, stall=0.1)
+    check(got, jobs, "ice40 rounding, seed 13")
+
+
+def test_cycle_model_matches_rtl():
+    rng = np.random.default_rng(14)
+    for layer in [pool_layer(ICE40, PoolMode.MAX, height=6, width=8, kernel=2, stride=2, groups=2),
+                  pool_layer(ICE40, PoolMode.AVG, height=5, width=9, kernel=2, stride=1, padding=(1, 1, 1, 1)),
+                  pool_layer(ICE40, PoolMode.MAX, height=5, width=7, kernel=2, stride=2, padding=(0, 1, 0, 1)),
+                  pool_layer(ICE40, PoolMode.AVG, height=4, width=5, kernel=1, stride=3, groups=2)]:
+        win = layer["window"]
+        job = (layer, rng.integers(-128, 128, size=(win["groups"], win["height"], win["width"], ICE40.lanes)))
+        got, cycles = run_amaranth(ICE40, [job])
+        check(got, [job], "ice40 cycle model")
+        assert cycles == pool_cycles(ICE40, layer), f"{layer}: RTL {cycles} cycles, model {pool_cycles(ICE40, layer)}"
+
+
+def test_refusals_name_the_layer():
+    with pytest.raises(ValueError, match=r"^s9: a 3x3 pooling window exceeds the 2x2 the ice40 pool engine"):
+        check_pool_support(ICEBREAKER_CONFIG, PoolMode.MAX, 3, name="s9")
+    with pytest.raises(ValueError, match=r"^gap: global_avg pooling is not built on the ice40 pool engine"):
+        check_pool_support(ICEBREAKER_CONFIG, PoolMode.GLOBAL_AVG, name="gap")
+    for mode, k in itertools.product((PoolMode.MAX, PoolMode.AVG), (1, 2)):
+        check_pool_support(ICEBREAKER_CONFIG, mode, k)
+    check_pool_support(dataclasses.replace(ICEBREAKER_CONFIG, target="generic"), PoolMode.GLOBAL_AVG)
+
+
+def test_verilator_lenet5_pools_on_the_icebreaker_config():
+    # LeNet-5's S2 (28x28x6 -> 14x14) and S4 (10x10x16 -> 5x5) at the iCEBreaker's 4 lanes, then an average with
+    # padding at the full 32-pixel width, with bubbles and back-pressure (the cycle counts: the Amaranth tests).
+    config = ICEBREAKER_CONFIG
+    rng = np.random.default_rng(15)
+    print("seed 15")
+    jobs = []
+    for layer in [pool_layer(config, PoolMode.MAX, height=28, width=28, kernel=2, stride=2, groups=2),
+                  pool_layer(config, PoolMode.MAX, height=10, width=10, kernel=2, stride=2, groups=4),
+                  pool_layer(config, PoolMode.AVG, height=3, width=32, kernel=2, stride=1, padding=(1, 1, 1, 1),
+                             qmin=-100, qmax=100)]:
+        win = layer["window"]
+        jobs.append((layer, rng.integers(-128, 128, size=(win["groups"], win["height"], win["width"], config.lanes))))
+    got, _ = tb_pool_engine.run_rtl(config, jobs, seed=15, bubble=0.2, stall=0.2)
+    check(got, jobs, "ice40 verilator, seed 15")
