@@ -37,7 +37,7 @@ from ..config import AcceleratorConfig
 from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
-           "pool_max_kernel", "pool_modes", "check_pool_support", "ICE40_POOL_KERNEL", "pool_extra_stages"]
+           "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL", "pool_extra_stages"]
 
 #: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
@@ -57,9 +57,16 @@ def pool_modes(config):
     return tuple(PoolMode)
 
 
-def check_pool_support(config, mode, kernel=1, name="pool"):
-    """Raise ``ValueError`` naming ``name`` if the pool engine of ``config`` is not built for ``mode`` or for a
-    ``kernel`` x ``kernel`` window (``kernel`` is ignored for global average)."""
+def pool_has_clamp(config):
+    """Whether the pool engine of ``config`` applies an activation clamp (not on the iCE40: ``qmin``/``qmax``
+    must then be -128/127)."""
+    return config.target != "ice40"
+
+
+def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127):
+    """Raise ``ValueError`` naming ``name`` if the pool engine of ``config`` is not built for ``mode``, for a
+    ``kernel`` x ``kernel`` window (``kernel`` is ignored for global average) or for the activation clamp
+    ``qmin..qmax``."""
     mode = PoolMode(mode)
     if mode not in pool_modes(config):
         raise ValueError(f"{name}: {mode.name.lower()} pooling is not built on the {config.target} pool engine "
@@ -68,6 +75,9 @@ def check_pool_support(config, mode, kernel=1, name="pool"):
     if mode != PoolMode.GLOBAL_AVG and kernel > kmax:
         raise ValueError(f"{name}: a {kernel}x{kernel} pooling window exceeds the {kmax}x{kmax} the "
                          f"{config.target} pool engine is built for")
+    if not pool_has_clamp(config) and (qmin, qmax) != (-128, 127):
+        raise ValueError(f"{name}: the {config.target} pool engine has no activation clamp (range {qmin}..{qmax}; "
+                         f"it needs -128..127)")
 
 
 def pool_extra_stages(config):
@@ -102,8 +112,8 @@ def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, pad
     """Check a pooling layer against ``config`` and return its descriptor as a dict (``ValueError`` naming
     ``name`` and the reason otherwise). Global average ignores ``kernel``, ``stride`` and ``padding``."""
     mode = PoolMode(mode)
-    if mode not in pool_modes(config):
-        check_pool_support(config, mode, name=name)
+    if mode not in pool_modes(config) or not pool_has_clamp(config):
+        check_pool_support(config, mode, name=name, qmin=qmin, qmax=qmax)
     if not -128 <= qmin <= qmax <= 127:
         raise ValueError(f"{name}: activation range must satisfy -128 <= qmin <= qmax <= 127, not {qmin}..{qmax}")
     if mode == PoolMode.GLOBAL_AVG:
@@ -400,7 +410,8 @@ class _Ice40Pool(wiring.Component):
     in-bounds tap counts are 1, 2 and 4, so the average rounds (half away from zero, TFLite's rule) with an
     adder and a shift, bit-exact with the golden model; max and average share the datapath. Windows wider than
     2x2 and global average (whose per-lane restoring dividers alone were larger than this engine) are not built:
-    the dispatcher answers ``BAD_DESCRIPTOR`` and the compiler refuses such a layer naming it.
+    the dispatcher answers ``BAD_DESCRIPTOR`` and the compiler refuses such a layer naming it (so too a pooling
+    layer with an activation, below).
 
     Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans):
 
@@ -411,9 +422,14 @@ class _Ice40Pool(wiring.Component):
     * S1, vertical: the pixel and the one above it (those in bounds) combine into a column value: their maximum
       or their sum. The column values of this and of the previous position are kept.
     * S2, horizontal: the two column values (those in bounds) combine into the window's maximum or sum.
-    * S3, divide and clamp: ``(sum + r) >> log2(count)`` with ``r = count / 2`` for a non-negative sum and
+    * S3, divide: ``(sum + r) >> log2(count)`` with ``r = count / 2`` for a non-negative sum and
       ``count / 2 - 1`` for a negative one (``count > 1``) is TFLite's rounded average; the maximum passes with
-      ``count = 1``; then the activation clamp, into the output register.
+      ``count = 1``; into the output register.
+
+    There is no activation clamp (``qmin``/``qmax`` must be -128/127): it would cost a fifth of the engine
+    (two comparisons and two multiplexers a lane), and pooling layers carry no activation in the networks this
+    part runs (the ReLU is the convolution's clamp, before the pool; a max or an average of clamped values stays
+    in the clamp's range).
 
     The latency (scan to output, five cycles with the consumer's) equals the generic engine's, so one cycle
     model serves both. Back-pressure on the output stalls every stage at once.
@@ -438,14 +454,18 @@ class _Ice40Pool(wiring.Component):
         # --- the layer, latched with its descriptor.
         window = Signal(window_layer_layout(cfg, kmax))
         is_max = Signal()
-        qmin, qmax = Signal(signed(8)), Signal(signed(8))
-        last_py = Signal(range(MAX_HEIGHT + 2 * kmax))
         last_px = Signal(range(cfg.max_width + 2 * kmax))
-        groups_left = Signal(16)
 
-        # --- S0: the scanner's position in the padded map.
+        # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
+        # counted as input rows ``y`` plus two flags, and the tests for "in bounds" are a few equalities: no
+        # padded height to add up, no wide comparison.
         active = Signal()
-        py, px = Signal.like(last_py), Signal.like(last_px)
+        px = Signal.like(last_px)
+        y = Signal(16)                                    # input row of this plane (while in the body)
+        group = Signal(16)
+        top, bottom = Signal(), Signal()                  # scanning the top / bottom padding row
+        above_pad = Signal()                              # the row above is the top padding row
+        bank = Signal()                                   # padded row index mod 2 (line buffer half)
         row_wait = Signal(range(MAX_STRIDE + kmax))       # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE + kmax))
         # S1..S3 valid flags (S1: a position was scanned; S2, S3: it ends a window).
@@ -453,24 +473,24 @@ class _Ice40Pool(wiring.Component):
 
         desc = self.i_layer.payload
         w = desc.window
-        m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~s3_valid & ~o.valid)
-        with m.If(self.i_layer.valid & self.i_layer.ready):
-            m.d.sync += [
-                window.eq(w), is_max.eq(desc.mode == PoolMode.MAX), qmin.eq(desc.qmin), qmax.eq(desc.qmax),
-                last_py.eq(w.height + w.pad_top + w.pad_bottom - 1), last_px.eq(w.width + w.pad_left + w.pad_right - 1),
-                groups_left.eq(w.groups), active.eq(1), py.eq(0), px.eq(0),
-                row_wait.eq(w.kernel - 1), col_wait.eq(w.kernel - 1),
-            ]
+        load = Signal()
+        m.d.comb += [self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~s3_valid & ~o.valid),
+                     load.eq(self.i_layer.valid & self.i_layer.ready)]
+        with m.If(load):
+            m.d.sync += [window.eq(w), is_max.eq(desc.mode == PoolMode.MAX), last_px.eq(w.width + w.pad_left + w.pad_right - 1), active.eq(1)]
 
-        # Padding is at most one row or column on each side (kernel <= 2), so "in bounds" is a few equalities.
         wide = (window.kernel == 2) if kmax == 2 else 0
-        first_row, last_row = py == 0, py == last_py
-        first_col, last_col = px == 0, px == last_px
-        in_row = ~(window.pad_top & first_row) & ~(window.pad_bottom & last_row)
-        in_col = ~(window.pad_left & first_col) & ~(window.pad_right & last_col)
-        in_bounds = in_row & in_col
-        # The window's other row (above) and column (left) of a 2x2 window; never the bottom/right padding.
-        above_ok = wide & ~(window.pad_top & (py == 1))
+        body = ~top & ~bottom
+        y_next = Signal.like(y)
+        group_next = Signal.like(group)
+        m.d.comb += [y_next.eq(y + 1), group_next.eq(group + 1)]
+        last_body_row = y_next == window.height
+        last_row = bottom | (body & last_body_row & ~window.pad_bottom)
+        last_col = px == last_px
+        in_col = ~(window.pad_left & (px == 0)) & ~(window.pad_right & last_col)
+        in_bounds = body & in_col
+        # The other row (above) and column (left) of a 2x2 window; never the bottom/right padding.
+        above_ok = wide & ~above_pad
         left_ok = wide & ~(window.pad_left & (px == 1))
 
         fire = Signal()
@@ -478,19 +498,27 @@ class _Ice40Pool(wiring.Component):
             self.i_pixels.ready.eq(active & ~stall & in_bounds),
             fire.eq(active & ~stall & (~in_bounds | self.i_pixels.valid)),
         ]
-        with m.If(fire):
-            with m.If(last_col):
-                m.d.sync += [px.eq(0), col_wait.eq(window.kernel - 1)]
-                m.d.sync += row_wait.eq(Mux(row_wait == 0, window.stride - 1, row_wait - 1))
-                with m.If(last_row):
-                    m.d.sync += [py.eq(0), row_wait.eq(window.kernel - 1), groups_left.eq(groups_left - 1)]
-                    with m.If(groups_left == 1):
-                        m.d.sync += active.eq(0)
-                with m.Else():
-                    m.d.sync += py.eq(py + 1)
-            with m.Else():
-                m.d.sync += px.eq(px + 1)
-                m.d.sync += col_wait.eq(Mux(col_wait == 0, window.stride - 1, col_wait - 1))
+        row_end = fire & last_col
+        plane_end = row_end & last_row
+        # Each counter is cleared (a free synchronous reset) or stepped under one enable.
+        with m.If(load | row_end):
+            m.d.sync += [px.eq(0), col_wait.eq(Mux(load, w.kernel, window.kernel) - 1)]
+        with m.Elif(fire):
+            m.d.sync += [px.eq(px + 1), col_wait.eq(Mux(col_wait == 0, window.stride - 1, col_wait - 1))]
+        with m.If(load | plane_end | (row_end & body)):
+            m.d.sync += y.eq(Mux(load | plane_end, 0, y_next))
+        with m.If(load | plane_end):
+            m.d.sync += group.eq(Mux(load, 0, group_next))
+        with m.If(load | row_end):
+            m.d.sync += [
+                top.eq(Mux(load | plane_end, Mux(load, w.pad_top, window.pad_top), 0)),
+                bottom.eq(~plane_end & ~load & body & last_body_row & window.pad_bottom),
+                above_pad.eq(top & ~load), bank.eq(~load & ~plane_end & ~bank),
+                row_wait.eq(Mux(load | plane_end, Mux(load, w.kernel, window.kernel) - 1,
+                                Mux(row_wait == 0, window.stride - 1, row_wait - 1))),
+            ]
+        with m.If(plane_end & (group_next == window.groups)):
+            m.d.sync += active.eq(0)
 
         # S0 -> S1: the pixel, in offset binary (x + 128, so that 0 is below every tap and adds nothing to a sum:
         # a padding tap is 0 and needs no flag further on), and what the window needs to know about the position.
@@ -500,8 +528,8 @@ class _Ice40Pool(wiring.Component):
         with m.If(~stall):
             m.d.sync += s1_valid.eq(fire)
         with m.If(fire):
-            m.d.sync += [s1_px.eq(px), s1_bank.eq(py[0]), s1_emit.eq((row_wait == 0) & (col_wait == 0)),
-                         s1_rows2.eq(in_row & above_ok), s1_in_col.eq(in_col), s1_left.eq(left_ok)]
+            m.d.sync += [s1_px.eq(px), s1_bank.eq(bank), s1_emit.eq((row_wait == 0) & (col_wait == 0)),
+                         s1_rows2.eq(body & above_ok), s1_in_col.eq(in_col), s1_left.eq(left_ok)]
             m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane] ^ 0x80, 0))
                          for lane in range(lanes)]
 
@@ -516,7 +544,7 @@ class _Ice40Pool(wiring.Component):
             wr, rd = line.write_port(), line.read_port()
             m.d.comb += [
                 wr.addr.eq(Cat(s1_px[:col_bits], s1_bank)), wr.data.eq(s1_pixel), wr.en.eq(s1_valid),
-                rd.addr.eq(Cat(Mux(wide, px[:col_bits], (1 << col_bits) - 1), ~py[0])), rd.en.eq(fire),
+                rd.addr.eq(Cat(Mux(wide, px[:col_bits], (1 << col_bits) - 1), ~bank)), rd.en.eq(fire),
             ]
             above = [rd.data[lane] for lane in range(lanes)]
 
@@ -550,8 +578,7 @@ class _Ice40Pool(wiring.Component):
                     m.d.sync += total[lane].eq(combine(col_prev[lane], col_now[lane], 10))
 
         # S3 -> output: TFLite's rounded average (x + 128 offsets: a signed sum is negative exactly when the offset
-        # sum of 2 taps is below 256, of 4 below 512) as an add and a shift, then the clamp (in offsets too).
-        qmin_u, qmax_u = qmin.as_unsigned() ^ 0x80, qmax.as_unsigned() ^ 0x80
+        # sum of 2 taps is below 256, of 4 below 512) as an add and a shift. No clamp (see the class docstring).
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(~stall):
@@ -567,6 +594,5 @@ class _Ice40Pool(wiring.Component):
                         for sh in range(3):
                             with m.Case(sh):
                                 m.d.comb += average.eq(rounded[sh:sh + 8])
-                    clamped = Mux(average < qmin_u, qmin_u, Mux(average > qmax_u, qmax_u, average))
-                    m.d.sync += o.payload[lane].eq(clamped ^ 0x80)
+                    m.d.sync += o.payload[lane].eq(average ^ 0x80)
         return m

@@ -26,11 +26,8 @@ def random_job(config, rng):
     pads = tuple(int(v) for v in rng.integers(0, k, size=4))
     h = int(rng.integers(max(1, k - pads[0] - pads[1]), 6))
     w = int(rng.integers(max(1, k - pads[2] - pads[3]), config.max_width + 1))
-    qmin = int(rng.choice([-128, int(rng.integers(-128, 0))]))
-    qmax = int(rng.choice([127, int(rng.integers(0, 128))]))
     groups = int(rng.integers(1, 3))
-    layer = pool_layer(config, mode, height=h, width=w, groups=groups, kernel=k, stride=s, padding=pads, qmin=qmin,
-                       qmax=qmax)
+    layer = pool_layer(config, mode, height=h, width=w, groups=groups, kernel=k, stride=s, padding=pads)
     return layer, rng.integers(-128, 128, size=(groups, h, w, config.lanes), dtype=np.int64)
 
 
@@ -78,6 +75,9 @@ def test_refusals_name_the_layer():
         check_pool_support(ICEBREAKER_CONFIG, PoolMode.MAX, 3, name="s9")
     with pytest.raises(ValueError, match=r"^gap: global_avg pooling is not built on the ice40 pool engine"):
         check_pool_support(ICEBREAKER_CONFIG, PoolMode.GLOBAL_AVG, name="gap")
+    with pytest.raises(ValueError, match=r"^s2: the ice40 pool engine has no activation clamp \(range 0\.\.127; it needs "
+                                         r"-128\.\.127\)$"):
+        pool_layer(ICEBREAKER_CONFIG, PoolMode.MAX, height=4, width=4, kernel=2, stride=2, qmin=0, name="s2")
     for mode, k in itertools.product((PoolMode.MAX, PoolMode.AVG), (1, 2)):
         check_pool_support(ICEBREAKER_CONFIG, mode, k)
     check_pool_support(dataclasses.replace(ICEBREAKER_CONFIG, target="generic"), PoolMode.GLOBAL_AVG)
@@ -92,8 +92,7 @@ def test_verilator_lenet5_pools_on_the_icebreaker_config():
     jobs = []
     for layer in [pool_layer(config, PoolMode.MAX, height=28, width=28, kernel=2, stride=2, groups=2),
                   pool_layer(config, PoolMode.MAX, height=10, width=10, kernel=2, stride=2, groups=4),
-                  pool_layer(config, PoolMode.AVG, height=3, width=32, kernel=2, stride=1, padding=(1, 1, 1, 1),
-                             qmin=-100, qmax=100)]:
+                  pool_layer(config, PoolMode.AVG, height=3, width=32, kernel=2, stride=1, padding=(1, 1, 1, 1))]:
         win = layer["window"]
         jobs.append((layer, rng.integers(-128, 128, size=(win["groups"], win["height"], win["width"], config.lanes))))
     got, _ = tb_pool_engine.run_rtl(config, jobs, seed=15, bubble=0.2, stall=0.2)
