@@ -9,7 +9,10 @@ import pytest
 
 from cnnacc.boards.configs import ICEBREAKER_CONFIG
 from cnnacc.config import AcceleratorConfig
+from cnnacc.host import graph as g
+from cnnacc.host.compiler import compile_graph
 from cnnacc.host.cycles_vector import pool_cycles
+from cnnacc.host.program import ProgramError
 from cnnacc.hw.pool_engine import PoolMode, check_pool_support, pool_layer
 from cnnacc.sim import tb_pool_engine
 
@@ -97,3 +100,25 @@ def test_verilator_lenet5_pools_on_the_icebreaker_config():
         jobs.append((layer, rng.integers(-128, 128, size=(win["groups"], win["height"], win["width"], config.lanes))))
     got, _ = tb_pool_engine.run_rtl(config, jobs, seed=15, bubble=0.2, stall=0.2)
     check(got, jobs, "ice40 verilator, seed 15")
+
+
+def _pool_graph(kind, kernel, out_hw, activation="none"):
+    x = g.TensorSpec("x", (6, 6, 4), 0.1, -3)
+    y = dataclasses.replace(x, name="y", shape=(out_hw, out_hw, 4))
+    node = kind(kind.kind, ("x",), y, kernel=(kernel, kernel), stride=(kernel, kernel), activation=activation)
+    return g.Graph(x, [node], "y", name="pool_only")
+
+
+@pytest.mark.parametrize("graph, message", [
+    (_pool_graph(g.MaxPool2D, 3, 2), r"^max_pool2d: a 3x3 pooling window exceeds the 2x2 the ice40 pool engine is "
+                                     r"built for$"),
+    (_pool_graph(g.AvgPool2D, 6, 1), r"^avg_pool2d: global_avg pooling is not built on the ice40 pool engine \(it "
+                                     r"computes max, avg\)$"),
+    (_pool_graph(g.MaxPool2D, 2, 3, "relu"), r"^max_pool2d: the ice40 pool engine has no activation clamp \(range "
+                                             r"-3\.\.127; it needs -128\.\.127\)$"),
+])
+def test_compiler_refuses_what_the_ice40_pool_engine_lacks(graph, message):
+    with pytest.raises(ProgramError, match=message):
+        compile_graph(graph, ICEBREAKER_CONFIG)
+    compile_graph(graph, dataclasses.replace(ICEBREAKER_CONFIG, target="generic"))
+    compile_graph(_pool_graph(type(graph.nodes[0]), 2, 3), ICEBREAKER_CONFIG)
