@@ -34,7 +34,7 @@ from ..hw.add_engine import ADD_LATENCY, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, conv_layer
 from ..hw.depthwise import depthwise_layer
-from ..hw.pool_engine import PoolMode, check_pool_support, pool_layer
+from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
 from ..hw.requantizer import check_shifts
 from .cycles_conv import conv_cycles
 from .cycles_vector import POOL_LATENCY, depthwise_cycles, global_divider_bits, pool_cycles, window_cycles
@@ -154,7 +154,7 @@ def _pool_tail(config, layer):
         return global_divider_bits(config) + 2
     padded_w = window["width"] + window["pad_left"] + window["pad_right"]
     last_pixel = (window["pad_top"] + window["height"] - 1) * padded_w + window["pad_left"] + window["width"] - 1
-    return window_cycles(window, POOL_LATENCY) - (last_pixel + 2)
+    return window_cycles(window, POOL_LATENCY + pool_extra_stages(config)) - (last_pixel + 2)
 
 
 def run_overhead(step_kind, descriptor):

@@ -20,10 +20,10 @@ is being summed, so it only costs time when planes have fewer pixels than the qu
 Pipeline of the windowed modes: window generator (two stages) | tap reduction (max, sum, count) | divide and
 clamp (output register). Back-pressure on the output stalls every stage at once.
 
-On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the engine is a separate, lean design that
-computes max and average pooling over windows of at most :data:`ICE40_POOL_KERNEL` x :data:`ICE40_POOL_KERNEL`
-(:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, with the same cycle count as the generic
-engine. Global average is not built there (:func:`pool_modes`); the dispatcher and the compiler refuse it.
+On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the engine is a separate, lean design:
+max pooling only (:func:`pool_modes`), over windows of at most :data:`ICE40_POOL_KERNEL` x
+:data:`ICE40_POOL_KERNEL` (:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, no activation clamp
+(:func:`pool_has_clamp`), one pipeline stage fewer; the dispatcher and the compiler refuse the rest.
 Target ``"ecp5"`` adds three stages (per-row reduction, reciprocal lookup, product) for its 125 MHz clock:
 :func:`pool_extra_stages`.
 """
@@ -51,9 +51,9 @@ def pool_max_kernel(config):
 
 
 def pool_modes(config):
-    """The :class:`PoolMode` values the pool engine of ``config`` computes (no global average on the iCE40)."""
+    """The :class:`PoolMode` values the pool engine of ``config`` computes (only max on the iCE40)."""
     if config.target == "ice40":
-        return (PoolMode.MAX, PoolMode.AVG)
+        return (PoolMode.MAX,)
     return tuple(PoolMode)
 
 
@@ -81,8 +81,9 @@ def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127)
 
 
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (3 on the ECP5)."""
-    return 3 if config.target == "ecp5" else 0
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (3 on the ECP5, one
+    fewer on the iCE40)."""
+    return {"ecp5": 3, "ice40": -1}.get(config.target, 0)
 
 
 class PoolMode(enum.Enum, shape=2):
@@ -402,37 +403,36 @@ class PoolEngine(wiring.Component):
 
 
 class _Ice40Pool(wiring.Component):
-    """The pool engine of target "ice40": max and average pooling over windows of at most 2x2, reduced as the
-    pixels stream past, in one line buffer (two block RAMs) and about a fifth of the generic engine's logic.
+    """The pool engine of target "ice40": max pooling over windows of at most 2x2, reduced as the pixels stream
+    past, with one line buffer (two block RAMs) and about a sixth of the generic engine's logic.
 
-    Why this much and no more: LeNet-5, the network the iCEBreaker runs, pools 2x2 with stride 2 behind C1 and C3,
-    and the iCE40UP5K has room for little beyond its 16 MACs. A 2x2 window needs only the row above, and its
-    in-bounds tap counts are 1, 2 and 4, so the average rounds (half away from zero, TFLite's rule) with an
-    adder and a shift, bit-exact with the golden model; max and average share the datapath. Windows wider than
-    2x2 and global average (whose per-lane restoring dividers alone were larger than this engine) are not built:
-    the dispatcher answers ``BAD_DESCRIPTOR`` and the compiler refuses such a layer naming it (so too a pooling
-    layer with an activation, below).
+    What it computes, and why no more: LeNet-5, the network the iCEBreaker runs, max-pools 2x2 with stride 2
+    behind C1 and C3, and the iCE40UP5K has room for little beyond its 16 MACs. So: max pooling, windows 1x1 and
+    2x2, any stride, padding up to ``kernel - 1``. Not built, each refused by the dispatcher (``BAD_DESCRIPTOR``)
+    and by the compiler (naming the layer):
 
-    Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans):
+    * wider windows: a 2x2 window needs only the row above, so one line buffer;
+    * average pooling: even the cheap form (counts 1, 2, 4: TFLite's rounding by an add and a shift, bit-exact;
+      built and measured) cost 253 of 698 LUT4s, for no layer of LeNet-5;
+    * global average: its per-lane restoring dividers alone were larger than this engine;
+    * the activation clamp (``qmin``/``qmax`` must be -128/127): two comparisons and two multiplexers a lane
+      (about 110 LUT4s), for pools that carry no activation in the networks this part runs (the ReLU is the
+      convolution's clamp, before the pool, and a maximum of clamped values is clamped).
 
-    * S0, scan: the position's input pixel is written into the line buffer and the pixel above it is read. The
-      buffer holds two rows, the row of even and of odd padded index (a padded row of ``max_width + 2`` pixels
-      at its padded column), so the row read is never the row being written and the block RAM needs no
-      read-during-write bypass.
-    * S1, vertical: the pixel and the one above it (those in bounds) combine into a column value: their maximum
-      or their sum. The column values of this and of the previous position are kept.
-    * S2, horizontal: the two column values (those in bounds) combine into the window's maximum or sum.
-    * S3, divide: ``(sum + r) >> log2(count)`` with ``r = count / 2`` for a non-negative sum and
-      ``count / 2 - 1`` for a negative one (``count > 1``) is TFLite's rounded average; the maximum passes with
-      ``count = 1``; into the output register.
+    Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans). The
+    taps are held in offset binary (``x + 128``), where 0 is below every tap, so a padding tap is simply 0:
 
-    There is no activation clamp (``qmin``/``qmax`` must be -128/127): it would cost a fifth of the engine
-    (two comparisons and two multiplexers a lane), and pooling layers carry no activation in the networks this
-    part runs (the ReLU is the convolution's clamp, before the pool; a max or an average of clamped values stays
-    in the clamp's range).
+    * S0, scan: the position's pixel (0 in the padding) is registered, and the pixel above it is read from the
+      line buffer. The buffer holds two rows, of even and of odd padded index, each at its padded column, so the
+      row read is never the row being written and the block RAM needs no read-during-write bypass; every
+      position is written, one cycle after its scan. Columns past the widest padded row are never written and
+      stay 0: a 1x1 window reads its "row above" there.
+    * S1, vertical: the larger of the pixel and the one above it; the values of this column and of the previous
+      one (0 for a 1x1 window) are kept.
+    * S2, horizontal: the larger of the two column values, into the output register.
 
-    The latency (scan to output, five cycles with the consumer's) equals the generic engine's, so one cycle
-    model serves both. Back-pressure on the output stalls every stage at once.
+    Latency: four cycles from scan to output with the consumer's, one less than the generic engine
+    (:func:`pool_extra_stages` is -1). Back-pressure on the output stalls every stage at once.
     """
 
     def __init__(self, config):
@@ -453,7 +453,6 @@ class _Ice40Pool(wiring.Component):
 
         # --- the layer, latched with its descriptor.
         window = Signal(window_layer_layout(cfg, kmax))
-        is_max = Signal()
         last_px = Signal(range(cfg.max_width + 2 * kmax))
 
         # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
@@ -464,20 +463,18 @@ class _Ice40Pool(wiring.Component):
         y = Signal(16)                                    # input row of this plane (while in the body)
         group = Signal(16)
         top, bottom = Signal(), Signal()                  # scanning the top / bottom padding row
-        above_pad = Signal()                              # the row above is the top padding row
         bank = Signal()                                   # padded row index mod 2 (line buffer half)
         row_wait = Signal(range(MAX_STRIDE + kmax))       # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE + kmax))
-        # S1..S3 valid flags (S1: a position was scanned; S2, S3: it ends a window).
-        s1_valid, s2_valid, s3_valid = Signal(), Signal(), Signal()
+        s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
 
         desc = self.i_layer.payload
         w = desc.window
         load = Signal()
-        m.d.comb += [self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~s3_valid & ~o.valid),
+        m.d.comb += [self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid),
                      load.eq(self.i_layer.valid & self.i_layer.ready)]
         with m.If(load):
-            m.d.sync += [window.eq(w), is_max.eq(desc.mode == PoolMode.MAX), last_px.eq(w.width + w.pad_left + w.pad_right - 1), active.eq(1)]
+            m.d.sync += [window.eq(w), last_px.eq(w.width + w.pad_left + w.pad_right - 1), active.eq(1)]
 
         wide = (window.kernel == 2) if kmax == 2 else 0
         body = ~top & ~bottom
@@ -487,11 +484,7 @@ class _Ice40Pool(wiring.Component):
         last_body_row = y_next == window.height
         last_row = bottom | (body & last_body_row & ~window.pad_bottom)
         last_col = px == last_px
-        in_col = ~(window.pad_left & (px == 0)) & ~(window.pad_right & last_col)
-        in_bounds = body & in_col
-        # The other row (above) and column (left) of a 2x2 window; never the bottom/right padding.
-        above_ok = wide & ~above_pad
-        left_ok = wide & ~(window.pad_left & (px == 1))
+        in_bounds = body & ~(window.pad_left & (px == 0)) & ~(window.pad_right & last_col)
 
         fire = Signal()
         m.d.comb += [
@@ -505,38 +498,36 @@ class _Ice40Pool(wiring.Component):
             m.d.sync += [px.eq(0), col_wait.eq(Mux(load, w.kernel, window.kernel) - 1)]
         with m.Elif(fire):
             m.d.sync += [px.eq(px + 1), col_wait.eq(Mux(col_wait == 0, window.stride - 1, col_wait - 1))]
-        with m.If(load | plane_end | (row_end & body)):
-            m.d.sync += y.eq(Mux(load | plane_end, 0, y_next))
         with m.If(load | plane_end):
-            m.d.sync += group.eq(Mux(load, 0, group_next))
+            m.d.sync += y.eq(0)
+        with m.Elif(row_end & body):
+            m.d.sync += y.eq(y_next)
+        with m.If(load):
+            m.d.sync += group.eq(0)
+        with m.Elif(plane_end):
+            m.d.sync += group.eq(group_next)
         with m.If(load | row_end):
             m.d.sync += [
                 top.eq(Mux(load | plane_end, Mux(load, w.pad_top, window.pad_top), 0)),
                 bottom.eq(~plane_end & ~load & body & last_body_row & window.pad_bottom),
-                above_pad.eq(top & ~load), bank.eq(~load & ~plane_end & ~bank),
+                bank.eq(~load & ~plane_end & ~bank),
                 row_wait.eq(Mux(load | plane_end, Mux(load, w.kernel, window.kernel) - 1,
                                 Mux(row_wait == 0, window.stride - 1, row_wait - 1))),
             ]
         with m.If(plane_end & (group_next == window.groups)):
             m.d.sync += active.eq(0)
 
-        # S0 -> S1: the pixel, in offset binary (x + 128, so that 0 is below every tap and adds nothing to a sum:
-        # a padding tap is 0 and needs no flag further on), and what the window needs to know about the position.
+        # S0 -> S1: the pixel in offset binary, 0 in the padding.
         s1_pixel = Signal(data.ArrayLayout(8, lanes))
-        s1_px, s1_bank = Signal.like(px), Signal()
-        s1_emit, s1_rows2, s1_in_col, s1_left = (Signal(name=f"s1_{n}") for n in ("emit", "rows2", "in_col", "left"))
+        s1_px, s1_bank, s1_emit = Signal.like(px), Signal(), Signal()
         with m.If(~stall):
             m.d.sync += s1_valid.eq(fire)
         with m.If(fire):
-            m.d.sync += [s1_px.eq(px), s1_bank.eq(bank), s1_emit.eq((row_wait == 0) & (col_wait == 0)),
-                         s1_rows2.eq(body & above_ok), s1_in_col.eq(in_col), s1_left.eq(left_ok)]
+            m.d.sync += [s1_px.eq(px), s1_bank.eq(bank), s1_emit.eq((row_wait == 0) & (col_wait == 0))]
             m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane] ^ 0x80, 0))
                          for lane in range(lanes)]
 
-        # The line buffer: padded row py at (py mod 2, px), so the row above is read from the other half and never
-        # from the row being written. Every position is written (padding as 0), one cycle after it is scanned.
-        # Columns past the widest padded row are never written and stay 0: a 1x1 window reads its "row above"
-        # there, which keeps the vertical step the same for both kernels.
+        # The line buffer: padded row py at (py mod 2, px).
         above = [0] * lanes
         if kmax == 2:
             col_bits = (cfg.max_width + 2).bit_length()
@@ -548,51 +539,25 @@ class _Ice40Pool(wiring.Component):
             ]
             above = [rd.data[lane] for lane in range(lanes)]
 
-        def combine(a, b, width):
-            """The larger of ``a`` and ``b`` (max pooling) or their sum (average)."""
-            value = Signal(width)
-            m.d.comb += value.eq(Mux(is_max, Mux(a > b, a, b), a + b))
-            return value
+        def larger(a, b):
+            return Mux(a > b, a, b)
 
-        # S1 -> S2: the column values (the pixel with the one above) of this position and of the previous one
-        # (0 for a 1x1 window).
-        col_now = [Signal(9, name=f"col_now_{l}") for l in range(lanes)]
-        col_prev = [Signal(9, name=f"col_prev_{l}") for l in range(lanes)]
-        s2_rows2, s2_cols2 = Signal(), Signal()
+        # S1 -> S2: the column values of this position and of the previous one.
+        col_now = [Signal(8, name=f"col_now_{l}") for l in range(lanes)]
+        col_prev = [Signal(8, name=f"col_prev_{l}") for l in range(lanes)]
         with m.If(~stall):
             m.d.sync += s2_valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
-                m.d.sync += [s2_rows2.eq(s1_rows2), s2_cols2.eq(s1_in_col & s1_left)]
                 for lane in range(lanes):
-                    m.d.sync += [col_now[lane].eq(combine(above[lane], s1_pixel[lane], 9)),
+                    m.d.sync += [col_now[lane].eq(larger(above[lane], s1_pixel[lane])),
                                  col_prev[lane].eq(Mux(wide, col_now[lane], 0))]
 
-        # S2 -> S3: the window's maximum or sum, and log2 of its in-bounds tap count (0 for max).
-        total = [Signal(10, name=f"total_{l}") for l in range(lanes)]
-        s3_shift = Signal(range(3))
-        with m.If(~stall):
-            m.d.sync += s3_valid.eq(s2_valid)
-            with m.If(s2_valid):
-                m.d.sync += s3_shift.eq(Mux(is_max, 0, s2_rows2 + s2_cols2))
-                for lane in range(lanes):
-                    m.d.sync += total[lane].eq(combine(col_prev[lane], col_now[lane], 10))
-
-        # S3 -> output: TFLite's rounded average (x + 128 offsets: a signed sum is negative exactly when the offset
-        # sum of 2 taps is below 256, of 4 below 512) as an add and a shift. No clamp (see the class docstring).
+        # S2 -> output.
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(~stall):
-            m.d.sync += o.valid.eq(s3_valid)
-            with m.If(s3_valid):
-                for lane in range(lanes):
-                    t = total[lane]
-                    bias = Mux(s3_shift == 0, 0, Mux(s3_shift == 1, t[8], Cat(~t[9], t[9])))
-                    rounded = Signal(11, name=f"rounded_{lane}")
-                    m.d.comb += rounded.eq(t + bias)
-                    average = Signal(8, name=f"average_{lane}")
-                    with m.Switch(s3_shift):
-                        for sh in range(3):
-                            with m.Case(sh):
-                                m.d.comb += average.eq(rounded[sh:sh + 8])
-                    m.d.sync += o.payload[lane].eq(average ^ 0x80)
+            m.d.sync += o.valid.eq(s2_valid)
+            with m.If(s2_valid):
+                m.d.sync += [o.payload[lane].eq(larger(col_prev[lane], col_now[lane]) ^ 0x80)
+                             for lane in range(lanes)]
         return m

@@ -279,16 +279,16 @@ def test_conv_relu_pool_fused_without_memory():
         np.testing.assert_array_equal(np.array(got), want, err_msg=f"fused conv -> pool mode {layer['mode']}")
 
 
-# --- target "ice40": 2x2 windows at most, max and average (tests/test_ice40_pool.py has the rest) ----------------
+# --- target "ice40": max pooling, 2x2 windows at most (tests/test_ice40_pool.py has the rest) --------------------
 
 def test_ice40_pool_kernel_and_modes():
     from cnnacc.hw.pool_engine import ICE40_POOL_KERNEL, pool_max_kernel, pool_modes
     config = AcceleratorConfig(rows=4, cols=4, lanes=4, max_kernel=5, max_width=8, target="ice40")
     assert pool_max_kernel(config) == ICE40_POOL_KERNEL == 2
     assert pool_max_kernel(AcceleratorConfig(max_kernel=5)) == 5
-    assert pool_modes(config) == (PoolMode.MAX, PoolMode.AVG) and PoolMode.GLOBAL_AVG in pool_modes(AcceleratorConfig())
+    assert pool_modes(config) == (PoolMode.MAX,) and PoolMode.GLOBAL_AVG in pool_modes(AcceleratorConfig())
     with pytest.raises(ValueError, match=r"^pool3: kernel must be an integer from 1 to 2, not 3$"):
         pool_layer(config, PoolMode.MAX, height=4, width=4, kernel=3, name="pool3")
     with pytest.raises(ValueError, match=r"^gap: global_avg pooling is not built on the ice40 pool engine "
-                                         r"\(it computes max, avg\)$"):
+                                         r"\(it computes max\)$"):
         pool_layer(config, PoolMode.GLOBAL_AVG, height=3, width=3, name="gap")
