@@ -37,7 +37,8 @@ from ..config import AcceleratorConfig
 from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
-           "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL", "pool_extra_stages"]
+           "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
+           "pool_extra_stages"]
 
 #: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
@@ -68,9 +69,10 @@ def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127)
     ``kernel`` x ``kernel`` window (``kernel`` is ignored for global average) or for the activation clamp
     ``qmin..qmax``."""
     mode = PoolMode(mode)
+    words = {PoolMode.MAX: "max", PoolMode.AVG: "average", PoolMode.GLOBAL_AVG: "global average"}
     if mode not in pool_modes(config):
-        raise ValueError(f"{name}: {mode.name.lower()} pooling is not built on the {config.target} pool engine "
-                         f"(it computes {', '.join(m.name.lower() for m in pool_modes(config))})")
+        raise ValueError(f"{name}: {words[mode]} pooling is not built on the {config.target} pool engine "
+                         f"(it computes {', '.join(words[m] for m in pool_modes(config))})")
     kmax = pool_max_kernel(config)
     if mode != PoolMode.GLOBAL_AVG and kernel > kmax:
         raise ValueError(f"{name}: a {kernel}x{kernel} pooling window exceeds the {kmax}x{kmax} the "

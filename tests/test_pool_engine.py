@@ -289,6 +289,6 @@ def test_ice40_pool_kernel_and_modes():
     assert pool_modes(config) == (PoolMode.MAX,) and PoolMode.GLOBAL_AVG in pool_modes(AcceleratorConfig())
     with pytest.raises(ValueError, match=r"^pool3: kernel must be an integer from 1 to 2, not 3$"):
         pool_layer(config, PoolMode.MAX, height=4, width=4, kernel=3, name="pool3")
-    with pytest.raises(ValueError, match=r"^gap: global_avg pooling is not built on the ice40 pool engine "
+    with pytest.raises(ValueError, match=r"^gap: global average pooling is not built on the ice40 pool engine "
                                          r"\(it computes max\)$"):
         pool_layer(config, PoolMode.GLOBAL_AVG, height=3, width=3, name="gap")
