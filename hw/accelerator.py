@@ -276,7 +276,7 @@ class Accelerator(wiring.Component):
                     & (w.pad_right < w.kernel))
 
         def pool_ok(p):
-            # Only what this target's pool engine computes (the iCE40's: max and average up to 2x2, no clamp).
+            # Only what this target's pool engine computes (the iCE40's: max over windows up to 2x2, no clamp).
             clamp_ok = (p.qmin <= p.qmax) if pool_has_clamp(cfg) else ((p.qmin == -128) & (p.qmax == 127))
             return ((p.mode.as_value() <= max(mode.value for mode in pool_modes(cfg)))
                     & window_ok(p.window, pool_max_kernel(cfg)) & clamp_ok)
