@@ -406,7 +406,7 @@ class PoolEngine(wiring.Component):
 
 class _Ice40Pool(wiring.Component):
     """The pool engine of target "ice40": max pooling over windows of at most 2x2, reduced as the pixels stream
-    past, with one line buffer (two block RAMs) and about a sixth of the generic engine's logic.
+    past, with one line buffer (two block RAMs) and about a seventh of the generic engine's logic.
 
     What it computes, and why no more: LeNet-5, the network the iCEBreaker runs, max-pools 2x2 with stride 2
     behind C1 and C3, and the iCE40UP5K has room for little beyond its 16 MACs. So: max pooling, windows 1x1 and
@@ -416,7 +416,7 @@ class _Ice40Pool(wiring.Component):
     * wider windows: a 2x2 window needs only the row above, so one line buffer;
     * average pooling: even the cheap form (counts 1, 2, 4: TFLite's rounding by an add and a shift, bit-exact;
       built and measured) cost 253 of 698 LUT4s, for no layer of LeNet-5;
-    * global average: its per-lane restoring dividers alone were larger than this engine;
+    * global average: a restoring divider per lane, for no layer of LeNet-5 either;
     * the activation clamp (``qmin``/``qmax`` must be -128/127): two comparisons and two multiplexers a lane
       (about 110 LUT4s), for pools that carry no activation in the networks this part runs (the ReLU is the
       convolution's clamp, before the pool, and a maximum of clamped values is clamped).
