@@ -34,7 +34,7 @@ from ..hw.add_engine import ADD_LATENCY, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, conv_layer
 from ..hw.depthwise import depthwise_layer
-from ..hw.pool_engine import PoolMode, pool_layer
+from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
 from ..hw.requantizer import check_shifts
 from .cycles_conv import conv_cycles
 from .cycles_vector import POOL_LATENCY, depthwise_cycles, global_divider_bits, pool_cycles, window_cycles
@@ -154,7 +154,7 @@ def _pool_tail(config, layer):
         return global_divider_bits(config) + 2
     padded_w = window["width"] + window["pad_left"] + window["pad_right"]
     last_pixel = (window["pad_top"] + window["height"] - 1) * padded_w + window["pad_left"] + window["width"] - 1
-    return window_cycles(window, POOL_LATENCY) - (last_pixel + 2)
+    return window_cycles(window, POOL_LATENCY + pool_extra_stages(config)) - (last_pixel + 2)
 
 
 def run_overhead(step_kind, descriptor):
@@ -224,6 +224,20 @@ def _check_accumulator(config, node):
                     f"{bound.bit_length() + 1}")
 
 
+def _check_pool(config, graph, node):
+    """A pooling layer the configuration's pool engine is not built for is refused naming it (the iCE40's computes
+    max over windows up to 2x2, without an activation clamp; hw/pool_engine.py)."""
+    if node.kind not in _POOLS:
+        return
+    h, w, c = _shape3(graph.spec(node.inputs[0]).shape)
+    if _is_global(config, node, (h, w, c)):
+        mode, kernel = PoolMode.GLOBAL_AVG, 1
+    else:
+        mode, kernel = (PoolMode.MAX if node.kind == "max_pool2d" else PoolMode.AVG), max(node.kernel)
+    qmin, qmax = activation_range(node.activation, node.output.scale, node.output.zero_point)
+    _engine(node, check_pool_support, config, mode, kernel, node.name, qmin, qmax)
+
+
 def _fuse(graph, config):
     """Node groups, one per step (see the module docstring)."""
     uses = {}
@@ -237,11 +251,13 @@ def _fuse(graph, config):
             _fail(node, f"no engine runs {node.kind!r} layers (supported: {', '.join(_STEP_KIND)})")
         _check_engine(config, node)
         _check_accumulator(config, node)
+        _check_pool(config, graph, node)
         nxt = nodes[i + 1] if i + 1 < len(nodes) else None
         if (node.kind == "conv2d" and nxt is not None and nxt.kind in _POOLS and nxt.inputs[0] == node.output.name
                 and uses[node.output.name] == 1 and node.output.name != graph.output
                 and config.rows == config.lanes):
             _check_engine(config, nxt)
+            _check_pool(config, graph, nxt)
             groups.append((node, nxt))
             i += 2
         else:

@@ -58,7 +58,7 @@ from .commands import EngineId, MemoryId, config_id
 from .conv_engine import ConvEngine, ConvLayer, act_banks
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
 from .memory_map import MemoryMap, MemorySpec
-from .pool_engine import PoolEngine, PoolMode, pool_layer_layout
+from .pool_engine import PoolEngine, pool_has_clamp, pool_layer_layout, pool_max_kernel, pool_modes
 from .requantizer import lane_params_layout
 from .streamer import MemoryReader, MemoryWriter
 
@@ -276,7 +276,10 @@ class Accelerator(wiring.Component):
                     & (w.pad_right < w.kernel))
 
         def pool_ok(p):
-            return (p.mode.as_value() <= PoolMode.GLOBAL_AVG.value) & window_ok(p.window, cfg.max_kernel) & (p.qmin <= p.qmax)
+            # Only what this target's pool engine computes (the iCE40's: max over windows up to 2x2, no clamp).
+            clamp_ok = (p.qmin <= p.qmax) if pool_has_clamp(cfg) else ((p.qmin == -128) & (p.qmax == 127))
+            return ((p.mode.as_value() <= max(mode.value for mode in pool_modes(cfg)))
+                    & window_ok(p.window, pool_max_kernel(cfg)) & clamp_ok)
 
         c = runs[EngineId.CONV]
         L = c.layer

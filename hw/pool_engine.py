@@ -20,25 +20,27 @@ is being summed, so it only costs time when planes have fewer pixels than the qu
 Pipeline of the windowed modes: window generator (two stages) | tap reduction (max, sum, count) | divide and
 clamp (output register). Back-pressure on the output stalls every stage at once.
 
-On the iCE40UP5K (``config.target == "ice40"``) the window is at most :data:`ICE40_POOL_KERNEL` wide
-(:func:`pool_max_kernel`): the register window, the tap trees and the line buffers grow with the square of the
-kernel, and LeNet-5's 2x2 pools are what that part runs. The average's reciprocal multiplication is then built
-from shifts and adds, because every DSP block of that part computes MACs.
+On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the engine is a separate, lean design:
+max pooling only (:func:`pool_modes`), over windows of at most :data:`ICE40_POOL_KERNEL` x
+:data:`ICE40_POOL_KERNEL` (:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, no activation clamp
+(:func:`pool_has_clamp`), one pipeline stage fewer; the dispatcher and the compiler refuse the rest.
 Target ``"ecp5"`` adds three stages (per-row reduction, reciprocal lookup, product) for its 125 MHz clock:
 :func:`pool_extra_stages`.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
+from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
-           "pool_max_kernel", "ICE40_POOL_KERNEL", "pool_extra_stages"]
+           "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
+           "pool_extra_stages"]
 
-#: Largest pooling window on target "ice40" (see the module docstring).
+#: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
 
 
@@ -49,9 +51,41 @@ def pool_max_kernel(config):
     return config.max_kernel
 
 
+def pool_modes(config):
+    """The :class:`PoolMode` values the pool engine of ``config`` computes (only max on the iCE40)."""
+    if config.target == "ice40":
+        return (PoolMode.MAX,)
+    return tuple(PoolMode)
+
+
+def pool_has_clamp(config):
+    """Whether the pool engine of ``config`` applies an activation clamp (not on the iCE40: ``qmin``/``qmax``
+    must then be -128/127)."""
+    return config.target != "ice40"
+
+
+def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127):
+    """Raise ``ValueError`` naming ``name`` if the pool engine of ``config`` is not built for ``mode``, for a
+    ``kernel`` x ``kernel`` window (``kernel`` is ignored for global average) or for the activation clamp
+    ``qmin..qmax``."""
+    mode = PoolMode(mode)
+    words = {PoolMode.MAX: "max", PoolMode.AVG: "average", PoolMode.GLOBAL_AVG: "global average"}
+    if mode not in pool_modes(config):
+        raise ValueError(f"{name}: {words[mode]} pooling is not built on the {config.target} pool engine "
+                         f"(it computes {', '.join(words[m] for m in pool_modes(config))})")
+    kmax = pool_max_kernel(config)
+    if mode != PoolMode.GLOBAL_AVG and kernel > kmax:
+        raise ValueError(f"{name}: a {kernel}x{kernel} pooling window exceeds the {kmax}x{kmax} the "
+                         f"{config.target} pool engine is built for")
+    if not pool_has_clamp(config) and (qmin, qmax) != (-128, 127):
+        raise ValueError(f"{name}: the {config.target} pool engine has no activation clamp (range {qmin}..{qmax}; "
+                         f"it needs -128..127)")
+
+
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (3 on the ECP5)."""
-    return 3 if config.target == "ecp5" else 0
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (3 on the ECP5, one
+    fewer on the iCE40)."""
+    return {"ecp5": 3, "ice40": -1}.get(config.target, 0)
 
 
 class PoolMode(enum.Enum, shape=2):
@@ -81,6 +115,8 @@ def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, pad
     """Check a pooling layer against ``config`` and return its descriptor as a dict (``ValueError`` naming
     ``name`` and the reason otherwise). Global average ignores ``kernel``, ``stride`` and ``padding``."""
     mode = PoolMode(mode)
+    if mode not in pool_modes(config) or not pool_has_clamp(config):
+        check_pool_support(config, mode, name=name, qmin=qmin, qmax=qmax)
     if not -128 <= qmin <= qmax <= 127:
         raise ValueError(f"{name}: activation range must satisfy -128 <= qmin <= qmax <= 127, not {qmin}..{qmax}")
     if mode == PoolMode.GLOBAL_AVG:
@@ -107,15 +143,6 @@ def avg_reciprocals(max_count, max_numerator):
     """
     shift = (max_numerator * max_count).bit_length()
     return shift, [0] + [-(-(1 << shift) // c) for c in range(1, max_count + 1)]
-
-
-def _times_constant(value, constant):
-    """``value * constant`` as a sum of shifted copies (no multiplier cell for synthesis to map to a DSP)."""
-    terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
 
 
 def _clamp(value, qmin, qmax):
@@ -157,6 +184,12 @@ class PoolEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
+        if cfg.target == "ice40":
+            m.submodules.ice40 = ice40 = _Ice40Pool(cfg)
+            wiring.connect(m, wiring.flipped(self.i_layer), ice40.i_layer)
+            wiring.connect(m, wiring.flipped(self.i_pixels), ice40.i_pixels)
+            wiring.connect(m, ice40.o_pixels, wiring.flipped(self.o_pixels))
+            return m
         kmax, lanes = pool_max_kernel(cfg), cfg.lanes
         m.submodules.windows = wg = WindowGenerator(cfg, max_kernel=kmax)
 
@@ -267,15 +300,7 @@ class PoolEngine(wiring.Component):
             m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
             quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
             neg, window_max = a_sum[lane] < 0, a_max[lane]
-            if cfg.target == "ice40":
-                # No DSP left: one shift-and-add constant multiplication per count, chosen by the count.
-                # Only counts a window can have (rows x columns in bounds) get a multiplier.
-                counts = sorted({r * c for r in range(1, kmax + 1) for c in range(1, kmax + 1)})
-                with m.Switch(a_count):
-                    for c in counts:
-                        with m.Case(c):
-                            m.d.comb += quotient.eq(_times_constant(magnitude, table[c]) >> shift)
-            elif not deep:
+            if not deep:
                 m.d.comb += quotient.eq((magnitude * recip) >> shift)
             else:
                 b1_numer = Signal.like(magnitude, name=f"b1_numer_{lane}")
@@ -376,4 +401,165 @@ class PoolEngine(wiring.Component):
                 with m.If(div_last):
                     m.d.sync += busy.eq(0)
 
+        return m
+
+
+class _Ice40Pool(wiring.Component):
+    """The pool engine of target "ice40": max pooling over windows of at most 2x2, reduced as the pixels stream
+    past, with one line buffer (two block RAMs) and about a seventh of the generic engine's logic.
+
+    What it computes, and why no more: LeNet-5, the network the iCEBreaker runs, max-pools 2x2 with stride 2
+    behind C1 and C3, and the iCE40UP5K has room for little beyond its 16 MACs. So: max pooling, windows 1x1 and
+    2x2, any stride, padding up to ``kernel - 1``. Not built, each refused by the dispatcher (``BAD_DESCRIPTOR``)
+    and by the compiler (naming the layer):
+
+    * wider windows: a 2x2 window needs only the row above, so one line buffer;
+    * average pooling: even the cheap form (counts 1, 2, 4: TFLite's rounding by an add and a shift, bit-exact;
+      built and measured) cost 253 of 698 LUT4s, for no layer of LeNet-5;
+    * global average: a restoring divider per lane, for no layer of LeNet-5 either;
+    * the activation clamp (``qmin``/``qmax`` must be -128/127): two comparisons and two multiplexers a lane
+      (about 110 LUT4s), for pools that carry no activation in the networks this part runs (the ReLU is the
+      convolution's clamp, before the pool, and a maximum of clamped values is clamped).
+
+    Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans). The
+    taps are held in offset binary (``x + 128``), where 0 is below every tap, so a padding tap is simply 0:
+
+    * S0, scan: the position's pixel (0 in the padding) is registered, and the pixel above it is read from the
+      line buffer. The buffer holds two rows, of even and of odd padded index, each at its padded column, so the
+      row read is never the row being written and the block RAM needs no read-during-write bypass; every
+      position is written, one cycle after its scan. Columns past the widest padded row are never written and
+      stay 0: a 1x1 window reads its "row above" there.
+    * S1, vertical: the larger of the pixel and the one above it; the values of this column and of the previous
+      one (0 for a 1x1 window) are kept.
+    * S2, horizontal: the larger of the two column values, into the output register.
+
+    Latency: four cycles from scan to output with the consumer's, one less than the generic engine
+    (:func:`pool_extra_stages` is -1). Back-pressure on the output stalls every stage at once.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "i_layer":  In(stream.Signature(pool_layer_layout(config))),
+            "i_pixels": In(stream.Signature(pixel_layout(config))),
+            "o_pixels": Out(stream.Signature(pixel_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        kmax, lanes = pool_max_kernel(cfg), cfg.lanes
+        pix = pixel_layout(cfg)
+        o = self.o_pixels
+        stall = o.valid & ~o.ready
+
+        # --- the layer, latched with its descriptor.
+        window = Signal(window_layer_layout(cfg, kmax))
+        last_px = Signal(range(cfg.max_width + 2 * kmax))
+
+        # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
+        # counted as input rows ``y`` plus two flags, and the tests for "in bounds" are a few equalities: no
+        # padded height to add up, no wide comparison.
+        active = Signal()
+        px = Signal.like(last_px)
+        y = Signal(16)                                    # input row of this plane (while in the body)
+        group = Signal(16)
+        top, bottom = Signal(), Signal()                  # scanning the top / bottom padding row
+        bank = Signal()                                   # padded row index mod 2 (line buffer half)
+        row_wait = Signal(range(MAX_STRIDE + kmax))       # rows until the next row that ends a window
+        col_wait = Signal(range(MAX_STRIDE + kmax))
+        s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
+
+        desc = self.i_layer.payload
+        w = desc.window
+        load = Signal()
+        m.d.comb += [self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid),
+                     load.eq(self.i_layer.valid & self.i_layer.ready)]
+        with m.If(load):
+            m.d.sync += [window.eq(w), last_px.eq(w.width + w.pad_left + w.pad_right - 1), active.eq(1)]
+
+        wide = (window.kernel == 2) if kmax == 2 else 0
+        body = ~top & ~bottom
+        y_next = Signal.like(y)
+        group_next = Signal.like(group)
+        m.d.comb += [y_next.eq(y + 1), group_next.eq(group + 1)]
+        last_body_row = y_next == window.height
+        last_row = bottom | (body & last_body_row & ~window.pad_bottom)
+        last_col = px == last_px
+        in_bounds = body & ~(window.pad_left & (px == 0)) & ~(window.pad_right & last_col)
+
+        fire = Signal()
+        m.d.comb += [
+            self.i_pixels.ready.eq(active & ~stall & in_bounds),
+            fire.eq(active & ~stall & (~in_bounds | self.i_pixels.valid)),
+        ]
+        row_end = fire & last_col
+        plane_end = row_end & last_row
+        # Each counter is cleared (a free synchronous reset) or stepped under one enable.
+        with m.If(load | row_end):
+            m.d.sync += [px.eq(0), col_wait.eq(Mux(load, w.kernel, window.kernel) - 1)]
+        with m.Elif(fire):
+            m.d.sync += [px.eq(px + 1), col_wait.eq(Mux(col_wait == 0, window.stride - 1, col_wait - 1))]
+        with m.If(load | plane_end):
+            m.d.sync += y.eq(0)
+        with m.Elif(row_end & body):
+            m.d.sync += y.eq(y_next)
+        with m.If(load):
+            m.d.sync += group.eq(0)
+        with m.Elif(plane_end):
+            m.d.sync += group.eq(group_next)
+        with m.If(load | row_end):
+            m.d.sync += [
+                top.eq(Mux(load | plane_end, Mux(load, w.pad_top, window.pad_top), 0)),
+                bottom.eq(~plane_end & ~load & body & last_body_row & window.pad_bottom),
+                bank.eq(~load & ~plane_end & ~bank),
+                row_wait.eq(Mux(load | plane_end, Mux(load, w.kernel, window.kernel) - 1,
+                                Mux(row_wait == 0, window.stride - 1, row_wait - 1))),
+            ]
+        with m.If(plane_end & (group_next == window.groups)):
+            m.d.sync += active.eq(0)
+
+        # S0 -> S1: the pixel in offset binary, 0 in the padding.
+        s1_pixel = Signal(data.ArrayLayout(8, lanes))
+        s1_px, s1_bank, s1_emit = Signal.like(px), Signal(), Signal()
+        with m.If(~stall):
+            m.d.sync += s1_valid.eq(fire)
+        with m.If(fire):
+            m.d.sync += [s1_px.eq(px), s1_bank.eq(bank), s1_emit.eq((row_wait == 0) & (col_wait == 0))]
+            m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane] ^ 0x80, 0))
+                         for lane in range(lanes)]
+
+        # The line buffer: padded row py at (py mod 2, px).
+        above = [0] * lanes
+        if kmax == 2:
+            col_bits = (cfg.max_width + 2).bit_length()
+            m.submodules.line = line = Memory(shape=data.ArrayLayout(8, lanes), depth=2 << col_bits, init=[])
+            wr, rd = line.write_port(), line.read_port()
+            m.d.comb += [
+                wr.addr.eq(Cat(s1_px[:col_bits], s1_bank)), wr.data.eq(s1_pixel), wr.en.eq(s1_valid),
+                rd.addr.eq(Cat(Mux(wide, px[:col_bits], (1 << col_bits) - 1), ~bank)), rd.en.eq(fire),
+            ]
+            above = [rd.data[lane] for lane in range(lanes)]
+
+        def larger(a, b):
+            return Mux(a > b, a, b)
+
+        # S1 -> S2: the column values of this position and of the previous one.
+        col_now = [Signal(8, name=f"col_now_{l}") for l in range(lanes)]
+        col_prev = [Signal(8, name=f"col_prev_{l}") for l in range(lanes)]
+        with m.If(~stall):
+            m.d.sync += s2_valid.eq(s1_valid & s1_emit)
+            with m.If(s1_valid):
+                for lane in range(lanes):
+                    m.d.sync += [col_now[lane].eq(larger(above[lane], s1_pixel[lane])),
+                                 col_prev[lane].eq(Mux(wide, col_now[lane], 0))]
+
+        # S2 -> output.
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(~stall):
+            m.d.sync += o.valid.eq(s2_valid)
+            with m.If(s2_valid):
+                m.d.sync += [o.payload[lane].eq(larger(col_prev[lane], col_now[lane]) ^ 0x80)
+                             for lane in range(lanes)]
         return m
