@@ -17,8 +17,8 @@ tests compare it with the RTL on every layer they run) because the engine's sche
 Target ``"ice40"`` has one serial requantizer lane for the whole column (hw/requantizer.py): it reads the
 column in place from the array's shadows and takes it when its last result is written, so after the array the
 columns of the last tile up to ``last_column`` follow each other at
-:func:`~cnnacc.hw.requantizer.requant_interval` cycles, then the output handshake, or the columns past the
-layer's pixels (taken one a cycle), whichever ends later.
+:func:`~cnnacc.hw.requantizer.requant_interval` cycles, then the output handshake (the columns past the layer's
+last pixel are left to the array, which drops them when the next layer starts).
 """
 
 from dataclasses import dataclass
@@ -64,7 +64,7 @@ def conv_cycles(config, fields):
     beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
     if config.target == "ice40":
         interval = requant_interval(config.target, config.rows)
-        drain = (s.last_column + 1) * interval - 1 + max(2, config.cols - s.last_column)
+        drain = (s.last_column + 1) * interval + 1
     else:
         drain = s.last_column + 1 + REQUANT_LATENCY + 1
     return beats + 2 + 1 + array_latency(config) + drain

@@ -395,6 +395,12 @@ class ConvEngine(wiring.Component):
             # parameter beat.
             keep = Signal()
             m.d.comb += keep.eq(Array(out_cursor.pixel_valid)[column.col])
+            # The layer ends with its last pixel: the columns after it (the last tile's padding) stay in the
+            # array, which drops them when the next layer starts, so the run ends as soon after its last result
+            # on this target as on the others.
+            next_invalid = Array([~v for v in out_cursor.pixel_valid[1:]] + [Const(1)])[column.col]
+            with m.If(taken & keep & next_invalid & out_cursor.last_tile & out_block_last):
+                m.d.sync += out_run.eq(0)
             m.d.comb += [requant.i_acc.valid.eq(array.o_columns.valid & keep),
                          array.o_columns.ready.eq(~keep | requant.i_acc.ready),
                          array.drain_row.eq(requant.lane), requant.acc.eq(array.drain_acc),

@@ -111,8 +111,9 @@ class SystolicArray(wiring.Component):
     o_columns : Out(stream.Signature(column_layout(config)))
         ``cols`` beats per tile, columns in order. Accumulators wrap modulo ``2**acc_width``.
     restart : In(1)
-        Target ``"ice40"`` only: a new layer starts, every column of the last one has been taken. The next tile's
-        ``last`` beat then needs no spacing (its spacing of hundreds of cycles would otherwise reach across).
+        Target ``"ice40"`` only: a new layer starts. Columns still pending (a layer's last columns past its
+        pixels, which its consumer need not take) are dropped, and the next tile's ``last`` beat needs no spacing
+        (hundreds of cycles on this target, which would otherwise reach across layers).
     drain_row : In(range(rows))
         Target ``"ice40"`` only: the row ``drain_acc`` shows.
     drain_acc : Out(signed(acc_width))
@@ -285,3 +286,5 @@ class SystolicArray(wiring.Component):
         done = Signal(cols)
         m.d.comb += done.eq(Mux(en, Cat(*column_done), 0))
         m.d.sync += pending.eq((pending & ~taken) | done)
+        with m.If(self.restart):
+            m.d.sync += [pending.eq(0), next_col.eq(0)]
