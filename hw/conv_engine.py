@@ -28,7 +28,10 @@ Memories (filled through the ``*_write`` ports, see :func:`memory_images` for th
     in lane ``r``.
 ``params``
     ``param_depth`` words of ``rows`` :func:`~.requantizer.lane_params_layout` (folded bias, multiplier, shift):
-    word ``param_base + t`` holds output channels ``t * rows ... t * rows + rows - 1``.
+    word ``param_base + t`` holds output channels ``t * rows ... t * rows + rows - 1``. On target ``"ice40"`` the
+    memory holds one lane a row (``param_depth * rows`` rows of 70 bits: 5 EBRs for LeNet-5's 120 channels
+    instead of 18), lane ``r`` of word ``t`` at row ``t * rows + r``, because its one serial requantizer lane
+    reads them one at a time; ``param_write`` then writes one lane (:func:`param_write_signature`).
 
 The three bases let a host keep two layers (or two tiles) in each memory and load one while the engine runs the
 other; they only move the walkers' start addresses, so the schedule and the cycle count do not depend on them.

@@ -460,15 +460,16 @@ class Requantizer(wiring.Component):
                 high.eq(0), zero.eq(1),
             ]
 
-        result = Signal(signed(34))               # registered: rounding and clamping take a cycle each
+        # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
+        # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).
+        value = Signal(signed(34))
+        m.d.comb += value.eq(Mux(bypass, held, rounded))
+        result, above, below = Signal(10), Signal(), Signal()
         with m.If(phase == _ROUND):
-            m.d.sync += result.eq(Mux(bypass, held, rounded))
-        # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point.
-        sign = result[-1]
-        above = ~sign & (result[8:] != 0)
-        below = sign & (result[8:] != (1 << (len(result) - 8)) - 1)
+            m.d.sync += [result.eq(value[:10]), above.eq(~value[-1] & (value[8:] != 0)),
+                         below.eq(value[-1] & (value[8:] != (1 << (len(value) - 8)) - 1))]
         biased = Signal(signed(11))
-        m.d.comb += biased.eq(result[:10].as_signed() + self.zero_point)
+        m.d.comb += biased.eq(result.as_signed() + self.zero_point)
         clamped = Mux(above, self.qmax, Mux(below, self.qmin,
                       Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))))
         out = o.payload.data.as_value()
