@@ -13,11 +13,17 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
   valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`) and
   the output handshake.
+
+Target ``"ice40"`` has one serial requantizer lane for the whole column (hw/requantizer.py): it reads the
+column in place from the array's shadows and takes it when its last result is written, so after the array the
+columns of the last tile up to ``last_column`` follow each other at
+:func:`~cnnacc.hw.requantizer.requant_interval` cycles, then the output handshake (the columns past the layer's
+last pixel are left to the array, which drops them when the next layer starts).
 """
 
 from dataclasses import dataclass
 
-from ..hw.requantizer import REQUANT_LATENCY
+from ..hw.requantizer import REQUANT_LATENCY, requant_interval
 from ..hw.systolic_array import array_latency, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
@@ -56,8 +62,12 @@ def conv_cycles(config, fields):
     """Predicted RTL cycles of one layer (see the module docstring)."""
     s = conv_schedule(config, fields)
     beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
-    pipeline = 2 + 1 + array_latency(config) + s.last_column + 1 + REQUANT_LATENCY + 1
-    return beats + pipeline
+    if config.target == "ice40":
+        interval = requant_interval(config.target, config.rows)
+        drain = (s.last_column + 1) * interval + 1
+    else:
+        drain = s.last_column + 1 + REQUANT_LATENCY + 1
+    return beats + 2 + 1 + array_latency(config) + drain
 
 
 def useful_macs(fields):

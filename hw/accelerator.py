@@ -23,7 +23,8 @@ Memories (:class:`~cnnacc.hw.commands.MemoryId`), as the host sees them (32-bit 
 ``CONV_ACT``, ``WEIGHTS``, ``PARAMS`` (write only)
     The convolution engine's own memories (see hw/conv_engine.py :func:`memory_images`). A memory row is
     ``2**k`` host words (the row's bits zero-padded to a power-of-two number of words); the row is written into
-    the engine when its last word arrives, so the host writes whole rows in order.
+    the engine when the word holding its last bit arrives (on ice40 each lane of a PARAMS row when the word
+    holding its last bit arrives), so the host writes whole rows in order.
 ``ACT_A``, ``ACT_B``
     Input maps of the vector engines, one row per pixel of ``lanes`` int8 channels (``lanes / 4`` words), in
     channel-group plane order (hw/window_generator.py). ``ACT_B`` is the add engine's second input.
@@ -236,6 +237,8 @@ class Accelerator(wiring.Component):
         m.d.comb += mems.output_read.en.eq(0)
 
         # --- host writes into the conv engine's memories: assemble a row, write it on its last word ---------
+        # Only the bits still needed are held: a row is written when the word holding its last bit arrives (the
+        # padding words after it change nothing), so a register keeps the words before that one only.
         row_words = conv_row_words(cfg)
         targets = {MemoryId.CONV_ACT: conv.act_write, MemoryId.WEIGHTS: conv.weight_write,
                    MemoryId.PARAMS: conv.param_write}
@@ -243,16 +246,38 @@ class Accelerator(wiring.Component):
             parts = row_words[memory]
             lg = parts.bit_length() - 1
             port = targets[memory]
-            width = len(port.payload.data.as_value())
             here = cp.mem.w_en & (cp.mem.memory == memory)
             part = cp.mem.addr[:lg] if lg else Const(0, 1)
-            row = Cat(cp.mem.w_data) if parts == 1 else None
-            if parts > 1:
-                held = Signal(32 * (parts - 1), name=f"{memory.name.lower()}_held")
-                with m.If(here & (part != parts - 1)):
+            host_row = cp.mem.addr >> lg
+            if memory == MemoryId.PARAMS and cfg.target == "ice40":
+                # The engine's memory holds one lane a row (hw/conv_engine.py): lane r of a host row is written
+                # when the word holding its last bit arrives (a lane is wider than a word, so one lane a word at
+                # most), from a shift register of the few words a lane spans.
+                bits = lane_params_layout().size
+                ends = [(bits * r + bits - 1) // 32 for r in range(cfg.rows)]
+                assert len(set(ends)) == cfg.rows, "a word would complete two lanes"
+                span = max(end - bits * r // 32 + 1 for r, end in enumerate(ends))
+                held = Signal(32 * (span - 1), name="params_held")
+                words = Cat(held, cp.mem.w_data)
+                if span > 1:
+                    with m.If(here):
+                        m.d.sync += held.eq(words[32:])
+                with m.Switch(part):
+                    for r, end in enumerate(ends):
+                        offset = bits * r - 32 * (end - span + 1)
+                        with m.Case(end):
+                            m.d.comb += [port.valid.eq(here), port.payload.addr.eq(host_row * cfg.rows + r),
+                                         port.payload.data.eq(words[offset:offset + bits])]
+                continue
+            width = len(port.payload.data.as_value())
+            last = (width - 1) // 32
+            row = cp.mem.w_data
+            if last:
+                held = Signal(32 * last, name=f"{memory.name.lower()}_held")
+                with m.If(here & (part < last)):
                     m.d.sync += held.word_select(part, 32).eq(cp.mem.w_data)
                 row = Cat(held, cp.mem.w_data)
-            m.d.comb += [port.valid.eq(here & (part == parts - 1)), port.payload.addr.eq(cp.mem.addr >> lg),
+            m.d.comb += [port.valid.eq(here & (part == last)), port.payload.addr.eq(host_row),
                          port.payload.data.eq(row[:width])]
 
         # --- the dispatcher ------------------------------------------------------------------------------------

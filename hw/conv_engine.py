@@ -28,7 +28,10 @@ Memories (filled through the ``*_write`` ports, see :func:`memory_images` for th
     in lane ``r``.
 ``params``
     ``param_depth`` words of ``rows`` :func:`~.requantizer.lane_params_layout` (folded bias, multiplier, shift):
-    word ``param_base + t`` holds output channels ``t * rows ... t * rows + rows - 1``.
+    word ``param_base + t`` holds output channels ``t * rows ... t * rows + rows - 1``. On target ``"ice40"`` the
+    memory holds one lane a row (``param_depth * rows`` rows of 70 bits: 5 EBRs for LeNet-5's 120 channels
+    instead of 18), lane ``r`` of word ``t`` at row ``t * rows + r``, because its one serial requantizer lane
+    reads them one at a time; ``param_write`` then writes one lane (:func:`param_write_signature`).
 
 The three bases let a host keep two layers (or two tiles) in each memory and load one while the engine runs the
 other; they only move the walkers' start addresses, so the schedule and the cycle count do not depend on them.
@@ -48,7 +51,7 @@ from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout
 from .systolic_array import SystolicArray
 
 __all__ = ["ConvLayer", "ConvEngine", "act_banks", "output_layout", "conv_layer", "fold_bias", "memory_images",
-           "node_job", "scatter_outputs"]
+           "node_job", "scatter_outputs", "param_write_signature"]
 
 DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
 PIXEL = 24        # bits of a flat pixel index
@@ -106,6 +109,15 @@ def output_layout(config):
 
 def _write_signature(addr_depth, payload_shape):
     return stream.Signature(data.StructLayout({"addr": range(addr_depth), "data": payload_shape}))
+
+
+def param_write_signature(config, param_depth=None):
+    """The ``param_write`` port: a word of ``rows`` lane parameters at ``addr``; on target ``"ice40"`` one lane a
+    write instead (lane ``r`` of word ``t`` at ``addr = t * rows + r``), the memory's own row."""
+    param_depth = config.conv_param_depth if param_depth is None else param_depth
+    if config.target == "ice40":
+        return _write_signature(param_depth * config.rows, lane_params_layout())
+    return _write_signature(param_depth, data.ArrayLayout(lane_params_layout(), config.rows))
 
 
 class _TileCursor:
@@ -212,7 +224,7 @@ class ConvEngine(wiring.Component):
             "busy": Out(1),
             "act_write": In(_write_signature(act_depth, data.ArrayLayout(8, self.banks))),
             "weight_write": In(_write_signature(weight_depth, data.ArrayLayout(signed(8), config.rows))),
-            "param_write": In(_write_signature(param_depth, data.ArrayLayout(lane_params_layout(), config.rows))),
+            "param_write": In(param_write_signature(config, param_depth)),
             "o_data": Out(stream.Signature(output_layout(config))),
         })
 
@@ -227,7 +239,8 @@ class ConvEngine(wiring.Component):
         lg_nb = nb.bit_length() - 1
 
         m.submodules.array = array = SystolicArray(cfg)
-        m.submodules.requant = requant = Requantizer(rows, tag_width=PIXEL + DIM, target=cfg.target)
+        m.submodules.requant = requant = Requantizer(rows, tag_width=PIXEL + DIM, target=cfg.target,
+                                                     lane_fetch=cfg.target == "ice40")
 
         # Writes always complete in their cycle.
         m.d.comb += [self.act_write.ready.eq(1), self.weight_write.ready.eq(1), self.param_write.ready.eq(1)]
@@ -245,8 +258,12 @@ class ConvEngine(wiring.Component):
         wp = weights.write_port()
         m.d.comb += [wp.addr.eq(self.weight_write.payload.addr), wp.data.eq(self.weight_write.payload.data),
                      wp.en.eq(self.weight_write.valid)]
-        m.submodules.params = params = Memory(shape=data.ArrayLayout(lane_params_layout(), rows),
-                                              depth=self.param_depth, init=[])
+        # On ice40 one lane a row (one serial requantizer lane reads them in turn): 70 bits fill 5 EBRs, where
+        # rows of 4 lanes would take 18.
+        serial = cfg.target == "ice40"
+        m.submodules.params = params = Memory(
+            shape=lane_params_layout() if serial else data.ArrayLayout(lane_params_layout(), rows),
+            depth=self.param_depth * rows if serial else self.param_depth, init=[])
         wp = params.write_port()
         m.d.comb += [wp.addr.eq(self.param_write.payload.addr), wp.data.eq(self.param_write.payload.data),
                      wp.en.eq(self.param_write.valid)]
@@ -363,34 +380,64 @@ class ConvEngine(wiring.Component):
         out_cursor = _TileCursor(m, layer, span, cols, "out")
         out_block_o = Signal(DIM)
         column = array.o_columns.payload
-        p_advance = Signal()
-        p_keep = Signal()
-        p_acc = Signal.like(column.acc)
-        p_tag = Signal(data.StructLayout({"pixel": PIXEL, "channel": DIM}))
-        m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
-        m.d.comb += array.o_columns.ready.eq(p_advance)
-        param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
-        prp = params.read_port()
-        m.d.comb += [prp.addr.eq(param_addr), prp.en.eq(p_advance)]
-        taken = array.o_columns.valid & p_advance
-        with m.If(p_advance):
-            m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
-                         p_acc.eq(column.acc), p_tag.pixel.eq(out_cursor.pixel0 + column.col),
-                         p_tag.channel.eq(out_block_o * rows)]
         out_block_last = (out_block_o + 1) * rows >= layer.out_c
-        with m.If(setup):
-            m.d.sync += out_cursor.reset() + [out_block_o.eq(0), param_addr.eq(layer.param_base)]
-        with m.Elif(taken & (column.col == cols - 1)):
+        taken = array.o_columns.valid & array.o_columns.ready
+        with m.If(taken & (column.col == cols - 1)):
             with m.If(out_cursor.last_tile):
-                m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1), param_addr.eq(param_addr + 1)]
+                m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
                 with m.If(out_block_last):
                     m.d.sync += out_run.eq(0)
             with m.Else():
                 m.d.sync += out_cursor.advance()
-        # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not copied as raw bits.
-        m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
-        m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
-                     requant.i_acc.payload.params.eq(prp.data), requant.i_acc.payload.tag.eq(p_tag)]
+        with m.If(setup):
+            m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
+        tag = Signal(data.StructLayout({"pixel": PIXEL, "channel": DIM}))
+        if serial:
+            # The serial lane reads the column in place (the array holds it until it is taken) and its parameters
+            # a lane at a time; a column past the layer's pixels is taken at once. No copy of the column, no
+            # parameter beat.
+            keep = Signal()
+            m.d.comb += keep.eq(Array(out_cursor.pixel_valid)[column.col])
+            # The layer ends with its last pixel: the columns after it (the last tile's padding) stay in the
+            # array, which drops them when the next layer starts, so the run ends as soon after its last result
+            # on this target as on the others.
+            next_invalid = Array([~v for v in out_cursor.pixel_valid[1:]] + [Const(1)])[column.col]
+            with m.If(taken & keep & next_invalid & out_cursor.last_tile & out_block_last):
+                m.d.sync += out_run.eq(0)
+            m.d.comb += [requant.i_acc.valid.eq(array.o_columns.valid & keep),
+                         array.o_columns.ready.eq(~keep | requant.i_acc.ready),
+                         array.drain_row.eq(requant.lane), requant.acc.eq(array.drain_acc),
+                         array.restart.eq(setup)]
+            param_row = Signal(range(self.param_depth * rows))     # (param_base + out_block_o) * rows
+            with m.If(setup):
+                m.d.sync += param_row.eq(layer.param_base * rows)
+            with m.Elif(taken & (column.col == cols - 1) & out_cursor.last_tile):
+                m.d.sync += param_row.eq(param_row + rows)
+            prp = params.read_port()
+            m.d.comb += [prp.addr.eq(param_row + requant.lane), requant.params.eq(prp.data)]
+            m.d.comb += [tag.pixel.eq(out_cursor.pixel0 + column.col), tag.channel.eq(out_block_o * rows)]
+            m.d.comb += requant.i_acc.payload.tag.eq(tag)
+        else:
+            p_advance = Signal()
+            p_keep = Signal()
+            p_acc = Signal.like(column.acc)
+            m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
+            m.d.comb += array.o_columns.ready.eq(p_advance)
+            param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
+            prp = params.read_port()
+            m.d.comb += [prp.addr.eq(param_addr), prp.en.eq(p_advance)]
+            with m.If(p_advance):
+                m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
+                             p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column.col),
+                             tag.channel.eq(out_block_o * rows)]
+            with m.If(setup):
+                m.d.sync += param_addr.eq(layer.param_base)
+            with m.Elif(taken & (column.col == cols - 1) & out_cursor.last_tile):
+                m.d.sync += param_addr.eq(param_addr + 1)
+            # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not raw bits.
+            m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
+            m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
+                         requant.i_acc.payload.params.eq(prp.data), requant.i_acc.payload.tag.eq(tag)]
 
         m.d.comb += [self.o_data.valid.eq(requant.o_data.valid), requant.o_data.ready.eq(self.o_data.ready),
                      self.o_data.payload.data.eq(requant.o_data.payload.data),

@@ -16,12 +16,12 @@ Pipeline: bias add | left shift | 32x32 multiply | high part (or single-rounding
 zero point and clamp. Six register stages, one result per cycle per lane; the whole pipeline stalls only while
 the output is held by back-pressure.
 
-Target ``"ice40"``: serial datapath
-------------------------------------
+Target ``"ice40"``: one serial lane for all the lanes
+-----------------------------------------------------
 On the iCE40UP5K every DSP block computes MACs and a parallel 32x32 multiplier with 64-bit barrel shifters
-costs several thousand LUTs per lane, so ``target="ice40"`` builds a serial version that computes the same
-numbers with one adder per lane. Each lane runs two passes of a radix-4 Booth multiplier (16 cycles each,
-operand digits taken straight from the held input beat):
+costs several thousand LUTs per lane, so ``target="ice40"`` builds one serial lane that computes the same
+numbers with one adder, channel after channel of the beat. Per channel it runs two passes of a radix-4 Booth
+multiplier (16 cycles each):
 
 1. ``p = wrap32(x << left) * multiplier`` (single rounding: ``x * multiplier``). The product's low bits leave
    the accumulator two per cycle; only bit 31, bit 30 and "bits 29..0 are zero" are kept. gemmlowp's nudge
@@ -31,9 +31,15 @@ operand digits taken straight from the held input beat):
    above bit 31 is ``value >> right``, bit 30 is the half bit and bits 29..0 the sticky bits, which give TFLite's
    rounding divide (half away from zero) or single rounding's half up. A zero shift skips the pass's result.
 
-Then zero point and clamp, as in the parallel version. A beat takes :func:`requant_interval` cycles (the input
-is acknowledged when its result enters the output register) and nothing overlaps, so the block needs no
-pipeline registers beyond the per-lane accumulator, multiplicand and a few flags.
+Then zero point and clamp, as in the parallel version; the int8 result shifts into the output register, which
+becomes valid with the beat's last channel. Beats come :func:`requant_interval` cycles apart (the input is
+acknowledged when its last result enters the output register) and nothing overlaps.
+
+With ``lane_fetch=True`` (what the conv engine builds) the block reads one channel at a time: it shows the
+channel it needs on ``lane``, takes that channel's accumulator on ``acc`` in the same cycle and its parameters on
+``params`` one cycle later (a synchronous memory read addressed by ``lane``), so neither a beat of ``lanes``
+accumulators nor ``lanes`` parameter sets are ever held. Without it the block has the beat interface of the
+other targets and picks the lane's accumulator and parameters from the beat.
 
 Single rounding with a positive shift (an effective scale above 1) needs a left shift the serial path does not
 have; :func:`check_shifts` refuses it for that target and the compiler must call it.
@@ -43,7 +49,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Requantizer", "lane_params_layout", "requant_input_layout", "requant_output_layout",
+__all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout", "requant_output_layout",
            "requant_interval", "requant_latency", "check_shifts", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
 
 INT32_MIN = -(1 << 31)
@@ -53,20 +59,31 @@ SHIFT_MIN, SHIFT_MAX = -31, 30
 REQUANT_LATENCY = 6
 #: Booth radix-4 digits of a 32-bit operand: cycles of one pass of the serial (ice40) multiplier.
 _PASS_CYCLES = 16
+#: Phases of the serial lane: waiting for a beat (its first parameters are being read), loading a channel, the
+#: two passes and the cycle between them, rounding, writing the result (which also loads the next channel).
+_IDLE, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(7)
 _TARGETS = ("generic", "ice40", "ecp5")
 
 
-def requant_interval(target="generic"):
-    """Cycles between two beats the requantizer of ``target`` can accept back to back (1 when pipelined).
-
-    The serial ice40 version spends one cycle seeing the beat, two passes of :data:`_PASS_CYCLES`, one cycle
-    between them, one rounding and one clamping and writing the result (which acknowledges the beat)."""
-    return 1 if target != "ice40" else 2 * _PASS_CYCLES + 4
+def _check_lanes(lanes):
+    if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
+        raise ValueError(f"lanes must be an integer from 1 to 64, not {lanes!r}")
 
 
-def requant_latency(target="generic"):
+def requant_interval(target="generic", lanes=1):
+    """Cycles between two beats of ``lanes`` channels the requantizer of ``target`` can accept back to back (1
+    when pipelined).
+
+    The serial ice40 lane spends one cycle seeing the beat (its first parameters are read meanwhile), one
+    loading the first channel, and per channel two passes of :data:`_PASS_CYCLES`, one cycle between them, one
+    rounding and one writing the result (which loads the next channel, or acknowledges the beat)."""
+    _check_lanes(lanes)
+    return 1 if target != "ice40" else 2 + lanes * (2 * _PASS_CYCLES + 3)
+
+
+def requant_latency(target="generic", lanes=1):
     """Cycles from a beat becoming valid at the input (the requantizer idle) to its result being valid."""
-    return REQUANT_LATENCY if target != "ice40" else requant_interval(target)
+    return REQUANT_LATENCY if target != "ice40" else requant_interval(target, lanes)
 
 
 def check_shifts(target, rounding, shifts, name="layer"):
@@ -78,6 +95,12 @@ def check_shifts(target, rounding, shifts, name="layer"):
         if bad.size:
             raise ValueError(f"layer {name!r}: single rounding with a positive shift (channel {int(bad[0])}) is "
                              f"not supported by the ice40 requantizer; use double rounding")
+
+
+def lane_fetch_input_layout(tag_width=0):
+    """One input beat of the lane-fetch (ice40) requantizer: only its ``tag``; accumulators and parameters are
+    read a lane at a time."""
+    return data.StructLayout({"tag": tag_width} if tag_width else {})
 
 
 def lane_params_layout():
@@ -114,10 +137,13 @@ class Requantizer(wiring.Component):
     tag_width : int
         Width of an opaque tag carried from each input beat to its output beat (0 for none).
     target : str
-        ``"ice40"`` builds the serial datapath (see the module docstring). ``"ecp5"`` builds the 32x32 multiply
+        ``"ice40"`` builds one serial lane shared by the ``lanes`` channels (see the module docstring). ``"ecp5"`` builds the 32x32 multiply
         from LUTs in two halves (its multiplier blocks all go to the MAC array): stage 2 registers eight 32x4
         partial products of the shifted value, stage 3 adds them; same numbers, same cycles. ``"generic"``
         makes stage 3 one ``*`` (a DSP block where there is one).
+    lane_fetch : bool
+        Target ``"ice40"`` only: read the accumulators and parameters one lane at a time (``lane``, ``acc``,
+        ``params`` below) instead of from the beat.
 
     Members
     -------
@@ -127,27 +153,42 @@ class Requantizer(wiring.Component):
         0: TFLite's double rounding; 1: single rounding. Layer-constant: change only while the pipeline is empty.
     zero_point, qmin, qmax : In(signed(8))
         Output zero point and clamp bounds (ReLU/ReLU6 are clamp bounds). Layer-constant, as above.
+
+    With ``lane_fetch``, ``i_acc`` carries :func:`lane_fetch_input_layout` (the tag only) and three more members:
+
+    lane : Out(range(lanes))
+        The channel the block reads next.
+    acc : In(signed(32))
+        Accumulator of channel ``lane``, in the same cycle (a multiplexer over the held beat).
+    params : In(lane_params_layout())
+        Parameters of the channel ``lane`` showed in the previous cycle (a synchronous memory read).
     """
 
-    def __init__(self, lanes, tag_width=0, *, target="generic"):
-        if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
-            raise ValueError(f"lanes must be an integer from 1 to 64, not {lanes!r}")
+    def __init__(self, lanes, tag_width=0, *, target="generic", lane_fetch=False):
+        _check_lanes(lanes)
         if not isinstance(tag_width, int) or tag_width < 0:
             raise ValueError(f"tag_width must be a non-negative integer, not {tag_width!r}")
         if target not in _TARGETS:
             raise ValueError(f"target must be one of {_TARGETS}, not {target!r}")
+        if lane_fetch and target != "ice40":
+            raise ValueError(f"lane_fetch is a mode of the ice40 requantizer, not of target {target!r}")
         self._lanes = lanes
         self._tag_width = tag_width
         self._target = target
         self._split_product = target == "ecp5"
-        super().__init__({
-            "i_acc": In(stream.Signature(requant_input_layout(lanes, tag_width))),
+        self._lane_fetch = bool(lane_fetch)
+        members = {
+            "i_acc": In(stream.Signature(lane_fetch_input_layout(tag_width) if lane_fetch
+                                         else requant_input_layout(lanes, tag_width))),
             "o_data": Out(stream.Signature(requant_output_layout(lanes, tag_width))),
             "single_rounding": In(1),
             "zero_point": In(signed(8)),
             "qmin": In(signed(8)),
             "qmax": In(signed(8)),
-        })
+        }
+        if lane_fetch:
+            members.update({"lane": Out(range(lanes)), "acc": In(signed(32)), "params": In(lane_params_layout())})
+        super().__init__(members)
 
     @property
     def lanes(self):
@@ -268,77 +309,100 @@ class Requantizer(wiring.Component):
 
     # --- serial datapath (target "ice40") -------------------------------------------------------------------------
 
+    def _elaborate_beat_feed(self):
+        """The beat interface around the lane-fetch core: the lane's accumulator is picked from the held beat, its
+        parameters through a register (the one-cycle latency of the memory the conv engine reads them from)."""
+        m = Module()
+        m.submodules.lane = core = Requantizer(self._lanes, self._tag_width, target="ice40", lane_fetch=True)
+        m.d.comb += [core.single_rounding.eq(self.single_rounding), core.zero_point.eq(self.zero_point),
+                     core.qmin.eq(self.qmin), core.qmax.eq(self.qmax),
+                     core.i_acc.valid.eq(self.i_acc.valid), self.i_acc.ready.eq(core.i_acc.ready),
+                     core.acc.eq(self.i_acc.payload.acc[core.lane])]
+        if self._tag_width:
+            m.d.comb += core.i_acc.payload.tag.eq(self.i_acc.payload.tag)
+        params = Signal(lane_params_layout())
+        m.d.sync += params.eq(self.i_acc.payload.params[core.lane])
+        m.d.comb += core.params.eq(params)
+        wiring.connect(m, core.o_data, wiring.flipped(self.o_data))
+        return m
+
     def _elaborate_serial(self):
+        if not self._lane_fetch:
+            return self._elaborate_beat_feed()
         m = Module()
         o = self.o_data
-        # phase: 0 idle, 1 first pass, 2 between passes, 3 second pass, 4 rounding, 5 writing the result.
-        phase = Signal(range(6))
+        lanes = self._lanes
+        phase = Signal(range(7))
         step = Signal(range(_PASS_CYCLES))
         last_step = step == _PASS_CYCLES - 1
-        finish = Signal()
-        m.d.comb += finish.eq((phase == 5) & (~o.valid | o.ready))
-        # The beat stays on the input (stream rule) until its result is written; only then is it taken.
+        # ``last``: the channel being computed is the beat's last (set when it is loaded, as ``lane`` moves on).
+        last = Signal()
+        free = Signal()
+        m.d.comb += free.eq(~o.valid | o.ready)
+        write, load, finish = Signal(), Signal(), Signal()
+        # A result goes into the output register only while it is free: the register shifts, one lane a write.
+        m.d.comb += [write.eq((phase == _WRITE) & free), finish.eq(write & last),
+                     load.eq((phase == _LOAD) | (write & ~last))]
+        # The beat stays on the input (stream rule) until its last result is written; only then is it taken.
         m.d.comb += self.i_acc.ready.eq(finish)
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
+        with m.If(finish):
+            m.d.sync += o.valid.eq(1)
+            if self._tag_width:
+                m.d.sync += o.payload.tag.eq(self.i_acc.payload.tag)
+        with m.If(load):
+            m.d.sync += [last.eq(self.lane == lanes - 1), self.lane.eq(Mux(self.lane == lanes - 1, 0, self.lane + 1)),
+                         phase.eq(_PASS1), step.eq(0)]
         with m.Switch(phase):
-            with m.Case(0):
+            with m.Case(_IDLE):
                 with m.If(self.i_acc.valid):
-                    m.d.sync += [phase.eq(1), step.eq(0)]
-            with m.Case(1, 3):
+                    m.d.sync += phase.eq(_LOAD)
+            with m.Case(_PASS1, _PASS2):
                 m.d.sync += step.eq(step + 1)
                 with m.If(last_step):
                     m.d.sync += phase.eq(phase + 1)
-            with m.Case(2):
-                m.d.sync += [phase.eq(3), step.eq(0)]
-            with m.Case(4):
-                m.d.sync += phase.eq(5)
-            with m.Case(5):
+            with m.Case(_BETWEEN):
+                m.d.sync += phase.eq(_PASS2)
+            with m.Case(_ROUND):
+                m.d.sync += phase.eq(_WRITE)
+            with m.Case(_WRITE):
                 with m.If(finish):
-                    m.d.sync += [phase.eq(0), o.valid.eq(1)]
-                    if self._tag_width:
-                        m.d.sync += o.payload.tag.eq(self.i_acc.payload.tag)
-        for lane in range(self._lanes):
-            self._serial_lane(m, lane, phase, step, last_step, finish)
-        return m
+                    m.d.sync += phase.eq(_IDLE)
 
-    def _serial_lane(self, m, lane, phase, step, last_step, finish):
-        acc = self.i_acc.payload.acc[lane]
-        params = self.i_acc.payload.params[lane]
+        params = self.params
         single = self.single_rounding
-
-        def sig(shape, name):
-            return Signal(shape, name=f"l{lane}_{name}")
-
-        x = sig(signed(32), "x")
-        m.d.comb += x.eq((acc + params.bias)[:32].as_signed())
+        x = Signal(signed(32))
+        m.d.comb += x.eq((self.acc + params.bias)[:32].as_signed())
         shift = params.shift
-        left = sig(range(31), "left")              # double rounding only
+        left = Signal(range(31))                  # double rounding only
         m.d.comb += left.eq(Mux(single | (shift <= 0), 0, shift))
-        right = sig(range(32), "right")             # latched with the beat: it steers the second pass and the end
-        with m.If(phase == 0):
+        right = Signal(range(32))                 # latched with the channel: it steers the second pass and the end
+        with m.If(load):
             m.d.sync += right.eq(Mux(shift < 0, -shift, 0))
 
         # Booth digit ``step`` reads a[2k+1], a[2k], a[2k-1] from the low bits of ``operand``, which shifts by two
-        # per digit. First pass: a = wrap32(x << left). Bit j of a is bit j - left of x (zero below), so the
-        # first ``left // 2`` digits are zero (``wait`` counts them down, ``go`` says they are over) and then
-        # ``operand`` holds x (shifted by one more when left is odd, a[-1] = 0 below). Second pass: a =
-        # 2**(31 - right), loaded between the passes. Everything the digit depends on is a register, so the
-        # cycle is one digit decode, the addend select and the adder.
-        operand = sig(34, "operand")
-        wait = sig(range(16), "wait")
-        go = sig(1, "go")
+        # per digit. A pass multiplies by ``a = v << e``: the first ``e // 2`` digits are zero (``wait`` counts
+        # them down, ``go`` says they are over), then ``operand`` holds v (shifted by one more when e is odd,
+        # a[-1] = 0 below). First pass: v = x, e = left. Second pass: v = 1, e = 31 - right (the complement of
+        # right's five bits), so 2**(31 - right) costs no decoder. Everything the digit depends on is a
+        # register, so the cycle is one digit decode, the addend select and the adder.
+        operand = Signal(34)
+        wait = Signal(range(16))
+        go = Signal()
         load_first = Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x))
-        load_second = Cat(Const(0, 1), Const(1 << 31, 32) >> right)
+        exponent = Signal(5)
+        m.d.comb += exponent.eq(~right[:5])
+        load_second = Mux(exponent[0], Const(0b100, 3), Const(0b010, 3))
         # The digit is decoded a cycle ahead, from the window the next step will see, and registered.
-        next_window = sig(3, "next_window")
-        with m.If(phase == 0):
+        next_window = Signal(3)
+        with m.If(load):
             m.d.sync += [operand.eq(load_first), wait.eq(left >> 1), go.eq((left >> 1) == 0)]
             m.d.comb += next_window.eq(Mux((left >> 1) == 0, load_first[:3], 0))
-        with m.Elif(phase == 2):
-            m.d.sync += [operand.eq(load_second), go.eq(1)]
-            m.d.comb += next_window.eq(load_second[:3])
-        with m.Elif((phase == 1) | (phase == 3)):
+        with m.Elif(phase == _BETWEEN):
+            m.d.sync += [operand.eq(load_second), wait.eq(exponent >> 1), go.eq((exponent >> 1) == 0)]
+            m.d.comb += next_window.eq(Mux((exponent >> 1) == 0, load_second, 0))
+        with m.Elif((phase == _PASS1) | (phase == _PASS2)):
             with m.If(go):
                 m.d.sync += operand.eq(operand >> 2)
                 m.d.comb += next_window.eq(operand[2:5])
@@ -346,47 +410,47 @@ class Requantizer(wiring.Component):
                 m.d.sync += [wait.eq(wait - 1), go.eq(wait == 1)]
                 m.d.comb += next_window.eq(Mux(wait == 1, operand[:3], 0))
         n0, n1, n2 = next_window[0], next_window[1], next_window[2]
-        negative, one, two = sig(1, "negative"), sig(1, "one"), sig(1, "two")
+        negative, one, two = Signal(), Signal(), Signal()
         m.d.sync += [negative.eq(n2 & ~(n1 & n0)), one.eq(n1 ^ n0),
                      two.eq((n2 & ~n1 & ~n0) | (~n2 & n1 & n0))]
 
         # The multiplicand register: the multiplier for the first pass, then the first pass's result (33 bits:
         # single rounding's p >> 31 reaches 2**31), which is also the result when the shift is 0.
-        held = sig(signed(33), "held")
-        mc = held
-        with m.If(phase == 0):
+        held = Signal(signed(33))
+        with m.If(load):
             m.d.sync += held.eq(params.multiplier)
-        addend = sig(signed(35), "addend")
-        m.d.comb += addend.eq(Mux(one, mc, Mux(two, mc << 1, 0)))
-        high = sig(signed(36), "high")             # the product above the bits already shifted out
-        total = sig(signed(37), "total")
-        m.d.comb += total.eq(Mux(negative, high - addend, high + addend))
-        low2 = sig(2, "low2")                       # product bits 31 and 30 once a pass is done
-        zero = sig(1, "zero")                       # product bits 29..0 are all zero
+        # A negative digit adds the complement and a carry in: one adder, no subtractor beside it.
+        addend = Signal(signed(35))
+        m.d.comb += addend.eq(Mux(one, held, Mux(two, held << 1, 0)))
+        high = Signal(signed(36))                 # the product above the bits already shifted out
+        total = Signal(signed(37))
+        m.d.comb += total.eq(high + Mux(negative, ~addend, addend) + negative)
+        low2 = Signal(2)                          # product bits 31 and 30 once a pass is done
+        zero = Signal()                           # product bits 29..0 are all zero
 
-        bypass = sig(1, "bypass")
-        hi_neg = sig(1, "hi_neg")
-        quotient = sig(signed(37), "quotient")      # p >> 31 of the pass just finished
+        bypass = Signal()
+        hi_neg = Signal()
+        quotient = Signal(signed(37))             # p >> 31 of the pass just finished
         m.d.comb += quotient.eq(Cat(low2[1], high).as_signed())
         # One incrementer serves both roundings: half up after the first pass (bit 30), TFLite's rounding divide
         # (half away from zero: the half bit, and for a negative value a sticky bit too) or half up after the
         # second.
-        up = sig(1, "up")
-        m.d.comb += up.eq(Mux(phase == 2, low2[0], low2[0] & (single | ~hi_neg | ~zero)))
-        rounded = sig(signed(34), "rounded")
+        up = Signal()
+        m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0], low2[0] & (single | ~hi_neg | ~zero)))
+        rounded = Signal(signed(34))
         m.d.comb += rounded.eq(quotient + up)
         # After the first pass only INT32_MIN * INT32_MIN reaches 2**31 (and nothing goes below -2**31).
         saturated = Mux(rounded[31] & ~rounded[-1], INT32_MAX, rounded)
 
-        with m.If((phase == 1) | (phase == 3)):
+        with m.If((phase == _PASS1) | (phase == _PASS2)):
             m.d.sync += high.eq(total >> 2)
             with m.If(last_step):
                 m.d.sync += low2.eq(total[:2])
             with m.Else():
                 m.d.sync += zero.eq(zero & (total[:2] == 0))
-        with m.If(phase == 0):
+        with m.If(load):
             m.d.sync += [high.eq(0), zero.eq(1)]
-        with m.If(phase == 2):
+        with m.If(phase == _BETWEEN):
             # Double: the saturating rounding doubling high multiply. Single: p >> 31 itself, unless the shift
             # is 0 (then the half-up rounding just done is the result).
             m.d.sync += [
@@ -396,19 +460,23 @@ class Requantizer(wiring.Component):
                 high.eq(0), zero.eq(1),
             ]
 
-        result = sig(signed(34), "result")          # registered: rounding and clamping take a cycle each
-        with m.If(phase == 4):
-            m.d.sync += result.eq(Mux(bypass, held, rounded))
-        # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point.
-        sign = result[-1]
-        above = ~sign & (result[8:] != 0)
-        below = sign & (result[8:] != (1 << (len(result) - 8)) - 1)
-        biased = sig(signed(11), "biased")
-        m.d.comb += biased.eq(result[:10].as_signed() + self.zero_point)
+        # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
+        # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).
+        value = Signal(signed(34))
+        m.d.comb += value.eq(Mux(bypass, held, rounded))
+        result, above, below = Signal(10), Signal(), Signal()
+        with m.If(phase == _ROUND):
+            m.d.sync += [result.eq(value[:10]), above.eq(~value[-1] & (value[8:] != 0)),
+                         below.eq(value[-1] & (value[8:] != (1 << (len(value) - 8)) - 1))]
+        biased = Signal(signed(11))
+        m.d.comb += biased.eq(result.as_signed() + self.zero_point)
         clamped = Mux(above, self.qmax, Mux(below, self.qmin,
                       Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))))
-        with m.If(finish):
-            m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])
+        out = o.payload.data.as_value()
+        with m.If(write):
+            # Lane 0 is written first and ends at the bottom after ``lanes`` writes.
+            m.d.sync += out.eq(Cat(out[8:], clamped[:8]) if lanes > 1 else clamped[:8])
+        return m
 
     def _split_tail(self, m, lane, reg, single, ab3, sat3, truncated, total2, total3, right3, high4, right4,
                     scaled5):

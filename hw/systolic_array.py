@@ -26,17 +26,19 @@ Target ``"ice40"`` (``config.target``) changes two things and keeps every cycle 
 * the drain is decoupled: the shadows are the output buffer. A finished column stays pending in its shadows and
   ``o_columns`` shows the oldest pending column (columns still in order) until it is taken; the array keeps
   computing meanwhile and stalls only when the next tile is about to overwrite a column that was not taken.
-  The requantizer of that target needs several cycles per column (hw/requantizer.py), so
+  The requantizer of that target needs many cycles per column (hw/requantizer.py), so
   :func:`min_tile_beats` spaces tiles by the time it takes to drain ``cols`` columns through it: with a
   consumer that keeps up, no stall ever happens and the cycle model stays a closed formula. When the consumer
-  takes every column at once, the output timing equals the generic array's.
+  takes every column at once, the output timing equals the generic array's. The serial requantizer reads one
+  accumulator at a time: ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the
+  column is never copied out of the shadows.
 
 With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
 registers load the same operands as the PE's hop registers and whose output register is the product stage:
 same cycles, same numbers, and no fabric logic between a register and the block.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,13 +72,17 @@ def min_tile_beats(config):
     """Fewest cycles between two ``last`` beats: the columns of a tile drain one per cycle (``cols``) and the top
     row's shadow must outlive the bottom row's finish by one cycle (``rows + 1``).
 
-    On target ``"ice40"`` the columns drain at the requantizer's pace (:func:`~.requantizer.requant_interval`
-    cycles each), so tiles are spaced by ``cols`` such intervals; the top row of column ``c`` of the next tile
-    then finishes no earlier than the cycle column ``c`` is taken, and the decoupled drain never stalls."""
+    On target ``"ice40"`` one serial requantizer lane takes a column's ``rows`` channels in
+    :func:`~.requantizer.requant_interval` cycles and takes the column when its last result is written. Column
+    ``c`` shows ``rows + 1`` cycles after its top row finished and is taken ``(c + 1) * interval - 1`` cycles
+    after column 0 showed, while the next tile's top row of column ``c`` finishes ``spacing + c`` cycles after
+    this tile's column 0 did; so tiles ``cols * interval + rows - cols + 1`` beats apart keep the decoupled drain
+    from ever stalling, with a consumer that keeps up."""
     generic = max(config.cols, config.rows + 1)
     if config.target != "ice40":
         return generic
-    return max(generic, config.cols * requant_interval(config.target))
+    interval = requant_interval(config.target, config.rows)
+    return max(generic, config.cols * interval + config.rows - config.cols + 1)
 
 
 def array_latency(config):
@@ -104,6 +110,14 @@ class SystolicArray(wiring.Component):
         One beat per reduction step of a tile.
     o_columns : Out(stream.Signature(column_layout(config)))
         ``cols`` beats per tile, columns in order. Accumulators wrap modulo ``2**acc_width``.
+    restart : In(1)
+        Target ``"ice40"`` only: a new layer starts. Columns still pending (a layer's last columns past its
+        pixels, which its consumer need not take) are dropped, and the next tile's ``last`` beat needs no spacing
+        (hundreds of cycles on this target, which would otherwise reach across layers).
+    drain_row : In(range(rows))
+        Target ``"ice40"`` only: the row ``drain_acc`` shows.
+    drain_acc : Out(signed(acc_width))
+        Target ``"ice40"`` only: the accumulator of row ``drain_row`` of the column ``o_columns`` shows.
     """
 
     def __init__(self, config, *, dsp_model=False):
@@ -111,10 +125,14 @@ class SystolicArray(wiring.Component):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         self._config = config
         self._dsp_model = bool(dsp_model)
-        super().__init__({
+        members = {
             "i_beats":   In(stream.Signature(beat_layout(config))),
             "o_columns": Out(stream.Signature(column_layout(config))),
-        })
+        }
+        if config.target == "ice40":
+            members.update({"restart": In(1), "drain_row": In(range(config.rows)),
+                            "drain_acc": Out(signed(config.acc_width))})
+        super().__init__(members)
 
     @property
     def config(self):
@@ -147,6 +165,9 @@ class SystolicArray(wiring.Component):
                 m.d.sync += since_last.eq(0)
             with m.Elif(since_last != gap):
                 m.d.sync += since_last.eq(since_last + 1)
+        if decoupled:
+            with m.If(self.restart):
+                m.d.sync += since_last.eq(gap)
 
         def delayed(value, cycles, name):
             """``value`` delayed by ``cycles`` enabled cycles."""
@@ -249,6 +270,7 @@ class SystolicArray(wiring.Component):
             for c in range(cols):
                 with m.Case(c):
                     m.d.comb += [o.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
+                    m.d.comb += self.drain_acc.eq(Array(shadow[r][c] for r in range(rows))[self.drain_row])
         taken = Signal(cols)
         m.d.comb += taken.eq(Mux(o.valid & o.ready, 1 << next_col, 0))
         with m.If(o.valid & o.ready):
@@ -264,3 +286,5 @@ class SystolicArray(wiring.Component):
         done = Signal(cols)
         m.d.comb += done.eq(Mux(en, Cat(*column_done), 0))
         m.d.sync += pending.eq((pending & ~taken) | done)
+        with m.If(self.restart):
+            m.d.sync += [pending.eq(0), next_col.eq(0)]

@@ -53,7 +53,7 @@ def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stal
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.run_until(1e-8 * (50 + (10 + requant_interval(target)) * beats))
+    sim.run_until(1e-8 * (50 + (10 + requant_interval(target, lanes)) * beats))
     assert len(got) == beats, f"seed {seed}: {len(got)} of {beats} results came out"
     return np.array(got, np.int64), np.array(tags)
 
@@ -185,4 +185,4 @@ def test_ice40_verilator_double_and_single():
     np.testing.assert_array_equal(got, golden(single, 0, -128, 127, "single"), err_msg=f"seed {seed}")
     # One beat every requant_interval cycles; as for the pipelined version, the count ends with the last
     # result's handshake (generic: beats + REQUANT_LATENCY).
-    assert cycles == (len(single["acc"]) - 1) * requant_interval("ice40") + requant_latency("ice40") + 1
+    assert cycles == (len(single["acc"]) - 1) * requant_interval("ice40", 4) + requant_latency("ice40", 4) + 1

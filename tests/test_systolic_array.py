@@ -80,18 +80,20 @@ def test_ice40_slow_consumer_never_loses_a_column():
 
 
 def test_ice40_consumer_at_the_requantizer_pace_costs_no_cycle():
-    # Tiles at the ice40 spacing with a consumer taking one column per requantizer interval: the array keeps one
-    # beat per cycle, and only the last tile's drain at that pace comes on top of the beats.
+    # Tiles at the ice40 spacing with a consumer taking one column per requantizer interval (one serial lane for
+    # the column's rows channels): the array keeps one beat per cycle, and only the last tile's drain at that
+    # pace comes on top of the beats.
     from cnnacc.hw.requantizer import requant_interval
+    interval = requant_interval("ice40", ICE40.rows)
     depth = min_tile_beats(ICE40)
-    assert depth == ICE40.cols * requant_interval("ice40")
+    assert depth == ICE40.cols * interval + ICE40.rows - ICE40.cols + 1
     tiles = random_tiles(ICE40, 34, count=3, depths=[depth])
-    got, cycles = tb.run_amaranth(ICE40, tiles, stall_cycles=requant_interval("ice40"))
+    got, cycles = tb.run_amaranth(ICE40, tiles, stall_cycles=interval)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
     got_fast, fast = tb.run_amaranth(ICE40, tiles)
     np.testing.assert_array_equal(got_fast, tb.golden_tiles(tiles))
     assert fast == 3 * depth + array_latency(ICE40) + ICE40.cols
-    assert cycles == fast + (ICE40.cols - 1) * (requant_interval("ice40") - 1)
+    assert cycles == fast + (ICE40.cols - 1) * (interval - 1)
 
 
 def test_ice40_verilator_sb_mac16_equals_generic():
@@ -99,9 +101,10 @@ def test_ice40_verilator_sb_mac16_equals_generic():
     # spacing, the same cycles as the generic array.
     seed = 35
     generic = AcceleratorConfig(rows=4, cols=4)
-    tiles = random_tiles(ICE40, seed, count=4, depths=[min_tile_beats(ICE40), 150])
-    extremes = [(np.full((min_tile_beats(ICE40), 4), -128, np.int8), np.full((min_tile_beats(ICE40), 4), -128, np.int8)),
-                (np.full((200, 4), 127, np.int8), np.full((200, 4), -128, np.int8))]
+    spacing = min_tile_beats(ICE40)
+    tiles = random_tiles(ICE40, seed, count=4, depths=[spacing, spacing + 50])
+    extremes = [(np.full((spacing, 4), -128, np.int8), np.full((spacing, 4), -128, np.int8)),
+                (np.full((spacing + 50, 4), 127, np.int8), np.full((spacing + 50, 4), -128, np.int8))]
     tiles = extremes + tiles
     got, cycles = tb.run_rtl(ICE40, tiles, seed=seed)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
