@@ -57,6 +57,9 @@ DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
 PIXEL = 24        # bits of a flat pixel index
 FLAT = 26         # signed bits of a flat input pixel index, padding offsets included
 BASE = 20         # bits of a memory base address (depths go up to 2**20 words)
+#: Memory attribute: a read and a write of one address in one cycle never happen (the engine reads only what
+#: a run owns, and the host may not write it then), so synthesis need not emulate read-first behaviour.
+NO_RW_CHECK = {"no_rw_check": 1}
 
 
 class ConvLayer(data.Struct):
@@ -167,6 +170,19 @@ def output_layout(config):
 
 def _write_signature(addr_depth, payload_shape):
     return stream.Signature(data.StructLayout({"addr": range(addr_depth), "data": payload_shape}))
+
+
+def _registered_read(m, memory, addr, en, name):
+    """A synchronous read of ``memory`` (data the cycle after ``en``, held while ``en`` is low), written as an
+    asynchronous port and a register: yosys then merges the register into the block RAM's port and honours the
+    memory's ``no_rw_check``, where a synchronous port would get read-first emulation (a register and a compare
+    per port) that no run needs (see :data:`NO_RW_CHECK`)."""
+    port = memory.read_port(domain="comb")
+    data = Signal(port.data.shape(), name=name)
+    m.d.comb += port.addr.eq(addr)
+    with m.If(en):
+        m.d.sync += data.eq(port.data)
+    return data
 
 
 class _TileCursor:
@@ -315,18 +331,18 @@ class ConvEngine(wiring.Component):
         # --- memories -----------------------------------------------------------------------------------------
         act_mems = []
         for j in range(nb):
-            mem = m.submodules[f"act_bank_{j}"] = Memory(shape=8, depth=self.act_depth, init=[])
+            mem = m.submodules[f"act_bank_{j}"] = Memory(shape=8, depth=self.act_depth, init=[], attrs=NO_RW_CHECK)
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(self.act_write.payload.addr), wp.data.eq(self.act_write.payload.data[j]),
                          wp.en.eq(self.act_write.valid)]
             act_mems.append(mem)
         m.submodules.weights = weights = Memory(shape=data.ArrayLayout(signed(8), rows), depth=self.weight_depth,
-                                                init=[])
+                                                init=[], attrs=NO_RW_CHECK)
         wp = weights.write_port()
         m.d.comb += [wp.addr.eq(self.weight_write.payload.addr), wp.data.eq(self.weight_write.payload.data),
                      wp.en.eq(self.weight_write.valid)]
         m.submodules.params = params = Memory(shape=data.ArrayLayout(lane_params_layout(), rows),
-                                              depth=self.param_depth, init=[])
+                                              depth=self.param_depth, init=[], attrs=NO_RW_CHECK)
         wp = params.write_port()
         m.d.comb += [wp.addr.eq(self.param_write.payload.addr), wp.data.eq(self.param_write.payload.data),
                      wp.en.eq(self.param_write.valid)]
@@ -431,11 +447,8 @@ class ConvEngine(wiring.Component):
         m.d.comb += [f0.eq(tile_base + tap_offset), word0.eq(chan_offset + f0[lg_nb:]), word1.eq(word0 + 1)]
         bank_reads = []
         for j, mem in enumerate(act_mems):
-            rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(Mux(f0[:lg_nb] > j, word1, word0)), rp.en.eq(adv)]
-            bank_reads.append(rp.data)
-        wrp = weights.read_port()
-        m.d.comb += [wrp.addr.eq(w_addr), wrp.en.eq(adv)]
+            bank_reads.append(_registered_read(m, mem, Mux(f0[:lg_nb] > j, word1, word0), adv, f"act_read_{j}"))
+        weight_read = _registered_read(m, weights, w_addr, adv, "weight_read")
 
         # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map. A tap
         # row is inside when ``above <= dy * stride + ky < room``: both bounds are clamped once per tile to the
@@ -463,7 +476,7 @@ class ConvEngine(wiring.Component):
                 ]
         banks = Array(bank_reads)
         m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
-                     array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(wrp.data)]
+                     array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(weight_read)]
         for c in range(cols):
             m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], banks[select[c]].as_signed(), layer.in_zp))
 
