@@ -265,7 +265,7 @@ class Accelerator(wiring.Component):
         runs = {eid: data.Layout.cast(layout)(body[:data.Layout.cast(layout).size]) for eid, layout in layouts.items()}
 
         active = Signal()
-        current = Signal(EngineId, init=EngineId.CONV)
+        current = Signal(range(max(e.value for e in EngineId) + 1), init=EngineId.CONV.value)   # accepted ids only
         m.d.comb += mems.engine_active.eq(active)
         pend_layer, pend_read, pend_read_b, pend_read_w, pend_write, pend_start = (Signal(name=n) for n in (
             "pend_layer", "pend_read", "pend_read_b", "pend_read_w", "pend_write", "pend_start"))

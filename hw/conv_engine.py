@@ -185,6 +185,12 @@ def _registered_read(m, memory, addr, en, name):
     return data
 
 
+def _field_max(layer, name):
+    """The largest value field ``name`` of the (narrowed) layer view can hold."""
+    shape = layer.shape()[name].shape
+    return shape.stop - 1 if isinstance(shape, range) else (1 << Shape.cast(shape).width) - 1
+
+
 class _TileCursor:
     """Output coordinates of the ``cols`` pixels of the current tile, and how to step to the next tile.
 
@@ -198,7 +204,8 @@ class _TileCursor:
 
     def __init__(self, m, layer, span, cols, name):
         width = len(layer.out_w)
-        self.ox = [Signal(width + cols.bit_length(), name=f"{name}_ox_{c}") for c in range(cols)]
+        # A column's x runs past the row end by at most cols - 1 (masked) when tiles stay within rows.
+        self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}") for c in range(cols)]
         self.dy = [Const(0, 1)] + [Signal(range(c + 1), name=f"{name}_dy_{c}") for c in range(1, cols)]
         self.rows_left = Signal(len(layer.out_h), name=f"{name}_rows_left")
         pixel_bits = len(layer.out_h) + width
@@ -388,7 +395,7 @@ class ConvEngine(wiring.Component):
         out_block = Signal(range(self.param_depth + 1))    # output channel block being computed (input side)
         # Window rows against the map, per tile: column 0's top tap row is ``-above``, the map ends ``room`` rows
         # below it (both change only when the cursor moves).
-        room_bits = len(layer.in_h) + len(layer.out_h) + 3
+        room_bits = max(len(layer.in_h), len(layer.out_h)) + 3
         above, room = Signal(signed(room_bits)), Signal(signed(room_bits))
 
         last_ci = ci + 1 == layer.in_c

@@ -15,7 +15,9 @@ from amaranth.sim import Simulator
 
 from cnnacc.boards.configs import ICEBREAKER_CONFIG
 from cnnacc.config import DEFAULT_CONFIG, AcceleratorConfig
-from cnnacc.host import golden, protocol
+from cnnacc.host import golden, models, protocol
+from cnnacc.host.compiler import compile_graph, tile_descriptors
+from cnnacc.host.program import ProgramError
 from cnnacc.host import graph as g
 from cnnacc.host.cycles_conv import conv_cycles
 from cnnacc.hw.accelerator import Accelerator, descriptor_words
@@ -160,3 +162,31 @@ def test_dispatcher_refuses_what_the_engine_cannot_compute():
         else:
             status = Status(data.Layout.cast(Response).from_bits(started[0]).status)
             assert status is Status.BAD_DESCRIPTOR, (layer, status)
+
+
+# --- the compiler -----------------------------------------------------------------------------------------------
+
+def test_compiled_tiles_stay_within_the_limits():
+    # A map taller than the engine's height limit (64 rows on TINY) is cut into row bands that are not: the limits
+    # bound tiles, never whole layers.
+    node, x = conv_node(6, 200, 1, 1, 2, 3, padding=(1, 1, 1, 1))
+    graph = g.Graph(node.input_spec, [node], "y")
+    program = compile_graph(graph, TINY)
+    (step,) = program.steps
+    assert len(step.tiles) > 1
+    for tile in step.tiles:
+        (fields,) = tile_descriptors(TINY, graph, step, tile)
+        check_conv_limits(TINY, fields, name=node.name)
+        assert fields["in_h"] <= conv_limits(TINY).in_h
+    # LeNet-5 on the iCEBreaker instance: every tile within its limits (compile_graph checks each one).
+    program = compile_graph(models.lenet5(), ICEBREAKER_CONFIG)
+    assert sum(len(step.tiles) for step in program.steps) >= len(program.steps)
+
+
+def test_compiler_names_the_layer_the_memories_cannot_hold():
+    # 17 input channels need 17 words per bank; TINY's banks have 16: refused in one line naming the node.
+    node, x = conv_node(7, 2, 2, 17, 2, 1)
+    with pytest.raises(ProgramError) as info:
+        compile_graph(g.Graph(node.input_spec, [node], "y"), TINY)
+    message = str(info.value)
+    assert "\n" not in message and "'conv'" in message and "conv_act_depth" in message, message
