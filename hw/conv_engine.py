@@ -235,10 +235,13 @@ class _TileCursor:
         for _ in range(1, cols):
             self.next.append(step(*self.next[-1]))
             self.start.append(step(*self.start[-1]))
+        # Row offsets and moves are at most cols: one clamp of rows_left keeps every compare a few bits wide.
+        rows_near = Signal(range(cols + 2), name=f"{name}_rows_near")
+        m.d.comb += rows_near.eq(Mux(self.rows_left > cols, cols + 1, self.rows_left))
         self.last_tile = Signal(name=f"{name}_last_tile")
-        m.d.comb += self.last_tile.eq(self.rows_down >= self.rows_left)
+        m.d.comb += self.last_tile.eq(self.rows_down >= rows_near)
         self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
-        m.d.comb += [v.eq((dy < self.rows_left) & (x < layer.out_w))
+        m.d.comb += [v.eq((dy < rows_near) & (x < layer.out_w))
                      for v, dy, x in zip(self.pixel_valid, self.dy, self.ox)]
 
     def _place(self, chain):
