@@ -41,7 +41,9 @@ A ``RUN``/``START`` descriptor is word 0 = :class:`~cnnacc.hw.commands.EngineId`
 (``fuse = 1``): the conv engine's output beats go straight into the pooling engine, which needs
 ``config.rows == config.lanes`` (a conv output beat is then one plane pixel); so does writing conv results as
 plane rows, and this version requires it. A descriptor with an unknown engine, a zero count or size, a kernel or
-padding the engine cannot take is answered ``BAD_DESCRIPTOR`` at once. A run that makes no progress (no memory
+padding the engine cannot take, a conv layer past what the conv engine's memories can hold
+(:func:`~cnnacc.hw.conv_engine.conv_limits`: the engine computes with just those bits) or a base outside its
+memory is answered ``BAD_DESCRIPTOR`` at once. A run that makes no progress (no memory
 row read or written) for :data:`WATCHDOG_CYCLES` cycles is aborted (also ``BAD_DESCRIPTOR``), so a descriptor
 whose counts disagree with its layer cannot hang the accelerator. After every run, good or aborted, the engines
 and streamers are reset (their memories keep their contents), so nothing of one run leaks into the next.
