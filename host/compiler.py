@@ -32,7 +32,7 @@ import math
 from ..hw.accelerator import DW_GROUPS, DW_KERNEL
 from ..hw.add_engine import ADD_LATENCY, add_layer
 from ..hw.commands import config_id
-from ..hw.conv_engine import act_banks, conv_layer
+from ..hw.conv_engine import act_banks, check_conv_limits, conv_layer
 from ..hw.depthwise import depthwise_layer
 from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
 from ..hw.requantizer import check_shifts
@@ -407,7 +407,12 @@ def _plan_step(config, graph, nodes):
     _, tiles, order, traffic = best
     timed = []
     for tile in tiles:
-        cycles = tile_cycles(config, plan.step, tile_descriptors(config, graph, plan.step, tile))
+        descriptors = tile_descriptors(config, graph, plan.step, tile)
+        if plan.kind == "conv":
+            # What the conv engine computes with is bounded by its memories (hw/conv_engine.py conv_limits); a
+            # tile that fits them is within the limits, and this keeps it so if the two ever disagree.
+            _engine(plan.first, check_conv_limits, config, descriptors[0], name=plan.first.name)
+        cycles = tile_cycles(config, plan.step, descriptors)
         timed.append(Tile(tile.y0, tile.y1, tile.c0, tile.c1, cycles))
     s = plan.step
     return Step(s.name, s.kind, s.nodes, s.inputs, s.output, tuple(timed), order, traffic)

@@ -42,13 +42,15 @@ A ``RUN``/``START`` descriptor is word 0 = :class:`~cnnacc.hw.commands.EngineId`
 (``fuse = 1``): the conv engine's output beats go straight into the pooling engine, which needs
 ``config.rows == config.lanes`` (a conv output beat is then one plane pixel); so does writing conv results as
 plane rows, and this version requires it. A descriptor with an unknown engine, a zero count or size, a kernel or
-padding the engine cannot take is answered ``BAD_DESCRIPTOR`` at once. A run that makes no progress (no memory
+padding the engine cannot take, a conv layer past what the conv engine's memories can hold
+(:func:`~cnnacc.hw.conv_engine.conv_limits`: the engine computes with just those bits) or a base outside its
+memory is answered ``BAD_DESCRIPTOR`` at once. A run that makes no progress (no memory
 row read or written) for :data:`WATCHDOG_CYCLES` cycles is aborted (also ``BAD_DESCRIPTOR``), so a descriptor
 whose counts disagree with its layer cannot hang the accelerator. After every run, good or aborted, the engines
 and streamers are reset (their memories keep their contents), so nothing of one run leaks into the next.
 """
 
-from amaranth.hdl import Cat, Const, Module, ResetInserter, Signal
+from amaranth.hdl import Cat, Const, Module, ResetInserter, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -56,7 +58,7 @@ from ..config import AcceleratorConfig
 from .add_engine import AddEngine, add_layer_layout
 from .command_processor import WORD_LAYOUT, CommandProcessor
 from .commands import EngineId, MemoryId, config_id
-from .conv_engine import ConvEngine, ConvLayer, act_banks
+from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
 from .memory_map import MemoryMap, MemorySpec
 from .pool_engine import PoolEngine, pool_has_clamp, pool_layer_layout, pool_max_kernel, pool_modes
@@ -226,8 +228,10 @@ class Accelerator(wiring.Component):
             wiring.connect(m, port.port, getattr(mems, f"{memory.name.lower()}_read"))
             return port
 
+        # The descriptor registers hold still while a run is in flight (the command processor refuses a START
+        # then), so the conv engine reads its layer from them instead of keeping a copy.
         conv = engine("conv", ConvEngine(cfg, act_depth=cfg.conv_act_depth, weight_depth=cfg.conv_weight_depth,
-                                         param_depth=cfg.conv_param_depth))
+                                         param_depth=cfg.conv_param_depth, hold_layer=True))
         dw = engine("depthwise", DepthwiseEngine(cfg, kernel=DW_KERNEL)) if "depthwise" in has else None
         pool = engine("pool", PoolEngine(cfg)) if "pool" in has else None
         add = engine("add", AddEngine(cfg)) if "add" in has else None
@@ -288,7 +292,7 @@ class Accelerator(wiring.Component):
         runs = {eid: data.Layout.cast(layout)(body[:data.Layout.cast(layout).size]) for eid, layout in layouts.items()}
 
         active = Signal()
-        current = Signal(EngineId, init=EngineId.CONV)
+        current = Signal(range(max(e.value for e in EngineId) + 1), init=EngineId.CONV.value)   # accepted ids only
         m.d.comb += mems.engine_active.eq(active)
         pend_layer, pend_read, pend_read_b, pend_read_w, pend_write, pend_start = (Signal(name=n) for n in (
             "pend_layer", "pend_read", "pend_read_b", "pend_read_w", "pend_write", "pend_start"))
@@ -310,10 +314,17 @@ class Accelerator(wiring.Component):
         L = c.layer
         # Fusing a pool needs the pool engine.
         fuse_ok = (~c.fuse | pool_ok(c.pool)) if pool is not None else ~c.fuse
+        # The engine computes with the bits its memories can use (conv_limits): a layer past them, or a base
+        # outside its memory, would not run as described, so it is refused (check_conv_limits on the host).
+        lim = conv_limits(cfg)
         conv_ok = ((L.in_h != 0) & (L.in_w != 0) & (L.in_c != 0) & (L.out_h != 0) & (L.out_w != 0) & (L.out_c != 0)
-                   & (L.in_w <= cfg.max_width) & (L.kernel_h != 0) & (L.kernel_h <= cfg.max_kernel)
-                   & (L.kernel_w != 0) & (L.kernel_w <= cfg.max_kernel) & (L.pad_top < L.kernel_h)
-                   & (L.pad_left < L.kernel_w) & (L.act_channel_stride != 0) & (L.qmin <= L.qmax)
+                   & (L.in_h <= lim.in_h) & (L.in_w <= lim.in_w) & (L.in_c <= lim.in_c) & (L.out_h <= lim.out_h)
+                   & (L.out_w <= lim.out_w) & (L.out_c <= lim.out_c)
+                   & (L.kernel_h != 0) & (L.kernel_h <= lim.kernel)
+                   & (L.kernel_w != 0) & (L.kernel_w <= lim.kernel) & (L.pad_top < L.kernel_h)
+                   & (L.pad_left < L.kernel_w) & (L.act_channel_stride != 0)
+                   & (L.act_channel_stride <= lim.act_depth) & (L.act_base < lim.act_depth)
+                   & (L.weight_base < lim.weight_depth) & (L.param_base < lim.param_depth) & (L.qmin <= L.qmax)
                    & (c.out_count != 0) & fuse_ok)
         d = runs[EngineId.DEPTHWISE]
         dw_ok = (window_ok(d.layer.window, DW_KERNEL) & (d.in_count != 0) & (d.out_count != 0) & (d.w_count != 0)
@@ -354,6 +365,9 @@ class Accelerator(wiring.Component):
                 return []
             per_row = specs[memory].width // 32
             entry = lock[memory.value]
+            # Only the bits of a row address: conv_ok refuses a base past its memory. The registers' upper bits
+            # are then constant and synthesis drops them.
+            base = base[:Shape.cast(range(specs[memory].depth)).width]
             return [entry.lo.eq(base * per_row), entry.hi.eq((base + count) * per_row)]
 
         with m.If(cp.run.start):

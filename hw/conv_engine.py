@@ -41,7 +41,9 @@ Results leave on ``o_data``: one beat per valid output pixel and channel block, 
 padding. Beats come channel block by channel block, pixels in raster order within a block.
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from dataclasses import dataclass
+
+from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -50,13 +52,17 @@ from ..config import AcceleratorConfig
 from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout
 from .systolic_array import SystolicArray
 
-__all__ = ["ConvLayer", "ConvEngine", "act_banks", "output_layout", "conv_layer", "fold_bias", "memory_images",
-           "node_job", "scatter_outputs", "param_write_signature"]
+__all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits",
+           "engine_layer_layout", "conv_layer", "check_conv_limits", "fold_bias", "memory_images", "node_job",
+           "scatter_outputs", "param_write_signature"]
 
 DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
 PIXEL = 24        # bits of a flat pixel index
 FLAT = 26         # signed bits of a flat input pixel index, padding offsets included
 BASE = 20         # bits of a memory base address (depths go up to 2**20 words)
+#: Memory attribute: a read and a write of one address in one cycle never happen (the engine reads only what
+#: a run owns, and the host may not write it then), so synthesis need not emulate read-first behaviour.
+NO_RW_CHECK = {"no_rw_check": 1}
 
 
 class ConvLayer(data.Struct):
@@ -98,6 +104,64 @@ def act_banks(config):
     return banks
 
 
+@dataclass(frozen=True)
+class ConvLimits:
+    """The largest field values a :class:`ConvEngine` instance computes with (see :func:`conv_limits`)."""
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int
+    kernel: int
+    act_depth: int
+    weight_depth: int
+    param_depth: int
+
+
+def conv_limits(config, *, act_depth=None, weight_depth=None, param_depth=None):
+    """What an engine's memories can hold, field by field: the engine computes with just enough bits for these.
+
+    A layer past them cannot have its data in the memories (its input map, weights or parameters would need
+    more words than there are), so refusing it takes nothing away: ``H * W <= NB * act_depth`` bounds the
+    height, ``Cin`` words per input channel and ``KH * KW * Cin`` weight words per block bound ``Cin``, one
+    parameter word and at least one weight word per block of ``rows`` output channels bound ``Cout``; an output
+    is at most ``kernel - 1`` wider or higher than its input. Depths default to the configuration's.
+    """
+    act_depth = config.conv_act_depth if act_depth is None else act_depth
+    weight_depth = config.conv_weight_depth if weight_depth is None else weight_depth
+    param_depth = config.conv_param_depth if param_depth is None else param_depth
+    dim = (1 << DIM) - 1
+    kernel = min(config.max_kernel, 15)
+    pixels = act_banks(config) * act_depth
+    in_h, in_w = min(dim, pixels), min(dim, config.max_width, pixels)
+    return ConvLimits(in_h=in_h, in_w=in_w, in_c=min(dim, act_depth, weight_depth),
+                      out_h=min(dim, in_h + kernel - 1), out_w=min(dim, in_w + kernel - 1),
+                      out_c=min(dim, config.rows * min(param_depth, weight_depth)), kernel=kernel,
+                      act_depth=act_depth, weight_depth=weight_depth, param_depth=param_depth)
+
+
+def engine_layer_layout(config, *, act_depth=None, weight_depth=None, param_depth=None):
+    """:class:`ConvLayer` as the engine keeps it: the same fields, each as wide as :func:`conv_limits` needs.
+
+    Bases, ``act_channel_stride`` and ``origin`` keep the bits of the memory addresses (``origin`` the bits of
+    a flat pixel index modulo the banks' size): the read ports see addresses modulo their range, so the rest
+    never mattered.
+    """
+    lim = conv_limits(config, act_depth=act_depth, weight_depth=weight_depth, param_depth=param_depth)
+    addr_bits = Shape.cast(range(lim.act_depth)).width
+    lg_nb = act_banks(config).bit_length() - 1
+    return data.StructLayout({
+        "in_h": range(lim.in_h + 1), "in_w": range(lim.in_w + 1), "in_c": range(lim.in_c + 1),
+        "out_h": range(lim.out_h + 1), "out_w": range(lim.out_w + 1), "out_c": range(lim.out_c + 1),
+        "kernel_h": range(lim.kernel + 1), "kernel_w": range(lim.kernel + 1), "stride2": 1,
+        "pad_top": range(lim.kernel), "pad_left": range(lim.kernel), "in_zp": signed(8), "out_zp": signed(8),
+        "qmin": signed(8), "qmax": signed(8), "single_rounding": 1,
+        "act_channel_stride": addr_bits, "origin": lg_nb + addr_bits, "act_base": addr_bits,
+        "weight_base": range(lim.weight_depth), "param_base": range(lim.param_depth),
+    })
+
+
 def output_layout(config):
     """One output beat: ``rows`` int8 lanes, the flat output ``pixel`` and the first output ``channel``."""
     return data.StructLayout({
@@ -120,62 +184,98 @@ def param_write_signature(config, param_depth=None):
     return _write_signature(param_depth, data.ArrayLayout(lane_params_layout(), config.rows))
 
 
+def _registered_read(m, memory, addr, en, name):
+    """A synchronous read of ``memory`` (data the cycle after ``en``, held while ``en`` is low), written as an
+    asynchronous port and a register: yosys then merges the register into the block RAM's port and honours the
+    memory's ``no_rw_check``, where a synchronous port would get read-first emulation (a register and a compare
+    per port) that no run needs (see :data:`NO_RW_CHECK`)."""
+    port = memory.read_port(domain="comb")
+    data = Signal(port.data.shape(), name=name)
+    m.d.comb += port.addr.eq(addr)
+    with m.If(en):
+        m.d.sync += data.eq(port.data)
+    return data
+
+
+def _field_max(layer, name):
+    """The largest value field ``name`` of the (narrowed) layer view can hold."""
+    shape = layer.shape()[name].shape
+    return shape.stop - 1 if isinstance(shape, range) else (1 << Shape.cast(shape).width) - 1
+
+
 class _TileCursor:
     """Output coordinates of the ``cols`` pixels of the current tile, and how to step to the next tile.
 
     The input side (issuing beats) and the output side (naming results) each own one, stepped in the same
-    order, so the results need no tag through the array.
+    order, so the results need no tag through the array. Widths come from the (narrowed) ``layer`` fields.
+
+    Column 0's output row is not kept: ``rows_left`` is ``OH`` minus it, and column ``c`` sits ``dy[c]`` rows
+    below column 0 (0 within a row; up to ``c`` when tiles span rows) at column ``ox[c]``. Every per-column
+    quantity is then a few bits wide, and the only full-height arithmetic is ``rows_left``, once per tile.
     """
 
     def __init__(self, m, layer, span, cols, name):
-        self.oy = [Signal(DIM + 1, name=f"{name}_oy_{c}") for c in range(cols)]
-        self.ox = [Signal(DIM + 1, name=f"{name}_ox_{c}") for c in range(cols)]
-        self.pixel0 = Signal(PIXEL, name=f"{name}_pixel0")
-        self.row_pixel = Signal(PIXEL, name=f"{name}_row_pixel")   # flat index of (oy[0], 0)
+        width = len(layer.out_w)
+        # A column's x runs past the row end by at most cols - 1 (masked) when tiles stay within rows.
+        self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}") for c in range(cols)]
+        self.dy = [Const(0, 1)] + [Signal(range(c + 1), name=f"{name}_dy_{c}") for c in range(1, cols)]
+        self.rows_left = Signal(len(layer.out_h), name=f"{name}_rows_left")
+        pixel_bits = len(layer.out_h) + width
+        self.pixel0 = Signal(pixel_bits, name=f"{name}_pixel0")
+        self.row_pixel = Signal(pixel_bits, name=f"{name}_row_pixel")   # flat index of (column 0's row, 0)
         self._layer, self._cols = layer, cols
 
         def step(y, x):
             # Raster increment in span mode, along the row otherwise (columns past the row are masked).
             # Materialized as signals so that the chain of cols steps stays linear in size.
             wrap = span & (x + 1 == layer.out_w)
-            ny, nx = Signal(DIM + 1), Signal(DIM + 1)
+            ny, nx = Signal(range(cols + 1)), Signal(len(self.ox[0]))
             m.d.comb += [ny.eq(Mux(wrap, y + 1, y)), nx.eq(Mux(wrap, 0, x + 1))]
             return ny, nx
 
+        # Rows column 0 moves down to the next tile, and the next tile's column 0 (its row is then row 0).
         wrap_row = self.ox[0] + cols >= layer.out_w
-        after_last = step(self.oy[-1], self.ox[-1])
-        first = (Signal(DIM + 1, name=f"{name}_next_oy"), Signal(DIM + 1, name=f"{name}_next_ox"))
-        m.d.comb += [first[0].eq(Mux(span, after_last[0], Mux(wrap_row, self.oy[0] + 1, self.oy[0]))),
-                     first[1].eq(Mux(span, after_last[1], Mux(wrap_row, 0, self.ox[0] + cols)))]
+        after_last = step(self.dy[-1], self.ox[-1])
+        self.rows_down = Signal(range(cols + 1), name=f"{name}_rows_down")
+        first_x = Signal(len(self.ox[0]), name=f"{name}_next_ox")
+        m.d.comb += [self.rows_down.eq(Mux(span, after_last[0], wrap_row)),
+                     first_x.eq(Mux(span, after_last[1], Mux(wrap_row, 0, self.ox[0] + cols)))]
         self.wrap_row = Signal(name=f"{name}_wrap_row")
         m.d.comb += self.wrap_row.eq(~span & wrap_row)
-        self.next = [first]
-        self.start = [(Const(0, DIM + 1), Const(0, DIM + 1))]
+        self.next = [(Const(0, 1), first_x)]
+        self.start = [(Const(0, 1), Const(0, 1))]
         for _ in range(1, cols):
             self.next.append(step(*self.next[-1]))
             self.start.append(step(*self.start[-1]))
+        # Row offsets and moves are at most cols: one clamp of rows_left keeps every compare a few bits wide.
+        rows_near = Signal(range(cols + 2), name=f"{name}_rows_near")
+        m.d.comb += rows_near.eq(Mux(self.rows_left > cols, cols + 1, self.rows_left))
         self.last_tile = Signal(name=f"{name}_last_tile")
-        m.d.comb += self.last_tile.eq(self.next[0][0] >= layer.out_h)
+        m.d.comb += self.last_tile.eq(self.rows_down >= rows_near)
         self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
-        m.d.comb += [v.eq((y < layer.out_h) & (x < layer.out_w))
-                     for v, y, x in zip(self.pixel_valid, self.oy, self.ox)]
+        m.d.comb += [v.eq((dy < rows_near) & (x < layer.out_w))
+                     for v, dy, x in zip(self.pixel_valid, self.dy, self.ox)]
+
+    def _place(self, chain):
+        stmts = []
+        for c, (y, x) in enumerate(chain):
+            if c:
+                stmts.append(self.dy[c].eq(y))
+            stmts.append(self.ox[c].eq(x))
+        return stmts
 
     def reset(self):
         """Statements (for an ``m.d.sync``) that move to the first tile."""
-        stmts = [self.pixel0.eq(0), self.row_pixel.eq(0)]
-        for c, (y, x) in enumerate(self.start):
-            stmts += [self.oy[c].eq(y), self.ox[c].eq(x)]
-        return stmts
+        return self._place(self.start) + [self.rows_left.eq(self._layer.out_h), self.pixel0.eq(0),
+                                          self.row_pixel.eq(0)]
 
     def advance(self):
         """Statements that move to the next tile."""
-        stmts = []
-        for c, (y, x) in enumerate(self.next):
-            stmts += [self.oy[c].eq(y), self.ox[c].eq(x)]
         next_row = self.row_pixel + self._layer.out_w
-        stmts += [self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
-                  self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
-        return stmts
+        return self._place(self.next) + [
+            self.rows_left.eq(self.rows_left - self.rows_down),
+            self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
+            self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
 
 
 class ConvEngine(wiring.Component):
@@ -193,11 +293,16 @@ class ConvEngine(wiring.Component):
     param_depth : int, optional
         Requantization parameter words (one per block of ``rows`` output channels); ``config.conv_param_depth``
         by default.
+    hold_layer : bool, optional
+        The source of ``layer`` holds it from ``start`` until the run ends (the accelerator's descriptor
+        registers do), so the engine reads it in place instead of latching a copy. ``False`` by default.
 
     Members
     -------
     layer : In(ConvLayer)
-        Sampled when ``start`` is high and the engine is idle.
+        Sampled when ``start`` is high and the engine is idle (read throughout the run with ``hold_layer``).
+        The engine computes with :func:`engine_layer_layout`'s bits: a layer past :func:`conv_limits` must not
+        be started (the accelerator's dispatcher refuses it).
     start : In(1)
     busy : Out(1)
         High from the cycle after ``start`` until the last result has left ``o_data``.
@@ -206,7 +311,7 @@ class ConvEngine(wiring.Component):
     o_data : Out(stream.Signature(output_layout(config)))
     """
 
-    def __init__(self, config, *, act_depth=None, weight_depth=None, param_depth=None):
+    def __init__(self, config, *, act_depth=None, weight_depth=None, param_depth=None, hold_layer=False):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         act_depth = config.conv_act_depth if act_depth is None else act_depth
@@ -216,6 +321,7 @@ class ConvEngine(wiring.Component):
             if not isinstance(value, int) or not 1 <= value <= 1 << 20:
                 raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
         self._config = config
+        self._hold_layer = bool(hold_layer)
         self.act_depth, self.weight_depth, self.param_depth = act_depth, weight_depth, param_depth
         self.banks = act_banks(config)
         super().__init__({
@@ -248,13 +354,13 @@ class ConvEngine(wiring.Component):
         # --- memories -----------------------------------------------------------------------------------------
         act_mems = []
         for j in range(nb):
-            mem = m.submodules[f"act_bank_{j}"] = Memory(shape=8, depth=self.act_depth, init=[])
+            mem = m.submodules[f"act_bank_{j}"] = Memory(shape=8, depth=self.act_depth, init=[], attrs=NO_RW_CHECK)
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(self.act_write.payload.addr), wp.data.eq(self.act_write.payload.data[j]),
                          wp.en.eq(self.act_write.valid)]
             act_mems.append(mem)
         m.submodules.weights = weights = Memory(shape=data.ArrayLayout(signed(8), rows), depth=self.weight_depth,
-                                                init=[])
+                                                init=[], attrs=NO_RW_CHECK)
         wp = weights.write_port()
         m.d.comb += [wp.addr.eq(self.weight_write.payload.addr), wp.data.eq(self.weight_write.payload.data),
                      wp.en.eq(self.weight_write.valid)]
@@ -263,13 +369,18 @@ class ConvEngine(wiring.Component):
         serial = cfg.target == "ice40"
         m.submodules.params = params = Memory(
             shape=lane_params_layout() if serial else data.ArrayLayout(lane_params_layout(), rows),
-            depth=self.param_depth * rows if serial else self.param_depth, init=[])
+            depth=self.param_depth * rows if serial else self.param_depth, init=[], attrs=NO_RW_CHECK)
         wp = params.write_port()
         m.d.comb += [wp.addr.eq(self.param_write.payload.addr), wp.data.eq(self.param_write.payload.data),
                      wp.en.eq(self.param_write.valid)]
 
         # --- layer ------------------------------------------------------------------------------------------------
-        layer = Signal(ConvLayer)
+        # The engine keeps only the bits of each field its memories can use (conv_limits); the dispatcher refuses
+        # a descriptor past those limits. Addresses and flat pixel indices are computed modulo the memories'
+        # address ranges, which is all a read port sees, so they match the full-width arithmetic exactly.
+        layer = Signal(engine_layer_layout(cfg, act_depth=self.act_depth, weight_depth=self.weight_depth,
+                                           param_depth=self.param_depth))
+        narrowed = [layer[name].eq(self.layer[name]) for name, _ in layer.shape()]
         span = Signal()
         m.d.comb += span.eq(~layer.stride2 & (layer.out_w == layer.in_w))
         setup, in_run, out_run = Signal(), Signal(), Signal()
@@ -278,9 +389,15 @@ class ConvEngine(wiring.Component):
         m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | (inflight != 0))
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)
-        # The descriptor is latched first; the walkers start from it one cycle later.
+        # The descriptor is latched first (or, when its source holds it for the whole run, read in place); the
+        # walkers start from it one cycle later.
+        if self._hold_layer:
+            m.d.comb += narrowed
+        else:
+            with m.If(start):
+                m.d.sync += narrowed
         with m.If(start):
-            m.d.sync += [layer.eq(self.layer), setup.eq(1)]
+            m.d.sync += setup.eq(1)
         with m.If(setup):
             m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
         m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
@@ -288,12 +405,18 @@ class ConvEngine(wiring.Component):
 
         # --- input side: one beat per cycle ------------------------------------------------------------------
         cursor = _TileCursor(m, layer, span, cols, "in")
-        ci, kx, ky = Signal(DIM), Signal(4), Signal(4)
-        chan_offset = Signal(range(2 * self.act_depth + (1 << 16)))     # act_base + ci * act_channel_stride
-        tap_offset, tap_row = Signal(signed(FLAT)), Signal(signed(FLAT))   # ky * W + kx, ky * W
-        tile_base, row_base = Signal(signed(FLAT)), Signal(signed(FLAT))    # flat input index of column 0's
-        w_addr, w_base = Signal(range(self.weight_depth)), Signal(range(self.weight_depth))   # top-left tap
-        out_block = Signal(DIM)        # output channel block being computed (input side)
+        addr_bits = len(layer.act_base)
+        flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
+        ci, kx, ky = Signal(len(layer.in_c)), Signal(len(layer.kernel_w)), Signal(len(layer.kernel_h))
+        chan_offset = Signal(addr_bits)                    # act_base + ci * act_channel_stride
+        tap_offset, tap_row = Signal(flat_bits), Signal(flat_bits)     # ky * W + kx, ky * W
+        tile_base, row_base = Signal(flat_bits), Signal(flat_bits)     # flat input index of column 0's top-left tap
+        w_addr, w_base = Signal(range(self.weight_depth)), Signal(range(self.weight_depth))
+        out_block = Signal(range(self.param_depth + 1))    # output channel block being computed (input side)
+        # Window rows against the map, per tile: column 0's top tap row is ``-above``, the map ends ``room`` rows
+        # below it (both change only when the cursor moves).
+        room_bits = max(len(layer.in_h), len(layer.out_h)) + 3
+        above, room = Signal(signed(room_bits)), Signal(signed(room_bits))
 
         last_ci = ci + 1 == layer.in_c
         last_kx = kx + 1 == layer.kernel_w
@@ -309,10 +432,13 @@ class ConvEngine(wiring.Component):
         def restart_tile():
             return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0)]
 
+        def restart_block():
+            return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
+                                     above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)]
+
         with m.If(setup):
-            m.d.sync += restart_tile() + cursor.reset() + [
-                tile_base.eq(layer.origin), row_base.eq(layer.origin), w_addr.eq(layer.weight_base),
-                w_base.eq(layer.weight_base), out_block.eq(0)]
+            m.d.sync += restart_tile() + restart_block() + [
+                w_addr.eq(layer.weight_base), w_base.eq(layer.weight_base), out_block.eq(0)]
         with m.Elif(in_run & adv):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
@@ -328,12 +454,12 @@ class ConvEngine(wiring.Component):
             with m.If(tile_last):
                 step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
                 with m.If(block_last):
-                    m.d.sync += cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
-                                                  w_base.eq(w_addr + 1), out_block.eq(out_block + 1)]
+                    m.d.sync += restart_block() + [w_base.eq(w_addr + 1), out_block.eq(out_block + 1)]
                     with m.If(all_last):
                         m.d.sync += in_run.eq(0)
                 with m.Else():
-                    m.d.sync += cursor.advance() + [w_addr.eq(w_base)]
+                    down = cursor.rows_down << layer.stride2
+                    m.d.sync += cursor.advance() + [w_addr.eq(w_base), above.eq(above - down), room.eq(room - down)]
                     with m.If(span):
                         m.d.sync += tile_base.eq(tile_base + cols)
                     with m.Elif(cursor.wrap_row):
@@ -341,38 +467,43 @@ class ConvEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += tile_base.eq(tile_base + Mux(layer.stride2, 2 * cols, cols))
 
-        # Bank addresses: bank j serves the first flat index >= f0 that is j modulo NB.
-        f0 = Signal(signed(FLAT))
-        m.d.comb += f0.eq(tile_base + tap_offset)
+        # Bank addresses: bank j serves the first flat index >= f0 that is j modulo NB, which is in f0's bank row
+        # when j >= f0 mod NB and in the next one otherwise: two shared adders for all the banks.
+        f0 = Signal(flat_bits)
+        word0, word1 = Signal(addr_bits), Signal(addr_bits)
+        m.d.comb += [f0.eq(tile_base + tap_offset), word0.eq(chan_offset + f0[lg_nb:]), word1.eq(word0 + 1)]
         bank_reads = []
         for j, mem in enumerate(act_mems):
-            rp = mem.read_port()
-            fj = Signal(signed(FLAT), name=f"flat_{j}")
-            m.d.comb += fj.eq(f0 + ((j - f0[:lg_nb])[:lg_nb]))
-            m.d.comb += [rp.addr.eq(chan_offset + (fj >> lg_nb)), rp.en.eq(adv)]
-            bank_reads.append(rp.data)
-        wrp = weights.read_port()
-        m.d.comb += [wrp.addr.eq(w_addr), wrp.en.eq(adv)]
+            bank_reads.append(_registered_read(m, mem, Mux(f0[:lg_nb] > j, word1, word0), adv, f"act_read_{j}"))
+        weight_read = _registered_read(m, weights, w_addr, adv, "weight_read")
 
-        # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map.
+        # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map. A tap
+        # row is inside when ``above <= dy * stride + ky < room``: both bounds are clamped once per tile to the
+        # few values a column can reach, so the per-column compares are a few bits wide.
+        reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
+        above_near, room_near = Signal(range(reach + 2)), Signal(range(reach + 2))
+        m.d.comb += [above_near.eq(Mux(above < 0, 0, above)),
+                     room_near.eq(Mux(room < 0, 0, Mux(room > reach + 1, reach + 1, room)))]
+        right = Signal(len(layer.in_w) + 1)          # first tap column past the map, counted from the padding
+        m.d.comb += right.eq(layer.in_w + layer.pad_left)
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         inside = [Signal(name=f"inside_{c}") for c in range(cols)]
         s1_first, s1_last = Signal(), Signal()
         with m.If(adv):
             m.d.sync += [s1_valid.eq(in_run), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
-                iy = Signal(signed(DIM + 3), name=f"iy_{c}")
-                ix = Signal(signed(DIM + 3), name=f"ix_{c}")
-                m.d.comb += [iy.eq((cursor.oy[c] << layer.stride2) - layer.pad_top + ky),
-                             ix.eq((cursor.ox[c] << layer.stride2) - layer.pad_left + kx)]
+                tap_y = Signal(range(reach + 1), name=f"tap_y_{c}")
+                tap_x = Signal(len(cursor.ox[c]) + len(layer.kernel_w) + 1, name=f"tap_x_{c}")
+                m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky),
+                             tap_x.eq((cursor.ox[c] << layer.stride2) + kx)]
                 m.d.sync += [
                     select[c].eq((f0 + (c << layer.stride2))[:lg_nb]),
-                    inside[c].eq(cursor.pixel_valid[c] & (iy >= 0) & (iy < layer.in_h) & (ix >= 0)
-                                 & (ix < layer.in_w)),
+                    inside[c].eq(cursor.pixel_valid[c] & (tap_y >= above_near) & (tap_y < room_near)
+                                 & (tap_x >= layer.pad_left) & (tap_x < right)),
                 ]
         banks = Array(bank_reads)
         m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
-                     array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(wrp.data)]
+                     array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(weight_read)]
         for c in range(cols):
             m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], banks[select[c]].as_signed(), layer.in_zp))
 
@@ -413,8 +544,8 @@ class ConvEngine(wiring.Component):
                 m.d.sync += param_row.eq(layer.param_base * rows)
             with m.Elif(taken & (column.col == cols - 1) & out_cursor.last_tile):
                 m.d.sync += param_row.eq(param_row + rows)
-            prp = params.read_port()
-            m.d.comb += [prp.addr.eq(param_row + requant.lane), requant.params.eq(prp.data)]
+            param_data = _registered_read(m, params, param_row + requant.lane, Const(1), "param_read")
+            m.d.comb += requant.params.eq(param_data)
             m.d.comb += [tag.pixel.eq(out_cursor.pixel0 + column.col), tag.channel.eq(out_block_o * rows)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
@@ -424,8 +555,7 @@ class ConvEngine(wiring.Component):
             m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
             m.d.comb += array.o_columns.ready.eq(p_advance)
             param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
-            prp = params.read_port()
-            m.d.comb += [prp.addr.eq(param_addr), prp.en.eq(p_advance)]
+            param_data = _registered_read(m, params, param_addr, p_advance, "param_read")
             with m.If(p_advance):
                 m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
                              p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column.col),
@@ -437,7 +567,7 @@ class ConvEngine(wiring.Component):
             # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not raw bits.
             m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
             m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
-                         requant.i_acc.payload.params.eq(prp.data), requant.i_acc.payload.tag.eq(tag)]
+                         requant.i_acc.payload.params.eq(param_data), requant.i_acc.payload.tag.eq(tag)]
 
         m.d.comb += [self.o_data.valid.eq(requant.o_data.valid), requant.o_data.ready.eq(self.o_data.ready),
                      self.o_data.payload.data.eq(requant.o_data.payload.data),
@@ -486,6 +616,8 @@ def conv_layer(config, in_shape, weight_shape, *, stride=1, padding=(0, 0, 0, 0)
     out_w = (w + left + right - kw) // stride + 1
     if out_h < 1 or out_w < 1:
         fail(f"the {kh}x{kw} kernel does not fit the padded {h}x{w} input")
+    if max(out_h, out_w) >= 1 << DIM:
+        fail(f"the output {out_h}x{out_w} must have every dimension in 1..{(1 << DIM) - 1}")
     if rounding not in ("double", "single"):
         fail(f"rounding {rounding!r} is not a hardware mode (double or single)")
     if not (-128 <= qmin <= qmax <= 127 and -128 <= in_zp <= 127 and -128 <= out_zp <= 127):
@@ -499,6 +631,20 @@ def conv_layer(config, in_shape, weight_shape, *, stride=1, padding=(0, 0, 0, 0)
                 stride2=int(stride == 2), pad_top=top, pad_left=left, in_zp=int(in_zp), out_zp=int(out_zp),
                 qmin=int(qmin), qmax=int(qmax), single_rounding=int(rounding == "single"),
                 act_channel_stride=-(-(h * w) // banks), origin=-(top * w + left))
+
+
+def check_conv_limits(config, fields, *, name="layer", act_depth=None, weight_depth=None, param_depth=None):
+    """Raise ``ValueError`` naming ``name`` if the :func:`conv_layer` fields are past :func:`conv_limits` or a base
+    lies outside its memory (what the accelerator's dispatcher refuses with ``BAD_DESCRIPTOR``)."""
+    lim = conv_limits(config, act_depth=act_depth, weight_depth=weight_depth, param_depth=param_depth)
+    for field in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c"):
+        if fields[field] > getattr(lim, field):
+            raise ValueError(f"layer {name!r}: {field} = {fields[field]} exceeds {getattr(lim, field)}, the most "
+                             f"this engine's memories hold")
+    for field, depth in (("act_base", lim.act_depth), ("weight_base", lim.weight_depth),
+                         ("param_base", lim.param_depth), ("act_channel_stride", lim.act_depth + 1)):
+        if not 0 <= fields.get(field, 0) < depth:
+            raise ValueError(f"layer {name!r}: {field} = {fields[field]} is outside the memory ({depth} words)")
 
 
 def fold_bias(weights, bias, in_zp):
@@ -568,6 +714,8 @@ def node_job(config, node, x, *, act_depth=None, weight_depth=None, param_depth=
                         rounding=rq.mode, name=node.name)
     images = memory_images(config, fields, x, weights, node.bias, rq.multiplier, rq.shift, act_depth=act_depth,
                            weight_depth=weight_depth, param_depth=param_depth, name=node.name)
+    check_conv_limits(config, fields, name=node.name, act_depth=act_depth, weight_depth=weight_depth,
+                      param_depth=param_depth)
     return fields, images
 
 

@@ -99,18 +99,24 @@ class MemoryMap(wiring.Component):
         for memory, spec in self._specs.items():
             name = memory.name.lower()
             parts = spec.width // 32
-            m.submodules[name] = mem = Memory(shape=spec.width, depth=spec.depth, init=[])
+            # A read and a write of one row in one cycle never happen: the host may not touch what a run owns,
+            # and the bus does one thing a cycle. So the memory says it has no read/write collisions, and its
+            # synchronous reads are asynchronous ports with a register that yosys folds into the block RAM
+            # (a synchronous port would be given read-first emulation: a register and a compare per port).
+            m.submodules[name] = mem = Memory(shape=spec.width, depth=spec.depth, init=[],
+                                              attrs={"no_rw_check": 1})
             wp = mem.write_port(granularity=32)
-            host_rp = mem.read_port()
-            engine_rp = mem.read_port()
+            host_rp = mem.read_port(domain="comb")
+            engine_rp = mem.read_port(domain="comb")
             engine_read = getattr(self, f"{name}_read")
             here = bus.memory == memory
             row = bus.addr // parts if parts > 1 else bus.addr
-            m.d.comb += [
-                engine_rp.addr.eq(engine_read.addr), engine_rp.en.eq(engine_read.en),
-                engine_read.data.eq(engine_rp.data),
-                host_rp.addr.eq(row), host_rp.en.eq(bus.r_en & here),
-            ]
+            host_data = Signal(spec.width, name=f"{name}_host_data")
+            m.d.comb += [engine_rp.addr.eq(engine_read.addr), host_rp.addr.eq(row)]
+            with m.If(engine_read.en):
+                m.d.sync += engine_read.data.eq(engine_rp.data)
+            with m.If(bus.r_en & here):
+                m.d.sync += host_data.eq(host_rp.data)
             host_owns = ~self.engine_active
             if memory in self._engine_written:
                 engine_write = getattr(self, f"{name}_write")
@@ -126,5 +132,5 @@ class MemoryMap(wiring.Component):
             with m.If(bus.r_en & here):
                 m.d.sync += [selected.eq(memory), part.eq(bus.addr % parts if parts > 1 else 0)]
             with m.If(selected == memory):
-                m.d.comb += bus.r_data.eq(host_rp.data.word_select(part, 32) if parts > 1 else host_rp.data)
+                m.d.comb += bus.r_data.eq(host_data.word_select(part, 32) if parts > 1 else host_data)
         return m
