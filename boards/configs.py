@@ -27,4 +27,5 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
     rows=4, cols=4, lanes=4, max_kernel=5, max_width=32,
     conv_act_depth=512, conv_weight_depth=512, conv_param_depth=32, vector_depth=512,
     engines=("conv", "pool"), target="ice40",
+    acc_width=24,       # LeNet-5 needs 23 bits (c5: 400 terms); the compiler refuses a layer that could wrap
 )
