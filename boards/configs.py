@@ -9,14 +9,14 @@ just deep enough for LeNet-5's tiles in one EBR column each:
   each; 32x32 C1 needs 128, 14x14x6 C3 150.
 * ``conv_weight_depth`` 512: one block of 4 output channels of F5 is 400 words (C3: 150).
 * ``conv_param_depth`` 32: F5's 120 channels are 30 blocks of 4.
-* ``vector_depth`` 512: C1's pooled 14x14x6 map is 392 rows of 4 channels.
+* ``vector_depth`` 256: two EBRs per vector memory (ACT_A, OUTPUT); C1's pooled 14x14x6 map (392 rows of 4
+  channels) is written in row bands that fit half of it (double buffering).
+* ``acc_width`` 24: LeNet-5 needs 23 bits (c5's 400 terms); the compiler refuses a layer that could wrap.
 
-There is no ``ULX3S_CONFIG`` yet (boards/build.py then builds the standard 8x8 accelerator for the ULX3S).
+The iCE40 engines are the lean ones of target ``"ice40"``: one serial requantizer lane per column, parameters
+stored a lane a row (5 EBRs), max pooling only (windows up to 2x2), widths from the instance's limits.
 
-Status (2026-11-22): this configuration does not fit the UP5K yet. With the board top it synthesizes to
-15,706 LCs, 50 EBRs and 8 of 8 DSPs (nextpnr fails placement on the EBRs); the conv engine alone is 6,039 LUT4s
-and 30 EBRs (its parameter memory is 280 bits wide: 18 EBRs), of which the 4x4 array is 1,451 LUT4s and 1,485
-FFs and the serial requantizer 2,044 LUT4s. See docs/decisions.md for what has to shrink.
+Status: see the README's Boards section and docs/decisions.md for what this instance measures today.
 """
 
 from ..config import AcceleratorConfig
@@ -25,7 +25,7 @@ __all__ = ["ICEBREAKER_CONFIG"]
 
 ICEBREAKER_CONFIG = AcceleratorConfig(
     rows=4, cols=4, lanes=4, max_kernel=5, max_width=32,
-    conv_act_depth=512, conv_weight_depth=512, conv_param_depth=32, vector_depth=512,
+    conv_act_depth=512, conv_weight_depth=512, conv_param_depth=32, vector_depth=256,
     engines=("conv", "pool"), target="ice40",
     acc_width=24,       # LeNet-5 needs 23 bits (c5: 400 terms); the compiler refuses a layer that could wrap
 )
