@@ -72,7 +72,7 @@ def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0, stall_cycles=N
         async for _ in ctx.tick():
             cycles += 1
 
-    beats = sum(max(w.shape[0], min_tile_beats(config)) for w, _ in tiles) * (stall_cycles or 1)
+    beats = sum(max(w.shape[0], min_tile_beats(config)) + config.cols for w, _ in tiles) * (stall_cycles or 1)
     limit = (40 + 2 * beats + config.rows + config.cols) * (1 + 20 * max(bubble, stall))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
