@@ -108,8 +108,8 @@ async def systolic_array_tiles(dut):
     in_layout, out_layout = beat_layout(config), column_layout(config)
     beats = [in_layout.const(beat).as_bits() for beat in _beats(tiles)]
 
-    raw, cycles = await stream_through(dut, "i_beats", "o_columns", beats, len(tiles) * config.cols, rng, float(args["bubble"]),
-                                       float(args["stall"]))
+    raw, cycles = await stream_through(dut, "i_beats", "o_columns", beats, len(tiles) * config.cols, rng,
+                                       float(args["bubble"]), float(args["stall"]))
     views = [out_layout.from_bits(bits) for bits in raw]
     testbench_outputs(col=np.array([int(v.col) for v in views]),
                       acc=np.array([[int(x) for x in v.acc] for v in views], np.int64), cycles=cycles)
