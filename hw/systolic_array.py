@@ -28,8 +28,9 @@ array with the same numbers, built for the iCE40UP5K's few logic cells:
   (:class:`~.dsp.DualMul8`), whose own input and product registers are the two pipeline stages;
 * no shadows: a finished tile stays in the accumulators, which are the output buffer. ``o_columns`` shows its
   columns in order, and the next tile's ``first`` beat waits at the accumulate stage (the whole array stalls,
-  ``i_beats.ready`` low) until the last column is taken. A tile therefore costs ``K`` beats plus its drain less
-  one cycle (:func:`ice40_tile_cycles`). The serial requantizer of that target reads one accumulator at a time:
+  ``i_beats.ready`` low) until the last column is taken; taking it clears the accumulators (the flip-flops' own
+  synchronous reset), so a tile's first beat adds to zero like any other and no PE needs a restart multiplexer.
+  A tile therefore costs ``K`` beats plus its drain (:func:`ice40_tile_cycles`). The serial requantizer of that target reads one accumulator at a time:
   ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the column is never copied.
 
 With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
@@ -92,9 +93,9 @@ def ice40_tile_cycles(depth, drain):
     beats following a tile whose columns were taken ``drain`` cycles after the first one showed (``drain`` counts
     the cycle of the last take; ``cols`` with a consumer that takes one column per cycle), beats back to back.
 
-    The next tile's ``first`` beat accumulates in the cycle the previous tile's last column is taken, so the
-    tiles overlap by one cycle."""
-    return depth + drain - 1
+    The cycle the last column is taken clears the accumulators; the next tile's ``first`` beat accumulates in
+    the cycle after it."""
+    return depth + drain
 
 
 class SystolicArray(wiring.Component):
@@ -267,10 +268,15 @@ class SystolicArray(wiring.Component):
                 m.d.comb += [a.eq(beat.act[c]), b.eq(beat.wgt[r])]
                 products[r, c] = p
 
+        # Plain accumulators: they are zero when a tile starts (cleared as the previous one's last column goes, or
+        # by restart or reset), so ``first`` needs no multiplexer per bit, only the stall below.
         acc = [[Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        with m.If(en & pflags.valid):
+        clear = Signal()
+        with m.If(clear):
+            m.d.sync += [acc[r][c].eq(0) for (r, c) in products]
+        with m.Elif(en & pflags.valid):
             for (r, c), product in products.items():
-                m.d.sync += acc[r][c].eq(Mux(pflags.first, 0, acc[r][c]) + product)
+                m.d.sync += acc[r][c].eq(acc[r][c] + product)
 
         # Drain: columns next_col .. cols-1 of the finished tile are pending while ``full`` is set.
         full = Signal()
@@ -286,9 +292,11 @@ class SystolicArray(wiring.Component):
         m.d.comb += emptied.eq(taken & (next_col == cols - 1))
         with m.If(taken):
             m.d.sync += next_col.eq(Mux(next_col == cols - 1, 0, next_col + 1))
-        # The next tile's first beat would overwrite the accumulators: everything waits until the last column
-        # goes (it may go in this very cycle).
-        m.d.comb += en.eq(~(pflags.valid & pflags.first & full & ~emptied))
+        # The next tile's first beat would overwrite the accumulators: everything waits until the last column has
+        # gone (and with it the finished sums). Not waiting on the take itself keeps o_columns.ready off the path
+        # to every enable of the array.
+        m.d.comb += clear.eq(emptied | self.restart)
+        m.d.comb += en.eq(~(pflags.valid & pflags.first & full))
         with m.If(emptied):
             m.d.sync += full.eq(0)
         with m.If(en & pflags.valid & pflags.last):

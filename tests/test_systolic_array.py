@@ -82,7 +82,7 @@ def test_ice40_slow_consumer_never_loses_a_column():
 @pytest.mark.parametrize("depth", [1, 7, 40])
 def test_ice40_tiles_cost_their_beats_plus_their_drain(depth):
     # Beats back to back and a consumer taking a column a cycle: each tile after the first costs its beats and its
-    # drain less the one cycle they overlap (ice40_tile_cycles), then the pipeline and the last drain.
+    # drain (ice40_tile_cycles), then the pipeline and the last drain.
     count = 3
     tiles = random_tiles(ICE40, 36, count=count, depths=[depth])
     got, cycles = tb.run_amaranth(ICE40, tiles)
@@ -93,11 +93,11 @@ def test_ice40_tiles_cost_their_beats_plus_their_drain(depth):
 
 def test_ice40_consumer_at_the_requantizer_pace_is_the_only_bottleneck():
     # A consumer taking one column per requantizer interval (one serial lane for the column's rows channels): a
-    # tile no deeper than that interval is computed while its predecessor's last column is requantized, so the run
+    # tile shallower than that interval is computed while its predecessor's last column is requantized, so the run
     # takes exactly the consumer's time.
     from cnnacc.hw.requantizer import requant_interval
     interval = requant_interval("ice40", ICE40.rows)
-    tiles = random_tiles(ICE40, 34, count=3, depths=[1, 30, interval])
+    tiles = random_tiles(ICE40, 34, count=3, depths=[1, 30, interval - 1])
     got, cycles = tb.run_amaranth(ICE40, tiles, stall_cycles=interval)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
     assert cycles == len(tiles) * ICE40.cols * interval
@@ -114,6 +114,7 @@ def test_ice40_verilator_sb_mac16_equals_model():
     got, cycles = tb.run_rtl(ICE40, tiles, seed=seed)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
     depths = [w.shape[0] for w, _ in tiles]
-    assert cycles == (sum(depths) + (len(tiles) - 1) * (ICE40.cols - 1) + array_latency(ICE40) + ICE40.cols)
+    assert cycles == (depths[0] + sum(ice40_tile_cycles(d, ICE40.cols) for d in depths[1:])
+                      + array_latency(ICE40) + ICE40.cols)
     got, _ = tb.run_rtl(ICE40, tiles, seed=seed, bubble=0.25, stall=0.25)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}, bubbles and stalls")
