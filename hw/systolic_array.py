@@ -38,14 +38,13 @@ registers load the same operands as the PE's hop registers and whose output regi
 same cycles, same numbers, and no fabric logic between a register and the block.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .dsp import DualMul8
 from .dsp_ecp5 import Mult18x18D
-from .requantizer import requant_interval
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles"]
 
