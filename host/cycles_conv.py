@@ -14,17 +14,21 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`) and
   the output handshake.
 
-Target ``"ice40"`` has one serial requantizer lane for the whole column (hw/requantizer.py): it reads the
-column in place from the array's shadows and takes it when its last result is written, so after the array the
-columns of the last tile up to ``last_column`` follow each other at
-:func:`~cnnacc.hw.requantizer.requant_interval` cycles, then the output handshake (the columns past the layer's
-last pixel are left to the array, which drops them when the next layer starts).
+Target ``"ice40"`` has one serial requantizer lane for the whole column (hw/requantizer.py) and an array that
+holds a finished tile in its accumulators (hw/systolic_array.py): the lane reads the column in place and takes
+it when its last result is written, a column past the layer's pixels is taken at once, and the next tile's
+first beat waits for the last column to go. A tile whose ``v`` columns hold pixels drains in
+``v * requant_interval + cols - v`` cycles, and the next tile follows after
+:func:`~cnnacc.hw.systolic_array.ice40_tile_cycles` of its depth and that drain. The last tile's columns up to
+``last_column`` then follow each other at :func:`~cnnacc.hw.requantizer.requant_interval` cycles, then the
+output handshake (the columns past the layer's last pixel are left to the array, which drops them when the
+next layer starts).
 """
 
 from dataclasses import dataclass
 
 from ..hw.requantizer import REQUANT_LATENCY, requant_interval
-from ..hw.systolic_array import array_latency, min_tile_beats
+from ..hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
            "weight_stationary_cycles"]
@@ -61,11 +65,19 @@ def conv_schedule(config, fields):
 def conv_cycles(config, fields):
     """Predicted RTL cycles of one layer (see the module docstring)."""
     s = conv_schedule(config, fields)
-    beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
     if config.target == "ice40":
         interval = requant_interval(config.target, config.rows)
-        drain = (s.last_column + 1) * interval + 1
+        full = config.cols * interval
+        valid = s.last_column + 1
+        partial = valid * interval + config.cols - valid
+        # One partial tile ends each channel block's pixels (span) or each output row (within rows); the layer's
+        # last tile is one of them and is not followed by another tile.
+        partials = s.channel_blocks * (1 if s.span else fields["out_h"])
+        beats = s.depth + (s.tiles - partials) * ice40_tile_cycles(s.depth, full) \
+            + (partials - 1) * ice40_tile_cycles(s.depth, partial)
+        drain = valid * interval + 1
     else:
+        beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
         drain = s.last_column + 1 + REQUANT_LATENCY + 1
     return beats + 2 + 1 + array_latency(config) + drain
 

@@ -11,7 +11,11 @@ register the products inside the block and ``TOP/BOTOUTPUT_SELECT=2`` routes tho
 (and the Amaranth simulator, which cannot run a vendor primitive) gets the plain ``*`` model of the same
 latency; tests run the two against each other with yosys's ``cells_sim.v`` under Verilator.
 
-Unlike the fabric model, the ``SB_MAC16`` product registers are not reset by the ``sync`` reset (their reset
+With ``input_registers=True`` the operands are registered first (``A_REG``/``B_REG`` inside the ``SB_MAC16``,
+under the same ``ce``), so the products are valid two enabled cycles after their operands: a register stage that
+costs no fabric flip-flop.
+
+Unlike the fabric model, the ``SB_MAC16`` input and product registers are not reset by the ``sync`` reset (their reset
 inputs are tied low); the model's registers are reset-less too, so the two agree from the first cycle on any
 operands. Users must not rely on the products before the first enabled cycle.
 """
@@ -25,13 +29,14 @@ from ..config import TARGETS
 __all__ = ["DualMul8", "sb_mac16_8x8"]
 
 
-def sb_mac16_8x8(a_top, b_top, a_bot, b_bot, p_top, p_bot, ce):
+def sb_mac16_8x8(a_top, b_top, a_bot, b_bot, p_top, p_bot, ce, input_registers=False):
     """An ``SB_MAC16`` instance computing two registered signed 8x8 products (see the module docstring)."""
     out = Signal(32)
+    in_reg = Const(int(input_registers), 1)
     inst = Instance(
         "SB_MAC16",
         p_NEG_TRIGGER=Const(0, 1),
-        p_C_REG=Const(0, 1), p_A_REG=Const(0, 1), p_B_REG=Const(0, 1), p_D_REG=Const(0, 1),
+        p_C_REG=Const(0, 1), p_A_REG=in_reg, p_B_REG=in_reg, p_D_REG=Const(0, 1),
         p_TOP_8x8_MULT_REG=Const(1, 1), p_BOT_8x8_MULT_REG=Const(1, 1),
         p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(0, 1),
         p_TOPOUTPUT_SELECT=Const(2, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
@@ -57,6 +62,8 @@ class DualMul8(wiring.Component):
     ----------
     target : str
         One of :data:`cnnacc.config.TARGETS`; ``"ice40"`` builds an ``SB_MAC16``, anything else a plain ``*``.
+    input_registers : bool
+        Register the operands before the multiply (one more cycle of latency). Default ``False``.
 
     Members
     -------
@@ -65,13 +72,15 @@ class DualMul8(wiring.Component):
     ce : In(1)
         Clock enable of both product registers.
     p0, p1 : Out(signed(16))
-        ``a0 * b0`` and ``a1 * b1`` as they were on the last enabled clock edge.
+        ``a0 * b0`` and ``a1 * b1`` of the operands as they were on the last enabled clock edge (the one before
+        it with ``input_registers``).
     """
 
-    def __init__(self, target="generic"):
+    def __init__(self, target="generic", *, input_registers=False):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         self._target = target
+        self._input_registers = bool(input_registers)
         super().__init__({
             "a0": In(signed(8)), "b0": In(signed(8)), "a1": In(signed(8)), "b1": In(signed(8)),
             "ce": In(1),
@@ -85,14 +94,22 @@ class DualMul8(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if self._target == "ice40":
-            inst, connections = sb_mac16_8x8(self.a1, self.b1, self.a0, self.b0, self.p1, self.p0, self.ce)
+            inst, connections = sb_mac16_8x8(self.a1, self.b1, self.a0, self.b0, self.p1, self.p0, self.ce,
+                                             self._input_registers)
             m.submodules.mac16 = inst
             m.d.comb += connections
         else:
             # Reset-less like the SB_MAC16 product registers, so both versions behave alike after reset.
+            operands = [self.a0, self.b0, self.a1, self.b1]
+            if self._input_registers:
+                registered = [Signal(signed(8), reset_less=True, name=f"{n}_reg") for n in ("a0", "b0", "a1", "b1")]
+                with m.If(self.ce):
+                    m.d.sync += [reg.eq(op) for reg, op in zip(registered, operands)]
+                operands = registered
+            a0, b0, a1, b1 = operands
             r0 = Signal(signed(16), reset_less=True)
             r1 = Signal(signed(16), reset_less=True)
             with m.If(self.ce):
-                m.d.sync += [r0.eq(self.a0 * self.b0), r1.eq(self.a1 * self.b1)]
+                m.d.sync += [r0.eq(a0 * b0), r1.eq(a1 * b1)]
             m.d.comb += [self.p0.eq(r0), self.p1.eq(r1)]
         return m

@@ -19,35 +19,34 @@ real convolution layer but the shallowest) run at one beat per cycle.
 
 Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation.
 
-Target ``"ice40"`` (``config.target``) changes two things and keeps every cycle of the schedule otherwise:
+Target ``"ice40"`` (``config.target``, at most a few rows and columns: 4x4 on the iCEBreaker) is a different
+array with the same numbers, built for the iCE40UP5K's few logic cells:
 
-* the products come from ``SB_MAC16`` blocks, two PEs per block (:class:`~.dsp.DualMul8`), registered inside the
-  block exactly where the fabric register of the generic PE is;
-* the drain is decoupled: the shadows are the output buffer. A finished column stays pending in its shadows and
-  ``o_columns`` shows the oldest pending column (columns still in order) until it is taken; the array keeps
-  computing meanwhile and stalls only when the next tile is about to overwrite a column that was not taken.
-  The requantizer of that target needs many cycles per column (hw/requantizer.py), so
-  :func:`min_tile_beats` spaces tiles by the time it takes to drain ``cols`` columns through it: with a
-  consumer that keeps up, no stall ever happens and the cycle model stays a closed formula. When the consumer
-  takes every column at once, the output timing equals the generic array's. The serial requantizer reads one
-  accumulator at a time: ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the
-  column is never copied out of the shadows.
+* broadcast instead of systolic: beat ``k``'s weight ``wgt[r]`` goes to every PE of row ``r`` and its activation
+  ``act[c]`` to every PE of column ``c`` in the same cycle, so there are no skew lines, no hop registers and one
+  set of framing flags for the whole array. The products come from ``SB_MAC16`` blocks, two PEs per block
+  (:class:`~.dsp.DualMul8`), whose own input and product registers are the two pipeline stages;
+* no shadows: a finished tile stays in the accumulators, which are the output buffer. ``o_columns`` shows its
+  columns in order, and the next tile's ``first`` beat waits at the accumulate stage (the whole array stalls,
+  ``i_beats.ready`` low) until the last column is taken; taking it clears the accumulators (the flip-flops' own
+  synchronous reset), so a tile's first beat adds to zero like any other and no PE needs a restart multiplexer.
+  A tile therefore costs ``K`` beats plus its drain (:func:`ice40_tile_cycles`). The serial requantizer of that target reads one accumulator at a time:
+  ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the column is never copied.
 
 With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
 registers load the same operands as the PE's hop registers and whose output register is the product stage:
 same cycles, same numbers, and no fabric logic between a register and the block.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .dsp import DualMul8
 from .dsp_ecp5 import Mult18x18D
-from .requantizer import requant_interval
 
-__all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency"]
+__all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles"]
 
 
 def beat_layout(config):
@@ -72,24 +71,30 @@ def min_tile_beats(config):
     """Fewest cycles between two ``last`` beats: the columns of a tile drain one per cycle (``cols``) and the top
     row's shadow must outlive the bottom row's finish by one cycle (``rows + 1``).
 
-    On target ``"ice40"`` one serial requantizer lane takes a column's ``rows`` channels in
-    :func:`~.requantizer.requant_interval` cycles and takes the column when its last result is written. Column
-    ``c`` shows ``rows + 1`` cycles after its top row finished and is taken ``(c + 1) * interval - 1`` cycles
-    after column 0 showed, while the next tile's top row of column ``c`` finishes ``spacing + c`` cycles after
-    this tile's column 0 did; so tiles ``cols * interval + rows - cols + 1`` beats apart keep the decoupled drain
-    from ever stalling, with a consumer that keeps up."""
-    generic = max(config.cols, config.rows + 1)
-    if config.target != "ice40":
-        return generic
-    interval = requant_interval(config.target, config.rows)
-    return max(generic, config.cols * interval + config.rows - config.cols + 1)
+    Target ``"ice40"`` has no shadows and no spacing: its tiles cost :func:`ice40_tile_cycles` instead (1 here)."""
+    if config.target == "ice40":
+        return 1
+    return max(config.cols, config.rows + 1)
 
 
 def array_latency(config):
     """Cycles from a tile's ``last`` beat entering to its column 0 in the output register (no stalls)."""
+    if config.target == "ice40":
+        # product register (the operand registers in the SB_MAC16 are the input register), accumulate.
+        return 2
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
     # output register.
     return config.rows + 3
+
+
+def ice40_tile_cycles(depth, drain):
+    """Target ``"ice40"``: cycles from one tile's ``last`` accumulate to the next one's, for a tile of ``depth``
+    beats following a tile whose columns were taken ``drain`` cycles after the first one showed (``drain`` counts
+    the cycle of the last take; ``cols`` with a consumer that takes one column per cycle), beats back to back.
+
+    The cycle the last column is taken clears the accumulators; the next tile's ``first`` beat accumulates in
+    the cycle after it."""
+    return depth + drain
 
 
 class SystolicArray(wiring.Component):
@@ -101,7 +106,7 @@ class SystolicArray(wiring.Component):
         Supplies ``rows``, ``cols``, ``acc_width`` and ``target``.
     dsp_model : bool
         Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMul8` with target
-        ``"generic"``, :class:`~.dsp_ecp5.Mult18x18D` without the primitive) while keeping the target's drain:
+        ``"generic"``, :class:`~.dsp_ecp5.Mult18x18D` without the primitive) while keeping the target's array:
         for the Amaranth simulator, which cannot run a vendor primitive. Default ``False``.
 
     Members
@@ -112,8 +117,7 @@ class SystolicArray(wiring.Component):
         ``cols`` beats per tile, columns in order. Accumulators wrap modulo ``2**acc_width``.
     restart : In(1)
         Target ``"ice40"`` only: a new layer starts. Columns still pending (a layer's last columns past its
-        pixels, which its consumer need not take) are dropped, and the next tile's ``last`` beat needs no spacing
-        (hundreds of cycles on this target, which would otherwise reach across layers).
+        pixels, which its consumer need not take) are dropped, so the next tile's ``first`` beat need not wait.
     drain_row : In(range(rows))
         Target ``"ice40"`` only: the row ``drain_acc`` shows.
     drain_acc : Out(signed(acc_width))
@@ -139,13 +143,13 @@ class SystolicArray(wiring.Component):
         return self._config
 
     def elaborate(self, platform):
+        if self._config.target == "ice40":
+            return self._elaborate_broadcast()
         m = Module()
         cfg = self._config
         rows, cols = cfg.rows, cfg.cols
-        decoupled = cfg.target == "ice40"
         en = Signal()
-        if not decoupled:
-            m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
+        m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
 
         # Spacing of last beats (see min_tile_beats), counted in enabled cycles.
         gap = min_tile_beats(cfg)
@@ -165,9 +169,6 @@ class SystolicArray(wiring.Component):
                 m.d.sync += since_last.eq(0)
             with m.Elif(since_last != gap):
                 m.d.sync += since_last.eq(since_last + 1)
-        if decoupled:
-            with m.If(self.restart):
-                m.d.sync += since_last.eq(gap)
 
         def delayed(value, cycles, name):
             """``value`` delayed by ``cycles`` enabled cycles."""
@@ -189,18 +190,6 @@ class SystolicArray(wiring.Component):
 
         shadow = [[None] * cols for _ in range(rows)]
         column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
-        top_flags = [None] * cols          # what row 0 is about to accumulate, per column (decoupled drain)
-        # Products: a registered ``*`` per PE, or on ice40 one SB_MAC16 (two products) per pair of PEs.
-        pe_products = {}
-        if decoupled:
-            target = "generic" if self._dsp_model else cfg.target
-            pes = [(r, c) for r in range(rows) for c in range(cols)]
-            for i in range(0, len(pes), 2):
-                mul = m.submodules[f"mul_{i // 2}"] = DualMul8(target)
-                m.d.comb += mul.ce.eq(en)
-                pe_products[pes[i]] = (mul.a0, mul.b0, mul.p0)
-                if i + 1 < len(pes):
-                    pe_products[pes[i + 1]] = (mul.a1, mul.b1, mul.p1)
         for r in range(rows):
             wgt_in, flags_in = west[r]
             for c in range(cols):
@@ -216,11 +205,7 @@ class SystolicArray(wiring.Component):
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
                 m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
-                if (r, c) in pe_products:
-                    mul_a, mul_b, mul_p = pe_products[r, c]
-                    m.d.comb += [mul_a.eq(act), mul_b.eq(wgt), product.eq(mul_p)]
-                    product_update = []
-                elif cfg.target == "ecp5":
+                if cfg.target == "ecp5":
                     # The block's input registers mirror act/wgt (which still carry the operands on), its
                     # output register is the product register.
                     mult = m.submodules[f"mult_{r}_{c}"] = Mult18x18D(8, 8, primitive=not self._dsp_model)
@@ -228,8 +213,6 @@ class SystolicArray(wiring.Component):
                     product_update = []
                 else:
                     product_update = [product.eq(act * wgt)]
-                if r == 0:
-                    top_flags[c] = pflags
                 with m.If(en):
                     m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags)]
                     m.d.sync += product_update
@@ -244,10 +227,6 @@ class SystolicArray(wiring.Component):
                 north[c] = act
                 wgt_in, flags_in = wgt, flags
 
-        if decoupled:
-            self._decoupled_drain(m, en, shadow, column_done, top_flags)
-            return m
-
         # Output register: at most one column finishes per cycle (tiles are >= cols cycles apart).
         with m.If(en):
             m.d.sync += self.o_columns.valid.eq(0)
@@ -258,33 +237,69 @@ class SystolicArray(wiring.Component):
                     m.d.sync += [self.o_columns.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
         return m
 
-    def _decoupled_drain(self, m, en, shadow, column_done, top_flags):
-        """Pending columns shown from their shadows, oldest first; stall only to protect an untaken column."""
-        rows, cols = self._config.rows, self._config.cols
+    def _elaborate_broadcast(self):
+        """Target ``"ice40"``: broadcast operands, SB_MAC16 products, the accumulators drained in place."""
+        m = Module()
+        cfg = self._config
+        rows, cols = cfg.rows, cfg.cols
         o = self.o_columns
-        pending = Signal(cols)
+        beat = self.i_beats.payload
+        en = Signal()
+        m.d.comb += self.i_beats.ready.eq(en)
+        take = self.i_beats.valid & en
+
+        # The operands are registered inside the SB_MAC16 blocks; only the framing flags follow in fabric, one
+        # copy for the whole array. A missing beat enters as a bubble (valid low), its operands are don't-care.
+        flags_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+        in_flags = Signal(flags_layout)
+        pflags = Signal(flags_layout)
+        with m.If(en):
+            m.d.sync += [in_flags.valid.eq(take), in_flags.first.eq(beat.first), in_flags.last.eq(beat.last),
+                         pflags.eq(in_flags)]
+
+        target = "generic" if self._dsp_model else cfg.target
+        pes = [(r, c) for r in range(rows) for c in range(cols)]
+        products = {}
+        for i in range(0, len(pes), 2):
+            mul = m.submodules[f"mul_{i // 2}"] = DualMul8(target, input_registers=True)
+            m.d.comb += mul.ce.eq(en)
+            for (r, c), (a, b, p) in zip(pes[i:i + 2], [(mul.a0, mul.b0, mul.p0), (mul.a1, mul.b1, mul.p1)]):
+                m.d.comb += [a.eq(beat.act[c]), b.eq(beat.wgt[r])]
+                products[r, c] = p
+
+        # Plain accumulators: they are zero when a tile starts (cleared as the previous one's last column goes, or
+        # by restart or reset), so ``first`` needs no multiplexer per bit, only the stall below.
+        acc = [[Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        clear = Signal()
+        with m.If(clear):
+            m.d.sync += [acc[r][c].eq(0) for (r, c) in products]
+        with m.Elif(en & pflags.valid):
+            for (r, c), product in products.items():
+                m.d.sync += acc[r][c].eq(acc[r][c] + product)
+
+        # Drain: columns next_col .. cols-1 of the finished tile are pending while ``full`` is set.
+        full = Signal()
         next_col = Signal(range(cols))
-        m.d.comb += o.valid.eq(pending.bit_select(next_col, 1))
-        m.d.comb += o.payload.col.eq(next_col)
+        m.d.comb += [o.valid.eq(full), o.payload.col.eq(next_col)]
         with m.Switch(next_col):
             for c in range(cols):
                 with m.Case(c):
-                    m.d.comb += [o.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
-                    m.d.comb += self.drain_acc.eq(Array(shadow[r][c] for r in range(rows))[self.drain_row])
-        taken = Signal(cols)
-        m.d.comb += taken.eq(Mux(o.valid & o.ready, 1 << next_col, 0))
-        with m.If(o.valid & o.ready):
+                    m.d.comb += [o.payload.acc[r].eq(acc[r][c]) for r in range(rows)]
+                    m.d.comb += self.drain_acc.eq(Array(acc[r][c] for r in range(rows))[self.drain_row])
+        taken = o.valid & o.ready
+        emptied = Signal()
+        m.d.comb += emptied.eq(taken & (next_col == cols - 1))
+        with m.If(taken):
             m.d.sync += next_col.eq(Mux(next_col == cols - 1, 0, next_col + 1))
-        # Row 0 of column c writes its shadow first; if column c of the previous tile is still pending (and not
-        # being taken now), everything waits. The later rows of the column follow row 0, so they are safe too.
-        hazard = Signal()
-        m.d.comb += hazard.eq(0)
-        for c in range(cols):
-            with m.If(top_flags[c].valid & top_flags[c].last & pending[c] & ~taken[c]):
-                m.d.comb += hazard.eq(1)
-        m.d.comb += en.eq(~hazard)
-        done = Signal(cols)
-        m.d.comb += done.eq(Mux(en, Cat(*column_done), 0))
-        m.d.sync += pending.eq((pending & ~taken) | done)
+        # The next tile's first beat would overwrite the accumulators: everything waits until the last column has
+        # gone (and with it the finished sums). Not waiting on the take itself keeps o_columns.ready off the path
+        # to every enable of the array.
+        m.d.comb += clear.eq(emptied | self.restart)
+        m.d.comb += en.eq(~(pflags.valid & pflags.first & full))
+        with m.If(emptied):
+            m.d.sync += full.eq(0)
+        with m.If(en & pflags.valid & pflags.last):
+            m.d.sync += full.eq(1)
         with m.If(self.restart):
-            m.d.sync += [pending.eq(0), next_col.eq(0)]
+            m.d.sync += [full.eq(0), next_col.eq(0)]
+        return m

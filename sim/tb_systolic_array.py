@@ -72,7 +72,7 @@ def run_amaranth(config, tiles, *, seed=0, bubble=0.0, stall=0.0, stall_cycles=N
         async for _ in ctx.tick():
             cycles += 1
 
-    beats = sum(max(w.shape[0], min_tile_beats(config)) for w, _ in tiles) * (stall_cycles or 1)
+    beats = sum(max(w.shape[0], min_tile_beats(config)) + config.cols for w, _ in tiles) * (stall_cycles or 1)
     limit = (40 + 2 * beats + config.rows + config.cols) * (1 + 20 * max(bubble, stall))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -108,8 +108,8 @@ async def systolic_array_tiles(dut):
     in_layout, out_layout = beat_layout(config), column_layout(config)
     beats = [in_layout.const(beat).as_bits() for beat in _beats(tiles)]
 
-    raw, cycles = await stream_through(dut, "i_beats", "o_columns", beats, len(tiles) * config.cols, rng, float(args["bubble"]),
-                                       float(args["stall"]))
+    raw, cycles = await stream_through(dut, "i_beats", "o_columns", beats, len(tiles) * config.cols, rng,
+                                       float(args["bubble"]), float(args["stall"]))
     views = [out_layout.from_bits(bits) for bits in raw]
     testbench_outputs(col=np.array([int(v.col) for v in views]),
                       acc=np.array([[int(x) for x in v.acc] for v in views], np.int64), cycles=cycles)

@@ -130,8 +130,9 @@ async def ice40_conv_layers(dut):
 
 def _layers():
     """Layers that cover the ice40 output path: every column of the last tile (both ends of the drain formula),
-    tiles shallower than the array's spacing, a partial channel block, stride 2, VALID, single rounding, fully
-    connected, the int8 extremes into both clamps, and a job placed past the start of every memory."""
+    tiles shallower than a column's drain, partial tiles inside a layer, a partial channel block, stride 2, VALID,
+    single rounding, fully connected, the int8 extremes into both clamps, and a job placed past the start of every
+    memory."""
     from test_conv_engine import conv_node, fc_node, random_layer
     return [
         (random_layer(2), 0.3),
@@ -144,6 +145,7 @@ def _layers():
         (conv_node(19, 3, 3, 2, 4, 1), 0.0),                                  # 9 pixels: last column 0
         (conv_node(20, 2, 3, 2, 4, 1, activation="relu"), 0.0),              # 6 pixels: last column 1
         (conv_node(21, 4, 4, 2, 4, 1), 0.0),                                  # 16 pixels: last column 3
+        (conv_node(22, 3, 3, 2, 9, 1), 0.0),                  # 9 pixels, 3 channel blocks: partial tiles mid-layer
         (fc_node(16), 0.0),
     ]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cnnacc.config import AcceleratorConfig
-from cnnacc.hw.systolic_array import array_latency, min_tile_beats
+from cnnacc.hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
 from cnnacc.sim import tb_systolic_array as tb
 
 
@@ -57,14 +57,14 @@ def test_verilator_8x8_random_tiles():
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
 
 
-# --- target "ice40": SB_MAC16 products and the decoupled drain ---------------------------------------------------
+# --- target "ice40": broadcast operands, SB_MAC16 products, the accumulators drained in place --------------------
 
 ICE40 = AcceleratorConfig(rows=4, cols=4, target="ice40")
 
 
-@pytest.mark.parametrize("seed,rows,cols", [(31, 4, 4), (32, 3, 2)])
+@pytest.mark.parametrize("seed,rows,cols", [(31, 4, 4), (32, 3, 3)])
 def test_ice40_amaranth_random_tiles_with_backpressure(seed, rows, cols):
-    # The Amaranth simulator runs the SB_MAC16 pairs as their plain models (dsp_model); the drain is ice40's.
+    # The Amaranth simulator runs the SB_MAC16 pairs as their plain models (dsp_model); 3x3 leaves one half unused.
     config = AcceleratorConfig(rows=rows, cols=cols, target="ice40")
     tiles = random_tiles(config, seed, count=6, depths=[1, 2, 9, 40])
     got, _ = tb.run_amaranth(config, tiles, seed=seed, bubble=0.3, stall=0.3)
@@ -72,45 +72,49 @@ def test_ice40_amaranth_random_tiles_with_backpressure(seed, rows, cols):
 
 
 def test_ice40_slow_consumer_never_loses_a_column():
-    # A consumer slower than the tile spacing: the array must stall rather than overwrite a pending column.
+    # A consumer much slower than the tiles: the array must hold the next tile rather than overwrite a column.
     seed = 33
     tiles = random_tiles(ICE40, seed, count=5, depths=[1, 5, 40])
-    got, _ = tb.run_amaranth(ICE40, tiles, seed=seed, stall_cycles=min_tile_beats(ICE40) // 2)
+    got, _ = tb.run_amaranth(ICE40, tiles, seed=seed, stall_cycles=50)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
 
 
-def test_ice40_consumer_at_the_requantizer_pace_costs_no_cycle():
-    # Tiles at the ice40 spacing with a consumer taking one column per requantizer interval (one serial lane for
-    # the column's rows channels): the array keeps one beat per cycle, and only the last tile's drain at that
-    # pace comes on top of the beats.
+@pytest.mark.parametrize("depth", [1, 7, 40])
+def test_ice40_tiles_cost_their_beats_plus_their_drain(depth):
+    # Beats back to back and a consumer taking a column a cycle: each tile after the first costs its beats and its
+    # drain (ice40_tile_cycles), then the pipeline and the last drain.
+    count = 3
+    tiles = random_tiles(ICE40, 36, count=count, depths=[depth])
+    got, cycles = tb.run_amaranth(ICE40, tiles)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
+    assert cycles == (depth + (count - 1) * ice40_tile_cycles(depth, ICE40.cols)
+                      + array_latency(ICE40) + ICE40.cols)
+
+
+def test_ice40_consumer_at_the_requantizer_pace_is_the_only_bottleneck():
+    # A consumer taking one column per requantizer interval (one serial lane for the column's rows channels): a
+    # tile shallower than that interval is computed while its predecessor's last column is requantized, so the run
+    # takes exactly the consumer's time.
     from cnnacc.hw.requantizer import requant_interval
     interval = requant_interval("ice40", ICE40.rows)
-    depth = min_tile_beats(ICE40)
-    assert depth == ICE40.cols * interval + ICE40.rows - ICE40.cols + 1
-    tiles = random_tiles(ICE40, 34, count=3, depths=[depth])
+    tiles = random_tiles(ICE40, 34, count=3, depths=[1, 30, interval - 1])
     got, cycles = tb.run_amaranth(ICE40, tiles, stall_cycles=interval)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
-    got_fast, fast = tb.run_amaranth(ICE40, tiles)
-    np.testing.assert_array_equal(got_fast, tb.golden_tiles(tiles))
-    assert fast == 3 * depth + array_latency(ICE40) + ICE40.cols
-    assert cycles == fast + (ICE40.cols - 1) * (interval - 1)
+    assert cycles == len(tiles) * ICE40.cols * interval
 
 
-def test_ice40_verilator_sb_mac16_equals_generic():
-    # SB_MAC16 on yosys's cells_sim.v: the same accumulators as golden, and for tiles at least as deep as the ice40
-    # spacing, the same cycles as the generic array.
+def test_ice40_verilator_sb_mac16_equals_model():
+    # SB_MAC16 on yosys's cells_sim.v (operand and product registers inside the block): the same accumulators as
+    # golden, the int8 extremes included, and the same cycles as the Amaranth model of the same array.
     seed = 35
-    generic = AcceleratorConfig(rows=4, cols=4)
-    spacing = min_tile_beats(ICE40)
-    tiles = random_tiles(ICE40, seed, count=4, depths=[spacing, spacing + 50])
-    extremes = [(np.full((spacing, 4), -128, np.int8), np.full((spacing, 4), -128, np.int8)),
-                (np.full((spacing + 50, 4), 127, np.int8), np.full((spacing + 50, 4), -128, np.int8))]
+    tiles = random_tiles(ICE40, seed, count=4, depths=[1, 3, 20, 90])
+    extremes = [(np.full((90, 4), -128, np.int8), np.full((90, 4), -128, np.int8)),
+                (np.full((140, 4), 127, np.int8), np.full((140, 4), -128, np.int8))]
     tiles = extremes + tiles
     got, cycles = tb.run_rtl(ICE40, tiles, seed=seed)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
-    got_generic, cycles_generic = tb.run_rtl(generic, tiles, seed=seed)
-    np.testing.assert_array_equal(got, got_generic)
-    assert cycles == cycles_generic
-    shallow = random_tiles(ICE40, seed + 1, count=6, depths=[1, 3, 20])
-    got, _ = tb.run_rtl(ICE40, shallow, seed=seed, bubble=0.25, stall=0.25)
-    np.testing.assert_array_equal(got, tb.golden_tiles(shallow), err_msg=f"seed {seed + 1}")
+    depths = [w.shape[0] for w, _ in tiles]
+    assert cycles == (depths[0] + sum(ice40_tile_cycles(d, ICE40.cols) for d in depths[1:])
+                      + array_latency(ICE40) + ICE40.cols)
+    got, _ = tb.run_rtl(ICE40, tiles, seed=seed, bubble=0.25, stall=0.25)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}, bubbles and stalls")
