@@ -11,7 +11,8 @@ just deep enough for LeNet-5's tiles in one EBR column each:
 * ``conv_param_depth`` 32: F5's 120 channels are 30 blocks of 4.
 * ``vector_depth`` 512: C1's pooled 14x14x6 map is 392 rows of 4 channels.
 
-There is no ``ULX3S_CONFIG`` yet (boards/build.py then builds the standard 8x8 accelerator for the ULX3S).
+``ULX3S_CONFIG`` sizes it for the ECP5-85F (83,640 LUT4, 156 MULT18X18D, 208 DP16KD of 18 Kbit); see its own
+comment for the measurements behind it.
 
 Status (2026-11-22): this configuration does not fit the UP5K yet. With the board top it synthesizes to
 15,706 LCs, 50 EBRs and 8 of 8 DSPs (nextpnr fails placement on the EBRs); the conv engine alone is 6,039 LUT4s
@@ -21,10 +22,29 @@ FFs and the serial requantizer 2,044 LUT4s. See docs/decisions.md for what has t
 
 from ..config import AcceleratorConfig
 
-__all__ = ["ICEBREAKER_CONFIG"]
+__all__ = ["ICEBREAKER_CONFIG", "ULX3S_CONFIG"]
 
 ICEBREAKER_CONFIG = AcceleratorConfig(
     rows=4, cols=4, lanes=4, max_kernel=5, max_width=32,
     conv_act_depth=512, conv_weight_depth=512, conv_param_depth=32, vector_depth=512,
     engines=("conv", "pool"), target="ice40",
+)
+
+# ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D (8 rows x 16 columns; rows == lanes == 8),
+# for MobileNet-class layers at up to 224 pixels a row.
+#
+# * Engines: conv, depthwise and pool; no add engine (MobileNet v1 runs whole, MobileNet v2's residual adds are
+#   refused by the compiler). Every MULT18X18D is in the array, so every other product is LUTs: one requantizer
+#   lane (a 32x32 Booth multiplier, hw/dsp_ecp5.py lut_product) is about 2,400 LUT4 + 540 CCU2C, i.e. ~28K LUT4
+#   per 8-lane requantizer, and the conv and depthwise engines have one each; the add engine would need three
+#   such products per lane more.
+# * max_kernel 5: LeNet-5's 5x5 and MobileNet's 3x3 kernels; the pool window's tap trees and line buffers grow
+#   with its square (global average pooling does not use them).
+# * Memories (DP16KD): conv input 32 banks x 2048 bytes (32), weights 4096 x 8 bytes (16), parameters 256 blocks
+#   (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the depthwise weight memory (57: its rows are
+#   2,048 bits wide for 1,136 used) and the line buffers: about 175 of 208.
+ULX3S_CONFIG = AcceleratorConfig(
+    rows=8, cols=16, lanes=8, max_kernel=5, max_width=224,
+    conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
+    engines=("conv", "depthwise", "pool"), target="ecp5",
 )

@@ -37,7 +37,7 @@ from ..hw.depthwise import depthwise_layer
 from ..hw.pool_engine import PoolMode, pool_layer
 from ..hw.requantizer import check_shifts
 from .cycles_conv import conv_cycles
-from .cycles_vector import POOL_LATENCY, depthwise_cycles, global_divider_bits, pool_cycles, window_cycles
+from .cycles_vector import depthwise_cycles, global_divider_bits, pool_cycles, pool_latency, window_cycles
 from .graph import activation_range
 from .model_file import node_macs
 from .program import Program, ProgramError, Step, Tile, tile_bands
@@ -148,13 +148,14 @@ def tile_descriptors(config, graph, step, tile):
 
 
 def _pool_tail(config, layer):
-    """Cycles a pool fused behind the conv engine adds after it has taken the conv's last pixel."""
+    """Cycles a pool fused behind the conv engine adds after it has taken the conv's last pixel (the pool engine's
+    latency for ``config``'s target included)."""
     window = dict(layer["window"], groups=1)
     if layer["mode"] == PoolMode.GLOBAL_AVG:
         return global_divider_bits(config) + 2
     padded_w = window["width"] + window["pad_left"] + window["pad_right"]
     last_pixel = (window["pad_top"] + window["height"] - 1) * padded_w + window["pad_left"] + window["width"] - 1
-    return window_cycles(window, POOL_LATENCY) - (last_pixel + 2)
+    return window_cycles(window, pool_latency(config)) - (last_pixel + 2)
 
 
 def run_overhead(step_kind, descriptor):

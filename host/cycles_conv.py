@@ -11,13 +11,13 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   :func:`~cnnacc.hw.systolic_array.min_tile_beats` cycles apart (the array's drain);
 * a fixed pipeline: start and setup (2), memory read (1), the array
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
-  valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`) and
-  the output handshake.
+  valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
+  :func:`~cnnacc.hw.requantizer.requant_extra_stages` for the target) and the output handshake.
 """
 
 from dataclasses import dataclass
 
-from ..hw.requantizer import REQUANT_LATENCY
+from ..hw.requantizer import REQUANT_LATENCY, requant_extra_stages
 from ..hw.systolic_array import array_latency, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
@@ -56,7 +56,8 @@ def conv_cycles(config, fields):
     """Predicted RTL cycles of one layer (see the module docstring)."""
     s = conv_schedule(config, fields)
     beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
-    pipeline = 2 + 1 + array_latency(config) + s.last_column + 1 + REQUANT_LATENCY + 1
+    requant = REQUANT_LATENCY + requant_extra_stages(config.target)
+    pipeline = 2 + 1 + array_latency(config) + s.last_column + 1 + requant + 1
     return beats + pipeline
 
 

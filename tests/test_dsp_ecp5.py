@@ -85,10 +85,10 @@ def test_verilator_ecp5_array_matches_generic():
 
 @pytest.mark.parametrize("mode", ["double", "single"])
 def test_split_product_requantizer_matches_golden(mode):
-    """The ecp5 requantizer (LUT multiply split over two stages): every shift at the extremes and random values,
-    bit for bit, with the same latency as the plain one."""
+    """The ecp5 requantizer (Booth LUT multiply, an adder tree of one level per stage): every shift at the
+    extremes and random values, bit for bit, with the latency :func:`requant_latency` gives that target."""
     from test_requantizer import edge_vectors, golden, random_vectors
-    from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer
+    from cnnacc.hw.requantizer import Requantizer, requant_latency
 
     lanes, seed = 4, 7
     edge = edge_vectors(lanes)
@@ -106,6 +106,7 @@ def test_split_product_requantizer_matches_golden(mode):
     zp, qmin, qmax = 3, -120, 127
     want = golden(vectors, zp, qmin, qmax, mode)
     dut = Requantizer(lanes, tag_width=10, target="ecp5")
+    latency = requant_latency("ecp5")
     beats = len(want)
     got = {}
 
@@ -115,7 +116,7 @@ def test_split_product_requantizer_matches_golden(mode):
         ctx.set(dut.qmin, qmin)
         ctx.set(dut.qmax, qmax)
         ctx.set(dut.o_data.ready, 1)
-        for cycle in range(beats + REQUANT_LATENCY + 1):
+        for cycle in range(beats + latency + 1):
             if cycle < beats:
                 ctx.set(dut.i_acc.valid, 1)
                 ctx.set(dut.i_acc.payload, {
@@ -128,8 +129,8 @@ def test_split_product_requantizer_matches_golden(mode):
             await ctx.tick()
             if ctx.get(dut.o_data.valid):
                 beat = ctx.get(dut.o_data.payload)
-                # A beat offered at cycle t leaves the output register after REQUANT_LATENCY edges.
-                assert int(beat.tag) == cycle - REQUANT_LATENCY + 1
+                # A beat offered at cycle t leaves the output register after `latency` edges.
+                assert int(beat.tag) == cycle - latency + 1
                 got[int(beat.tag)] = [int(v) for v in beat.data]
 
     sim = Simulator(dut)
