@@ -32,8 +32,11 @@ Target ``"ice40"`` (``config.target``) changes two things and keeps every cycle 
   takes every column at once, the output timing equals the generic array's.
 
 With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
-registers load the same operands as the PE's hop registers and whose output register is the product stage:
-same cycles, same numbers, and no fabric logic between a register and the block.
+registers load the same operands as the PE's hop registers and whose output register is the product stage; the
+product then crosses one more register in the fabric before the accumulator (the flags wait with it), because
+the multiplier blocks sit in a few fixed rows of the die and the route from a block to its accumulator's carry
+chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one cycle more of
+:func:`array_latency`.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
@@ -82,8 +85,8 @@ def min_tile_beats(config):
 def array_latency(config):
     """Cycles from a tile's ``last`` beat entering to its column 0 in the output register (no stalls)."""
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
-    # output register.
-    return config.rows + 3
+    # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
+    return config.rows + 3 + (config.target == "ecp5")
 
 
 class SystolicArray(wiring.Component):
@@ -195,22 +198,27 @@ class SystolicArray(wiring.Component):
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
                 m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
+                flags_before_product = flags
                 if (r, c) in pe_products:
                     mul_a, mul_b, mul_p = pe_products[r, c]
                     m.d.comb += [mul_a.eq(act), mul_b.eq(wgt), product.eq(mul_p)]
                     product_update = []
                 elif cfg.target == "ecp5":
                     # The block's input registers mirror act/wgt (which still carry the operands on), its
-                    # output register is the product register.
+                    # output register is the product register; a fabric register near the block follows it.
                     mult = m.submodules[f"mult_{r}_{c}"] = Mult18x18D(8, 8, primitive=not self._dsp_model)
-                    m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en), product.eq(mult.p)]
-                    product_update = []
+                    m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en)]
+                    product_update = [product.eq(mult.p)]
+                    block_flags = Signal(flags_layout, name=f"bflags_{r}_{c}")
+                    with m.If(en):
+                        m.d.sync += block_flags.eq(flags)
+                    flags_before_product = block_flags
                 else:
                     product_update = [product.eq(act * wgt)]
                 if r == 0:
                     top_flags[c] = pflags
                 with m.If(en):
-                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags)]
+                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags_before_product)]
                     m.d.sync += product_update
                     with m.If(pflags.valid):
                         m.d.sync += acc.eq(total)
