@@ -84,11 +84,12 @@ def pool_cycles(config, layer):
 
 def depthwise_cycles(config, layer):
     """Cycles of one depthwise layer (a :func:`cnnacc.hw.depthwise.depthwise_layer` descriptor)."""
-    from ..hw.depthwise import DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES
+    from ..hw.depthwise import DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES, depthwise_extra_stages
     from ..hw.requantizer import requant_extra_stages
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
     window = layer["window"]
-    # The depthwise engine's requantizer is the pipelined one of the target (ecp5: deeper; never the serial one).
-    latency = DEPTHWISE_LATENCY + requant_extra_stages(config.target)
+    # The target may deepen the MACs and the requantizer (ecp5); the depthwise engine's requantizer is always the
+    # pipelined one, never the serial ice40 datapath.
+    latency = DEPTHWISE_LATENCY + depthwise_extra_stages(config) + requant_extra_stages(config.target)
     return window_cycles(window, latency, WEIGHT_LOAD_CYCLES)

@@ -224,3 +224,30 @@ def test_ecp5_pool_engine_matches_golden_and_cycle_model():
         t.check(got, [job], "ecp5 cycle model")
         assert cycles == pool_cycles(config, layer)
         assert cycles == pool_cycles(replace(config, target="generic"), layer) + 3
+
+
+def test_ecp5_depthwise_engine_matches_golden_and_cycle_model():
+    """The depthwise engine's ecp5 MACs (LUT Booth products, a two-level tap sum) and its deeper requantizer:
+    random layers with bubbles and back-pressure, extreme zero points and data, and the cycle model."""
+    import test_depthwise as t
+    from cnnacc.host.cycles_vector import depthwise_cycles
+    from cnnacc.hw.depthwise import depthwise_extra_stages
+    from cnnacc.hw.requantizer import requant_extra_stages
+
+    config = AcceleratorConfig(lanes=2, max_width=8, target="ecp5")
+    generic = replace(config, target="generic")
+    extra = depthwise_extra_stages(config) + requant_extra_stages("ecp5")
+    assert extra == 6 and depthwise_extra_stages(generic) == 0
+    seed = 9
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    specs = [dict(height=4, width=5, channels=3, zp_in=-128, zp_out=127, extreme=True),
+             dict(height=3, width=4, channels=2, zp_in=127, zp_out=-128, extreme=True, mode="single"),
+             dict(height=5, width=6, channels=4, stride=2, padding=(0, 1, 0, 1), qmin=0, qmax=6)]
+    jobs, wants = zip(*[t.make_job(config, rng, **spec) for spec in specs])
+    got, _ = t.run_amaranth(config, list(jobs), seed=seed, bubble=0.3, stall=0.3)
+    t.check(got, jobs, wants, config.lanes, f"ecp5 seed {seed}")
+    job, want = t.make_job(config, rng, height=5, width=7, channels=3, padding=(1, 1, 1, 1))
+    got, cycles = t.run_amaranth(config, [job])
+    t.check(got, [job], [want], config.lanes, "ecp5 cycle model")
+    assert cycles == depthwise_cycles(config, job[0]) == depthwise_cycles(generic, job[0]) + extra
