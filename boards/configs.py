@@ -46,5 +46,5 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 ULX3S_CONFIG = AcceleratorConfig(
     rows=8, cols=16, lanes=8, max_kernel=5, max_width=224,
     conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
-    engines=("conv", "depthwise", "pool"), target="ecp5",
+    engines=("conv", "pool"), target="ecp5",
 )

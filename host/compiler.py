@@ -30,7 +30,7 @@ descriptor the RTL receives.
 import math
 
 from ..hw.accelerator import DW_GROUPS, DW_KERNEL
-from ..hw.add_engine import ADD_LATENCY, add_layer
+from ..hw.add_engine import add_latency, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, conv_layer
 from ..hw.depthwise import depthwise_layer
@@ -176,7 +176,7 @@ def tile_cycles(config, step, descriptors):
 
     Conv, depthwise and pool use the engines' exact models (host/cycles_conv.py, host/cycles_vector.py). A fused
     pool adds the pooling engine's tail after the conv's last output; the add engine is one beat per cycle
-    behind its descriptor and its seven-stage pipeline.
+    behind its descriptor and its pipeline (:func:`~cnnacc.hw.add_engine.add_latency` stages).
     """
     first = descriptors[0]
     if step.kind == "conv":
@@ -188,7 +188,7 @@ def tile_cycles(config, step, descriptors):
     elif step.kind == "pool":
         cycles = pool_cycles(config, first)
     else:
-        cycles = first["count"] + ADD_LATENCY + 2
+        cycles = first["count"] + add_latency(config) + 2
     return cycles + run_overhead(step.kind, first)
 
 

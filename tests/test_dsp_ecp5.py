@@ -147,7 +147,8 @@ def test_split_product_requantizer_matches_golden(mode):
 
 
 def test_ecp5_add_engine_matches_golden(monkeypatch):
-    """The add engine with its products split for LUTs (target "ecp5"): random layers, extremes included."""
+    """The add engine with LUT Booth products and split divides (target "ecp5", 16 stages): random layers,
+    extremes included."""
     import test_add_engine as t
     monkeypatch.setattr(t, "CONFIG", replace(t.CONFIG, target="ecp5"))
     seed = 12
@@ -158,46 +159,41 @@ def test_ecp5_add_engine_matches_golden(monkeypatch):
         np.testing.assert_array_equal(out, case[3], err_msg=f"seed {seed} layer {i}")
 
 
-@pytest.mark.parametrize("zero_bits", [0, 20])
-def test_split_high_mul_matches_quant(zero_bits):
-    """_high_mul_split against quant.saturating_rounding_doubling_high_mul, products of both signs and the
-    extremes, with and without the known-zero low bits of the add engine's shifted inputs."""
+@pytest.mark.parametrize("wa, wb", [(32, 32), (9, 32), (32, 9), (12, 7), (8, 2)])
+def test_lut_product_matches_multiplication(wa, wb):
+    """lut_product (Booth digits of b, one adder level a stage) against Python's product: the extremes (the top
+    digit negative, whose owed bit joins the root addition) and random operands, a new pair every cycle."""
     from amaranth.hdl import Module, Signal, signed
-    from cnnacc.host.quant import INT32_MAX, INT32_MIN, saturating_rounding_doubling_high_mul
-    from cnnacc.hw.add_engine import _high_mul_split
+    from cnnacc.hw.dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
 
-    seed = 5 + zero_bits
-    rng = np.random.default_rng(seed)
-    if zero_bits:
-        a = rng.integers(-255, 256, size=300) << zero_bits
-        a[:2] = [-255 << zero_bits, 255 << zero_bits]
-    else:
-        a = rng.integers(INT32_MIN + 1, INT32_MAX, size=300, endpoint=True)
-        a[:4] = [INT32_MIN + 1, INT32_MAX, -1, 0]
-    b = np.where(rng.random(300) < 0.5, rng.integers(1 << 30, 1 << 31, size=300),
-                 rng.integers(INT32_MIN + 1, INT32_MAX, size=300, endpoint=True))
-    b[:4] = [INT32_MAX, INT32_MIN + 1, 1 << 30, -1]
-    want = saturating_rounding_doubling_high_mul(a, b)
-
+    seed = 5
+    rng = random.Random(seed)
     m = Module()
-    sa, sb, en = Signal(signed(32)), Signal(signed(32)), Signal(init=1)
-    high = _high_mul_split(m, en, sa, sb, "t", a_zero_bits=zero_bits)
-    got = []
+    a, b, a_reg = Signal(signed(wa)), Signal(signed(wb)), Signal(signed(wa))
+    digits = booth_digit_count(wb)
+    neg, one, two = Signal(digits), Signal(digits), Signal(digits)
+    m.d.sync += [a_reg.eq(a)] + [r.eq(v) for r, v in zip((neg, one, two), booth_digits(b))]
+    product = lut_product(m, Signal(init=1), a_reg, neg, one, two, width=wa + wb, name="p")
+    latency = 1 + lut_product_stages(digits)
+    lo_a, hi_a, lo_b, hi_b = -(1 << wa - 1), (1 << wa - 1) - 1, -(1 << wb - 1), (1 << wb - 1) - 1
+    pairs = [(x, y) for x in (lo_a, hi_a, -1, 0, 1) for y in (lo_b, hi_b, -1, 0, 1)]
+    pairs += [(rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)) for _ in range(300)]
+    seen = []
 
     async def bench(ctx):
-        for i in range(len(a) + 2):
-            if i < len(a):
-                ctx.set(sa, int(a[i]))
-                ctx.set(sb, int(b[i]))
+        for i, (x, y) in enumerate(pairs + [(0, 0)] * latency):
+            ctx.set(a, x)
+            ctx.set(b, y)
             await ctx.tick()
-            if i >= 1:
-                got.append(ctx.get(high))
+            if i >= latency - 1:
+                seen.append(ctx.get(product))
 
     sim = Simulator(m)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    np.testing.assert_array_equal(np.array(got[:len(a)]), want, err_msg=f"seed {seed}")
+    want = [x * y for x, y in pairs]
+    assert seen[:len(want)] == want, f"seed {seed}"
 
 
 def test_ecp5_pool_engine_matches_golden_and_cycle_model():

@@ -19,7 +19,8 @@ from cnnacc.host.float_model import (FAdd, FAvgPool2D, FConv2D, FDepthwiseConv2D
 from cnnacc.host.rtl_backend import RtlBackend
 
 SEED = 6
-#: Small enough for a short Verilator build, every engine of the ULX3S instance present.
+#: Small enough for a short Verilator build, with every engine and so every ecp5-specific path (the ULX3S build
+#: itself leaves the depthwise and add engines out for lack of LUTs: boards/configs.py).
 ECP5_SMALL = AcceleratorConfig(rows=4, cols=4, lanes=4, max_kernel=3, max_width=16, conv_act_depth=256,
                                conv_weight_depth=512, conv_param_depth=32, vector_depth=512, target="ecp5")
 
