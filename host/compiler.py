@@ -30,14 +30,14 @@ descriptor the RTL receives.
 import math
 
 from ..hw.accelerator import DW_GROUPS, DW_KERNEL
-from ..hw.add_engine import ADD_LATENCY, add_layer
+from ..hw.add_engine import add_latency, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, check_conv_limits, conv_layer
 from ..hw.depthwise import depthwise_layer
 from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
 from ..hw.requantizer import check_shifts
 from .cycles_conv import conv_cycles
-from .cycles_vector import POOL_LATENCY, depthwise_cycles, global_divider_bits, pool_cycles, window_cycles
+from .cycles_vector import depthwise_cycles, global_divider_bits, pool_cycles, pool_latency, window_cycles
 from .graph import activation_range
 from .model_file import node_macs
 from .program import Program, ProgramError, Step, Tile, tile_bands
@@ -148,13 +148,14 @@ def tile_descriptors(config, graph, step, tile):
 
 
 def _pool_tail(config, layer):
-    """Cycles a pool fused behind the conv engine adds after it has taken the conv's last pixel."""
+    """Cycles a pool fused behind the conv engine adds after it has taken the conv's last pixel (the pool engine's
+    latency for ``config``'s target included)."""
     window = dict(layer["window"], groups=1)
     if layer["mode"] == PoolMode.GLOBAL_AVG:
         return global_divider_bits(config) + 2
     padded_w = window["width"] + window["pad_left"] + window["pad_right"]
     last_pixel = (window["pad_top"] + window["height"] - 1) * padded_w + window["pad_left"] + window["width"] - 1
-    return window_cycles(window, POOL_LATENCY + pool_extra_stages(config)) - (last_pixel + 2)
+    return window_cycles(window, pool_latency(config)) - (last_pixel + 2)
 
 
 def run_overhead(step_kind, descriptor):
@@ -175,7 +176,7 @@ def tile_cycles(config, step, descriptors):
 
     Conv, depthwise and pool use the engines' exact models (host/cycles_conv.py, host/cycles_vector.py). A fused
     pool adds the pooling engine's tail after the conv's last output; the add engine is one beat per cycle
-    behind its descriptor and its seven-stage pipeline.
+    behind its descriptor and its pipeline (:func:`~cnnacc.hw.add_engine.add_latency` stages).
     """
     first = descriptors[0]
     if step.kind == "conv":
@@ -187,7 +188,7 @@ def tile_cycles(config, step, descriptors):
     elif step.kind == "pool":
         cycles = pool_cycles(config, first)
     else:
-        cycles = first["count"] + ADD_LATENCY + 2
+        cycles = first["count"] + add_latency(config) + 2
     return cycles + run_overhead(step.kind, first)
 
 

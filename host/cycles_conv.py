@@ -11,8 +11,8 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   :func:`~cnnacc.hw.systolic_array.min_tile_beats` cycles apart (the array's drain);
 * a fixed pipeline: start and setup (2), memory read (1), the array
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
-  valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`) and
-  the output handshake.
+  valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
+  :func:`~cnnacc.hw.requantizer.requant_extra_stages` for the target) and the output handshake.
 
 Target ``"ice40"`` has one serial requantizer lane for the whole column (hw/requantizer.py) and an array that
 holds a finished tile in its accumulators (hw/systolic_array.py): the lane reads the column in place and takes
@@ -27,7 +27,7 @@ next layer starts).
 
 from dataclasses import dataclass
 
-from ..hw.requantizer import REQUANT_LATENCY, requant_interval
+from ..hw.requantizer import REQUANT_LATENCY, requant_extra_stages, requant_interval
 from ..hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
@@ -78,7 +78,7 @@ def conv_cycles(config, fields):
         drain = valid * interval + 1
     else:
         beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
-        drain = s.last_column + 1 + REQUANT_LATENCY + 1
+        drain = s.last_column + 1 + REQUANT_LATENCY + requant_extra_stages(config.target) + 1
     return beats + 2 + 1 + array_latency(config) + drain
 
 

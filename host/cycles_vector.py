@@ -18,14 +18,21 @@ Where the cycles go:
 
 from ..config import AcceleratorConfig
 
-__all__ = ["window_scan_cycles", "window_cycles", "pool_cycles", "depthwise_cycles", "global_divider_bits",
-           "WINDOW_LATENCY", "POOL_LATENCY"]
+__all__ = ["window_scan_cycles", "window_cycles", "pool_cycles", "pool_latency", "depthwise_cycles",
+           "global_divider_bits", "WINDOW_LATENCY", "POOL_LATENCY"]
 
 #: Cycles from the scanner reaching a window's last tap to the window being taken: the window generator's two
 #: register stages and the cycle the consumer takes it.
 WINDOW_LATENCY = 3
-#: The pooling engine's tap reduction and output register, after the window generator.
+#: The pooling engine's tap reduction and output register, after the window generator (generic target).
 POOL_LATENCY = WINDOW_LATENCY + 2
+
+
+def pool_latency(config):
+    """:data:`POOL_LATENCY` of the pool engine built for ``config``: its target may add pipeline stages to the
+    windowed modes (:func:`cnnacc.hw.pool_engine.pool_extra_stages`), standalone and fused behind a conv alike."""
+    from ..hw.pool_engine import pool_extra_stages
+    return POOL_LATENCY + pool_extra_stages(config)
 
 
 def window_scan_cycles(window):
@@ -62,10 +69,10 @@ def pool_cycles(config, layer):
     """Cycles of one pooling layer (a :func:`cnnacc.hw.pool_engine.pool_layer` descriptor)."""
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-    from ..hw.pool_engine import PoolMode, pool_extra_stages
+    from ..hw.pool_engine import PoolMode
     window = layer["window"]
     if PoolMode(layer["mode"]) != PoolMode.GLOBAL_AVG:
-        return window_cycles(window, POOL_LATENCY + pool_extra_stages(config))
+        return window_cycles(window, pool_latency(config))
     pixels = window["height"] * window["width"]
     nbits = global_divider_bits(config)
     # last_pixel: the cycle a plane's last pixel is taken; the divider frees nbits + 1 cycles after that.
@@ -77,8 +84,12 @@ def pool_cycles(config, layer):
 
 def depthwise_cycles(config, layer):
     """Cycles of one depthwise layer (a :func:`cnnacc.hw.depthwise.depthwise_layer` descriptor)."""
-    from ..hw.depthwise import DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES
+    from ..hw.depthwise import DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES, depthwise_extra_stages
+    from ..hw.requantizer import requant_extra_stages
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
     window = layer["window"]
-    return window_cycles(window, DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES)
+    # The target may deepen the MACs and the requantizer (ecp5); the depthwise engine's requantizer is always the
+    # pipelined one, never the serial ice40 datapath.
+    latency = DEPTHWISE_LATENCY + depthwise_extra_stages(config) + requant_extra_stages(config.target)
+    return window_cycles(window, latency, WEIGHT_LOAD_CYCLES)

@@ -22,12 +22,22 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from ..host.quant import quantize_multiplier_smaller_than_one_exp
+from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product
 from .window_generator import pixel_layout
 
-__all__ = ["AddEngine", "add_layer_layout", "add_layer", "ADD_LATENCY", "LEFT_SHIFT"]
+__all__ = ["AddEngine", "add_layer_layout", "add_layer", "add_latency", "ADD_LATENCY", "LEFT_SHIFT"]
 
 LEFT_SHIFT = 20
+#: Pipeline stages of the generic engine; see :func:`add_latency` for a target's.
 ADD_LATENCY = 7
+#: Stages of the ECP5 engine (see :meth:`AddEngine._ecp5_lane`).
+_ECP5_ADD_LATENCY = 16
+
+
+def add_latency(config):
+    """Pipeline stages (cycles from a beat taken to its result in the output register) of the add engine built
+    for ``config``: :data:`ADD_LATENCY`, or 16 on the ECP5, whose LUT products take one adder level a stage."""
+    return _ECP5_ADD_LATENCY if config.target == "ecp5" else ADD_LATENCY
 
 
 def add_layer_layout(config):
@@ -71,30 +81,6 @@ def _high_mul(m, en, a, b, name):
     m.d.comb += nudged.eq(ab + Mux(ab >= 0, 1 << 30, 1 - (1 << 30)))
     with m.If(en):
         m.d.sync += [ab.eq(a * b), high.eq((nudged + Mux(nudged < 0, (1 << 31) - 1, 0)) >> 31)]
-    return high
-
-
-def _high_mul_split(m, en, a, b, name, *, a_zero_bits=0):
-    """:func:`_high_mul` for LUT multipliers (``target == "ecp5"``), the same two stages and numbers.
-
-    Stage 1 registers eight 4-bit-digit partial products of ``a * b`` (each a shallow adder tree; ``a``'s
-    ``a_zero_bits`` low bits, known to be zero, are left out of them), stage 2 adds them with the nudge in one
-    sum. The nudge and the truncation toward zero of SRDHM together are ``floor((ab + 2**30) / 2**31)`` for either
-    sign of ``ab``: ``ab >= 0`` adds ``2**30``; ``ab < 0`` adds ``1 - 2**30`` and, to truncate toward zero,
-    ``2**31 - 1``, which is ``2**30`` again."""
-    narrow = a[a_zero_bits:].as_signed() if a_zero_bits else a
-    partial = []
-    with m.If(en):
-        for i in range(8):
-            digit = b[4 * i:4 * i + 4]
-            digit = digit.as_signed() if i == 7 else digit
-            pp = Signal(signed(len(narrow) + 4), name=f"{name}_pp{i}")
-            m.d.sync += pp.eq(narrow * digit)
-            partial.append(pp)
-    high = Signal(signed(32), name=f"{name}_high")
-    total = sum(pp << (4 * i + a_zero_bits) for i, pp in enumerate(partial)) + (1 << 30)
-    with m.If(en):
-        m.d.sync += high.eq(total[31:64])
     return high
 
 
@@ -149,33 +135,98 @@ class AddEngine(wiring.Component):
         with m.If(take):
             m.d.sync += remaining.eq(remaining - 1)
 
-        valid = [Signal(name=f"valid_{i}") for i in range(ADD_LATENCY - 1)]
+        latency = add_latency(self._config)
+        valid = [Signal(name=f"valid_{i}") for i in range(latency - 1)]
         with m.If(en):
             m.d.sync += [valid[0].eq(take), self.o_pixels.valid.eq(valid[-1])]
-            m.d.sync += [valid[i + 1].eq(valid[i]) for i in range(ADD_LATENCY - 2)]
+            m.d.sync += [valid[i + 1].eq(valid[i]) for i in range(latency - 2)]
 
-        # Target "ecp5": the MAC array takes the multiplier blocks, these products are LUTs (see _high_mul_split).
-        split = self._config.target == "ecp5"
+        if self._config.target == "ecp5":
+            self._ecp5_lanes(m, en, layer)
+            return m
         for lane in range(self._config.lanes):
             name = f"l{lane}"
             a1, b1 = Signal(signed(32), name=f"{name}_a1"), Signal(signed(32), name=f"{name}_b1")
             with m.If(en):
                 m.d.sync += [a1.eq((self.i_a.payload[lane] - layer.zp1) << LEFT_SHIFT),
                              b1.eq((self.i_b.payload[lane] - layer.zp2) << LEFT_SHIFT)]
-            if split:                                                  # stages 2, 3
-                ha = _high_mul_split(m, en, a1, layer.m1, f"{name}_a", a_zero_bits=LEFT_SHIFT)
-                hb = _high_mul_split(m, en, b1, layer.m2, f"{name}_b", a_zero_bits=LEFT_SHIFT)
-            else:
-                ha = _high_mul(m, en, a1, layer.m1, f"{name}_a")
-                hb = _high_mul(m, en, b1, layer.m2, f"{name}_b")
+            ha = _high_mul(m, en, a1, layer.m1, f"{name}_a")              # stages 2, 3
+            hb = _high_mul(m, en, b1, layer.m2, f"{name}_b")
             total = Signal(signed(32), name=f"{name}_sum")            # stage 4
             with m.If(en):
                 m.d.sync += total.eq(_rounding_divide(m, ha, layer.s1, f"{name}_da")
                                      + _rounding_divide(m, hb, layer.s2, f"{name}_db"))
-            ho = (_high_mul_split if split else _high_mul)(m, en, total, layer.mo, f"{name}_o")   # stages 5, 6
+            ho = _high_mul(m, en, total, layer.mo, f"{name}_o")                 # stages 5, 6
             out = Signal(signed(34), name=f"{name}_out")
             m.d.comb += out.eq(_rounding_divide(m, ho, layer.so, f"{name}_do") + layer.zp_out)
             clamped = Mux(out < layer.qmin, layer.qmin, Mux(out > layer.qmax, layer.qmax, out))
             with m.If(en):                                             # stage 7
                 m.d.sync += self.o_pixels.payload[lane].eq(clamped[:8])
         return m
+
+    def _ecp5_lanes(self, m, en, layer):
+        """Target "ecp5": the same numbers in 16 stages, every product a LUT Booth multiply
+        (:func:`~.dsp_ecp5.lut_product`, one adder level a stage) and every rounding divide split in two:
+
+        1. ``d = x - zp`` for both inputs, with its Booth digits (5: ``d`` is 9 bits);
+        2-4. ``d * m`` (42 bits); since ``(x - zp) << 20`` has 20 zero bits, SRDHM of it is
+           ``floor((d * m + 2**10) / 2**11)`` (the nudge and the truncation toward zero are ``+ 2**30`` for either
+           sign, then divide by ``2**20`` exactly);
+        5. that high part; 6. the divide's shift and its rounding bit; 7. their sum; 8. ``sa + sb``;
+        9-12. ``total * mo`` (``mo``'s Booth digits are a layer constant); 13. its high part;
+        14. shift and rounding bit; 15. plus the output zero point; 16. clamp.
+
+        The divides' masks and thresholds are decoded from the layer's shifts, which stay put while a layer runs.
+        """
+        digits = booth_digit_count(32)
+        mo_neg, mo_one, mo_two = (Signal(digits, name=f"mo_{n}") for n in ("neg", "one", "two"))
+        m.d.sync += [r.eq(v) for r, v in zip((mo_neg, mo_one, mo_two), booth_digits(layer.mo))]
+
+        def divide_constants(right, name):
+            mask, half, halfp = Signal(32, name=f"{name}_mask"), Signal(32, name=f"{name}_half"), \
+                Signal(33, name=f"{name}_halfp")
+            m.d.sync += [mask[i].eq(right > i) for i in range(32)]
+            m.d.sync += [half[i].eq(right > i + 1) for i in range(32)]
+            m.d.sync += halfp.eq(Mux(right == 0, 1, Const(1, 33) << (right - 1)[:5]))
+            return mask, half, halfp
+
+        constants = {k: divide_constants(getattr(layer, k), k) for k in ("s1", "s2", "so")}
+
+        def reg(shape, name, value):
+            r = Signal(shape, name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        def divide(x, key, name):
+            """Stages: shift and rounding bit, then their sum (RoundingDivideByPOT, ties away from zero)."""
+            mask, half, halfp = constants[key]
+            right = getattr(layer, key)
+            remainder = x.as_unsigned() & mask
+            up = reg(1, f"{name}_up", Mux(x < 0, remainder > halfp, remainder > half))
+            shifted = reg(signed(32), f"{name}_shifted", x >> right)
+            return shifted, up
+
+        for lane in range(self._config.lanes):
+            name = f"l{lane}"
+            highs = []
+            for side, pixel, zp, mult, key in (("a", self.i_a, layer.zp1, layer.m1, "s1"),
+                                               ("b", self.i_b, layer.zp2, layer.m2, "s2")):
+                n = f"{name}_{side}"
+                centred = Signal(signed(9), name=f"{n}_d")
+                neg, one, two = (Signal(booth_digit_count(9), name=f"{n}_{k}") for k in ("neg", "one", "two"))
+                with m.If(en):
+                    m.d.sync += centred.eq(pixel.payload[lane] - zp)                       # stage 1
+                    m.d.sync += [r.eq(v) for r, v in zip((neg, one, two), booth_digits(pixel.payload[lane] - zp))]
+                product = lut_product(m, en, mult, neg, one, two, width=42, name=f"{n}_p")   # stages 2-4
+                high = reg(signed(32), f"{n}_high", ((product + (1 << 10)) >> 11)[:32])       # stage 5
+                shifted, up = divide(high, key, n)                                             # stage 6
+                highs.append(reg(signed(32), f"{n}_r", shifted + up))                          # stage 7
+            total = reg(signed(32), f"{name}_sum", (highs[0] + highs[1])[:32])                 # stage 8
+            product = lut_product(m, en, total, mo_neg, mo_one, mo_two, width=64, name=f"{name}_o_p")  # 9-12
+            high = reg(signed(32), f"{name}_o_high", ((product + (1 << 30)) >> 31)[:32])      # stage 13
+            shifted, up = divide(high, "so", f"{name}_o")                                      # stage 14
+            out = reg(signed(34), f"{name}_out", shifted + up + layer.zp_out)                  # stage 15
+            clamped = Mux(out < layer.qmin, layer.qmin, Mux(out > layer.qmax, layer.qmax, out))
+            with m.If(en):                                                                     # stage 16
+                m.d.sync += self.o_pixels.payload[lane].eq(clamped[:8])

@@ -49,7 +49,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout
+from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages
 from .systolic_array import SystolicArray
 
 __all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits",
@@ -385,7 +385,7 @@ class ConvEngine(wiring.Component):
         m.d.comb += span.eq(~layer.stride2 & (layer.out_w == layer.in_w))
         setup, in_run, out_run = Signal(), Signal(), Signal()
         s1_valid, p_valid = Signal(), Signal()
-        inflight = Signal(range(REQUANT_LATENCY + 3))
+        inflight = Signal(range(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3))
         m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | (inflight != 0))
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)

@@ -29,17 +29,25 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
 from .requantizer import REQUANT_LATENCY, Requantizer, SHIFT_MAX, SHIFT_MIN, lane_params_layout
 from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["DepthwiseEngine", "depthwise_layer_layout", "depthwise_weights_layout", "depthwise_layer",
-           "depthwise_weight_beats", "DEPTHWISE_LATENCY", "WEIGHT_LOAD_CYCLES"]
+           "depthwise_weight_beats", "depthwise_extra_stages", "DEPTHWISE_LATENCY", "WEIGHT_LOAD_CYCLES"]
 
 #: Cycles from the scanner reaching a window's last tap to its result being taken: window generator (2),
 #: products (1), sum (1), requantizer, and the cycle the consumer takes it.
 DEPTHWISE_LATENCY = 2 + 2 + REQUANT_LATENCY + 1
 #: Cycles a plane loses to loading its weights when the weight stream keeps up (they are double-buffered).
 WEIGHT_LOAD_CYCLES = 0
+
+
+def depthwise_extra_stages(config):
+    """Stages the MAC part has for ``config.target`` beyond the generic two (3 on the ECP5: the centring
+    subtraction, a second stage of the LUT product and a first level of the tap sum), besides the requantizer's
+    own (:func:`~.requantizer.requant_extra_stages`)."""
+    return 3 if config.target == "ecp5" else 0
 
 
 def depthwise_layer_layout(config, kernel=3):
@@ -195,19 +203,24 @@ class DepthwiseEngine(wiring.Component):
 
         p_valid, p_last = Signal(), Signal()
         p_params = Signal(params_layout)
-        products = [[[Signal(signed(17), name=f"p_{i}_{j}_{l}") for l in range(lanes)] for j in range(k)]
-                    for i in range(k)]
+        if cfg.target == "ecp5":
+            p_valid, p_last, p_params, sums = self._ecp5_products(m, advance, take, win, cur, zp_in, params_layout)
+        else:
+            products = [[[Signal(signed(17), name=f"p_{i}_{j}_{l}") for l in range(lanes)] for j in range(k)]
+                        for i in range(k)]
+            with m.If(advance):
+                m.d.sync += [p_valid.eq(take), p_last.eq(win.last), p_params.eq(cur.params)]
+                for i in range(k):
+                    for j in range(k):
+                        for lane in range(lanes):
+                            centred = win.taps[i][j][lane] - zp_in          # 9 bits: -255 .. 255
+                            m.d.sync += products[i][j][lane].eq(centred * cur.weights[i][j][lane])
+            sums = [[products[i][j][lane] for i in range(k) for j in range(k)] for lane in range(lanes)]
         with m.If(advance):
-            m.d.sync += [p_valid.eq(take), p_last.eq(win.last), p_params.eq(cur.params)]
-            for i in range(k):
-                for j in range(k):
-                    for lane in range(lanes):
-                        centred = win.taps[i][j][lane] - zp_in          # 9 bits: -255 .. 255
-                        m.d.sync += products[i][j][lane].eq(centred * cur.weights[i][j][lane])
             m.d.sync += rq.i_acc.valid.eq(p_valid)
             m.d.sync += [rq.i_acc.payload.tag.eq(p_last), rq.i_acc.payload.params.eq(p_params)]
             for lane in range(lanes):
-                m.d.sync += rq.i_acc.payload.acc[lane].eq(sum(products[i][j][lane] for i in range(k) for j in range(k)))
+                m.d.sync += rq.i_acc.payload.acc[lane].eq(sum(sums[lane]))
 
         # Weight double buffer: a plane's last window retires the current set.
         load = self.i_weights.valid & self.i_weights.ready
@@ -227,4 +240,47 @@ class DepthwiseEngine(wiring.Component):
         with m.If(rq.o_data.valid & rq.o_data.ready & rq.o_data.payload.tag):
             m.d.sync += busy.eq(0)
         return m
+
+    def _ecp5_products(self, m, advance, take, win, cur, zp_in, params_layout):
+        """The MACs for target "ecp5" (:func:`depthwise_extra_stages` more stages, same numbers): the centred taps
+        and the weights' Booth digits registered (stage C), each product a LUT Booth multiply
+        (:func:`~.dsp_ecp5.lut_product`, two stages: a 9x8 product through yosys's LUT full adders and the 9-way
+        sum behind it were far too deep for 125 MHz), then three sums of three taps per lane (stage S); the
+        requantizer's input register adds those three. Returns the stage-S flags, parameters and, per lane, the
+        three sums."""
+        cfg, k, lanes = self._config, self._kernel, self._config.lanes
+        digits = booth_digit_count(8)
+        depth = 1 + lut_product_stages(digits) + 1          # C, the product, S
+
+        def delayed(value, name):
+            regs = [Signal.like(value, name=f"{name}_{d}") for d in range(depth)]
+            with m.If(advance):
+                m.d.sync += regs[0].eq(value)
+                m.d.sync += [regs[d + 1].eq(regs[d]) for d in range(depth - 1)]
+            return regs[-1]
+
+        valid, last = delayed(take, "mac_valid"), delayed(win.last, "mac_last")
+        params = delayed(cur.params, "mac_params")
+        products = [[] for _ in range(lanes)]
+        for i in range(k):
+            for j in range(k):
+                for lane in range(lanes):
+                    name = f"dw_{i}_{j}_{lane}"
+                    centred = Signal(signed(9), name=f"{name}_centred")       # -255 .. 255
+                    neg, one, two = (Signal(digits, name=f"{name}_{n}") for n in ("neg", "one", "two"))
+                    with m.If(advance):
+                        m.d.sync += centred.eq(win.taps[i][j][lane] - zp_in)
+                        m.d.sync += [r.eq(v) for r, v in zip((neg, one, two), booth_digits(cur.weights[i][j][lane]))]
+                    products[lane].append(lut_product(m, advance, centred, neg, one, two, width=17, name=name))
+        sums = []
+        for lane in range(lanes):
+            taps = products[lane]
+            partial = []
+            for g in range(0, len(taps), 3):
+                part = Signal(signed(19), name=f"dw_sum_{lane}_{g // 3}")
+                with m.If(advance):
+                    m.d.sync += part.eq(sum(taps[g:g + 3]))
+                partial.append(part)
+            sums.append(partial)
+        return valid, last, params, sums
 

@@ -15,11 +15,11 @@ two registers without reset) has exactly that behaviour, so it can stand in for 
 simulator; ``sim/models/MULT18X18D.v`` is a behavioural Verilog model of the primitive itself for Verilator.
 """
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Mult18x18D", "MULT_LATENCY"]
+__all__ = ["Mult18x18D", "MULT_LATENCY", "booth_digits", "booth_digit_count", "lut_product", "lut_product_stages"]
 
 #: Cycles (with ``ce`` high) from the operands to their product.
 MULT_LATENCY = 2
@@ -97,3 +97,92 @@ class Mult18x18D(wiring.Component):
             i_CLK0=ClockSignal("sync"), i_CE0=self.ce, i_RST0=Const(0),
             **registered, **ports)
         return m
+
+
+# --- LUT multipliers for the ECP5 (every MULT18X18D belongs to the MAC array) ----------------------------------
+
+def booth_digit_count(width):
+    """Radix-4 Booth digits of a signed ``width``-bit operand."""
+    return (width + 1) // 2
+
+
+def booth_digits(value):
+    """Radix-4 Booth recoding of the signed ``value``: ``(neg, one, two)``, each a Value of one bit per digit.
+
+    Digit ``i`` is ``-2 * b[2i+1] + b[2i] + b[2i-1]`` (``b[-1] = 0``, ``b`` sign-extended to an even width), in
+    {-2, -1, 0, 1, 2}; it is ``-two * 2 - one`` when ``neg``, else ``two * 2 + one``. The sum of ``digit[i] * 4**i``
+    is ``value``. Register the three for :func:`lut_product` (they are a few LUTs deep)."""
+    width = len(value)
+    n = booth_digit_count(width)
+    bits = Cat(Const(0, 1), value, value[-1].replicate(2 * n - width))
+    neg, one, two = [], [], []
+    for i in range(n):
+        b0, b1, b2 = bits[2 * i], bits[2 * i + 1], bits[2 * i + 2]
+        neg.append(b2 & ~(b1 & b0))
+        one.append(b1 ^ b0)
+        two.append((b2 & ~b1 & ~b0) | (~b2 & b1 & b0))
+    return Cat(*neg), Cat(*one), Cat(*two)
+
+
+def lut_product_stages(digits):
+    """Register stages :func:`lut_product` takes for a multiplier of ``digits`` Booth digits (the partial
+    products and the first additions share the first stage, then one stage per level of the adder tree)."""
+    stages, terms = 1, (digits + 1) // 2
+    while terms > 1:
+        stages, terms = stages + 1, (terms + 1) // 2
+    return stages
+
+
+def lut_product(m, en, a, neg, one, two, *, width, name):
+    """``a * b`` in LUTs and carry chains, pipelined, from ``a`` and the Booth digits of ``b``
+    (:func:`booth_digits`), all registered by the caller in the same stage. Returns the product (the low ``width``
+    bits, signed: give ``len(a) + len(b)`` for the exact product), valid :func:`lut_product_stages` enabled cycles
+    after its operands.
+
+    Why this shape: yosys maps a ``*`` or a many-operand sum without DSPs into rows of LUT full adders (about 5,300
+    LUT4 for one 32x32 product here, and the deepest path of the requantizer); a Booth digit selects ``0``, ``a``
+    or ``2a`` and inverts it in one LUT level, and every register stage after it is one two-operand addition, which
+    maps onto a CCU2C carry chain (2 bits per cell, 0.07 ns a cell). A negative digit adds ``~x`` and owes a 1 at
+    its weight: those bits ride in the free low bits of the shifted operand of an addition at that weight (a
+    pairing of terms ``d`` digits apart leaves ``2d`` zero bits there), and the few left at the root join the last
+    addition. Every term is cut to the bits below ``width``: the arithmetic is modulo ``2**width`` throughout.
+    """
+    n = len(neg)
+    terms = []
+    for i in range(n):
+        sel = Mux(two[i], a.as_signed() << 1, Mux(one[i], a.as_signed(), 0))
+        terms.append((Mux(neg[i], ~sel, sel), 2 * i))
+    owed = {2 * i: neg[i] for i in range(n)}          # weight -> bit still to add
+    level = 0
+    while len(terms) > 1 or owed:
+        nxt = []
+        last = len(terms) <= 2
+        for k in range(0, len(terms), 2):
+            lo_value, lo_base = terms[k]
+            reg = Signal(signed(width - lo_base), name=f"{name}_t{level}_{k // 2}")
+            if k + 1 < len(terms):
+                hi_value, hi_base = terms[k + 1]
+                gap = hi_base - lo_base
+                free = [owed.pop(w) if w in owed else Const(0, 1) for w in range(lo_base, lo_base + gap)]
+                total = lo_value + Cat(*free, hi_value).as_signed()
+                if last and owed:
+                    # What no free bit could carry (the top digit's): a third operand of the root addition.
+                    total = total + Cat(*[owed.pop(w) if w in owed else Const(0, 1)
+                                          for w in range(lo_base, width)])
+            else:
+                total = lo_value
+                if last and owed:
+                    total = total + Cat(*[owed.pop(w) if w in owed else Const(0, 1) for w in range(lo_base, width)])
+            with m.If(en):
+                # A narrower sum is sign-extended; a wider one is cut (modulo 2**width).
+                m.d.sync += reg.eq(total if len(total) <= len(reg) else total[:len(reg)])
+            nxt.append((reg, lo_base))
+        # The bits still owed travel with their terms.
+        for w, bit in list(owed.items()):
+            owed[w] = Signal(name=f"{name}_owed{level}_{w}")
+            with m.If(en):
+                m.d.sync += owed[w].eq(bit)
+        terms = nxt
+        level += 1
+    assert level == lut_product_stages(n), (level, n)
+    return terms[0][0]

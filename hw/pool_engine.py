@@ -24,16 +24,17 @@ On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the eng
 max pooling only (:func:`pool_modes`), over windows of at most :data:`ICE40_POOL_KERNEL` x
 :data:`ICE40_POOL_KERNEL` (:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, no activation clamp
 (:func:`pool_has_clamp`), one pipeline stage fewer; the dispatcher and the compiler refuse the rest.
-Target ``"ecp5"`` adds three stages (per-row reduction, reciprocal lookup, product) for its 125 MHz clock:
-:func:`pool_extra_stages`.
+Target ``"ecp5"`` adds five stages (per-row reduction, reciprocal lookup, a three-level LUT Booth product) for
+its 125 MHz clock: :func:`pool_extra_stages`.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
 from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
@@ -83,9 +84,10 @@ def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127)
 
 
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (3 on the ECP5, one
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (5 on the ECP5: the
+    per-row reduction, the reciprocal and the numerator's Booth digits, three adder levels of the product; one
     fewer on the iCE40)."""
-    return {"ecp5": 3, "ice40": -1}.get(config.target, 0)
+    return {"ecp5": 5, "ice40": -1}.get(config.target, 0)
 
 
 class PoolMode(enum.Enum, shape=2):
@@ -288,13 +290,22 @@ class PoolEngine(wiring.Component):
                     m.d.comb += recip.eq(table[c])
         window_result = []
         out_valid, out_last = a_valid, a_last
+        numer_width = len(Signal(range(max_numer + 1))) + 1          # signed, for its Booth digits
+        divide_stages = 1 + lut_product_stages(booth_digit_count(numer_width))
+
+        def delayed(value, name):
+            """``value`` through the divide's stages (B1 and the product's), under the output's enable."""
+            regs = [Signal.like(value, name=f"{name}_b{d}") for d in range(divide_stages)]
+            with m.If(o_free):
+                m.d.sync += regs[0].eq(value)
+                m.d.sync += [regs[d + 1].eq(regs[d]) for d in range(divide_stages - 1)]
+            return regs[-1]
+
         if deep:
-            b1_valid, b1_last, b2_valid, b2_last = Signal(), Signal(), Signal(), Signal()
             b1_recip = Signal.like(recip)
             with m.If(o_free):
-                m.d.sync += [b1_valid.eq(a_valid), b1_last.eq(a_last), b1_recip.eq(recip),
-                             b2_valid.eq(b1_valid), b2_last.eq(b1_last)]
-            out_valid, out_last = b2_valid, b2_last
+                m.d.sync += b1_recip.eq(recip)
+            out_valid, out_last = delayed(a_valid, "div_valid"), delayed(a_last, "div_last")
         for lane in range(lanes):
             magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
             m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
@@ -303,13 +314,18 @@ class PoolEngine(wiring.Component):
             if not deep:
                 m.d.comb += quotient.eq((magnitude * recip) >> shift)
             else:
-                b1_numer = Signal.like(magnitude, name=f"b1_numer_{lane}")
-                b1_neg, b2_neg = Signal(name=f"b1_neg_{lane}"), Signal(name=f"b2_neg_{lane}")
-                b1_max, b2_max = Signal(signed(8), name=f"b1_max_{lane}"), Signal(signed(8), name=f"b2_max_{lane}")
+                # B1 registers the numerator's Booth digits and the reciprocal; the product is a LUT Booth
+                # multiply, one adder level per stage (a 13x18 ``*`` in LUT full adders is too deep for 125 MHz).
+                digits = booth_digit_count(numer_width)
+                b1_neg, b1_one, b1_two = (Signal(digits, name=f"b1_{n}_{lane}") for n in ("neg", "one", "two"))
                 with m.If(o_free):
-                    m.d.sync += [b1_numer.eq(magnitude), b1_neg.eq(neg), b1_max.eq(window_max),
-                                 quotient.eq((b1_numer * b1_recip) >> shift), b2_neg.eq(b1_neg), b2_max.eq(b1_max)]
-                neg, window_max = b2_neg, b2_max
+                    m.d.sync += [r.eq(v) for r, v in zip((b1_neg, b1_one, b1_two),
+                                                         booth_digits(Cat(magnitude, Const(0, 1)).as_signed()))]
+                recip_signed = Cat(b1_recip, Const(0, 1)).as_signed()
+                product = lut_product(m, o_free, recip_signed, b1_neg, b1_one, b1_two,
+                                      width=len(recip_signed) + numer_width, name=f"div_{lane}")
+                m.d.comb += quotient.eq(product.as_unsigned() >> shift)
+                neg, window_max = delayed(neg, f"div_neg_{lane}"), delayed(window_max, f"div_max_{lane}")
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
             m.d.comb += avg.eq(Mux(neg, -quotient, quotient))
             value = Mux(mode == PoolMode.MAX, window_max, avg)

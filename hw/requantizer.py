@@ -49,13 +49,17 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout", "requant_output_layout",
-           "requant_interval", "requant_latency", "check_shifts", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
+from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
+
+__all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout",
+           "requant_output_layout", "requant_interval", "requant_latency", "requant_extra_stages", "check_shifts",
+           "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 SHIFT_MIN, SHIFT_MAX = -31, 30
-#: Register stages from an accepted input to the output register (cycles, without back-pressure).
+#: Register stages from an accepted input to the output register (cycles, without back-pressure), targets
+#: "generic"; "ecp5" adds :func:`requant_extra_stages`.
 REQUANT_LATENCY = 6
 #: Booth radix-4 digits of a 32-bit operand: cycles of one pass of the serial (ice40) multiplier.
 _PASS_CYCLES = 16
@@ -63,6 +67,9 @@ _PASS_CYCLES = 16
 #: two passes and the cycle between them, rounding, writing the result (which also loads the next channel).
 _IDLE, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(7)
 _TARGETS = ("generic", "ice40", "ecp5")
+#: The ECP5 multiply: Booth partial products and the first addition, then three more adder-tree levels, against
+#: one stage for the generic ``*``.
+_ECP5_EXTRA_STAGES = 3
 
 
 def _check_lanes(lanes):
@@ -81,9 +88,18 @@ def requant_interval(target="generic", lanes=1):
     return 1 if target != "ice40" else 2 + lanes * (2 * _PASS_CYCLES + 3)
 
 
+def requant_extra_stages(target="generic"):
+    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 3 on the ECP5,
+    whose LUT multiplier is an adder tree of one level per stage (see :class:`Requantizer`), 0 elsewhere. The
+    serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
+    return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
+
+
 def requant_latency(target="generic", lanes=1):
     """Cycles from a beat becoming valid at the input (the requantizer idle) to its result being valid."""
-    return REQUANT_LATENCY if target != "ice40" else requant_interval(target, lanes)
+    if target == "ice40":
+        return requant_interval(target, lanes)
+    return REQUANT_LATENCY + requant_extra_stages(target)
 
 
 def check_shifts(target, rounding, shifts, name="layer"):
@@ -208,7 +224,7 @@ class Requantizer(wiring.Component):
         en = Signal()
         m.d.comb += [en.eq(~self.o_data.valid | self.o_data.ready), self.i_acc.ready.eq(en)]
 
-        stages = REQUANT_LATENCY
+        stages = requant_latency(self._target)
         valid = [Signal(name=f"valid_{i}") for i in range(stages - 1)]
         tags = [Signal(self._tag_width, name=f"tag_{i}") for i in range(stages - 1)]
         with m.If(en):
@@ -219,7 +235,10 @@ class Requantizer(wiring.Component):
                 m.d.sync += [tags[i + 1].eq(tags[i]) for i in range(stages - 2)]
 
         for lane in range(self._lanes):
-            self._lane(m, en, lane)
+            if self._split_product:
+                self._lane_ecp5(m, en, lane)
+            else:
+                self._lane(m, en, lane)
         return m
 
     def _lane(self, m, en, lane):
@@ -253,59 +272,89 @@ class Requantizer(wiring.Component):
             ]
             m.d.sync += [right2.eq(right1), total2.eq(total1), right3.eq(right2), total3.eq(total2)]
             shifted = Mux(single, x1, (x1 << left1)[:32].as_signed())
-            if not self._split_product:
-                m.d.sync += [a2.eq(shifted), m2.eq(m1)]
-                m.d.sync += [ab3.eq(a2 * m2), sat3.eq((a2 == INT32_MIN) & (m2 == INT32_MIN) & ~single)]
-            else:
-                # m = sum(digit[i] * 16**i), digits 0..6 unsigned, digit 7 signed: each partial product is a
-                # 32x4 multiply (a shallow adder tree), registered; stage 3 is one eight-term sum.
-                sat2 = reg(1, "sat2")
-                partial = []
-                for i in range(8):
-                    digit = m1[4 * i:4 * i + 4]
-                    digit = digit.as_signed() if i == 7 else digit
-                    pp = reg(signed(36), f"pp2_{i}")
-                    m.d.sync += pp.eq(shifted * digit)
-                    partial.append(pp)
-                m.d.sync += sat2.eq((shifted == INT32_MIN) & (m1 == INT32_MIN) & ~single)
-                m.d.sync += [ab3.eq(sum(pp << (4 * i) for i, pp in enumerate(partial))[:64].as_signed()),
-                             sat3.eq(sat2)]
+            m.d.sync += [a2.eq(shifted), m2.eq(m1)]
+            m.d.sync += [ab3.eq(a2 * m2), sat3.eq((a2 == INT32_MIN) & (m2 == INT32_MIN) & ~single)]
 
             # gemmlowp: nudge by +/- 2**30, then divide by 2**31 truncating toward zero.
             nudged = Signal(signed(65), name=f"l{lane}_nudged")
             m.d.comb += nudged.eq(ab3 + Mux(ab3 >= 0, 1 << 30, 1 - (1 << 30)))
             truncated = Signal(signed(65), name=f"l{lane}_truncated")
-            if not self._split_product:
-                m.d.comb += truncated.eq((nudged + Mux(nudged < 0, (1 << 31) - 1, 0)) >> 31)
-            else:
-                # The same number with one adder: the nudge and the truncation toward zero add 2**30 together
-                # for either sign (ab >= 0: 2**30; ab < 0: 1 - 2**30, then 2**31 - 1).
-                m.d.comb += truncated.eq((ab3 + (1 << 30)) >> 31)
-            if not self._split_product:
-                # Single rounding: add half of the divisor, arithmetic shift, saturate.
-                rounded = Signal(signed(65), name=f"l{lane}_rounded")
-                m.d.comb += rounded.eq((ab3 + (Const(1, 64) << (total3 - 1)[:6])) >> total3)
-                saturated = Mux(rounded > INT32_MAX, INT32_MAX, Mux(rounded < INT32_MIN, INT32_MIN, rounded))
-                m.d.sync += [
-                    high4.eq(Mux(single, saturated, Mux(sat3, INT32_MAX, truncated))),
-                    right4.eq(Mux(single, 0, right3)),
-                ]
+            m.d.comb += truncated.eq((nudged + Mux(nudged < 0, (1 << 31) - 1, 0)) >> 31)
+            # Single rounding: add half of the divisor, arithmetic shift, saturate.
+            rounded = Signal(signed(65), name=f"l{lane}_rounded")
+            m.d.comb += rounded.eq((ab3 + (Const(1, 64) << (total3 - 1)[:6])) >> total3)
+            saturated = Mux(rounded > INT32_MAX, INT32_MAX, Mux(rounded < INT32_MIN, INT32_MIN, rounded))
+            m.d.sync += [
+                high4.eq(Mux(single, saturated, Mux(sat3, INT32_MAX, truncated))),
+                right4.eq(Mux(single, 0, right3)),
+            ]
 
-                mask = Signal(32, name=f"l{lane}_mask")
-                m.d.comb += mask.eq((Const(1, 33) << right4) - 1)
-                remainder = Signal(32, name=f"l{lane}_remainder")
-                m.d.comb += remainder.eq(high4.as_unsigned() & mask)
-                threshold = Signal(33, name=f"l{lane}_threshold")
-                m.d.comb += threshold.eq((mask >> 1) + (high4 < 0))
-                m.d.sync += scaled5.eq((high4 >> right4) + (remainder > threshold))
-            else:
-                self._split_tail(m, lane, reg, single, ab3, sat3, truncated, total2, total3, right3, high4, right4,
-                                 scaled5)
+            mask = Signal(32, name=f"l{lane}_mask")
+            m.d.comb += mask.eq((Const(1, 33) << right4) - 1)
+            remainder = Signal(32, name=f"l{lane}_remainder")
+            m.d.comb += remainder.eq(high4.as_unsigned() & mask)
+            threshold = Signal(33, name=f"l{lane}_threshold")
+            m.d.comb += threshold.eq((mask >> 1) + (high4 < 0))
+            m.d.sync += scaled5.eq((high4 >> right4) + (remainder > threshold))
+        self._clamp(m, en, lane, scaled5)
 
-            biased = Signal(signed(34), name=f"l{lane}_biased")
-            m.d.comb += biased.eq(scaled5 + self.zero_point)
-            clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
+    def _clamp(self, m, en, lane, scaled):
+        """The last stage: zero point and clamp into the output register."""
+        biased = Signal(signed(34), name=f"l{lane}_biased")
+        m.d.comb += biased.eq(scaled + self.zero_point)
+        clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
+        with m.If(en):
             m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])
+
+    def _lane_ecp5(self, m, en, lane):
+        """One lane for target "ecp5": the stages of :meth:`_lane` with the product built by
+        :func:`~.dsp_ecp5.lut_product` (Booth digits of the multiplier decoded beside the left shift, partial
+        products and the first addition in stage 3, three more adder levels; product in stage 6), and the
+        stages after it by :meth:`_split_tail`: :func:`requant_extra_stages` more than the generic lane."""
+        acc = self.i_acc.payload.acc[lane]
+        params = self.i_acc.payload.params[lane]
+        single = self.single_rounding
+
+        def reg(shape, name):
+            return Signal(shape, name=f"l{lane}_{name}")
+
+        digits = booth_digit_count(32)
+        product_stage = 2 + lut_product_stages(digits)          # the stage that registers the product
+        x1, m1 = reg(signed(32), "x1"), reg(signed(32), "m1")
+        left1 = reg(range(31), "left1")
+        a2, mmin2 = reg(signed(32), "a2"), reg(1, "m_min2")
+        neg2, one2, two2 = reg(digits, "neg2"), reg(digits, "one2"), reg(digits, "two2")
+        # right and total (= 31 - shift) ride along to the product stage and the one before it.
+        right = [reg(range(32), f"right{i}") for i in range(1, product_stage + 1)]
+        total = [reg(range(63), f"total{i}") for i in range(1, product_stage + 1)]
+        sat = [reg(1, f"sat{i}") for i in range(3, product_stage + 1)]
+        high, right_t, scaled = reg(signed(32), "high_t"), reg(range(32), "right_t"), reg(signed(32), "scaled")
+
+        shift = params.shift
+        with m.If(en):
+            m.d.sync += [
+                x1.eq((acc + params.bias)[:32].as_signed()),
+                m1.eq(params.multiplier),
+                left1.eq(Mux(shift > 0, shift, 0)),
+                right[0].eq(Mux(shift < 0, -shift, 0)),
+                total[0].eq(31 - shift),
+            ]
+            m.d.sync += [right[i + 1].eq(right[i]) for i in range(product_stage - 1)]
+            m.d.sync += [total[i + 1].eq(total[i]) for i in range(product_stage - 1)]
+            neg, one, two = booth_digits(m1)
+            m.d.sync += [a2.eq(Mux(single, x1, (x1 << left1)[:32].as_signed())), mmin2.eq(m1 == INT32_MIN),
+                         neg2.eq(neg), one2.eq(one), two2.eq(two)]
+            m.d.sync += sat[0].eq((a2 == INT32_MIN) & mmin2 & ~single)
+            m.d.sync += [sat[i + 1].eq(sat[i]) for i in range(len(sat) - 1)]
+        ab = lut_product(m, en, a2, neg2, one2, two2, width=64, name=f"l{lane}_ab")
+        truncated = Signal(signed(65), name=f"l{lane}_truncated")
+        # The nudge and the truncation toward zero add 2**30 together for either sign (ab >= 0: 2**30; ab < 0:
+        # 1 - 2**30, then 2**31 - 1).
+        m.d.comb += truncated.eq((ab + (1 << 30)) >> 31)
+        with m.If(en):
+            self._split_tail(m, lane, reg, single, ab, sat[-1], truncated, total[-2], total[-1], right[-1],
+                             high, right_t, scaled)
+        self._clamp(m, en, lane, scaled)
 
     # --- serial datapath (target "ice40") -------------------------------------------------------------------------
 

@@ -34,8 +34,11 @@ array with the same numbers, built for the iCE40UP5K's few logic cells:
   ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the column is never copied.
 
 With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
-registers load the same operands as the PE's hop registers and whose output register is the product stage:
-same cycles, same numbers, and no fabric logic between a register and the block.
+registers load the same operands as the PE's hop registers and whose output register is the product stage; the
+product then crosses one more register in the fabric before the accumulator (the flags wait with it), because
+the multiplier blocks sit in a few fixed rows of the die and the route from a block to its accumulator's carry
+chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one cycle more of
+:func:`array_latency`.
 """
 
 from amaranth.hdl import Array, Module, Mux, Signal, signed
@@ -83,8 +86,8 @@ def array_latency(config):
         # product register (the operand registers in the SB_MAC16 are the input register), accumulate.
         return 2
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
-    # output register.
-    return config.rows + 3
+    # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
+    return config.rows + 3 + (config.target == "ecp5")
 
 
 def ice40_tile_cycles(depth, drain):
@@ -205,16 +208,21 @@ class SystolicArray(wiring.Component):
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
                 m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
+                flags_before_product = flags
                 if cfg.target == "ecp5":
                     # The block's input registers mirror act/wgt (which still carry the operands on), its
-                    # output register is the product register.
+                    # output register is the product register; a fabric register near the block follows it.
                     mult = m.submodules[f"mult_{r}_{c}"] = Mult18x18D(8, 8, primitive=not self._dsp_model)
-                    m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en), product.eq(mult.p)]
-                    product_update = []
+                    m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en)]
+                    product_update = [product.eq(mult.p)]
+                    block_flags = Signal(flags_layout, name=f"bflags_{r}_{c}")
+                    with m.If(en):
+                        m.d.sync += block_flags.eq(flags)
+                    flags_before_product = block_flags
                 else:
                     product_update = [product.eq(act * wgt)]
                 with m.If(en):
-                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags)]
+                    m.d.sync += [act.eq(act_in), wgt.eq(wgt_in), flags.eq(flags_in), pflags.eq(flags_before_product)]
                     m.d.sync += product_update
                     with m.If(pflags.valid):
                         m.d.sync += acc.eq(total)

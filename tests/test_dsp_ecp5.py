@@ -1,6 +1,6 @@
-"""ECP5 target: the MULT18X18D wrapper's model against ``*`` (Amaranth simulator), and the systolic array built
-from MULT18X18D instances (with sim/models/MULT18X18D.v on Verilator) against the generic array: same results,
-same cycle count, under the same bubbles and back-pressure."""
+"""ECP5 target: the MULT18X18D wrapper's model against ``*`` (Amaranth simulator), the LUT Booth multiplier, and
+the systolic array built from MULT18X18D instances (with sim/models/MULT18X18D.v on Verilator) against the generic
+array: same results, one cycle more of latency, under the same bubbles and back-pressure."""
 
 import gc
 import random
@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 
 from cnnacc.config import AcceleratorConfig
 from cnnacc.hw.dsp_ecp5 import MULT_LATENCY, Mult18x18D
-from cnnacc.hw.systolic_array import SystolicArray
+from cnnacc.hw.systolic_array import SystolicArray, array_latency
 from cnnacc.sim import tb_systolic_array as tb
 
 
@@ -76,19 +76,24 @@ def test_verilator_ecp5_array_matches_generic():
              for k in rng.choice([1, 5, 16, 33], size=10)]
     # Extremes in the last tile: the widest products and their signs.
     tiles.append((np.full((20, 3), -127, np.int8), np.full((20, 5), -128, np.int8)))
-    want, want_cycles = tb.run_rtl(generic, tiles, seed=seed, bubble=0.25, stall=0.25)
-    got, cycles = tb.run_rtl(replace(generic, target="ecp5"), tiles, seed=seed, bubble=0.25, stall=0.25)
+    ecp5 = replace(generic, target="ecp5")
+    want, _ = tb.run_rtl(generic, tiles, seed=seed, bubble=0.25, stall=0.25)
+    got, _ = tb.run_rtl(ecp5, tiles, seed=seed, bubble=0.25, stall=0.25)
     np.testing.assert_array_equal(want, tb.golden_tiles(tiles), err_msg=f"seed {seed}")
     np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
-    assert cycles == want_cycles
+    # The ECP5 product crosses one more register: with free-flowing streams the run takes exactly the difference
+    # of array_latency longer (under random stalls the shifted outputs meet another stall pattern).
+    _, want_cycles = tb.run_rtl(generic, tiles, seed=seed, bubble=0, stall=0)
+    _, cycles = tb.run_rtl(ecp5, tiles, seed=seed, bubble=0, stall=0)
+    assert cycles == want_cycles + array_latency(ecp5) - array_latency(generic)
 
 
 @pytest.mark.parametrize("mode", ["double", "single"])
 def test_split_product_requantizer_matches_golden(mode):
-    """The ecp5 requantizer (LUT multiply split over two stages): every shift at the extremes and random values,
-    bit for bit, with the same latency as the plain one."""
+    """The ecp5 requantizer (Booth LUT multiply, an adder tree of one level per stage): every shift at the
+    extremes and random values, bit for bit, with the latency :func:`requant_latency` gives that target."""
     from test_requantizer import edge_vectors, golden, random_vectors
-    from cnnacc.hw.requantizer import REQUANT_LATENCY, Requantizer
+    from cnnacc.hw.requantizer import Requantizer, requant_latency
 
     lanes, seed = 4, 7
     edge = edge_vectors(lanes)
@@ -106,6 +111,7 @@ def test_split_product_requantizer_matches_golden(mode):
     zp, qmin, qmax = 3, -120, 127
     want = golden(vectors, zp, qmin, qmax, mode)
     dut = Requantizer(lanes, tag_width=10, target="ecp5")
+    latency = requant_latency("ecp5")
     beats = len(want)
     got = {}
 
@@ -115,7 +121,7 @@ def test_split_product_requantizer_matches_golden(mode):
         ctx.set(dut.qmin, qmin)
         ctx.set(dut.qmax, qmax)
         ctx.set(dut.o_data.ready, 1)
-        for cycle in range(beats + REQUANT_LATENCY + 1):
+        for cycle in range(beats + latency + 1):
             if cycle < beats:
                 ctx.set(dut.i_acc.valid, 1)
                 ctx.set(dut.i_acc.payload, {
@@ -128,8 +134,8 @@ def test_split_product_requantizer_matches_golden(mode):
             await ctx.tick()
             if ctx.get(dut.o_data.valid):
                 beat = ctx.get(dut.o_data.payload)
-                # A beat offered at cycle t leaves the output register after REQUANT_LATENCY edges.
-                assert int(beat.tag) == cycle - REQUANT_LATENCY + 1
+                # A beat offered at cycle t leaves the output register after `latency` edges.
+                assert int(beat.tag) == cycle - latency + 1
                 got[int(beat.tag)] = [int(v) for v in beat.data]
 
     sim = Simulator(dut)
@@ -141,7 +147,8 @@ def test_split_product_requantizer_matches_golden(mode):
 
 
 def test_ecp5_add_engine_matches_golden(monkeypatch):
-    """The add engine with its products split for LUTs (target "ecp5"): random layers, extremes included."""
+    """The add engine with LUT Booth products and split divides (target "ecp5", 16 stages): random layers,
+    extremes included."""
     import test_add_engine as t
     monkeypatch.setattr(t, "CONFIG", replace(t.CONFIG, target="ecp5"))
     seed = 12
@@ -152,46 +159,41 @@ def test_ecp5_add_engine_matches_golden(monkeypatch):
         np.testing.assert_array_equal(out, case[3], err_msg=f"seed {seed} layer {i}")
 
 
-@pytest.mark.parametrize("zero_bits", [0, 20])
-def test_split_high_mul_matches_quant(zero_bits):
-    """_high_mul_split against quant.saturating_rounding_doubling_high_mul, products of both signs and the
-    extremes, with and without the known-zero low bits of the add engine's shifted inputs."""
+@pytest.mark.parametrize("wa, wb", [(32, 32), (9, 32), (32, 9), (12, 7), (8, 2)])
+def test_lut_product_matches_multiplication(wa, wb):
+    """lut_product (Booth digits of b, one adder level a stage) against Python's product: the extremes (the top
+    digit negative, whose owed bit joins the root addition) and random operands, a new pair every cycle."""
     from amaranth.hdl import Module, Signal, signed
-    from cnnacc.host.quant import INT32_MAX, INT32_MIN, saturating_rounding_doubling_high_mul
-    from cnnacc.hw.add_engine import _high_mul_split
+    from cnnacc.hw.dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
 
-    seed = 5 + zero_bits
-    rng = np.random.default_rng(seed)
-    if zero_bits:
-        a = rng.integers(-255, 256, size=300) << zero_bits
-        a[:2] = [-255 << zero_bits, 255 << zero_bits]
-    else:
-        a = rng.integers(INT32_MIN + 1, INT32_MAX, size=300, endpoint=True)
-        a[:4] = [INT32_MIN + 1, INT32_MAX, -1, 0]
-    b = np.where(rng.random(300) < 0.5, rng.integers(1 << 30, 1 << 31, size=300),
-                 rng.integers(INT32_MIN + 1, INT32_MAX, size=300, endpoint=True))
-    b[:4] = [INT32_MAX, INT32_MIN + 1, 1 << 30, -1]
-    want = saturating_rounding_doubling_high_mul(a, b)
-
+    seed = 5
+    rng = random.Random(seed)
     m = Module()
-    sa, sb, en = Signal(signed(32)), Signal(signed(32)), Signal(init=1)
-    high = _high_mul_split(m, en, sa, sb, "t", a_zero_bits=zero_bits)
-    got = []
+    a, b, a_reg = Signal(signed(wa)), Signal(signed(wb)), Signal(signed(wa))
+    digits = booth_digit_count(wb)
+    neg, one, two = Signal(digits), Signal(digits), Signal(digits)
+    m.d.sync += [a_reg.eq(a)] + [r.eq(v) for r, v in zip((neg, one, two), booth_digits(b))]
+    product = lut_product(m, Signal(init=1), a_reg, neg, one, two, width=wa + wb, name="p")
+    latency = 1 + lut_product_stages(digits)
+    lo_a, hi_a, lo_b, hi_b = -(1 << wa - 1), (1 << wa - 1) - 1, -(1 << wb - 1), (1 << wb - 1) - 1
+    pairs = [(x, y) for x in (lo_a, hi_a, -1, 0, 1) for y in (lo_b, hi_b, -1, 0, 1)]
+    pairs += [(rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)) for _ in range(300)]
+    seen = []
 
     async def bench(ctx):
-        for i in range(len(a) + 2):
-            if i < len(a):
-                ctx.set(sa, int(a[i]))
-                ctx.set(sb, int(b[i]))
+        for i, (x, y) in enumerate(pairs + [(0, 0)] * latency):
+            ctx.set(a, x)
+            ctx.set(b, y)
             await ctx.tick()
-            if i >= 1:
-                got.append(ctx.get(high))
+            if i >= latency - 1:
+                seen.append(ctx.get(product))
 
     sim = Simulator(m)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    np.testing.assert_array_equal(np.array(got[:len(a)]), want, err_msg=f"seed {seed}")
+    want = [x * y for x, y in pairs]
+    assert seen[:len(want)] == want, f"seed {seed}"
 
 
 def test_ecp5_pool_engine_matches_golden_and_cycle_model():
@@ -202,7 +204,7 @@ def test_ecp5_pool_engine_matches_golden_and_cycle_model():
     from cnnacc.hw.pool_engine import PoolMode, pool_extra_stages, pool_layer
 
     config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=7, target="ecp5")
-    assert pool_extra_stages(config) == 3 and pool_extra_stages(replace(config, target="generic")) == 0
+    assert pool_extra_stages(config) == 5 and pool_extra_stages(replace(config, target="generic")) == 0
     seed = 8
     rng = np.random.default_rng(seed)
     jobs = [t.random_job(config, rng) for _ in range(5)]
@@ -217,4 +219,31 @@ def test_ecp5_pool_engine_matches_golden_and_cycle_model():
         got, cycles = t.run_amaranth(config, [job])
         t.check(got, [job], "ecp5 cycle model")
         assert cycles == pool_cycles(config, layer)
-        assert cycles == pool_cycles(replace(config, target="generic"), layer) + 3
+        assert cycles == pool_cycles(replace(config, target="generic"), layer) + 5
+
+
+def test_ecp5_depthwise_engine_matches_golden_and_cycle_model():
+    """The depthwise engine's ecp5 MACs (LUT Booth products, a two-level tap sum) and its deeper requantizer:
+    random layers with bubbles and back-pressure, extreme zero points and data, and the cycle model."""
+    import test_depthwise as t
+    from cnnacc.host.cycles_vector import depthwise_cycles
+    from cnnacc.hw.depthwise import depthwise_extra_stages
+    from cnnacc.hw.requantizer import requant_extra_stages
+
+    config = AcceleratorConfig(lanes=2, max_width=8, target="ecp5")
+    generic = replace(config, target="generic")
+    extra = depthwise_extra_stages(config) + requant_extra_stages("ecp5")
+    assert extra == 6 and depthwise_extra_stages(generic) == 0
+    seed = 9
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    specs = [dict(height=4, width=5, channels=3, zp_in=-128, zp_out=127, extreme=True),
+             dict(height=3, width=4, channels=2, zp_in=127, zp_out=-128, extreme=True, mode="single"),
+             dict(height=5, width=6, channels=4, stride=2, padding=(0, 1, 0, 1), qmin=0, qmax=6)]
+    jobs, wants = zip(*[t.make_job(config, rng, **spec) for spec in specs])
+    got, _ = t.run_amaranth(config, list(jobs), seed=seed, bubble=0.3, stall=0.3)
+    t.check(got, jobs, wants, config.lanes, f"ecp5 seed {seed}")
+    job, want = t.make_job(config, rng, height=5, width=7, channels=3, padding=(1, 1, 1, 1))
+    got, cycles = t.run_amaranth(config, [job])
+    t.check(got, [job], [want], config.lanes, "ecp5 cycle model")
+    assert cycles == depthwise_cycles(config, job[0]) == depthwise_cycles(generic, job[0]) + extra
