@@ -127,3 +127,15 @@ def test_bench_boards_table(monkeypatch):
     assert "9,000 / 83,640" in row and "64 / 156" in row and "| 131.2 | 125.0 | met |" in row
     assert next(line for line in lines if line.startswith("| icebreaker |")).count("failed") == 1
     assert any("no BELs remaining" in line and "build/x.tim" in line for line in lines)
+
+
+def test_parts_synthesis_of_the_icebreaker_array():
+    """`python -m cnnacc.boards.parts`: a part of a board's accelerator through yosys, cell counts back; the
+    iCEBreaker's 4x4 array puts its 16 products on the 8 SB_MAC16 and uses no block RAM."""
+    from cnnacc.boards.build import BuildError
+    from cnnacc.boards.parts import main, synth_part
+    cells = synth_part("icebreaker", "array")
+    assert cells["SB_MAC16"] == 8 and cells.get("SB_RAM40_4K", 0) == 0 and cells["SB_LUT4"] > 0
+    with pytest.raises(BuildError, match=r"^unknown part 'cpu': choose one of accelerator, conv"):
+        synth_part("icebreaker", "cpu")
+    assert main(["nosuchboard"]) == 2
