@@ -29,7 +29,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
+from .dsp_ecp5 import booth_digit_count, booth_digits, delay_line, lut_product, lut_product_stages
 from .requantizer import REQUANT_LATENCY, Requantizer, SHIFT_MAX, SHIFT_MIN, lane_params_layout
 from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
@@ -253,11 +253,7 @@ class DepthwiseEngine(wiring.Component):
         depth = 1 + lut_product_stages(digits) + 1          # C, the product, S
 
         def delayed(value, name):
-            regs = [Signal.like(value, name=f"{name}_{d}") for d in range(depth)]
-            with m.If(advance):
-                m.d.sync += regs[0].eq(value)
-                m.d.sync += [regs[d + 1].eq(regs[d]) for d in range(depth - 1)]
-            return regs[-1]
+            return delay_line(m, advance, value, depth, name)
 
         valid, last = delayed(take, "mac_valid"), delayed(win.last, "mac_last")
         params = delayed(cur.params, "mac_params")

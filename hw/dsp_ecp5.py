@@ -19,7 +19,8 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal,
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Mult18x18D", "MULT_LATENCY", "booth_digits", "booth_digit_count", "lut_product", "lut_product_stages"]
+__all__ = ["Mult18x18D", "MULT_LATENCY", "booth_digits", "booth_digit_count", "lut_product", "lut_product_stages",
+           "delay_line"]
 
 #: Cycles (with ``ce`` high) from the operands to their product.
 MULT_LATENCY = 2
@@ -100,6 +101,16 @@ class Mult18x18D(wiring.Component):
 
 
 # --- LUT multipliers for the ECP5 (every MULT18X18D belongs to the MAC array) ----------------------------------
+
+def delay_line(m, en, value, stages, name):
+    """``value`` through ``stages`` registers that move when ``en`` is high (a side signal kept in step with a
+    pipelined product); returns the last register."""
+    regs = [Signal.like(value, name=f"{name}_{d}") for d in range(stages)]
+    with m.If(en):
+        m.d.sync += regs[0].eq(value)
+        m.d.sync += [regs[d + 1].eq(regs[d]) for d in range(stages - 1)]
+    return regs[-1]
+
 
 def booth_digit_count(width):
     """Radix-4 Booth digits of a signed ``width``-bit operand."""

@@ -34,7 +34,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_stages
+from .dsp_ecp5 import booth_digit_count, booth_digits, delay_line, lut_product, lut_product_stages
 from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
@@ -295,11 +295,7 @@ class PoolEngine(wiring.Component):
 
         def delayed(value, name):
             """``value`` through the divide's stages (B1 and the product's), under the output's enable."""
-            regs = [Signal.like(value, name=f"{name}_b{d}") for d in range(divide_stages)]
-            with m.If(o_free):
-                m.d.sync += regs[0].eq(value)
-                m.d.sync += [regs[d + 1].eq(regs[d]) for d in range(divide_stages - 1)]
-            return regs[-1]
+            return delay_line(m, o_free, value, divide_stages, f"{name}_b")
 
         if deep:
             b1_recip = Signal.like(recip)
