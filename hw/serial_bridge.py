@@ -19,7 +19,7 @@ frame the bridge waits for the line to go idle before it answers, so the rest of
 new one. The encodings are shared with the host through :class:`FrameType` and :data:`SYNC`.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -118,33 +118,78 @@ class SerialBridge(wiring.Component):
         got = Signal()
         m.d.comb += got.eq(self.i_rx.valid & self.i_rx.ready)
 
+        # The registers are written from a few strobes that the state machine raises, each register from one or
+        # two sources: wide registers assigned in many states become chains of wide muxes.
+        #
         # One word counter and one byte counter serve every phase: ``addr`` is the word being received, fed,
         # collected or sent (it addresses both memories, so no address muxes), ``lane`` the header byte, the
-        # byte of the word, or the CRC byte. ``limit`` is the word count of the frame in hand (the command's
-        # length while it is received and fed, the answer's while it is sent): one compare ends every phase.
+        # byte of the word, or the CRC byte.
         addr = Signal(range(max_words + 1))
+        addr_clear, addr_step = Signal(), Signal()
+        with m.If(addr_clear):
+            m.d.sync += addr.eq(0)
+        with m.Elif(addr_step):
+            m.d.sync += addr.eq(addr + 1)
         lane = Signal(2)
-        limit = Signal(max(8, len(addr)))      # holds the length's low byte whole while the high byte arrives
-        at_end = Signal()
-        m.d.comb += at_end.eq(addr + 1 == limit)
+        lane_clear, lane_step = Signal(), Signal()
+        with m.If(lane_clear):
+            m.d.sync += lane.eq(0)
+        with m.Elif(lane_step):
+            m.d.sync += lane.eq(lane + 1)
+
+        # The command's length in words: its low byte whole while the high byte arrives, then checked.
+        length = Signal(max(8, len(addr)))
+        answer_words = Signal(range(max_words + 1))     # the stored answer's
+        last_command_word = Signal()
+        last_answer_word = Signal()
+        m.d.comb += [last_command_word.eq(addr + 1 == length), last_answer_word.eq(addr + 1 == answer_words)]
 
         # One CRC register: a frame is received and checked before the answer is sent, never both at once.
         crc = Signal(16)
+        crc_init, crc_step = Signal(), Signal()
         crc_byte = Signal(8)
-        tx_byte = Signal(8)
+        with m.If(crc_init):
+            m.d.sync += crc.eq(0xFFFF)
+        with m.Elif(crc_step):
+            m.d.sync += crc.eq(crc16_update(crc, crc_byte))
+
         seq = Signal(8)
         retry = Signal()            # the frame in hand is a RETRY
         type_ok = Signal()          # ... or a COMMAND
         damaged = Signal()
-        answer_words = Signal(range(max_words + 1))    # words of the stored answer
         done_seq = Signal(8)        # seq of the command whose answer is stored
         done_valid = Signal()
         replay = Signal()
-        nak = Signal()              # the frame being sent is a NAK (else an ANSWER)
-        phase = Signal(3)           # of the frame being sent: SYNC, type, seq, length (2), payload, CRC (2)
+        # Registered a cycle before VERIFY needs it, off the byte path.
+        m.d.sync += replay.eq(retry & done_valid & (seq == done_seq))
+
+        # The frame being sent: SYNC, type, seq, length (2), payload, CRC (2), one ``phase`` each.
+        nak = Signal()              # a NAK (else an ANSWER)
+        phase = Signal(3)
+        tx_byte = Signal(8)
+        with m.Switch(phase):
+            with m.Case(0):
+                m.d.comb += tx_byte.eq(SYNC)
+            with m.Case(1):
+                m.d.comb += tx_byte.eq(Cat(nak, Const(FrameType.ANSWER.value >> 1, 7)))
+            with m.Case(2):
+                m.d.comb += tx_byte.eq(seq)
+            with m.Case(3):
+                m.d.comb += tx_byte.eq(Mux(nak, 0, answer_words[:8]))
+            with m.Case(4):
+                m.d.comb += tx_byte.eq(Mux(nak, 0, answer_words[8:]))
+            with m.Case(5):
+                m.d.comb += tx_byte.eq(answer_word.word_select(lane, 8))
+            with m.Case(6):
+                m.d.comb += tx_byte.eq(crc[:8])
+            with m.Case(7):
+                m.d.comb += tx_byte.eq(crc[8:])
+        m.d.comb += self.o_tx.payload.eq(tx_byte)
+
         # Set for the cycle after each word or byte handed on: the read ports then show the next word a cycle
         # after its address changed, before valid rises again.
         settle = Signal()
+        m.d.sync += settle.eq(0)
         answered = Signal()         # the answer's last word was collected last cycle
 
         idle = Signal(range(self._idle_timeout + 1))
@@ -157,48 +202,27 @@ class SerialBridge(wiring.Component):
         m.d.comb += [
             cmd_wp.addr.eq(addr), cmd_wp.data.eq(byte_in.replicate(4)),
             cmd_rp.addr.eq(addr),
-            self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(at_end),
+            self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(last_command_word),
             ans_wp.addr.eq(addr), ans_wp.data.eq(self.i_answer.payload.data),
             ans_rp.addr.eq(addr),
-            self.o_tx.payload.eq(tx_byte),
         ]
-        m.d.sync += settle.eq(0)
-        # Registered a cycle before VERIFY needs it, off the byte path.
-        m.d.sync += replay.eq(retry & done_valid & (seq == done_seq))
-
-        with m.Switch(phase):
-            with m.Case(0):
-                m.d.comb += tx_byte.eq(SYNC)
-            with m.Case(1):
-                m.d.comb += tx_byte.eq(Cat(nak, Const(FrameType.ANSWER.value >> 1, 7)))
-            with m.Case(2):
-                m.d.comb += tx_byte.eq(seq)
-            with m.Case(3):
-                m.d.comb += tx_byte.eq(limit[:8])
-            with m.Case(4):
-                m.d.comb += tx_byte.eq(limit[8:])
-            with m.Case(5):
-                m.d.comb += tx_byte.eq(answer_word.word_select(lane, 8))
-            with m.Case(6):
-                m.d.comb += tx_byte.eq(crc[:8])
-            with m.Case(7):
-                m.d.comb += tx_byte.eq(crc[8:])
-        crc_next = crc16_update(crc, crc_byte)
 
         def start_frame(is_nak):
-            m.d.sync += [nak.eq(is_nak), phase.eq(0), crc.eq(0xFFFF), addr.eq(0), lane.eq(0)]
+            m.d.comb += [crc_init.eq(1), addr_clear.eq(1), lane_clear.eq(1)]
+            m.d.sync += [nak.eq(is_nak), phase.eq(0)]
 
         with m.FSM():
             with m.State("HUNT"):
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(got & (byte_in == SYNC)):
-                    m.d.sync += [crc.eq(0xFFFF), lane.eq(0), damaged.eq(0)]
+                    m.d.comb += [crc_init.eq(1), lane_clear.eq(1)]
+                    m.d.sync += damaged.eq(0)
                     m.next = "HEADER"
 
             with m.State("HEADER"):
                 m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
                 with m.If(got):
-                    m.d.sync += [crc.eq(crc_next), lane.eq(lane + 1)]
+                    m.d.comb += [crc_step.eq(1), lane_step.eq(1)]
                     with m.Switch(lane):
                         with m.Case(0):
                             m.d.sync += [retry.eq(byte_in == FrameType.RETRY),
@@ -207,11 +231,12 @@ class SerialBridge(wiring.Component):
                         with m.Case(1):
                             m.d.sync += seq.eq(byte_in)
                         with m.Case(2):
-                            m.d.sync += limit[:8].eq(byte_in)
+                            m.d.sync += length[:8].eq(byte_in)
                         with m.Case(3):
-                            m.d.sync += [limit[8:].eq(byte_in), addr.eq(0)]
-                            length = Cat(limit[:8], byte_in)
-                            with m.If((length == 0) | (length > max_words) | ~type_ok):
+                            m.d.sync += length[8:].eq(byte_in)
+                            m.d.comb += addr_clear.eq(1)
+                            full_length = Cat(length[:8], byte_in)
+                            with m.If((full_length == 0) | (full_length > max_words) | ~type_ok):
                                 m.next = "NAK"      # a frame we will not take: swallow the rest, then say so
                             with m.Else():
                                 m.next = "PAYLOAD"
@@ -221,21 +246,20 @@ class SerialBridge(wiring.Component):
             with m.State("PAYLOAD"):
                 m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
                 with m.If(got):
-                    m.d.comb += [cmd_wp.en.eq(1 << lane)]
-                    m.d.sync += [crc.eq(crc_next), lane.eq(lane + 1)]
+                    m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1)]
                     with m.If(lane == 3):
-                        with m.If(at_end):
+                        with m.If(last_command_word):
                             m.next = "CRC"
                         with m.Else():
-                            m.d.sync += addr.eq(addr + 1)
+                            m.d.comb += addr_step.eq(1)
                 with m.Elif(timed_out):
                     m.next = "NAK"
 
             with m.State("CRC"):
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(got):
-                    m.d.sync += [lane.eq(lane + 1),
-                                 damaged.eq(damaged | (byte_in != crc.word_select(lane[0], 8)))]
+                    m.d.comb += lane_step.eq(1)
+                    m.d.sync += damaged.eq(damaged | (byte_in != crc.word_select(lane[0], 8)))
                     with m.If(lane[0]):
                         m.next = "VERIFY"
                 with m.Elif(timed_out):
@@ -248,11 +272,11 @@ class SerialBridge(wiring.Component):
                     m.next = "NAK"
                 with m.Elif(replay):
                     start_frame(is_nak=0)
-                    m.d.sync += limit.eq(answer_words)
                     m.next = "SEND"
                 with m.Else():
                     # The stored answer is about to be overwritten by this command's.
-                    m.d.sync += [addr.eq(0), settle.eq(1), done_valid.eq(0)]
+                    m.d.comb += addr_clear.eq(1)
+                    m.d.sync += [settle.eq(1), done_valid.eq(0)]
                     m.next = "FEED"
 
             # Hand the checked command to the processor straight from the buffer's read port, a word every two
@@ -260,9 +284,10 @@ class SerialBridge(wiring.Component):
             with m.State("FEED"):
                 m.d.comb += self.o_cmd.valid.eq(~settle)
                 with m.If(self.o_cmd.valid & self.o_cmd.ready):
-                    m.d.sync += [settle.eq(1), addr.eq(addr + 1)]
-                    with m.If(at_end):
-                        m.d.sync += addr.eq(0)
+                    m.d.comb += addr_step.eq(1)
+                    m.d.sync += settle.eq(1)
+                    with m.If(last_command_word):
+                        m.d.comb += addr_clear.eq(1)
                         m.next = "COLLECT"
 
             # Collect the answer; words past max_words are dropped. The last word's flag is registered before
@@ -271,13 +296,11 @@ class SerialBridge(wiring.Component):
                 m.d.comb += self.i_answer.ready.eq(1)
                 with m.If(self.i_answer.valid):
                     with m.If(addr < max_words):
-                        m.d.comb += ans_wp.en.eq(1)
-                        m.d.sync += addr.eq(addr + 1)
+                        m.d.comb += [ans_wp.en.eq(1), addr_step.eq(1)]
                     m.d.sync += answered.eq(self.i_answer.payload.last)
                 with m.If(answered):
                     start_frame(is_nak=0)
-                    m.d.sync += [answered.eq(0), limit.eq(addr), answer_words.eq(addr),
-                                 done_seq.eq(seq), done_valid.eq(1)]
+                    m.d.sync += [answered.eq(0), answer_words.eq(addr), done_seq.eq(seq), done_valid.eq(1)]
                     m.next = "SEND"
 
             with m.State("NAK"):
@@ -285,26 +308,25 @@ class SerialBridge(wiring.Component):
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(timed_out):
                     start_frame(is_nak=1)
-                    m.d.sync += limit.eq(0)
                     m.next = "SEND"
 
             with m.State("SEND"):
                 m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(tx_byte)]
                 with m.If(self.o_tx.valid & self.o_tx.ready):
                     m.d.sync += settle.eq(1)
-                    with m.If((phase != 0) & (phase[1:] != 0b11)):     # type to payload
-                        m.d.sync += crc.eq(crc_next)
+                    m.d.comb += crc_step.eq((phase != 0) & (phase[1:] != 0b11))     # type to payload
                     m.d.sync += phase.eq(phase + 1)
                     with m.Switch(phase):
                         with m.Case(4):
                             with m.If(nak):
                                 m.d.sync += phase.eq(6)
                         with m.Case(5):
-                            m.d.sync += lane.eq(lane + 1)
+                            m.d.comb += lane_step.eq(1)
                             with m.If(lane != 3):
                                 m.d.sync += phase.eq(5)
-                            with m.Elif(~at_end):
-                                m.d.sync += [phase.eq(5), addr.eq(addr + 1)]
+                            with m.Elif(~last_answer_word):
+                                m.d.sync += phase.eq(5)
+                                m.d.comb += addr_step.eq(1)
                         with m.Case(7):
                             m.next = "HUNT"
         return m
