@@ -107,12 +107,14 @@ class SerialBridge(wiring.Component):
         m.submodules.commands = commands = Memory(shape=32, depth=max_words, init=[], attrs={"no_rw_check": 1})
         cmd_wp = commands.write_port(granularity=8)
         cmd_rp = commands.read_port(domain="comb")
-        m.submodules.answers = answers = Memory(shape=32, depth=max_words, init=[], attrs={"no_rw_check": 1})
-        ans_wp = answers.write_port()
+        # The answer is stored as bytes, written a word at a time through four byte ports that yosys merges into
+        # one wide port: the block RAM's read port then gives the byte to send, and no byte mux is needed.
+        m.submodules.answers = answers = Memory(shape=8, depth=4 * max_words, init=[], attrs={"no_rw_check": 1})
+        ans_wps = [answers.write_port() for _ in range(4)]
         ans_rp = answers.read_port(domain="comb")
         cmd_word = Signal(32)
-        answer_word = Signal(32)
-        m.d.sync += [cmd_word.eq(cmd_rp.data), answer_word.eq(ans_rp.data)]
+        answer_byte = Signal(8)
+        m.d.sync += [cmd_word.eq(cmd_rp.data), answer_byte.eq(ans_rp.data)]
 
         byte_in = self.i_rx.payload
         got = Signal()
@@ -179,7 +181,7 @@ class SerialBridge(wiring.Component):
             with m.Case(4):
                 m.d.comb += tx_byte.eq(Mux(nak, 0, answer_words[8:]))
             with m.Case(5):
-                m.d.comb += tx_byte.eq(answer_word.word_select(lane, 8))
+                m.d.comb += tx_byte.eq(answer_byte)
             with m.Case(6):
                 m.d.comb += tx_byte.eq(crc[:8])
             with m.Case(7):
@@ -203,9 +205,12 @@ class SerialBridge(wiring.Component):
             cmd_wp.addr.eq(addr), cmd_wp.data.eq(byte_in.replicate(4)),
             cmd_rp.addr.eq(addr),
             self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(last_command_word),
-            ans_wp.addr.eq(addr), ans_wp.data.eq(self.i_answer.payload.data),
-            ans_rp.addr.eq(addr),
+            ans_rp.addr.eq(Cat(lane, addr)),
         ]
+        store_answer = Signal()
+        for i, port in enumerate(ans_wps):
+            m.d.comb += [port.addr.eq(Cat(Const(i, 2), addr)), port.en.eq(store_answer),
+                         port.data.eq(self.i_answer.payload.data[8 * i:8 * i + 8])]
 
         def start_frame(is_nak):
             m.d.comb += [crc_init.eq(1), addr_clear.eq(1), lane_clear.eq(1)]
@@ -296,7 +301,7 @@ class SerialBridge(wiring.Component):
                 m.d.comb += self.i_answer.ready.eq(1)
                 with m.If(self.i_answer.valid):
                     with m.If(addr < max_words):
-                        m.d.comb += [ans_wp.en.eq(1), addr_step.eq(1)]
+                        m.d.comb += [store_answer.eq(1), addr_step.eq(1)]
                     m.d.sync += answered.eq(self.i_answer.payload.last)
                 with m.If(answered):
                     start_frame(is_nak=0)
