@@ -113,8 +113,11 @@ class SerialBridge(wiring.Component):
         ans_wps = [answers.write_port() for _ in range(4)]
         ans_rp = answers.read_port(domain="comb")
         cmd_word = Signal(32)
+        cmd_load = Signal()
         answer_byte = Signal(8)
-        m.d.sync += [cmd_word.eq(cmd_rp.data), answer_byte.eq(ans_rp.data)]
+        with m.If(cmd_load):
+            m.d.sync += cmd_word.eq(cmd_rp.data)
+        m.d.sync += answer_byte.eq(ans_rp.data)
 
         byte_in = self.i_rx.payload
         got = Signal()
@@ -139,17 +142,21 @@ class SerialBridge(wiring.Component):
         with m.Elif(lane_step):
             m.d.sync += lane.eq(lane + 1)
 
-        # The command's length in words: its low byte whole while the high byte arrives, then checked.
+        # The command's length in words: its low byte whole while the high byte arrives, then checked. Every
+        # phase ends when ``addr`` has stepped past its last word (a compare without an adder in front of it).
         length = Signal(max(8, len(addr)))
         answer_words = Signal(range(max_words + 1))     # the stored answer's
-        last_command_word = Signal()
-        last_answer_word = Signal()
-        m.d.comb += [last_command_word.eq(addr + 1 == length), last_answer_word.eq(addr + 1 == answer_words)]
+        past_command = Signal()
+        past_answer = Signal()
+        m.d.comb += [past_command.eq(addr == length), past_answer.eq(addr == answer_words)]
 
-        # One CRC register: a frame is received and checked before the answer is sent, never both at once.
+        # One CRC register: a frame is received and checked before the answer is sent, never both at once. A byte
+        # sent enters the CRC a cycle after it left, from a register, so the CRC logic does not sit behind the
+        # byte mux.
         crc = Signal(16)
         crc_init, crc_step = Signal(), Signal()
         crc_byte = Signal(8)
+        sent_byte = Signal(8)
         with m.If(crc_init):
             m.d.sync += crc.eq(0xFFFF)
         with m.Elif(crc_step):
@@ -204,7 +211,7 @@ class SerialBridge(wiring.Component):
         m.d.comb += [
             cmd_wp.addr.eq(addr), cmd_wp.data.eq(byte_in.replicate(4)),
             cmd_rp.addr.eq(addr),
-            self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(last_command_word),
+            self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(past_command),
             ans_rp.addr.eq(Cat(lane, addr)),
         ]
         store_answer = Signal()
@@ -249,14 +256,12 @@ class SerialBridge(wiring.Component):
                     m.next = "NAK"
 
             with m.State("PAYLOAD"):
-                m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
-                with m.If(got):
-                    m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1)]
-                    with m.If(lane == 3):
-                        with m.If(last_command_word):
-                            m.next = "CRC"
-                        with m.Else():
-                            m.d.comb += addr_step.eq(1)
+                # A cycle with no byte taken after the last word, to see that it was the last.
+                m.d.comb += [self.i_rx.ready.eq(~past_command), crc_byte.eq(byte_in)]
+                with m.If(past_command):
+                    m.next = "CRC"
+                with m.Elif(got):
+                    m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
                 with m.Elif(timed_out):
                     m.next = "NAK"
 
@@ -284,14 +289,14 @@ class SerialBridge(wiring.Component):
                     m.d.sync += [settle.eq(1), done_valid.eq(0)]
                     m.next = "FEED"
 
-            # Hand the checked command to the processor straight from the buffer's read port, a word every two
-            # cycles (far faster than the UART brings words in).
+            # Hand the checked command to the processor from the buffer's output register, a word every two
+            # cycles (far faster than the UART brings words in): in the cycle between two words the next one is
+            # read and ``addr`` steps past it, so ``last`` is the compare of ``addr`` with the length.
             with m.State("FEED"):
-                m.d.comb += self.o_cmd.valid.eq(~settle)
+                m.d.comb += [self.o_cmd.valid.eq(~settle), cmd_load.eq(settle), addr_step.eq(settle)]
                 with m.If(self.o_cmd.valid & self.o_cmd.ready):
-                    m.d.comb += addr_step.eq(1)
                     m.d.sync += settle.eq(1)
-                    with m.If(last_command_word):
+                    with m.If(past_command):
                         m.d.comb += addr_clear.eq(1)
                         m.next = "COLLECT"
 
@@ -316,22 +321,22 @@ class SerialBridge(wiring.Component):
                     m.next = "SEND"
 
             with m.State("SEND"):
-                m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(tx_byte)]
+                m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(sent_byte)]
+                with m.If(settle):
+                    # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
+                    # last word of the payload, ``addr`` has stepped past the answer.
+                    m.d.comb += crc_step.eq((phase >= 2) & (phase <= 6))
+                    with m.If((phase == 5) & past_answer):
+                        m.d.sync += phase.eq(6)
                 with m.If(self.o_tx.valid & self.o_tx.ready):
-                    m.d.sync += settle.eq(1)
-                    m.d.comb += crc_step.eq((phase != 0) & (phase[1:] != 0b11))     # type to payload
-                    m.d.sync += phase.eq(phase + 1)
+                    m.d.sync += [settle.eq(1), sent_byte.eq(tx_byte)]
                     with m.Switch(phase):
                         with m.Case(4):
-                            with m.If(nak):
-                                m.d.sync += phase.eq(6)
+                            m.d.sync += phase.eq(Mux(nak, 6, 5))
                         with m.Case(5):
-                            m.d.comb += lane_step.eq(1)
-                            with m.If(lane != 3):
-                                m.d.sync += phase.eq(5)
-                            with m.Elif(~last_answer_word):
-                                m.d.sync += phase.eq(5)
-                                m.d.comb += addr_step.eq(1)
+                            m.d.comb += [lane_step.eq(1), addr_step.eq(lane == 3)]
                         with m.Case(7):
                             m.next = "HUNT"
+                        with m.Default():
+                            m.d.sync += phase.eq(phase + 1)
         return m
