@@ -98,8 +98,6 @@ class BoardCore(wiring.Component):
         with m.Elif(core.o_host.valid & core.o_host.ready & core.o_host.payload.last):
             m.d.sync += busy.eq(0)
 
-        link_error = Signal()
-        m.d.sync += link_error.eq(bridge.crc_errors != 0)
-        status = [beat, link_error, busy]
+        status = [beat, bridge.crc_error, busy]
         m.d.comb += [self.leds[i].eq(status[i]) for i in range(self._leds)]
         return m

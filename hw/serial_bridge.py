@@ -19,7 +19,7 @@ frame the bridge waits for the line to go idle before it answers, so the rest of
 new one. The encodings are shared with the host through :class:`FrameType` and :data:`SYNC`.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -62,14 +62,29 @@ class SerialBridge(wiring.Component):
     Parameters
     ----------
     max_words : int
-        Longest payload, in words, of a command frame and of an answer frame.
+        Longest payload, in words, of a command frame and of an answer frame (a longer answer is cut to it).
     idle_timeout : int
         Clock cycles of silence that end a frame cut short (choose a few byte times).
+
+    Members
+    -------
+    i_rx : In(stream.Signature(8))
+        Bytes from the host.
+    o_tx : Out(stream.Signature(8))
+        Bytes to the host.
+    o_cmd : Out(stream.Signature(WORD_LAYOUT))
+        The words of each checked command, ``last`` on its final word.
+    i_answer : In(stream.Signature(WORD_LAYOUT))
+        The answer to each command, ``last`` on its final word.
+    crc_error : Out(1)
+        Set once a frame with a bad CRC has arrived (the link needed a retry); stays set.
     """
 
     def __init__(self, max_words=256, idle_timeout=10_000):
-        if not 2 <= max_words <= 65535:
-            raise ValueError(f"max_words must be from 2 to 65535, not {max_words}")
+        if not isinstance(max_words, int) or not 2 <= max_words <= 65535:
+            raise ValueError(f"max_words must be an integer from 2 to 65535, not {max_words!r}")
+        if not isinstance(idle_timeout, int) or idle_timeout < 1:
+            raise ValueError(f"idle_timeout must be a positive integer, not {idle_timeout!r}")
         self._max_words = max_words
         self._idle_timeout = idle_timeout
         super().__init__({
@@ -77,121 +92,185 @@ class SerialBridge(wiring.Component):
             "o_tx":     Out(stream.Signature(8)),
             "o_cmd":    Out(stream.Signature(WORD_LAYOUT)),
             "i_answer": In(stream.Signature(WORD_LAYOUT)),
-            "crc_errors": Out(16),
+            "crc_error": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         max_words = self._max_words
-        # The command being received, and the last answer (kept for a RETRY of its command).
-        m.submodules.buffer = buffer = Memory(shape=32, depth=max_words, init=[])
-        wp = buffer.write_port()
-        rp = buffer.read_port()
-        m.submodules.answers = answers = Memory(shape=32, depth=max_words, init=[])
-        ans_wp = answers.write_port()
-        ans_rp = answers.read_port()
+        # The command being received, written a byte lane at a time (no word assembly register), and the last
+        # answer, kept for a RETRY of its command. Separate memories, so neither write port needs a data mux.
+        # Nothing reads a word in the cycle it is written (reads and writes are in different phases), so the
+        # memories say they have no read/write collisions, and their synchronous reads are asynchronous ports
+        # with a register that yosys folds into the block RAM (a synchronous port would be given read-first
+        # emulation: a register and a compare per port).
+        m.submodules.commands = commands = Memory(shape=32, depth=max_words, init=[], attrs={"no_rw_check": 1})
+        cmd_wp = commands.write_port(granularity=8)
+        cmd_rp = commands.read_port(domain="comb")
+        # The answer is stored as bytes, written a word at a time through four byte ports that yosys merges into
+        # one wide port: the block RAM's read port then gives the byte to send, and no byte mux is needed.
+        m.submodules.answers = answers = Memory(shape=8, depth=4 * max_words, init=[], attrs={"no_rw_check": 1})
+        ans_wps = [answers.write_port() for _ in range(4)]
+        ans_rp = answers.read_port(domain="comb")
+        cmd_word = Signal(32)
+        cmd_load = Signal()
+        answer_byte = Signal(8)
+        with m.If(cmd_load):
+            m.d.sync += cmd_word.eq(cmd_rp.data)
+        m.d.sync += answer_byte.eq(ans_rp.data)
 
         byte_in = self.i_rx.payload
         got = Signal()
         m.d.comb += got.eq(self.i_rx.valid & self.i_rx.ready)
 
+        # The registers are written from a few strobes that the state machine raises, each register from one or
+        # two sources: wide registers assigned in many states become chains of wide muxes.
+        #
+        # One word counter and one byte counter serve every phase: ``addr`` is the word being received, fed,
+        # collected or sent (it addresses both memories, so no address muxes), ``lane`` the header byte, the
+        # byte of the word, or the CRC byte.
+        addr = Signal(range(max_words + 1))
+        addr_clear, addr_step = Signal(), Signal()
+        with m.If(addr_clear):
+            m.d.sync += addr.eq(0)
+        with m.Elif(addr_step):
+            m.d.sync += addr.eq(addr + 1)
+        lane = Signal(2)
+        lane_clear, lane_step = Signal(), Signal()
+        with m.If(lane_clear):
+            m.d.sync += lane.eq(0)
+        with m.Elif(lane_step):
+            m.d.sync += lane.eq(lane + 1)
+
+        # The command's length in words: its low byte whole while the high byte arrives, then checked. Every
+        # phase ends when ``addr`` has stepped past its last word (a compare without an adder in front of it).
+        length = Signal(max(8, len(addr)))
+        answer_words = Signal(range(max_words + 1))     # the stored answer's
+        past_command = Signal()
+        past_answer = Signal()
+        m.d.comb += [past_command.eq(addr == length), past_answer.eq(addr == answer_words)]
+
+        # One CRC register: a frame is received and checked before the answer is sent, never both at once. A byte
+        # sent enters the CRC a cycle after it left, from a register, so the CRC logic does not sit behind the
+        # byte mux.
         crc = Signal(16)
-        frame_type = Signal(8)
+        crc_init, crc_step = Signal(), Signal()
+        crc_byte = Signal(8)
+        sent_byte = Signal(8)
+        with m.If(crc_init):
+            m.d.sync += crc.eq(0xFFFF)
+        with m.Elif(crc_step):
+            m.d.sync += crc.eq(crc16_update(crc, crc_byte))
+
         seq = Signal(8)
-        length = Signal(16)
-        byte_index = Signal(range(max_words * 4 + 8))
-        word = Signal(32)
-        words = Signal(range(max_words + 1))   # words in the buffer (received, or answer collected)
-        answer_words = Signal(range(max_words + 1))
-        done_seq = Signal(8)                   # seq of the command whose answer is in ``answers``
+        retry = Signal()            # the frame in hand is a RETRY
+        type_ok = Signal()          # ... or a COMMAND
+        damaged = Signal()
+        done_seq = Signal(8)        # seq of the command whose answer is stored
         done_valid = Signal()
         replay = Signal()
-        damaged = Signal()
-        idle = Signal(range(self._idle_timeout + 1))
+        # Registered a cycle before VERIFY needs it, off the byte path.
+        m.d.sync += replay.eq(retry & done_valid & (seq == done_seq))
 
-        # Silence counter: cleared by every received byte.
+        # The frame being sent: SYNC, type, seq, length (2), payload, CRC (2), one ``phase`` each.
+        nak = Signal()              # a NAK (else an ANSWER)
+        phase = Signal(3)
+        tx_byte = Signal(8)
+        with m.Switch(phase):
+            with m.Case(0):
+                m.d.comb += tx_byte.eq(SYNC)
+            with m.Case(1):
+                m.d.comb += tx_byte.eq(Cat(nak, Const(FrameType.ANSWER.value >> 1, 7)))
+            with m.Case(2):
+                m.d.comb += tx_byte.eq(seq)
+            with m.Case(3):
+                m.d.comb += tx_byte.eq(Mux(nak, 0, answer_words[:8]))
+            with m.Case(4):
+                m.d.comb += tx_byte.eq(Mux(nak, 0, answer_words[8:]))
+            with m.Case(5):
+                m.d.comb += tx_byte.eq(answer_byte)
+            with m.Case(6):
+                m.d.comb += tx_byte.eq(crc[:8])
+            with m.Case(7):
+                m.d.comb += tx_byte.eq(crc[8:])
+        m.d.comb += self.o_tx.payload.eq(tx_byte)
+
+        # Set for the cycle after each word or byte handed on: the read ports then show the next word a cycle
+        # after its address changed, before valid rises again.
+        settle = Signal()
+        m.d.sync += settle.eq(0)
+        answered = Signal()         # the answer's last word was collected last cycle
+
+        idle = Signal(range(self._idle_timeout + 1))
         with m.If(got):
             m.d.sync += idle.eq(0)
         with m.Elif(idle != self._idle_timeout):
             m.d.sync += idle.eq(idle + 1)
         timed_out = idle == self._idle_timeout
 
-        # Answer frame transmission state.
-        tx_type = Signal(8)
-        tx_len = Signal(16)
-        tx_pos = Signal(range(max_words * 4 + 8))
-        tx_phase = Signal(3)
-        feed_last = Signal()
-        rx_left = Signal(range(max_words * 4 + 1))
-        cmd_data = Signal(32)
-        ans_valid = Signal()
-        ans_data = Signal(32)
-        ans_last = Signal()
-        tx_left = Signal(range(max_words * 4 + 1))
-        tx_crc = Signal(16)
-        tx_byte = Signal(8)
-        send_index = Signal(range(max_words + 1))
+        m.d.comb += [
+            cmd_wp.addr.eq(addr), cmd_wp.data.eq(byte_in.replicate(4)),
+            cmd_rp.addr.eq(addr),
+            self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(past_command),
+            ans_rp.addr.eq(Cat(lane, addr)),
+        ]
+        store_answer = Signal()
+        for i, port in enumerate(ans_wps):
+            m.d.comb += [port.addr.eq(Cat(Const(i, 2), addr)), port.en.eq(store_answer),
+                         port.data.eq(self.i_answer.payload.data[8 * i:8 * i + 8])]
 
-        m.d.comb += [wp.data.eq(word), rp.addr.eq(send_index)]
-        # Registered a cycle before VERIFY needs it, off the byte path.
-        m.d.sync += replay.eq((frame_type == FrameType.RETRY) & done_valid & (seq == done_seq))
+        def start_frame(is_nak):
+            m.d.comb += [crc_init.eq(1), addr_clear.eq(1), lane_clear.eq(1)]
+            m.d.sync += [nak.eq(is_nak), phase.eq(0)]
 
         with m.FSM():
             with m.State("HUNT"):
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(got & (byte_in == SYNC)):
-                    m.d.sync += [crc.eq(0xFFFF), byte_index.eq(0), damaged.eq(0)]
+                    m.d.comb += [crc_init.eq(1), lane_clear.eq(1)]
+                    m.d.sync += damaged.eq(0)
                     m.next = "HEADER"
 
             with m.State("HEADER"):
-                m.d.comb += self.i_rx.ready.eq(1)
+                m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
                 with m.If(got):
-                    m.d.sync += [crc.eq(crc16_update(crc, byte_in)), byte_index.eq(byte_index + 1)]
-                    with m.Switch(byte_index):
+                    m.d.comb += [crc_step.eq(1), lane_step.eq(1)]
+                    with m.Switch(lane):
                         with m.Case(0):
-                            m.d.sync += frame_type.eq(byte_in)
+                            m.d.sync += [retry.eq(byte_in == FrameType.RETRY),
+                                         type_ok.eq((byte_in == FrameType.COMMAND) |
+                                                    (byte_in == FrameType.RETRY))]
                         with m.Case(1):
                             m.d.sync += seq.eq(byte_in)
                         with m.Case(2):
                             m.d.sync += length[:8].eq(byte_in)
                         with m.Case(3):
-                            m.d.sync += [length[8:].eq(byte_in), byte_index.eq(0)]
-                            m.d.sync += rx_left.eq(Cat(length[:8], byte_in) * 4)
+                            m.d.sync += length[8:].eq(byte_in)
+                            m.d.comb += addr_clear.eq(1)
                             full_length = Cat(length[:8], byte_in)
-                            with m.If((full_length == 0) | (full_length > max_words) |
-                                      ((frame_type != FrameType.COMMAND) & (frame_type != FrameType.RETRY))):
-                                m.next = "DROP"
+                            with m.If((full_length == 0) | (full_length > max_words) | ~type_ok):
+                                m.next = "NAK"      # a frame we will not take: swallow the rest, then say so
                             with m.Else():
                                 m.next = "PAYLOAD"
                 with m.Elif(timed_out):
                     m.next = "NAK"
 
             with m.State("PAYLOAD"):
-                m.d.comb += self.i_rx.ready.eq(1)
-                with m.If(got):
-                    m.d.sync += [crc.eq(crc16_update(crc, byte_in)), byte_index.eq(byte_index + 1)]
-                    with m.Switch(byte_index[:2]):
-                        for i in range(3):
-                            with m.Case(i):
-                                m.d.sync += word[8 * i:8 * i + 8].eq(byte_in)
-                        with m.Case(3):
-                            m.d.comb += [wp.en.eq(1), wp.addr.eq(byte_index[2:]),
-                                         wp.data.eq(Cat(word[:24], byte_in))]
-                    m.d.sync += rx_left.eq(rx_left - 1)
-                    with m.If(rx_left == 1):    # a countdown: no adder and compare on the byte path
-                        m.d.sync += byte_index.eq(0)
-                        m.next = "CRC"
+                # A cycle with no byte taken after the last word, to see that it was the last.
+                m.d.comb += [self.i_rx.ready.eq(~past_command), crc_byte.eq(byte_in)]
+                with m.If(past_command):
+                    m.next = "CRC"
+                with m.Elif(got):
+                    m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
                 with m.Elif(timed_out):
                     m.next = "NAK"
 
             with m.State("CRC"):
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(got):
-                    m.d.sync += byte_index.eq(byte_index + 1)
-                    with m.If(byte_index == 0):
-                        m.d.sync += damaged.eq(byte_in != crc[:8])
-                    with m.Else():
-                        m.d.sync += damaged.eq(damaged | (byte_in != crc[8:]))
+                    m.d.comb += lane_step.eq(1)
+                    m.d.sync += damaged.eq(damaged | (byte_in != crc.word_select(lane[0], 8)))
+                    with m.If(lane[0]):
                         m.next = "VERIFY"
                 with m.Elif(timed_out):
                     m.next = "NAK"
@@ -199,115 +278,65 @@ class SerialBridge(wiring.Component):
             # The verdict on the CRC a cycle after its last byte, from a register.
             with m.State("VERIFY"):
                 with m.If(damaged):
-                    m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
+                    m.d.sync += self.crc_error.eq(1)
                     m.next = "NAK"
                 with m.Elif(replay):
-                    m.d.sync += [tx_type.eq(FrameType.ANSWER), words.eq(answer_words), tx_pos.eq(0),
-                                 send_index.eq(0), tx_crc.eq(0xFFFF), tx_phase.eq(0)]
-                    m.next = "SETUP"
+                    start_frame(is_nak=0)
+                    m.next = "SEND"
                 with m.Else():
                     # The stored answer is about to be overwritten by this command's.
-                    m.d.sync += [send_index.eq(0), words.eq(length), done_valid.eq(0)]
-                    m.next = "FETCH"
+                    m.d.comb += addr_clear.eq(1)
+                    m.d.sync += [settle.eq(1), done_valid.eq(0)]
+                    m.next = "FEED"
 
-            with m.State("DROP"):
-                # A frame we will not take: swallow the rest of it, then say so.
-                m.d.comb += self.i_rx.ready.eq(1)
-                with m.If(timed_out):
-                    m.next = "NAK"
-
-            # Feed the checked command to the processor from an output register (the buffer's read data would
-            # otherwise run straight into the processor's decode): read, load, hand over; three cycles a word,
-            # far faster than the UART brings words in.
-            with m.State("FETCH"):
-                m.d.comb += rp.en.eq(1)
-                m.d.sync += feed_last.eq(send_index + 1 == words)
-                m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.sync += [cmd_data.eq(rp.data), self.o_cmd.valid.eq(1)]
-                m.next = "FEED"
+            # Hand the checked command to the processor from the buffer's output register, a word every two
+            # cycles (far faster than the UART brings words in): in the cycle between two words the next one is
+            # read and ``addr`` steps past it, so ``last`` is the compare of ``addr`` with the length.
             with m.State("FEED"):
-                m.d.comb += [self.o_cmd.payload.data.eq(cmd_data), self.o_cmd.payload.last.eq(feed_last)]
-                with m.If(self.o_cmd.ready):
-                    m.d.sync += [send_index.eq(send_index + 1), self.o_cmd.valid.eq(0)]
-                    with m.If(feed_last):
-                        m.d.sync += words.eq(0)
+                m.d.comb += [self.o_cmd.valid.eq(~settle), cmd_load.eq(settle), addr_step.eq(settle)]
+                with m.If(self.o_cmd.valid & self.o_cmd.ready):
+                    m.d.sync += settle.eq(1)
+                    with m.If(past_command):
+                        m.d.comb += addr_clear.eq(1)
                         m.next = "COLLECT"
-                    with m.Else():
-                        m.next = "FETCH"
 
-            # Collect the answer into the buffer (the command has been consumed, so the buffer is free). Each
-            # answer word is registered first, so the processor's output logic does not run into this block's.
+            # Collect the answer; words past max_words are dropped. The last word's flag is registered before
+            # anything acts on it, so the processor's output logic does not run into this block's.
             with m.State("COLLECT"):
                 m.d.comb += self.i_answer.ready.eq(1)
-                m.d.sync += [ans_valid.eq(self.i_answer.valid), ans_data.eq(self.i_answer.payload.data),
-                             ans_last.eq(self.i_answer.payload.last)]
-                m.d.comb += [ans_wp.addr.eq(words), ans_wp.data.eq(ans_data)]
-                with m.If(ans_valid):
-                    with m.If(words < max_words):
-                        m.d.comb += ans_wp.en.eq(1)
-                        m.d.sync += words.eq(words + 1)
-                    with m.If(ans_last):
-                        m.d.sync += [tx_type.eq(FrameType.ANSWER), tx_pos.eq(0), send_index.eq(0),
-                                     tx_crc.eq(0xFFFF), tx_phase.eq(0), ans_valid.eq(0),
-                                     answer_words.eq(Mux(words < max_words, words + 1, words)),
-                                     done_seq.eq(seq), done_valid.eq(1)]
-                        m.next = "SETUP"
-
-            with m.State("SETUP"):
-                m.d.sync += tx_left.eq(words * 4)
-                m.next = "SEND"
+                with m.If(self.i_answer.valid):
+                    with m.If(addr < max_words):
+                        m.d.comb += [store_answer.eq(1), addr_step.eq(1)]
+                    m.d.sync += answered.eq(self.i_answer.payload.last)
+                with m.If(answered):
+                    start_frame(is_nak=0)
+                    m.d.sync += [answered.eq(0), answer_words.eq(addr), done_seq.eq(seq), done_valid.eq(1)]
+                    m.next = "SEND"
 
             with m.State("NAK"):
                 # Wait for the line to fall silent, so the tail of a damaged frame is not read as a new one.
                 m.d.comb += self.i_rx.ready.eq(1)
                 with m.If(timed_out):
-                    m.d.sync += [tx_type.eq(FrameType.NAK), words.eq(0), tx_pos.eq(0), send_index.eq(0),
-                                 tx_crc.eq(0xFFFF), tx_phase.eq(0), tx_left.eq(0)]
+                    start_frame(is_nak=1)
                     m.next = "SEND"
 
-            # Send SYNC, type, seq, length (2), payload bytes, CRC (2). tx_pos counts bytes (it addresses the
-            # payload); tx_phase and tx_left are registered so that no byte-position compare sits between the
-            # UART and the CRC register.
             with m.State("SEND"):
-                accepted = self.o_tx.valid & self.o_tx.ready
-                # The read port answers a cycle late and holds its data while not enabled: when a byte is
-                # taken, fetch the word of the byte after it.
-                m.d.comb += [ans_rp.en.eq(accepted), ans_rp.addr.eq((tx_pos - 4)[2:])]
-                with m.Switch(tx_phase):
-                    with m.Case(0):
-                        m.d.comb += tx_byte.eq(SYNC)
-                    with m.Case(1):
-                        m.d.comb += tx_byte.eq(tx_type)
-                    with m.Case(2):
-                        m.d.comb += tx_byte.eq(seq)
-                    with m.Case(3):
-                        m.d.comb += tx_byte.eq(words[:8])
-                    with m.Case(4):
-                        m.d.comb += tx_byte.eq(words[8:])
-                    with m.Case(5):
-                        with m.Switch((tx_pos + 3)[:2]):       # byte lane of payload byte tx_pos - 5
-                            for i in range(4):
-                                with m.Case(i):
-                                    m.d.comb += tx_byte.eq(ans_rp.data[8 * i:8 * i + 8])
-                    with m.Case(6):
-                        m.d.comb += tx_byte.eq(tx_crc[:8])
-                    with m.Default():
-                        m.d.comb += tx_byte.eq(tx_crc[8:])
-                m.d.comb += [self.o_tx.valid.eq(1), self.o_tx.payload.eq(tx_byte)]
-                with m.If(accepted):
-                    m.d.sync += tx_pos.eq(tx_pos + 1)
-                    with m.If((tx_phase >= 1) & (tx_phase <= 5)):
-                        m.d.sync += tx_crc.eq(crc16_update(tx_crc, tx_byte))
-                    with m.Switch(tx_phase):
+                m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(sent_byte)]
+                with m.If(settle):
+                    # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
+                    # last word of the payload, ``addr`` has stepped past the answer.
+                    m.d.comb += crc_step.eq((phase >= 2) & (phase <= 6))
+                    with m.If((phase == 5) & past_answer):
+                        m.d.sync += phase.eq(6)
+                with m.If(self.o_tx.valid & self.o_tx.ready):
+                    m.d.sync += [settle.eq(1), sent_byte.eq(tx_byte)]
+                    with m.Switch(phase):
                         with m.Case(4):
-                            m.d.sync += tx_phase.eq(Mux(tx_left == 0, 6, 5))
+                            m.d.sync += phase.eq(Mux(nak, 6, 5))
                         with m.Case(5):
-                            m.d.sync += tx_left.eq(tx_left - 1)
-                            with m.If(tx_left == 1):
-                                m.d.sync += tx_phase.eq(6)
+                            m.d.comb += [lane_step.eq(1), addr_step.eq(lane == 3)]
                         with m.Case(7):
                             m.next = "HUNT"
                         with m.Default():
-                            m.d.sync += tx_phase.eq(tx_phase + 1)
+                            m.d.sync += phase.eq(phase + 1)
         return m

@@ -166,3 +166,28 @@ def test_retry_of_an_executed_command_resends_its_answer():
     assert exchange(FrameType.RETRY, 53, protocol.encode_read(MemoryId.ACT_A, 0, 3))[1:] == [7, 8, 9]
     # ... and the stored answer is the latest one: the RETRY of 53 is the READ's answer again.
     assert exchange(FrameType.RETRY, 53, protocol.encode_write(MemoryId.ACT_A, 0, [0, 0, 0]))[1:] == [7, 8, 9]
+
+
+def test_frames_of_exactly_max_words_both_ways():
+    """The longest command (max_words words) is executed, the longest answer sent whole, and replayed whole."""
+    link, port = make_link()
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 1 << 32, size=MAX_WORDS - 1).tolist()
+    write = protocol.encode_write(MemoryId.ACT_A, 1, data[:MAX_WORDS - 2])
+    assert len(write) == MAX_WORDS
+    transact(link, write, Opcode.WRITE)
+    transact(link, protocol.encode_write(MemoryId.ACT_A, MAX_WORDS - 1, data[MAX_WORDS - 2:]), Opcode.WRITE)
+    read = protocol.encode_read(MemoryId.ACT_A, 1, MAX_WORDS - 1)
+    assert transact(link, read, Opcode.READ, MAX_WORDS - 1) == data
+
+    def answer(frame_type, seq):
+        port.write(encode_frame(frame_type, seq, read))
+        reader, frames = FrameReader(), []
+        for _ in range(60):
+            frames += reader.feed(port.read(64))
+        assert len(frames) == 1 and frames[0][:2] == (FrameType.ANSWER, seq), frames
+        return frames[0][2]
+
+    first = answer(FrameType.COMMAND, 200)
+    assert len(first) == MAX_WORDS and first[1:] == data
+    assert answer(FrameType.RETRY, 200) == first
