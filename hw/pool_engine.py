@@ -502,8 +502,8 @@ class _Ice40Pool(wiring.Component):
         # padded height to add up, no wide comparison.
         started = Signal()                                # scanning the layer offered on i_layer
         px = Signal(range(cfg.max_width + 2 * (kmax - 1)))
-        y = Signal(ybits)                                 # input rows of this plane done (while in the body)
-        group = Signal(gbits)
+        rows_left = Signal(ybits)                         # input rows of this plane from this one on
+        groups_left = Signal(gbits)                       # planes of the layer from this one on
         # Row phase: phase[0] is set on the padding rows (TOP, BOTTOM), phase[1] on the rows whose row above is
         # not an input row of this plane to read (AFTER_TOP, the first input row under a top padding row; BOTTOM,
         # where it does not matter).
@@ -519,10 +519,7 @@ class _Ice40Pool(wiring.Component):
         load = Signal()
         m.d.comb += load.eq(self.i_layer.valid & ~started & ~s1_valid & ~s2_valid & ~o.valid)
 
-        y_next = Signal(ybits + 1)
-        group_next = Signal(gbits + 1)
-        m.d.comb += [y_next.eq(y + 1), group_next.eq(group + 1)]
-        last_body_row = y_next == w.height[:ybits]
+        last_body_row = rows_left == 1
         to_bottom = body & last_body_row & w.pad_bottom
         last_row = bottom | (body & last_body_row & ~w.pad_bottom)
         last_col = px + 1 == w.width + w.pad_left + w.pad_right
@@ -536,21 +533,22 @@ class _Ice40Pool(wiring.Component):
         ]
         row_end = fire & last_col
         plane_end = row_end & last_row
-        layer_end = plane_end & (group_next == w.groups[:gbits])
+        layer_end = plane_end & (groups_left == 1)
         m.d.comb += self.i_layer.ready.eq(layer_end)
-        # Each counter is cleared (a free synchronous reset) or stepped under one enable.
+        # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable; the row
+        # and plane counters count down to 1 (a LUT a bit for the load and the step, and no comparator).
         with m.If(load | row_end):
             m.d.sync += [px.eq(0), col_wait.eq(wide)]
         with m.Elif(fire):
             m.d.sync += [px.eq(px + 1), col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1))]
         with m.If(load | plane_end):
-            m.d.sync += y.eq(0)
+            m.d.sync += rows_left.eq(w.height[:ybits])
         with m.Elif(row_end & body):
-            m.d.sync += y.eq(y_next)
+            m.d.sync += rows_left.eq(rows_left - 1)
         with m.If(load):
-            m.d.sync += group.eq(0)
+            m.d.sync += groups_left.eq(w.groups[:gbits])
         with m.Elif(plane_end):
-            m.d.sync += group.eq(group_next)
+            m.d.sync += groups_left.eq(groups_left - 1)
         with m.If(load | row_end):
             # The first row of a plane never reads the row above (a 2x2 window ends one row further down, a
             # 1x1 window reads the unwritten column), so the bank just alternates.
@@ -566,16 +564,17 @@ class _Ice40Pool(wiring.Component):
         with m.Elif(layer_end):
             m.d.sync += started.eq(0)
 
-        # S0 -> S1: the pixel, inverted offset binary (``127 - x``, 255 in the padding: the comparison of S1
-        # wants it so, see ``larger``). S1 keeps what it needs of the layer (the descriptor may be gone after the
-        # last position).
-        s1_inv = Signal(data.ArrayLayout(8, lanes))
+        # S0 -> S1: the pixel in offset binary, 0 in the padding. S1 keeps what it needs of the layer (the
+        # descriptor may be gone after the last position).
+        # The data registers have no reset (their valid bits do): a flip-flop's reset input then serves the
+        # padding's 0 (and the 1x1 window's "no previous column") instead of a LUT per bit.
+        s1_pixel = Signal(data.ArrayLayout(8, lanes), reset_less=True)
         s1_emit, s1_wide = Signal(), Signal()
         with m.If(~stall):
             m.d.sync += s1_valid.eq(fire)
         with m.If(fire):
             m.d.sync += [s1_emit.eq((row_wait == 0) & (col_wait == 0)), s1_wide.eq(wide)]
-            m.d.sync += [s1_inv[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane].as_unsigned() ^ 0x7F, 0xFF))
+            m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane].as_unsigned() ^ 0x80, 0))
                          for lane in range(lanes)]
 
         # The line buffer: the row of this bank at (bank, padded column), written as the position is scanned,
@@ -584,22 +583,24 @@ class _Ice40Pool(wiring.Component):
         # the row read is never the row written (no_rw_check), and the register is reset-less since the block
         # RAM's has no reset. A 1x1 window, a padding column and the row under a top padding row read the
         # unwritten last column instead, which holds -128 in every lane.
-        above = [Const(0, 8)] * lanes
+        above_inv = [Const(0xFF, 8)] * lanes          # the pixel above, inverted offset binary (127 - x)
         if kmax == 2:
             col_bits = (cfg.max_width + 2).bit_length()
-            m.submodules.line = line = Memory(shape=8 * lanes, depth=2 << col_bits,
-                                              init=[int("80" * lanes, 16)] * (2 << col_bits),
+            m.submodules.line = line = Memory(shape=8 * lanes, depth=4 << col_bits,
+                                              init=[int("80" * lanes, 16)] * (4 << col_bits),
                                               attrs={"no_rw_check": 1})
             wr, rd = line.write_port(), line.read_port(domain="comb")
             above_row = Signal(8 * lanes, reset_less=True)
             real = wide & in_col & ~after_top
             m.d.comb += [
-                wr.addr.eq(Cat(px[:col_bits], bank)), wr.data.eq(self.i_pixels.payload), wr.en.eq(fire),
-                rd.addr.eq(Cat(px[:col_bits] | Mux(real, 0, (1 << col_bits) - 1), ~bank)),
+                wr.addr.eq(Cat(px[:col_bits], bank, 0)), wr.data.eq(self.i_pixels.payload), wr.en.eq(fire),
+                rd.addr.eq(Cat(px[:col_bits], ~bank, ~real)),
             ]
             with m.If(fire):
                 m.d.sync += above_row.eq(rd.data)
-            above = [above_row.word_select(lane, 8) ^ 0x80 for lane in range(lanes)]
+            # Yosys models the register's initial value with one LUT per bit after the block RAM; the inversion
+            # that the comparison wants (see ``larger``) folds into it.
+            above_inv = [above_row.word_select(lane, 8) ^ 0x7F for lane in range(lanes)]
 
         def larger(a, b_inv):
             """The larger of ``a`` and ``~b_inv``: with one operand inverted, the comparison's carry chain and the
@@ -609,21 +610,22 @@ class _Ice40Pool(wiring.Component):
             return Mux((a + b_inv)[8], a, b)
 
         # S1 -> S2: the column values of this position and of the previous one, the latter inverted.
-        col_now = [Signal(8, name=f"col_now_{l}") for l in range(lanes)]
-        col_prev_inv = [Signal(8, name=f"col_prev_inv_{l}") for l in range(lanes)]
+        col_now = [Signal(8, name=f"col_now_{l}", reset_less=True) for l in range(lanes)]
+        col_prev_inv = [Signal(8, name=f"col_prev_inv_{l}", reset_less=True) for l in range(lanes)]
         with m.If(~stall):
             m.d.sync += s2_valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
                 for lane in range(lanes):
-                    m.d.sync += [col_now[lane].eq(larger(above[lane], s1_inv[lane])),
+                    m.d.sync += [col_now[lane].eq(larger(s1_pixel[lane], above_inv[lane])),
                                  col_prev_inv[lane].eq(Mux(s1_wide, ~col_now[lane], 0xFF))]
 
         # S2 -> output.
+        out = Signal(data.ArrayLayout(8, lanes), reset_less=True)
+        m.d.comb += o.payload.eq(out)
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(~stall):
             m.d.sync += o.valid.eq(s2_valid)
             with m.If(s2_valid):
-                m.d.sync += [o.payload[lane].eq(larger(col_now[lane], col_prev_inv[lane]) ^ 0x80)
-                             for lane in range(lanes)]
+                m.d.sync += [out[lane].eq(larger(col_now[lane], col_prev_inv[lane]) ^ 0x80) for lane in range(lanes)]
         return m
