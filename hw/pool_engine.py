@@ -510,7 +510,6 @@ class _Ice40Pool(wiring.Component):
         phase = Signal(2)
         top, after_top, bottom = phase == _TOP, phase == _AFTER_TOP, phase == _BOTTOM
         body = ~phase[0]
-        bank = Signal()                                   # line buffer half of this row (alternates)
         row_wait = Signal(range(MAX_STRIDE))              # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE))
         s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
@@ -520,6 +519,10 @@ class _Ice40Pool(wiring.Component):
         m.d.comb += load.eq(self.i_layer.valid & ~started & ~s1_valid & ~s2_valid & ~o.valid)
 
         last_body_row = rows_left == 1
+        # The line buffer half of this row: consecutive input rows alternate, and so do the last input row and a
+        # bottom padding row (``rows_left`` is 0 there). A top padding row shares the first input row's half: the
+        # input row reads the unwritten rows instead, and overwrites it.
+        bank = rows_left[0]
         to_bottom = body & last_body_row & w.pad_bottom
         last_row = bottom | (body & last_body_row & ~w.pad_bottom)
         last_col = px + 1 == w.width + w.pad_left + w.pad_right
@@ -550,13 +553,10 @@ class _Ice40Pool(wiring.Component):
         with m.Elif(plane_end):
             m.d.sync += groups_left.eq(groups_left - 1)
         with m.If(load | row_end):
-            # The first row of a plane never reads the row above (a 2x2 window ends one row further down, a
-            # 1x1 window reads the unwritten column), so the bank just alternates.
             restart = load | plane_end
             m.d.sync += [
                 phase.eq(Mux(restart, Mux(w.pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM,
                                                                                              _BODY)))),
-                bank.eq(~bank),
                 row_wait.eq(Mux(restart, wide, Mux(row_wait == 0, w.stride - 1, row_wait - 1))),
             ]
         with m.If(load):
