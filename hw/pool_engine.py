@@ -456,20 +456,27 @@ class _Ice40Pool(wiring.Component):
       convolution's clamp, before the pool, and a maximum of clamped values is clamped).
 
     The descriptor is not copied: the engine reads the fields it needs where the source holds them (a stream's
-    payload stays put until it is taken) and takes the descriptor with the layer's last scanned position. Only
-    the row and plane counters are kept, as wide as :func:`ice40_pool_limits` needs.
+    payload stays put until it is taken) and takes the descriptor with the layer's last scanned position; the
+    next layer starts, as on the generic engine, once the last output has left. Only the row and plane counters
+    are kept, as wide as :func:`ice40_pool_limits` needs.
 
     Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans). The
-    taps are held in offset binary (``x + 128``), where 0 is below every tap, so a padding tap is simply 0:
+    taps are compared in offset binary (``x + 128``), where 0 is below every tap, so a padding tap is simply 0:
 
-    * S0, scan: the position's pixel (0 in the padding) is registered, and the pixel above it is read from the
-      line buffer. The buffer holds two rows, of even and of odd padded index, each at its padded column, so the
-      row read is never the row being written and the block RAM needs no read-during-write logic; every
-      position is written, one cycle after its scan. Columns past the widest padded row are never written and
-      stay 0: a 1x1 window reads its "row above" there.
+    * S0, scan: the position's pixel (0 in the padding) is registered, written to the line buffer as it comes,
+      and the pixel above it is read. The buffer holds two rows, alternating with the input rows, each at its
+      padded column, so the row read is never the row being written and the block RAM needs no
+      read-during-write logic. A 1x1 window, a padding column and the input row under a top padding row read a
+      never written row of -128s instead (so a padding position may write whatever the input holds).
     * S1, vertical: the larger of the pixel and the one above it; the values of this column and of the previous
       one (0 for a 1x1 window) are kept.
     * S2, horizontal: the larger of the two column values, into the output register.
+
+    Each comparison has one operand inverted where it is made for free (after the block RAM, where yosys puts a
+    LUT per bit to model the read register's initial value, and in front of the previous column's register),
+    so a bit's carry, multiplexer and register share one logic cell. The data registers have no reset (their
+    valid bits do), so the flip-flops' own reset and set inputs supply the padding and the 1x1 window's empty
+    column.
 
     Latency: four cycles from scan to output with the consumer's, one less than the generic engine
     (:func:`pool_extra_stages` is -1). Back-pressure on the output stalls every stage at once.
@@ -494,12 +501,16 @@ class _Ice40Pool(wiring.Component):
         # --- the layer, read where the source holds it (see the class docstring).
         w = self.i_layer.payload.window
         wide = w.kernel[1] if kmax == 2 else Const(0)     # a 2x2 window (the kernel is 1 or 2)
+        # One-bit padding flags (the fields have no bits at all on an instance built for 1x1 windows only, and
+        # the complement of a zero-bit value is no bits, not 1).
+        pad_top, pad_bottom, pad_left, pad_right = (w[f].bool() for f in ("pad_top", "pad_bottom", "pad_left",
+                                                                            "pad_right"))
         ybits = Shape.cast(range(max_height + 1)).width
         gbits = Shape.cast(range(max_groups + 1)).width
 
         # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
-        # counted as input rows ``y`` plus a row phase, and the tests for "in bounds" are a few equalities: no
-        # padded height to add up, no wide comparison.
+        # counted as input rows plus a row phase, and the tests for "in bounds" are a few equalities: no padded
+        # height to add up, no wide comparison.
         started = Signal()                                # scanning the layer offered on i_layer
         px = Signal(range(cfg.max_width + 2 * (kmax - 1)))
         rows_left = Signal(ybits)                         # input rows of this plane from this one on
@@ -521,12 +532,12 @@ class _Ice40Pool(wiring.Component):
         last_body_row = rows_left == 1
         # The line buffer half of this row: consecutive input rows alternate, and so do the last input row and a
         # bottom padding row (``rows_left`` is 0 there). A top padding row shares the first input row's half: the
-        # input row reads the unwritten rows instead, and overwrites it.
+        # input row reads the never written rows instead, and overwrites it.
         bank = rows_left[0]
-        to_bottom = body & last_body_row & w.pad_bottom
-        last_row = bottom | (body & last_body_row & ~w.pad_bottom)
-        last_col = px + 1 == w.width + w.pad_left + w.pad_right
-        in_col = ~(w.pad_left & (px == 0)) & ~(w.pad_right & last_col)
+        to_bottom = body & last_body_row & pad_bottom
+        last_row = bottom | (body & last_body_row & ~pad_bottom)
+        last_col = px + 1 == w.width + pad_left + pad_right
+        in_col = ~(pad_left & (px == 0)) & ~(pad_right & last_col)
         in_bounds = body & in_col
 
         fire = Signal()
@@ -538,8 +549,8 @@ class _Ice40Pool(wiring.Component):
         plane_end = row_end & last_row
         layer_end = plane_end & (groups_left == 1)
         m.d.comb += self.i_layer.ready.eq(layer_end)
-        # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable; the row
-        # and plane counters count down to 1 (a LUT a bit for the load and the step, and no comparator).
+        # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable. The row
+        # and plane counters count down to 1: smaller, measured, than counting up to the descriptor's value.
         with m.If(load | row_end):
             m.d.sync += [px.eq(0), col_wait.eq(wide)]
         with m.Elif(fire):
@@ -555,7 +566,7 @@ class _Ice40Pool(wiring.Component):
         with m.If(load | row_end):
             restart = load | plane_end
             m.d.sync += [
-                phase.eq(Mux(restart, Mux(w.pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM,
+                phase.eq(Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM,
                                                                                              _BODY)))),
                 row_wait.eq(Mux(restart, wide, Mux(row_wait == 0, w.stride - 1, row_wait - 1))),
             ]
@@ -565,9 +576,8 @@ class _Ice40Pool(wiring.Component):
             m.d.sync += started.eq(0)
 
         # S0 -> S1: the pixel in offset binary, 0 in the padding. S1 keeps what it needs of the layer (the
-        # descriptor may be gone after the last position).
-        # The data registers have no reset (their valid bits do): a flip-flop's reset input then serves the
-        # padding's 0 (and the 1x1 window's "no previous column") instead of a LUT per bit.
+        # descriptor may be gone after the last position). The data registers have no reset (their valid bits do): the flip-flops' reset input serves the
+        # padding's 0 (and their set input the 1x1 window's "no previous column") instead of a LUT per bit.
         s1_pixel = Signal(data.ArrayLayout(8, lanes), reset_less=True)
         s1_emit, s1_wide = Signal(), Signal()
         with m.If(~stall):
@@ -577,12 +587,12 @@ class _Ice40Pool(wiring.Component):
             m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane].as_unsigned() ^ 0x80, 0))
                          for lane in range(lanes)]
 
-        # The line buffer: the row of this bank at (bank, padded column), written as the position is scanned,
-        # with the pixel as it comes (a padding position writes whatever the input holds: such a tap is never
-        # read, see below). Read as an asynchronous port plus a register that yosys folds into the block RAM:
-        # the row read is never the row written (no_rw_check), and the register is reset-less since the block
-        # RAM's has no reset. A 1x1 window, a padding column and the row under a top padding row read the
-        # unwritten last column instead, which holds -128 in every lane.
+        # The line buffer: a row at (0, bank, padded column), written as the position is scanned, with the
+        # pixel as it comes (a padding position writes whatever the input holds: such a tap is never read). Read
+        # as an asynchronous port plus a register that yosys folds into the block RAM: the row read is never the
+        # row written (no_rw_check), and the register is reset-less since the block RAM's has no reset. A 1x1
+        # window, a padding column and the input row under a top padding row read the upper half instead, never
+        # written and -128 in every lane.
         above_inv = [Const(0xFF, 8)] * lanes          # the pixel above, inverted offset binary (127 - x)
         if kmax == 2:
             col_bits = (cfg.max_width + 2).bit_length()
