@@ -511,10 +511,10 @@ class _Ice40Pool(wiring.Component):
         # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
         # counted as input rows plus a row phase, and the tests for "in bounds" are a few equalities: no padded
         # height to add up, no wide comparison.
-        started = Signal()                                # scanning the layer offered on i_layer
         px = Signal(range(cfg.max_width + 2 * (kmax - 1)))
         rows_left = Signal(ybits)                         # input rows of this plane from this one on
         groups_left = Signal(gbits)                       # planes of the layer from this one on
+        started = groups_left != 0                        # scanning a layer (0 after its last plane)
         # Row phase: phase[0] is set on the padding rows (TOP, BOTTOM), phase[1] on the rows whose row above is
         # not an input row of this plane to read (AFTER_TOP, the first input row under a top padding row; BOTTOM,
         # where it does not matter).
@@ -570,10 +570,6 @@ class _Ice40Pool(wiring.Component):
                                                                                              _BODY)))),
                 row_wait.eq(Mux(restart, wide, Mux(row_wait == 0, w.stride - 1, row_wait - 1))),
             ]
-        with m.If(load):
-            m.d.sync += started.eq(1)
-        with m.Elif(layer_end):
-            m.d.sync += started.eq(0)
 
         # S0 -> S1: the pixel in offset binary, 0 in the padding. S1 keeps what it needs of the layer (the
         # descriptor may be gone after the last position). The data registers have no reset (their valid bits do): the flip-flops' reset input serves the
