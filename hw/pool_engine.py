@@ -184,7 +184,9 @@ class PoolEngine(wiring.Component):
     Members
     -------
     i_layer : In(stream.Signature(pool_layer_layout(config)))
-        One descriptor per layer (see :func:`pool_layer`); taken once the previous layer's output has left.
+        One descriptor per layer (see :func:`pool_layer`); a layer starts once the previous layer's output has
+        left. The generic engines take it then; the iCE40 engine reads it where it is offered and takes it with
+        the layer's last scanned position (see :class:`_Ice40Pool`).
     i_pixels : In(stream.Signature(pixel_layout(config)))
         ``groups x height x width`` beats: channel-group planes in raster order.
     o_pixels : Out(stream.Signature(pixel_layout(config)))
@@ -465,9 +467,10 @@ class _Ice40Pool(wiring.Component):
 
     * S0, scan: the position's pixel (0 in the padding) is registered, written to the line buffer as it comes,
       and the pixel above it is read. The buffer holds two rows, alternating with the input rows, each at its
-      padded column, so the row read is never the row being written and the block RAM needs no
+      input column, so the row read is never the row being written and the block RAM needs no
       read-during-write logic. A 1x1 window, a padding column and the input row under a top padding row read a
-      never written row of -128s instead (so a padding position may write whatever the input holds).
+      never written row of -128s instead, so a padding position may write whatever the input holds (a left
+      padding column where the first input column then writes, a right one past the row's end).
     * S1, vertical: the larger of the pixel and the one above it; the values of this column and of the previous
       one (0 for a 1x1 window) are kept.
     * S2, horizontal: the larger of the two column values, into the output register.
@@ -511,7 +514,7 @@ class _Ice40Pool(wiring.Component):
         # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
         # counted as input rows plus a row phase, and the tests for "in bounds" are a few equalities: no padded
         # height to add up, no wide comparison.
-        px = Signal(range(cfg.max_width + 2 * (kmax - 1)))
+        px = Signal(range(cfg.max_width + 1))
         rows_left = Signal(ybits)                         # input rows of this plane from this one on
         groups_left = Signal(gbits)                       # planes of the layer from this one on
         started = groups_left != 0                        # scanning a layer (0 after its last plane)
@@ -523,6 +526,10 @@ class _Ice40Pool(wiring.Component):
         body = ~phase[0]
         row_wait = Signal(range(MAX_STRIDE))              # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE))
+        # The padding columns have flags, as the padding rows have a phase: "in bounds" is then a few flip-flops
+        # (the input's ready and the line buffer's address come straight from them), and ``px`` counts input
+        # columns, held on the left padding column (whose tap is never read) and one past the last on the right.
+        left, right = Signal(), Signal()
         s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
 
         # A layer starts once the previous one has left the pipeline, as the generic engine takes its next one.
@@ -536,8 +543,11 @@ class _Ice40Pool(wiring.Component):
         bank = rows_left[0]
         to_bottom = body & last_body_row & pad_bottom
         last_row = bottom | (body & last_body_row & ~pad_bottom)
-        last_col = px + 1 == w.width + pad_left + pad_right
-        in_col = ~(pad_left & (px == 0)) & ~(pad_right & last_col)
+        px_next = Signal.like(px)
+        m.d.comb += px_next.eq(px + 1)
+        in_col = ~left & ~right
+        last_body_col = in_col & (px_next == w.width)
+        last_col = right | (last_body_col & ~pad_right)
         in_bounds = body & in_col
 
         fire = Signal()
@@ -552,9 +562,12 @@ class _Ice40Pool(wiring.Component):
         # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable. The row
         # and plane counters count down to 1: smaller, measured, than counting up to the descriptor's value.
         with m.If(load | row_end):
-            m.d.sync += [px.eq(0), col_wait.eq(wide)]
+            m.d.sync += [px.eq(0), col_wait.eq(wide), left.eq(pad_left), right.eq(0)]
         with m.Elif(fire):
-            m.d.sync += [px.eq(px + 1), col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1))]
+            m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
+                         right.eq(last_body_col)]
+            with m.If(~left):
+                m.d.sync += px.eq(px_next)
         with m.If(load | plane_end):
             m.d.sync += rows_left.eq(w.height[:ybits])
         with m.Elif(row_end & body):
@@ -583,7 +596,7 @@ class _Ice40Pool(wiring.Component):
             m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane].as_unsigned() ^ 0x80, 0))
                          for lane in range(lanes)]
 
-        # The line buffer: a row at (0, bank, padded column), written as the position is scanned, with the
+        # The line buffer: a row at (0, bank, input column), written as the position is scanned, with the
         # pixel as it comes (a padding position writes whatever the input holds: such a tap is never read). Read
         # as an asynchronous port plus a register that yosys folds into the block RAM: the row read is never the
         # row written (no_rw_check), and the register is reset-less since the block RAM's has no reset. A 1x1
@@ -591,7 +604,7 @@ class _Ice40Pool(wiring.Component):
         # written and -128 in every lane.
         above_inv = [Const(0xFF, 8)] * lanes          # the pixel above, inverted offset binary (127 - x)
         if kmax == 2:
-            col_bits = (cfg.max_width + 2).bit_length()
+            col_bits = len(px)
             m.submodules.line = line = Memory(shape=8 * lanes, depth=4 << col_bits,
                                               init=[int("80" * lanes, 16)] * (4 << col_bits),
                                               attrs={"no_rw_check": 1})
