@@ -28,7 +28,7 @@ Target ``"ecp5"`` adds five stages (per-row reduction, reciprocal lookup, a thre
 its 125 MHz clock: :func:`pool_extra_stages`.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -39,10 +39,13 @@ from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_lay
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
            "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
-           "pool_extra_stages"]
+           "ice40_pool_limits", "pool_extra_stages"]
 
 #: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
+
+# Row phases of the iCE40 engine's scanner (see :class:`_Ice40Pool`).
+_BODY, _TOP, _AFTER_TOP, _BOTTOM = 0b00, 0b01, 0b10, 0b11
 
 
 def pool_max_kernel(config):
@@ -81,6 +84,19 @@ def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127)
     if not pool_has_clamp(config) and (qmin, qmax) != (-128, 127):
         raise ValueError(f"{name}: the {config.target} pool engine has no activation clamp (range {qmin}..{qmax}; "
                          f"it needs -128..127)")
+
+
+def ice40_pool_limits(config):
+    """``(height, groups)``: the tallest plane and the most planes a layer of the iCE40 pool engine of ``config``
+    may have; its counters are just wide enough for these.
+
+    A run writes at most ``config.vector_depth`` output beats, and every plane gives at least one row of windows
+    (``OH`` of them), so ``groups <= vector_depth`` and ``OH <= vector_depth``; windows step down by ``stride <=
+    MAX_STRIDE`` rows, so the padded height is at most ``MAX_STRIDE * vector_depth + kernel - 1``. A layer past
+    these cannot have its output in the memory, so refusing it takes nothing away.
+    """
+    depth = config.vector_depth
+    return MAX_STRIDE * depth + pool_max_kernel(config) - 1, depth
 
 
 def pool_extra_stages(config):
@@ -132,6 +148,12 @@ def pool_layer(config, mode, *, height, width, groups=1, kernel=1, stride=1, pad
     else:
         window = window_layer(config, height=height, width=width, kernel=kernel, stride=stride, padding=padding,
                               groups=groups, max_kernel=pool_max_kernel(config), name=name)
+    if config.target == "ice40":
+        max_height, max_groups = ice40_pool_limits(config)
+        if height > max_height or groups > max_groups:
+            raise ValueError(f"{name}: {groups} planes of {height} rows exceed the {max_groups} planes of "
+                             f"{max_height} rows the ice40 pool engine counts (its output must fit "
+                             f"vector_depth {config.vector_depth})")
     return {"window": window, "mode": mode, "qmin": qmin, "qmax": qmax}
 
 
@@ -162,7 +184,9 @@ class PoolEngine(wiring.Component):
     Members
     -------
     i_layer : In(stream.Signature(pool_layer_layout(config)))
-        One descriptor per layer (see :func:`pool_layer`); taken once the previous layer's output has left.
+        One descriptor per layer (see :func:`pool_layer`); a layer starts once the previous layer's output has
+        left. The generic engines take it then; the iCE40 engine reads it where it is offered and takes it with
+        the layer's last scanned position (see :class:`_Ice40Pool`).
     i_pixels : In(stream.Signature(pixel_layout(config)))
         ``groups x height x width`` beats: channel-group planes in raster order.
     o_pixels : Out(stream.Signature(pixel_layout(config)))
@@ -418,12 +442,12 @@ class PoolEngine(wiring.Component):
 
 class _Ice40Pool(wiring.Component):
     """The pool engine of target "ice40": max pooling over windows of at most 2x2, reduced as the pixels stream
-    past, with one line buffer (two block RAMs) and about a seventh of the generic engine's logic.
+    past, with one line buffer (two block RAMs) and a small fraction of the generic engine's logic.
 
     What it computes, and why no more: LeNet-5, the network the iCEBreaker runs, max-pools 2x2 with stride 2
     behind C1 and C3, and the iCE40UP5K has room for little beyond its 16 MACs. So: max pooling, windows 1x1 and
-    2x2, any stride, padding up to ``kernel - 1``. Not built, each refused by the dispatcher (``BAD_DESCRIPTOR``)
-    and by the compiler (naming the layer):
+    2x2, any stride, padding up to ``kernel - 1``, layers up to :func:`ice40_pool_limits`. Not built, each refused
+    by the dispatcher (``BAD_DESCRIPTOR``) and by the compiler (naming the layer):
 
     * wider windows: a 2x2 window needs only the row above, so one line buffer;
     * average pooling: even the cheap form (counts 1, 2, 4: TFLite's rounding by an add and a shift, bit-exact;
@@ -433,17 +457,29 @@ class _Ice40Pool(wiring.Component):
       (about 110 LUT4s), for pools that carry no activation in the networks this part runs (the ReLU is the
       convolution's clamp, before the pool, and a maximum of clamped values is clamped).
 
-    Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans). The
-    taps are held in offset binary (``x + 128``), where 0 is below every tap, so a padding tap is simply 0:
+    The descriptor is not copied: the engine reads the fields it needs where the source holds them (a stream's
+    payload stays put until it is taken) and takes the descriptor with the layer's last scanned position; the
+    next layer starts, as on the generic engine, once the last output has left. Only the row and plane counters
+    are kept, as wide as :func:`ice40_pool_limits` needs.
 
-    * S0, scan: the position's pixel (0 in the padding) is registered, and the pixel above it is read from the
-      line buffer. The buffer holds two rows, of even and of odd padded index, each at its padded column, so the
-      row read is never the row being written and the block RAM needs no read-during-write bypass; every
-      position is written, one cycle after its scan. Columns past the widest padded row are never written and
-      stay 0: a 1x1 window reads its "row above" there.
+    Datapath (``lanes`` channels in parallel, one padded position per cycle, as the window generator scans). The
+    taps are compared in offset binary (``x + 128``), where 0 is below every tap, so a padding tap is simply 0:
+
+    * S0, scan: the position's pixel (0 in the padding) is registered, written to the line buffer as it comes,
+      and the pixel above it is read. The buffer holds two rows, alternating with the input rows, each at its
+      input column, so the row read is never the row being written and the block RAM needs no
+      read-during-write logic. A 1x1 window, a padding column and the input row under a top padding row read a
+      never written row of -128s instead, so a padding position may write whatever the input holds (a left
+      padding column where the first input column then writes, a right one past the row's end).
     * S1, vertical: the larger of the pixel and the one above it; the values of this column and of the previous
       one (0 for a 1x1 window) are kept.
     * S2, horizontal: the larger of the two column values, into the output register.
+
+    Each comparison has one operand inverted where it is made for free (after the block RAM, where yosys puts a
+    LUT per bit to model the read register's initial value, and in front of the previous column's register),
+    so a bit's carry, multiplexer and register share one logic cell. The data registers have no reset (their
+    valid bits do), so the flip-flops' own reset and set inputs supply the padding and the 1x1 window's empty
+    column.
 
     Latency: four cycles from scan to output with the consumer's, one less than the generic engine
     (:func:`pool_extra_stages` is -1). Back-pressure on the output stalls every stage at once.
@@ -461,117 +497,154 @@ class _Ice40Pool(wiring.Component):
         m = Module()
         cfg = self._config
         kmax, lanes = pool_max_kernel(cfg), cfg.lanes
-        pix = pixel_layout(cfg)
+        max_height, max_groups = ice40_pool_limits(cfg)
         o = self.o_pixels
         stall = o.valid & ~o.ready
 
-        # --- the layer, latched with its descriptor.
-        window = Signal(window_layer_layout(cfg, kmax))
-        last_px = Signal(range(cfg.max_width + 2 * kmax))
+        # --- the layer, read where the source holds it (see the class docstring).
+        w = self.i_layer.payload.window
+        wide = w.kernel[1] if kmax == 2 else Const(0)     # a 2x2 window (the kernel is 1 or 2)
+        # One-bit padding flags (the fields have no bits at all on an instance built for 1x1 windows only, and
+        # the complement of a zero-bit value is no bits, not 1).
+        pad_top, pad_bottom, pad_left, pad_right = (w[f].bool() for f in ("pad_top", "pad_bottom", "pad_left",
+                                                                            "pad_right"))
+        ybits = Shape.cast(range(max_height + 1)).width
+        gbits = Shape.cast(range(max_groups + 1)).width
 
         # --- S0: the scanner. Padding is at most one row or column on each side (kernel <= 2), so rows are
-        # counted as input rows ``y`` plus two flags, and the tests for "in bounds" are a few equalities: no
-        # padded height to add up, no wide comparison.
-        active = Signal()
-        px = Signal.like(last_px)
-        y = Signal(16)                                    # input row of this plane (while in the body)
-        group = Signal(16)
-        top, bottom = Signal(), Signal()                  # scanning the top / bottom padding row
-        bank = Signal()                                   # padded row index mod 2 (line buffer half)
-        row_wait = Signal(range(MAX_STRIDE + kmax))       # rows until the next row that ends a window
-        col_wait = Signal(range(MAX_STRIDE + kmax))
+        # counted as input rows plus a row phase, and the tests for "in bounds" are a few equalities: no padded
+        # height to add up, no wide comparison.
+        px = Signal(range(cfg.max_width + 1))
+        rows_left = Signal(ybits)                         # input rows of this plane from this one on
+        groups_left = Signal(gbits)                       # planes of the layer from this one on
+        started = groups_left != 0                        # scanning a layer (0 after its last plane)
+        # Row phase: phase[0] is set on the padding rows (TOP, BOTTOM), phase[1] on the rows whose row above is
+        # not an input row of this plane to read (AFTER_TOP, the first input row under a top padding row; BOTTOM,
+        # where it does not matter).
+        phase = Signal(2)
+        top, after_top, bottom = phase == _TOP, phase == _AFTER_TOP, phase == _BOTTOM
+        body = ~phase[0]
+        row_wait = Signal(range(MAX_STRIDE))              # rows until the next row that ends a window
+        col_wait = Signal(range(MAX_STRIDE))
+        # The padding columns have flags, as the padding rows have a phase: "in bounds" is then a few flip-flops
+        # (the input's ready and the line buffer's address come straight from them), and ``px`` counts input
+        # columns, held on the left padding column (whose tap is never read) and one past the last on the right.
+        left, right = Signal(), Signal()
         s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
 
-        desc = self.i_layer.payload
-        w = desc.window
+        # A layer starts once the previous one has left the pipeline, as the generic engine takes its next one.
         load = Signal()
-        m.d.comb += [self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid),
-                     load.eq(self.i_layer.valid & self.i_layer.ready)]
-        with m.If(load):
-            m.d.sync += [window.eq(w), last_px.eq(w.width + w.pad_left + w.pad_right - 1), active.eq(1)]
+        m.d.comb += load.eq(self.i_layer.valid & ~started & ~s1_valid & ~s2_valid & ~o.valid)
 
-        wide = (window.kernel == 2) if kmax == 2 else 0
-        body = ~top & ~bottom
-        y_next = Signal.like(y)
-        group_next = Signal.like(group)
-        m.d.comb += [y_next.eq(y + 1), group_next.eq(group + 1)]
-        last_body_row = y_next == window.height
-        last_row = bottom | (body & last_body_row & ~window.pad_bottom)
-        last_col = px == last_px
-        in_bounds = body & ~(window.pad_left & (px == 0)) & ~(window.pad_right & last_col)
+        last_body_row = rows_left == 1
+        # The line buffer half of this row: consecutive input rows alternate, and so do the last input row and a
+        # bottom padding row (``rows_left`` is 0 there). A top padding row shares the first input row's half: the
+        # input row reads the never written rows instead, and overwrites it.
+        bank = rows_left[0]
+        to_bottom = body & last_body_row & pad_bottom
+        last_row = bottom | (body & last_body_row & ~pad_bottom)
+        px_next = Signal.like(px)
+        m.d.comb += px_next.eq(px + 1)
+        in_col = ~left & ~right
+        last_body_col = in_col & (px_next == w.width)
+        last_col = right | (last_body_col & ~pad_right)
+        in_bounds = body & in_col
 
         fire = Signal()
         m.d.comb += [
-            self.i_pixels.ready.eq(active & ~stall & in_bounds),
-            fire.eq(active & ~stall & (~in_bounds | self.i_pixels.valid)),
+            self.i_pixels.ready.eq(started & ~stall & in_bounds),
+            fire.eq(started & ~stall & (~in_bounds | self.i_pixels.valid)),
         ]
         row_end = fire & last_col
         plane_end = row_end & last_row
-        # Each counter is cleared (a free synchronous reset) or stepped under one enable.
+        layer_end = plane_end & (groups_left == 1)
+        m.d.comb += self.i_layer.ready.eq(layer_end)
+        # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable. The row
+        # and plane counters count down to 1: smaller, measured, than counting up to the descriptor's value.
         with m.If(load | row_end):
-            m.d.sync += [px.eq(0), col_wait.eq(Mux(load, w.kernel, window.kernel) - 1)]
+            m.d.sync += [px.eq(0), col_wait.eq(wide), left.eq(pad_left), right.eq(0)]
         with m.Elif(fire):
-            m.d.sync += [px.eq(px + 1), col_wait.eq(Mux(col_wait == 0, window.stride - 1, col_wait - 1))]
+            m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
+                         right.eq(last_body_col)]
+            with m.If(~left):
+                m.d.sync += px.eq(px_next)
         with m.If(load | plane_end):
-            m.d.sync += y.eq(0)
+            m.d.sync += rows_left.eq(w.height[:ybits])
         with m.Elif(row_end & body):
-            m.d.sync += y.eq(y_next)
+            m.d.sync += rows_left.eq(rows_left - 1)
         with m.If(load):
-            m.d.sync += group.eq(0)
+            m.d.sync += groups_left.eq(w.groups[:gbits])
         with m.Elif(plane_end):
-            m.d.sync += group.eq(group_next)
+            m.d.sync += groups_left.eq(groups_left - 1)
         with m.If(load | row_end):
+            restart = load | plane_end
             m.d.sync += [
-                top.eq(Mux(load | plane_end, Mux(load, w.pad_top, window.pad_top), 0)),
-                bottom.eq(~plane_end & ~load & body & last_body_row & window.pad_bottom),
-                bank.eq(~load & ~plane_end & ~bank),
-                row_wait.eq(Mux(load | plane_end, Mux(load, w.kernel, window.kernel) - 1,
-                                Mux(row_wait == 0, window.stride - 1, row_wait - 1))),
+                phase.eq(Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM,
+                                                                                             _BODY)))),
+                row_wait.eq(Mux(restart, wide, Mux(row_wait == 0, w.stride - 1, row_wait - 1))),
             ]
-        with m.If(plane_end & (group_next == window.groups)):
-            m.d.sync += active.eq(0)
 
-        # S0 -> S1: the pixel in offset binary, 0 in the padding.
-        s1_pixel = Signal(data.ArrayLayout(8, lanes))
-        s1_px, s1_bank, s1_emit = Signal.like(px), Signal(), Signal()
+        # S0 -> S1: the pixel in offset binary, 0 in the padding. S1 keeps what it needs of the layer (the
+        # descriptor may be gone after the last position). The data registers have no reset (their valid bits do): the flip-flops' reset input serves the
+        # padding's 0 (and their set input the 1x1 window's "no previous column") instead of a LUT per bit.
+        s1_pixel = Signal(data.ArrayLayout(8, lanes), reset_less=True)
+        s1_emit, s1_wide = Signal(), Signal()
         with m.If(~stall):
             m.d.sync += s1_valid.eq(fire)
         with m.If(fire):
-            m.d.sync += [s1_px.eq(px), s1_bank.eq(bank), s1_emit.eq((row_wait == 0) & (col_wait == 0))]
-            m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane] ^ 0x80, 0))
+            m.d.sync += [s1_emit.eq((row_wait == 0) & (col_wait == 0)), s1_wide.eq(wide)]
+            m.d.sync += [s1_pixel[lane].eq(Mux(in_bounds, self.i_pixels.payload[lane].as_unsigned() ^ 0x80, 0))
                          for lane in range(lanes)]
 
-        # The line buffer: padded row py at (py mod 2, px).
-        above = [0] * lanes
+        # The line buffer: a row at (0, bank, input column), written as the position is scanned, with the
+        # pixel as it comes (a padding position writes whatever the input holds: such a tap is never read). Read
+        # as an asynchronous port plus a register that yosys folds into the block RAM: the row read is never the
+        # row written (no_rw_check), and the register is reset-less since the block RAM's has no reset. A 1x1
+        # window, a padding column and the input row under a top padding row read the upper half instead, never
+        # written and -128 in every lane.
+        above_inv = [Const(0xFF, 8)] * lanes          # the pixel above, inverted offset binary (127 - x)
         if kmax == 2:
-            col_bits = (cfg.max_width + 2).bit_length()
-            m.submodules.line = line = Memory(shape=data.ArrayLayout(8, lanes), depth=2 << col_bits, init=[])
-            wr, rd = line.write_port(), line.read_port()
+            col_bits = len(px)
+            m.submodules.line = line = Memory(shape=8 * lanes, depth=4 << col_bits,
+                                              init=[int("80" * lanes, 16)] * (4 << col_bits),
+                                              attrs={"no_rw_check": 1})
+            wr, rd = line.write_port(), line.read_port(domain="comb")
+            above_row = Signal(8 * lanes, reset_less=True)
+            real = wide & in_col & ~after_top
             m.d.comb += [
-                wr.addr.eq(Cat(s1_px[:col_bits], s1_bank)), wr.data.eq(s1_pixel), wr.en.eq(s1_valid),
-                rd.addr.eq(Cat(Mux(wide, px[:col_bits], (1 << col_bits) - 1), ~bank)), rd.en.eq(fire),
+                wr.addr.eq(Cat(px[:col_bits], bank, 0)), wr.data.eq(self.i_pixels.payload), wr.en.eq(fire),
+                rd.addr.eq(Cat(px[:col_bits], ~bank, ~real)),
             ]
-            above = [rd.data[lane] for lane in range(lanes)]
+            with m.If(fire):
+                m.d.sync += above_row.eq(rd.data)
+            # Yosys models the register's initial value with one LUT per bit after the block RAM; the inversion
+            # that the comparison wants (see ``larger``) folds into it.
+            above_inv = [above_row.word_select(lane, 8) ^ 0x7F for lane in range(lanes)]
 
-        def larger(a, b):
-            return Mux(a > b, a, b)
+        def larger(a, b_inv):
+            """The larger of ``a`` and ``~b_inv``: with one operand inverted, the comparison's carry chain and the
+            multiplexer share each bit's LUT inputs (and so its logic cell), and no bit needs an inverter."""
+            b = Signal(8)
+            m.d.comb += b.eq(~b_inv)
+            return Mux((a + b_inv)[8], a, b)
 
-        # S1 -> S2: the column values of this position and of the previous one.
-        col_now = [Signal(8, name=f"col_now_{l}") for l in range(lanes)]
-        col_prev = [Signal(8, name=f"col_prev_{l}") for l in range(lanes)]
+        # S1 -> S2: the column values of this position and of the previous one, the latter inverted.
+        col_now = [Signal(8, name=f"col_now_{l}", reset_less=True) for l in range(lanes)]
+        col_prev_inv = [Signal(8, name=f"col_prev_inv_{l}", reset_less=True) for l in range(lanes)]
         with m.If(~stall):
             m.d.sync += s2_valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
                 for lane in range(lanes):
-                    m.d.sync += [col_now[lane].eq(larger(above[lane], s1_pixel[lane])),
-                                 col_prev[lane].eq(Mux(wide, col_now[lane], 0))]
+                    m.d.sync += [col_now[lane].eq(larger(s1_pixel[lane], above_inv[lane])),
+                                 col_prev_inv[lane].eq(Mux(s1_wide, ~col_now[lane], 0xFF))]
 
         # S2 -> output.
+        out = Signal(data.ArrayLayout(8, lanes), reset_less=True)
+        m.d.comb += o.payload.eq(out)
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(~stall):
             m.d.sync += o.valid.eq(s2_valid)
             with m.If(s2_valid):
-                m.d.sync += [o.payload[lane].eq(larger(col_prev[lane], col_now[lane]) ^ 0x80)
-                             for lane in range(lanes)]
+                m.d.sync += [out[lane].eq(larger(col_now[lane], col_prev_inv[lane]) ^ 0x80) for lane in range(lanes)]
         return m

@@ -12,7 +12,7 @@ from cnnacc.host import graph as g
 from cnnacc.host.compiler import compile_graph
 from cnnacc.host.cycles_vector import pool_cycles
 from cnnacc.host.program import ProgramError
-from cnnacc.hw.pool_engine import PoolMode, check_pool_support, pool_layer
+from cnnacc.hw.pool_engine import PoolMode, check_pool_support, ice40_pool_limits, pool_layer
 from cnnacc.sim import tb_pool_engine
 
 from test_pool_engine import check, run_amaranth
@@ -68,6 +68,44 @@ def test_cycle_model_matches_rtl():
         got, cycles = run_amaranth(ICE40, [job])
         check(got, [job], "ice40 cycle model")
         assert cycles == pool_cycles(ICE40, layer), f"{layer}: RTL {cycles} cycles, model {pool_cycles(ICE40, layer)}"
+
+
+def test_counters_at_the_limits_of_the_instance():
+    # The row and plane counters are as wide as ice40_pool_limits: a layer exactly at both limits (the tallest
+    # plane a stride-7 window can leave in the output memory, as many planes as it has rows) runs bit-exact,
+    # with the cycle model exact.
+    config = dataclasses.replace(ICE40, vector_depth=16)
+    max_height, max_groups = ice40_pool_limits(config)
+    assert (max_height, max_groups) == (7 * 16 + 1, 16)
+    rng = np.random.default_rng(16)
+    print("seed 16")
+    layer = pool_layer(config, PoolMode.MAX, height=max_height, width=1, groups=max_groups, kernel=2, stride=7,
+                       padding=(0, 0, 1, 0))
+    job = (layer, rng.integers(-128, 128, size=(max_groups, max_height, 1, config.lanes)))
+    got, cycles = run_amaranth(config, [job])
+    check(got, [job], "ice40 at the counters' limits")
+    assert cycles == pool_cycles(config, layer)
+    with pytest.raises(ValueError, match=rf"^s6: 1 planes of {max_height + 1} rows exceed the 16 planes of "
+                                         rf"{max_height} rows the ice40 pool engine counts"):
+        pool_layer(config, PoolMode.MAX, height=max_height + 1, width=1, kernel=1, stride=7, name="s6")
+    with pytest.raises(ValueError, match=r"^s7: 17 planes of 2 rows exceed"):
+        pool_layer(config, PoolMode.MAX, height=2, width=2, groups=17, kernel=2, stride=2, name="s7")
+    pool_layer(dataclasses.replace(config, target="generic"), PoolMode.MAX, height=2, width=2, groups=17, kernel=2,
+               stride=2)
+
+
+def test_an_instance_built_for_1x1_windows_only():
+    # max_kernel 1: no line buffer at all; strides and back-to-back layers still exact.
+    config = dataclasses.replace(ICE40, max_kernel=1)
+    rng = np.random.default_rng(17)
+    print("seed 17")
+    jobs = []
+    for s in (1, 2, 3):
+        h, w, groups = int(rng.integers(1, 6)), int(rng.integers(1, config.max_width + 1)), int(rng.integers(1, 3))
+        jobs.append((pool_layer(config, PoolMode.MAX, height=h, width=w, groups=groups, kernel=1, stride=s),
+                     rng.integers(-128, 128, size=(groups, h, w, config.lanes))))
+    got, _ = run_amaranth(config, jobs, seed=17, bubble=0.2, stall=0.2)
+    check(got, jobs, "ice40 1x1 only, seed 17")
 
 
 def test_refusals_name_the_layer():
