@@ -25,11 +25,14 @@ array with the same numbers, built for the iCE40UP5K's few logic cells:
 * broadcast instead of systolic: beat ``k``'s weight ``wgt[r]`` goes to every PE of row ``r`` and its activation
   ``act[c]`` to every PE of column ``c`` in the same cycle, so there are no skew lines, no hop registers and one
   set of framing flags for the whole array. The products come from ``SB_MAC16`` blocks, two PEs per block
-  (:class:`~.dsp.DualMul8`), whose own input and product registers are the two pipeline stages;
+  (:class:`~.dsp.DualMac8`), whose own input and product registers are the two pipeline stages and whose own
+  16-bit accumulators hold the low half of each sum: only the ``acc_width - 16`` high bits are fabric
+  flip-flops, a counter that follows bit 15 of the low half (a product's carry or borrow out of it) one cycle
+  after each accumulation;
 * no shadows: a finished tile stays in the accumulators, which are the output buffer. ``o_columns`` shows its
   columns in order, and the next tile's ``first`` beat waits at the accumulate stage (the whole array stalls,
-  ``i_beats.ready`` low) until the last column is taken; taking it clears the accumulators (the flip-flops' own
-  synchronous reset), so a tile's first beat adds to zero like any other and no PE needs a restart multiplexer.
+  ``i_beats.ready`` low) until the last column is taken and the accumulators are cleared (the blocks' output
+  reset, for one cycle), so a tile's first beat adds to zero like any other and no PE needs a restart multiplexer.
   A tile therefore costs ``K`` beats plus its drain (:func:`ice40_tile_cycles`). The serial requantizer of that target reads one accumulator at a time:
   ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the column is never copied.
 
@@ -41,12 +44,12 @@ chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one 
 :func:`array_latency`.
 """
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .dsp import DualMul8
+from .dsp import DualMac8
 from .dsp_ecp5 import Mult18x18D
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles"]
@@ -83,8 +86,9 @@ def min_tile_beats(config):
 def array_latency(config):
     """Cycles from a tile's ``last`` beat entering to its column 0 in the output register (no stalls)."""
     if config.target == "ice40":
-        # product register (the operand registers in the SB_MAC16 are the input register), accumulate.
-        return 2
+        # product register (the operand registers in the SB_MAC16 are the input register), accumulate, the high
+        # parts' count.
+        return 3
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
     # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
     return config.rows + 3 + (config.target == "ecp5")
@@ -95,9 +99,10 @@ def ice40_tile_cycles(depth, drain):
     beats following a tile whose columns were taken ``drain`` cycles after the first one showed (``drain`` counts
     the cycle of the last take; ``cols`` with a consumer that takes one column per cycle), beats back to back.
 
-    The cycle the last column is taken clears the accumulators; the next tile's ``first`` beat accumulates in
-    the cycle after it."""
-    return depth + drain
+    The tile shows its columns the cycle after its last accumulation (its high parts count it meanwhile); the
+    edge after the last take starts the accumulators' clear cycle, and the next tile's ``first`` beat
+    accumulates on the edge that ends the cycle after it."""
+    return depth + drain + 2
 
 
 class SystolicArray(wiring.Component):
@@ -108,7 +113,7 @@ class SystolicArray(wiring.Component):
     config : AcceleratorConfig
         Supplies ``rows``, ``cols``, ``acc_width`` and ``target``.
     dsp_model : bool
-        Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMul8` with target
+        Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMac8` with target
         ``"generic"``, :class:`~.dsp_ecp5.Mult18x18D` without the primitive) while keeping the target's array:
         for the Amaranth simulator, which cannot run a vendor primitive. Default ``False``.
 
@@ -246,10 +251,11 @@ class SystolicArray(wiring.Component):
         return m
 
     def _elaborate_broadcast(self):
-        """Target ``"ice40"``: broadcast operands, SB_MAC16 products, the accumulators drained in place."""
+        """Target ``"ice40"``: broadcast operands, SB_MAC16 multiply-accumulates, the accumulators drained in place."""
         m = Module()
         cfg = self._config
         rows, cols = cfg.rows, cfg.cols
+        high = cfg.acc_width - 16
         o = self.o_columns
         beat = self.i_beats.payload
         en = Signal()
@@ -257,56 +263,89 @@ class SystolicArray(wiring.Component):
         take = self.i_beats.valid & en
 
         # The operands are registered inside the SB_MAC16 blocks; only the framing flags follow in fabric, one
-        # copy for the whole array. A missing beat enters as a bubble (valid low), its operands are don't-care.
+        # copy for the whole array, and the operands' signs (see the high parts below). A missing beat enters as
+        # a bubble (valid low), its operands are don't-care.
         flags_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
-        in_flags = Signal(flags_layout)
-        pflags = Signal(flags_layout)
+        in_flags, pflags = Signal(flags_layout), Signal(flags_layout)
+        signs_layout = data.StructLayout({"act": cols, "wgt": rows})
+        in_signs, psigns, asigns = Signal(signs_layout), Signal(signs_layout), Signal(signs_layout)
         with m.If(en):
             m.d.sync += [in_flags.valid.eq(take), in_flags.first.eq(beat.first), in_flags.last.eq(beat.last),
-                         pflags.eq(in_flags)]
+                         pflags.eq(in_flags), psigns.eq(in_signs)]
+            m.d.sync += [in_signs.act[c].eq(beat.act[c][-1]) for c in range(cols)]
+            m.d.sync += [in_signs.wgt[r].eq(beat.wgt[r][-1]) for r in range(rows)]
 
+        # Each SB_MAC16 accumulates the low 16 bits of its two PEs (the block's own output registers). The
+        # accumulators are zero when a tile starts: ``clear`` (a flip-flop, the blocks' asynchronous output reset)
+        # is high for the cycle after the previous tile's last column goes (or a restart), and the next tile's
+        # first beat waits through it.
+        accumulate = Signal()
+        m.d.comb += accumulate.eq(en & pflags.valid)
+        clear = Signal()
         target = "generic" if self._dsp_model else cfg.target
         pes = [(r, c) for r in range(rows) for c in range(cols)]
-        products = {}
+        low = {}
         for i in range(0, len(pes), 2):
-            mul = m.submodules[f"mul_{i // 2}"] = DualMul8(target, input_registers=True)
-            m.d.comb += mul.ce.eq(en)
-            for (r, c), (a, b, p) in zip(pes[i:i + 2], [(mul.a0, mul.b0, mul.p0), (mul.a1, mul.b1, mul.p1)]):
+            mac = m.submodules[f"mac_{i // 2}"] = DualMac8(target)
+            m.d.comb += [mac.ce.eq(en), mac.hold.eq(~pflags.valid), mac.clear.eq(clear)]
+            for (r, c), (a, b, s) in zip(pes[i:i + 2], [(mac.a0, mac.b0, mac.s0), (mac.a1, mac.b1, mac.s1)]):
                 m.d.comb += [a.eq(beat.act[c]), b.eq(beat.wgt[r])]
-                products[r, c] = p
+                low[r, c] = s
 
-        # Plain accumulators: they are zero when a tile starts (cleared as the previous one's last column goes, or
-        # by restart or reset), so ``first`` needs no multiplexer per bit, only the stall below.
-        acc = [[Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        clear = Signal()
-        with m.If(clear):
-            m.d.sync += [acc[r][c].eq(0) for (r, c) in products]
-        with m.Elif(en & pflags.valid):
-            for (r, c), product in products.items():
-                m.d.sync += acc[r][c].eq(acc[r][c] + product)
+        # The high ``acc_width - 16`` bits of each accumulator are a fabric counter: a product (|p| <= 2**14)
+        # carries out of the low half exactly when it is not negative and bit 15 falls from 1 to 0, and borrows
+        # exactly when it is negative and bit 15 rises from 0 to 1. Bit 15 after the addition shows a cycle
+        # later, so the count follows one cycle after each accumulation (``counted``), from bit 15 before it
+        # and the product's sign (the operands' signs: a zero product never moves bit 15).
+        counted = Signal()
+        m.d.sync += counted.eq(accumulate)
+        with m.If(accumulate):
+            m.d.sync += asigns.eq(psigns)
+        sums = {}
+        for (r, c), s in low.items():
+            before = Signal(name=f"msb_{r}_{c}")
+            upper = Signal(high, name=f"high_{r}_{c}")
+            with m.If(accumulate):
+                m.d.sync += before.eq(s[15])
+            negative = asigns.act[c] ^ asigns.wgt[r]
+            up = Signal(name=f"carry_{r}_{c}")
+            down = Signal(name=f"borrow_{r}_{c}")
+            m.d.comb += [up.eq(counted & ~negative & before & ~s[15]), down.eq(counted & negative & ~before & s[15])]
+            sums[r, c] = (upper, up, down)
+            acc = Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}")
+            m.d.comb += acc.eq(Cat(s, upper))
+            low[r, c] = acc
 
-        # Drain: columns next_col .. cols-1 of the finished tile are pending while ``full`` is set.
+        # Drain: columns next_col .. cols-1 of the finished tile are pending while ``full`` is set. A tile is full
+        # the cycle after its last accumulation, when its high parts have counted it.
         full = Signal()
+        finished = Signal()
+        m.d.sync += finished.eq(accumulate & pflags.last)
         next_col = Signal(range(cols))
         m.d.comb += [o.valid.eq(full), o.payload.col.eq(next_col)]
         with m.Switch(next_col):
             for c in range(cols):
                 with m.Case(c):
-                    m.d.comb += [o.payload.acc[r].eq(acc[r][c]) for r in range(rows)]
-                    m.d.comb += self.drain_acc.eq(Array(acc[r][c] for r in range(rows))[self.drain_row])
+                    m.d.comb += [o.payload.acc[r].eq(low[r, c]) for r in range(rows)]
+                    m.d.comb += self.drain_acc.eq(Array(low[r, c] for r in range(rows))[self.drain_row])
         taken = o.valid & o.ready
         emptied = Signal()
         m.d.comb += emptied.eq(taken & (next_col == cols - 1))
         with m.If(taken):
             m.d.sync += next_col.eq(Mux(next_col == cols - 1, 0, next_col + 1))
-        # The next tile's first beat would overwrite the accumulators: everything waits until the last column has
-        # gone (and with it the finished sums). Not waiting on the take itself keeps o_columns.ready off the path
+        m.d.sync += clear.eq(emptied | self.restart)
+        for upper, up, down in sums.values():
+            with m.If(emptied | self.restart):
+                m.d.sync += upper.eq(0)
+            with m.Elif(up | down):
+                m.d.sync += upper.eq(upper + Mux(down, -1, 1))
+        # The next tile's first beat would add to the finished sums: everything waits until the last column has
+        # gone and the accumulators are cleared. Not waiting on the take itself keeps o_columns.ready off the path
         # to every enable of the array.
-        m.d.comb += clear.eq(emptied | self.restart)
-        m.d.comb += en.eq(~(pflags.valid & pflags.first & full))
+        m.d.comb += en.eq(~(pflags.valid & pflags.first & (full | finished | clear)))
         with m.If(emptied):
             m.d.sync += full.eq(0)
-        with m.If(en & pflags.valid & pflags.last):
+        with m.If(finished):
             m.d.sync += full.eq(1)
         with m.If(self.restart):
             m.d.sync += [full.eq(0), next_col.eq(0)]
