@@ -35,11 +35,13 @@ __all__ = ["DualMul8", "DualMac8", "sb_mac16_8x8"]
 
 def sb_mac16_8x8(a_top, b_top, a_bot, b_bot, p_top, p_bot, ce, input_registers=False, accumulate=None):
     """An ``SB_MAC16`` instance computing two registered signed 8x8 products (see the module docstring); with
-    ``accumulate=(hold, clear)`` it outputs its two 16-bit accumulators instead, which add the products on every
-    enabled cycle without ``hold`` and read 0 while ``clear`` (the asynchronous ``ORSTTOP/BOT``) is high."""
+    ``accumulate=(hold, load, c_top, c_bot, clear)`` it outputs its two 16-bit accumulators instead, which add
+    the products on every enabled cycle without ``hold``, load ``c_top``/``c_bot`` instead with ``load``, and
+    read 0 while ``clear`` (the asynchronous ``ORSTTOP/BOT``) is high."""
     out = Signal(32)
     in_reg = Const(int(input_registers), 1)
-    hold, clear = accumulate if accumulate is not None else (Const(0), Const(0))
+    zero = (Const(0), Const(0), Const(0, 16), Const(0, 16), Const(0))
+    hold, load, c_top, c_bot, clear = accumulate if accumulate is not None else zero
     # OUTPUT_SELECT 2: the product registers; 1: the accumulators, whose adders take the product register
     # (ADDSUB_LOWERINPUT 1) and the accumulator (UPPERINPUT 0) with no carry in (CARRYSELECT 0).
     select, lower = (Const(1, 2), Const(1, 2)) if accumulate is not None else (Const(2, 2), Const(0, 2))
@@ -56,10 +58,10 @@ def sb_mac16_8x8(a_top, b_top, a_bot, b_bot, p_top, p_bot, ce, input_registers=F
         p_MODE_8x8=Const(1, 1), p_A_SIGNED=Const(1, 1), p_B_SIGNED=Const(1, 1),
         i_CLK=ClockSignal("sync"), i_CE=ce,
         i_A=Cat(a_bot, a_top), i_B=Cat(b_bot, b_top),
-        i_C=Const(0, 16), i_D=Const(0, 16),
+        i_C=c_top, i_D=c_bot,
         i_AHOLD=Const(0), i_BHOLD=Const(0), i_CHOLD=Const(0), i_DHOLD=Const(0),
         i_IRSTTOP=Const(0), i_IRSTBOT=Const(0), i_ORSTTOP=clear, i_ORSTBOT=clear,
-        i_OLOADTOP=Const(0), i_OLOADBOT=Const(0), i_ADDSUBTOP=Const(0), i_ADDSUBBOT=Const(0),
+        i_OLOADTOP=load, i_OLOADBOT=load, i_ADDSUBTOP=Const(0), i_ADDSUBBOT=Const(0),
         i_OHOLDTOP=hold, i_OHOLDBOT=hold, i_CI=Const(0), i_ACCUMCI=Const(0), i_SIGNEXTIN=Const(0),
         o_O=out)
     return inst, [p_top.eq(out[16:32].as_signed()), p_bot.eq(out[0:16].as_signed())]
@@ -130,10 +132,11 @@ class DualMac8(wiring.Component):
     ``"ice40"``, on a plain ``*`` and adders otherwise.
 
     The operands are registered (``input_registers``), then the products; on every cycle ``ce`` is high and
-    ``hold`` low, ``s0 += p0`` and ``s1 += p1`` (modulo ``2**16``). ``clear`` is the block's asynchronous output
-    reset: the accumulators read 0 from the cycle it rises, and stay 0 on the clock edge that ends a cycle it is
-    high. Drive it from a flip-flop (a glitch would clear them), and never with ``ce`` and ``hold`` low in the
-    same cycle: an accumulation on the edge that ends a cleared cycle is lost.
+    ``hold`` low, ``s0 += p0`` and ``s1 += p1`` (modulo ``2**16``), or, with ``load``, ``s0 = c0`` and
+    ``s1 = c1`` (the block's accumulator load, which the array uses to shift its sums out). ``clear`` is the
+    block's asynchronous output reset: the accumulators read 0 from the cycle it rises, and stay 0 on the clock
+    edge that ends a cycle it is high. Drive it from a flip-flop (a glitch would clear them), and never with
+    ``ce`` and ``hold`` low in the same cycle: an accumulation on the edge that ends a cleared cycle is lost.
 
     Parameters
     ----------
@@ -143,7 +146,8 @@ class DualMac8(wiring.Component):
     Members
     -------
     a0, b0, a1, b1 : In(signed(8))
-    ce, hold, clear : In(1)
+    ce, hold, load, clear : In(1)
+    c0, c1 : In(16)
     s0, s1 : Out(16)
         The accumulators' bits.
     """
@@ -154,7 +158,7 @@ class DualMac8(wiring.Component):
         self._target = target
         super().__init__({
             "a0": In(signed(8)), "b0": In(signed(8)), "a1": In(signed(8)), "b1": In(signed(8)),
-            "ce": In(1), "hold": In(1), "clear": In(1),
+            "ce": In(1), "hold": In(1), "load": In(1), "clear": In(1), "c0": In(16), "c1": In(16),
             "s0": Out(16), "s1": Out(16),
         })
 
@@ -167,7 +171,7 @@ class DualMac8(wiring.Component):
         if self._target == "ice40":
             top, bot = Signal(signed(16)), Signal(signed(16))
             inst, connections = sb_mac16_8x8(self.a1, self.b1, self.a0, self.b0, top, bot, self.ce, True,
-                                             accumulate=(self.hold, self.clear))
+                                             accumulate=(self.hold, self.load, self.c1, self.c0, self.clear))
             m.submodules.mac16 = inst
             m.d.comb += connections + [self.s1.eq(top), self.s0.eq(bot)]
             return m
@@ -184,5 +188,5 @@ class DualMac8(wiring.Component):
         with m.If(self.clear):
             m.d.sync += [q0.eq(0), q1.eq(0)]
         with m.Elif(self.ce & ~self.hold):
-            m.d.sync += [q0.eq(q0 + p0), q1.eq(q1 + p1)]
+            m.d.sync += [q0.eq(Mux(self.load, self.c0, q0 + p0)), q1.eq(Mux(self.load, self.c1, q1 + p1))]
         return m
