@@ -488,8 +488,10 @@ class ConvEngine(wiring.Component):
         reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
         above_near, room_near = Signal(range(reach + 2)), Signal(range(reach + 2))
         m.d.comb += [above_near.eq(above), room_near.eq(Mux(room > reach + 1, reach + 1, room))]
-        right = Signal(len(layer.in_w) + 1)          # first tap column past the map, counted from the padding
-        m.d.comb += right.eq(layer.in_w + layer.pad_left)
+        # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the map
+        # when its sign is clear and it is below W, one compare a column.
+        kx_rel = Signal(signed(len(layer.kernel_w) + 1))
+        m.d.comb += kx_rel.eq(kx - layer.pad_left)
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         inside = [Signal(name=f"inside_{c}") for c in range(cols)]
         s1_first, s1_last = Signal(), Signal()
@@ -497,13 +499,13 @@ class ConvEngine(wiring.Component):
             m.d.sync += [s1_valid.eq(in_run), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
                 tap_y = Signal(range(reach + 1), name=f"tap_y_{c}")
-                tap_x = Signal(len(cursor.ox[c]) + len(layer.kernel_w) + 1, name=f"tap_x_{c}")
+                tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
                 m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky),
-                             tap_x.eq((cursor.ox[c] << layer.stride2) + kx)]
+                             tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
                 m.d.sync += [
                     select[c].eq((f0 + (c << layer.stride2))[:lg_nb]),
                     inside[c].eq(cursor.pixel_valid[c] & (tap_y >= above_near) & (tap_y < room_near)
-                                 & (tap_x >= layer.pad_left) & (tap_x < right)),
+                                 & ~tap_x[-1] & (tap_x < layer.in_w)),
                 ]
         banks = Array(bank_reads)
         m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
