@@ -389,7 +389,6 @@ class ConvEngine(wiring.Component):
         setup, in_run, out_run = Signal(), Signal(), Signal()
         s1_valid, p_valid = Signal(), Signal()
         inflight = Signal(range(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3))
-        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | (inflight != 0))
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)
         # The descriptor is latched first (or, when its source holds it for the whole run, read in place); the
@@ -426,7 +425,7 @@ class ConvEngine(wiring.Component):
         last_kx = kx + 1 == layer.kernel_w
         last_ky = ky + 1 == layer.kernel_h
         tile_last = last_ci & last_kx & last_ky
-        tile_first = (ci == 0) & (kx == 0) & (ky == 0)
+        tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
         all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
 
@@ -434,7 +433,8 @@ class ConvEngine(wiring.Component):
         m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
 
         def restart_tile():
-            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0)]
+            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0),
+                    tile_first.eq(1)]
 
         def restart_block():
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
@@ -454,7 +454,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1)),
                                  tap_offset.eq(Mux(last_ky, 0, tap_row + layer.in_w)),
                                  tap_row.eq(Mux(last_ky, 0, tap_row + layer.in_w))]
-            m.d.sync += w_addr.eq(w_addr + 1)
+            m.d.sync += [w_addr.eq(w_addr + 1), tile_first.eq(tile_last)]
             with m.If(tile_last):
                 step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
                 with m.If(block_last):
@@ -488,6 +488,10 @@ class ConvEngine(wiring.Component):
         reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
         above_near, room_near = Signal(range(reach + 2)), Signal(range(reach + 2))
         m.d.comb += [above_near.eq(above), room_near.eq(Mux(room > reach + 1, reach + 1, room))]
+        # As for columns: the tap row counted from the first row inside, ``dy * stride + ky - above``, is inside
+        # when its sign is clear and it is below ``room - above``, both shared by the columns.
+        ky_rel, height = Signal(signed(len(ky) + 1)), Signal(signed(len(room_near) + 1))
+        m.d.comb += [ky_rel.eq(ky - above_near), height.eq(room_near - above_near)]
         # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the map
         # when its sign is clear and it is below W, one compare a column.
         kx_rel = Signal(signed(len(layer.kernel_w) + 1))
@@ -498,13 +502,13 @@ class ConvEngine(wiring.Component):
         with m.If(adv):
             m.d.sync += [s1_valid.eq(in_run), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
-                tap_y = Signal(range(reach + 1), name=f"tap_y_{c}")
+                tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
                 tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
-                m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky),
+                m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky_rel),
                              tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
                 m.d.sync += [
                     select[c].eq((f0 + (c << layer.stride2))[:lg_nb]),
-                    inside[c].eq(cursor.pixel_valid[c] & (tap_y >= above_near) & (tap_y < room_near)
+                    inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
                                  & ~tap_x[-1] & (tap_x < layer.in_w)),
                 ]
         banks = Array(bank_reads)
@@ -614,12 +618,19 @@ class ConvEngine(wiring.Component):
                      self.o_data.payload.data.eq(requant.o_data.payload.data),
                      self.o_data.payload.pixel.eq(done_tag.pixel),
                      self.o_data.payload.channel.eq(done_tag.block * rows)]
-        entered = requant.i_acc.valid & requant.i_acc.ready
-        left = self.o_data.valid & self.o_data.ready
-        with m.If(entered & ~left):
-            m.d.sync += inflight.eq(inflight + 1)
-        with m.Elif(left & ~entered):
-            m.d.sync += inflight.eq(inflight - 1)
+        if serial:
+            # The serial lane holds at most the result in its output register: its last column is taken (out_run
+            # falls) on the edge that makes that result valid.
+            in_flight = requant.o_data.valid
+        else:
+            entered = requant.i_acc.valid & requant.i_acc.ready
+            left = self.o_data.valid & self.o_data.ready
+            with m.If(entered & ~left):
+                m.d.sync += inflight.eq(inflight + 1)
+            with m.Elif(left & ~entered):
+                m.d.sync += inflight.eq(inflight - 1)
+            in_flight = inflight != 0
+        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | in_flight)
         return m
 
 
