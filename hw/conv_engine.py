@@ -207,7 +207,8 @@ class _TileCursor:
     """Output coordinates of the ``cols`` pixels of the current tile, and how to step to the next tile.
 
     The input side (issuing beats) and the output side (naming results) each own one, stepped in the same
-    order, so the results need no tag through the array. Widths come from the (narrowed) ``layer`` fields.
+    order, so the results need no tag through the array (on target ``"ice40"`` only the input side has one and
+    queues what the output side needs of each tile). Widths come from the (narrowed) ``layer`` fields.
 
     Column 0's output row is not kept: ``rows_left`` is ``OH`` minus it, and column ``c`` sits ``dy[c]`` rows
     below column 0 (0 within a row; up to ``c`` when tiles span rows) at column ``ox[c]``. Every per-column
