@@ -207,11 +207,16 @@ class _TileCursor:
     """Output coordinates of the ``cols`` pixels of the current tile, and how to step to the next tile.
 
     The input side (issuing beats) and the output side (naming results) each own one, stepped in the same
-    order, so the results need no tag through the array. Widths come from the (narrowed) ``layer`` fields.
+    order, so the results need no tag through the array (on target ``"ice40"`` only the input side has one and
+    queues what the output side needs of each tile). Widths come from the (narrowed) ``layer`` fields.
 
     Column 0's output row is not kept: ``rows_left`` is ``OH`` minus it, and column ``c`` sits ``dy[c]`` rows
     below column 0 (0 within a row; up to ``c`` when tiles span rows) at column ``ox[c]``. Every per-column
     quantity is then a few bits wide, and the only full-height arithmetic is ``rows_left``, once per tile.
+
+    The user drives ``restarting`` high in the cycles it applies :meth:`reset` (and low when it applies
+    :meth:`advance`): the two share one chain of ``cols - 1`` column steps, seeded by the first tile's column 0
+    or the next tile's.
     """
 
     def __init__(self, m, layer, span, cols, name):
@@ -242,11 +247,12 @@ class _TileCursor:
                      first_x.eq(Mux(span, after_last[1], Mux(wrap_row, 0, self.ox[0] + cols)))]
         self.wrap_row = Signal(name=f"{name}_wrap_row")
         m.d.comb += self.wrap_row.eq(~span & wrap_row)
-        self.next = [(Const(0, 1), first_x)]
-        self.start = [(Const(0, 1), Const(0, 1))]
+        self.restarting = Signal(name=f"{name}_restarting")
+        seed_x = Signal(len(self.ox[0]), name=f"{name}_seed_x")
+        m.d.comb += seed_x.eq(Mux(self.restarting, 0, first_x))
+        self.chain = [(Const(0, 1), seed_x)]
         for _ in range(1, cols):
-            self.next.append(step(*self.next[-1]))
-            self.start.append(step(*self.start[-1]))
+            self.chain.append(step(*self.chain[-1]))
         # Row offsets and moves are at most cols: one clamp of rows_left keeps every compare a few bits wide.
         rows_near = Signal(range(cols + 2), name=f"{name}_rows_near")
         m.d.comb += rows_near.eq(Mux(self.rows_left > cols, cols + 1, self.rows_left))
@@ -266,13 +272,13 @@ class _TileCursor:
 
     def reset(self):
         """Statements (for an ``m.d.sync``) that move to the first tile."""
-        return self._place(self.start) + [self.rows_left.eq(self._layer.out_h), self.pixel0.eq(0),
+        return self._place(self.chain) + [self.rows_left.eq(self._layer.out_h), self.pixel0.eq(0),
                                           self.row_pixel.eq(0)]
 
     def advance(self):
         """Statements that move to the next tile."""
         next_row = self.row_pixel + self._layer.out_w
-        return self._place(self.next) + [
+        return self._place(self.chain) + [
             self.rows_left.eq(self.rows_left - self.rows_down),
             self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
             self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
@@ -345,8 +351,6 @@ class ConvEngine(wiring.Component):
         lg_nb = nb.bit_length() - 1
 
         m.submodules.array = array = SystolicArray(cfg)
-        m.submodules.requant = requant = Requantizer(rows, tag_width=PIXEL + DIM, target=cfg.target,
-                                                     lane_fetch=cfg.target == "ice40")
 
         # Writes always complete in their cycle.
         m.d.comb += [self.act_write.ready.eq(1), self.weight_write.ready.eq(1), self.param_write.ready.eq(1)]
@@ -386,7 +390,6 @@ class ConvEngine(wiring.Component):
         setup, in_run, out_run = Signal(), Signal(), Signal()
         s1_valid, p_valid = Signal(), Signal()
         inflight = Signal(range(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3))
-        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | (inflight != 0))
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)
         # The descriptor is latched first (or, when its source holds it for the whole run, read in place); the
@@ -400,11 +403,10 @@ class ConvEngine(wiring.Component):
             m.d.sync += setup.eq(1)
         with m.If(setup):
             m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
-        m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
-                     requant.qmin.eq(layer.qmin), requant.qmax.eq(layer.qmax)]
 
         # --- input side: one beat per cycle ------------------------------------------------------------------
         cursor = _TileCursor(m, layer, span, cols, "in")
+        m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
         ci, kx, ky = Signal(len(layer.in_c)), Signal(len(layer.kernel_w)), Signal(len(layer.kernel_h))
@@ -415,14 +417,16 @@ class ConvEngine(wiring.Component):
         out_block = Signal(range(self.param_depth + 1))    # output channel block being computed (input side)
         # Window rows against the map, per tile: column 0's top tap row is ``-above``, the map ends ``room`` rows
         # below it (both change only when the cursor moves).
-        room_bits = max(len(layer.in_h), len(layer.out_h)) + 3
-        above, room = Signal(signed(room_bits)), Signal(signed(room_bits))
+        # Both only decrease and are only used clamped at 0, so they saturate there: ``above`` then fits the
+        # padding's few bits and ``room`` needs no sign.
+        above = Signal(len(layer.pad_top))
+        room = Signal(range(_field_max(layer, "in_h") + _field_max(layer, "pad_top") + 1))
 
         last_ci = ci + 1 == layer.in_c
         last_kx = kx + 1 == layer.kernel_w
         last_ky = ky + 1 == layer.kernel_h
         tile_last = last_ci & last_kx & last_ky
-        tile_first = (ci == 0) & (kx == 0) & (ky == 0)
+        tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
         all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
 
@@ -430,7 +434,8 @@ class ConvEngine(wiring.Component):
         m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
 
         def restart_tile():
-            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0)]
+            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0),
+                    tile_first.eq(1)]
 
         def restart_block():
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
@@ -450,7 +455,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1)),
                                  tap_offset.eq(Mux(last_ky, 0, tap_row + layer.in_w)),
                                  tap_row.eq(Mux(last_ky, 0, tap_row + layer.in_w))]
-            m.d.sync += w_addr.eq(w_addr + 1)
+            m.d.sync += [w_addr.eq(w_addr + 1), tile_first.eq(tile_last)]
             with m.If(tile_last):
                 step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
                 with m.If(block_last):
@@ -459,7 +464,8 @@ class ConvEngine(wiring.Component):
                         m.d.sync += in_run.eq(0)
                 with m.Else():
                     down = cursor.rows_down << layer.stride2
-                    m.d.sync += cursor.advance() + [w_addr.eq(w_base), above.eq(above - down), room.eq(room - down)]
+                    m.d.sync += cursor.advance() + [w_addr.eq(w_base), above.eq(Mux(above > down, above - down, 0)),
+                                                    room.eq(Mux(room > down, room - down, 0))]
                     with m.If(span):
                         m.d.sync += tile_base.eq(tile_base + cols)
                     with m.Elif(cursor.wrap_row):
@@ -482,24 +488,29 @@ class ConvEngine(wiring.Component):
         # few values a column can reach, so the per-column compares are a few bits wide.
         reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
         above_near, room_near = Signal(range(reach + 2)), Signal(range(reach + 2))
-        m.d.comb += [above_near.eq(Mux(above < 0, 0, above)),
-                     room_near.eq(Mux(room < 0, 0, Mux(room > reach + 1, reach + 1, room)))]
-        right = Signal(len(layer.in_w) + 1)          # first tap column past the map, counted from the padding
-        m.d.comb += right.eq(layer.in_w + layer.pad_left)
+        m.d.comb += [above_near.eq(above), room_near.eq(Mux(room > reach + 1, reach + 1, room))]
+        # As for columns: the tap row counted from the first row inside, ``dy * stride + ky - above``, is inside
+        # when its sign is clear and it is below ``room - above``, both shared by the columns.
+        ky_rel, height = Signal(signed(len(ky) + 1)), Signal(signed(len(room_near) + 1))
+        m.d.comb += [ky_rel.eq(ky - above_near), height.eq(room_near - above_near)]
+        # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the map
+        # when its sign is clear and it is below W, one compare a column.
+        kx_rel = Signal(signed(len(layer.kernel_w) + 1))
+        m.d.comb += kx_rel.eq(kx - layer.pad_left)
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         inside = [Signal(name=f"inside_{c}") for c in range(cols)]
         s1_first, s1_last = Signal(), Signal()
         with m.If(adv):
             m.d.sync += [s1_valid.eq(in_run), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
-                tap_y = Signal(range(reach + 1), name=f"tap_y_{c}")
-                tap_x = Signal(len(cursor.ox[c]) + len(layer.kernel_w) + 1, name=f"tap_x_{c}")
-                m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky),
-                             tap_x.eq((cursor.ox[c] << layer.stride2) + kx)]
+                tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
+                tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
+                m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky_rel),
+                             tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
                 m.d.sync += [
                     select[c].eq((f0 + (c << layer.stride2))[:lg_nb]),
-                    inside[c].eq(cursor.pixel_valid[c] & (tap_y >= above_near) & (tap_y < room_near)
-                                 & (tap_x >= layer.pad_left) & (tap_x < right)),
+                    inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
+                                 & ~tap_x[-1] & (tap_x < layer.in_w)),
                 ]
         banks = Array(bank_reads)
         m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
@@ -508,47 +519,81 @@ class ConvEngine(wiring.Component):
             m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], banks[select[c]].as_signed(), layer.in_zp))
 
         # --- output side: name each column, fetch its parameters, requantize ---------------------------------
-        out_cursor = _TileCursor(m, layer, span, cols, "out")
-        out_block_o = Signal(DIM)
         column = array.o_columns.payload
-        out_block_last = (out_block_o + 1) * rows >= layer.out_c
         taken = array.o_columns.valid & array.o_columns.ready
-        with m.If(taken & (column.col == cols - 1)):
-            with m.If(out_cursor.last_tile):
-                m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
-                with m.If(out_block_last):
-                    m.d.sync += out_run.eq(0)
-            with m.Else():
-                m.d.sync += out_cursor.advance()
-        with m.If(setup):
-            m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
-        tag = Signal(data.StructLayout({"pixel": PIXEL, "channel": DIM}))
+        tile_done = taken & (column.col == cols - 1)
+        out_block_o = Signal(range(self.param_depth))     # output channel block being drained
+        # The tag names a result by its flat output pixel and channel block, just as wide as the layer needs.
+        tag = Signal(data.StructLayout({"pixel": len(layer.out_h) + len(layer.out_w), "block": len(out_block_o)}))
+        m.submodules.requant = requant = Requantizer(rows, tag_width=tag.shape().size, target=cfg.target,
+                                                     lane_fetch=serial)
+        m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
+                     requant.qmin.eq(layer.qmin), requant.qmax.eq(layer.qmax)]
         if serial:
+            # No second cursor: the input side queues what the drain needs of each tile it issues (its last valid
+            # column, whether it ends its channel block and the layer), and the output pixel is a count of the
+            # valid columns taken, restarted with each channel block: a tile's valid columns are a prefix, and the
+            # first pixel of a row follows the last of the row above. A tile's entry waits from the issue of its
+            # last beat until its last column is taken; between them lie at most the three pipeline registers
+            # (stage 1, the array's operands and products, whose beats may each end a one-beat tile) and the tile
+            # the array holds, so four entries never overflow.
+            info = data.StructLayout({"last_col": range(cols), "block_last": 1, "all_last": 1})
+            queue = [Signal(info, name=f"tile_info_{i}") for i in range(4)]
+            wr, rd = Signal(2), Signal(2)
+            last_col = Signal(range(cols))
+            for c in range(1, cols):
+                with m.If(cursor.pixel_valid[c]):
+                    m.d.comb += last_col.eq(c)
+            with m.If(~setup & in_run & adv & tile_last):
+                m.d.sync += wr.eq(wr + 1)
+                with m.Switch(wr):
+                    for i, entry in enumerate(queue):
+                        with m.Case(i):
+                            m.d.sync += [entry.last_col.eq(last_col), entry.block_last.eq(block_last),
+                                         entry.all_last.eq(all_last)]
+            head = Array(queue)[rd]
+            out_pixel = Signal(len(tag.pixel))
             # The serial lane reads the column in place (the array holds it until it is taken) and its parameters
             # a lane at a time; a column past the layer's pixels is taken at once. No copy of the column, no
             # parameter beat.
-            keep = Signal()
-            m.d.comb += keep.eq(Array(out_cursor.pixel_valid)[column.col])
+            keep, at_end = Signal(), Signal()
+            m.d.comb += [keep.eq(column.col <= head.last_col), at_end.eq(column.col == head.last_col)]
+            with m.If(taken & keep):
+                m.d.sync += out_pixel.eq(Mux(at_end & head.block_last, 0, out_pixel + 1))
             # The layer ends with its last pixel: the columns after it (the last tile's padding) stay in the
             # array, which drops them when the next layer starts, so the run ends as soon after its last result
             # on this target as on the others.
-            next_invalid = Array([~v for v in out_cursor.pixel_valid[1:]] + [Const(1)])[column.col]
-            with m.If(taken & keep & next_invalid & out_cursor.last_tile & out_block_last):
+            with m.If(taken & at_end & head.all_last):
                 m.d.sync += out_run.eq(0)
+            param_row = Signal(range(self.param_depth * rows))     # (param_base + out_block_o) * rows
+            with m.If(tile_done):
+                m.d.sync += rd.eq(rd + 1)
+                with m.If(head.block_last):
+                    m.d.sync += [param_row.eq(param_row + rows), out_block_o.eq(out_block_o + 1)]
+            with m.If(setup):
+                m.d.sync += [wr.eq(0), rd.eq(0), out_pixel.eq(0), out_block_o.eq(0),
+                             param_row.eq(layer.param_base * rows)]
             m.d.comb += [requant.i_acc.valid.eq(array.o_columns.valid & keep),
                          array.o_columns.ready.eq(~keep | requant.i_acc.ready),
                          array.drain_row.eq(requant.lane), requant.acc.eq(array.drain_acc),
                          array.restart.eq(setup)]
-            param_row = Signal(range(self.param_depth * rows))     # (param_base + out_block_o) * rows
-            with m.If(setup):
-                m.d.sync += param_row.eq(layer.param_base * rows)
-            with m.Elif(taken & (column.col == cols - 1) & out_cursor.last_tile):
-                m.d.sync += param_row.eq(param_row + rows)
             param_data = _registered_read(m, params, param_row + requant.lane, Const(1), "param_read")
             m.d.comb += requant.params.eq(param_data)
-            m.d.comb += [tag.pixel.eq(out_cursor.pixel0 + column.col), tag.channel.eq(out_block_o * rows)]
+            m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
+            out_cursor = _TileCursor(m, layer, span, cols, "out")
+            out_block_last = (out_block_o + 1) * rows >= layer.out_c
+            m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
+            with m.If(tile_done):
+                with m.If(out_cursor.last_tile):
+                    m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
+                    with m.If(out_block_last):
+                        m.d.sync += out_run.eq(0)
+                with m.Else():
+                    m.d.sync += out_cursor.advance()
+            with m.If(setup):
+                m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
             p_advance = Signal()
             p_keep = Signal()
             p_acc = Signal.like(column.acc)
@@ -559,26 +604,34 @@ class ConvEngine(wiring.Component):
             with m.If(p_advance):
                 m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
                              p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column.col),
-                             tag.channel.eq(out_block_o * rows)]
+                             tag.block.eq(out_block_o)]
             with m.If(setup):
                 m.d.sync += param_addr.eq(layer.param_base)
-            with m.Elif(taken & (column.col == cols - 1) & out_cursor.last_tile):
+            with m.Elif(tile_done & out_cursor.last_tile):
                 m.d.sync += param_addr.eq(param_addr + 1)
             # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not raw bits.
             m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
             m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
                          requant.i_acc.payload.params.eq(param_data), requant.i_acc.payload.tag.eq(tag)]
 
+        done_tag = data.View(tag.shape(), requant.o_data.payload.tag)
         m.d.comb += [self.o_data.valid.eq(requant.o_data.valid), requant.o_data.ready.eq(self.o_data.ready),
                      self.o_data.payload.data.eq(requant.o_data.payload.data),
-                     self.o_data.payload.pixel.eq(requant.o_data.payload.tag[:PIXEL]),
-                     self.o_data.payload.channel.eq(requant.o_data.payload.tag[PIXEL:])]
-        entered = requant.i_acc.valid & requant.i_acc.ready
-        left = self.o_data.valid & self.o_data.ready
-        with m.If(entered & ~left):
-            m.d.sync += inflight.eq(inflight + 1)
-        with m.Elif(left & ~entered):
-            m.d.sync += inflight.eq(inflight - 1)
+                     self.o_data.payload.pixel.eq(done_tag.pixel),
+                     self.o_data.payload.channel.eq(done_tag.block * rows)]
+        if serial:
+            # The serial lane holds at most the result in its output register: its last column is taken (out_run
+            # falls) on the edge that makes that result valid.
+            in_flight = requant.o_data.valid
+        else:
+            entered = requant.i_acc.valid & requant.i_acc.ready
+            left = self.o_data.valid & self.o_data.ready
+            with m.If(entered & ~left):
+                m.d.sync += inflight.eq(inflight + 1)
+            with m.Elif(left & ~entered):
+                m.d.sync += inflight.eq(inflight - 1)
+            in_flight = inflight != 0
+        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | in_flight)
         return m
 
 

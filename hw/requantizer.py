@@ -26,7 +26,8 @@ multiplier (16 cycles each):
 1. ``p = wrap32(x << left) * multiplier`` (single rounding: ``x * multiplier``). The product's low bits leave
    the accumulator two per cycle; only bit 31, bit 30 and "bits 29..0 are zero" are kept. gemmlowp's nudge
    followed by truncation toward zero equals rounding half up, so the saturating rounding doubling high
-   multiply is ``(p >> 31) + p[30]``, saturated (only ``INT32_MIN * INT32_MIN`` reaches ``2**31``).
+   multiply is ``(p >> 31) + p[30]`` (only ``INT32_MIN * INT32_MIN`` reaches ``2**31``, which the serial lane
+   keeps instead of saturating it to ``INT32_MAX``: both give the same int8 result after either pass).
 2. the right shift by ``right = max(-shift, 0)`` as a multiplication by ``2**(31 - right)``: the product's part
    above bit 31 is ``value >> right``, bit 30 is the half bit and bits 29..0 the sticky bits, which give TFLite's
    rounding divide (half away from zero) or single rounding's half up. A zero shift skips the pass's result.
@@ -481,15 +482,17 @@ class Requantizer(wiring.Component):
         hi_neg = Signal()
         quotient = Signal(signed(37))             # p >> 31 of the pass just finished
         m.d.comb += quotient.eq(Cat(low2[1], high).as_signed())
-        # One incrementer serves both roundings: half up after the first pass (bit 30), TFLite's rounding divide
-        # (half away from zero: the half bit, and for a negative value a sticky bit too) or half up after the
-        # second.
+        # One incrementer serves both roundings: half up after the first pass (bit 30; not for single rounding
+        # with a shift, whose second pass rounds p >> 31 itself), TFLite's rounding divide (half away from zero:
+        # the half bit, and for a negative value a sticky bit too) or half up after the second.
         up = Signal()
-        m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0], low2[0] & (single | ~hi_neg | ~zero)))
+        m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0] & ~(single & (right != 0)),
+                              low2[0] & (single | ~hi_neg | ~zero)))
         rounded = Signal(signed(34))
         m.d.comb += rounded.eq(quotient + up)
-        # After the first pass only INT32_MIN * INT32_MIN reaches 2**31 (and nothing goes below -2**31).
-        saturated = Mux(rounded[31] & ~rounded[-1], INT32_MAX, rounded)
+        # After the first pass only INT32_MIN * INT32_MIN reaches 2**31, where TFLite saturates to INT32_MAX. Not
+        # saturating changes no output: with no right shift both clamp to qmax, and with one (r >= 1) 2**31 and
+        # 2**31 - 1 round to the same 2**(31 - r).
 
         with m.If((phase == _PASS1) | (phase == _PASS2)):
             m.d.sync += high.eq(total >> 2)
@@ -502,12 +505,7 @@ class Requantizer(wiring.Component):
         with m.If(phase == _BETWEEN):
             # Double: the saturating rounding doubling high multiply. Single: p >> 31 itself, unless the shift
             # is 0 (then the half-up rounding just done is the result).
-            m.d.sync += [
-                held.eq(Mux(single & (right != 0), quotient, saturated)),
-                hi_neg.eq(Mux(single & (right != 0), quotient < 0, saturated < 0)),
-                bypass.eq(right == 0),
-                high.eq(0), zero.eq(1),
-            ]
+            m.d.sync += [held.eq(rounded), hi_neg.eq(rounded < 0), bypass.eq(right == 0), high.eq(0), zero.eq(1)]
 
         # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
         # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).

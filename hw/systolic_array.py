@@ -25,13 +25,19 @@ array with the same numbers, built for the iCE40UP5K's few logic cells:
 * broadcast instead of systolic: beat ``k``'s weight ``wgt[r]`` goes to every PE of row ``r`` and its activation
   ``act[c]`` to every PE of column ``c`` in the same cycle, so there are no skew lines, no hop registers and one
   set of framing flags for the whole array. The products come from ``SB_MAC16`` blocks, two PEs per block
-  (:class:`~.dsp.DualMul8`), whose own input and product registers are the two pipeline stages;
-* no shadows: a finished tile stays in the accumulators, which are the output buffer. ``o_columns`` shows its
-  columns in order, and the next tile's ``first`` beat waits at the accumulate stage (the whole array stalls,
-  ``i_beats.ready`` low) until the last column is taken; taking it clears the accumulators (the flip-flops' own
-  synchronous reset), so a tile's first beat adds to zero like any other and no PE needs a restart multiplexer.
-  A tile therefore costs ``K`` beats plus its drain (:func:`ice40_tile_cycles`). The serial requantizer of that target reads one accumulator at a time:
-  ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so the column is never copied.
+  (:class:`~.dsp.DualMac8`), whose own input and product registers are the two pipeline stages and whose own
+  16-bit accumulators hold the low half of each sum: only the ``acc_width - 16`` high bits are fabric
+  flip-flops, a counter that follows bit 15 of the low half (a product's carry or borrow out of it) one cycle
+  after each accumulation;
+* no shadows: a finished tile stays in the accumulators, which are the output buffer. ``o_columns`` always shows
+  column 0; taking it shifts every column one place towards column 0 (the blocks' accumulator load, the high
+  parts in fabric), column ``cols - 1`` loading zeros, so there is no column multiplexer and a drained tile
+  leaves cleared accumulators behind: a tile's first beat adds to zero like any other and no PE needs a restart
+  multiplexer. The next tile's ``first`` beat enters (``i_beats.ready`` low until then) the cycle after the
+  last column is taken, so the array never stalls and its blocks run on every cycle. A tile therefore costs
+  ``K`` beats plus its drain plus 3 cycles (:func:`ice40_tile_cycles`). The serial requantizer of that target
+  reads one accumulator at a time: ``drain_acc`` shows row ``drain_row`` of the column ``o_columns`` shows, so
+  the column is never copied.
 
 With ``config.target == "ecp5"`` each product comes from a ``MULT18X18D`` (hw/dsp_ecp5.py) whose input
 registers load the same operands as the PE's hop registers and whose output register is the product stage; the
@@ -41,12 +47,12 @@ chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one 
 :func:`array_latency`.
 """
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .dsp import DualMul8
+from .dsp import DualMac8
 from .dsp_ecp5 import Mult18x18D
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles"]
@@ -83,8 +89,9 @@ def min_tile_beats(config):
 def array_latency(config):
     """Cycles from a tile's ``last`` beat entering to its column 0 in the output register (no stalls)."""
     if config.target == "ice40":
-        # product register (the operand registers in the SB_MAC16 are the input register), accumulate.
-        return 2
+        # product register (the operand registers in the SB_MAC16 are the input register), accumulate, the high
+        # parts' count.
+        return 3
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
     # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
     return config.rows + 3 + (config.target == "ecp5")
@@ -95,9 +102,9 @@ def ice40_tile_cycles(depth, drain):
     beats following a tile whose columns were taken ``drain`` cycles after the first one showed (``drain`` counts
     the cycle of the last take; ``cols`` with a consumer that takes one column per cycle), beats back to back.
 
-    The cycle the last column is taken clears the accumulators; the next tile's ``first`` beat accumulates in
-    the cycle after it."""
-    return depth + drain
+    The tile shows its columns the cycle after its last accumulation (its high parts count it meanwhile); the
+    next tile's ``first`` beat enters the cycle after the last take and accumulates two cycles later."""
+    return depth + drain + 3
 
 
 class SystolicArray(wiring.Component):
@@ -108,7 +115,7 @@ class SystolicArray(wiring.Component):
     config : AcceleratorConfig
         Supplies ``rows``, ``cols``, ``acc_width`` and ``target``.
     dsp_model : bool
-        Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMul8` with target
+        Build the target's multiplier blocks from their plain models (:class:`~.dsp.DualMac8` with target
         ``"generic"``, :class:`~.dsp_ecp5.Mult18x18D` without the primitive) while keeping the target's array:
         for the Amaranth simulator, which cannot run a vendor primitive. Default ``False``.
 
@@ -246,68 +253,102 @@ class SystolicArray(wiring.Component):
         return m
 
     def _elaborate_broadcast(self):
-        """Target ``"ice40"``: broadcast operands, SB_MAC16 products, the accumulators drained in place."""
+        """Target ``"ice40"``: broadcast operands, SB_MAC16 multiply-accumulates, the sums shifted out by column."""
         m = Module()
         cfg = self._config
         rows, cols = cfg.rows, cfg.cols
         o = self.o_columns
         beat = self.i_beats.payload
-        en = Signal()
-        m.d.comb += self.i_beats.ready.eq(en)
-        take = self.i_beats.valid & en
+
+        # A tile's first beat enters only once the previous tile has left (``holding`` low): the array never
+        # stalls, so the SB_MAC16 registers run on every cycle and their accumulators can shift while bubbles
+        # pass. Not waiting on the last take itself keeps o_columns.ready off the path to i_beats.ready.
+        holding = Signal()
+        m.d.comb += self.i_beats.ready.eq(~(beat.first & holding))
+        take = self.i_beats.valid & self.i_beats.ready
 
         # The operands are registered inside the SB_MAC16 blocks; only the framing flags follow in fabric, one
-        # copy for the whole array. A missing beat enters as a bubble (valid low), its operands are don't-care.
+        # copy for the whole array, and the operands' signs (see the high parts below). A missing beat enters as
+        # a bubble (valid low), its operands are don't-care.
         flags_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
-        in_flags = Signal(flags_layout)
-        pflags = Signal(flags_layout)
-        with m.If(en):
-            m.d.sync += [in_flags.valid.eq(take), in_flags.first.eq(beat.first), in_flags.last.eq(beat.last),
-                         pflags.eq(in_flags)]
+        in_flags, pflags = Signal(flags_layout), Signal(flags_layout)
+        signs_layout = data.StructLayout({"act": cols, "wgt": rows})
+        in_signs, psigns, asigns = Signal(signs_layout), Signal(signs_layout), Signal(signs_layout)
+        m.d.sync += [in_flags.valid.eq(take), in_flags.first.eq(beat.first), in_flags.last.eq(beat.last),
+                     pflags.eq(in_flags), psigns.eq(in_signs)]
+        m.d.sync += [in_signs.act[c].eq(beat.act[c][-1]) for c in range(cols)]
+        m.d.sync += [in_signs.wgt[r].eq(beat.wgt[r][-1]) for r in range(rows)]
 
-        target = "generic" if self._dsp_model else cfg.target
-        pes = [(r, c) for r in range(rows) for c in range(cols)]
-        products = {}
-        for i in range(0, len(pes), 2):
-            mul = m.submodules[f"mul_{i // 2}"] = DualMul8(target, input_registers=True)
-            m.d.comb += mul.ce.eq(en)
-            for (r, c), (a, b, p) in zip(pes[i:i + 2], [(mul.a0, mul.b0, mul.p0), (mul.a1, mul.b1, mul.p1)]):
-                m.d.comb += [a.eq(beat.act[c]), b.eq(beat.wgt[r])]
-                products[r, c] = p
-
-        # Plain accumulators: they are zero when a tile starts (cleared as the previous one's last column goes, or
-        # by restart or reset), so ``first`` needs no multiplexer per bit, only the stall below.
-        acc = [[Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        clear = Signal()
-        with m.If(clear):
-            m.d.sync += [acc[r][c].eq(0) for (r, c) in products]
-        with m.Elif(en & pflags.valid):
-            for (r, c), product in products.items():
-                m.d.sync += acc[r][c].eq(acc[r][c] + product)
-
-        # Drain: columns next_col .. cols-1 of the finished tile are pending while ``full`` is set.
         full = Signal()
         next_col = Signal(range(cols))
-        m.d.comb += [o.valid.eq(full), o.payload.col.eq(next_col)]
-        with m.Switch(next_col):
-            for c in range(cols):
-                with m.Case(c):
-                    m.d.comb += [o.payload.acc[r].eq(acc[r][c]) for r in range(rows)]
-                    m.d.comb += self.drain_acc.eq(Array(acc[r][c] for r in range(rows))[self.drain_row])
-        taken = o.valid & o.ready
+        taken = Signal()
+        m.d.comb += [o.valid.eq(full), o.payload.col.eq(next_col), taken.eq(o.valid & o.ready)]
+        # A restart drops the pending columns: the blocks' asynchronous output reset, from a flip-flop, clears
+        # the accumulators in the cycle after it (long before a new layer's first beat reaches them).
+        restarted = Signal()
+        m.d.sync += restarted.eq(self.restart)
+
+        # Each SB_MAC16 accumulates the low 16 bits of its two PEs (the block's own output registers). Taking a
+        # column shifts every column one place towards column 0 through the blocks' accumulator load (column
+        # ``cols - 1`` loads 0), so the output is always column 0: no column multiplexer, and a drained tile
+        # leaves zeros behind for the next one.
+        target = "generic" if self._dsp_model else cfg.target
+        pes = [(r, c) for r in range(rows) for c in range(cols)]
+        low, load_in = {}, {}
+        for i in range(0, len(pes), 2):
+            mac = m.submodules[f"mac_{i // 2}"] = DualMac8(target)
+            m.d.comb += [mac.ce.eq(1), mac.hold.eq(~(pflags.valid | taken)), mac.load.eq(taken),
+                         mac.clear.eq(restarted)]
+            for (r, c), (a, b, s, ld) in zip(pes[i:i + 2], [(mac.a0, mac.b0, mac.s0, mac.c0),
+                                                             (mac.a1, mac.b1, mac.s1, mac.c1)]):
+                m.d.comb += [a.eq(beat.act[c]), b.eq(beat.wgt[r])]
+                low[r, c], load_in[r, c] = s, ld
+        for (r, c), ld in load_in.items():
+            m.d.comb += ld.eq(low[r, c + 1] if c + 1 < cols else 0)
+
+        # The high ``acc_width - 16`` bits of each accumulator are a fabric counter: a product (|p| <= 2**14)
+        # carries out of the low half exactly when it is not negative and bit 15 falls from 1 to 0, and borrows
+        # exactly when it is negative and bit 15 rises from 0 to 1. Bit 15 after the addition shows a cycle
+        # later, so the count follows one cycle after each accumulation (``counted``), from bit 15 before it
+        # and the product's sign (the operands' signs: a zero product never moves bit 15). The high parts shift
+        # with their columns.
+        counted = Signal()
+        m.d.sync += counted.eq(pflags.valid)
+        with m.If(pflags.valid):
+            m.d.sync += asigns.eq(psigns)
+        upper = {pe: Signal(cfg.acc_width - 16, name=f"high_{pe[0]}_{pe[1]}") for pe in pes}
+        for (r, c), s in low.items():
+            before = Signal(name=f"msb_{r}_{c}")
+            with m.If(pflags.valid):
+                m.d.sync += before.eq(s[15])
+            negative = asigns.act[c] ^ asigns.wgt[r]
+            up, down = Signal(name=f"carry_{r}_{c}"), Signal(name=f"borrow_{r}_{c}")
+            m.d.comb += [up.eq(counted & ~negative & before & ~s[15]), down.eq(counted & negative & ~before & s[15])]
+            with m.If(self.restart):
+                m.d.sync += upper[r, c].eq(0)
+            with m.Elif(taken):
+                m.d.sync += upper[r, c].eq(upper[r, c + 1] if c + 1 < cols else 0)
+            with m.Elif(up | down):
+                m.d.sync += upper[r, c].eq(upper[r, c] + Mux(down, -1, 1))
+
+        heads = [Signal(signed(cfg.acc_width), name=f"head_{r}") for r in range(rows)]
+        m.d.comb += [head.eq(Cat(low[r, 0], upper[r, 0])) for r, head in enumerate(heads)]
+        m.d.comb += [o.payload.acc[r].eq(head) for r, head in enumerate(heads)]
+        m.d.comb += self.drain_acc.eq(Array(heads)[self.drain_row])
+
+        # A tile is full the cycle after its last accumulation, when its high parts have counted it.
+        finished = Signal()
+        m.d.sync += finished.eq(pflags.valid & pflags.last)
         emptied = Signal()
         m.d.comb += emptied.eq(taken & (next_col == cols - 1))
         with m.If(taken):
             m.d.sync += next_col.eq(Mux(next_col == cols - 1, 0, next_col + 1))
-        # The next tile's first beat would overwrite the accumulators: everything waits until the last column has
-        # gone (and with it the finished sums). Not waiting on the take itself keeps o_columns.ready off the path
-        # to every enable of the array.
-        m.d.comb += clear.eq(emptied | self.restart)
-        m.d.comb += en.eq(~(pflags.valid & pflags.first & full))
+        with m.If(take & beat.first):
+            m.d.sync += holding.eq(1)
         with m.If(emptied):
-            m.d.sync += full.eq(0)
-        with m.If(en & pflags.valid & pflags.last):
+            m.d.sync += [full.eq(0), holding.eq(0)]
+        with m.If(finished):
             m.d.sync += full.eq(1)
         with m.If(self.restart):
-            m.d.sync += [full.eq(0), next_col.eq(0)]
+            m.d.sync += [full.eq(0), holding.eq(0), next_col.eq(0)]
         return m

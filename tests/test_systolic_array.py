@@ -93,11 +93,11 @@ def test_ice40_tiles_cost_their_beats_plus_their_drain(depth):
 
 def test_ice40_consumer_at_the_requantizer_pace_is_the_only_bottleneck():
     # A consumer taking one column per requantizer interval (one serial lane for the column's rows channels): a
-    # tile shallower than that interval is computed while its predecessor's last column is requantized, so the run
-    # takes exactly the consumer's time.
+    # tile shallower than that interval less the high parts' count and the pipeline fill (3 cycles) is
+    # computed while its predecessor's last column is requantized, so the run takes exactly the consumer's time.
     from cnnacc.hw.requantizer import requant_interval
     interval = requant_interval("ice40", ICE40.rows)
-    tiles = random_tiles(ICE40, 34, count=3, depths=[1, 30, interval - 1])
+    tiles = random_tiles(ICE40, 34, count=3, depths=[1, 30, interval - 4])
     got, cycles = tb.run_amaranth(ICE40, tiles, stall_cycles=interval)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
     assert cycles == len(tiles) * ICE40.cols * interval
