@@ -14,7 +14,7 @@ with ``BUSY``. The decision is taken from registers (address, end, lock) in the 
 logic sits between the host word and a memory enable.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -96,8 +96,15 @@ class CommandProcessor(wiring.Component):
         take = Signal()            # a host word is consumed this cycle
         m.d.comb += take.eq(self.i_host.valid & self.i_host.ready)
 
-        header = Signal(Header)
-        header_last = Signal()
+        # Widths from the instance: a transfer that passes the range check lies inside one memory, so addresses,
+        # ends and the words still to move need only the bits of the largest depth (`bits`); the header's count
+        # and the address's word keep just those bits plus a flag saying whether any bit above them is set (such a
+        # transfer runs past every memory: BAD_ADDRESS, whatever its count up to 2**24-1).
+        max_depth = max(self._depths.values(), default=1)
+        bits = Shape.cast(range(max_depth + 1)).width
+        opcode_reg = Signal(Opcode)
+        count_lo = Signal(bits)     # the header's count, its low bits
+        count_big = Signal()        # ... and whether it has any bit set above them
         count_zero = Signal()       # flags of the header's count, registered with it
         # The opcode decoded into flags as the header arrives, and what DECODE will do with it: DECODE and the
         # states after it then read single registered bits. Decoding the 8-bit opcode and the 24-bit count in
@@ -108,8 +115,12 @@ class CommandProcessor(wiring.Component):
         decode_status = Signal(Status)   # DECODE's status for every other outcome
         to_wait, to_answer, to_address = Signal(), Signal(), Signal()   # DECODE's next state (else DISCARD)
         status = Signal(Status)
-        remaining = Signal(25)      # data words still expected (WRITE) or to send (READ)
-        address = Signal(Address)
+        # Data words still expected (WRITE), to send (READ) or descriptor words still to come: only read after the
+        # range check (then it is at most a depth) or for a descriptor (at most max_descriptor).
+        remaining = Signal(max(bits, Shape.cast(range(self._max_descriptor + 1)).width))
+        memory = Signal(MemoryId)
+        word_addr = Signal(bits)    # the next word of the transfer (in range: below the memory's depth)
+        addr_big = Signal()         # the address's word has a bit set above `bits`: past every memory
         desc_index = Signal(range(self._max_descriptor + 1))
         # Free-running 64-bit cycle counter, as two 32-bit halves with a registered carry (a 64-bit carry chain
         # is too long for the iCE40 at speed). The high half lags by one cycle at a wrap of the low half.
@@ -128,43 +139,48 @@ class CommandProcessor(wiring.Component):
                 m.d.sync += [running.eq(0), finished.eq(1),
                              run_status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))]
 
-        # The answer being sent: `words` queued in a small register file, sent in order.
-        answer = Signal(data.ArrayLayout(32, 4))
+        # The answer being sent. Its words are selected from their sources as they are sent (the sources hold
+        # still during SEND: status, opcode and the run's cycles are only written outside it); what could change
+        # meanwhile is snapshotted: the run state and the 64-bit cycle count (one snapshot for its two words).
         answer_len = Signal(range(5))
         answer_pos = Signal(range(5))
         answer_last = Signal()
+        detail = Signal(RunState)
+        snapshot = Signal(64)
 
         # The transfer's end, registered when the address arrives, so that the range check is one compare
-        # against a constant (it is on the critical path of small FPGAs otherwise).
-        end = Signal(25)
+        # against a constant (it is on the critical path of small FPGAs otherwise). `end` holds the sum of the
+        # low bits; with `count_big` and `addr_big` clear it is the whole end.
+        end = Signal(bits + 1)
         range_ok = Signal()
         in_range = Signal()         # range_ok, registered: the compare and the decisions on it take a cycle each
         lock_hit = Signal()         # the transfer would disturb the run in flight
         in_lock = Signal()          # lock_hit, registered
-        with m.Switch(address.memory):
-            for memory, depth in self._depths.items():
-                with m.Case(memory):
-                    lock = self.run.lock[memory.value]
-                    overlap = (lock.lo < end) & (address.word < lock.hi)
-                    if memory in self._engine_written:
+        with m.Switch(memory):
+            for known, depth in self._depths.items():
+                with m.Case(known):
+                    lock = self.run.lock[known.value]
+                    overlap = (lock.lo < end) & (word_addr < lock.hi)
+                    if known in self._engine_written:
                         overlap = overlap | op_write
-                    m.d.comb += [range_ok.eq(end <= depth), lock_hit.eq(running & overlap)]
+                    m.d.comb += [range_ok.eq(~count_big & ~addr_big & (end <= depth)),
+                                 lock_hit.eq(running & overlap)]
 
-        def respond(code, *extra, detail=Const(0, 16)):
-            """Queue an answer: the Response word (``detail`` in its top half) and up to three more words."""
-            detail = Value.cast(detail)
+        def respond(words, code=None):
+            """Answer with ``words`` words (1, 2 or 4; see SEND for what each is), with status ``code`` (the
+            ``status`` register as it is if None)."""
             m.d.sync += [
-                answer[0].eq(Cat(code, header.opcode, detail, Const(0, 16 - len(detail)))),
-                answer_len.eq(1 + len(extra)),
+                answer_len.eq(words),
                 answer_pos.eq(0),
-                answer_last.eq(len(extra) == 0),
+                answer_last.eq(words == 1),
+                detail.eq(RunState.IDLE),
             ]
-            for i, value in enumerate(extra):
-                m.d.sync += answer[1 + i].eq(value)
+            if code is not None:
+                m.d.sync += status.eq(code)
 
         m.d.comb += [
-            self.mem.memory.eq(address.memory),
-            self.mem.addr.eq(address.word),
+            self.mem.memory.eq(memory),
+            self.mem.addr.eq(word_addr),
             self.mem.w_data.eq(word.data),
             self.run.length.eq(desc_index),
         ]
@@ -180,8 +196,8 @@ class CommandProcessor(wiring.Component):
                     transfer = (opcode == Opcode.WRITE) | (opcode == Opcode.READ)
                     launch = (opcode == Opcode.RUN) | (opcode == Opcode.START)
                     m.d.sync += [
-                        header.eq(word.data), header_last.eq(last), count_zero.eq(count == 0),
-                        remaining.eq(count), desc_index.eq(0),
+                        opcode_reg.eq(opcode), count_lo.eq(count[:bits]), count_big.eq(count[bits:] != 0),
+                        count_zero.eq(count == 0), remaining.eq(count), desc_index.eq(0),
                         op_read.eq(opcode == Opcode.READ), op_write.eq(opcode == Opcode.WRITE),
                         op_run.eq(opcode == Opcode.RUN), op_status.eq(opcode == Opcode.STATUS),
                         launch_ok.eq(launch & ~last & (count != 0) & (count <= self._max_descriptor)),
@@ -219,7 +235,9 @@ class CommandProcessor(wiring.Component):
             with m.State("ADDRESS"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [address.eq(word.data), end.eq(Address(word.data).word + header.count)]
+                    where = Address(word.data)
+                    m.d.sync += [memory.eq(where.memory), word_addr.eq(where.word[:bits]),
+                                 addr_big.eq(where.word[bits:] != 0), end.eq(where.word[:bits] + count_lo)]
                     # READ and an empty WRITE end at the address; a WRITE with data must not.
                     ends_here = op_read | count_zero
                     with m.If(word.last != ends_here):
@@ -261,7 +279,7 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
                     m.d.comb += self.mem.w_en.eq(1)
-                    m.d.sync += [address.word.eq(address.word + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         m.d.sync += status.eq(Mux(word.last, Status.OK, Status.BAD_LENGTH))
                         with m.If(word.last):
@@ -295,27 +313,28 @@ class CommandProcessor(wiring.Component):
                 m.d.sync += [run_cycles.eq(1), finished.eq(0)]
                 with m.If(self.run.done):
                     # The engine rejected the descriptor at once: nothing runs.
+                    # RUN's second word is the run's cycles: 1, set here.
                     with m.If(op_run):
-                        respond(Status.BAD_DESCRIPTOR, Const(1, 32))
+                        respond(2, Status.BAD_DESCRIPTOR)
                     with m.Else():
-                        respond(Status.BAD_DESCRIPTOR)
+                        respond(1, Status.BAD_DESCRIPTOR)
                     m.next = "SEND"
                 with m.Else():
                     m.d.sync += running.eq(1)
                     with m.If(op_run):
                         m.next = "WAIT_RUN"
                     with m.Else():
-                        respond(Status.OK)
+                        respond(1, Status.OK)
                         m.next = "SEND"
 
             # RUN and WAIT: answer with the status and cycles of the run when it has ended.
             with m.State("WAIT_RUN"):
                 with m.If(finished):
                     m.d.sync += finished.eq(0)
-                    respond(run_status, run_cycles)
+                    respond(2, run_status)
                     m.next = "SEND"
                 with m.Elif(~running):
-                    respond(Status.IDLE)
+                    respond(1, Status.IDLE)
                     m.next = "SEND"
 
             with m.State("DISCARD"):
@@ -325,10 +344,13 @@ class CommandProcessor(wiring.Component):
 
             with m.State("ANSWER_STATUS"):
                 with m.If(op_status & (status == Status.OK)):
-                    state = Mux(running, RunState.RUNNING, Mux(finished, RunState.FINISHED, RunState.IDLE))
-                    respond(status, cycles[:32], cycles[32:], Const(self._config_id, 32), detail=state)
+                    respond(4)
+                    m.d.sync += [
+                        detail.eq(Mux(running, RunState.RUNNING, Mux(finished, RunState.FINISHED, RunState.IDLE))),
+                        snapshot.eq(cycles),
+                    ]
                 with m.Else():
-                    respond(status)
+                    respond(1)
                 m.next = "SEND"
 
             with m.State("SEND"):
@@ -336,10 +358,17 @@ class CommandProcessor(wiring.Component):
                     self.o_host.valid.eq(1),
                     self.o_host.payload.last.eq(answer_last),
                 ]
+                # Word 0 the Response; then RUN/WAIT: the run's cycles; STATUS: the cycle count (lo, hi) and the
+                # config id.
                 with m.Switch(answer_pos):
-                    for i in range(4):
-                        with m.Case(i):
-                            m.d.comb += self.o_host.payload.data.eq(answer[i])
+                    with m.Case(0):
+                        m.d.comb += self.o_host.payload.data.eq(Cat(status, opcode_reg, detail))
+                    with m.Case(1):
+                        m.d.comb += self.o_host.payload.data.eq(Mux(op_status, snapshot[:32], run_cycles))
+                    with m.Case(2):
+                        m.d.comb += self.o_host.payload.data.eq(snapshot[32:])
+                    with m.Case(3):
+                        m.d.comb += self.o_host.payload.data.eq(self._config_id)
                 with m.If(self.o_host.ready):
                     m.d.sync += [answer_pos.eq(answer_pos + 1), answer_last.eq(answer_pos + 2 == answer_len)]
                     with m.If(answer_last):
@@ -372,7 +401,7 @@ class CommandProcessor(wiring.Component):
                     self.o_host.payload.last.eq(remaining == 1),
                 ]
                 with m.If(self.o_host.ready):
-                    m.d.sync += [address.word.eq(address.word + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         m.next = "HEADER"
                     with m.Else():
