@@ -20,11 +20,21 @@ from amaranth.lib.wiring import In, Out
 
 from .commands import Address, Header, MemoryId, Opcode, Response, RunState, Status
 
-__all__ = ["WORD_LAYOUT", "LOCK_LAYOUT", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
+__all__ = ["WORD_LAYOUT", "lock_layout", "lock_bits", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
 
 WORD_LAYOUT = data.StructLayout({"data": 32, "last": 1})
-#: Host words ``[lo, hi)`` of one memory that a running engine owns (``lo == hi``: none).
-LOCK_LAYOUT = data.StructLayout({"lo": 25, "hi": 25})
+
+
+def lock_bits(depths):
+    """Bits of a lock bound for memories of ``depths`` words (dict of MemoryId -> int): an end up to twice the
+    largest depth fits (a run owns at most a memory's rows from a base inside it)."""
+    return Shape.cast(range(max(depths.values(), default=1) + 1)).width + 1
+
+
+def lock_layout(bits):
+    """Host words ``[lo, hi)`` of one memory that a running engine owns (``lo == hi``: none), ``bits`` wide."""
+    return data.StructLayout({"lo": bits, "hi": bits})
+
 #: One lock per possible memory id (indexed by ``MemoryId`` value).
 LOCKS = 1 << len(MemoryId)
 
@@ -46,17 +56,34 @@ class MemoryBusSignature(wiring.Signature):
 class RunSignature(wiring.Signature):
     """Starts an engine: ``start`` pulses with ``descriptor`` valid; the engine answers with ``done`` (and
     ``error`` in the same cycle if it rejected the descriptor or failed), in the start cycle if it rejects the
-    descriptor. ``lock[memory]`` is the word range the running engine owns, valid while the run is in flight."""
+    descriptor. ``lock[memory]`` is the word range the running engine owns, valid while the run is in flight.
+    ``flags[k]``: some bit of flag mask ``k`` is set in the descriptor words (see :class:`CommandProcessor`)."""
 
-    def __init__(self, max_words):
+    def __init__(self, max_words, flags=0, lock_bits=25):
         super().__init__({
             "start":      Out(1),
             "descriptor": Out(data.ArrayLayout(32, max_words)),
             "length":     Out(range(max_words + 1)),
+            "flags":      Out(flags),
             "done":       In(1),
             "error":      In(1),
-            "lock":       In(data.ArrayLayout(LOCK_LAYOUT, LOCKS)),
+            "lock":       In(data.ArrayLayout(lock_layout(lock_bits), LOCKS)),
         })
+
+
+def _runs(mask):
+    """``(lo, hi)`` of each run of set bits of ``mask``."""
+    runs, bit = [], 0
+    while mask >> bit:
+        if (mask >> bit) & 1:
+            end = bit
+            while (mask >> end) & 1:
+                end += 1
+            runs.append((bit, end))
+            bit = end
+        else:
+            bit += 1
+    return runs
 
 
 class CommandProcessor(wiring.Component):
@@ -72,9 +99,19 @@ class CommandProcessor(wiring.Component):
         Longest ``RUN`` descriptor, in words.
     engine_written : iterable of MemoryId
         Memories the engines write: the host may not ``WRITE`` them while a run is in flight.
+    keep : int, optional
+        The descriptor bits (bit ``32 * i + b`` is bit ``b`` of word ``i``) some engine reads: only those are
+        registered, the others read as 0 (every bit by default).
+    flags : iterable of int, optional
+        Masks of descriptor bits that engines only check for being all zero: ``run.flags[k]`` is set if a bit of
+        mask ``k`` is set in the descriptor words, kept as one register per word and mask instead of the bits.
+    mirror : iterable of (int, int, int, int), optional
+        ``(word0, src, dst, mask)``: when descriptor word 0 is ``word0``, descriptor word ``src`` is also
+        written into the ``mask`` bits of word ``dst``. Two engines that find one field at two places can then read
+        it from one place (the dispatcher needs no multiplexer for it).
     """
 
-    def __init__(self, depths, config_id, max_descriptor=16, engine_written=()):
+    def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=()):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
@@ -82,11 +119,18 @@ class CommandProcessor(wiring.Component):
         self._config_id = int(config_id) & 0xFFFFFFFF
         self._max_descriptor = int(max_descriptor)
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
+        all_bits = (1 << (32 * self._max_descriptor)) - 1
+        self._keep = all_bits if keep is None else int(keep) & all_bits
+        self._flags = [int(mask) & all_bits for mask in flags]
+        self._mirror = [(int(w0), int(src), int(dst), int(mask) & 0xFFFFFFFF) for w0, src, dst, mask in mirror]
+        for _, src, dst, _ in self._mirror:
+            if not 1 <= src < self._max_descriptor or not 1 <= dst < self._max_descriptor:
+                raise ValueError(f"mirror words must be from 1 to {self._max_descriptor - 1}, not {src} and {dst}")
         super().__init__({
             "i_host": In(stream.Signature(WORD_LAYOUT)),
             "o_host": Out(stream.Signature(WORD_LAYOUT)),
             "mem":    Out(MemoryBusSignature()),
-            "run":    Out(RunSignature(self._max_descriptor)),
+            "run":    Out(RunSignature(self._max_descriptor, len(self._flags), lock_bits(self._depths))),
         })
 
     def elaborate(self, platform):
@@ -122,6 +166,11 @@ class CommandProcessor(wiring.Component):
         word_addr = Signal(bits)    # the next word of the transfer (in range: below the memory's depth)
         addr_big = Signal()         # the address's word has a bit set above `bits`: past every memory
         desc_index = Signal(range(self._max_descriptor + 1))
+        word_flags = [[Signal(name=f"flag{k}_word{i}") for i in range(self._max_descriptor)]
+                      for k in range(len(self._flags))]
+        for k, mask in enumerate(self._flags):
+            m.d.comb += self.run.flags[k].eq(Cat(word_flags[k][i] for i in range(self._max_descriptor)
+                                                 if (mask >> (32 * i)) & 0xFFFFFFFF).any())
         # Free-running 64-bit cycle counter, as two 32-bit halves with a registered carry (a 64-bit carry chain
         # is too long for the iCE40 at speed). The high half lags by one cycle at a wrap of the low half.
         cycles = Signal(64)
@@ -156,15 +205,16 @@ class CommandProcessor(wiring.Component):
         in_range = Signal()         # range_ok, registered: the compare and the decisions on it take a cycle each
         lock_hit = Signal()         # the transfer would disturb the run in flight
         in_lock = Signal()          # lock_hit, registered
+        # The lock of the memory addressed is selected first, then compared once (a compare per memory is
+        # many more LUTs for a cone no shorter).
+        lock = Signal(lock_layout(lock_bits(self._depths)))
+        written = Signal()          # the memory addressed is engine-written
         with m.Switch(memory):
             for known, depth in self._depths.items():
                 with m.Case(known):
-                    lock = self.run.lock[known.value]
-                    overlap = (lock.lo < end) & (word_addr < lock.hi)
-                    if known in self._engine_written:
-                        overlap = overlap | op_write
                     m.d.comb += [range_ok.eq(~count_big & ~addr_big & (end <= depth)),
-                                 lock_hit.eq(running & overlap)]
+                                 lock.eq(self.run.lock[known.value]), written.eq(known in self._engine_written)]
+        m.d.comb += lock_hit.eq(running & (((lock.lo < end) & (word_addr < lock.hi)) | (written & op_write)))
 
         def respond(words, code=None):
             """Answer with ``words`` words (1, 2 or 4; see SEND for what each is), with status ``code`` (the
@@ -295,7 +345,20 @@ class CommandProcessor(wiring.Component):
                 with m.If(take):
                     for i in range(self._max_descriptor):
                         with m.If(desc_index == i):
-                            m.d.sync += self.run.descriptor[i].eq(word.data)
+                            # Only the kept bits are registered (a register loaded from the bus is a whole logic
+                            # cell a bit); a flag per word stands for the bits that are only checked for zero.
+                            keep = (self._keep >> (32 * i)) & 0xFFFFFFFF
+                            for lo, hi in _runs(keep):
+                                m.d.sync += self.run.descriptor[i][lo:hi].eq(word.data[lo:hi])
+                            for k, mask in enumerate(self._flags):
+                                part = (mask >> (32 * i)) & 0xFFFFFFFF
+                                if part:
+                                    m.d.sync += word_flags[k][i].eq((word.data & part) != 0)
+                    for w0, src, dst, mask in self._mirror:
+                        # Word 0 arrived first: it is in its register.
+                        with m.If((desc_index == src) & (self.run.descriptor[0] == w0)):
+                            for lo, hi in _runs(mask & (self._keep >> (32 * dst))):
+                                m.d.sync += self.run.descriptor[dst][lo:hi].eq(word.data[lo:hi])
                     m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         with m.If(word.last):
