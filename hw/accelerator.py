@@ -252,7 +252,8 @@ class Accelerator(wiring.Component):
 
         keep, conv_high = descriptor_bits(cfg)
         # A pool run's layer is also written where a conv run's fused pool layer is (both are word-aligned): the
-        # pool engine and its checks then read one place.
+        # pool engine and its checks then read one place. (A POOL descriptor cut short before its layer's last
+        # word leaves the rest of that layer stale from an earlier descriptor, as before, but from other words.)
         conv_pool = data.Layout.cast(layouts[EngineId.CONV])["pool"].offset + 32
         pool_layer = data.Layout.cast(layouts[EngineId.POOL])["layer"].offset + 32
         pool_bits = data.Layout.cast(pool_layer_layout(cfg)).size
