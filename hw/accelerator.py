@@ -50,7 +50,7 @@ whose counts disagree with its layer cannot hang the accelerator. After every ru
 and streamers are reset (their memories keep their contents), so nothing of one run leaks into the next.
 """
 
-from amaranth.hdl import Cat, Const, Module, ResetInserter, Shape, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Shape, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -58,7 +58,7 @@ from ..config import AcceleratorConfig
 from .add_engine import AddEngine, add_layer_layout
 from .command_processor import WORD_LAYOUT, CommandProcessor
 from .commands import EngineId, MemoryId, config_id
-from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits
+from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits, engine_layer_layout
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
 from .memory_map import MemoryMap, MemorySpec
 from .pool_engine import PoolEngine, pool_has_clamp, pool_layer_layout, pool_max_kernel, pool_modes
@@ -66,7 +66,7 @@ from .requantizer import lane_params_layout
 from .streamer import MemoryReader, MemoryWriter
 
 __all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words",
-           "max_descriptor_words", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES", "ENGINE_MEMORIES", "ENGINE_IDS"]
+           "max_descriptor_words", "conv_layer_bits", "descriptor_bits", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES", "ENGINE_MEMORIES", "ENGINE_IDS"]
 
 #: Channel groups the depthwise weight memory holds (2048 channels at 8 lanes).
 DW_GROUPS = 256
@@ -155,6 +155,52 @@ def max_descriptor_words(config):
     return 1 + max(-(-data.Layout.cast(layout).size // 32) for layout in run_layouts(config).values())
 
 
+#: The conv layer's fields the dispatcher checks against the conv engine's limits (conv_limits).
+_CONV_CHECKED = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "kernel_h", "kernel_w", "pad_top", "pad_left",
+                 "act_channel_stride", "act_base", "weight_base", "param_base")
+
+
+def conv_layer_bits(config):
+    """Bits of each :class:`ConvLayer` field the accelerator keeps: the conv engine's (:func:`engine_layer_layout`),
+    and for ``act_channel_stride``, which may equal the memory's depth, one more. Of a checked field
+    (``_CONV_CHECKED``) the bits above are only checked for zero, which a value within its limit has; of ``origin``
+    they are not used (the engine computes modulo its memories' size)."""
+    engine = data.Layout.cast(engine_layer_layout(config, act_depth=config.conv_act_depth,
+                                                  weight_depth=config.conv_weight_depth,
+                                                  param_depth=config.conv_param_depth))
+    lim = conv_limits(config)
+    bits = {}
+    for name, field in data.Layout.cast(ConvLayer):
+        kept = Shape.cast(engine[name].shape).width
+        if name == "act_channel_stride":
+            kept = max(kept, Shape.cast(range(lim.act_depth + 1)).width)
+        if name not in _CONV_CHECKED and name != "origin":
+            kept = Shape.cast(field.shape).width
+        bits[name] = min(kept, Shape.cast(field.shape).width)
+    return bits
+
+
+def descriptor_bits(config):
+    """``(keep, conv_high)``: the descriptor bits some engine of ``config`` reads (word 0's engine id, every
+    field of the engines built, of the conv layer :func:`conv_layer_bits`), and the conv layer's bits above
+    those of its checked fields (as :class:`~cnnacc.hw.command_processor.CommandProcessor` masks)."""
+    layouts = run_layouts(config)
+    keep = 0xFF | ((1 << data.Layout.cast(layouts[EngineId.CONV]).size) - 1) << 32
+    high = 0
+    conv_layer = data.Layout.cast(layouts[EngineId.CONV])["layer"]
+    assert conv_layer.offset == 0
+    for (name, field), kept in zip(data.Layout.cast(ConvLayer), conv_layer_bits(config).values()):
+        above = ((1 << Shape.cast(field.shape).width) - 1) & ~((1 << kept) - 1)
+        keep &= ~(above << (32 + field.offset))
+        if name in _CONV_CHECKED:
+            high |= above << (32 + field.offset)
+    # A bit another engine reads stays (the conv flag still covers it).
+    for engine in set(config.engines) - {"conv"}:
+        size = data.Layout.cast(layouts[ENGINE_IDS[engine]]).size
+        keep |= ((1 << size) - 1) << 32
+    return keep, high
+
+
 def descriptor_words(config, engine, fields):
     """The ``RUN`` descriptor (a list of 32-bit ints) of ``engine`` with run struct ``fields`` (a dict)."""
     engine = EngineId(engine)
@@ -204,9 +250,22 @@ class Accelerator(wiring.Component):
         vector_ids = [k for k in (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS, MemoryId.OUTPUT) if k in specs]
         conv_ids = (MemoryId.CONV_ACT, MemoryId.WEIGHTS, MemoryId.PARAMS)
 
+        keep, conv_high = descriptor_bits(cfg)
+        # A pool run's layer is also written where a conv run's fused pool layer is (both are word-aligned): the
+        # pool engine and its checks then read one place. (A POOL descriptor cut short before its layer's last
+        # word leaves the rest of that layer stale from an earlier descriptor, as before, but from other words.)
+        conv_pool = data.Layout.cast(layouts[EngineId.CONV])["pool"].offset + 32
+        pool_layer = data.Layout.cast(layouts[EngineId.POOL])["layer"].offset + 32
+        pool_bits = data.Layout.cast(pool_layer_layout(cfg)).size
+        mirror_pool = "pool" in has and conv_pool % 32 == 0 and pool_layer % 32 == 0
+        mirror = []
+        if mirror_pool:
+            mirror = [(EngineId.POOL.value, (pool_layer + 32 * j) // 32, (conv_pool + 32 * j) // 32,
+                       ((1 << pool_bits) - 1) >> (32 * j) & 0xFFFFFFFF) for j in range(-(-pool_bits // 32))]
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
                                                 max_descriptor=max_descriptor_words(cfg),
-                                                engine_written=[MemoryId.OUTPUT])
+                                                engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
+                                                mirror=mirror)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 
@@ -312,25 +371,33 @@ class Accelerator(wiring.Component):
 
         c = runs[EngineId.CONV]
         L = c.layer
+        # The layer of a pool run, fused or not (mirrored to c.pool, see above).
+        pool_in = c.pool if mirror_pool else Mux(current == EngineId.CONV, c.pool, runs[EngineId.POOL].layer)
         # Fusing a pool needs the pool engine.
-        fuse_ok = (~c.fuse | pool_ok(c.pool)) if pool is not None else ~c.fuse
+        pool_good = pool_ok(c.pool) if pool is not None else None
+        fuse_ok = (~c.fuse | pool_good) if pool is not None else ~c.fuse
         # The engine computes with the bits its memories can use (conv_limits): a layer past them, or a base
         # outside its memory, would not run as described, so it is refused (check_conv_limits on the host).
+        # A value within a limit has no bit set above conv_layer_bits: the command processor keeps those bits as
+        # one flag (cp.run.flags[0]), and the checks compare the bits below.
         lim = conv_limits(cfg)
-        conv_ok = ((L.in_h != 0) & (L.in_w != 0) & (L.in_c != 0) & (L.out_h != 0) & (L.out_w != 0) & (L.out_c != 0)
-                   & (L.in_h <= lim.in_h) & (L.in_w <= lim.in_w) & (L.in_c <= lim.in_c) & (L.out_h <= lim.out_h)
-                   & (L.out_w <= lim.out_w) & (L.out_c <= lim.out_c)
-                   & (L.kernel_h != 0) & (L.kernel_h <= lim.kernel)
-                   & (L.kernel_w != 0) & (L.kernel_w <= lim.kernel) & (L.pad_top < L.kernel_h)
-                   & (L.pad_left < L.kernel_w) & (L.act_channel_stride != 0)
-                   & (L.act_channel_stride <= lim.act_depth) & (L.act_base < lim.act_depth)
-                   & (L.weight_base < lim.weight_depth) & (L.param_base < lim.param_depth) & (L.qmin <= L.qmax)
+        kept = conv_layer_bits(cfg)
+        T = {name: Value.cast(L[name])[:kept[name]] for name in _CONV_CHECKED}
+        conv_ok = (~cp.run.flags[0]
+                   & (T["in_h"] != 0) & (T["in_w"] != 0) & (T["in_c"] != 0) & (T["out_h"] != 0) & (T["out_w"] != 0)
+                   & (T["out_c"] != 0) & (T["in_h"] <= lim.in_h) & (T["in_w"] <= lim.in_w) & (T["in_c"] <= lim.in_c)
+                   & (T["out_h"] <= lim.out_h) & (T["out_w"] <= lim.out_w) & (T["out_c"] <= lim.out_c)
+                   & (T["kernel_h"] != 0) & (T["kernel_h"] <= lim.kernel)
+                   & (T["kernel_w"] != 0) & (T["kernel_w"] <= lim.kernel) & (T["pad_top"] < T["kernel_h"])
+                   & (T["pad_left"] < T["kernel_w"]) & (T["act_channel_stride"] != 0)
+                   & (T["act_channel_stride"] <= lim.act_depth) & (T["act_base"] < lim.act_depth)
+                   & (T["weight_base"] < lim.weight_depth) & (T["param_base"] < lim.param_depth) & (L.qmin <= L.qmax)
                    & (c.out_count != 0) & fuse_ok)
         d = runs[EngineId.DEPTHWISE]
         dw_ok = (window_ok(d.layer.window, DW_KERNEL) & (d.in_count != 0) & (d.out_count != 0) & (d.w_count != 0)
                  & (d.layer.qmin <= d.layer.qmax))
         p = runs[EngineId.POOL]
-        p_ok = pool_ok(p.layer) & (p.in_count != 0) & (p.out_count != 0)
+        p_ok = (pool_good if mirror_pool else pool_ok(p.layer)) & (p.in_count != 0) & (p.out_count != 0)
         a = runs[EngineId.ADD]
         add_ok = (a.in_count != 0) & (a.out_count != 0) & (a.layer.count != 0) & (a.layer.qmin <= a.layer.qmax)
 
@@ -350,30 +417,67 @@ class Accelerator(wiring.Component):
             if r is not None:
                 progress = progress | r.port.en
         abort = Signal()
-        m.d.comb += abort.eq(active & (idle == WATCHDOG_CYCLES))
+        # WATCHDOG_CYCLES is a power of two and `idle` is cleared when the run ends (abort ends it), so its top bit
+        # alone says idle == WATCHDOG_CYCLES.
+        assert WATCHDOG_CYCLES & (WATCHDOG_CYCLES - 1) == 0
+        m.d.comb += abort.eq(active & idle[-1])
         with m.If(~active | progress):
             m.d.sync += idle.eq(0)
         with m.Else():
             m.d.sync += idle.eq(idle + 1)
 
-        # What the run owns (host words of each memory), registered at the start; the command processor refuses
-        # host transfers into it while the run is in flight.
+        # What the run owns (host words of each memory); the command processor refuses host transfers into it
+        # while the run is in flight. The end of each range is registered at the start (it takes an adder); its
+        # start is the base, a field of the descriptor, which holds still during the run: it is selected by the
+        # engine running, not registered. A memory the run does not own has an empty range (end 0).
         lock = cp.run.lock
+        lock_hi = {memory: Signal(len(lock[memory.value].hi), name=f"lock_hi_{memory.name.lower()}")
+                   for memory in specs}
+        for memory in specs:
+            m.d.comb += lock[memory.value].hi.eq(lock_hi[memory])
+
+        def row_bits(memory, base):
+            # Only the bits of a row address: the checks refuse a base past its memory.
+            return base[:Shape.cast(range(specs[memory].depth)).width]
 
         def own(memory, base, count):
             if memory not in specs:
                 return []
             per_row = specs[memory].width // 32
-            entry = lock[memory.value]
-            # Only the bits of a row address: conv_ok refuses a base past its memory. The registers' upper bits
-            # are then constant and synthesis drops them.
-            base = base[:Shape.cast(range(specs[memory].depth)).width]
-            return [entry.lo.eq(base * per_row), entry.hi.eq((base + count) * per_row)]
+            # The end fits the command processor's lock bounds (up to twice the largest memory).
+            assert (specs[memory].depth - 1 + (1 << len(count)) - 1) * per_row < 1 << len(lock_hi[memory]), memory
+            return [lock_hi[memory].eq((row_bits(memory, base) + count) * per_row)]
+
+        # The base of each memory by the engines that own it: with one engine, a plain wire; else selected by
+        # the engine running. While no engine owns a memory its end is 0, so its start does not matter.
+        vector_runs = [(eid, r) for eid, r, there in ((EngineId.DEPTHWISE, d, dw), (EngineId.POOL, p, pool),
+                                                       (EngineId.ADD, a, add)) if there is not None]
+        owners = {MemoryId.CONV_ACT: [(EngineId.CONV, L.act_base)], MemoryId.WEIGHTS: [(EngineId.CONV, L.weight_base)],
+                  MemoryId.PARAMS: [(EngineId.CONV, L.param_base)], MemoryId.OUTPUT: [(EngineId.CONV, c.out_base)],
+                  MemoryId.ACT_A: [], MemoryId.ACT_B: [], MemoryId.DW_WEIGHTS: []}
+        for eid, r in vector_runs:
+            owners[MemoryId.ACT_A].append((eid, r.in_base))
+            owners[MemoryId.OUTPUT].append((eid, r.out_base))
+            if eid == EngineId.DEPTHWISE:
+                owners[MemoryId.DW_WEIGHTS].append((eid, d.w_base))
+            if eid == EngineId.ADD:
+                owners[MemoryId.ACT_B].append((eid, a.in_base))
+        for memory, bases in owners.items():
+            if memory not in specs or not bases:
+                continue
+            lo = lock[memory.value].lo
+            per_row = specs[memory].width // 32
+            m.d.comb += lo.eq(row_bits(memory, bases[0][1]) * per_row)
+            if len(bases) > 1:
+                with m.Switch(current):
+                    for eid, base in bases[1:]:
+                        with m.Case(eid):
+                            m.d.comb += lo.eq(row_bits(memory, base) * per_row)
 
         with m.If(cp.run.start):
             with m.If(accept):
                 m.d.sync += [active.eq(1), current.eq(engine_id), pend_write.eq(1)]
-                m.d.sync += [lock[memory.value].eq(0) for memory in specs]
+                m.d.sync += [lock_hi[memory].eq(0) for memory in specs]
                 with m.Switch(engine_id):
                     with m.Case(EngineId.CONV):
                         m.d.sync += [pend_start.eq(1), pend_layer.eq(c.fuse), fused.eq(c.fuse)]
@@ -428,10 +532,7 @@ class Accelerator(wiring.Component):
         if add is not None:
             m.d.comb += add.i_layer.payload.eq(a.layer)
         if pool is not None:
-            with m.If(current == EngineId.CONV):
-                m.d.comb += pool.i_layer.payload.eq(c.pool)
-            with m.Else():
-                m.d.comb += pool.i_layer.payload.eq(p.layer)
+            m.d.comb += pool.i_layer.payload.eq(pool_in)
         with m.If(active & pend_layer):
             with m.Switch(current):
                 if pool is not None:
@@ -446,14 +547,16 @@ class Accelerator(wiring.Component):
 
         in_base, in_count, out_base, out_count = (Signal(range(cfg.vector_depth + 1), name=n)
                                                   for n in ("in_base", "in_count", "out_base", "out_count"))
+        # Each transfer is offered only for the engines it serves: the first such engine's fields are the
+        # default (no gating), the others' selected by the engine running.
+        m.d.comb += [out_base.eq(c.out_base), out_count.eq(c.out_count)]
+        if vector_runs:
+            m.d.comb += [in_base.eq(vector_runs[0][1].in_base), in_count.eq(vector_runs[0][1].in_count)]
         with m.Switch(current):
-            with m.Case(EngineId.CONV):
-                m.d.comb += [out_base.eq(c.out_base), out_count.eq(c.out_count)]
-            for eid, r, there in ((EngineId.DEPTHWISE, d, dw), (EngineId.POOL, p, pool), (EngineId.ADD, a, add)):
-                if there is not None:
-                    with m.Case(eid):
-                        m.d.comb += [in_base.eq(r.in_base), in_count.eq(r.in_count), out_base.eq(r.out_base),
-                                     out_count.eq(r.out_count)]
+            for eid, r in vector_runs:
+                with m.Case(eid):
+                    m.d.comb += [in_base.eq(r.in_base), in_count.eq(r.in_count), out_base.eq(r.out_base),
+                                 out_count.eq(r.out_count)]
         if reader_a is not None:
             offer(pend_read, reader_a.i_transfer,
                   [reader_a.i_transfer.payload.base.eq(in_base), reader_a.i_transfer.payload.count.eq(in_count)])

@@ -14,17 +14,27 @@ with ``BUSY``. The decision is taken from registers (address, end, lock) in the 
 logic sits between the host word and a memory enable.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .commands import Address, Header, MemoryId, Opcode, Response, RunState, Status
 
-__all__ = ["WORD_LAYOUT", "LOCK_LAYOUT", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
+__all__ = ["WORD_LAYOUT", "lock_layout", "lock_bits", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
 
 WORD_LAYOUT = data.StructLayout({"data": 32, "last": 1})
-#: Host words ``[lo, hi)`` of one memory that a running engine owns (``lo == hi``: none).
-LOCK_LAYOUT = data.StructLayout({"lo": 25, "hi": 25})
+
+
+def lock_bits(depths):
+    """Bits of a lock bound for memories of ``depths`` words (dict of MemoryId -> int): an end up to twice the
+    largest depth fits (a run owns at most a memory's rows from a base inside it)."""
+    return Shape.cast(range(max(depths.values(), default=1) + 1)).width + 1
+
+
+def lock_layout(bits):
+    """Host words ``[lo, hi)`` of one memory that a running engine owns (``lo == hi``: none), ``bits`` wide."""
+    return data.StructLayout({"lo": bits, "hi": bits})
+
 #: One lock per possible memory id (indexed by ``MemoryId`` value).
 LOCKS = 1 << len(MemoryId)
 
@@ -46,17 +56,34 @@ class MemoryBusSignature(wiring.Signature):
 class RunSignature(wiring.Signature):
     """Starts an engine: ``start`` pulses with ``descriptor`` valid; the engine answers with ``done`` (and
     ``error`` in the same cycle if it rejected the descriptor or failed), in the start cycle if it rejects the
-    descriptor. ``lock[memory]`` is the word range the running engine owns, valid while the run is in flight."""
+    descriptor. ``lock[memory]`` is the word range the running engine owns, valid while the run is in flight.
+    ``flags[k]``: some bit of flag mask ``k`` is set in the descriptor words (see :class:`CommandProcessor`)."""
 
-    def __init__(self, max_words):
+    def __init__(self, max_words, flags=0, lock_bits=25):
         super().__init__({
             "start":      Out(1),
             "descriptor": Out(data.ArrayLayout(32, max_words)),
             "length":     Out(range(max_words + 1)),
+            "flags":      Out(flags),
             "done":       In(1),
             "error":      In(1),
-            "lock":       In(data.ArrayLayout(LOCK_LAYOUT, LOCKS)),
+            "lock":       In(data.ArrayLayout(lock_layout(lock_bits), LOCKS)),
         })
+
+
+def _runs(mask):
+    """``(lo, hi)`` of each run of set bits of ``mask``."""
+    runs, bit = [], 0
+    while mask >> bit:
+        if (mask >> bit) & 1:
+            end = bit
+            while (mask >> end) & 1:
+                end += 1
+            runs.append((bit, end))
+            bit = end
+        else:
+            bit += 1
+    return runs
 
 
 class CommandProcessor(wiring.Component):
@@ -72,9 +99,19 @@ class CommandProcessor(wiring.Component):
         Longest ``RUN`` descriptor, in words.
     engine_written : iterable of MemoryId
         Memories the engines write: the host may not ``WRITE`` them while a run is in flight.
+    keep : int, optional
+        The descriptor bits (bit ``32 * i + b`` is bit ``b`` of word ``i``) some engine reads: only those are
+        registered, the others read as 0 (every bit by default).
+    flags : iterable of int, optional
+        Masks of descriptor bits that engines only check for being all zero: ``run.flags[k]`` is set if a bit of
+        mask ``k`` is set in the descriptor words, kept as one register per word and mask instead of the bits.
+    mirror : iterable of (int, int, int, int), optional
+        ``(word0, src, dst, mask)``: when descriptor word 0 is ``word0``, descriptor word ``src`` is also
+        written into the ``mask`` bits of word ``dst``. Two engines that find one field at two places can then read
+        it from one place (the dispatcher needs no multiplexer for it).
     """
 
-    def __init__(self, depths, config_id, max_descriptor=16, engine_written=()):
+    def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=()):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
@@ -82,11 +119,18 @@ class CommandProcessor(wiring.Component):
         self._config_id = int(config_id) & 0xFFFFFFFF
         self._max_descriptor = int(max_descriptor)
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
+        all_bits = (1 << (32 * self._max_descriptor)) - 1
+        self._keep = all_bits if keep is None else int(keep) & all_bits
+        self._flags = [int(mask) & all_bits for mask in flags]
+        self._mirror = [(int(w0), int(src), int(dst), int(mask) & 0xFFFFFFFF) for w0, src, dst, mask in mirror]
+        for _, src, dst, _ in self._mirror:
+            if not 1 <= src < self._max_descriptor or not 1 <= dst < self._max_descriptor:
+                raise ValueError(f"mirror words must be from 1 to {self._max_descriptor - 1}, not {src} and {dst}")
         super().__init__({
             "i_host": In(stream.Signature(WORD_LAYOUT)),
             "o_host": Out(stream.Signature(WORD_LAYOUT)),
             "mem":    Out(MemoryBusSignature()),
-            "run":    Out(RunSignature(self._max_descriptor)),
+            "run":    Out(RunSignature(self._max_descriptor, len(self._flags), lock_bits(self._depths))),
         })
 
     def elaborate(self, platform):
@@ -96,8 +140,15 @@ class CommandProcessor(wiring.Component):
         take = Signal()            # a host word is consumed this cycle
         m.d.comb += take.eq(self.i_host.valid & self.i_host.ready)
 
-        header = Signal(Header)
-        header_last = Signal()
+        # Widths from the instance: a transfer that passes the range check lies inside one memory, so addresses,
+        # ends and the words still to move need only the bits of the largest depth (`bits`); the header's count
+        # and the address's word keep just those bits plus a flag saying whether any bit above them is set (such a
+        # transfer runs past every memory: BAD_ADDRESS, whatever its count up to 2**24-1).
+        max_depth = max(self._depths.values(), default=1)
+        bits = Shape.cast(range(max_depth + 1)).width
+        opcode_reg = Signal(Opcode)
+        count_lo = Signal(bits)     # the header's count, its low bits
+        count_big = Signal()        # ... and whether it has any bit set above them
         count_zero = Signal()       # flags of the header's count, registered with it
         # The opcode decoded into flags as the header arrives, and what DECODE will do with it: DECODE and the
         # states after it then read single registered bits. Decoding the 8-bit opcode and the 24-bit count in
@@ -108,9 +159,18 @@ class CommandProcessor(wiring.Component):
         decode_status = Signal(Status)   # DECODE's status for every other outcome
         to_wait, to_answer, to_address = Signal(), Signal(), Signal()   # DECODE's next state (else DISCARD)
         status = Signal(Status)
-        remaining = Signal(25)      # data words still expected (WRITE) or to send (READ)
-        address = Signal(Address)
+        # Data words still expected (WRITE), to send (READ) or descriptor words still to come: only read after the
+        # range check (then it is at most a depth) or for a descriptor (at most max_descriptor).
+        remaining = Signal(max(bits, Shape.cast(range(self._max_descriptor + 1)).width))
+        memory = Signal(MemoryId)
+        word_addr = Signal(bits)    # the next word of the transfer (in range: below the memory's depth)
+        addr_big = Signal()         # the address's word has a bit set above `bits`: past every memory
         desc_index = Signal(range(self._max_descriptor + 1))
+        word_flags = [[Signal(name=f"flag{k}_word{i}") for i in range(self._max_descriptor)]
+                      for k in range(len(self._flags))]
+        for k, mask in enumerate(self._flags):
+            m.d.comb += self.run.flags[k].eq(Cat(word_flags[k][i] for i in range(self._max_descriptor)
+                                                 if (mask >> (32 * i)) & 0xFFFFFFFF).any())
         # Free-running 64-bit cycle counter, as two 32-bit halves with a registered carry (a 64-bit carry chain
         # is too long for the iCE40 at speed). The high half lags by one cycle at a wrap of the low half.
         cycles = Signal(64)
@@ -128,43 +188,49 @@ class CommandProcessor(wiring.Component):
                 m.d.sync += [running.eq(0), finished.eq(1),
                              run_status.eq(Mux(self.run.error, Status.BAD_DESCRIPTOR, Status.OK))]
 
-        # The answer being sent: `words` queued in a small register file, sent in order.
-        answer = Signal(data.ArrayLayout(32, 4))
+        # The answer being sent. Its words are selected from their sources as they are sent (the sources hold
+        # still during SEND: status, opcode and the run's cycles are only written outside it); what could change
+        # meanwhile is snapshotted: the run state and the 64-bit cycle count (one snapshot for its two words).
         answer_len = Signal(range(5))
         answer_pos = Signal(range(5))
         answer_last = Signal()
+        detail = Signal(RunState)
+        snapshot = Signal(64)
 
         # The transfer's end, registered when the address arrives, so that the range check is one compare
-        # against a constant (it is on the critical path of small FPGAs otherwise).
-        end = Signal(25)
+        # against a constant (it is on the critical path of small FPGAs otherwise). `end` holds the sum of the
+        # low bits; with `count_big` and `addr_big` clear it is the whole end.
+        end = Signal(bits + 1)
         range_ok = Signal()
         in_range = Signal()         # range_ok, registered: the compare and the decisions on it take a cycle each
         lock_hit = Signal()         # the transfer would disturb the run in flight
         in_lock = Signal()          # lock_hit, registered
-        with m.Switch(address.memory):
-            for memory, depth in self._depths.items():
-                with m.Case(memory):
-                    lock = self.run.lock[memory.value]
-                    overlap = (lock.lo < end) & (address.word < lock.hi)
-                    if memory in self._engine_written:
-                        overlap = overlap | op_write
-                    m.d.comb += [range_ok.eq(end <= depth), lock_hit.eq(running & overlap)]
+        # The lock of the memory addressed is selected first, then compared once (a compare per memory is
+        # many more LUTs for a cone no shorter).
+        lock = Signal(lock_layout(lock_bits(self._depths)))
+        written = Signal()          # the memory addressed is engine-written
+        with m.Switch(memory):
+            for known, depth in self._depths.items():
+                with m.Case(known):
+                    m.d.comb += [range_ok.eq(~count_big & ~addr_big & (end <= depth)),
+                                 lock.eq(self.run.lock[known.value]), written.eq(known in self._engine_written)]
+        m.d.comb += lock_hit.eq(running & (((lock.lo < end) & (word_addr < lock.hi)) | (written & op_write)))
 
-        def respond(code, *extra, detail=Const(0, 16)):
-            """Queue an answer: the Response word (``detail`` in its top half) and up to three more words."""
-            detail = Value.cast(detail)
+        def respond(words, code=None):
+            """Answer with ``words`` words (1, 2 or 4; see SEND for what each is), with status ``code`` (the
+            ``status`` register as it is if None)."""
             m.d.sync += [
-                answer[0].eq(Cat(code, header.opcode, detail, Const(0, 16 - len(detail)))),
-                answer_len.eq(1 + len(extra)),
+                answer_len.eq(words),
                 answer_pos.eq(0),
-                answer_last.eq(len(extra) == 0),
+                answer_last.eq(words == 1),
+                detail.eq(RunState.IDLE),
             ]
-            for i, value in enumerate(extra):
-                m.d.sync += answer[1 + i].eq(value)
+            if code is not None:
+                m.d.sync += status.eq(code)
 
         m.d.comb += [
-            self.mem.memory.eq(address.memory),
-            self.mem.addr.eq(address.word),
+            self.mem.memory.eq(memory),
+            self.mem.addr.eq(word_addr),
             self.mem.w_data.eq(word.data),
             self.run.length.eq(desc_index),
         ]
@@ -180,8 +246,8 @@ class CommandProcessor(wiring.Component):
                     transfer = (opcode == Opcode.WRITE) | (opcode == Opcode.READ)
                     launch = (opcode == Opcode.RUN) | (opcode == Opcode.START)
                     m.d.sync += [
-                        header.eq(word.data), header_last.eq(last), count_zero.eq(count == 0),
-                        remaining.eq(count), desc_index.eq(0),
+                        opcode_reg.eq(opcode), count_lo.eq(count[:bits]), count_big.eq(count[bits:] != 0),
+                        count_zero.eq(count == 0), remaining.eq(count), desc_index.eq(0),
                         op_read.eq(opcode == Opcode.READ), op_write.eq(opcode == Opcode.WRITE),
                         op_run.eq(opcode == Opcode.RUN), op_status.eq(opcode == Opcode.STATUS),
                         launch_ok.eq(launch & ~last & (count != 0) & (count <= self._max_descriptor)),
@@ -219,7 +285,9 @@ class CommandProcessor(wiring.Component):
             with m.State("ADDRESS"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [address.eq(word.data), end.eq(Address(word.data).word + header.count)]
+                    where = Address(word.data)
+                    m.d.sync += [memory.eq(where.memory), word_addr.eq(where.word[:bits]),
+                                 addr_big.eq(where.word[bits:] != 0), end.eq(where.word[:bits] + count_lo)]
                     # READ and an empty WRITE end at the address; a WRITE with data must not.
                     ends_here = op_read | count_zero
                     with m.If(word.last != ends_here):
@@ -261,7 +329,7 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
                     m.d.comb += self.mem.w_en.eq(1)
-                    m.d.sync += [address.word.eq(address.word + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         m.d.sync += status.eq(Mux(word.last, Status.OK, Status.BAD_LENGTH))
                         with m.If(word.last):
@@ -277,7 +345,20 @@ class CommandProcessor(wiring.Component):
                 with m.If(take):
                     for i in range(self._max_descriptor):
                         with m.If(desc_index == i):
-                            m.d.sync += self.run.descriptor[i].eq(word.data)
+                            # Only the kept bits are registered (a register loaded from the bus is a whole logic
+                            # cell a bit); a flag per word stands for the bits that are only checked for zero.
+                            keep = (self._keep >> (32 * i)) & 0xFFFFFFFF
+                            for lo, hi in _runs(keep):
+                                m.d.sync += self.run.descriptor[i][lo:hi].eq(word.data[lo:hi])
+                            for k, mask in enumerate(self._flags):
+                                part = (mask >> (32 * i)) & 0xFFFFFFFF
+                                if part:
+                                    m.d.sync += word_flags[k][i].eq((word.data & part) != 0)
+                    for w0, src, dst, mask in self._mirror:
+                        # Word 0 arrived first: it is in its register.
+                        with m.If((desc_index == src) & (self.run.descriptor[0] == w0)):
+                            for lo, hi in _runs(mask & (self._keep >> (32 * dst))):
+                                m.d.sync += self.run.descriptor[dst][lo:hi].eq(word.data[lo:hi])
                     m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         with m.If(word.last):
@@ -295,27 +376,28 @@ class CommandProcessor(wiring.Component):
                 m.d.sync += [run_cycles.eq(1), finished.eq(0)]
                 with m.If(self.run.done):
                     # The engine rejected the descriptor at once: nothing runs.
+                    # RUN's second word is the run's cycles: 1, set here.
                     with m.If(op_run):
-                        respond(Status.BAD_DESCRIPTOR, Const(1, 32))
+                        respond(2, Status.BAD_DESCRIPTOR)
                     with m.Else():
-                        respond(Status.BAD_DESCRIPTOR)
+                        respond(1, Status.BAD_DESCRIPTOR)
                     m.next = "SEND"
                 with m.Else():
                     m.d.sync += running.eq(1)
                     with m.If(op_run):
                         m.next = "WAIT_RUN"
                     with m.Else():
-                        respond(Status.OK)
+                        respond(1, Status.OK)
                         m.next = "SEND"
 
             # RUN and WAIT: answer with the status and cycles of the run when it has ended.
             with m.State("WAIT_RUN"):
                 with m.If(finished):
                     m.d.sync += finished.eq(0)
-                    respond(run_status, run_cycles)
+                    respond(2, run_status)
                     m.next = "SEND"
                 with m.Elif(~running):
-                    respond(Status.IDLE)
+                    respond(1, Status.IDLE)
                     m.next = "SEND"
 
             with m.State("DISCARD"):
@@ -325,10 +407,13 @@ class CommandProcessor(wiring.Component):
 
             with m.State("ANSWER_STATUS"):
                 with m.If(op_status & (status == Status.OK)):
-                    state = Mux(running, RunState.RUNNING, Mux(finished, RunState.FINISHED, RunState.IDLE))
-                    respond(status, cycles[:32], cycles[32:], Const(self._config_id, 32), detail=state)
+                    respond(4)
+                    m.d.sync += [
+                        detail.eq(Mux(running, RunState.RUNNING, Mux(finished, RunState.FINISHED, RunState.IDLE))),
+                        snapshot.eq(cycles),
+                    ]
                 with m.Else():
-                    respond(status)
+                    respond(1)
                 m.next = "SEND"
 
             with m.State("SEND"):
@@ -336,10 +421,17 @@ class CommandProcessor(wiring.Component):
                     self.o_host.valid.eq(1),
                     self.o_host.payload.last.eq(answer_last),
                 ]
+                # Word 0 the Response; then RUN/WAIT: the run's cycles; STATUS: the cycle count (lo, hi) and the
+                # config id.
                 with m.Switch(answer_pos):
-                    for i in range(4):
-                        with m.Case(i):
-                            m.d.comb += self.o_host.payload.data.eq(answer[i])
+                    with m.Case(0):
+                        m.d.comb += self.o_host.payload.data.eq(Cat(status, opcode_reg, detail))
+                    with m.Case(1):
+                        m.d.comb += self.o_host.payload.data.eq(Mux(op_status, snapshot[:32], run_cycles))
+                    with m.Case(2):
+                        m.d.comb += self.o_host.payload.data.eq(snapshot[32:])
+                    with m.Case(3):
+                        m.d.comb += self.o_host.payload.data.eq(self._config_id)
                 with m.If(self.o_host.ready):
                     m.d.sync += [answer_pos.eq(answer_pos + 1), answer_last.eq(answer_pos + 2 == answer_len)]
                     with m.If(answer_last):
@@ -372,7 +464,7 @@ class CommandProcessor(wiring.Component):
                     self.o_host.payload.last.eq(remaining == 1),
                 ]
                 with m.If(self.o_host.ready):
-                    m.d.sync += [address.word.eq(address.word + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         m.next = "HEADER"
                     with m.Else():

@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from amaranth.lib import data
 
 from cnnacc.config import DEFAULT_CONFIG, AcceleratorConfig
 from cnnacc.host import golden, models, protocol, quantizer
@@ -217,3 +218,69 @@ def test_bad_descriptors_answered_and_accelerator_keeps_working():
     assert starved[1] >= WATCHDOG_CYCLES
     assert protocol.decode_response(good, Opcode.RUN, 1)[0] < 100
     assert protocol.decode_response(read, Opcode.READ, len(pixels)) == pixels
+
+
+def test_conv_checks_see_the_bits_the_engine_does_not_keep():
+    """The command processor keeps only conv_layer_bits of a conv layer's checked fields (the rest as one flag):
+    a bit set anywhere above them is still refused, and values at the limits are still accepted. Amaranth
+    simulator on a small conv + pool instance; RUN is refused at once, so no run has to finish."""
+    from amaranth.sim import Simulator
+
+    from cnnacc.hw.accelerator import Accelerator, conv_layer_bits
+    from cnnacc.hw.commands import EngineId
+    from cnnacc.hw.conv_engine import ConvLayer, conv_layer, conv_limits
+    from cnnacc.hw.pool_engine import PoolMode, pool_layer
+    from cnnacc.sim.amaranth_streams import stream_get, stream_put
+
+    cfg = AcceleratorConfig(rows=4, cols=4, lanes=4, max_kernel=3, max_width=8, conv_act_depth=64,
+                            conv_weight_depth=64, conv_param_depth=16, vector_depth=64, engines=("conv", "pool"))
+    lim = conv_limits(cfg)
+    layer = conv_layer(cfg, (4, 4, 4), (4, 3, 3, 4))
+    widths = {name: field.shape.width for name, field in data.Layout.cast(ConvLayer)}
+    kept = conv_layer_bits(cfg)
+
+    def conv(**fields):
+        return descriptor_words(cfg, EngineId.CONV, {"layer": {**layer, **fields}, "out_count": 1})
+
+    refused = []
+    for name in ("in_w", "in_c", "out_w", "out_c", "kernel_h", "kernel_w", "pad_top", "pad_left",
+                 "act_channel_stride", "act_base", "weight_base", "param_base"):
+        assert kept[name] < widths[name], name
+        for bit in (kept[name], widths[name] - 1):
+            refused.append((name, bit, conv(**{name: layer[name] | (1 << bit)})))
+    good_pool = {**pool_layer(cfg, PoolMode.MAX, height=2, width=2, kernel=2, stride=2), "mode": PoolMode.MAX}
+    refused.append(("pool kernel", 0, descriptor_words(cfg, EngineId.POOL, {
+        "layer": {**good_pool, "window": {**good_pool["window"], "kernel": 0}}, "in_count": 4, "out_count": 1})))
+    # Every limit at once, and a fused pool: accepted (the run then starts and is left running).
+    edge = descriptor_words(cfg, EngineId.CONV, {"layer": {
+        **layer, "in_w": lim.in_w, "in_c": lim.in_c, "out_w": lim.out_w, "out_c": lim.out_c, "kernel_h": lim.kernel,
+        "kernel_w": lim.kernel, "pad_top": lim.kernel - 1, "pad_left": lim.kernel - 1,
+        "act_channel_stride": lim.act_depth, "act_base": lim.act_depth - 1, "weight_base": lim.weight_depth - 1,
+        "param_base": lim.param_depth - 1}, "pool": good_pool, "fuse": 1, "out_count": 1})
+    commands = [protocol.encode_run(words) for _, _, words in refused]
+    commands += [protocol.encode_start(edge), protocol.encode_status()]
+
+    dut = Accelerator(cfg)
+    answers = []
+
+    async def host(ctx):
+        for words in commands:
+            for i, w in enumerate(words):
+                await stream_put(ctx, dut.i_host, {"data": w, "last": i == len(words) - 1})
+            answer = []
+            while True:
+                beat = await stream_get(ctx, dut.o_host)
+                answer.append(int(beat.data))
+                if beat.last:
+                    break
+            answers.append(answer)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host)
+    sim.run_until(1e-8 * 60 * len(commands))
+    assert len(answers) == len(commands)
+    for (name, bit, _), answer in zip(refused, answers):
+        assert Status(answer[0] & 0xFF) == Status.BAD_DESCRIPTOR, f"{name} with bit {bit} set was not refused"
+    assert protocol.decode_response(answers[-2], Opcode.START) == []
+    assert (answers[-1][0] >> 16) == RunState.RUNNING.value

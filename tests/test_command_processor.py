@@ -216,3 +216,20 @@ def test_finished_run_waits_for_its_wait():
     # Whatever the host's pace, the status says finished once the run has ended and WAIT still collects it.
     assert protocol.run_state(answers[2]) in (RunState.RUNNING, RunState.FINISHED)
     assert 10 <= protocol.decode_response(answers[3], Opcode.WAIT, 1)[0] <= 13
+
+
+def test_range_check_sees_every_bit_of_address_and_count():
+    """The processor keeps only the bits of its largest memory (ACT_A: 32 words) of an address and a count: a
+    transfer whose count or word has a bit set above them, or whose low bits wrap, is still past the memory."""
+    depth = DEPTHS[MemoryId.ACT_A]
+    cases = [(0, depth, Status.OK), (depth - 1, 1, Status.OK), (depth, 0, Status.OK), (depth, 1, Status.BAD_ADDRESS),
+             (0, (1 << 24) - 1, Status.BAD_ADDRESS), (0, depth + 64, Status.BAD_ADDRESS),
+             (64, 1, Status.BAD_ADDRESS), ((1 << 24) - 1, 1, Status.BAD_ADDRESS), (1 << 23, 0, Status.BAD_ADDRESS),
+             (63, 63, Status.BAD_ADDRESS), (1, (1 << 24) - 1, Status.BAD_ADDRESS)]
+    answers = simulate([protocol.encode_read(MemoryId.ACT_A, word, count) for word, count, _ in cases]
+                       + [protocol.encode_write(MemoryId.ACT_A, 64 + 2, [7, 8]),
+                          ([protocol._header(Opcode.WRITE, (1 << 24) - 1), protocol._address(MemoryId.ACT_A, 0), 1, 2],
+                           None)], seed=5)
+    assert [status_of(a) for a in answers] == [status for _, _, status in cases] + [Status.BAD_ADDRESS] * 2
+    assert [len(a) for a in answers[:len(cases)]] == [1 + count if status == Status.OK else 1
+                                                      for _, count, status in cases]
