@@ -61,12 +61,14 @@ from .commands import EngineId, MemoryId, config_id
 from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits, engine_layer_layout
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
 from .memory_map import MemoryMap, MemorySpec
-from .pool_engine import PoolEngine, pool_has_clamp, pool_layer_layout, pool_max_kernel, pool_modes
+from .pool_engine import (PoolEngine, ice40_pool_limits, pool_has_clamp, pool_layer_layout, pool_max_kernel,
+                          pool_modes)
 from .requantizer import lane_params_layout
 from .streamer import MemoryReader, MemoryWriter
 
 __all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words",
-           "max_descriptor_words", "conv_layer_bits", "descriptor_bits", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES", "ENGINE_MEMORIES", "ENGINE_IDS"]
+           "max_descriptor_words", "conv_layer_bits", "descriptor_bits", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES",
+           "SETTLE", "ENGINE_MEMORIES", "ENGINE_IDS"]
 
 #: Channel groups the depthwise weight memory holds (2048 channels at 8 lanes).
 DW_GROUPS = 256
@@ -75,6 +77,9 @@ DW_KERNEL = 3
 #: Cycles without a memory row read or written (or a conv result) after which a run is aborted: longer than any
 #: conv tile's reduction (Cin x KH x KW beats): every 3x3 and 5x5 conv, 7x7 up to Cin = 2674.
 WATCHDOG_CYCLES = 1 << 17
+#: Cycles the command processor waits between a descriptor's last word and the start of its run: the dispatcher
+#: registers its checks of the descriptor (each engine's, then the verdict) in them.
+SETTLE = 2
 
 
 def _pow2_words(bits):
@@ -263,7 +268,7 @@ class Accelerator(wiring.Component):
             mirror = [(EngineId.POOL.value, (pool_layer + 32 * j) // 32, (conv_pool + 32 * j) // 32,
                        ((1 << pool_bits) - 1) >> (32 * j) & 0xFFFFFFFF) for j in range(-(-pool_bits // 32))]
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
-                                                max_descriptor=max_descriptor_words(cfg),
+                                                max_descriptor=max_descriptor_words(cfg), settle=SETTLE,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
                                                 mirror=mirror)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
@@ -366,8 +371,13 @@ class Accelerator(wiring.Component):
         def pool_ok(p):
             # Only what this target's pool engine computes (the iCE40's: max over windows up to 2x2, no clamp).
             clamp_ok = (p.qmin <= p.qmax) if pool_has_clamp(cfg) else ((p.qmin == -128) & (p.qmax == 127))
-            return ((p.mode.as_value() <= max(mode.value for mode in pool_modes(cfg)))
-                    & window_ok(p.window, pool_max_kernel(cfg)) & clamp_ok)
+            ok = ((p.mode.as_value() <= max(mode.value for mode in pool_modes(cfg)))
+                  & window_ok(p.window, pool_max_kernel(cfg)) & clamp_ok)
+            if cfg.target == "ice40":
+                # Its counters are as wide as these limits (a layer past them cannot fit the output memory).
+                height, groups = ice40_pool_limits(cfg)
+                ok = ok & (p.window.height <= height) & (p.window.groups <= groups)
+            return ok
 
         c = runs[EngineId.CONV]
         L = c.layer
@@ -401,14 +411,21 @@ class Accelerator(wiring.Component):
         a = runs[EngineId.ADD]
         add_ok = (a.in_count != 0) & (a.out_count != 0) & (a.layer.count != 0) & (a.layer.qmin <= a.layer.qmax)
 
-        # An engine this instance was built without is an unknown engine: BAD_DESCRIPTOR.
+        # An engine this instance was built without is an unknown engine: BAD_DESCRIPTOR. The checks are
+        # registered twice (each engine's, then the verdict for the engine named): the command processor holds
+        # the complete descriptor still for SETTLE cycles before it starts the run, and the check cones are too
+        # deep to sit between the descriptor registers and the command processor's state in one cycle.
         accept = Signal()
+        verdict = Signal()
         with m.Switch(engine_id):
             for eid, ok, there in ((EngineId.CONV, conv_ok, True), (EngineId.DEPTHWISE, dw_ok, dw is not None),
                                    (EngineId.POOL, p_ok, pool is not None), (EngineId.ADD, add_ok, add is not None)):
                 if there:
+                    ok_q = Signal(name=f"{eid.name.lower()}_ok")
+                    m.d.sync += ok_q.eq(ok)
                     with m.Case(eid):
-                        m.d.comb += accept.eq(ok)
+                        m.d.comb += verdict.eq(ok_q)
+        m.d.sync += accept.eq(verdict)
 
         # Watchdog: cycles since the last memory row moved.
         idle = Signal(range(WATCHDOG_CYCLES + 1))
@@ -503,8 +520,11 @@ class Accelerator(wiring.Component):
                 m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(1)]
 
         finished = active & writer.done
+        # The engines are reset the cycle after the run ends (a registered flush: it reaches every register of
+        # every engine); nothing can start in that cycle, since a START takes a whole command first.
+        m.d.sync += flush.eq(finished | abort)
         with m.If(finished | abort):
-            m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(abort & ~finished), flush.eq(1)]
+            m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(abort & ~finished)]
             m.d.sync += [active.eq(0), pend_layer.eq(0), pend_read.eq(0), pend_read_b.eq(0), pend_read_w.eq(0),
                          pend_write.eq(0), pend_start.eq(0), fused.eq(0)]
 

@@ -109,15 +109,22 @@ class CommandProcessor(wiring.Component):
         ``(word0, src, dst, mask)``: when descriptor word 0 is ``word0``, descriptor word ``src`` is also
         written into the ``mask`` bits of word ``dst``. Two engines that find one field at two places can then read
         it from one place (the dispatcher needs no multiplexer for it).
+    settle : int, optional
+        Cycles between the descriptor's last word and ``run.start`` (0 by default): the descriptor registers
+        hold still for that long before the engine side must judge them, so it can register its checks.
     """
 
-    def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=()):
+    def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=(),
+                 settle=0):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
                 raise ValueError(f"depth of {memory.name} must be from 1 to 2**24 words, not {depth}")
         self._config_id = int(config_id) & 0xFFFFFFFF
         self._max_descriptor = int(max_descriptor)
+        if not isinstance(settle, int) or settle < 0:
+            raise ValueError(f"settle must be a non-negative integer, not {settle!r}")
+        self._settle = settle
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
         all_bits = (1 << (32 * self._max_descriptor)) - 1
         self._keep = all_bits if keep is None else int(keep) & all_bits
@@ -362,13 +369,18 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         with m.If(word.last):
-                            m.next = "START"
+                            m.next = "SETTLE_0" if self._settle else "START"
                         with m.Else():
                             m.d.sync += status.eq(Status.BAD_LENGTH)
                             m.next = "DISCARD"
                     with m.Elif(word.last):
                         m.d.sync += status.eq(Status.BAD_LENGTH)
                         m.next = "ANSWER_STATUS"
+
+            # The descriptor is complete: the engine side registers its checks of it in these cycles.
+            for i in range(self._settle):
+                with m.State(f"SETTLE_{i}"):
+                    m.next = f"SETTLE_{i + 1}" if i + 1 < self._settle else "START"
 
             with m.State("START"):
                 m.d.comb += self.run.start.eq(1)
