@@ -83,18 +83,24 @@ class MemoryWriter(wiring.Component):
         m = Module()
         addr = Signal(range(self._spec.depth + 1))
         remaining = Signal(range(self._spec.depth + 1))
+        # ``remaining != 0`` and ``remaining == 1`` kept as registers: ``ready`` goes back up the whole engine
+        # pipeline and ``done`` into the command processor, so neither may start with a counter compare.
+        loaded, one_left = Signal(), Signal()
         m.d.comb += [
-            self.i_transfer.ready.eq(remaining == 0),
-            self.i_rows.ready.eq(remaining != 0),
+            self.i_transfer.ready.eq(~loaded),
+            self.i_rows.ready.eq(loaded),
             self.port.addr.eq(addr), self.port.data.eq(self.i_rows.payload),
-            self.port.en.eq(self.i_rows.valid & self.i_rows.ready),
+            self.port.en.eq(self.i_rows.valid & loaded),
         ]
         with m.If(self.i_transfer.valid & self.i_transfer.ready):
-            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(self.i_transfer.payload.count)]
-            with m.If(self.i_transfer.payload.count == 0):
+            count = self.i_transfer.payload.count
+            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(count), loaded.eq(count != 0),
+                         one_left.eq(count == 1)]
+            with m.If(count == 0):
                 m.d.comb += self.done.eq(1)
         with m.If(self.port.en):
-            m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1)]
-            with m.If(remaining == 1):
+            m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1), one_left.eq(remaining == 2)]
+            with m.If(one_left):
+                m.d.sync += loaded.eq(0)
                 m.d.comb += self.done.eq(1)
         return m
