@@ -269,6 +269,7 @@ class Accelerator(wiring.Component):
                        ((1 << pool_bits) - 1) >> (32 * j) & 0xFFFFFFFF) for j in range(-(-pool_bits // 32))]
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
                                                 max_descriptor=max_descriptor_words(cfg), settle=SETTLE,
+                                                done_delay=1,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
                                                 mirror=mirror)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
@@ -362,21 +363,21 @@ class Accelerator(wiring.Component):
             "pend_layer", "pend_read", "pend_read_b", "pend_read_w", "pend_write", "pend_start"))
         fused = Signal()
 
+        # Each check is a list of terms, all of which must hold (see `checked` below).
         def window_ok(w, kmax):
-            return ((w.kernel != 0) & (w.kernel <= kmax) & (w.height != 0) & (w.width != 0)
-                    & (w.width <= cfg.max_width) & (w.stride != 0) & (w.groups != 0)
-                    & (w.pad_top < w.kernel) & (w.pad_bottom < w.kernel) & (w.pad_left < w.kernel)
-                    & (w.pad_right < w.kernel))
+            return [(w.kernel != 0), (w.kernel <= kmax), (w.height != 0), (w.width != 0), (w.width <= cfg.max_width),
+                    (w.stride != 0), (w.groups != 0), (w.pad_top < w.kernel), (w.pad_bottom < w.kernel),
+                    (w.pad_left < w.kernel), (w.pad_right < w.kernel)]
 
         def pool_ok(p):
             # Only what this target's pool engine computes (the iCE40's: max over windows up to 2x2, no clamp).
             clamp_ok = (p.qmin <= p.qmax) if pool_has_clamp(cfg) else ((p.qmin == -128) & (p.qmax == 127))
-            ok = ((p.mode.as_value() <= max(mode.value for mode in pool_modes(cfg)))
-                  & window_ok(p.window, pool_max_kernel(cfg)) & clamp_ok)
+            ok = ([p.mode.as_value() <= max(mode.value for mode in pool_modes(cfg))]
+                  + window_ok(p.window, pool_max_kernel(cfg)) + [clamp_ok])
             if cfg.target == "ice40":
                 # Its counters are as wide as these limits (a layer past them cannot fit the output memory).
                 height, groups = ice40_pool_limits(cfg)
-                ok = ok & (p.window.height <= height) & (p.window.groups <= groups)
+                ok += [p.window.height <= height, p.window.groups <= groups]
             return ok
 
         c = runs[EngineId.CONV]
@@ -385,7 +386,7 @@ class Accelerator(wiring.Component):
         pool_in = c.pool if mirror_pool else Mux(current == EngineId.CONV, c.pool, runs[EngineId.POOL].layer)
         # Fusing a pool needs the pool engine.
         pool_good = pool_ok(c.pool) if pool is not None else None
-        fuse_ok = (~c.fuse | pool_good) if pool is not None else ~c.fuse
+        fuse_ok = [~c.fuse | term for term in pool_good] if pool is not None else [~c.fuse]
         # The engine computes with the bits its memories can use (conv_limits): a layer past them, or a base
         # outside its memory, would not run as described, so it is refused (check_conv_limits on the host).
         # A value within a limit has no bit set above conv_layer_bits: the command processor keeps those bits as
@@ -393,23 +394,23 @@ class Accelerator(wiring.Component):
         lim = conv_limits(cfg)
         kept = conv_layer_bits(cfg)
         T = {name: Value.cast(L[name])[:kept[name]] for name in _CONV_CHECKED}
-        conv_ok = (~cp.run.flags[0]
-                   & (T["in_h"] != 0) & (T["in_w"] != 0) & (T["in_c"] != 0) & (T["out_h"] != 0) & (T["out_w"] != 0)
-                   & (T["out_c"] != 0) & (T["in_h"] <= lim.in_h) & (T["in_w"] <= lim.in_w) & (T["in_c"] <= lim.in_c)
-                   & (T["out_h"] <= lim.out_h) & (T["out_w"] <= lim.out_w) & (T["out_c"] <= lim.out_c)
-                   & (T["kernel_h"] != 0) & (T["kernel_h"] <= lim.kernel)
-                   & (T["kernel_w"] != 0) & (T["kernel_w"] <= lim.kernel) & (T["pad_top"] < T["kernel_h"])
-                   & (T["pad_left"] < T["kernel_w"]) & (T["act_channel_stride"] != 0)
-                   & (T["act_channel_stride"] <= lim.act_depth) & (T["act_base"] < lim.act_depth)
-                   & (T["weight_base"] < lim.weight_depth) & (T["param_base"] < lim.param_depth) & (L.qmin <= L.qmax)
-                   & (c.out_count != 0) & fuse_ok)
+        conv_ok = [~cp.run.flags[0],
+                   (T["in_h"] != 0), (T["in_w"] != 0), (T["in_c"] != 0), (T["out_h"] != 0), (T["out_w"] != 0),
+                   (T["out_c"] != 0), (T["in_h"] <= lim.in_h), (T["in_w"] <= lim.in_w), (T["in_c"] <= lim.in_c),
+                   (T["out_h"] <= lim.out_h), (T["out_w"] <= lim.out_w), (T["out_c"] <= lim.out_c),
+                   (T["kernel_h"] != 0), (T["kernel_h"] <= lim.kernel),
+                   (T["kernel_w"] != 0), (T["kernel_w"] <= lim.kernel), (T["pad_top"] < T["kernel_h"]),
+                   (T["pad_left"] < T["kernel_w"]), (T["act_channel_stride"] != 0),
+                   (T["act_channel_stride"] <= lim.act_depth), (T["act_base"] < lim.act_depth),
+                   (T["weight_base"] < lim.weight_depth), (T["param_base"] < lim.param_depth), (L.qmin <= L.qmax),
+                   (c.out_count != 0)] + fuse_ok
         d = runs[EngineId.DEPTHWISE]
-        dw_ok = (window_ok(d.layer.window, DW_KERNEL) & (d.in_count != 0) & (d.out_count != 0) & (d.w_count != 0)
-                 & (d.layer.qmin <= d.layer.qmax))
+        dw_ok = window_ok(d.layer.window, DW_KERNEL) + [(d.in_count != 0), (d.out_count != 0), (d.w_count != 0),
+                                                        (d.layer.qmin <= d.layer.qmax)]
         p = runs[EngineId.POOL]
-        p_ok = (pool_good if mirror_pool else pool_ok(p.layer)) & (p.in_count != 0) & (p.out_count != 0)
+        p_ok = (pool_good if mirror_pool else pool_ok(p.layer)) + [(p.in_count != 0), (p.out_count != 0)]
         a = runs[EngineId.ADD]
-        add_ok = (a.in_count != 0) & (a.out_count != 0) & (a.layer.count != 0) & (a.layer.qmin <= a.layer.qmax)
+        add_ok = [(a.in_count != 0), (a.out_count != 0), (a.layer.count != 0), (a.layer.qmin <= a.layer.qmax)]
 
         # An engine this instance was built without is an unknown engine: BAD_DESCRIPTOR. The checks are
         # registered twice (each engine's, then the verdict for the engine named): the command processor holds
@@ -421,10 +422,14 @@ class Accelerator(wiring.Component):
             for eid, ok, there in ((EngineId.CONV, conv_ok, True), (EngineId.DEPTHWISE, dw_ok, dw is not None),
                                    (EngineId.POOL, p_ok, pool is not None), (EngineId.ADD, add_ok, add is not None)):
                 if there:
-                    ok_q = Signal(name=f"{eid.name.lower()}_ok")
-                    m.d.sync += ok_q.eq(ok)
+                    # Stage 1: the terms in groups of four, each group's AND registered; stage 2: the verdict.
+                    groups = []
+                    for i in range(0, len(ok), 4):
+                        group = Signal(name=f"{eid.name.lower()}_ok_{i // 4}")
+                        m.d.sync += group.eq(Cat(*ok[i:i + 4]).all())
+                        groups.append(group)
                     with m.Case(eid):
-                        m.d.comb += verdict.eq(ok_q)
+                        m.d.comb += verdict.eq(Cat(*groups).all())
         m.d.sync += accept.eq(verdict)
 
         # Watchdog: cycles since the last memory row moved.
@@ -520,11 +525,15 @@ class Accelerator(wiring.Component):
                 m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(1)]
 
         finished = active & writer.done
-        # The engines are reset the cycle after the run ends (a registered flush: it reaches every register of
-        # every engine); nothing can start in that cycle, since a START takes a whole command first.
-        m.d.sync += flush.eq(finished | abort)
-        with m.If(finished | abort):
-            m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(abort & ~finished)]
+        # The end of a run is registered (DONE_DELAY): the writer's last row comes at the end of every engine's
+        # output path, and what it ends (the command processor's answer, the flush that reaches every register of
+        # every engine, the dispatcher's flags) is too much for the rest of that cycle. The run's cycles are
+        # counted to its last row all the same; nothing can start in the extra cycle, a START takes a command.
+        ended, ended_error = Signal(), Signal()
+        m.d.sync += [ended.eq(finished | abort), ended_error.eq(abort & ~finished)]
+        m.d.comb += flush.eq(ended)
+        with m.If(ended):
+            m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(ended_error)]
             m.d.sync += [active.eq(0), pend_layer.eq(0), pend_read.eq(0), pend_read_b.eq(0), pend_read_w.eq(0),
                          pend_write.eq(0), pend_start.eq(0), fused.eq(0)]
 

@@ -112,10 +112,14 @@ class CommandProcessor(wiring.Component):
     settle : int, optional
         Cycles between the descriptor's last word and ``run.start`` (0 by default): the descriptor registers
         hold still for that long before the engine side must judge them, so it can register its checks.
+    done_delay : int, optional
+        Cycles by which the engine side reports the end of an accepted run (``run.done``) after the run's last
+        cycle (0 by default; a registered ``done`` is 1). The run's cycles are counted to its end, not to the
+        report. A rejection is still answered in the start cycle.
     """
 
     def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=(),
-                 settle=0):
+                 settle=0, done_delay=0):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
@@ -125,6 +129,9 @@ class CommandProcessor(wiring.Component):
         if not isinstance(settle, int) or settle < 0:
             raise ValueError(f"settle must be a non-negative integer, not {settle!r}")
         self._settle = settle
+        if done_delay not in (0, 1):
+            raise ValueError(f"done_delay must be 0 or 1, not {done_delay!r}")
+        self._done_delay = done_delay
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
         all_bits = (1 << (32 * self._max_descriptor)) - 1
         self._keep = all_bits if keep is None else int(keep) & all_bits
@@ -216,12 +223,18 @@ class CommandProcessor(wiring.Component):
         # many more LUTs for a cone no shorter).
         lock = Signal(lock_layout(lock_bits(self._depths)))
         written = Signal()          # the memory addressed is engine-written
+        # SELECT registers the end's compare with every memory's depth (in parallel) and the lock of the memory
+        # addressed; RANGE then only selects.
+        fits = {known: Signal(name=f"fits_{known.name.lower()}") for known in self._depths}
         with m.Switch(memory):
             for known, depth in self._depths.items():
                 with m.Case(known):
-                    m.d.comb += [range_ok.eq(~count_big & ~addr_big & (end <= depth)),
+                    m.d.comb += [range_ok.eq(~count_big & ~addr_big & fits[known]),
                                  lock.eq(self.run.lock[known.value]), written.eq(known in self._engine_written)]
-        m.d.comb += lock_hit.eq(running & (((lock.lo < end) & (word_addr < lock.hi)) | (written & op_write)))
+        # Registered in SELECT: the lock bounds come from the dispatcher's descriptor arithmetic.
+        lock_q = Signal.like(lock)
+        written_q = Signal()
+        m.d.comb += lock_hit.eq(running & (((lock_q.lo < end) & (word_addr < lock_q.hi)) | (written_q & op_write)))
 
         def respond(words, code=None):
             """Answer with ``words`` words (1, 2 or 4; see SEND for what each is), with status ``code`` (the
@@ -304,7 +317,12 @@ class CommandProcessor(wiring.Component):
                         with m.Else():
                             m.next = "DISCARD"
                     with m.Else():
-                        m.next = "RANGE"
+                        m.next = "SELECT"
+
+            with m.State("SELECT"):
+                m.d.sync += [lock_q.eq(lock), written_q.eq(written)]
+                m.d.sync += [fits[known].eq(end <= depth) for known, depth in self._depths.items()]
+                m.next = "RANGE"
 
             with m.State("RANGE"):
                 m.d.sync += [in_range.eq(range_ok), in_lock.eq(lock_hit)]
@@ -395,7 +413,8 @@ class CommandProcessor(wiring.Component):
                         respond(1, Status.BAD_DESCRIPTOR)
                     m.next = "SEND"
                 with m.Else():
-                    m.d.sync += running.eq(1)
+                    # Counted from 1 in this cycle, less the cycle the end takes to be reported.
+                    m.d.sync += [running.eq(1), run_cycles.eq(1 - self._done_delay)]
                     with m.If(op_run):
                         m.next = "WAIT_RUN"
                     with m.Else():
