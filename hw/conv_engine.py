@@ -638,7 +638,11 @@ class ConvEngine(wiring.Component):
                         with m.Case(i):
                             m.d.sync += [entry.last_col.eq(last_col), entry.block_last.eq(block_last),
                                          entry.all_last.eq(all_last)]
-            head = Array(queue)[rd]
+            # The head entry, registered every cycle: its tile's columns show at least three cycles after its
+            # entry is written (the array's pipeline) and after ``rd`` moves on (the next tile's accumulation), so
+            # the copy is never stale when read, and ``keep`` is one LUT from a register, not a queue multiplexer.
+            head = Signal(info, name="tile_head")
+            m.d.sync += head.eq(Array(queue)[rd])
             out_pixel = Signal(len(tag.pixel))
             # The serial lane reads the column in place (the array holds it until it is taken) and its parameters
             # a lane at a time; a column past the layer's pixels is taken at once. No copy of the column, no
