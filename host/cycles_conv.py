@@ -22,7 +22,8 @@ first beat waits for the last column to go. A tile whose ``v`` columns hold pixe
 :func:`~cnnacc.hw.systolic_array.ice40_tile_cycles` of its depth and that drain. The last tile's columns up to
 ``last_column`` then follow each other at :func:`~cnnacc.hw.requantizer.requant_interval` cycles, then the
 output handshake (the columns past the layer's last pixel are left to the array, which drops them when the
-next layer starts).
+next layer starts). The first tile's last beat also waits until the input cursor has walked the second tile's
+columns, ``cols + 3`` cycles after the run starts: a layer of fewer beats a tile pays the difference, once.
 """
 
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ def conv_cycles(config, fields):
         beats = s.depth + (s.tiles - partials) * ice40_tile_cycles(s.depth, full) \
             + (partials - 1) * ice40_tile_cycles(s.depth, partial)
         drain = valid * interval + 1
+        # The first tile's last beat waits for the input cursor's walker (hw/conv_engine.py), ready cols + 3
+        # cycles after the run starts; later tiles are further apart than that.
+        beats += max(0, config.cols + 3 - s.depth)
     else:
         beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
         drain = s.last_column + 1 + REQUANT_LATENCY + requant_extra_stages(config.target) + 1

@@ -217,9 +217,16 @@ class _TileCursor:
     The user drives ``restarting`` high in the cycles it applies :meth:`reset` (and low when it applies
     :meth:`advance`): the two share one chain of ``cols - 1`` column steps, seeded by the first tile's column 0
     or the next tile's.
+
+    With ``walk`` (target ``"ice40"``, whose 42 MHz clock allows about 7 LUT levels where the chain is 20) the
+    chain is unrolled in time instead: in the cycles after each move a walker steps one column a cycle into
+    registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the first
+    tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are registered
+    copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is ``OW - 1``
+    (and ``span``), registered by the user (walk mode only).
     """
 
-    def __init__(self, m, layer, span, cols, name):
+    def __init__(self, m, layer, span, cols, name, walk=False, last_x=None):
         width = len(layer.out_w)
         # A column's x runs past the row end by at most cols - 1 (masked) when tiles stay within rows.
         self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}") for c in range(cols)]
@@ -233,7 +240,7 @@ class _TileCursor:
         def step(y, x):
             # Raster increment in span mode, along the row otherwise (columns past the row are masked).
             # Materialized as signals so that the chain of cols steps stays linear in size.
-            wrap = span & (x + 1 == layer.out_w)
+            wrap = span & ((x == last_x) if walk else (x + 1 == layer.out_w))
             ny, nx = Signal(range(cols + 1)), Signal(len(self.ox[0]))
             m.d.comb += [ny.eq(Mux(wrap, y + 1, y)), nx.eq(Mux(wrap, 0, x + 1))]
             return ny, nx
@@ -248,16 +255,53 @@ class _TileCursor:
         self.wrap_row = Signal(name=f"{name}_wrap_row")
         m.d.comb += self.wrap_row.eq(~span & wrap_row)
         self.restarting = Signal(name=f"{name}_restarting")
-        seed_x = Signal(len(self.ox[0]), name=f"{name}_seed_x")
-        m.d.comb += seed_x.eq(Mux(self.restarting, 0, first_x))
-        self.chain = [(Const(0, 1), seed_x)]
-        for _ in range(1, cols):
-            self.chain.append(step(*self.chain[-1]))
         # Row offsets and moves are at most cols: one clamp of rows_left keeps every compare a few bits wide.
         rows_near = Signal(range(cols + 2), name=f"{name}_rows_near")
         m.d.comb += rows_near.eq(Mux(self.rows_left > cols, cols + 1, self.rows_left))
         self.last_tile = Signal(name=f"{name}_last_tile")
-        m.d.comb += self.last_tile.eq(self.rows_down >= rows_near)
+        self._walk, self._span = walk, span
+        if not walk:
+            seed_x = Signal(len(self.ox[0]), name=f"{name}_seed_x")
+            m.d.comb += seed_x.eq(Mux(self.restarting, 0, first_x))
+            self.chain = [(Const(0, 1), seed_x)]
+            for _ in range(1, cols):
+                self.chain.append(step(*self.chain[-1]))
+            m.d.comb += self.last_tile.eq(self.rows_down >= rows_near)
+        else:
+            # The registered copies are taken in the cycle after a move (``moved``), from the moved cursor; the
+            # next move comes at least cols + 2 cycles later (``ready``).
+            rows_down_now, wrap_row_now = self.rows_down, self.wrap_row
+            self.rows_down = Signal(range(cols + 1), name=f"{name}_rows_down_r")
+            self.wrap_row = Signal(name=f"{name}_wrap_row_r")
+            last_now = Signal(name=f"{name}_last_now")
+            m.d.comb += last_now.eq(self.rows_down >= rows_near)
+            self.moved = Signal(name=f"{name}_moved")
+            m.d.sync += self.moved.eq(0)          # the user's reset() and advance() set it
+            wy, wx = Signal(range(cols + 1), name=f"{name}_walk_y"), Signal(len(self.ox[0]), name=f"{name}_walk_x")
+            self.chain = [(Const(0, 1), Signal(len(self.ox[0]), name=f"{name}_next_ox_0"))]
+            self.chain += [(Signal(range(cols + 1), name=f"{name}_next_dy_{c}"),
+                            Signal(len(self.ox[0]), name=f"{name}_next_ox_{c}")) for c in range(1, cols)]
+            count = Signal(range(cols + 1), name=f"{name}_walk_count")
+            self.ready = Signal(name=f"{name}_ready")
+            m.d.comb += self.ready.eq((count == cols) & ~self.moved)
+            # Two cycles to load the walker: the copies first, then the seed from them.
+            moved2 = Signal(name=f"{name}_moved2")
+            first_x_r = Signal(len(self.ox[0]), name=f"{name}_next_ox_r")
+            m.d.sync += moved2.eq(self.moved)
+            with m.If(self.moved):
+                m.d.sync += [count.eq(0), first_x_r.eq(first_x), self.rows_down.eq(rows_down_now),
+                             self.wrap_row.eq(wrap_row_now)]
+            with m.Elif(moved2):
+                m.d.sync += [wx.eq(Mux(last_now, 0, first_x_r)), wy.eq(0), self.last_tile.eq(last_now)]
+            with m.Elif(count != cols):
+                # Shift the walker in at the last column: after cols steps column c holds the walker's c-th.
+                ny, nx = step(wy, wx)
+                m.d.sync += [wy.eq(ny), wx.eq(nx), count.eq(count + 1),
+                             self.chain[-1][1].eq(wx), self.chain[0][1].eq(self.chain[1][1] if cols > 1 else wx)]
+                if cols > 1:
+                    m.d.sync += self.chain[-1][0].eq(wy)
+                for c in range(1, cols - 1):
+                    m.d.sync += [self.chain[c][0].eq(self.chain[c + 1][0]), self.chain[c][1].eq(self.chain[c + 1][1])]
         self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
         m.d.comb += [v.eq((dy < rows_near) & (x < layer.out_w))
                      for v, dy, x in zip(self.pixel_valid, self.dy, self.ox)]
@@ -270,15 +314,28 @@ class _TileCursor:
             stmts.append(self.ox[c].eq(x))
         return stmts
 
+    def _first_tile(self):
+        # Column c of the first tile: (c // OW, c % OW) when tiles span rows and OW <= c, else (0, c).
+        chain = []
+        for c in range(self._cols):
+            y, x = Const(0, 1), Const(c, self.ox[0].shape())
+            for k in range(1, c + 1):
+                hit = self._span & (self._layer.out_w == k)
+                y, x = Mux(hit, c // k, y), Mux(hit, c % k, x)
+            chain.append((y, x))
+        return chain
+
     def reset(self):
         """Statements (for an ``m.d.sync``) that move to the first tile."""
-        return self._place(self.chain) + [self.rows_left.eq(self._layer.out_h), self.pixel0.eq(0),
-                                          self.row_pixel.eq(0)]
+        stmts = [self.rows_left.eq(self._layer.out_h), self.pixel0.eq(0), self.row_pixel.eq(0)]
+        if self._walk:
+            return self._place(self._first_tile()) + stmts + [self.moved.eq(1)]
+        return self._place(self.chain) + stmts
 
     def advance(self):
         """Statements that move to the next tile."""
         next_row = self.row_pixel + self._layer.out_w
-        return self._place(self.chain) + [
+        return self._place(self.chain) + ([self.moved.eq(1)] if self._walk else []) + [
             self.rows_left.eq(self.rows_left - self.rows_down),
             self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
             self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
@@ -386,7 +443,6 @@ class ConvEngine(wiring.Component):
                                            param_depth=self.param_depth))
         narrowed = [layer[name].eq(self.layer[name]) for name, _ in layer.shape()]
         span = Signal()
-        m.d.comb += span.eq(~layer.stride2 & (layer.out_w == layer.in_w))
         setup, in_run, out_run = Signal(), Signal(), Signal()
         s1_valid, p_valid = Signal(), Signal()
         inflight = Signal(range(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3))
@@ -401,11 +457,22 @@ class ConvEngine(wiring.Component):
                 m.d.sync += narrowed
         with m.If(start):
             m.d.sync += setup.eq(1)
+        last_x = Signal(len(layer.out_w))         # OW - 1, where the cursor's columns wrap
+        if serial:
+            # Registered from the descriptor as it is sampled: the cursor's per-column steps then start from
+            # registers, not from a compare of two fields.
+            def field(name):
+                return self.layer[name][:len(layer[name])]
+            with m.If(start):
+                m.d.sync += [span.eq(~field("stride2") & (field("out_w") == field("in_w"))),
+                             last_x.eq(field("out_w") - 1)]
+        else:
+            m.d.comb += [span.eq(~layer.stride2 & (layer.out_w == layer.in_w)), last_x.eq(layer.out_w - 1)]
         with m.If(setup):
             m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
 
         # --- input side: one beat per cycle ------------------------------------------------------------------
-        cursor = _TileCursor(m, layer, span, cols, "in")
+        cursor = _TileCursor(m, layer, span, cols, "in", walk=serial, last_x=last_x)
         m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
@@ -422,9 +489,14 @@ class ConvEngine(wiring.Component):
         above = Signal(len(layer.pad_top))
         room = Signal(range(_field_max(layer, "in_h") + _field_max(layer, "pad_top") + 1))
 
-        last_ci = ci + 1 == layer.in_c
-        last_kx = kx + 1 == layer.kernel_w
-        last_ky = ky + 1 == layer.kernel_h
+        if serial:
+            # Registered a beat ahead, from the counters' next values: the tile's last beat is then one LUT away
+            # from the many enables it drives.
+            last_ci, last_kx, last_ky = Signal(), Signal(), Signal()
+        else:
+            last_ci = ci + 1 == layer.in_c
+            last_kx = kx + 1 == layer.kernel_w
+            last_ky = ky + 1 == layer.kernel_h
         tile_last = last_ci & last_kx & last_ky
         tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
@@ -432,10 +504,16 @@ class ConvEngine(wiring.Component):
 
         adv = Signal()
         m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
+        # A beat leaves the counters when stage 1 takes it; on ice40 a tile's last beat (which moves the cursor)
+        # also waits for the cursor's walker, which only a tile of very few beats ever notices.
+        issue = Signal()
+        m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if serial else in_run & adv)
 
         def restart_tile():
+            firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1),
+                      last_ky.eq(layer.kernel_h == 1)] if serial else []
             return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0),
-                    tile_first.eq(1)]
+                    tile_first.eq(1)] + firsts
 
         def restart_block():
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
@@ -444,17 +522,26 @@ class ConvEngine(wiring.Component):
         with m.If(setup):
             m.d.sync += restart_tile() + restart_block() + [
                 w_addr.eq(layer.weight_base), w_base.eq(layer.weight_base), out_block.eq(0)]
-        with m.Elif(in_run & adv):
+        with m.Elif(issue):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
+                if serial:
+                    m.d.sync += last_ci.eq(ci + 2 == layer.in_c)
             with m.Else():
                 m.d.sync += [ci.eq(0), chan_offset.eq(layer.act_base)]
+                if serial:
+                    m.d.sync += last_ci.eq(layer.in_c == 1)
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), tap_offset.eq(tap_offset + 1)]
+                    if serial:
+                        m.d.sync += last_kx.eq(kx + 2 == layer.kernel_w)
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1)),
                                  tap_offset.eq(Mux(last_ky, 0, tap_row + layer.in_w)),
                                  tap_row.eq(Mux(last_ky, 0, tap_row + layer.in_w))]
+                    if serial:
+                        m.d.sync += [last_kx.eq(layer.kernel_w == 1),
+                                     last_ky.eq(Mux(last_ky, layer.kernel_h == 1, ky + 2 == layer.kernel_h))]
             m.d.sync += [w_addr.eq(w_addr + 1), tile_first.eq(tile_last)]
             with m.If(tile_last):
                 step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
@@ -501,7 +588,7 @@ class ConvEngine(wiring.Component):
         inside = [Signal(name=f"inside_{c}") for c in range(cols)]
         s1_first, s1_last = Signal(), Signal()
         with m.If(adv):
-            m.d.sync += [s1_valid.eq(in_run), s1_first.eq(tile_first), s1_last.eq(tile_last)]
+            m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
                 tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
                 tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
@@ -544,14 +631,18 @@ class ConvEngine(wiring.Component):
             for c in range(1, cols):
                 with m.If(cursor.pixel_valid[c]):
                     m.d.comb += last_col.eq(c)
-            with m.If(~setup & in_run & adv & tile_last):
+            with m.If(~setup & issue & tile_last):
                 m.d.sync += wr.eq(wr + 1)
                 with m.Switch(wr):
                     for i, entry in enumerate(queue):
                         with m.Case(i):
                             m.d.sync += [entry.last_col.eq(last_col), entry.block_last.eq(block_last),
                                          entry.all_last.eq(all_last)]
-            head = Array(queue)[rd]
+            # The head entry, registered every cycle: its tile's columns show at least three cycles after its
+            # entry is written (the array's pipeline) and after ``rd`` moves on (the next tile's accumulation), so
+            # the copy is never stale when read, and ``keep`` is one LUT from a register, not a queue multiplexer.
+            head = Signal(info, name="tile_head")
+            m.d.sync += head.eq(Array(queue)[rd])
             out_pixel = Signal(len(tag.pixel))
             # The serial lane reads the column in place (the array holds it until it is taken) and its parameters
             # a lane at a time; a column past the layer's pixels is taken at once. No copy of the column, no

@@ -37,9 +37,11 @@ becomes valid with the beat's last channel. Beats come :func:`requant_interval` 
 acknowledged when its last result enters the output register) and nothing overlaps.
 
 With ``lane_fetch=True`` (what the conv engine builds) the block reads one channel at a time: it shows the
-channel it needs on ``lane``, takes that channel's accumulator on ``acc`` in the same cycle and its parameters on
-``params`` one cycle later (a synchronous memory read addressed by ``lane``), so neither a beat of ``lanes``
-accumulators nor ``lanes`` parameter sets are ever held. Without it the block has the beat interface of the
+channel it needs on ``lane``, takes that channel's accumulator on ``acc`` and its parameters on ``params`` (a
+synchronous memory read addressed by ``lane``: a cycle later), so neither a beat of ``lanes`` accumulators nor
+``lanes`` parameter sets are ever held. Both must show from the cycle that sees the beat (``lane`` is then the
+beat's first channel, shown since the last beat's last load) and stay until the channel is loaded: the block
+registers ``acc + bias`` and the shift's left part a cycle ahead of the load, for timing on the iCE40. Without it the block has the beat interface of the
 other targets and picks the lane's accumulator and parameters from the beat.
 
 Single rounding with a positive shift (an effective scale above 1) needs a left shift the serial path does not
@@ -178,7 +180,8 @@ class Requantizer(wiring.Component):
     acc : In(signed(32))
         Accumulator of channel ``lane``, in the same cycle (a multiplexer over the held beat).
     params : In(lane_params_layout())
-        Parameters of the channel ``lane`` showed in the previous cycle (a synchronous memory read).
+        Parameters of the channel ``lane`` showed in the previous cycle (a synchronous memory read); both from
+        the cycle that sees the beat, see above.
     """
 
     def __init__(self, lanes, tag_width=0, *, target="generic", lane_fetch=False):
@@ -360,8 +363,8 @@ class Requantizer(wiring.Component):
     # --- serial datapath (target "ice40") -------------------------------------------------------------------------
 
     def _elaborate_beat_feed(self):
-        """The beat interface around the lane-fetch core: the lane's accumulator is picked from the held beat, its
-        parameters through a register (the one-cycle latency of the memory the conv engine reads them from)."""
+        """The beat interface around the lane-fetch core: the lane's accumulator and parameters are picked from
+        the held beat (both then show from the cycle that sees the beat, as the core requires)."""
         m = Module()
         m.submodules.lane = core = Requantizer(self._lanes, self._tag_width, target="ice40", lane_fetch=True)
         m.d.comb += [core.single_rounding.eq(self.single_rounding), core.zero_point.eq(self.zero_point),
@@ -370,9 +373,7 @@ class Requantizer(wiring.Component):
                      core.acc.eq(self.i_acc.payload.acc[core.lane])]
         if self._tag_width:
             m.d.comb += core.i_acc.payload.tag.eq(self.i_acc.payload.tag)
-        params = Signal(lane_params_layout())
-        m.d.sync += params.eq(self.i_acc.payload.params[core.lane])
-        m.d.comb += core.params.eq(params)
+        m.d.comb += core.params.eq(self.i_acc.payload.params[core.lane])
         wiring.connect(m, core.o_data, wiring.flipped(self.o_data))
         return m
 
@@ -391,8 +392,16 @@ class Requantizer(wiring.Component):
         m.d.comb += free.eq(~o.valid | o.ready)
         write, load, finish = Signal(), Signal(), Signal()
         # A result goes into the output register only while it is free: the register shifts, one lane a write.
-        m.d.comb += [write.eq((phase == _WRITE) & free), finish.eq(write & last),
-                     load.eq((phase == _LOAD) | (write & ~last))]
+        # ``phase == _WRITE`` and ``phase == _LOAD`` as registers of their own: ``load`` enables most of the
+        # datapath's registers, so it is kept two LUTs from the output handshake.
+        at_write, at_load = Signal(), Signal()
+        m.d.sync += at_load.eq((phase == _IDLE) & self.i_acc.valid)
+        with m.If(phase == _ROUND):
+            m.d.sync += at_write.eq(1)
+        with m.Elif(write):
+            m.d.sync += at_write.eq(0)
+        m.d.comb += [write.eq(at_write & free), finish.eq(write & last),
+                     load.eq(at_load | (write & ~last))]
         # The beat stays on the input (stream rule) until its last result is written; only then is it taken.
         m.d.comb += self.i_acc.ready.eq(finish)
         with m.If(o.valid & o.ready):
@@ -422,11 +431,17 @@ class Requantizer(wiring.Component):
 
         params = self.params
         single = self.single_rounding
+        # ``acc + bias``, registered every cycle: a channel is loaded at least a cycle after its accumulator and
+        # parameters show (the cycle that sees the beat, or the rounding cycle before a write loads the next
+        # lane), so the 32-bit adder gets a cycle of its own instead of sharing one with the operand's load.
         x = Signal(signed(32))
-        m.d.comb += x.eq((self.acc + params.bias)[:32].as_signed())
+        m.d.sync += x.eq((self.acc + params.bias)[:32].as_signed())
         shift = params.shift
         left = Signal(range(31))                  # double rounding only
-        m.d.comb += left.eq(Mux(single | (shift <= 0), 0, shift))
+        left_wait = Signal(range(16))             # left >> 1, the first pass's zero digits
+        # Registered every cycle, as ``x`` below (the parameters show at least a cycle before the load).
+        m.d.sync += left.eq(Mux(single | (shift <= 0), 0, shift))
+        m.d.comb += left_wait.eq(left >> 1)
         right = Signal(range(32))                 # latched with the channel: it steers the second pass and the end
         with m.If(load):
             m.d.sync += right.eq(Mux(shift < 0, -shift, 0))
@@ -447,8 +462,8 @@ class Requantizer(wiring.Component):
         # The digit is decoded a cycle ahead, from the window the next step will see, and registered.
         next_window = Signal(3)
         with m.If(load):
-            m.d.sync += [operand.eq(load_first), wait.eq(left >> 1), go.eq((left >> 1) == 0)]
-            m.d.comb += next_window.eq(Mux((left >> 1) == 0, load_first[:3], 0))
+            m.d.sync += [operand.eq(load_first), wait.eq(left_wait), go.eq(left_wait == 0)]
+            m.d.comb += next_window.eq(Mux(left_wait == 0, load_first[:3], 0))
         with m.Elif(phase == _BETWEEN):
             m.d.sync += [operand.eq(load_second), wait.eq(exponent >> 1), go.eq((exponent >> 1) == 0)]
             m.d.comb += next_window.eq(Mux((exponent >> 1) == 0, load_second, 0))
@@ -488,8 +503,9 @@ class Requantizer(wiring.Component):
         up = Signal()
         m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0] & ~(single & (right != 0)),
                               low2[0] & (single | ~hi_neg | ~zero)))
-        rounded = Signal(signed(34))
-        m.d.comb += rounded.eq(quotient + up)
+        # Both candidates, then the choice: ``up`` (a few LUTs late) selects instead of entering the carry chain.
+        bumped, rounded = Signal(signed(34)), Signal(signed(34))
+        m.d.comb += [bumped.eq(quotient + 1), rounded.eq(Mux(up, bumped, quotient))]
         # After the first pass only INT32_MIN * INT32_MIN reaches 2**31, where TFLite saturates to INT32_MAX. Not
         # saturating changes no output: with no right shift both clamp to qmax, and with one (r >= 1) 2**31 and
         # 2**31 - 1 round to the same 2**(31 - r).
@@ -509,12 +525,22 @@ class Requantizer(wiring.Component):
 
         # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
         # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).
-        value = Signal(signed(34))
-        m.d.comb += value.eq(Mux(bypass, held, rounded))
+        # The flags of ``value = v0 + u`` (34 bits, as ``rounded``) without its 34-bit carry chain: ``u`` reaches
+        # bits 8 and up only as the carry ``c`` out of the low byte, and the flags of ``h + c`` (h = v0's bits 8
+        # and up, wrapping like the sum) follow from h's sign and a few all-ones/zero tests.
+        v0 = Signal(signed(34))
+        u = Signal()
+        m.d.comb += [v0.eq(Mux(bypass, held, quotient)), u.eq(~bypass & up)]
+        h = v0[8:]
+        c = Signal()
+        m.d.comb += c.eq(u & (v0[:8] == 0xFF))
+        h_max = ~h[-1] & (h[:-1] == (1 << (len(h) - 1)) - 1)
         result, above, below = Signal(10), Signal(), Signal()
         with m.If(phase == _ROUND):
-            m.d.sync += [result.eq(value[:10]), above.eq(~value[-1] & (value[8:] != 0)),
-                         below.eq(value[-1] & (value[8:] != (1 << (len(value) - 8)) - 1))]
+            m.d.sync += [result.eq(v0[:10] + u),
+                         above.eq(~h[-1] & Mux(c, ~h_max, h != 0)),
+                         below.eq(Mux(c, (h[-1] & (h[1:] != (1 << (len(h) - 1)) - 1)) | h_max,
+                                      h[-1] & (h != (1 << len(h)) - 1)))]
         biased = Signal(signed(11))
         m.d.comb += biased.eq(result.as_signed() + self.zero_point)
         clamped = Mux(above, self.qmax, Mux(below, self.qmin,
