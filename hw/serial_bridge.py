@@ -143,12 +143,19 @@ class SerialBridge(wiring.Component):
             m.d.sync += lane.eq(lane + 1)
 
         # The command's length in words: its low byte whole while the high byte arrives, then checked. Every
-        # phase ends when ``addr`` has stepped past its last word (a compare without an adder in front of it).
+        # phase ends when ``addr`` has stepped past its last word. ``past_command`` (``addr == length``) is a
+        # register, set as ``addr`` steps, from the incrementer ``addr`` already has: it drives ``i_rx.ready`` and
+        # ``o_cmd.last``, and as a compare it ran through the UART's and the command processor's handshakes into
+        # this block's state machine. It is cleared with ``addr``: a frame that gets to PAYLOAD is not empty.
         length = Signal(max(8, len(addr)))
         answer_words = Signal(range(max_words + 1))     # the stored answer's
         past_command = Signal()
         past_answer = Signal()
-        m.d.comb += [past_command.eq(addr == length), past_answer.eq(addr == answer_words)]
+        m.d.comb += past_answer.eq(addr == answer_words)
+        with m.If(addr_clear):
+            m.d.sync += past_command.eq(0)
+        with m.Elif(addr_step):
+            m.d.sync += past_command.eq(addr + 1 == length)
 
         # One CRC register: a frame is received and checked before the answer is sent, never both at once. A byte
         # sent enters the CRC a cycle after it left, from a register, so the CRC logic does not sit behind the
@@ -291,7 +298,7 @@ class SerialBridge(wiring.Component):
 
             # Hand the checked command to the processor from the buffer's output register, a word every two
             # cycles (far faster than the UART brings words in): in the cycle between two words the next one is
-            # read and ``addr`` steps past it, so ``last`` is the compare of ``addr`` with the length.
+            # read and ``addr`` steps past it, so ``last`` is ``past_command``.
             with m.State("FEED"):
                 m.d.comb += [self.o_cmd.valid.eq(~settle), cmd_load.eq(settle), addr_step.eq(settle)]
                 with m.If(self.o_cmd.valid & self.o_cmd.ready):
