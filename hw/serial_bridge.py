@@ -142,13 +142,25 @@ class SerialBridge(wiring.Component):
         with m.Elif(lane_step):
             m.d.sync += lane.eq(lane + 1)
 
-        # The command's length in words: its low byte whole while the high byte arrives, then checked. Every
-        # phase ends when ``addr`` has stepped past its last word (a compare without an adder in front of it).
+        # The command's length in words: its low byte whole while the high byte arrives, then checked, then (from
+        # JUDGE on) less one: the address of the last word. Every phase ends when ``addr`` has stepped past its
+        # last word. ``past_command`` (``addr == length`` in words) is a register, set as ``addr`` steps past the
+        # last word's address: it drives ``i_rx.ready`` and ``o_cmd.last``, and as a compare it ran through the
+        # UART's and the command processor's handshakes into this block's state machine; a compare after the
+        # incrementer mapped to a chain of LUTs. It is cleared with ``addr``: a frame that gets to PAYLOAD is not
+        # empty.
         length = Signal(max(8, len(addr)))
         answer_words = Signal(range(max_words + 1))     # the stored answer's
+        answer_last = Signal(range(max_words))          # ... and the address of its last word
         past_command = Signal()
         past_answer = Signal()
-        m.d.comb += [past_command.eq(addr == length), past_answer.eq(addr == answer_words)]
+        # ``past_answer`` (``addr == answer_words``) likewise, compared with the last word's address (kept as it
+        # is written, so no adder: after the incrementer, the compare mapped to a chain of LUTs). An answer has at
+        # least one word.
+        with m.If(addr_clear):
+            m.d.sync += [past_command.eq(0), past_answer.eq(0)]
+        with m.Elif(addr_step):
+            m.d.sync += [past_command.eq(addr == length), past_answer.eq(addr == answer_last)]
 
         # One CRC register: a frame is received and checked before the answer is sent, never both at once. A byte
         # sent enters the CRC a cycle after it left, from a register, so the CRC logic does not sit behind the
@@ -164,6 +176,7 @@ class SerialBridge(wiring.Component):
 
         seq = Signal(8)
         retry = Signal()            # the frame in hand is a RETRY
+        refused = Signal()          # its header is one we do not take (bad type, empty, too long)
         type_ok = Signal()          # ... or a COMMAND
         damaged = Signal()
         done_seq = Signal(8)        # seq of the command whose answer is stored
@@ -201,12 +214,14 @@ class SerialBridge(wiring.Component):
         m.d.sync += settle.eq(0)
         answered = Signal()         # the answer's last word was collected last cycle
 
+        # ``timed_out`` is ``idle == idle_timeout`` as a register (the compare of a wide counter fed every state's
+        # exit): it is set as ``idle`` reaches the timeout and cleared with it.
         idle = Signal(range(self._idle_timeout + 1))
+        timed_out = Signal()
         with m.If(got):
-            m.d.sync += idle.eq(0)
-        with m.Elif(idle != self._idle_timeout):
-            m.d.sync += idle.eq(idle + 1)
-        timed_out = idle == self._idle_timeout
+            m.d.sync += [idle.eq(0), timed_out.eq(0)]
+        with m.Elif(~timed_out):
+            m.d.sync += [idle.eq(idle + 1), timed_out.eq(idle == self._idle_timeout - 1)]
 
         m.d.comb += [
             cmd_wp.addr.eq(addr), cmd_wp.data.eq(byte_in.replicate(4)),
@@ -223,120 +238,137 @@ class SerialBridge(wiring.Component):
             m.d.comb += [crc_init.eq(1), addr_clear.eq(1), lane_clear.eq(1)]
             m.d.sync += [nak.eq(is_nak), phase.eq(0)]
 
-        with m.FSM():
-            with m.State("HUNT"):
-                m.d.comb += self.i_rx.ready.eq(1)
-                with m.If(got & (byte_in == SYNC)):
-                    m.d.comb += [crc_init.eq(1), lane_clear.eq(1)]
-                    m.d.sync += damaged.eq(0)
-                    m.next = "HEADER"
+        # The state machine, one-hot: a state's flag is one register, so every decision that depends on the
+        # state reads it straight (a binary state, which yosys does not re-encode because it has a reset value,
+        # put a decoder and a wide enable in front of every transition).
+        names = ("HUNT", "HEADER", "JUDGE", "PAYLOAD", "CRC", "VERIFY", "FEED", "COLLECT", "NAK", "SEND")
+        state = {name: Signal(init=name == "HUNT", name=f"state_{name.lower()}") for name in names}
 
-            with m.State("HEADER"):
-                m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
-                with m.If(got):
-                    m.d.comb += [crc_step.eq(1), lane_step.eq(1)]
-                    with m.Switch(lane):
-                        with m.Case(0):
-                            m.d.sync += [retry.eq(byte_in == FrameType.RETRY),
-                                         type_ok.eq((byte_in == FrameType.COMMAND) |
-                                                    (byte_in == FrameType.RETRY))]
-                        with m.Case(1):
-                            m.d.sync += seq.eq(byte_in)
-                        with m.Case(2):
-                            m.d.sync += length[:8].eq(byte_in)
-                        with m.Case(3):
-                            m.d.sync += length[8:].eq(byte_in)
-                            m.d.comb += addr_clear.eq(1)
-                            full_length = Cat(length[:8], byte_in)
-                            with m.If((full_length == 0) | (full_length > max_words) | ~type_ok):
-                                m.next = "NAK"      # a frame we will not take: swallow the rest, then say so
-                            with m.Else():
-                                m.next = "PAYLOAD"
-                with m.Elif(timed_out):
-                    m.next = "NAK"
+        def goto(current, following):
+            m.d.sync += [state[current].eq(0), state[following].eq(1)]
 
-            with m.State("PAYLOAD"):
-                # A cycle with no byte taken after the last word, to see that it was the last.
-                m.d.comb += [self.i_rx.ready.eq(~past_command), crc_byte.eq(byte_in)]
-                with m.If(past_command):
-                    m.next = "CRC"
-                with m.Elif(got):
-                    m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
-                with m.Elif(timed_out):
-                    m.next = "NAK"
+        with m.If(state["HUNT"]):
+            m.d.comb += self.i_rx.ready.eq(1)
+            # A state that is always ready takes a byte on ``valid`` alone (not on ``got``, which goes through
+            # the ready of every state).
+            with m.If(self.i_rx.valid & (byte_in == SYNC)):
+                m.d.comb += [crc_init.eq(1), lane_clear.eq(1)]
+                m.d.sync += damaged.eq(0)
+                goto("HUNT", "HEADER")
 
-            with m.State("CRC"):
-                m.d.comb += self.i_rx.ready.eq(1)
-                with m.If(got):
-                    m.d.comb += lane_step.eq(1)
-                    m.d.sync += damaged.eq(damaged | (byte_in != crc.word_select(lane[0], 8)))
-                    with m.If(lane[0]):
-                        m.next = "VERIFY"
-                with m.Elif(timed_out):
-                    m.next = "NAK"
-
-            # The verdict on the CRC a cycle after its last byte, from a register.
-            with m.State("VERIFY"):
-                with m.If(damaged):
-                    m.d.sync += self.crc_error.eq(1)
-                    m.next = "NAK"
-                with m.Elif(replay):
-                    start_frame(is_nak=0)
-                    m.next = "SEND"
-                with m.Else():
-                    # The stored answer is about to be overwritten by this command's.
-                    m.d.comb += addr_clear.eq(1)
-                    m.d.sync += [settle.eq(1), done_valid.eq(0)]
-                    m.next = "FEED"
-
-            # Hand the checked command to the processor from the buffer's output register, a word every two
-            # cycles (far faster than the UART brings words in): in the cycle between two words the next one is
-            # read and ``addr`` steps past it, so ``last`` is the compare of ``addr`` with the length.
-            with m.State("FEED"):
-                m.d.comb += [self.o_cmd.valid.eq(~settle), cmd_load.eq(settle), addr_step.eq(settle)]
-                with m.If(self.o_cmd.valid & self.o_cmd.ready):
-                    m.d.sync += settle.eq(1)
-                    with m.If(past_command):
+        with m.If(state["HEADER"]):
+            m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
+            with m.If(self.i_rx.valid):
+                m.d.comb += [crc_step.eq(1), lane_step.eq(1)]
+                with m.Switch(lane):
+                    with m.Case(0):
+                        m.d.sync += [retry.eq(byte_in == FrameType.RETRY),
+                                     type_ok.eq((byte_in == FrameType.COMMAND) |
+                                                (byte_in == FrameType.RETRY))]
+                    with m.Case(1):
+                        m.d.sync += seq.eq(byte_in)
+                    with m.Case(2):
+                        m.d.sync += length[:8].eq(byte_in)
+                    with m.Case(3):
+                        full_length = Cat(length[:8], byte_in)
+                        m.d.sync += [length[8:].eq(byte_in),
+                                     refused.eq((full_length == 0) | (full_length > max_words) | ~type_ok)]
                         m.d.comb += addr_clear.eq(1)
-                        m.next = "COLLECT"
+                        goto("HEADER", "JUDGE")
+            with m.Elif(timed_out):
+                goto("HEADER", "NAK")
 
-            # Collect the answer; words past max_words are dropped. The last word's flag is registered before
-            # anything acts on it, so the processor's output logic does not run into this block's.
-            with m.State("COLLECT"):
-                m.d.comb += self.i_answer.ready.eq(1)
-                with m.If(self.i_answer.valid):
-                    with m.If(addr < max_words):
-                        m.d.comb += [store_answer.eq(1), addr_step.eq(1)]
-                    m.d.sync += answered.eq(self.i_answer.payload.last)
-                with m.If(answered):
-                    start_frame(is_nak=0)
-                    m.d.sync += [answered.eq(0), answer_words.eq(addr), done_seq.eq(seq), done_valid.eq(1)]
-                    m.next = "SEND"
+        # The header's verdict a cycle after its last byte, from a register (no byte arrives that soon).
+        with m.If(state["JUDGE"]):
+            m.d.sync += length.eq(length - 1)
+            with m.If(refused):
+                goto("JUDGE", "NAK")      # a frame we will not take: swallow the rest, then say so
+            with m.Else():
+                goto("JUDGE", "PAYLOAD")
 
-            with m.State("NAK"):
-                # Wait for the line to fall silent, so the tail of a damaged frame is not read as a new one.
-                m.d.comb += self.i_rx.ready.eq(1)
-                with m.If(timed_out):
-                    start_frame(is_nak=1)
-                    m.next = "SEND"
+        with m.If(state["PAYLOAD"]):
+            # A cycle with no byte taken after the last word, to see that it was the last.
+            m.d.comb += [self.i_rx.ready.eq(~past_command), crc_byte.eq(byte_in)]
+            with m.If(past_command):
+                goto("PAYLOAD", "CRC")
+            with m.Elif(self.i_rx.valid):     # ready: not past_command
+                m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
+            with m.Elif(timed_out):
+                goto("PAYLOAD", "NAK")
 
-            with m.State("SEND"):
-                m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(sent_byte)]
-                with m.If(settle):
-                    # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
-                    # last word of the payload, ``addr`` has stepped past the answer.
-                    m.d.comb += crc_step.eq((phase >= 2) & (phase <= 6))
-                    with m.If((phase == 5) & past_answer):
-                        m.d.sync += phase.eq(6)
-                with m.If(self.o_tx.valid & self.o_tx.ready):
-                    m.d.sync += [settle.eq(1), sent_byte.eq(tx_byte)]
-                    with m.Switch(phase):
-                        with m.Case(4):
-                            m.d.sync += phase.eq(Mux(nak, 6, 5))
-                        with m.Case(5):
-                            m.d.comb += [lane_step.eq(1), addr_step.eq(lane == 3)]
-                        with m.Case(7):
-                            m.next = "HUNT"
-                        with m.Default():
-                            m.d.sync += phase.eq(phase + 1)
+        with m.If(state["CRC"]):
+            m.d.comb += self.i_rx.ready.eq(1)
+            with m.If(self.i_rx.valid):
+                m.d.comb += lane_step.eq(1)
+                m.d.sync += damaged.eq(damaged | (byte_in != crc.word_select(lane[0], 8)))
+                with m.If(lane[0]):
+                    goto("CRC", "VERIFY")
+            with m.Elif(timed_out):
+                goto("CRC", "NAK")
+
+        # The verdict on the CRC a cycle after its last byte, from a register.
+        with m.If(state["VERIFY"]):
+            with m.If(damaged):
+                m.d.sync += self.crc_error.eq(1)
+                goto("VERIFY", "NAK")
+            with m.Elif(replay):
+                start_frame(is_nak=0)
+                goto("VERIFY", "SEND")
+            with m.Else():
+                # The stored answer is about to be overwritten by this command's.
+                m.d.comb += addr_clear.eq(1)
+                m.d.sync += [settle.eq(1), done_valid.eq(0)]
+                goto("VERIFY", "FEED")
+
+        # Hand the checked command to the processor from the buffer's output register, a word every two
+        # cycles (far faster than the UART brings words in): in the cycle between two words the next one is
+        # read and ``addr`` steps past it, so ``last`` is ``past_command``.
+        with m.If(state["FEED"]):
+            m.d.comb += [self.o_cmd.valid.eq(~settle), cmd_load.eq(settle), addr_step.eq(settle)]
+            with m.If(self.o_cmd.valid & self.o_cmd.ready):
+                m.d.sync += settle.eq(1)
+                with m.If(past_command):
+                    m.d.comb += addr_clear.eq(1)
+                    goto("FEED", "COLLECT")
+
+        # Collect the answer; words past max_words are dropped. The last word's flag is registered before
+        # anything acts on it, so the processor's output logic does not run into this block's.
+        with m.If(state["COLLECT"]):
+            m.d.comb += self.i_answer.ready.eq(1)
+            with m.If(self.i_answer.valid):
+                with m.If(addr < max_words):
+                    m.d.comb += [store_answer.eq(1), addr_step.eq(1)]
+                    m.d.sync += answer_last.eq(addr)
+                m.d.sync += answered.eq(self.i_answer.payload.last)
+            with m.If(answered):
+                start_frame(is_nak=0)
+                m.d.sync += [answered.eq(0), answer_words.eq(addr), done_seq.eq(seq), done_valid.eq(1)]
+                goto("COLLECT", "SEND")
+
+        with m.If(state["NAK"]):
+            # Wait for the line to fall silent, so the tail of a damaged frame is not read as a new one.
+            m.d.comb += self.i_rx.ready.eq(1)
+            with m.If(timed_out):
+                start_frame(is_nak=1)
+                goto("NAK", "SEND")
+
+        with m.If(state["SEND"]):
+            m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(sent_byte)]
+            with m.If(settle):
+                # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
+                # last word of the payload, ``addr`` has stepped past the answer.
+                m.d.comb += crc_step.eq((phase >= 2) & (phase <= 6))
+                with m.If((phase == 5) & past_answer):
+                    m.d.sync += phase.eq(6)
+            with m.If(self.o_tx.valid & self.o_tx.ready):
+                m.d.sync += [settle.eq(1), sent_byte.eq(tx_byte)]
+                with m.Switch(phase):
+                    with m.Case(4):
+                        m.d.sync += phase.eq(Mux(nak, 6, 5))
+                    with m.Case(5):
+                        m.d.comb += [lane_step.eq(1), addr_step.eq(lane == 3)]
+                    with m.Case(7):
+                        goto("SEND", "HUNT")
+                    with m.Default():
+                        m.d.sync += phase.eq(phase + 1)
         return m
