@@ -542,7 +542,7 @@ class _Ice40Pool(wiring.Component):
         s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
 
         # A layer starts once the previous one has left the pipeline, as the generic engine takes its next one.
-        load = Signal()
+        load = Signal(attrs={"keep": 1})
         m.d.comb += load.eq(self.i_layer.valid & ~started & ~s1_valid & ~s2_valid & ~o.valid)
 
         # The line buffer half of this row: consecutive input rows alternate, and so do the last input row and a
@@ -557,13 +557,19 @@ class _Ice40Pool(wiring.Component):
         last_body_col = in_col & at_last
         last_col = right | (last_body_col & ~pad_right)
 
-        fire = Signal()
+        # The input's valid arrives late (through the accelerator's routing), and the enables of every counter
+        # depend on it through ``fire``: kept wires (yosys's ABC maps each side separately) make it enter at the
+        # last LUTs, where a unit-delay mapping would otherwise thread it through the flags' logic.
+        keep = {"keep": 1}
+        fire = Signal(attrs=keep)
         m.d.comb += [
             self.i_pixels.ready.eq(in_bounds & ~stall),
             fire.eq(started & ~stall & (~in_bounds | self.i_pixels.valid)),
         ]
-        row_end = fire & last_col
-        plane_end = row_end & last_row
+        end_col, end_row = Signal(attrs=keep), Signal(attrs=keep)
+        row_end, plane_end = Signal(attrs=keep), Signal(attrs=keep)
+        m.d.comb += [end_col.eq(last_col), end_row.eq(last_row),
+                     row_end.eq(fire & end_col), plane_end.eq(row_end & end_row)]
         layer_end = plane_end & last_plane
         # Taken with the last position (from the flags, the stall and the input's valid: a few LUTs); taking it a
         # cycle later would lengthen a layer that ends on positions no window reaches by a cycle.
@@ -574,14 +580,16 @@ class _Ice40Pool(wiring.Component):
         new_phase = Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM, _BODY)))
         # The layer goes on after a row's end unless the row ends its last plane.
         started_next = Mux(load, w.groups[:gbits] != 0, ~(last_row & last_plane))
+        at_first, at_next = Signal(attrs=keep), Signal(attrs=keep)
+        m.d.comb += [at_first.eq(w.width == 1), at_next.eq(px + 2 == w.width)]
         with m.If(load | row_end):
-            m.d.sync += [px.eq(0), at_last.eq(w.width == 1), col_wait.eq(wide), left.eq(pad_left), right.eq(0),
+            m.d.sync += [px.eq(0), at_last.eq(at_first), col_wait.eq(wide), left.eq(pad_left), right.eq(0),
                          in_bounds.eq(started_next & ~new_phase[0] & ~pad_left)]
         with m.Elif(fire):
             m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
                          right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
             with m.If(~left):
-                m.d.sync += [px.eq(px_next), at_last.eq(px + 2 == w.width)]
+                m.d.sync += [px.eq(px_next), at_last.eq(at_next)]
         with m.If(load | plane_end):
             m.d.sync += [rows_left.eq(w.height[:ybits]), last_body_row.eq(w.height[:ybits] == 1)]
         with m.Elif(row_end & body):
