@@ -576,7 +576,8 @@ class _Ice40Pool(wiring.Component):
         m.d.comb += self.i_layer.ready.eq(layer_end)
         # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable. The row
         # and plane counters count down to 1: smaller, measured, than counting up to the descriptor's value.
-        restart = load | plane_end
+        # Within a row's end, "the plane ends" is the early flag ``end_row``, not the late ``plane_end``.
+        restart = load | end_row
         new_phase = Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM, _BODY)))
         # The layer goes on after a row's end unless the row ends its last plane.
         started_next = Mux(load, w.groups[:gbits] != 0, ~(last_row & last_plane))
@@ -590,10 +591,11 @@ class _Ice40Pool(wiring.Component):
                          right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
             with m.If(~left):
                 m.d.sync += [px.eq(px_next), at_last.eq(at_next)]
-        with m.If(load | plane_end):
-            m.d.sync += [rows_left.eq(w.height[:ybits]), last_body_row.eq(w.height[:ybits] == 1)]
-        with m.Elif(row_end & body):
-            m.d.sync += [rows_left.eq(rows_left - 1), last_body_row.eq(rows_left == 2)]
+        with m.If(load | row_end):
+            with m.If(restart):
+                m.d.sync += [rows_left.eq(w.height[:ybits]), last_body_row.eq(w.height[:ybits] == 1)]
+            with m.Elif(body):
+                m.d.sync += [rows_left.eq(rows_left - 1), last_body_row.eq(rows_left == 2)]
         with m.If(load):
             m.d.sync += [groups_left.eq(w.groups[:gbits]), last_plane.eq(w.groups[:gbits] == 1),
                          started.eq(w.groups[:gbits] != 0)]
