@@ -517,7 +517,13 @@ class _Ice40Pool(wiring.Component):
         px = Signal(range(cfg.max_width + 1))
         rows_left = Signal(ybits)                         # input rows of this plane from this one on
         groups_left = Signal(gbits)                       # planes of the layer from this one on
-        started = groups_left != 0                        # scanning a layer (0 after its last plane)
+        # Registered flags for what the counters would otherwise be compared for on every position: set one
+        # cycle early from the counter's next value, so the scan's end conditions (which reach the enables of
+        # every counter and, through ``i_layer.ready``, the accelerator) start at flip-flops, not carry chains.
+        started = Signal()                                # scanning a layer (groups_left != 0)
+        last_plane = Signal()                             # groups_left == 1
+        last_body_row = Signal()                          # rows_left == 1
+        at_last = Signal()                                # px + 1 == width
         # Row phase: phase[0] is set on the padding rows (TOP, BOTTOM), phase[1] on the rows whose row above is
         # not an input row of this plane to read (AFTER_TOP, the first input row under a top padding row; BOTTOM,
         # where it does not matter).
@@ -530,13 +536,15 @@ class _Ice40Pool(wiring.Component):
         # (the input's ready and the line buffer's address come straight from them), and ``px`` counts input
         # columns, held on the left padding column (whose tap is never read) and one past the last on the right.
         left, right = Signal(), Signal()
+        # started & body & ~left & ~right, kept as its own flip-flop: the input's ready is this and the stall
+        # only (it reaches the producer's pipeline enables through the accelerator's routing).
+        in_bounds = Signal()
         s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
 
         # A layer starts once the previous one has left the pipeline, as the generic engine takes its next one.
-        load = Signal()
+        load = Signal(attrs={"keep": 1})
         m.d.comb += load.eq(self.i_layer.valid & ~started & ~s1_valid & ~s2_valid & ~o.valid)
 
-        last_body_row = rows_left == 1
         # The line buffer half of this row: consecutive input rows alternate, and so do the last input row and a
         # bottom padding row (``rows_left`` is 0 there). A top padding row shares the first input row's half: the
         # input row reads the never written rows instead, and overwrites it.
@@ -546,41 +554,57 @@ class _Ice40Pool(wiring.Component):
         px_next = Signal.like(px)
         m.d.comb += px_next.eq(px + 1)
         in_col = ~left & ~right
-        last_body_col = in_col & (px_next == w.width)
+        last_body_col = in_col & at_last
         last_col = right | (last_body_col & ~pad_right)
-        in_bounds = body & in_col
 
-        fire = Signal()
+        # The input's valid arrives late (through the accelerator's routing), and the enables of every counter
+        # depend on it through ``fire``: kept wires (yosys's ABC maps each side separately) make it enter at the
+        # last LUTs, where a unit-delay mapping would otherwise thread it through the flags' logic.
+        keep = {"keep": 1}
+        fire = Signal(attrs=keep)
         m.d.comb += [
-            self.i_pixels.ready.eq(started & ~stall & in_bounds),
+            self.i_pixels.ready.eq(in_bounds & ~stall),
             fire.eq(started & ~stall & (~in_bounds | self.i_pixels.valid)),
         ]
-        row_end = fire & last_col
-        plane_end = row_end & last_row
-        layer_end = plane_end & (groups_left == 1)
+        end_col, end_row = Signal(attrs=keep), Signal(attrs=keep)
+        row_end, plane_end = Signal(attrs=keep), Signal(attrs=keep)
+        m.d.comb += [end_col.eq(last_col), end_row.eq(last_row),
+                     row_end.eq(fire & end_col), plane_end.eq(row_end & end_row)]
+        layer_end = plane_end & last_plane
+        # Taken with the last position (from the flags, the stall and the input's valid: a few LUTs); taking it a
+        # cycle later would lengthen a layer that ends on positions no window reaches by a cycle.
         m.d.comb += self.i_layer.ready.eq(layer_end)
         # Each counter is cleared (a free synchronous reset) or loaded, or stepped, under one enable. The row
         # and plane counters count down to 1: smaller, measured, than counting up to the descriptor's value.
+        # Within a row's end, "the plane ends" is the early flag ``end_row``, not the late ``plane_end``.
+        restart = load | end_row
+        new_phase = Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM, _BODY)))
+        # The layer goes on after a row's end unless the row ends its last plane.
+        started_next = Mux(load, w.groups[:gbits] != 0, ~(last_row & last_plane))
+        at_first, at_next = Signal(attrs=keep), Signal(attrs=keep)
+        m.d.comb += [at_first.eq(w.width == 1), at_next.eq(px + 2 == w.width)]
         with m.If(load | row_end):
-            m.d.sync += [px.eq(0), col_wait.eq(wide), left.eq(pad_left), right.eq(0)]
+            m.d.sync += [px.eq(0), at_last.eq(at_first), col_wait.eq(wide), left.eq(pad_left), right.eq(0),
+                         in_bounds.eq(started_next & ~new_phase[0] & ~pad_left)]
         with m.Elif(fire):
             m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
-                         right.eq(last_body_col)]
+                         right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
             with m.If(~left):
-                m.d.sync += px.eq(px_next)
-        with m.If(load | plane_end):
-            m.d.sync += rows_left.eq(w.height[:ybits])
-        with m.Elif(row_end & body):
-            m.d.sync += rows_left.eq(rows_left - 1)
-        with m.If(load):
-            m.d.sync += groups_left.eq(w.groups[:gbits])
-        with m.Elif(plane_end):
-            m.d.sync += groups_left.eq(groups_left - 1)
+                m.d.sync += [px.eq(px_next), at_last.eq(at_next)]
         with m.If(load | row_end):
-            restart = load | plane_end
+            with m.If(restart):
+                m.d.sync += [rows_left.eq(w.height[:ybits]), last_body_row.eq(w.height[:ybits] == 1)]
+            with m.Elif(body):
+                m.d.sync += [rows_left.eq(rows_left - 1), last_body_row.eq(rows_left == 2)]
+        with m.If(load):
+            m.d.sync += [groups_left.eq(w.groups[:gbits]), last_plane.eq(w.groups[:gbits] == 1),
+                         started.eq(w.groups[:gbits] != 0)]
+        with m.Elif(plane_end):
+            m.d.sync += [groups_left.eq(groups_left - 1), last_plane.eq(groups_left == 2),
+                         started.eq(~last_plane)]
+        with m.If(load | row_end):
             m.d.sync += [
-                phase.eq(Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM,
-                                                                                             _BODY)))),
+                phase.eq(new_phase),
                 row_wait.eq(Mux(restart, wide, Mux(row_wait == 0, w.stride - 1, row_wait - 1))),
             ]
 
