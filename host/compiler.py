@@ -29,7 +29,7 @@ descriptor the RTL receives.
 
 import math
 
-from ..hw.accelerator import DW_GROUPS, DW_KERNEL
+from ..hw.accelerator import DW_GROUPS, DW_KERNEL, conv_output_stages
 from ..hw.add_engine import add_latency, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, check_conv_limits, conv_layer
@@ -180,7 +180,7 @@ def tile_cycles(config, step, descriptors):
     """
     first = descriptors[0]
     if step.kind == "conv":
-        cycles = conv_cycles(config, first)
+        cycles = conv_cycles(config, first) + conv_output_stages(config)
         if len(descriptors) == 2:
             cycles += _pool_tail(config, descriptors[1])
     elif step.kind == "depthwise":

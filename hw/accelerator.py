@@ -68,7 +68,7 @@ from .streamer import MemoryReader, MemoryWriter
 
 __all__ = ["Accelerator", "memory_specs", "conv_row_words", "run_layouts", "descriptor_words",
            "max_descriptor_words", "conv_layer_bits", "descriptor_bits", "DW_GROUPS", "DW_KERNEL", "WATCHDOG_CYCLES",
-           "SETTLE", "ENGINE_MEMORIES", "ENGINE_IDS"]
+           "SETTLE", "ENGINE_MEMORIES", "ENGINE_IDS", "conv_output_stages"]
 
 #: Channel groups the depthwise weight memory holds (2048 channels at 8 lanes).
 DW_GROUPS = 256
@@ -77,9 +77,10 @@ DW_KERNEL = 3
 #: Cycles without a memory row read or written (or a conv result) after which a run is aborted: longer than any
 #: conv tile's reduction (Cin x KH x KW beats): every 3x3 and 5x5 conv, 7x7 up to Cin = 2674.
 WATCHDOG_CYCLES = 1 << 17
-#: Cycles the command processor waits between a descriptor's last word and the start of its run: the dispatcher
-#: registers its checks of the descriptor (each engine's, then the verdict) in them.
-SETTLE = 2
+#: Cycles the command processor waits between a descriptor's last word and the start of its run: the last word
+#: reaches its register in the first, the dispatcher registers its checks of the descriptor (each engine's, then
+#: the verdict) in the other two.
+SETTLE = 3
 
 
 def _pow2_words(bits):
@@ -153,6 +154,12 @@ def run_layouts(config):
             "out_count": count,
         }),
     }
+
+
+def conv_output_stages(config):
+    """Register stages between the conv engine's output and its consumers (the pool engine, the writer): 1 on
+    the iCE40 (see the accelerator), else 0. Each adds one cycle to a conv run."""
+    return 1 if config.target == "ice40" else 0
 
 
 def max_descriptor_words(config):
@@ -361,7 +368,6 @@ class Accelerator(wiring.Component):
         m.d.comb += mems.engine_active.eq(active)
         pend_layer, pend_read, pend_read_b, pend_read_w, pend_write, pend_start = (Signal(name=n) for n in (
             "pend_layer", "pend_read", "pend_read_b", "pend_read_w", "pend_write", "pend_start"))
-        fused = Signal()
 
         # Each check is a list of terms, all of which must hold (see `checked` below).
         def window_ok(w, kmax):
@@ -502,7 +508,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += [lock_hi[memory].eq(0) for memory in specs]
                 with m.Switch(engine_id):
                     with m.Case(EngineId.CONV):
-                        m.d.sync += [pend_start.eq(1), pend_layer.eq(c.fuse), fused.eq(c.fuse)]
+                        m.d.sync += [pend_start.eq(1), pend_layer.eq(c.fuse)]
                         m.d.sync += (own(MemoryId.CONV_ACT, L.act_base, c.act_count)
                                      + own(MemoryId.WEIGHTS, L.weight_base, c.weight_count)
                                      + own(MemoryId.PARAMS, L.param_base, c.param_count)
@@ -535,7 +541,7 @@ class Accelerator(wiring.Component):
         with m.If(ended):
             m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(ended_error)]
             m.d.sync += [active.eq(0), pend_layer.eq(0), pend_read.eq(0), pend_read_b.eq(0), pend_read_w.eq(0),
-                         pend_write.eq(0), pend_start.eq(0), fused.eq(0)]
+                         pend_write.eq(0), pend_start.eq(0)]
 
         # Conv start: one pulse; the layer is sampled with it.
         m.d.comb += conv.layer.eq(c.layer)
@@ -598,6 +604,21 @@ class Accelerator(wiring.Component):
         offer(pend_write, writer.i_transfer,
               [writer.i_transfer.payload.base.eq(out_base), writer.i_transfer.payload.count.eq(out_count)])
 
+        # The conv engine's output, through a register slice on the iCE40 (conv_output_stages): its ready
+        # reaches back through the requantizer into the array's enables, too far to also come through the pool
+        # engine or the writer in the same cycle. A beat takes two cycles through it; the iCE40's serial
+        # requantizer gives one every requant_interval cycles at most, so only the last beat's cycle is added.
+        conv_data, conv_valid, conv_ready = Signal.like(conv.o_data.payload.data), Signal(), Signal()
+        if conv_output_stages(cfg):
+            m.d.comb += conv.o_data.ready.eq(~conv_valid)
+            with m.If(conv.o_data.valid & ~conv_valid):
+                m.d.sync += [conv_valid.eq(1), conv_data.eq(conv.o_data.payload.data)]
+            with m.Elif(conv_ready):
+                m.d.sync += conv_valid.eq(0)
+        else:
+            m.d.comb += [conv_data.eq(conv.o_data.payload.data), conv_valid.eq(conv.o_data.valid),
+                         conv.o_data.ready.eq(conv_ready)]
+
         # --- stream routing --------------------------------------------------------------------------------------
         def route(source, sink):
             """``source`` stream into ``sink`` stream (payload, valid, ready)."""
@@ -609,22 +630,52 @@ class Accelerator(wiring.Component):
                          dw.i_weights.valid.eq(reader_w.o_rows.valid), reader_w.o_rows.ready.eq(dw.i_weights.ready)]
         if add is not None:
             route(reader_b.o_rows, add.i_b)
-        with m.Switch(current):
-            with m.Case(EngineId.CONV):
-                with m.If(fused):
-                    if pool is not None:
-                        m.d.comb += [pool.i_pixels.payload.eq(conv.o_data.payload.data),
-                                     pool.i_pixels.valid.eq(conv.o_data.valid),
-                                     conv.o_data.ready.eq(pool.i_pixels.ready)]
-                        route(pool.o_pixels, writer.i_rows)
-                with m.Else():
-                    m.d.comb += [writer.i_rows.payload.eq(conv.o_data.payload.data),
-                                 writer.i_rows.valid.eq(conv.o_data.valid), conv.o_data.ready.eq(writer.i_rows.ready)]
-            for eid, eng, inp, out in ((EngineId.DEPTHWISE, dw, "i_pixels", "o_pixels"),
-                                       (EngineId.POOL, pool, "i_pixels", "o_pixels"),
-                                       (EngineId.ADD, add, "i_a", "o_pixels")):
-                if eng is not None:
-                    with m.Case(eid):
-                        route(reader_a.o_rows, getattr(eng, inp))
-                        route(getattr(eng, out), writer.i_rows)
+        # Who feeds whom, as one registered flag per route, set when the run starts: every valid, ready and
+        # payload below is then one AND-OR after its source (the engines' handshakes are on the critical path).
+        routes = {name: Signal(name=f"route_{name}") for name in ("conv_writer", "conv_pool", "pool_writer",
+                                                                  "dw", "pool", "add")}
+        with m.If(cp.run.start & accept):
+            m.d.sync += [routes["conv_writer"].eq((engine_id == EngineId.CONV) & ~c.fuse),
+                         routes["conv_pool"].eq((engine_id == EngineId.CONV) & c.fuse),
+                         routes["pool_writer"].eq(((engine_id == EngineId.CONV) & c.fuse)
+                                                  | (engine_id == EngineId.POOL)),
+                         routes["dw"].eq(engine_id == EngineId.DEPTHWISE), routes["pool"].eq(engine_id == EngineId.POOL),
+                         routes["add"].eq(engine_id == EngineId.ADD)]
+        with m.Elif(ended):
+            m.d.sync += [route.eq(0) for route in routes.values()]
+
+        def _or(*values):
+            out = values[0]
+            for value in values[1:]:
+                out = out | value
+            return out
+
+        def join(sink_payload, sink_valid, sources):
+            """``sources``: (route flag, payload, valid), at most one flag set: the sink gets that source."""
+            m.d.comb += [sink_valid.eq(_or(*(flag & valid for flag, _, valid in sources))),
+                         sink_payload.eq(_or(*(Mux(flag, payload, 0) for flag, payload, _ in sources)))]
+
+        to_writer = [(routes["conv_writer"], conv_data, conv_valid)]
+        ready_of_conv = [routes["conv_writer"] & writer.i_rows.ready]
+        ready_of_reader = []
+        if pool is not None:
+            to_writer.append((routes["pool_writer"], pool.o_pixels.payload, pool.o_pixels.valid))
+            m.d.comb += pool.o_pixels.ready.eq(writer.i_rows.ready & routes["pool_writer"])
+            sources = [(routes["conv_pool"], conv_data, conv_valid)]
+            ready_of_conv.append(routes["conv_pool"] & pool.i_pixels.ready)
+            if reader_a is not None:
+                sources.append((routes["pool"], reader_a.o_rows.payload, reader_a.o_rows.valid))
+                ready_of_reader.append(routes["pool"] & pool.i_pixels.ready)
+            join(pool.i_pixels.payload, pool.i_pixels.valid, sources)
+        for key, eng, inp in (("dw", dw, "i_pixels"), ("add", add, "i_a")):
+            if eng is not None:
+                port = getattr(eng, inp)
+                m.d.comb += [port.payload.eq(reader_a.o_rows.payload), port.valid.eq(routes[key] & reader_a.o_rows.valid)]
+                ready_of_reader.append(routes[key] & port.ready)
+                to_writer.append((routes[key], eng.o_pixels.payload, eng.o_pixels.valid))
+                m.d.comb += eng.o_pixels.ready.eq(writer.i_rows.ready & routes[key])
+        join(writer.i_rows.payload, writer.i_rows.valid, to_writer)
+        m.d.comb += conv_ready.eq(_or(*ready_of_conv))
+        if reader_a is not None:
+            m.d.comb += reader_a.o_rows.ready.eq(_or(*ready_of_reader) if ready_of_reader else 0)
         return m

@@ -110,8 +110,9 @@ class CommandProcessor(wiring.Component):
         written into the ``mask`` bits of word ``dst``. Two engines that find one field at two places can then read
         it from one place (the dispatcher needs no multiplexer for it).
     settle : int, optional
-        Cycles between the descriptor's last word and ``run.start`` (0 by default): the descriptor registers
-        hold still for that long before the engine side must judge them, so it can register its checks.
+        Cycles between the descriptor's last word and ``run.start``, at least 1 (the default): a word is written
+        into the descriptor registers the cycle after it is taken, and the engine side may use the cycles after
+        that to register its checks of the complete descriptor.
     done_delay : int, optional
         Cycles by which the engine side reports the end of an accepted run (``run.done``) after the run's last
         cycle (0 by default; a registered ``done`` is 1). The run's cycles are counted to its end, not to the
@@ -119,15 +120,15 @@ class CommandProcessor(wiring.Component):
     """
 
     def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=(),
-                 settle=0, done_delay=0):
+                 settle=1, done_delay=0):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
                 raise ValueError(f"depth of {memory.name} must be from 1 to 2**24 words, not {depth}")
         self._config_id = int(config_id) & 0xFFFFFFFF
         self._max_descriptor = int(max_descriptor)
-        if not isinstance(settle, int) or settle < 0:
-            raise ValueError(f"settle must be a non-negative integer, not {settle!r}")
+        if not isinstance(settle, int) or settle < 1:
+            raise ValueError(f"settle must be a positive integer, not {settle!r}")
         self._settle = settle
         if done_delay not in (0, 1):
             raise ValueError(f"done_delay must be 0 or 1, not {done_delay!r}")
@@ -255,6 +256,34 @@ class CommandProcessor(wiring.Component):
             self.run.length.eq(desc_index),
         ]
 
+        # A descriptor word taken in DESCRIPTOR is written here a cycle later (SETTLE covers the delay).
+        held_write = Signal()
+        held_word = Signal(32)
+        held_index = Signal(range(self._max_descriptor + 1))
+        m.d.sync += held_write.eq(0)
+        with m.If(held_write):
+            for i in range(self._max_descriptor):
+                with m.If(held_index == i):
+                    # Only the kept bits are registered (a register loaded from the bus is a whole logic
+                    # cell a bit); a flag per word stands for the bits that are only checked for zero.
+                    keep = (self._keep >> (32 * i)) & 0xFFFFFFFF
+                    for lo, hi in _runs(keep):
+                        m.d.sync += self.run.descriptor[i][lo:hi].eq(held_word[lo:hi])
+                    for k, mask in enumerate(self._flags):
+                        part = (mask >> (32 * i)) & 0xFFFFFFFF
+                        if part:
+                            m.d.sync += word_flags[k][i].eq((held_word & part) != 0)
+            for w0, src, dst, mask in self._mirror:
+                # Word 0 arrived first: it is in its register.
+                with m.If((held_index == src) & (self.run.descriptor[0] == w0)):
+                    for lo, hi in _runs(mask & (self._keep >> (32 * dst))):
+                        m.d.sync += self.run.descriptor[dst][lo:hi].eq(held_word[lo:hi])
+
+        # run.start from a register (high exactly in START): it fans out to much of the dispatcher.
+        start_pulse = Signal()
+        m.d.sync += start_pulse.eq(0)
+        m.d.comb += self.run.start.eq(start_pulse)
+
         with m.FSM():
             with m.State("HEADER"):
                 m.d.comb += self.i_host.ready.eq(1)
@@ -368,26 +397,13 @@ class CommandProcessor(wiring.Component):
             with m.State("DESCRIPTOR"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    for i in range(self._max_descriptor):
-                        with m.If(desc_index == i):
-                            # Only the kept bits are registered (a register loaded from the bus is a whole logic
-                            # cell a bit); a flag per word stands for the bits that are only checked for zero.
-                            keep = (self._keep >> (32 * i)) & 0xFFFFFFFF
-                            for lo, hi in _runs(keep):
-                                m.d.sync += self.run.descriptor[i][lo:hi].eq(word.data[lo:hi])
-                            for k, mask in enumerate(self._flags):
-                                part = (mask >> (32 * i)) & 0xFFFFFFFF
-                                if part:
-                                    m.d.sync += word_flags[k][i].eq((word.data & part) != 0)
-                    for w0, src, dst, mask in self._mirror:
-                        # Word 0 arrived first: it is in its register.
-                        with m.If((desc_index == src) & (self.run.descriptor[0] == w0)):
-                            for lo, hi in _runs(mask & (self._keep >> (32 * dst))):
-                                m.d.sync += self.run.descriptor[dst][lo:hi].eq(word.data[lo:hi])
+                    # Written into the descriptor registers the next cycle, from registers: the decode of which
+                    # word this is and the enables of its bits would otherwise follow the handshake in one cycle.
+                    m.d.sync += [held_write.eq(1), held_word.eq(word.data), held_index.eq(desc_index)]
                     m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         with m.If(word.last):
-                            m.next = "SETTLE_0" if self._settle else "START"
+                            m.next = "SETTLE_0"
                         with m.Else():
                             m.d.sync += status.eq(Status.BAD_LENGTH)
                             m.next = "DISCARD"
@@ -399,9 +415,10 @@ class CommandProcessor(wiring.Component):
             for i in range(self._settle):
                 with m.State(f"SETTLE_{i}"):
                     m.next = f"SETTLE_{i + 1}" if i + 1 < self._settle else "START"
+                    if i + 1 == self._settle:
+                        m.d.sync += start_pulse.eq(1)
 
             with m.State("START"):
-                m.d.comb += self.run.start.eq(1)
                 # A new run drops the result of one that nobody waited for.
                 m.d.sync += [run_cycles.eq(1), finished.eq(0)]
                 with m.If(self.run.done):
