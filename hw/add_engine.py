@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 from ..host.quant import quantize_multiplier_smaller_than_one_exp
 from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product
+from .requantizer import rounding_divide
 from .window_generator import pixel_layout
 
 __all__ = ["AddEngine", "add_layer_layout", "add_layer", "add_latency", "ADD_LATENCY", "LEFT_SHIFT"]
@@ -84,17 +85,6 @@ def _high_mul(m, en, a, b, name):
     return high
 
 
-def _rounding_divide(m, x, right, name):
-    """RoundingDivideByPOT, combinational: ``x / 2**right`` rounded to nearest, ties away from zero."""
-    mask = Signal(32, name=f"{name}_mask")
-    m.d.comb += mask.eq((Const(1, 33) << right) - 1)
-    remainder = Signal(32, name=f"{name}_rem")
-    m.d.comb += remainder.eq(x.as_unsigned() & mask)
-    threshold = Signal(33, name=f"{name}_thr")
-    m.d.comb += threshold.eq((mask >> 1) + (x < 0))
-    return (x >> right) + (remainder > threshold)
-
-
 class AddEngine(wiring.Component):
     """Elementwise integer ADD.
 
@@ -154,11 +144,11 @@ class AddEngine(wiring.Component):
             hb = _high_mul(m, en, b1, layer.m2, f"{name}_b")
             total = Signal(signed(32), name=f"{name}_sum")            # stage 4
             with m.If(en):
-                m.d.sync += total.eq(_rounding_divide(m, ha, layer.s1, f"{name}_da")
-                                     + _rounding_divide(m, hb, layer.s2, f"{name}_db"))
+                m.d.sync += total.eq(rounding_divide(m, ha, layer.s1, f"{name}_da")
+                                     + rounding_divide(m, hb, layer.s2, f"{name}_db"))
             ho = _high_mul(m, en, total, layer.mo, f"{name}_o")                 # stages 5, 6
             out = Signal(signed(34), name=f"{name}_out")
-            m.d.comb += out.eq(_rounding_divide(m, ho, layer.so, f"{name}_do") + layer.zp_out)
+            m.d.comb += out.eq(rounding_divide(m, ho, layer.so, f"{name}_do") + layer.zp_out)
             clamped = Mux(out < layer.qmin, layer.qmin, Mux(out > layer.qmax, layer.qmax, out))
             with m.If(en):                                             # stage 7
                 m.d.sync += self.o_pixels.payload[lane].eq(clamped[:8])

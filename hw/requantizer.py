@@ -56,7 +56,7 @@ from .dsp_ecp5 import booth_digit_count, booth_digits, lut_product, lut_product_
 
 __all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout",
            "requant_output_layout", "requant_interval", "requant_latency", "requant_extra_stages", "check_shifts",
-           "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
+           "rounding_divide", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -144,6 +144,17 @@ def requant_output_layout(lanes, tag_width=0):
     if tag_width:
         fields["tag"] = tag_width
     return data.StructLayout(fields)
+
+
+def rounding_divide(m, x, right, name):
+    """RoundingDivideByPOT, combinational: ``x / 2**right`` rounded to nearest, ties away from zero."""
+    mask = Signal(32, name=f"{name}_mask")
+    m.d.comb += mask.eq((Const(1, 33) << right) - 1)
+    remainder = Signal(32, name=f"{name}_rem")
+    m.d.comb += remainder.eq(x.as_unsigned() & mask)
+    threshold = Signal(33, name=f"{name}_thr")
+    m.d.comb += threshold.eq((mask >> 1) + (x < 0))
+    return (x >> right) + (remainder > threshold)
 
 
 class Requantizer(wiring.Component):
@@ -293,13 +304,7 @@ class Requantizer(wiring.Component):
                 right4.eq(Mux(single, 0, right3)),
             ]
 
-            mask = Signal(32, name=f"l{lane}_mask")
-            m.d.comb += mask.eq((Const(1, 33) << right4) - 1)
-            remainder = Signal(32, name=f"l{lane}_remainder")
-            m.d.comb += remainder.eq(high4.as_unsigned() & mask)
-            threshold = Signal(33, name=f"l{lane}_threshold")
-            m.d.comb += threshold.eq((mask >> 1) + (high4 < 0))
-            m.d.sync += scaled5.eq((high4 >> right4) + (remainder > threshold))
+            m.d.sync += scaled5.eq(rounding_divide(m, high4, right4, f"l{lane}"))
         self._clamp(m, en, lane, scaled5)
 
     def _clamp(self, m, en, lane, scaled):

@@ -89,12 +89,13 @@ def test_fixed_point_helpers_match_quant():
     hide an LSB error of its intermediate stages, so the stages are checked on their own."""
     from amaranth.hdl import Module, Signal, signed
     from cnnacc.host import quant
-    from cnnacc.hw.add_engine import _high_mul, _rounding_divide
+    from cnnacc.hw.add_engine import _high_mul
+    from cnnacc.hw.requantizer import rounding_divide
 
     m = Module()
     x, right, a, b = Signal(signed(32)), Signal(range(32)), Signal(signed(32)), Signal(signed(32))
     div = Signal(signed(33))
-    m.d.comb += div.eq(_rounding_divide(m, x, right, "t"))
+    m.d.comb += div.eq(rounding_divide(m, x, right, "t"))
     high = _high_mul(m, 1, a, b, "t")
     rng = np.random.default_rng(5)
     xs = [0, 1, -1, 2, -2, 3, -3, 5, -5, 6, -6, (1 << 31) - 1, -(1 << 31), 1 << 20, -(1 << 20)]
