@@ -254,8 +254,12 @@ class _TileCursor:
         m.d.comb += self.wrap_row.eq(~span & wrap_row)
         self.restarting = Signal(name=f"{name}_restarting")
         # Row offsets and moves are at most cols: one clamp of rows_left keeps every compare a few bits wide.
+        def near(rows):
+            return Mux(rows > cols, cols + 1, rows)
         rows_near = Signal(range(cols + 2), name=f"{name}_rows_near")
-        m.d.comb += rows_near.eq(Mux(self.rows_left > cols, cols + 1, self.rows_left))
+        self._near, self._rows_near = near, rows_near
+        if not walk:
+            m.d.comb += rows_near.eq(near(self.rows_left))
         self.last_tile = Signal(name=f"{name}_last_tile")
         self._walk, self._span = walk, span
         if not walk:
@@ -280,26 +284,37 @@ class _TileCursor:
             self.chain += [(Signal(range(cols + 1), name=f"{name}_next_dy_{c}"),
                             Signal(len(self.ox[0]), name=f"{name}_next_ox_{c}")) for c in range(1, cols)]
             count = Signal(range(cols + 1), name=f"{name}_walk_count")
+            # ``ready`` is ``count == cols`` outside the cycle after a move, kept in a register (its compare fed
+            # the enables of every input-side counter); the user's moves clear it (reset(), advance()).
             self.ready = Signal(name=f"{name}_ready")
-            m.d.comb += self.ready.eq((count == cols) & ~self.moved)
+            # rows_near is a register too, moved with rows_left: the next tile's value is computed while the
+            # walker runs, from the registered rows_down (valid two cycles after a move, before ``ready``).
+            # In two steps (a subtraction, then the clamp): the walker takes at least three more cycles.
+            rows_next = Signal.like(self.rows_left, name=f"{name}_rows_left_next")
+            near_next = Signal.like(rows_near, name=f"{name}_rows_near_next")
+            m.d.sync += [rows_next.eq(self.rows_left - self.rows_down), near_next.eq(near(rows_next))]
+            self._near_next = near_next
             # Two cycles to load the walker: the copies first, then the seed from them.
             moved2 = Signal(name=f"{name}_moved2")
             first_x_r = Signal(len(self.ox[0]), name=f"{name}_next_ox_r")
             m.d.sync += moved2.eq(self.moved)
             with m.If(self.moved):
                 m.d.sync += [count.eq(0), first_x_r.eq(first_x), self.rows_down.eq(rows_down_now),
-                             self.wrap_row.eq(wrap_row_now)]
+                             self.wrap_row.eq(wrap_row_now), self.ready.eq(0)]
             with m.Elif(moved2):
-                m.d.sync += [wx.eq(Mux(last_now, 0, first_x_r)), wy.eq(0), self.last_tile.eq(last_now)]
+                m.d.sync += [wx.eq(Mux(last_now, 0, first_x_r)), wy.eq(0), self.last_tile.eq(last_now),
+                             self.ready.eq(0)]
             with m.Elif(count != cols):
                 # Shift the walker in at the last column: after cols steps column c holds the walker's c-th.
                 ny, nx = step(wy, wx)
-                m.d.sync += [wy.eq(ny), wx.eq(nx), count.eq(count + 1),
+                m.d.sync += [wy.eq(ny), wx.eq(nx), count.eq(count + 1), self.ready.eq(count == cols - 1),
                              self.chain[-1][1].eq(wx), self.chain[0][1].eq(self.chain[1][1] if cols > 1 else wx)]
                 if cols > 1:
                     m.d.sync += self.chain[-1][0].eq(wy)
                 for c in range(1, cols - 1):
                     m.d.sync += [self.chain[c][0].eq(self.chain[c + 1][0]), self.chain[c][1].eq(self.chain[c + 1][1])]
+            with m.Else():
+                m.d.sync += self.ready.eq(1)
         self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
         m.d.comb += [v.eq((dy < rows_near) & (x < layer.out_w))
                      for v, dy, x in zip(self.pixel_valid, self.dy, self.ox)]
@@ -327,13 +342,15 @@ class _TileCursor:
         """Statements (for an ``m.d.sync``) that move to the first tile."""
         stmts = [self.rows_left.eq(self._layer.out_h), self.pixel0.eq(0), self.row_pixel.eq(0)]
         if self._walk:
-            return self._place(self._first_tile()) + stmts + [self.moved.eq(1)]
+            return self._place(self._first_tile()) + stmts + [
+                self.moved.eq(1), self.ready.eq(0), self._rows_near.eq(self._near(self._layer.out_h))]
         return self._place(self.chain) + stmts
 
     def advance(self):
         """Statements that move to the next tile."""
         next_row = self.row_pixel + self._layer.out_w
-        return self._place(self.chain) + ([self.moved.eq(1)] if self._walk else []) + [
+        walked = [self.moved.eq(1), self.ready.eq(0), self._rows_near.eq(self._near_next)] if self._walk else []
+        return self._place(self.chain) + walked + [
             self.rows_left.eq(self.rows_left - self.rows_down),
             self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
             self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
@@ -441,8 +458,8 @@ class ConvEngine(wiring.Component):
                                            param_depth=self.param_depth))
         narrowed = [layer[name].eq(self.layer[name]) for name, _ in layer.shape()]
         span = Signal()
-        setup, in_run, out_run = Signal(), Signal(), Signal()
-        s1_valid, p_valid = Signal(), Signal()
+        setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
+        s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
         inflight = Signal(range(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3))
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)
@@ -474,7 +491,8 @@ class ConvEngine(wiring.Component):
         m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
-        ci, kx, ky = Signal(len(layer.in_c)), Signal(len(layer.kernel_w)), Signal(len(layer.kernel_h))
+        ci, kx, ky = (Signal(len(layer.in_c), name="ci"), Signal(len(layer.kernel_w), name="kx"),
+                      Signal(len(layer.kernel_h), name="ky"))
         chan_offset = Signal(addr_bits)                    # act_base + ci * act_channel_stride
         tap_offset, tap_row = Signal(flat_bits), Signal(flat_bits)     # ky * W + kx, ky * W
         tile_base, row_base = Signal(flat_bits), Signal(flat_bits)     # flat input index of column 0's top-left tap
@@ -484,13 +502,31 @@ class ConvEngine(wiring.Component):
         # below it (both change only when the cursor moves).
         # Both only decrease and are only used clamped at 0, so they saturate there: ``above`` then fits the
         # padding's few bits and ``room`` needs no sign.
-        above = Signal(len(layer.pad_top))
-        room = Signal(range(_field_max(layer, "in_h") + _field_max(layer, "pad_top") + 1))
+        above = Signal(len(layer.pad_top), name="above")
+        room = Signal(range(_field_max(layer, "in_h") + _field_max(layer, "pad_top") + 1), name="room")
+        # Stage 1 compares each column's tap row with ``room - above``, both clamped to the few rows a column can
+        # reach (see there).
+        reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
+
+        def window_height(room, above):
+            return Mux(room > reach + 1, reach + 1, room) - above
+        height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
+        if serial:
+            # ``height`` is a register, moved with ``room`` and ``above``; their next tile's values are computed
+            # while the cursor's walker runs, from its registered ``rows_down`` (valid two cycles after a move),
+            # in two steps, at least a cycle before the walker is ready.
+            down = cursor.rows_down << layer.stride2
+            above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
+            height_next = Signal.like(height, name="height_next")
+            m.d.sync += [above_next.eq(Mux(above > down, above - down, 0)), room_next.eq(Mux(room > down, room - down, 0)),
+                         height_next.eq(window_height(room_next, above_next))]
+        else:
+            m.d.comb += height.eq(window_height(room, above))
 
         if serial:
             # Registered a beat ahead, from the counters' next values: the tile's last beat is then one LUT away
             # from the many enables it drives.
-            last_ci, last_kx, last_ky = Signal(), Signal(), Signal()
+            last_ci, last_kx, last_ky = Signal(name="last_ci"), Signal(name="last_kx"), Signal(name="last_ky")
         else:
             last_ci = ci + 1 == layer.in_c
             last_kx = kx + 1 == layer.kernel_w
@@ -514,8 +550,11 @@ class ConvEngine(wiring.Component):
                     tile_first.eq(1)] + firsts
 
         def restart_block():
+            # The first tile's height, clamp(in_h + pad_top) - pad_top, is min(in_h, reach + 1 - pad_top).
+            first_height = Mux(layer.in_h + layer.pad_top > reach + 1, reach + 1 - layer.pad_top, layer.in_h)
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
-                                     above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)]
+                                     above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
+                                         [height.eq(first_height)] if serial else [])
 
         with m.If(setup):
             m.d.sync += restart_tile() + restart_block() + [
@@ -548,9 +587,13 @@ class ConvEngine(wiring.Component):
                     with m.If(all_last):
                         m.d.sync += in_run.eq(0)
                 with m.Else():
-                    down = cursor.rows_down << layer.stride2
-                    m.d.sync += cursor.advance() + [w_addr.eq(w_base), above.eq(Mux(above > down, above - down, 0)),
-                                                    room.eq(Mux(room > down, room - down, 0))]
+                    m.d.sync += cursor.advance() + [w_addr.eq(w_base)]
+                    if serial:
+                        m.d.sync += [above.eq(above_next), room.eq(room_next), height.eq(height_next)]
+                    else:
+                        down = cursor.rows_down << layer.stride2
+                        m.d.sync += [above.eq(Mux(above > down, above - down, 0)),
+                                     room.eq(Mux(room > down, room - down, 0))]
                     with m.If(span):
                         m.d.sync += tile_base.eq(tile_base + cols)
                     with m.Elif(cursor.wrap_row):
@@ -571,20 +614,17 @@ class ConvEngine(wiring.Component):
         # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map. A tap
         # row is inside when ``above <= dy * stride + ky < room``: both bounds are clamped once per tile to the
         # few values a column can reach, so the per-column compares are a few bits wide.
-        reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
-        above_near, room_near = Signal(range(reach + 2)), Signal(range(reach + 2))
-        m.d.comb += [above_near.eq(above), room_near.eq(Mux(room > reach + 1, reach + 1, room))]
         # As for columns: the tap row counted from the first row inside, ``dy * stride + ky - above``, is inside
-        # when its sign is clear and it is below ``room - above``, both shared by the columns.
-        ky_rel, height = Signal(signed(len(ky) + 1)), Signal(signed(len(room_near) + 1))
-        m.d.comb += [ky_rel.eq(ky - above_near), height.eq(room_near - above_near)]
+        # when its sign is clear and it is below ``height`` (``room - above``), both shared by the columns.
+        ky_rel = Signal(signed(len(ky) + 1))
+        m.d.comb += ky_rel.eq(ky - above)
         # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the map
         # when its sign is clear and it is below W, one compare a column.
         kx_rel = Signal(signed(len(layer.kernel_w) + 1))
         m.d.comb += kx_rel.eq(kx - layer.pad_left)
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         inside = [Signal(name=f"inside_{c}") for c in range(cols)]
-        s1_first, s1_last = Signal(), Signal()
+        s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         with m.If(adv):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
@@ -645,7 +685,7 @@ class ConvEngine(wiring.Component):
             # The serial lane reads the column in place (the array holds it until it is taken) and its parameters
             # a lane at a time; a column past the layer's pixels is taken at once. No copy of the column, no
             # parameter beat.
-            keep, at_end = Signal(), Signal()
+            keep, at_end = Signal(name="keep"), Signal(name="at_end")
             m.d.comb += [keep.eq(column.col <= head.last_col), at_end.eq(column.col == head.last_col)]
             with m.If(taken & keep):
                 m.d.sync += out_pixel.eq(Mux(at_end & head.block_last, 0, out_pixel + 1))
