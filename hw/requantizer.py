@@ -448,8 +448,9 @@ class Requantizer(wiring.Component):
         m.d.sync += left.eq(Mux(single | (shift <= 0), 0, shift))
         m.d.comb += left_wait.eq(left >> 1)
         right = Signal(range(32))                 # latched with the channel: it steers the second pass and the end
+        right_nz = Signal()                       # right != 0, latched beside it: no 5-input compare in the rounding
         with m.If(load):
-            m.d.sync += right.eq(Mux(shift < 0, -shift, 0))
+            m.d.sync += [right.eq(Mux(shift < 0, -shift, 0)), right_nz.eq(shift < 0)]
 
         # Booth digit ``step`` reads a[2k+1], a[2k], a[2k-1] from the low bits of ``operand``, which shifts by two
         # per digit. A pass multiplies by ``a = v << e``: the first ``e // 2`` digits are zero (``wait`` counts
@@ -506,7 +507,7 @@ class Requantizer(wiring.Component):
         # with a shift, whose second pass rounds p >> 31 itself), TFLite's rounding divide (half away from zero:
         # the half bit, and for a negative value a sticky bit too) or half up after the second.
         up = Signal()
-        m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0] & ~(single & (right != 0)),
+        m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0] & ~(single & right_nz),
                               low2[0] & (single | ~hi_neg | ~zero)))
         # Both candidates, then the choice: ``up`` (a few LUTs late) selects instead of entering the carry chain.
         bumped, rounded = Signal(signed(34)), Signal(signed(34))
@@ -526,7 +527,7 @@ class Requantizer(wiring.Component):
         with m.If(phase == _BETWEEN):
             # Double: the saturating rounding doubling high multiply. Single: p >> 31 itself, unless the shift
             # is 0 (then the half-up rounding just done is the result).
-            m.d.sync += [held.eq(rounded), hi_neg.eq(rounded < 0), bypass.eq(right == 0), high.eq(0), zero.eq(1)]
+            m.d.sync += [held.eq(rounded), hi_neg.eq(rounded < 0), bypass.eq(~right_nz), high.eq(0), zero.eq(1)]
 
         # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
         # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).
