@@ -465,25 +465,34 @@ class Requantizer(wiring.Component):
         exponent = Signal(5)
         m.d.comb += exponent.eq(~right[:5])
         load_second = Mux(exponent[0], Const(0b100, 3), Const(0b010, 3))
-        # The digit is decoded a cycle ahead, from the window the next step will see, and registered.
-        next_window = Signal(3)
+        # The digit is decoded a cycle ahead, from the window the next step will see, and registered. The load's
+        # window and the others' are decoded apart and chosen last: ``load`` waits on the output handshake, and
+        # the choice is then one LUT after it.
+        def booth(window):
+            n0, n1, n2 = window[0], window[1], window[2]
+            return Cat(n2 & ~(n1 & n0), n1 ^ n0, (n2 & ~n1 & ~n0) | (~n2 & n1 & n0))
+        load_window, next_window = Signal(3), Signal(3)
+        m.d.comb += load_window.eq(Mux(left_wait == 0, load_first[:3], 0))
+        wait_one = Signal()                       # wait == 1, kept beside it
         with m.If(load):
-            m.d.sync += [operand.eq(load_first), wait.eq(left_wait), go.eq(left_wait == 0)]
-            m.d.comb += next_window.eq(Mux(left_wait == 0, load_first[:3], 0))
+            m.d.sync += [operand.eq(load_first), wait.eq(left_wait), go.eq(left_wait == 0),
+                         wait_one.eq(left_wait == 1)]
         with m.Elif(phase == _BETWEEN):
-            m.d.sync += [operand.eq(load_second), wait.eq(exponent >> 1), go.eq((exponent >> 1) == 0)]
-            m.d.comb += next_window.eq(Mux((exponent >> 1) == 0, load_second, 0))
+            m.d.sync += [operand.eq(load_second), wait.eq(exponent >> 1), go.eq((exponent >> 1) == 0),
+                         wait_one.eq((exponent >> 1) == 1)]
         with m.Elif((phase == _PASS1) | (phase == _PASS2)):
             with m.If(go):
                 m.d.sync += operand.eq(operand >> 2)
-                m.d.comb += next_window.eq(operand[2:5])
             with m.Else():
-                m.d.sync += [wait.eq(wait - 1), go.eq(wait == 1)]
-                m.d.comb += next_window.eq(Mux(wait == 1, operand[:3], 0))
-        n0, n1, n2 = next_window[0], next_window[1], next_window[2]
-        negative, one, two = Signal(), Signal(), Signal()
-        m.d.sync += [negative.eq(n2 & ~(n1 & n0)), one.eq(n1 ^ n0),
-                     two.eq((n2 & ~n1 & ~n0) | (~n2 & n1 & n0))]
+                m.d.sync += [wait.eq(wait - 1), go.eq(wait_one), wait_one.eq(wait == 2)]
+        with m.If(phase == _BETWEEN):
+            m.d.comb += next_window.eq(Mux((exponent >> 1) == 0, load_second, 0))
+        with m.Elif((phase == _PASS1) | (phase == _PASS2)):
+            m.d.comb += next_window.eq(Mux(go, operand[2:5], Mux(wait_one, operand[:3], 0)))
+        load_digit, next_digit = Signal(3), Signal(3)
+        m.d.comb += [load_digit.eq(booth(load_window)), next_digit.eq(booth(next_window))]
+        negative, one, two = Signal(name="negative"), Signal(name="one"), Signal(name="two")
+        m.d.sync += Cat(negative, one, two).eq(Mux(load, load_digit, next_digit))
 
         # The multiplicand register: the multiplier for the first pass, then the first pass's result (33 bits:
         # single rounding's p >> 31 reaches 2**31), which is also the result when the shift is 0.
