@@ -439,8 +439,13 @@ class Requantizer(wiring.Component):
         # ``acc + bias``, registered every cycle: a channel is loaded at least a cycle after its accumulator and
         # parameters show (the cycle that sees the beat, or the rounding cycle before a write loads the next
         # lane), so the 32-bit adder gets a cycle of its own instead of sharing one with the operand's load.
+        # The sum is registered in two halves (the low one with its carry out), and the carry enters the high
+        # half on the way to the operand: no 32-bit carry chain right after the SB_MAC16 outputs and the row mux.
+        x_low, x_high = Signal(17, name="x_low"), Signal(16, name="x_high")
+        m.d.sync += [x_low.eq(self.acc[:16] + params.bias[:16]),
+                     x_high.eq((self.acc.as_signed() >> 16) + (params.bias.as_signed() >> 16))]
         x = Signal(signed(32))
-        m.d.sync += x.eq((self.acc + params.bias)[:32].as_signed())
+        m.d.comb += x.eq(Cat(x_low[:16], x_high + x_low[16]))
         shift = params.shift
         left = Signal(range(31))                  # double rounding only
         left_wait = Signal(range(16))             # left >> 1, the first pass's zero digits
