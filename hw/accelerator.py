@@ -308,7 +308,8 @@ class Accelerator(wiring.Component):
         pool = engine("pool", PoolEngine(cfg)) if "pool" in has else None
         add = engine("add", AddEngine(cfg)) if "add" in has else None
         reader_a, reader_b, reader_w = (reader(k) for k in (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS))
-        writer = engine("writer", MemoryWriter(specs[MemoryId.OUTPUT]))
+        # No run has an empty output (the dispatcher refuses out_count 0): the writer's done comes from its rows.
+        writer = engine("writer", MemoryWriter(specs[MemoryId.OUTPUT], empty=False))
         wiring.connect(m, writer.port, mems.output_write)
         m.d.comb += mems.output_read.en.eq(0)
 

@@ -152,8 +152,10 @@ class CommandProcessor(wiring.Component):
         m = Module()
 
         word = self.i_host.payload
-        take = Signal()            # a host word is consumed this cycle
-        m.d.comb += take.eq(self.i_host.valid & self.i_host.ready)
+        # A host word is consumed this cycle. The states that take words are ready in every cycle, so in them
+        # ``take`` is the host's valid alone: the state register then reaches its own next value without going
+        # through ``ready`` (an OR of states that the synthesis cannot know is implied by each of them).
+        take = self.i_host.valid
 
         # Widths from the instance: a transfer that passes the range check lies inside one memory, so addresses,
         # ends and the words still to move need only the bits of the largest depth (`bits`); the header's count

@@ -527,6 +527,10 @@ class ConvEngine(wiring.Component):
             # Registered a beat ahead, from the counters' next values: the tile's last beat is then one LUT away
             # from the many enables it drives.
             last_ci, last_kx, last_ky = Signal(name="last_ci"), Signal(name="last_kx"), Signal(name="last_ky")
+            # ``in_c - 2`` registered from the layer (it holds still from the cycle after ``start``, the setup
+            # cycle, before any beat): ``last_ci``'s next value is then an equality, not an adder and a compare.
+            in_c_less_2 = Signal(signed(len(layer.in_c) + 1), name="in_c_less_2")
+            m.d.sync += in_c_less_2.eq(layer.in_c - 2)
         else:
             last_ci = ci + 1 == layer.in_c
             last_kx = kx + 1 == layer.kernel_w
@@ -563,7 +567,7 @@ class ConvEngine(wiring.Component):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
                 if serial:
-                    m.d.sync += last_ci.eq(ci + 2 == layer.in_c)
+                    m.d.sync += last_ci.eq(ci == in_c_less_2)
             with m.Else():
                 m.d.sync += [ci.eq(0), chan_offset.eq(layer.act_base)]
                 if serial:

@@ -26,8 +26,9 @@ class MemoryReader(wiring.Component):
     busy : Out(1)
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, *, empty=True):
         self._spec = spec
+        self._empty = bool(empty)
         super().__init__({
             "i_transfer": In(stream.Signature(transfer_layout(spec))),
             "o_rows": Out(stream.Signature(spec.width)),
@@ -62,6 +63,14 @@ class MemoryReader(wiring.Component):
 class MemoryWriter(wiring.Component):
     """Stores ``count`` rows from ``i_rows`` at ``base, base + 1, ...``; ``done`` pulses after the last one.
 
+    Parameters
+    ----------
+    spec : MemorySpec
+    empty : bool, optional
+        Whether a transfer may have a count of 0 (``done`` then pulses as it is taken). ``True`` by default;
+        with ``False`` the user never offers one (the accelerator's dispatcher refuses such runs), and ``done``
+        comes from the rows alone: no compare of the offered count reaches it.
+
     Members
     -------
     i_transfer : In(stream.Signature(transfer_layout(spec)))
@@ -70,8 +79,9 @@ class MemoryWriter(wiring.Component):
     done : Out(1)
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, *, empty=True):
         self._spec = spec
+        self._empty = bool(empty)
         super().__init__({
             "i_transfer": In(stream.Signature(transfer_layout(spec))),
             "i_rows": In(stream.Signature(spec.width)),
@@ -94,10 +104,11 @@ class MemoryWriter(wiring.Component):
         ]
         with m.If(self.i_transfer.valid & self.i_transfer.ready):
             count = self.i_transfer.payload.count
-            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(count), loaded.eq(count != 0),
-                         one_left.eq(count == 1)]
-            with m.If(count == 0):
-                m.d.comb += self.done.eq(1)
+            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(count),
+                         loaded.eq(count != 0 if self._empty else 1), one_left.eq(count == 1)]
+            if self._empty:
+                with m.If(count == 0):
+                    m.d.comb += self.done.eq(1)
         with m.If(self.port.en):
             m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1), one_left.eq(remaining == 2)]
             with m.If(one_left):
