@@ -457,8 +457,8 @@ class Accelerator(wiring.Component):
 
         # What the run owns (host words of each memory); the command processor refuses host transfers into it
         # while the run is in flight. The end of each range is registered at the start (it takes an adder); its
-        # start is the base, a field of the descriptor, which holds still during the run: it is selected by the
-        # engine running, not registered. A memory the run does not own has an empty range (end 0).
+        # start is the base, a field of the descriptor, which holds still during the run, selected by the engine
+        # running. A memory the run does not own has an empty range (end 0).
         lock = cp.run.lock
         lock_hi = {memory: Signal(len(lock[memory.value].hi), name=f"lock_hi_{memory.name.lower()}")
                    for memory in specs}
@@ -491,17 +491,21 @@ class Accelerator(wiring.Component):
                 owners[MemoryId.DW_WEIGHTS].append((eid, d.w_base))
             if eid == EngineId.ADD:
                 owners[MemoryId.ACT_B].append((eid, a.in_base))
+        # The start is registered too, every cycle (a cycle behind ``current``): the command processor compares
+        # it with a transfer's range in SELECT, several cycles after the START that sets ``current`` (the answer,
+        # then a header, DECODE and ADDRESS come first).
         for memory, bases in owners.items():
             if memory not in specs or not bases:
                 continue
-            lo = lock[memory.value].lo
+            lo = Signal.like(lock[memory.value].lo, name=f"lock_lo_{memory.name.lower()}")
+            m.d.comb += lock[memory.value].lo.eq(lo)
             per_row = specs[memory].width // 32
-            m.d.comb += lo.eq(row_bits(memory, bases[0][1]) * per_row)
+            m.d.sync += lo.eq(row_bits(memory, bases[0][1]) * per_row)
             if len(bases) > 1:
                 with m.Switch(current):
                     for eid, base in bases[1:]:
                         with m.Case(eid):
-                            m.d.comb += lo.eq(row_bits(memory, base) * per_row)
+                            m.d.sync += lo.eq(row_bits(memory, base) * per_row)
 
         with m.If(cp.run.start):
             with m.If(accept):

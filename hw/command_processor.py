@@ -86,6 +86,14 @@ def _runs(mask):
     return runs
 
 
+def _any(values):
+    """The OR of ``values`` (0 for none)."""
+    out = Const(0, 1)
+    for value in values:
+        out = out | value
+    return out
+
+
 class CommandProcessor(wiring.Component):
     """Host-bus command processor.
 
@@ -229,11 +237,14 @@ class CommandProcessor(wiring.Component):
         # SELECT registers the end's compare with every memory's depth (in parallel) and the lock of the memory
         # addressed; RANGE then only selects.
         fits = {known: Signal(name=f"fits_{known.name.lower()}") for known in self._depths}
-        with m.Switch(memory):
-            for known, depth in self._depths.items():
-                with m.Case(known):
-                    m.d.comb += [range_ok.eq(~count_big & ~addr_big & fits[known]),
-                                 lock.eq(self.run.lock[known.value]), written.eq(known in self._engine_written)]
+        # The memory addressed, decoded as the address arrives (one flag each, none for an unknown id): each
+        # selection is then an AND-OR of registers.
+        addressed = {known: Signal(name=f"addressed_{known.name.lower()}") for known in self._depths}
+        fit_terms = [addressed[known] & fits[known] for known in self._depths]
+        lock_terms = [Mux(addressed[known], self.run.lock[known.value].as_value(), 0) for known in self._depths]
+        written_terms = [addressed[known] for known in self._depths if known in self._engine_written]
+        m.d.comb += [range_ok.eq(~count_big & ~addr_big & _any(fit_terms)), lock.eq(_any(lock_terms)),
+                     written.eq(_any(written_terms))]
         # Registered in SELECT: the lock bounds come from the dispatcher's descriptor arithmetic.
         lock_q = Signal.like(lock)
         written_q = Signal()
@@ -337,6 +348,7 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
                     where = Address(word.data)
+                    m.d.sync += [addressed[known].eq(where.memory == known) for known in self._depths]
                     m.d.sync += [memory.eq(where.memory), word_addr.eq(where.word[:bits]),
                                  addr_big.eq(where.word[bits:] != 0), end.eq(where.word[:bits] + count_lo)]
                     # READ and an empty WRITE end at the address; a WRITE with data must not.
