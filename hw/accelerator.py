@@ -309,7 +309,9 @@ class Accelerator(wiring.Component):
         add = engine("add", AddEngine(cfg)) if "add" in has else None
         reader_a, reader_b, reader_w = (reader(k) for k in (MemoryId.ACT_A, MemoryId.ACT_B, MemoryId.DW_WEIGHTS))
         # No run has an empty output (the dispatcher refuses out_count 0): the writer's done comes from its rows.
-        writer = engine("writer", MemoryWriter(specs[MemoryId.OUTPUT], empty=False))
+        # Its transfer is offered as the run starts, and a run ends (every engine reset) the cycle after its
+        # last row: the writer is always ready, and no handshake reaches back from it into the engines.
+        writer = engine("writer", MemoryWriter(specs[MemoryId.OUTPUT], empty=False, always_ready=True))
         wiring.connect(m, writer.port, mems.output_write)
         m.d.comb += mems.output_read.en.eq(0)
 

@@ -26,9 +26,10 @@ class MemoryReader(wiring.Component):
     busy : Out(1)
     """
 
-    def __init__(self, spec, *, empty=True):
+    def __init__(self, spec, *, empty=True, always_ready=False):
         self._spec = spec
         self._empty = bool(empty)
+        self._always_ready = bool(always_ready)
         super().__init__({
             "i_transfer": In(stream.Signature(transfer_layout(spec))),
             "o_rows": Out(stream.Signature(spec.width)),
@@ -70,6 +71,12 @@ class MemoryWriter(wiring.Component):
         Whether a transfer may have a count of 0 (``done`` then pulses as it is taken). ``True`` by default;
         with ``False`` the user never offers one (the accelerator's dispatcher refuses such runs), and ``done``
         comes from the rows alone: no compare of the offered count reaches it.
+    always_ready : bool, optional
+        ``i_rows.ready`` is always high, and a row offered while no transfer is loaded is dropped. ``False`` by
+        default. For a user that offers each transfer before its first row can come and sends no row past the
+        count: the accelerator, whose engines cannot produce a row within two cycles of a run's start (when
+        the transfer is offered) and are reset the cycle after ``done``. No handshake then runs from the writer
+        back into the engines' pipelines.
 
     Members
     -------
@@ -79,9 +86,10 @@ class MemoryWriter(wiring.Component):
     done : Out(1)
     """
 
-    def __init__(self, spec, *, empty=True):
+    def __init__(self, spec, *, empty=True, always_ready=False):
         self._spec = spec
         self._empty = bool(empty)
+        self._always_ready = bool(always_ready)
         super().__init__({
             "i_transfer": In(stream.Signature(transfer_layout(spec))),
             "i_rows": In(stream.Signature(spec.width)),
@@ -98,7 +106,7 @@ class MemoryWriter(wiring.Component):
         loaded, one_left = Signal(), Signal()
         m.d.comb += [
             self.i_transfer.ready.eq(~loaded),
-            self.i_rows.ready.eq(loaded),
+            self.i_rows.ready.eq(1 if self._always_ready else loaded),
             self.port.addr.eq(addr), self.port.data.eq(self.i_rows.payload),
             self.port.en.eq(self.i_rows.valid & loaded),
         ]

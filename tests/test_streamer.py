@@ -16,14 +16,15 @@ SPEC = MemorySpec(64, 40)
 
 @pytest.mark.parametrize("seed,empty", [(0, True), (1, True), (2, True), (3, False)])
 def test_copy_through_reader_and_writer(seed, empty):
-    """``empty=False`` (the accelerator's writer, never offered a count of 0) stores and ends the same."""
+    """``empty=False`` (the accelerator's writer, never offered a count of 0, always ready, its transfer offered
+    before the rows) stores and ends the same."""
     rng = random.Random(seed)
     init = [rng.getrandbits(64) for _ in range(SPEC.depth)]
     m = Module()
     m.submodules.src = src = Memory(shape=64, depth=SPEC.depth, init=init)
     m.submodules.dst = dst = Memory(shape=64, depth=SPEC.depth, init=[])
     m.submodules.reader = reader = MemoryReader(SPEC)
-    m.submodules.writer = writer = MemoryWriter(SPEC, empty=empty)
+    m.submodules.writer = writer = MemoryWriter(SPEC, empty=empty, always_ready=not empty)
     rp, wp = src.read_port(), dst.write_port()
     check = dst.read_port(domain="comb")
     m.d.comb += [rp.addr.eq(reader.port.addr), rp.en.eq(reader.port.en), reader.port.data.eq(rp.data),
@@ -90,3 +91,37 @@ def test_reader_streams_one_row_per_cycle():
     sim.add_testbench(bench)
     sim.run()
     assert cycles[0] <= 32 + 2
+
+
+def test_always_ready_writer_drops_rows_outside_a_transfer():
+    """With ``always_ready`` a row offered before the transfer (or after its last row) is taken and dropped; the
+    transfer's rows land at its base and ``done`` pulses once."""
+    m = Module()
+    m.submodules.dst = dst = Memory(shape=64, depth=SPEC.depth, init=[7] * SPEC.depth)
+    m.submodules.writer = writer = MemoryWriter(SPEC, empty=False, always_ready=True)
+    wp, check = dst.write_port(), dst.read_port(domain="comb")
+    m.d.comb += [wp.addr.eq(writer.port.addr), wp.en.eq(writer.port.en), wp.data.eq(writer.port.data)]
+    dones = []
+
+    async def bench(ctx):
+        await stream_put(ctx, writer.i_rows, 111)             # no transfer yet: dropped
+        await stream_put(ctx, writer.i_transfer, {"base": 5, "count": 2})
+        for row in (222, 333, 444):                          # the third is past the count: dropped
+            ctx.set(writer.i_rows.payload, row)
+            ctx.set(writer.i_rows.valid, 1)
+            _, _, done, ready = await ctx.tick().sample(writer.done, writer.i_rows.ready)
+            assert ready
+            dones.append(done)
+        ctx.set(writer.i_rows.valid, 0)
+        await ctx.tick()
+        got = []
+        for addr in range(SPEC.depth):
+            ctx.set(check.addr, addr)
+            got.append(ctx.get(check.data))
+        assert got == [7] * 5 + [222, 333] + [7] * (SPEC.depth - 7)
+        assert dones == [0, 1, 0]
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
