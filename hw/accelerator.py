@@ -369,8 +369,11 @@ class Accelerator(wiring.Component):
         active = Signal()
         current = Signal(range(max(e.value for e in EngineId) + 1), init=EngineId.CONV.value)   # accepted ids only
         m.d.comb += mems.engine_active.eq(active)
-        pend_layer, pend_read, pend_read_b, pend_read_w, pend_write, pend_start = (Signal(name=n) for n in (
-            "pend_layer", "pend_read", "pend_read_b", "pend_read_w", "pend_write", "pend_start"))
+        # One flag per layer port (the pool's, the depthwise engine's, the add engine's), offered as it is: each
+        # port's valid is a flip-flop (the pool's starts the enables of all its counters).
+        pend_pool, pend_dw, pend_add, pend_read, pend_read_b, pend_read_w, pend_write, pend_start = (
+            Signal(name=n) for n in ("pend_layer_pool", "pend_layer_dw", "pend_layer_add", "pend_read",
+                                     "pend_read_b", "pend_read_w", "pend_write", "pend_start"))
 
         # Each check is a list of terms, all of which must hold (see `checked` below).
         def window_ok(w, kmax):
@@ -515,22 +518,22 @@ class Accelerator(wiring.Component):
                 m.d.sync += [lock_hi[memory].eq(0) for memory in specs]
                 with m.Switch(engine_id):
                     with m.Case(EngineId.CONV):
-                        m.d.sync += [pend_start.eq(1), pend_layer.eq(c.fuse)]
+                        m.d.sync += [pend_start.eq(1), pend_pool.eq(c.fuse)]
                         m.d.sync += (own(MemoryId.CONV_ACT, L.act_base, c.act_count)
                                      + own(MemoryId.WEIGHTS, L.weight_base, c.weight_count)
                                      + own(MemoryId.PARAMS, L.param_base, c.param_count)
                                      + own(MemoryId.OUTPUT, c.out_base, c.out_count))
                     with m.Case(EngineId.DEPTHWISE):
-                        m.d.sync += [pend_layer.eq(1), pend_read.eq(1), pend_read_w.eq(1)]
+                        m.d.sync += [pend_dw.eq(1), pend_read.eq(1), pend_read_w.eq(1)]
                         m.d.sync += (own(MemoryId.ACT_A, d.in_base, d.in_count)
                                      + own(MemoryId.DW_WEIGHTS, d.w_base, d.w_count)
                                      + own(MemoryId.OUTPUT, d.out_base, d.out_count))
                     with m.Case(EngineId.POOL):
-                        m.d.sync += [pend_layer.eq(1), pend_read.eq(1)]
+                        m.d.sync += [pend_pool.eq(1), pend_read.eq(1)]
                         m.d.sync += own(MemoryId.ACT_A, p.in_base, p.in_count) + own(MemoryId.OUTPUT, p.out_base,
                                                                                       p.out_count)
                     with m.Case(EngineId.ADD):
-                        m.d.sync += [pend_layer.eq(1), pend_read.eq(1), pend_read_b.eq(1)]
+                        m.d.sync += [pend_add.eq(1), pend_read.eq(1), pend_read_b.eq(1)]
                         m.d.sync += (own(MemoryId.ACT_A, a.in_base, a.in_count)
                                      + own(MemoryId.ACT_B, a.in_base, a.in_count)
                                      + own(MemoryId.OUTPUT, a.out_base, a.out_count))
@@ -547,8 +550,8 @@ class Accelerator(wiring.Component):
         m.d.comb += flush.eq(ended)
         with m.If(ended):
             m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(ended_error)]
-            m.d.sync += [active.eq(0), pend_layer.eq(0), pend_read.eq(0), pend_read_b.eq(0), pend_read_w.eq(0),
-                         pend_write.eq(0), pend_start.eq(0)]
+            m.d.sync += [active.eq(0), pend_pool.eq(0), pend_dw.eq(0), pend_add.eq(0), pend_read.eq(0),
+                         pend_read_b.eq(0), pend_read_w.eq(0), pend_write.eq(0), pend_start.eq(0)]
 
         # Conv start: one pulse; the layer is sampled with it.
         m.d.comb += conv.layer.eq(c.layer)
@@ -556,18 +559,13 @@ class Accelerator(wiring.Component):
             m.d.comb += conv.start.eq(1)
             m.d.sync += pend_start.eq(0)
 
-        # Descriptors and transfers: each offered once per run until taken.
+        # Descriptors and transfers: each offered once per run until taken. A pending flag is set only as a run
+        # is accepted and cleared when it ends, so it implies ``active``: the port's valid is the flag itself.
         def offer(pending, port, payload_stmts):
             m.d.comb += payload_stmts
-            with m.If(active & pending):
-                m.d.comb += port.valid.eq(1)
-                with m.If(port.ready):
-                    m.d.sync += pending.eq(0)
-
-        def take_layer(port):
-            m.d.comb += port.valid.eq(1)
-            with m.If(port.ready):
-                m.d.sync += pend_layer.eq(0)
+            m.d.comb += port.valid.eq(pending)
+            with m.If(pending & port.ready):
+                m.d.sync += pending.eq(0)
 
         if dw is not None:
             m.d.comb += dw.i_layer.payload.eq(d.layer)
@@ -575,17 +573,12 @@ class Accelerator(wiring.Component):
             m.d.comb += add.i_layer.payload.eq(a.layer)
         if pool is not None:
             m.d.comb += pool.i_layer.payload.eq(pool_in)
-        with m.If(active & pend_layer):
-            with m.Switch(current):
-                if pool is not None:
-                    with m.Case(EngineId.CONV, EngineId.POOL):
-                        take_layer(pool.i_layer)
-                if dw is not None:
-                    with m.Case(EngineId.DEPTHWISE):
-                        take_layer(dw.i_layer)
-                if add is not None:
-                    with m.Case(EngineId.ADD):
-                        take_layer(add.i_layer)
+        if pool is not None:
+            offer(pend_pool, pool.i_layer, [])
+        if dw is not None:
+            offer(pend_dw, dw.i_layer, [])
+        if add is not None:
+            offer(pend_add, add.i_layer, [])
 
         in_base, in_count, out_base, out_count = (Signal(range(cfg.vector_depth + 1), name=n)
                                                   for n in ("in_base", "in_count", "out_base", "out_count"))
@@ -663,11 +656,13 @@ class Accelerator(wiring.Component):
                          sink_payload.eq(_or(*(Mux(flag, payload, 0) for flag, payload, _ in sources)))]
 
         to_writer = [(routes["conv_writer"], conv_data, conv_valid)]
-        ready_of_conv = [routes["conv_writer"] & writer.i_rows.ready]
+        ready_of_conv = [routes["conv_writer"]]              # the writer is always ready
         ready_of_reader = []
         if pool is not None:
             to_writer.append((routes["pool_writer"], pool.o_pixels.payload, pool.o_pixels.valid))
-            m.d.comb += pool.o_pixels.ready.eq(writer.i_rows.ready & routes["pool_writer"])
+            # The writer is always ready, and the pool has a layer only in a run that routes its output to the
+            # writer: its output is always taken, and its stall logic folds away.
+            m.d.comb += pool.o_pixels.ready.eq(1)
             sources = [(routes["conv_pool"], conv_data, conv_valid)]
             ready_of_conv.append(routes["conv_pool"] & pool.i_pixels.ready)
             if reader_a is not None:
@@ -680,7 +675,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += [port.payload.eq(reader_a.o_rows.payload), port.valid.eq(routes[key] & reader_a.o_rows.valid)]
                 ready_of_reader.append(routes[key] & port.ready)
                 to_writer.append((routes[key], eng.o_pixels.payload, eng.o_pixels.valid))
-                m.d.comb += eng.o_pixels.ready.eq(writer.i_rows.ready & routes[key])
+                m.d.comb += eng.o_pixels.ready.eq(1)          # as the pool's
         join(writer.i_rows.payload, writer.i_rows.valid, to_writer)
         m.d.comb += conv_ready.eq(_or(*ready_of_conv))
         if reader_a is not None:

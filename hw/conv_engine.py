@@ -398,6 +398,8 @@ class ConvEngine(wiring.Component):
         for name, value in (("act_depth", act_depth), ("weight_depth", weight_depth), ("param_depth", param_depth)):
             if not isinstance(value, int) or not 1 <= value <= 1 << 20:
                 raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
+        if config.target == "ice40" and config.cols < 2:
+            raise ValueError(f"target 'ice40' needs cols >= 2 (the tile cursor's walker), not {config.cols}")
         self._config = config
         self._hold_layer = bool(hold_layer)
         self.act_depth, self.weight_depth, self.param_depth = act_depth, weight_depth, param_depth
@@ -514,8 +516,10 @@ class ConvEngine(wiring.Component):
         if serial:
             # ``height`` is a register, moved with ``room`` and ``above``; their next tile's values are computed
             # while the cursor's walker runs, from its registered ``rows_down`` (valid two cycles after a move),
-            # in two steps, at least a cycle before the walker is ready.
-            down = cursor.rows_down << layer.stride2
+            # in three steps: ready four cycles after the cycle of a move, the walker at the earliest ``cols + 3``
+            # (so ``cols`` >= 2 on this target: the constructor checks it).
+            down = Signal(range(2 * cols + 1), name="rows_down_taps")
+            m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
             height_next = Signal.like(height, name="height_next")
             m.d.sync += [above_next.eq(Mux(above > down, above - down, 0)), room_next.eq(Mux(room > down, room - down, 0)),
