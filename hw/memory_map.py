@@ -34,8 +34,8 @@ def registered_read(m, port, en, name):
 
     The register is reset-less and marked with :data:`BRAM_OUTPUT_ATTR`, so a board build can drop its initial
     value too: neither the iCE40's nor the ECP5's block RAM output has one, and yosys would otherwise emulate
-    the reset and the initial value with a LUT per data bit (about 330 LUTs on the iCEBreaker). Nothing may
-    use the register before its first read; the simulators start it at 0.
+    the reset and the initial value with LUTs (168 LUT4 of the iCEBreaker's accelerator and bridge). Nothing
+    may use the register before its first read; the simulators start it at 0.
     """
     data = Signal(port.data.shape(), name=name, reset_less=True, attrs={BRAM_OUTPUT_ATTR: 1})
     with m.If(en):
