@@ -56,7 +56,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .add_engine import AddEngine, add_layer_layout
-from .command_processor import WORD_LAYOUT, CommandProcessor
+from .command_processor import WORD_LAYOUT, CommandProcessor, or_all
 from .commands import EngineId, MemoryId, config_id
 from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits, engine_layer_layout
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
@@ -644,16 +644,10 @@ class Accelerator(wiring.Component):
         with m.Elif(ended):
             m.d.sync += [route.eq(0) for route in routes.values()]
 
-        def _or(*values):
-            out = values[0]
-            for value in values[1:]:
-                out = out | value
-            return out
-
         def join(sink_payload, sink_valid, sources):
             """``sources``: (route flag, payload, valid), at most one flag set: the sink gets that source."""
-            m.d.comb += [sink_valid.eq(_or(*(flag & valid for flag, _, valid in sources))),
-                         sink_payload.eq(_or(*(Mux(flag, payload, 0) for flag, payload, _ in sources)))]
+            m.d.comb += [sink_valid.eq(or_all(flag & valid for flag, _, valid in sources)),
+                         sink_payload.eq(or_all(Mux(flag, payload, 0) for flag, payload, _ in sources))]
 
         to_writer = [(routes["conv_writer"], conv_data, conv_valid)]
         ready_of_conv = [routes["conv_writer"]]              # the writer is always ready
@@ -677,7 +671,7 @@ class Accelerator(wiring.Component):
                 to_writer.append((routes[key], eng.o_pixels.payload, eng.o_pixels.valid))
                 m.d.comb += eng.o_pixels.ready.eq(1)          # as the pool's
         join(writer.i_rows.payload, writer.i_rows.valid, to_writer)
-        m.d.comb += conv_ready.eq(_or(*ready_of_conv))
+        m.d.comb += conv_ready.eq(or_all(ready_of_conv))
         if reader_a is not None:
-            m.d.comb += reader_a.o_rows.ready.eq(_or(*ready_of_reader) if ready_of_reader else 0)
+            m.d.comb += reader_a.o_rows.ready.eq(or_all(ready_of_reader))
         return m

@@ -20,7 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from .commands import Address, Header, MemoryId, Opcode, Response, RunState, Status
 
-__all__ = ["WORD_LAYOUT", "lock_layout", "lock_bits", "MemoryBusSignature", "RunSignature", "CommandProcessor"]
+__all__ = ["WORD_LAYOUT", "lock_layout", "lock_bits", "MemoryBusSignature", "RunSignature", "CommandProcessor",
+           "or_all"]
 
 WORD_LAYOUT = data.StructLayout({"data": 32, "last": 1})
 
@@ -86,8 +87,8 @@ def _runs(mask):
     return runs
 
 
-def _any(values):
-    """The OR of ``values`` (0 for none)."""
+def or_all(values):
+    """The bitwise OR of ``values`` (0 for none): with at most one of them nonzero, an AND-OR multiplexer."""
     out = Const(0, 1)
     for value in values:
         out = out | value
@@ -243,8 +244,8 @@ class CommandProcessor(wiring.Component):
         fit_terms = [addressed[known] & fits[known] for known in self._depths]
         lock_terms = [Mux(addressed[known], self.run.lock[known.value].as_value(), 0) for known in self._depths]
         written_terms = [addressed[known] for known in self._depths if known in self._engine_written]
-        m.d.comb += [range_ok.eq(~count_big & ~addr_big & _any(fit_terms)), lock.eq(_any(lock_terms)),
-                     written.eq(_any(written_terms))]
+        m.d.comb += [range_ok.eq(~count_big & ~addr_big & or_all(fit_terms)), lock.eq(or_all(lock_terms)),
+                     written.eq(or_all(written_terms))]
         # Registered in SELECT: the lock bounds come from the dispatcher's descriptor arithmetic.
         lock_q = Signal.like(lock)
         written_q = Signal()

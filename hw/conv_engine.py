@@ -512,6 +512,10 @@ class ConvEngine(wiring.Component):
 
         def window_height(room, above):
             return Mux(room > reach + 1, reach + 1, room) - above
+
+        def moved_down(rows, down):
+            """``rows`` less the tap rows a tile moves down, saturating at 0 (for ``above`` and ``room``)."""
+            return Mux(rows > down, rows - down, 0)
         height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
         if serial:
             # ``height`` is a register, moved with ``room`` and ``above``; their next tile's values are computed
@@ -522,7 +526,7 @@ class ConvEngine(wiring.Component):
             m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
             height_next = Signal.like(height, name="height_next")
-            m.d.sync += [above_next.eq(Mux(above > down, above - down, 0)), room_next.eq(Mux(room > down, room - down, 0)),
+            m.d.sync += [above_next.eq(moved_down(above, down)), room_next.eq(moved_down(room, down)),
                          height_next.eq(window_height(room_next, above_next))]
         else:
             m.d.comb += height.eq(window_height(room, above))
@@ -600,8 +604,7 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [above.eq(above_next), room.eq(room_next), height.eq(height_next)]
                     else:
                         down = cursor.rows_down << layer.stride2
-                        m.d.sync += [above.eq(Mux(above > down, above - down, 0)),
-                                     room.eq(Mux(room > down, room - down, 0))]
+                        m.d.sync += [above.eq(moved_down(above, down)), room.eq(moved_down(room, down))]
                     with m.If(span):
                         m.d.sync += tile_base.eq(tile_base + cols)
                     with m.Elif(cursor.wrap_row):

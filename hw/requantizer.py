@@ -41,8 +41,9 @@ channel it needs on ``lane``, takes that channel's accumulator on ``acc`` and it
 synchronous memory read addressed by ``lane``: a cycle later), so neither a beat of ``lanes`` accumulators nor
 ``lanes`` parameter sets are ever held. Both must show from the cycle that sees the beat (``lane`` is then the
 beat's first channel, shown since the last beat's last load) and stay until the channel is loaded: the block
-registers ``acc + bias`` and the shift's left part a cycle ahead of the load, for timing on the iCE40. Without it the block has the beat interface of the
-other targets and picks the lane's accumulator and parameters from the beat.
+registers ``acc + bias`` and the shift's left part a cycle ahead of the load, for timing on the iCE40. Without
+it the block has the beat interface of the other targets and picks the lane's accumulator and parameters from
+the beat.
 
 Single rounding with a positive shift (an effective scale above 1) needs a left shift the serial path does not
 have; :func:`check_shifts` refuses it for that target and the compiler must call it.
@@ -449,7 +450,7 @@ class Requantizer(wiring.Component):
         shift = params.shift
         left = Signal(range(31))                  # double rounding only
         left_wait = Signal(range(16))             # left >> 1, the first pass's zero digits
-        # Registered every cycle, as ``x`` below (the parameters show at least a cycle before the load).
+        # Registered every cycle, as ``x`` above (the parameters show at least a cycle before the load).
         m.d.sync += left.eq(Mux(single | (shift <= 0), 0, shift))
         m.d.comb += left_wait.eq(left >> 1)
         right = Signal(range(32))                 # latched with the channel: it steers the second pass and the end

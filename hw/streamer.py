@@ -26,10 +26,8 @@ class MemoryReader(wiring.Component):
     busy : Out(1)
     """
 
-    def __init__(self, spec, *, empty=True, always_ready=False):
+    def __init__(self, spec):
         self._spec = spec
-        self._empty = bool(empty)
-        self._always_ready = bool(always_ready)
         super().__init__({
             "i_transfer": In(stream.Signature(transfer_layout(spec))),
             "o_rows": Out(stream.Signature(spec.width)),
