@@ -120,8 +120,8 @@ class CommandProcessor(wiring.Component):
         it from one place (the dispatcher needs no multiplexer for it).
     settle : int, optional
         Cycles between the descriptor's last word and ``run.start``, at least 1 (the default): a word is written
-        into the descriptor registers the cycle after it is taken, and the engine side may use the cycles after
-        that to register its checks of the complete descriptor.
+        into the descriptor registers in the cycle it is taken, and the engine side may use these cycles to
+        register its checks of the complete descriptor.
     done_delay : int, optional
         Cycles by which the engine side reports the end of an accepted run (``run.done``) after the run's last
         cycle (0 by default; a registered ``done`` is 1). The run's cycles are counted to its end, not to the
@@ -181,7 +181,12 @@ class CommandProcessor(wiring.Component):
         # DECODE put 7 LUT levels between the header register and the status register (the iCE40's critical path:
         # 37.6 MHz of 42).
         op_read, op_write, op_run, op_status = Signal(), Signal(), Signal(), Signal()
-        launch_ok = Signal()        # RUN/START with a descriptor of a usable length: DESCRIPTOR, unless busy
+        # RUN/START with a descriptor of a usable length: DESCRIPTOR, unless busy. Its two halves are registered
+        # apart (each is a few LUTs after the host word; together with the sharing of the header's decode they
+        # were seven).
+        launch_ok = Signal()
+        launch_q, count_fits = Signal(), Signal()
+        m.d.comb += launch_ok.eq(launch_q & count_fits)
         decode_status = Signal(Status)   # DECODE's status for every other outcome
         to_wait, to_answer, to_address = Signal(), Signal(), Signal()   # DECODE's next state (else DISCARD)
         status = Signal(Status)
@@ -270,28 +275,33 @@ class CommandProcessor(wiring.Component):
             self.run.length.eq(desc_index),
         ]
 
-        # A descriptor word taken in DESCRIPTOR is written here a cycle later (SETTLE covers the delay).
-        held_write = Signal()
-        held_word = Signal(32)
-        held_index = Signal(range(self._max_descriptor + 1))
-        m.d.sync += held_write.eq(0)
-        with m.If(held_write):
+        # Which descriptor word comes next, one-hot (set in DECODE, shifted as words are taken): a word is written
+        # into its registers in the cycle it is taken, under an enable of one LUT (the state, the host's valid and
+        # this bit), with no index decode behind the handshake and no register holding the word a cycle first.
+        desc_sel = Signal(self._max_descriptor)
+        # Each mirror's condition (word 0 is ``word0``), registered as word 0 is taken: its source word comes later.
+        keep0 = self._keep & 0xFFFFFFFF
+        mirror_on = [Signal(name=f"mirror{j}_on") for j in range(len(self._mirror))]
+
+        def write_descriptor_word():
+            """In DESCRIPTOR, with a word taken: write it where ``desc_sel`` says (and where a mirror copies it)."""
             for i in range(self._max_descriptor):
-                with m.If(held_index == i):
+                with m.If(desc_sel[i]):
                     # Only the kept bits are registered (a register loaded from the bus is a whole logic
                     # cell a bit); a flag per word stands for the bits that are only checked for zero.
                     keep = (self._keep >> (32 * i)) & 0xFFFFFFFF
                     for lo, hi in _runs(keep):
-                        m.d.sync += self.run.descriptor[i][lo:hi].eq(held_word[lo:hi])
+                        m.d.sync += self.run.descriptor[i][lo:hi].eq(word.data[lo:hi])
                     for k, mask in enumerate(self._flags):
                         part = (mask >> (32 * i)) & 0xFFFFFFFF
                         if part:
-                            m.d.sync += word_flags[k][i].eq((held_word & part) != 0)
-            for w0, src, dst, mask in self._mirror:
-                # Word 0 arrived first: it is in its register.
-                with m.If((held_index == src) & (self.run.descriptor[0] == w0)):
+                            m.d.sync += word_flags[k][i].eq((word.data & part) != 0)
+            with m.If(desc_sel[0]):
+                m.d.sync += [on.eq((word.data & keep0) == w0) for on, (w0, _, _, _) in zip(mirror_on, self._mirror)]
+            for on, (_, src, dst, mask) in zip(mirror_on, self._mirror):
+                with m.If(desc_sel[src] & on):
                     for lo, hi in _runs(mask & (self._keep >> (32 * dst))):
-                        m.d.sync += self.run.descriptor[dst][lo:hi].eq(held_word[lo:hi])
+                        m.d.sync += self.run.descriptor[dst][lo:hi].eq(word.data[lo:hi])
 
         # run.start from a register (high exactly in START): it fans out to much of the dispatcher.
         start_pulse = Signal()
@@ -313,7 +323,7 @@ class CommandProcessor(wiring.Component):
                         count_zero.eq(count == 0), remaining.eq(count), desc_index.eq(0),
                         op_read.eq(opcode == Opcode.READ), op_write.eq(opcode == Opcode.WRITE),
                         op_run.eq(opcode == Opcode.RUN), op_status.eq(opcode == Opcode.STATUS),
-                        launch_ok.eq(launch & ~last & (count != 0) & (count <= self._max_descriptor)),
+                        launch_q.eq(launch & ~last), count_fits.eq((count != 0) & (count <= self._max_descriptor)),
                         # A command that ends at its header: a simple one is answered (WAIT waits first), any
                         # other is too short. A launch with a bad count and an unknown opcode are consumed up to
                         # their last word. A transfer goes on to its address.
@@ -329,6 +339,7 @@ class CommandProcessor(wiring.Component):
             # Acting on the decoded flags a cycle after the header arrives keeps the stream handshake and the
             # opcode decode out of the status and state logic (together they missed timing on the iCE40).
             with m.State("DECODE"):
+                m.d.sync += desc_sel.eq(1)
                 # Status is written whatever the outcome: a path that goes on (ADDRESS, DESCRIPTOR) sets it again
                 # before it is answered.
                 m.d.sync += status.eq(Mux(launch_ok & running, Status.BUSY, decode_status))
@@ -412,10 +423,9 @@ class CommandProcessor(wiring.Component):
             with m.State("DESCRIPTOR"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    # Written into the descriptor registers the next cycle, from registers: the decode of which
-                    # word this is and the enables of its bits would otherwise follow the handshake in one cycle.
-                    m.d.sync += [held_write.eq(1), held_word.eq(word.data), held_index.eq(desc_index)]
-                    m.d.sync += [desc_index.eq(desc_index + 1), remaining.eq(remaining - 1)]
+                    write_descriptor_word()
+                    m.d.sync += [desc_index.eq(desc_index + 1), desc_sel.eq(desc_sel << 1),
+                                 remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         with m.If(word.last):
                             m.next = "SETTLE_0"
