@@ -516,19 +516,29 @@ class ConvEngine(wiring.Component):
         def moved_down(rows, down):
             """``rows`` less the tap rows a tile moves down, saturating at 0 (for ``above`` and ``room``)."""
             return Mux(rows > down, rows - down, 0)
-        height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
         if serial:
-            # ``height`` is a register, moved with ``room`` and ``above``; their next tile's values are computed
-            # while the cursor's walker runs, from its registered ``rows_down`` (valid two cycles after a move),
-            # in three steps: ready four cycles after the cycle of a move, the walker at the earliest ``cols + 3``
-            # (so ``cols`` >= 2 on this target: the constructor checks it).
+            # Stage 1 compares each column's ``dy * stride`` with two registers shared by the columns, moved with
+            # ``ky`` and the tile: the tap row ``dy * stride + ky`` is inside when ``row_lo <= dy * stride <
+            # row_hi``, with ``row_lo = above - ky`` and ``row_hi = min(room, reach + 1) - ky``. No adder then
+            # sits in front of the compares (it was three carry chains in a row). Columns likewise, below.
+            # The next tile's ``above`` and clamped ``room`` are computed while the cursor's walker runs, from its
+            # registered ``rows_down`` (valid two cycles after a move), in three steps: ready four cycles after
+            # the cycle of a move, the walker at the earliest ``cols + 3`` (so ``cols`` >= 2 on this target: the
+            # constructor checks it).
             down = Signal(range(2 * cols + 1), name="rows_down_taps")
             m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
-            height_next = Signal.like(height, name="height_next")
+            cap = Shape.cast(range(reach + 2)).width
+            cap_next = Signal(cap, name="cap_next")
             m.d.sync += [above_next.eq(moved_down(above, down)), room_next.eq(moved_down(room, down)),
-                         height_next.eq(window_height(room_next, above_next))]
+                         cap_next.eq(Mux(room_next > reach + 1, reach + 1, room_next))]
+            row_lo = Signal(signed(max(len(above), len(layer.kernel_h)) + 1), name="row_lo")
+            row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
+            col_lo = Signal(signed(max(len(layer.pad_left), len(layer.kernel_w)) + 1), name="col_lo")
+            col_hi = Signal(signed(max(len(layer.in_w) + 1, len(layer.kernel_w)) + 1), name="col_hi")
+            first_row_hi = Mux(layer.in_h + layer.pad_top > reach + 1, reach + 1, layer.in_h + layer.pad_top)
         else:
+            height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
             m.d.comb += height.eq(window_height(room, above))
 
         if serial:
@@ -557,16 +567,17 @@ class ConvEngine(wiring.Component):
 
         def restart_tile():
             firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1),
-                      last_ky.eq(layer.kernel_h == 1)] if serial else []
+                      last_ky.eq(layer.kernel_h == 1)] + restart_cols() if serial else []
             return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0),
                     tile_first.eq(1)] + firsts
 
+        def restart_cols():
+            return [col_lo.eq(layer.pad_left), col_hi.eq(layer.in_w + layer.pad_left)]
+
         def restart_block():
-            # The first tile's height, clamp(in_h + pad_top) - pad_top, is min(in_h, reach + 1 - pad_top).
-            first_height = Mux(layer.in_h + layer.pad_top > reach + 1, reach + 1 - layer.pad_top, layer.in_h)
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
                                      above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
-                                         [height.eq(first_height)] if serial else [])
+                                         [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if serial else [])
 
         with m.If(setup):
             m.d.sync += restart_tile() + restart_block() + [
@@ -583,7 +594,8 @@ class ConvEngine(wiring.Component):
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), tap_offset.eq(tap_offset + 1)]
                     if serial:
-                        m.d.sync += last_kx.eq(kx + 2 == layer.kernel_w)
+                        m.d.sync += [last_kx.eq(kx + 2 == layer.kernel_w), col_lo.eq(col_lo - 1),
+                                     col_hi.eq(col_hi - 1)]
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1)),
                                  tap_offset.eq(Mux(last_ky, 0, tap_row + layer.in_w)),
@@ -591,6 +603,9 @@ class ConvEngine(wiring.Component):
                     if serial:
                         m.d.sync += [last_kx.eq(layer.kernel_w == 1),
                                      last_ky.eq(Mux(last_ky, layer.kernel_h == 1, ky + 2 == layer.kernel_h))]
+                        m.d.sync += restart_cols()
+                        with m.If(~last_ky):
+                            m.d.sync += [row_lo.eq(row_lo - 1), row_hi.eq(row_hi - 1)]
             m.d.sync += [w_addr.eq(w_addr + 1), tile_first.eq(tile_last)]
             with m.If(tile_last):
                 step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
@@ -601,7 +616,8 @@ class ConvEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += cursor.advance() + [w_addr.eq(w_base)]
                     if serial:
-                        m.d.sync += [above.eq(above_next), room.eq(room_next), height.eq(height_next)]
+                        m.d.sync += [above.eq(above_next), room.eq(room_next), row_lo.eq(above_next),
+                                     row_hi.eq(cap_next)]
                     else:
                         down = cursor.rows_down << layer.stride2
                         m.d.sync += [above.eq(moved_down(above, down)), room.eq(moved_down(room, down))]
@@ -625,8 +641,9 @@ class ConvEngine(wiring.Component):
         # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map. A tap
         # row is inside when ``above <= dy * stride + ky < room``: both bounds are clamped once per tile to the
         # few values a column can reach, so the per-column compares are a few bits wide.
-        # As for columns: the tap row counted from the first row inside, ``dy * stride + ky - above``, is inside
-        # when its sign is clear and it is below ``height`` (``room - above``), both shared by the columns.
+        # The generic engine counts the tap row from the first row inside, ``dy * stride + ky - above``: inside
+        # when its sign is clear and it is below ``height`` (``room - above``), both shared by the columns. (The
+        # ice40 engine compares ``dy * stride`` with row_lo/row_hi instead, see there; columns likewise.)
         ky_rel = Signal(signed(len(ky) + 1))
         m.d.comb += ky_rel.eq(ky - above)
         # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the map
@@ -639,15 +656,20 @@ class ConvEngine(wiring.Component):
         with m.If(adv):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
+                m.d.sync += select[c].eq((f0 + (c << layer.stride2))[:lg_nb])
+                if serial:
+                    dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
+                    oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
+                    m.d.comb += [dys.eq(cursor.dy[c] << layer.stride2), oxs.eq(cursor.ox[c] << layer.stride2)]
+                    m.d.sync += inside[c].eq(cursor.pixel_valid[c] & (dys >= row_lo) & (dys < row_hi)
+                                             & (oxs >= col_lo) & (oxs < col_hi))
+                    continue
                 tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
                 tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
                 m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky_rel),
                              tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
-                m.d.sync += [
-                    select[c].eq((f0 + (c << layer.stride2))[:lg_nb]),
-                    inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
-                                 & ~tap_x[-1] & (tap_x < layer.in_w)),
-                ]
+                m.d.sync += inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
+                                         & ~tap_x[-1] & (tap_x < layer.in_w))
         banks = Array(bank_reads)
         m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
                      array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(weight_read)]
