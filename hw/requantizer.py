@@ -30,7 +30,8 @@ multiplier (16 cycles each):
    keeps instead of saturating it to ``INT32_MAX``: both give the same int8 result after either pass).
 2. the right shift by ``right = max(-shift, 0)`` as a multiplication by ``2**(31 - right)``: the product's part
    above bit 31 is ``value >> right``, bit 30 is the half bit and bits 29..0 the sticky bits, which give TFLite's
-   rounding divide (half away from zero) or single rounding's half up. A zero shift skips the pass's result.
+   rounding divide (half away from zero) or single rounding's half up. A zero shift multiplies by ``2**31``,
+   which gives the value itself (no half bit, no sticky bits).
 
 Then zero point and clamp, as in the parallel version; the int8 result shifts into the output register, which
 becomes valid with the beat's last channel. Beats come :func:`requant_interval` cycles apart (the input is
@@ -470,7 +471,10 @@ class Requantizer(wiring.Component):
         load_first = Mux(left[0], Cat(Const(0, 2), x), Cat(Const(0, 1), x))
         exponent = Signal(5)
         m.d.comb += exponent.eq(~right[:5])
-        load_second = Mux(exponent[0], Const(0b100, 3), Const(0b010, 3))
+        # One digit, +1 (window 010) at e // 2 for an even e or +2 (window 011, not the 100 then 001 of 2**e's own
+        # bits) for an odd one: 2**31 (no right shift) is exact within the 16 digits, so the second pass's result
+        # is the value itself and the rounding needs no bypass.
+        load_second = Mux(exponent[0], Const(0b011, 3), Const(0b010, 3))
         # The digit is decoded a cycle ahead, from the window the next step will see, and registered. The load's
         # window and the others' are decoded apart and chosen last: ``load`` waits on the output handshake, and
         # the choice is then one LUT after it.
@@ -499,34 +503,50 @@ class Requantizer(wiring.Component):
         m.d.comb += [load_digit.eq(booth(load_window)), next_digit.eq(booth(next_window))]
         negative, one, two = Signal(name="negative"), Signal(name="one"), Signal(name="two")
         m.d.sync += Cat(negative, one, two).eq(Mux(load, load_digit, next_digit))
+        # The previous step's sign, beside it (the same as the digit's at the start of a pass).
+        was_negative = Signal(name="was_negative")
+        m.d.sync += was_negative.eq(Mux((phase == _PASS1) | (phase == _PASS2), negative,
+                                        Mux(load, load_digit[0], next_digit[0])))
 
         # The multiplicand register: the multiplier for the first pass, then the first pass's result (33 bits:
-        # single rounding's p >> 31 reaches 2**31), which is also the result when the shift is 0.
-        held = Signal(signed(33))
+        # single rounding's p >> 31 reaches 2**31).
+        held = Signal(signed(33), name="held")
         with m.If(load):
             m.d.sync += held.eq(params.multiplier)
-        # A negative digit adds the complement and a carry in: one adder, no subtractor beside it.
-        addend = Signal(signed(35))
+        # Widths: digits are at most 2 and |held| <= 2**31, so the part above the shifted-out bits stays within
+        # 2/3 |held| + 1 (32 bits) and a step's sum within 8/3 |held| + 1 (34 bits): no wider carry chain.
+        # A negative digit subtracts as ``high - a = ~(~high + a)``, so the addend is one LUT of ``held`` and
+        # the digit (no complement, no carry in after it), beside one LUT turning ``high`` over, both ahead of
+        # the carry chain. The sum goes into ``high`` as it is, complemented after a negative digit; the next
+        # step turns it over only if its own sign differs. A pass starts from ``high = -1``: 0 complemented for
+        # a negative first digit, and 0 after the carry in ``start`` otherwise.
+        addend = Signal(signed(34), name="addend")
         m.d.comb += addend.eq(Mux(one, held, Mux(two, held << 1, 0)))
-        high = Signal(signed(36))                 # the product above the bits already shifted out
-        total = Signal(signed(37))
-        m.d.comb += total.eq(high + Mux(negative, ~addend, addend) + negative)
-        low2 = Signal(2)                          # product bits 31 and 30 once a pass is done
-        zero = Signal()                           # product bits 29..0 are all zero
-
-        bypass = Signal()
-        hi_neg = Signal()
-        quotient = Signal(signed(37))             # p >> 31 of the pass just finished
-        m.d.comb += quotient.eq(Cat(low2[1], high).as_signed())
-        # One incrementer serves both roundings: half up after the first pass (bit 30; not for single rounding
-        # with a shift, whose second pass rounds p >> 31 itself), TFLite's rounding divide (half away from zero:
-        # the half bit, and for a negative value a sticky bit too) or half up after the second.
-        up = Signal()
-        m.d.comb += up.eq(Mux(phase == _BETWEEN, low2[0] & ~(single & right_nz),
-                              low2[0] & (single | ~hi_neg | ~zero)))
-        # Both candidates, then the choice: ``up`` (a few LUTs late) selects instead of entering the carry chain.
-        bumped, rounded = Signal(signed(34)), Signal(signed(34))
-        m.d.comb += [bumped.eq(quotient + 1), rounded.eq(Mux(up, bumped, quotient))]
+        high = Signal(signed(32), name="high")    # the product above the bits already shifted out
+        turned = Signal(signed(32), name="turned")
+        m.d.comb += turned.eq(high ^ (negative ^ was_negative).replicate(32))
+        start = Signal(name="start")
+        total = Signal(signed(34), name="total")
+        m.d.comb += total.eq(turned + addend + start)
+        low = Signal(2, name="low")               # the sum's low bits, turned over where complemented
+        m.d.comb += low.eq(total[:2] ^ negative.replicate(2))
+        m.d.sync += start.eq(Mux(load, ~load_digit[0], phase == _BETWEEN))
+        p31 = Signal(name="p31")                  # product bit 31 once a pass is done (complemented as high)
+        zero = Signal(name="zero")                # product bits 29..0 are all zero
+        # ``p31`` and ``high`` are left complemented if the pass's last digit was negative (``last_neg``; never
+        # after the second pass, which has no negative digit). The rounding bit is registered beside them, split
+        # by that sign: ``up_pos`` is added, ``up_neg`` subtracted from the complement, which then turns over
+        # (``~(~q - 1) = q + 1``). The first pass rounds half up (not for single rounding with a shift, whose
+        # second pass rounds p >> 31 itself), the second TFLite's rounding divide (half away from zero: the half
+        # bit, and for a negative value a sticky bit too) or single rounding's half up.
+        last_neg, up_pos, up_neg = Signal(name="last_neg"), Signal(name="up_pos"), Signal(name="up_neg")
+        hi_neg = Signal(name="hi_neg")
+        quotient = Signal(signed(33), name="quotient")   # p >> 31 of the pass just finished, maybe complemented
+        m.d.comb += quotient.eq(Cat(p31, high).as_signed())
+        # One adder rounds after both passes; its operands are registers, so nothing waits ahead of the chain.
+        bumped, rounded = Signal(signed(33), name="bumped"), Signal(signed(33), name="rounded")
+        m.d.comb += [bumped.eq(quotient + up_neg.replicate(33).as_signed() + up_pos),
+                     rounded.eq(bumped ^ last_neg.replicate(33))]
         # After the first pass only INT32_MIN * INT32_MIN reaches 2**31, where TFLite saturates to INT32_MAX. Not
         # saturating changes no output: with no right shift both clamp to qmax, and with one (r >= 1) 2**31 and
         # 2**31 - 1 round to the same 2**(31 - r).
@@ -534,31 +554,32 @@ class Requantizer(wiring.Component):
         with m.If((phase == _PASS1) | (phase == _PASS2)):
             m.d.sync += high.eq(total >> 2)
             with m.If(last_step):
-                m.d.sync += low2.eq(total[:2])
+                up = low[0] & Mux(phase == _PASS1, ~(single & right_nz), single | ~hi_neg | ~zero)
+                m.d.sync += [p31.eq(total[1]), last_neg.eq(negative),
+                             up_pos.eq(up & ~negative), up_neg.eq(up & negative)]
             with m.Else():
-                m.d.sync += zero.eq(zero & (total[:2] == 0))
+                m.d.sync += zero.eq(zero & (low == 0))
         with m.If(load):
-            m.d.sync += [high.eq(0), zero.eq(1)]
+            m.d.sync += [high.eq(-1), zero.eq(1)]
         with m.If(phase == _BETWEEN):
             # Double: the saturating rounding doubling high multiply. Single: p >> 31 itself, unless the shift
             # is 0 (then the half-up rounding just done is the result).
-            m.d.sync += [held.eq(rounded), hi_neg.eq(rounded < 0), bypass.eq(~right_nz), high.eq(0), zero.eq(1)]
+            m.d.sync += [held.eq(rounded), hi_neg.eq(rounded < 0), high.eq(-1), zero.eq(1)]
 
         # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
         # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).
         # The flags of ``value = v0 + u`` (34 bits, as ``rounded``) without its 34-bit carry chain: ``u`` reaches
         # bits 8 and up only as the carry ``c`` out of the low byte, and the flags of ``h + c`` (h = v0's bits 8
         # and up, wrapping like the sum) follow from h's sign and a few all-ones/zero tests.
-        v0 = Signal(signed(34))
-        u = Signal()
-        m.d.comb += [v0.eq(Mux(bypass, held, quotient)), u.eq(~bypass & up)]
+        v0 = quotient
+        u = up_pos                                # the second pass leaves nothing complemented
         h = v0[8:]
         c = Signal()
         m.d.comb += c.eq(u & (v0[:8] == 0xFF))
         h_max = ~h[-1] & (h[:-1] == (1 << (len(h) - 1)) - 1)
         result, above, below = Signal(10), Signal(), Signal()
         with m.If(phase == _ROUND):
-            m.d.sync += [result.eq(v0[:10] + u),
+            m.d.sync += [result.eq(rounded[:10]),
                          above.eq(~h[-1] & Mux(c, ~h_max, h != 0)),
                          below.eq(Mux(c, (h[-1] & (h[1:] != (1 << (len(h) - 1)) - 1)) | h_max,
                                       h[-1] & (h != (1 << len(h)) - 1)))]
