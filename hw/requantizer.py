@@ -503,10 +503,10 @@ class Requantizer(wiring.Component):
         m.d.comb += [load_digit.eq(booth(load_window)), next_digit.eq(booth(next_window))]
         negative, one, two = Signal(name="negative"), Signal(name="one"), Signal(name="two")
         m.d.sync += Cat(negative, one, two).eq(Mux(load, load_digit, next_digit))
-        # The previous step's sign, beside it (the same as the digit's at the start of a pass).
+        # The previous step's sign, beside it (the same as the digit's at the start of a pass: the load's, or 0
+        # for the second pass, which has no negative digit).
         was_negative = Signal(name="was_negative")
-        m.d.sync += was_negative.eq(Mux((phase == _PASS1) | (phase == _PASS2), negative,
-                                        Mux(load, load_digit[0], next_digit[0])))
+        m.d.sync += was_negative.eq(Mux(load, load_digit[0], negative & ((phase == _PASS1) | (phase == _PASS2))))
 
         # The multiplicand register: the multiplier for the first pass, then the first pass's result (33 bits:
         # single rounding's p >> 31 reaches 2**31).
