@@ -458,6 +458,14 @@ class Requantizer(wiring.Component):
         right_nz = Signal()                       # right != 0, latched beside it: no 5-input compare in the rounding
         with m.If(load):
             m.d.sync += [right.eq(Mux(shift < 0, -shift, 0)), right_nz.eq(shift < 0)]
+        # The second pass's first digit and counters, decoded with the load (right = 31 - e): no decode of
+        # ``right`` in the cycle between the passes.
+        second_go, second_wait_one = Signal(name="second_go"), Signal(name="second_wait_one")
+        second_one, second_two = Signal(name="second_one"), Signal(name="second_two")
+        with m.If(load):
+            m.d.sync += [second_go.eq((shift == -31) | (shift == -30)),
+                         second_wait_one.eq((shift == -29) | (shift == -28)),
+                         second_one.eq(shift == -31), second_two.eq(shift == -30)]
 
         # Booth digit ``step`` reads a[2k+1], a[2k], a[2k-1] from the low bits of ``operand``, which shifts by two
         # per digit. A pass multiplies by ``a = v << e``: the first ``e // 2`` digits are zero (``wait`` counts
@@ -481,26 +489,27 @@ class Requantizer(wiring.Component):
         def booth(window):
             n0, n1, n2 = window[0], window[1], window[2]
             return Cat(n2 & ~(n1 & n0), n1 ^ n0, (n2 & ~n1 & ~n0) | (~n2 & n1 & n0))
-        load_window, next_window = Signal(3), Signal(3)
+        load_window, next_window = Signal(3), Signal(3, name="next_window")
         m.d.comb += load_window.eq(Mux(left_wait == 0, load_first[:3], 0))
         wait_one = Signal()                       # wait == 1, kept beside it
         with m.If(load):
             m.d.sync += [operand.eq(load_first), wait.eq(left_wait), go.eq(left_wait == 0),
                          wait_one.eq(left_wait == 1)]
         with m.Elif(phase == _BETWEEN):
-            m.d.sync += [operand.eq(load_second), wait.eq(exponent >> 1), go.eq((exponent >> 1) == 0),
-                         wait_one.eq((exponent >> 1) == 1)]
+            m.d.sync += [operand.eq(load_second), wait.eq(exponent >> 1), go.eq(second_go),
+                         wait_one.eq(second_wait_one)]
         with m.Elif((phase == _PASS1) | (phase == _PASS2)):
             with m.If(go):
                 m.d.sync += operand.eq(operand >> 2)
             with m.Else():
                 m.d.sync += [wait.eq(wait - 1), go.eq(wait_one), wait_one.eq(wait == 2)]
+        load_digit, next_digit = Signal(3), Signal(3)
+        m.d.comb += load_digit.eq(booth(load_window))
         with m.If(phase == _BETWEEN):
-            m.d.comb += next_window.eq(Mux((exponent >> 1) == 0, load_second, 0))
+            m.d.comb += next_digit.eq(Cat(0, second_one, second_two))     # booth(load_second) if e < 2
         with m.Elif((phase == _PASS1) | (phase == _PASS2)):
             m.d.comb += next_window.eq(Mux(go, operand[2:5], Mux(wait_one, operand[:3], 0)))
-        load_digit, next_digit = Signal(3), Signal(3)
-        m.d.comb += [load_digit.eq(booth(load_window)), next_digit.eq(booth(next_window))]
+            m.d.comb += next_digit.eq(booth(next_window))
         negative, one, two = Signal(name="negative"), Signal(name="one"), Signal(name="two")
         m.d.sync += Cat(negative, one, two).eq(Mux(load, load_digit, next_digit))
         # The previous step's sign, beside it (the same as the digit's at the start of a pass: the load's, or 0
@@ -568,7 +577,7 @@ class Requantizer(wiring.Component):
 
         # Zero point and clamp in 11 bits: a result outside [-256, 255] clamps whatever the int8 zero point, so
         # only its low 10 bits and those two flags are registered (rounding and clamping take a cycle each).
-        # The flags of ``value = v0 + u`` (34 bits, as ``rounded``) without its 34-bit carry chain: ``u`` reaches
+        # The flags of ``value = v0 + u`` (33 bits, as ``rounded``) without its 33-bit carry chain: ``u`` reaches
         # bits 8 and up only as the carry ``c`` out of the low byte, and the flags of ``h + c`` (h = v0's bits 8
         # and up, wrapping like the sum) follow from h's sign and a few all-ones/zero tests.
         v0 = quotient
@@ -577,7 +586,7 @@ class Requantizer(wiring.Component):
         c = Signal()
         m.d.comb += c.eq(u & (v0[:8] == 0xFF))
         h_max = ~h[-1] & (h[:-1] == (1 << (len(h) - 1)) - 1)
-        result, above, below = Signal(10), Signal(), Signal()
+        result, above, below = Signal(10, name="result"), Signal(name="above"), Signal(name="below")
         with m.If(phase == _ROUND):
             m.d.sync += [result.eq(rounded[:10]),
                          above.eq(~h[-1] & Mux(c, ~h_max, h != 0)),
