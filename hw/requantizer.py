@@ -531,7 +531,11 @@ class Requantizer(wiring.Component):
         # a negative first digit, and 0 after the carry in ``start`` otherwise.
         addend = Signal(signed(34), name="addend")
         m.d.comb += addend.eq(Mux(one, held, Mux(two, held << 1, 0)))
-        high = Signal(signed(32), name="high")    # the product above the bits already shifted out
+        # The product above the bits already shifted out. Reset-less: a pass always starts it at -1 (a flip-flop
+        # set, beside the enable), so its data input is the carry chain's sum LUT alone. With the run's reset too,
+        # the -1 took each sum LUT's fourth input, and nextpnr splits a chain whose tile has more than 32 LUT and
+        # control inputs (a split costs a fabric detour of about 3 ns).
+        high = Signal(signed(32), name="high", reset_less=True)
         turned = Signal(signed(32), name="turned")
         m.d.comb += turned.eq(high ^ (negative ^ was_negative).replicate(32))
         start = Signal(name="start")
