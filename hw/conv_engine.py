@@ -553,16 +553,20 @@ class ConvEngine(wiring.Component):
             last_ci = ci + 1 == layer.in_c
             last_kx = kx + 1 == layer.kernel_w
             last_ky = ky + 1 == layer.kernel_h
-        tile_last = last_ci & last_kx & last_ky
+        # ``tile_last``, ``adv`` and ``issue`` are kept wires on the iCE40: each is then one LUT, and every enable
+        # of the input side one more (yosys's ABC, left to itself, shared them into seven levels).
+        keep = {"keep": 1} if serial else {}
+        tile_last = Signal(name="tile_last", attrs=keep)
+        m.d.comb += tile_last.eq(last_ci & last_kx & last_ky)
         tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
         all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
 
-        adv = Signal()
+        adv = Signal(name="adv", attrs=keep)
         m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
         # A beat leaves the counters when stage 1 takes it; on ice40 a tile's last beat (which moves the cursor)
         # also waits for the cursor's walker, which only a tile of very few beats ever notices.
-        issue = Signal()
+        issue = Signal(name="issue", attrs=keep)
         m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if serial else in_run & adv)
 
         def restart_tile():
@@ -578,6 +582,16 @@ class ConvEngine(wiring.Component):
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
                                      above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
                                          [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if serial else [])
+
+        if serial:
+            # A row step and a tile step as registers, from the layer (which holds still from the setup cycle; the
+            # first move comes many cycles later): no multiplexer in front of the base adders.
+            step, tile_step = Signal(flat_bits, name="row_step"), Signal(range(2 * cols + 1), name="tile_step")
+            m.d.sync += [step.eq(Mux(layer.stride2, layer.in_w << 1, layer.in_w)),
+                         tile_step.eq(Mux(layer.stride2, 2 * cols, cols))]
+        else:
+            step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
+            tile_step = Mux(layer.stride2, 2 * cols, cols)
 
         with m.If(setup):
             m.d.sync += restart_tile() + restart_block() + [
@@ -608,7 +622,6 @@ class ConvEngine(wiring.Component):
                             m.d.sync += [row_lo.eq(row_lo - 1), row_hi.eq(row_hi - 1)]
             m.d.sync += [w_addr.eq(w_addr + 1), tile_first.eq(tile_last)]
             with m.If(tile_last):
-                step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
                 with m.If(block_last):
                     m.d.sync += restart_block() + [w_base.eq(w_addr + 1), out_block.eq(out_block + 1)]
                     with m.If(all_last):
@@ -626,7 +639,7 @@ class ConvEngine(wiring.Component):
                     with m.Elif(cursor.wrap_row):
                         m.d.sync += [tile_base.eq(row_base + step), row_base.eq(row_base + step)]
                     with m.Else():
-                        m.d.sync += tile_base.eq(tile_base + Mux(layer.stride2, 2 * cols, cols))
+                        m.d.sync += tile_base.eq(tile_base + tile_step)
 
         # Bank addresses: bank j serves the first flat index >= f0 that is j modulo NB, which is in f0's bank row
         # when j >= f0 mod NB and in the next one otherwise: two shared adders for all the banks.
