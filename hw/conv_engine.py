@@ -513,9 +513,15 @@ class ConvEngine(wiring.Component):
         def window_height(room, above):
             return Mux(room > reach + 1, reach + 1, room) - above
 
-        def moved_down(rows, down):
-            """``rows`` less the tap rows a tile moves down, saturating at 0 (for ``above`` and ``room``)."""
-            return Mux(rows > down, rows - down, 0)
+        def moved_down(rows, down, name=None):
+            """``rows`` less the tap rows a tile moves down, saturating at 0 (for ``above`` and ``room``). With
+            ``name``, the compare is a kept wire of that name (yosys's ABC otherwise stretched it into the
+            register's reset)."""
+            more = rows > down
+            if name is not None:
+                more = Signal(name=name, attrs={"keep": 1})
+                m.d.comb += more.eq(rows > down)
+            return Mux(more, rows - down, 0)
         if serial:
             # Stage 1 compares each column's ``dy * stride`` with two registers shared by the columns, moved with
             # ``ky`` and the tile: the tap row ``dy * stride + ky`` is inside when ``row_lo <= dy * stride <
@@ -530,7 +536,8 @@ class ConvEngine(wiring.Component):
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
             cap = Shape.cast(range(reach + 2)).width
             cap_next = Signal(cap, name="cap_next")
-            m.d.sync += [above_next.eq(moved_down(above, down)), room_next.eq(moved_down(room, down)),
+            m.d.sync += [above_next.eq(moved_down(above, down, "above_more")),
+                         room_next.eq(moved_down(room, down, "room_more")),
                          cap_next.eq(Mux(room_next > reach + 1, reach + 1, room_next))]
             row_lo = Signal(signed(max(len(above), len(layer.kernel_h)) + 1), name="row_lo")
             row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
@@ -737,7 +744,8 @@ class ConvEngine(wiring.Component):
             # The serial lane reads the column in place (the array holds it until it is taken) and its parameters
             # a lane at a time; a column past the layer's pixels is taken at once. No copy of the column, no
             # parameter beat.
-            keep, at_end = Signal(name="keep"), Signal(name="at_end")
+            # Kept wires, as the requantizer's ``finish``: the array's ``taken`` is then one LUT after them.
+            keep, at_end = Signal(name="keep", attrs={"keep": 1}), Signal(name="at_end")
             m.d.comb += [keep.eq(column.col <= head.last_col), at_end.eq(column.col == head.last_col)]
             with m.If(taken & keep):
                 m.d.sync += out_pixel.eq(Mux(at_end & head.block_last, 0, out_pixel + 1))

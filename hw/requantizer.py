@@ -397,7 +397,8 @@ class Requantizer(wiring.Component):
         last = Signal()
         free = Signal()
         m.d.comb += free.eq(~o.valid | o.ready)
-        write, load, finish = Signal(), Signal(), Signal()
+        # ``finish`` is the input's ready, a kept wire: the conv engine's array takes its column one LUT after it.
+        write, load, finish = Signal(), Signal(), Signal(name="finish", attrs={"keep": 1})
         # A result goes into the output register only while it is free: the register shifts, one lane a write.
         # ``phase == _WRITE`` and ``phase == _LOAD`` as registers of their own: ``load`` enables most of the
         # datapath's registers, so it is kept two LUTs from the output handshake.

@@ -281,7 +281,10 @@ class SystolicArray(wiring.Component):
 
         full = Signal()
         next_col = Signal(range(cols))
-        taken = Signal()
+        # ``taken`` and each high part's carry and borrow are kept wires: every high part's enable is then one LUT
+        # after ``taken`` (the output handshake, late and routed to blocks at both edges of the die), where
+        # yosys's ABC shared it through a LUT of its own first (nextpnr's critical path, 29.7 ns).
+        taken = Signal(name="taken", attrs={"keep": 1})
         m.d.comb += [o.valid.eq(full), o.payload.col.eq(next_col), taken.eq(o.valid & o.ready)]
         # A restart drops the pending columns: the blocks' asynchronous output reset, from a flip-flop, clears
         # the accumulators in the cycle after it (long before a new layer's first beat reaches them).
@@ -322,7 +325,8 @@ class SystolicArray(wiring.Component):
             with m.If(pflags.valid):
                 m.d.sync += before.eq(s[15])
             negative = asigns.act[c] ^ asigns.wgt[r]
-            up, down = Signal(name=f"carry_{r}_{c}"), Signal(name=f"borrow_{r}_{c}")
+            up = Signal(name=f"carry_{r}_{c}", attrs={"keep": 1})
+            down = Signal(name=f"borrow_{r}_{c}", attrs={"keep": 1})
             m.d.comb += [up.eq(counted & ~negative & before & ~s[15]), down.eq(counted & negative & ~before & s[15])]
             with m.If(self.restart):
                 m.d.sync += upper[r, c].eq(0)
