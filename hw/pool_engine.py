@@ -591,10 +591,12 @@ class _Ice40Pool(wiring.Component):
                          right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
             with m.If(~left):
                 m.d.sync += [px.eq(px_next), at_last.eq(at_next)]
-        with m.If(load | row_end):
+        # A row's end moves the row counter unless it is a top padding row's (the bottom one restarts it): one
+        # LUT after ``row_end`` (``restart | body``, spelled out, put three more on nextpnr's critical path).
+        with m.If(load | (row_end & ~top)):
             with m.If(restart):
                 m.d.sync += [rows_left.eq(w.height[:ybits]), last_body_row.eq(w.height[:ybits] == 1)]
-            with m.Elif(body):
+            with m.Else():
                 m.d.sync += [rows_left.eq(rows_left - 1), last_body_row.eq(rows_left == 2)]
         with m.If(load):
             m.d.sync += [groups_left.eq(w.groups[:gbits]), last_plane.eq(w.groups[:gbits] == 1),
