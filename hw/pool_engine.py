@@ -555,7 +555,6 @@ class _Ice40Pool(wiring.Component):
         m.d.comb += px_next.eq(px + 1)
         in_col = ~left & ~right
         last_body_col = in_col & at_last
-        last_col = right | (last_body_col & ~pad_right)
 
         # The input's valid arrives late (through the accelerator's routing), and the enables of every counter
         # depend on it through ``fire``: kept wires (yosys's ABC maps each side separately) make it enter at the
@@ -566,10 +565,13 @@ class _Ice40Pool(wiring.Component):
             self.i_pixels.ready.eq(in_bounds & ~stall),
             fire.eq(started & ~stall & (~in_bounds | self.i_pixels.valid)),
         ]
-        end_col, end_row = Signal(attrs=keep), Signal(attrs=keep)
+        # ``end_col`` (the position ends its row: the right padding column, or the last input column without
+        # one) is a flip-flop, moved with ``left``, ``right`` and ``at_last`` below: two LUTs fewer between them
+        # and every counter's enable (nextpnr's critical path at 36.3 MHz).
+        end_col = Signal(name="end_col")
+        end_row = Signal(attrs=keep)
         row_end, plane_end = Signal(attrs=keep), Signal(attrs=keep)
-        m.d.comb += [end_col.eq(last_col), end_row.eq(last_row),
-                     row_end.eq(fire & end_col), plane_end.eq(row_end & end_row)]
+        m.d.comb += [end_row.eq(last_row), row_end.eq(fire & end_col), plane_end.eq(row_end & end_row)]
         layer_end = plane_end & last_plane
         # Taken with the last position (from the flags, the stall and the input's valid: a few LUTs); taking it a
         # cycle later would lengthen a layer that ends on positions no window reaches by a cycle.
@@ -581,16 +583,26 @@ class _Ice40Pool(wiring.Component):
         new_phase = Mux(restart, Mux(pad_top, _TOP, _BODY), Mux(top, _AFTER_TOP, Mux(to_bottom, _BOTTOM, _BODY)))
         # The layer goes on after a row's end unless the row ends its last plane.
         started_next = Mux(load, w.groups[:gbits] != 0, ~(last_row & last_plane))
-        at_first, at_next = Signal(attrs=keep), Signal(attrs=keep)
-        m.d.comb += [at_first.eq(w.width == 1), at_next.eq(px + 2 == w.width)]
+        # ``at_next`` (px + 2 == width: the next input column is the last) is a flip-flop too, moved with ``px``
+        # from ``width - 3``, registered (the layer's fields hold still from the load on, and the first step
+        # comes a cycle after it): the flags above it are then a LUT or two from flip-flops.
+        at_first = Signal(attrs=keep)
+        at_next = Signal(name="at_next")
+        width_less_3 = Signal(signed(len(w.width) + 1), name="width_less_3")
+        m.d.sync += width_less_3.eq(w.width - 3)
+        m.d.comb += at_first.eq(w.width == 1)
         with m.If(load | row_end):
             m.d.sync += [px.eq(0), at_last.eq(at_first), col_wait.eq(wide), left.eq(pad_left), right.eq(0),
-                         in_bounds.eq(started_next & ~new_phase[0] & ~pad_left)]
+                         in_bounds.eq(started_next & ~new_phase[0] & ~pad_left),
+                         end_col.eq(~pad_left & at_first & ~pad_right), at_next.eq(w.width == 2)]
         with m.Elif(fire):
             m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
                          right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
+            # As ``right | (~left & ~right & at_last & ~pad_right)`` of the moved flags.
+            last_next = Mux(left, at_last, at_next)
+            m.d.sync += end_col.eq(last_body_col | (last_next & ~pad_right))
             with m.If(~left):
-                m.d.sync += [px.eq(px_next), at_last.eq(at_next)]
+                m.d.sync += [px.eq(px_next), at_last.eq(at_next), at_next.eq(px == width_less_3)]
         # A row's end moves the row counter unless it is a top padding row's (the bottom one restarts it): one
         # LUT after ``row_end`` (``restart | body``, spelled out, put three more on nextpnr's critical path).
         with m.If(load | (row_end & ~top)):
