@@ -43,7 +43,7 @@ padding. Beats come channel block by channel block, pixels in raster order withi
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Array, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -671,8 +671,7 @@ class ConvEngine(wiring.Component):
         kx_rel = Signal(signed(len(layer.kernel_w) + 1))
         m.d.comb += kx_rel.eq(kx - layer.pad_left)
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
-        # Reset-less (they mean something only with s1_valid, which has the reset): with the run's reset as well,
-        # yosys folded the stage's enable into their data logic.
+        # Reset-less: they mean something only with s1_valid, which has the reset.
         inside = [Signal(name=f"inside_{c}", reset_less=True) for c in range(cols)]
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         with m.If(adv):
@@ -683,8 +682,8 @@ class ConvEngine(wiring.Component):
                     dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
                     oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
                     m.d.comb += [dys.eq(cursor.dy[c] << layer.stride2), oxs.eq(cursor.ox[c] << layer.stride2)]
-                    # Kept wires: yosys's ABC otherwise merged the stage's enable into the compares' LUTs, a
-                    # detour of three LUTs through the array's handshake on nextpnr's critical path.
+                    # Kept wires: yosys's ABC otherwise fed the stage's enable into the compare chains' inputs,
+                    # a detour of three LUTs through the array's handshake on nextpnr's critical path.
                     terms = [Signal(name=f"inside_{c}_{t}", attrs={"keep": 1}) for t in range(5)]
                     m.d.comb += [t.eq(v) for t, v in zip(terms, (cursor.pixel_valid[c], dys >= row_lo,
                                                                   dys < row_hi, oxs >= col_lo, oxs < col_hi))]
