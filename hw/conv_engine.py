@@ -510,8 +510,12 @@ class ConvEngine(wiring.Component):
         # reach (see there).
         reach = 2 * (cols - 1) + (1 << len(layer.kernel_h)) - 1          # largest dy * stride + ky
 
+        def clamped(rows):
+            """``rows`` (a ``room``), clamped to the rows a column can reach."""
+            return Mux(rows > reach + 1, reach + 1, rows)
+
         def window_height(room, above):
-            return Mux(room > reach + 1, reach + 1, room) - above
+            return clamped(room) - above
 
         def moved_down(rows, down, name=None):
             """``rows`` less the tap rows a tile moves down, saturating at 0 (for ``above`` and ``room``). With
@@ -538,12 +542,12 @@ class ConvEngine(wiring.Component):
             cap_next = Signal(cap, name="cap_next")
             m.d.sync += [above_next.eq(moved_down(above, down, "above_more")),
                          room_next.eq(moved_down(room, down, "room_more")),
-                         cap_next.eq(Mux(room_next > reach + 1, reach + 1, room_next))]
+                         cap_next.eq(clamped(room_next))]
             row_lo = Signal(signed(max(len(above), len(layer.kernel_h)) + 1), name="row_lo")
             row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
             col_lo = Signal(signed(max(len(layer.pad_left), len(layer.kernel_w)) + 1), name="col_lo")
             col_hi = Signal(signed(max(len(layer.in_w) + 1, len(layer.kernel_w)) + 1), name="col_hi")
-            first_row_hi = Mux(layer.in_h + layer.pad_top > reach + 1, reach + 1, layer.in_h + layer.pad_top)
+            first_row_hi = clamped(layer.in_h + layer.pad_top)
         else:
             height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
             m.d.comb += height.eq(window_height(room, above))
@@ -664,12 +668,13 @@ class ConvEngine(wiring.Component):
         # The generic engine counts the tap row from the first row inside, ``dy * stride + ky - above``: inside
         # when its sign is clear and it is below ``height`` (``room - above``), both shared by the columns. (The
         # ice40 engine compares ``dy * stride`` with row_lo/row_hi instead, see there; columns likewise.)
-        ky_rel = Signal(signed(len(ky) + 1))
-        m.d.comb += ky_rel.eq(ky - above)
-        # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the map
-        # when its sign is clear and it is below W, one compare a column.
-        kx_rel = Signal(signed(len(layer.kernel_w) + 1))
-        m.d.comb += kx_rel.eq(kx - layer.pad_left)
+        if not serial:
+            ky_rel = Signal(signed(len(ky) + 1))
+            m.d.comb += ky_rel.eq(ky - above)
+            # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the
+            # map when its sign is clear and it is below W, one compare a column.
+            kx_rel = Signal(signed(len(layer.kernel_w) + 1))
+            m.d.comb += kx_rel.eq(kx - layer.pad_left)
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         # Reset-less: they mean something only with s1_valid, which has the reset.
         inside = [Signal(name=f"inside_{c}", reset_less=True) for c in range(cols)]
