@@ -160,17 +160,22 @@ class SerialBridge(wiring.Component):
         with m.Elif(addr_step):
             m.d.sync += [past_command.eq(addr == length), past_answer.eq(addr == answer_last)]
 
-        # One CRC register: a frame is received and checked before the answer is sent, never both at once. A byte
-        # sent enters the CRC a cycle after it left, from a register, so the CRC logic does not sit behind the
-        # byte mux.
+        # One CRC register: a frame is received and checked before the answer is sent, never both at once. Every
+        # change to it is decided a cycle ahead, in flip-flops: a reset a cycle after a state asks for it
+        # (``reset_crc``), a received byte a cycle after it was taken (``rx_stepped``, ``rx_byte``), a sent byte
+        # in the cycle after it left (``sent_byte``, stepped from the state flags). The register's enable is then
+        # a LUT or two of flip-flops, not the end of the state machine's decisions (a 7-LUT cone, once nextpnr's
+        # critical path). The delay is never seen: a received CRC is compared no sooner than two cycles after the
+        # payload's last byte, and the first byte of an answer enters three cycles after its reset.
         crc = Signal(16)
-        crc_init, crc_step = Signal(), Signal()
-        crc_byte = Signal(8)
-        sent_byte = Signal(8)
-        with m.If(crc_init):
+        crc_init, rx_step, tx_step = Signal(), Signal(), Signal()
+        reset_crc, rx_stepped = Signal(), Signal()
+        rx_byte, sent_byte = Signal(8), Signal(8)
+        m.d.sync += [reset_crc.eq(crc_init), rx_stepped.eq(rx_step), rx_byte.eq(byte_in)]
+        with m.If(reset_crc):
             m.d.sync += crc.eq(0xFFFF)
-        with m.Elif(crc_step):
-            m.d.sync += crc.eq(crc16_update(crc, crc_byte))
+        with m.Elif(rx_stepped | tx_step):
+            m.d.sync += crc.eq(crc16_update(crc, Mux(tx_step, sent_byte, rx_byte)))
 
         seq = Signal(8)
         retry = Signal()            # the frame in hand is a RETRY
@@ -255,9 +260,9 @@ class SerialBridge(wiring.Component):
                 goto("HUNT", "HEADER")
 
         with m.If(state["HEADER"]):
-            m.d.comb += [self.i_rx.ready.eq(1), crc_byte.eq(byte_in)]
+            m.d.comb += self.i_rx.ready.eq(1)
             with m.If(self.i_rx.valid):
-                m.d.comb += [crc_step.eq(1), lane_step.eq(1)]
+                m.d.comb += [rx_step.eq(1), lane_step.eq(1)]
                 with m.Switch(lane):
                     with m.Case(0):
                         m.d.sync += [retry.eq(byte_in == FrameType.RETRY),
@@ -286,11 +291,11 @@ class SerialBridge(wiring.Component):
 
         with m.If(state["PAYLOAD"]):
             # A cycle with no byte taken after the last word, to see that it was the last.
-            m.d.comb += [self.i_rx.ready.eq(~past_command), crc_byte.eq(byte_in)]
+            m.d.comb += self.i_rx.ready.eq(~past_command)
             with m.If(past_command):
                 goto("PAYLOAD", "CRC")
             with m.Elif(self.i_rx.valid):     # ready: not past_command
-                m.d.comb += [cmd_wp.en.eq(1 << lane), crc_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
+                m.d.comb += [cmd_wp.en.eq(1 << lane), rx_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
             with m.Elif(timed_out):
                 goto("PAYLOAD", "NAK")
 
@@ -351,11 +356,11 @@ class SerialBridge(wiring.Component):
                 goto("NAK", "SEND")
 
         with m.If(state["SEND"]):
-            m.d.comb += [self.o_tx.valid.eq(~settle), crc_byte.eq(sent_byte)]
+            m.d.comb += self.o_tx.valid.eq(~settle)
             with m.If(settle):
                 # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
                 # last word of the payload, ``addr`` has stepped past the answer.
-                m.d.comb += crc_step.eq((phase >= 2) & (phase <= 6))
+                m.d.comb += tx_step.eq((phase >= 2) & (phase <= 6))
                 with m.If((phase == 5) & past_answer):
                     m.d.sync += phase.eq(6)
             with m.If(self.o_tx.valid & self.o_tx.ready):
