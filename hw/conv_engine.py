@@ -496,8 +496,12 @@ class ConvEngine(wiring.Component):
         ci, kx, ky = (Signal(len(layer.in_c), name="ci"), Signal(len(layer.kernel_w), name="kx"),
                       Signal(len(layer.kernel_h), name="ky"))
         chan_offset = Signal(addr_bits)                    # act_base + ci * act_channel_stride
-        tap_offset, tap_row = Signal(flat_bits), Signal(flat_bits)     # ky * W + kx, ky * W
         tile_base, row_base = Signal(flat_bits), Signal(flat_bits)     # flat input index of column 0's top-left tap
+        # The flat index of column 0's tap, ``tile_base + ky * W + kx``, and of its row's first tap,
+        # ``tile_base + ky * W``, as registers moved with the counters (modulo the banks' size, as the rest): the
+        # bank addresses are then one adder from registers, not three in a row (nextpnr's critical path ran
+        # through ``tile_base + tap_offset``, ``chan_offset + f0`` and ``word0 + 1`` into the block RAMs).
+        f0, f0_row = Signal(flat_bits, name="f0"), Signal(flat_bits, name="f0_row")
         w_addr, w_base = Signal(range(self.weight_depth)), Signal(range(self.weight_depth))
         out_block = Signal(range(self.param_depth + 1))    # output channel block being computed (input side)
         # Window rows against the map, per tile: column 0's top tap row is ``-above``, the map ends ``room`` rows
@@ -583,14 +587,15 @@ class ConvEngine(wiring.Component):
         def restart_tile():
             firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1),
                       last_ky.eq(layer.kernel_h == 1)] + restart_cols() if serial else []
-            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base), tap_offset.eq(0), tap_row.eq(0),
+            return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base),
                     tile_first.eq(1)] + firsts
 
         def restart_cols():
             return [col_lo.eq(layer.pad_left), col_hi.eq(layer.in_w + layer.pad_left)]
 
         def restart_block():
-            return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin),
+            return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin), f0.eq(layer.origin),
+                                     f0_row.eq(layer.origin),
                                      above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
                                          [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if serial else [])
 
@@ -617,14 +622,14 @@ class ConvEngine(wiring.Component):
                 if serial:
                     m.d.sync += last_ci.eq(layer.in_c == 1)
                 with m.If(~last_kx):
-                    m.d.sync += [kx.eq(kx + 1), tap_offset.eq(tap_offset + 1)]
+                    m.d.sync += [kx.eq(kx + 1), f0.eq(f0 + 1)]
                     if serial:
                         m.d.sync += [last_kx.eq(kx + 2 == layer.kernel_w), col_lo.eq(col_lo - 1),
                                      col_hi.eq(col_hi - 1)]
                 with m.Else():
-                    m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1)),
-                                 tap_offset.eq(Mux(last_ky, 0, tap_row + layer.in_w)),
-                                 tap_row.eq(Mux(last_ky, 0, tap_row + layer.in_w))]
+                    m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
+                    with m.If(~last_ky):      # else the tile's last beat: f0 and f0_row follow tile_base below
+                        m.d.sync += [f0.eq(f0_row + layer.in_w), f0_row.eq(f0_row + layer.in_w)]
                     if serial:
                         m.d.sync += [last_kx.eq(layer.kernel_w == 1),
                                      last_ky.eq(Mux(last_ky, layer.kernel_h == 1, ky + 2 == layer.kernel_h))]
@@ -645,18 +650,21 @@ class ConvEngine(wiring.Component):
                     else:
                         down = cursor.rows_down << layer.stride2
                         m.d.sync += [above.eq(moved_down(above, down)), room.eq(moved_down(room, down))]
+                    def next_tile(base):
+                        return [tile_base.eq(base), f0.eq(base), f0_row.eq(base)]
                     with m.If(span):
-                        m.d.sync += tile_base.eq(tile_base + cols)
+                        m.d.sync += next_tile(tile_base + cols)
                     with m.Elif(cursor.wrap_row):
-                        m.d.sync += [tile_base.eq(row_base + step), row_base.eq(row_base + step)]
+                        m.d.sync += next_tile(row_base + step) + [row_base.eq(row_base + step)]
                     with m.Else():
-                        m.d.sync += tile_base.eq(tile_base + tile_step)
+                        m.d.sync += next_tile(tile_base + tile_step)
 
         # Bank addresses: bank j serves the first flat index >= f0 that is j modulo NB, which is in f0's bank row
-        # when j >= f0 mod NB and in the next one otherwise: two shared adders for all the banks.
-        f0 = Signal(flat_bits)
+        # when j >= f0 mod NB and in the next one otherwise: two shared adders for all the banks, side by side
+        # (``word1`` is the same sum with a carry in, not ``word0 + 1`` after it).
         word0, word1 = Signal(addr_bits), Signal(addr_bits)
-        m.d.comb += [f0.eq(tile_base + tap_offset), word0.eq(chan_offset + f0[lg_nb:]), word1.eq(word0 + 1)]
+        m.d.comb += [word0.eq(chan_offset + f0[lg_nb:]),
+                     word1.eq((Cat(Const(1, 1), chan_offset) + Cat(Const(1, 1), f0[lg_nb:]))[1:])]
         bank_reads = []
         for j, mem in enumerate(act_mems):
             bank_reads.append(_registered_read(m, mem, Mux(f0[:lg_nb] > j, word1, word0), adv, f"act_read_{j}"))
