@@ -193,6 +193,9 @@ class CommandProcessor(wiring.Component):
         # Data words still expected (WRITE), to send (READ) or descriptor words still to come: only read after the
         # range check (then it is at most a depth) or for a descriptor (at most max_descriptor).
         remaining = Signal(max(bits, Shape.cast(range(self._max_descriptor + 1)).width))
+        # ``remaining == 1`` as a register, set with each new value of ``remaining``: the compare of its many bits
+        # is then not in the status register's enable (which it put on nextpnr's critical path).
+        remaining_one = Signal()
         memory = Signal(MemoryId)
         word_addr = Signal(bits)    # the next word of the transfer (in range: below the memory's depth)
         addr_big = Signal()         # the address's word has a bit set above `bits`: past every memory
@@ -323,6 +326,7 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += [
                         opcode_reg.eq(opcode), count_lo.eq(count[:bits]), count_big.eq(count[bits:] != 0),
                         count_zero.eq(count == 0), remaining.eq(count), desc_index.eq(0),
+                        remaining_one.eq(count[:len(remaining)] == 1),
                         op_read.eq(opcode == Opcode.READ), op_write.eq(opcode == Opcode.WRITE),
                         op_run.eq(opcode == Opcode.RUN), op_status.eq(opcode == Opcode.STATUS),
                         launch_q.eq(launch & ~last), count_fits.eq((count != 0) & (count <= self._max_descriptor)),
@@ -412,8 +416,9 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
                     m.d.comb += self.mem.w_en.eq(1)
-                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1)]
-                    with m.If(remaining == 1):
+                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1),
+                                 remaining_one.eq(remaining == 2)]
+                    with m.If(remaining_one):
                         m.d.sync += status.eq(Mux(word.last, Status.OK, Status.BAD_LENGTH))
                         with m.If(word.last):
                             m.next = "ANSWER_STATUS"
@@ -428,8 +433,8 @@ class CommandProcessor(wiring.Component):
                 with m.If(take):
                     write_descriptor_word()
                     m.d.sync += [desc_index.eq(desc_index + 1), desc_sel.eq(desc_sel << 1),
-                                 remaining.eq(remaining - 1)]
-                    with m.If(remaining == 1):
+                                 remaining.eq(remaining - 1), remaining_one.eq(remaining == 2)]
+                    with m.If(remaining_one):
                         with m.If(word.last):
                             m.next = "SETTLE_0"
                         with m.Else():
@@ -537,11 +542,12 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += [
                     self.o_host.valid.eq(1),
                     self.o_host.payload.data.eq(self.mem.r_data),
-                    self.o_host.payload.last.eq(remaining == 1),
+                    self.o_host.payload.last.eq(remaining_one),
                 ]
                 with m.If(self.o_host.ready):
-                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1)]
-                    with m.If(remaining == 1):
+                    m.d.sync += [word_addr.eq(word_addr + 1), remaining.eq(remaining - 1),
+                                 remaining_one.eq(remaining == 2)]
+                    with m.If(remaining_one):
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "READ_FETCH"

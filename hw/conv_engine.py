@@ -605,6 +605,12 @@ class ConvEngine(wiring.Component):
             step, tile_step = Signal(flat_bits, name="row_step"), Signal(range(2 * cols + 1), name="tile_step")
             m.d.sync += [step.eq(Mux(layer.stride2, layer.in_w << 1, layer.in_w)),
                          tile_step.eq(Mux(layer.stride2, 2 * cols, cols))]
+            # The next tile's base, registered every cycle: a move needs the cursor's walker ``ready``, which
+            # comes more than two cycles after the move or restart before it, and tile_base, row_base and the
+            # cursor's wrap_row change only then. The moves' multiplexer then takes a register, not three adders.
+            base_next = Signal(flat_bits, name="tile_base_next")
+            m.d.sync += base_next.eq(Mux(span, tile_base + cols,
+                                         Mux(cursor.wrap_row, row_base + step, tile_base + tile_step)))
         else:
             step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
             tile_step = Mux(layer.stride2, 2 * cols, cols)
@@ -652,12 +658,17 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [above.eq(moved_down(above, down)), room.eq(moved_down(room, down))]
                     def next_tile(base):
                         return [tile_base.eq(base), f0.eq(base), f0_row.eq(base)]
-                    with m.If(span):
-                        m.d.sync += next_tile(tile_base + cols)
-                    with m.Elif(cursor.wrap_row):
-                        m.d.sync += next_tile(row_base + step) + [row_base.eq(row_base + step)]
-                    with m.Else():
-                        m.d.sync += next_tile(tile_base + tile_step)
+                    if serial:
+                        m.d.sync += next_tile(base_next)
+                        with m.If(~span & cursor.wrap_row):
+                            m.d.sync += row_base.eq(base_next)
+                    else:
+                        with m.If(span):
+                            m.d.sync += next_tile(tile_base + cols)
+                        with m.Elif(cursor.wrap_row):
+                            m.d.sync += next_tile(row_base + step) + [row_base.eq(row_base + step)]
+                        with m.Else():
+                            m.d.sync += next_tile(tile_base + tile_step)
 
         # Bank addresses: bank j serves the first flat index >= f0 that is j modulo NB, which is in f0's bank row
         # when j >= f0 mod NB and in the next one otherwise: two shared adders for all the banks, side by side
