@@ -398,8 +398,8 @@ class ConvEngine(wiring.Component):
         for name, value in (("act_depth", act_depth), ("weight_depth", weight_depth), ("param_depth", param_depth)):
             if not isinstance(value, int) or not 1 <= value <= 1 << 20:
                 raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
-        if config.target == "ice40" and config.cols < 2:
-            raise ValueError(f"target 'ice40' needs cols >= 2 (the tile cursor's walker), not {config.cols}")
+        if config.target == "ice40" and config.cols < 3:
+            raise ValueError(f"target 'ice40' needs cols >= 3 (the tile cursor's walker), not {config.cols}")
         self._config = config
         self._hold_layer = bool(hold_layer)
         self.act_depth, self.weight_depth, self.param_depth = act_depth, weight_depth, param_depth
@@ -536,16 +536,18 @@ class ConvEngine(wiring.Component):
             # row_hi``, with ``row_lo = above - ky`` and ``row_hi = min(room, reach + 1) - ky``. No adder then
             # sits in front of the compares (it was three carry chains in a row). Columns likewise, below.
             # The next tile's ``above`` and clamped ``room`` are computed while the cursor's walker runs, from its
-            # registered ``rows_down`` (valid two cycles after a move), in three steps: ready four cycles after
-            # the cycle of a move, the walker at the earliest ``cols + 3`` (so ``cols`` >= 2 on this target: the
-            # constructor checks it).
+            # registered ``rows_down`` (valid two cycles after a move), in four steps (``room``'s wide compare with
+            # the rows moved is a register of its own): ready five cycles after the cycle of a move, the walker at
+            # the earliest ``cols + 3`` (so ``cols`` >= 3 on this target: the constructor checks it).
             down = Signal(range(2 * cols + 1), name="rows_down_taps")
             m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
             cap = Shape.cast(range(reach + 2)).width
             cap_next = Signal(cap, name="cap_next")
+            room_more = Signal(name="room_more")
+            m.d.sync += room_more.eq(room > down)
             m.d.sync += [above_next.eq(moved_down(above, down, "above_more")),
-                         room_next.eq(moved_down(room, down, "room_more")),
+                         room_next.eq(Mux(room_more, room - down, 0)),
                          cap_next.eq(clamped(room_next))]
             row_lo = Signal(signed(max(len(above), len(layer.kernel_h)) + 1), name="row_lo")
             row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
