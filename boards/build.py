@@ -131,7 +131,8 @@ _ECP5_MAP_LUTS = "\n".join([
 
 
 _UTIL = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
-_FMAX = re.compile(r"(?:Info|Warning): Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+_FMAX = re.compile(r"(?:Info|Warning): Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz "
+                   r"\((PASS|FAIL) at ([\d.]+) MHz\)")
 
 
 _CELL = re.compile(r"^\s+(\d+)\s+(\w+)\s*$")
@@ -210,6 +211,13 @@ def dsp_changes(rtlil_text, netlist):
             else:
                 have.pop(match)
     return changes
+
+
+def _pll_frequency(spec, platform):
+    """The system clock the board top's PLL makes from the board's input clock, Hz (boards/top.py)."""
+    from .pll import ecp5_pll, ice40_pll
+    make = ice40_pll if spec.family == "ice40" else ecp5_pll
+    return make(platform.default_clk_frequency, spec.f_sys).f_out
 
 
 def parse_nextpnr_log(text):
@@ -292,6 +300,12 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
     if not sync:
         raise BuildError(f"{board}: nextpnr reported no clock frequency; see {log}")
     clock, fmax, target = min(sync, key=lambda c: c[1] - c[2])
+    # The verdict is only as good as the clock it was timed against: nextpnr must have timed the system clock at
+    # the PLL's frequency (derived from the board's input clock), not at a default.
+    f_pll = _pll_frequency(spec, platform) / 1e6
+    if abs(target - f_pll) > 0.01:
+        raise BuildError(f"{board}: nextpnr timed clock {clock!r} at {target:.2f} MHz, not at the PLL's "
+                         f"{f_pll:.2f} MHz, so its Fmax verdict does not apply; see {log}")
     bitstream = out_dir / f"{name}.{'bin' if spec.family == 'ice40' else 'bit'}"
     if not bitstream.exists() or bitstream.stat().st_size == 0:
         raise BuildError(f"{board}: the packer wrote no bitstream ({bitstream}); see {log}")

@@ -184,3 +184,32 @@ def test_dsp_blocks_keep_their_configuration(tmp_path, dsp_option):
         assert changes and "SB_MAC16 no longer configured as instantiated" in changes[0] and "A_REG" in changes[0]
     else:
         assert changes == []
+
+
+@pytest.mark.parametrize("timed_at, verdict", [("12.00", "timed clock 'board_core.clk' at 12.00 MHz, not at the PLL's"),
+                                               ("42.00", None)])
+def test_build_checks_the_clock_nextpnr_timed(tmp_path, monkeypatch, timed_at, verdict):
+    """nextpnr's Fmax verdict counts only if it timed the system clock at the PLL's frequency: a constraint that
+    missed its net (nextpnr then falls back to a default) must not pass or fail the build on another clock."""
+    from cnnacc.boards import build as board_build
+
+    class ToolsStandIn:
+        """Writes what yosys, nextpnr and the packer would, with a given clock in nextpnr's report."""
+        default_clk_frequency = 12e6
+
+        def build(self, top, *, name, build_dir, **kwargs):
+            out = Path(build_dir)
+            out.mkdir(parents=True)
+            (out / f"{name}.il").write_text("")
+            (out / f"{name}.json").write_text('{"modules": {}}')
+            (out / f"{name}.tim").write_text(
+                f"Info: Max frequency for clock 'board_core.clk': 45.00 MHz (PASS at {timed_at} MHz)\n")
+            (out / f"{name}.bin").write_bytes(b"\x7e\xaa\x99\x7e")
+
+    monkeypatch.setattr(board_build.BoardSpec, "make_platform", lambda self: ToolsStandIn())
+    if verdict:
+        with pytest.raises(board_build.BuildError, match=verdict):
+            board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None)
+    else:
+        report = board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None)
+        assert report.target_mhz == 42.0 and report.timing_met
