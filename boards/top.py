@@ -32,7 +32,9 @@ class BoardTop(Elaboratable):
         board = self._board
         m.domains.sync = ClockDomain("sync")
         locked = Signal()
-        clk_sys = Signal()      # the PLL output, constrained, and the sync domain's clock
+        # The PLL output, constrained, and the sync domain's clock. Kept, so that the net keeps this name through
+        # yosys and the constraint finds it (yosys named it after a submodule's port otherwise).
+        clk_sys = Signal(attrs={"keep": 1})
         m.d.comb += ClockSignal("sync").eq(clk_sys)
         clk_in = platform.request(platform.default_clk, dir="-")
         if board.family == "ice40":
