@@ -771,20 +771,13 @@ class ConvEngine(wiring.Component):
             # parameter beat.
             # ``keep`` (the column is a pixel's) and ``at_end`` (it is the tile's last) are registers that hold
             # ``column.col <= head.last_col`` and ``column.col == head.last_col``: each is computed a cycle early
-            # from the column the array shows next (it moves on with ``taken`` and goes back to 0 with the
-            # restart, as the array's own count) and the entry ``head`` copies next. The array's ``taken``, which
-            # enables every high part of its accumulators, is then one LUT after registers (nextpnr's critical
-            # path ran next_col -> keep -> taken through two LUTs of compare).
+            # from the column the array shows next (its ``col_next``) and the entry ``head`` copies next. The
+            # array's ``taken``, which enables every high part of its accumulators, is then one LUT after
+            # registers (nextpnr's critical path ran next_col -> keep -> taken through two LUTs of compare).
             keep, at_end = Signal(name="keep", init=1), Signal(name="at_end", init=1)
-            col_next = Signal(range(cols))
-            with m.If(setup):
-                m.d.comb += col_next.eq(0)
-            with m.Elif(taken):
-                m.d.comb += col_next.eq(Mux(column.col == cols - 1, 0, column.col + 1))
-            with m.Else():
-                m.d.comb += col_next.eq(column.col)
             head_next = Array(queue)[rd]
-            m.d.sync += [keep.eq(col_next <= head_next.last_col), at_end.eq(col_next == head_next.last_col)]
+            m.d.sync += [keep.eq(array.col_next <= head_next.last_col),
+                         at_end.eq(array.col_next == head_next.last_col)]
             with m.If(taken & keep):
                 m.d.sync += out_pixel.eq(Mux(at_end & head.block_last, 0, out_pixel + 1))
             # The layer ends with its last pixel: the columns after it (the last tile's padding) stay in the

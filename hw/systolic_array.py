@@ -132,6 +132,9 @@ class SystolicArray(wiring.Component):
         Target ``"ice40"`` only: the row ``drain_acc`` shows.
     drain_acc : Out(signed(acc_width))
         Target ``"ice40"`` only: the accumulator of row ``drain_row`` of the column ``o_columns`` shows.
+    col_next : Out(range(cols))
+        Target ``"ice40"`` only: the column ``o_columns`` shows in the next cycle (``payload.col`` moves on with
+        each take and back to 0 with ``restart``), for a consumer that registers its decisions a cycle ahead.
     """
 
     def __init__(self, config, *, dsp_model=False):
@@ -145,7 +148,7 @@ class SystolicArray(wiring.Component):
         }
         if config.target == "ice40":
             members.update({"restart": In(1), "drain_row": In(range(config.rows)),
-                            "drain_acc": Out(signed(config.acc_width))})
+                            "drain_acc": Out(signed(config.acc_width)), "col_next": Out(range(config.cols))})
         super().__init__(members)
 
     @property
@@ -345,8 +348,13 @@ class SystolicArray(wiring.Component):
         m.d.sync += finished.eq(pflags.valid & pflags.last)
         emptied = Signal()
         m.d.comb += emptied.eq(taken & (next_col == cols - 1))
-        with m.If(taken):
-            m.d.sync += next_col.eq(Mux(next_col == cols - 1, 0, next_col + 1))
+        with m.If(self.restart):
+            m.d.comb += self.col_next.eq(0)
+        with m.Elif(taken):
+            m.d.comb += self.col_next.eq(Mux(next_col == cols - 1, 0, next_col + 1))
+        with m.Else():
+            m.d.comb += self.col_next.eq(next_col)
+        m.d.sync += next_col.eq(self.col_next)
         with m.If(take & beat.first):
             m.d.sync += holding.eq(1)
         with m.If(emptied):
@@ -354,5 +362,5 @@ class SystolicArray(wiring.Component):
         with m.If(finished):
             m.d.sync += full.eq(1)
         with m.If(self.restart):
-            m.d.sync += [full.eq(0), holding.eq(0), next_col.eq(0)]
+            m.d.sync += [full.eq(0), holding.eq(0)]
         return m
