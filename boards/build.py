@@ -213,13 +213,6 @@ def dsp_changes(rtlil_text, netlist):
     return changes
 
 
-def _pll_frequency(spec, platform):
-    """The system clock the board top's PLL makes from the board's input clock, Hz (boards/top.py)."""
-    from .pll import ecp5_pll, ice40_pll
-    make = ice40_pll if spec.family == "ice40" else ecp5_pll
-    return make(platform.default_clk_frequency, spec.f_sys).f_out
-
-
 def parse_nextpnr_log(text):
     """``(resources, [(clock, fmax, target)])`` from a nextpnr log; the last report of each kind wins."""
     resources = {}
@@ -302,7 +295,8 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
     clock, fmax, target = min(sync, key=lambda c: c[1] - c[2])
     # The verdict is only as good as the clock it was timed against: nextpnr must have timed the system clock at
     # the PLL's frequency (derived from the board's input clock), not at a default.
-    f_pll = _pll_frequency(spec, platform) / 1e6
+    from .pll import family_pll
+    f_pll = family_pll(spec.family, platform.default_clk_frequency, spec.f_sys).f_out / 1e6
     if abs(target - f_pll) > 0.01:
         raise BuildError(f"{board}: nextpnr timed clock {clock!r} at {target:.2f} MHz, not at the PLL's "
                          f"{f_pll:.2f} MHz, so its Fmax verdict does not apply; see {log}")

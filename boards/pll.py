@@ -6,7 +6,7 @@ the board build reports and constrains the reached one).
 
 from dataclasses import dataclass
 
-__all__ = ["Ice40Pll", "Ecp5Pll", "ice40_pll", "ecp5_pll"]
+__all__ = ["Ice40Pll", "Ecp5Pll", "ice40_pll", "ecp5_pll", "family_pll"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,8 @@ def ecp5_pll(f_in, f_out):
     if best is None:
         raise ValueError(f"no ECP5 PLL setting reaches {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz")
     return best
+
+
+def family_pll(family, f_in, f_out):
+    """The PLL setting a board of ``family`` ("ice40" or "ecp5") uses: :func:`ice40_pll` or :func:`ecp5_pll`."""
+    return (ice40_pll if family == "ice40" else ecp5_pll)(f_in, f_out)

@@ -10,7 +10,7 @@ from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 from .core import BoardCore
-from .pll import ecp5_pll, ice40_pll
+from .pll import family_pll
 
 __all__ = ["BoardTop"]
 
@@ -37,8 +37,8 @@ class BoardTop(Elaboratable):
         clk_sys = Signal(attrs={"keep": 1})
         m.d.comb += ClockSignal("sync").eq(clk_sys)
         clk_in = platform.request(platform.default_clk, dir="-")
+        pll = family_pll(board.family, platform.default_clk_frequency, board.f_sys)
         if board.family == "ice40":
-            pll = ice40_pll(platform.default_clk_frequency, board.f_sys)
             m.submodules.pll = Instance(
                 "SB_PLL40_PAD",
                 p_FEEDBACK_PATH="SIMPLE", p_DIVR=pll.divr, p_DIVF=pll.divf, p_DIVQ=pll.divq,
@@ -46,7 +46,6 @@ class BoardTop(Elaboratable):
                 i_PACKAGEPIN=clk_in.io, i_RESETB=Const(1), i_BYPASS=Const(0),
                 o_PLLOUTGLOBAL=clk_sys, o_LOCK=locked)
         else:
-            pll = ecp5_pll(platform.default_clk_frequency, board.f_sys)
             m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_in)
             m.submodules.pll = Instance(
                 "EHXPLLL",
