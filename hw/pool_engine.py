@@ -591,18 +591,23 @@ class _Ice40Pool(wiring.Component):
         width_less_3 = Signal(signed(len(w.width) + 1), name="width_less_3")
         m.d.sync += width_less_3.eq(w.width - 3)
         m.d.comb += at_first.eq(w.width == 1)
-        with m.If(load | row_end):
-            m.d.sync += [px.eq(0), at_last.eq(at_first), col_wait.eq(wide), left.eq(pad_left), right.eq(0),
-                         in_bounds.eq(started_next & ~new_phase[0] & ~pad_left),
-                         end_col.eq(~pad_left & at_first & ~pad_right), at_next.eq(w.width == 2)]
-        with m.Elif(fire):
-            m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
-                         right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
-            # As ``right | (~left & ~right & at_last & ~pad_right)`` of the moved flags.
-            last_next = Mux(left, at_last, at_next)
-            m.d.sync += end_col.eq(last_body_col | (last_next & ~pad_right))
-            with m.If(~left):
-                m.d.sync += [px.eq(px_next), at_last.eq(at_next), at_next.eq(px == width_less_3)]
+        # The column registers move on a load or a scanned position, and what they take does not depend on
+        # ``fire``: within the enable, "the row ends" is ``end_col`` alone (a position fires or nothing moves).
+        # ``fire`` (the input's late valid) then reaches their clock enables only, not their data: written as
+        # ``If(load | row_end) / Elif(fire)``, yosys put ``fire & end_col`` into every data input too.
+        with m.If(load | fire):
+            with m.If(load | end_col):
+                m.d.sync += [px.eq(0), at_last.eq(at_first), col_wait.eq(wide), left.eq(pad_left), right.eq(0),
+                             in_bounds.eq(started_next & ~new_phase[0] & ~pad_left),
+                             end_col.eq(~pad_left & at_first & ~pad_right), at_next.eq(w.width == 2)]
+            with m.Else():
+                m.d.sync += [col_wait.eq(Mux(col_wait == 0, w.stride - 1, col_wait - 1)), left.eq(0),
+                             right.eq(last_body_col), in_bounds.eq(body & ~last_body_col)]
+                # As ``right | (~left & ~right & at_last & ~pad_right)`` of the moved flags.
+                last_next = Mux(left, at_last, at_next)
+                m.d.sync += end_col.eq(last_body_col | (last_next & ~pad_right))
+                with m.If(~left):
+                    m.d.sync += [px.eq(px_next), at_last.eq(at_next), at_next.eq(px == width_less_3)]
         # A row's end moves the row counter unless it is a top padding row's (the bottom one restarts it): one
         # LUT after ``row_end`` (``restart | body``, spelled out, put three more on nextpnr's critical path).
         with m.If(load | (row_end & ~top)):
@@ -623,8 +628,9 @@ class _Ice40Pool(wiring.Component):
             ]
 
         # S0 -> S1: the pixel in offset binary, 0 in the padding. S1 keeps what it needs of the layer (the
-        # descriptor may be gone after the last position). The data registers have no reset (their valid bits do): the flip-flops' reset input serves the
-        # padding's 0 (and their set input the 1x1 window's "no previous column") instead of a LUT per bit.
+        # descriptor may be gone after the last position). The data registers have no reset (their valid bits
+        # do): the flip-flops' reset input serves the padding's 0 (and their set input the 1x1 window's "no
+        # previous column") instead of a LUT per bit.
         s1_pixel = Signal(data.ArrayLayout(8, lanes), reset_less=True)
         s1_emit, s1_wide = Signal(), Signal()
         with m.If(~stall):
