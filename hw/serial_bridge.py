@@ -117,9 +117,19 @@ class SerialBridge(wiring.Component):
         cmd_word = registered_read(m, cmd_rp, cmd_load, "cmd_word")
         answer_byte = registered_read(m, ans_rp, 1, "answer_byte")
 
-        byte_in = self.i_rx.payload
+        # The received byte is registered here first, with its compare against SYNC: the state machine's
+        # decisions on a byte then start at flip-flops beside it, not at the UART's shift register (placed by
+        # the pin) through an 8-bit compare (nextpnr's critical path, 7 LUTs, at 37.8 MHz). A byte takes two
+        # cycles through this register, far faster than a UART brings them.
+        rx_valid, rx_ready, rx_sync = Signal(), Signal(), Signal()
+        byte_in = Signal(8)
+        m.d.comb += self.i_rx.ready.eq(~rx_valid)
+        with m.If(self.i_rx.valid & ~rx_valid):
+            m.d.sync += [rx_valid.eq(1), byte_in.eq(self.i_rx.payload), rx_sync.eq(self.i_rx.payload == SYNC)]
+        with m.Elif(rx_ready):
+            m.d.sync += rx_valid.eq(0)
         got = Signal()
-        m.d.comb += got.eq(self.i_rx.valid & self.i_rx.ready)
+        m.d.comb += got.eq(rx_valid & rx_ready)
 
         # The registers are written from a few strobes that the state machine raises, each register from one or
         # two sources: wide registers assigned in many states become chains of wide muxes.
@@ -143,9 +153,9 @@ class SerialBridge(wiring.Component):
         # The command's length in words: its low byte whole while the high byte arrives, then checked, then (from
         # JUDGE on) less one: the address of the last word. Every phase ends when ``addr`` has stepped past its
         # last word. ``past_command`` (``addr == length`` in words) is a register, set as ``addr`` steps past the
-        # last word's address: it drives ``i_rx.ready`` and ``o_cmd.last``, and as a compare it ran through the
-        # UART's and the command processor's handshakes into this block's state machine; a compare after the
-        # incrementer mapped to a chain of LUTs. It is cleared with ``addr``: a frame that gets to PAYLOAD is not
+        # last word's address: it drives the received byte's ready and ``o_cmd.last``, and as a compare it ran
+        # through the UART's and the command processor's handshakes into this block's state machine; a compare
+        # after the incrementer mapped to a chain of LUTs. It is cleared with ``addr``: a frame that gets to PAYLOAD is not
         # empty.
         length = Signal(max(8, len(addr)))
         answer_words = Signal(range(max_words + 1))     # the stored answer's
@@ -251,17 +261,17 @@ class SerialBridge(wiring.Component):
             m.d.sync += [state[current].eq(0), state[following].eq(1)]
 
         with m.If(state["HUNT"]):
-            m.d.comb += self.i_rx.ready.eq(1)
+            m.d.comb += rx_ready.eq(1)
             # A state that is always ready takes a byte on ``valid`` alone (not on ``got``, which goes through
             # the ready of every state).
-            with m.If(self.i_rx.valid & (byte_in == SYNC)):
+            with m.If(rx_valid & rx_sync):
                 m.d.comb += [crc_init.eq(1), lane_clear.eq(1)]
                 m.d.sync += damaged.eq(0)
                 goto("HUNT", "HEADER")
 
         with m.If(state["HEADER"]):
-            m.d.comb += self.i_rx.ready.eq(1)
-            with m.If(self.i_rx.valid):
+            m.d.comb += rx_ready.eq(1)
+            with m.If(rx_valid):
                 m.d.comb += [rx_step.eq(1), lane_step.eq(1)]
                 with m.Switch(lane):
                     with m.Case(0):
@@ -291,17 +301,17 @@ class SerialBridge(wiring.Component):
 
         with m.If(state["PAYLOAD"]):
             # A cycle with no byte taken after the last word, to see that it was the last.
-            m.d.comb += self.i_rx.ready.eq(~past_command)
+            m.d.comb += rx_ready.eq(~past_command)
             with m.If(past_command):
                 goto("PAYLOAD", "CRC")
-            with m.Elif(self.i_rx.valid):     # ready: not past_command
+            with m.Elif(rx_valid):     # ready: not past_command
                 m.d.comb += [cmd_wp.en.eq(1 << lane), rx_step.eq(1), lane_step.eq(1), addr_step.eq(lane == 3)]
             with m.Elif(timed_out):
                 goto("PAYLOAD", "NAK")
 
         with m.If(state["CRC"]):
-            m.d.comb += self.i_rx.ready.eq(1)
-            with m.If(self.i_rx.valid):
+            m.d.comb += rx_ready.eq(1)
+            with m.If(rx_valid):
                 m.d.comb += lane_step.eq(1)
                 m.d.sync += damaged.eq(damaged | (byte_in != crc.word_select(lane[0], 8)))
                 with m.If(lane[0]):
@@ -350,7 +360,7 @@ class SerialBridge(wiring.Component):
 
         with m.If(state["NAK"]):
             # Wait for the line to fall silent, so the tail of a damaged frame is not read as a new one.
-            m.d.comb += self.i_rx.ready.eq(1)
+            m.d.comb += rx_ready.eq(1)
             with m.If(timed_out):
                 start_frame(is_nak=1)
                 goto("NAK", "SEND")

@@ -331,7 +331,10 @@ class SystolicArray(wiring.Component):
             up = Signal(name=f"carry_{r}_{c}", attrs={"keep": 1})
             down = Signal(name=f"borrow_{r}_{c}", attrs={"keep": 1})
             m.d.comb += [up.eq(counted & ~negative & before & ~s[15]), down.eq(counted & negative & ~before & s[15])]
-            with m.If(self.restart):
+            # Cleared a cycle after a restart, as the blocks' low halves are, from the local flip-flop: nothing
+            # moves them in that cycle (``full`` falls with the restart), and the restart, a few LUTs deep in the
+            # conv engine, stays off their enables (nextpnr's critical path at 38.2 MHz).
+            with m.If(restarted):
                 m.d.sync += upper[r, c].eq(0)
             with m.Elif(taken):
                 m.d.sync += upper[r, c].eq(upper[r, c + 1] if c + 1 < cols else 0)
