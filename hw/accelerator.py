@@ -325,7 +325,7 @@ class Accelerator(wiring.Component):
             parts = row_words[memory]
             lg = parts.bit_length() - 1
             port = targets[memory]
-            here = cp.mem.w_en & (cp.mem.memory == memory)
+            here = cp.mem.w_en & cp.mem.select[memory.value]
             part = cp.mem.addr[:lg] if lg else Const(0, 1)
             host_row = cp.mem.addr >> lg
             if memory == MemoryId.PARAMS and cfg.target == "ice40":

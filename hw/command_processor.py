@@ -41,11 +41,15 @@ LOCKS = 1 << len(MemoryId)
 
 
 class MemoryBusSignature(wiring.Signature):
-    """A word port into the on-chip memories: write in one cycle, read data valid the cycle after ``r_en``."""
+    """A word port into the on-chip memories: write in one cycle, read data valid the cycle after ``r_en``.
+
+    ``select`` is ``memory`` decoded, a bit per :class:`MemoryId` value (none for an unknown id), from flip-flops:
+    a memory's write and read enables are then one AND of two bits, not an 8-bit compare behind the handshake."""
 
     def __init__(self):
         super().__init__({
             "memory": Out(MemoryId),
+            "select": Out(max(known.value for known in MemoryId) + 1),
             "addr":   Out(24),
             "w_en":   Out(1),
             "w_data": Out(32),
@@ -273,8 +277,12 @@ class CommandProcessor(wiring.Component):
             if code is not None:
                 m.d.sync += status.eq(code)
 
+        select_bits = [Const(0)] * len(self.mem.select)
+        for known, flag in addressed.items():
+            select_bits[known.value] = flag
         m.d.comb += [
             self.mem.memory.eq(memory),
+            self.mem.select.eq(Cat(*select_bits)),
             self.mem.addr.eq(word_addr),
             self.mem.w_data.eq(word.data),
             self.run.length.eq(desc_index),

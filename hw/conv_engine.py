@@ -570,11 +570,14 @@ class ConvEngine(wiring.Component):
             last_ci = ci + 1 == layer.in_c
             last_kx = kx + 1 == layer.kernel_w
             last_ky = ky + 1 == layer.kernel_h
-        # ``tile_last``, ``adv`` and ``issue`` are kept wires on the iCE40: each is then one LUT, and every enable
-        # of the input side one more (yosys's ABC, left to itself, shared them into seven levels).
+        # ``adv`` and ``issue`` are kept wires on the iCE40: each is then one LUT, and every enable of the input
+        # side one more (yosys's ABC, left to itself, shared them into seven levels). ``tile_last`` is a register
+        # there, set with the three flags it is the AND of (from their next values): the flags sit by their
+        # counters, and a LUT of them, placed far away, began nextpnr's critical path at 38.1 MHz.
         keep = {"keep": 1} if serial else {}
-        tile_last = Signal(name="tile_last", attrs=keep)
-        m.d.comb += tile_last.eq(last_ci & last_kx & last_ky)
+        tile_last = Signal(name="tile_last")
+        if not serial:
+            m.d.comb += tile_last.eq(last_ci & last_kx & last_ky)
         tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
         all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
@@ -587,8 +590,9 @@ class ConvEngine(wiring.Component):
         m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if serial else in_run & adv)
 
         def restart_tile():
-            firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1),
-                      last_ky.eq(layer.kernel_h == 1)] + restart_cols() if serial else []
+            firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1), last_ky.eq(layer.kernel_h == 1),
+                      tile_last.eq((layer.in_c == 1) & (layer.kernel_w == 1) & (layer.kernel_h == 1))
+                      ] + restart_cols() if serial else []
             return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base),
                     tile_first.eq(1)] + firsts
 
@@ -624,7 +628,7 @@ class ConvEngine(wiring.Component):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
                 if serial:
-                    m.d.sync += last_ci.eq(ci == in_c_less_2)
+                    m.d.sync += [last_ci.eq(ci == in_c_less_2), tile_last.eq((ci == in_c_less_2) & last_kx & last_ky)]
             with m.Else():
                 m.d.sync += [ci.eq(0), chan_offset.eq(layer.act_base)]
                 if serial:
@@ -633,14 +637,16 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [kx.eq(kx + 1), f0.eq(f0 + 1)]
                     if serial:
                         m.d.sync += [last_kx.eq(kx + 2 == layer.kernel_w), col_lo.eq(col_lo - 1),
-                                     col_hi.eq(col_hi - 1)]
+                                     col_hi.eq(col_hi - 1),
+                                     tile_last.eq((layer.in_c == 1) & (kx + 2 == layer.kernel_w) & last_ky)]
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
                     with m.If(~last_ky):      # else the tile's last beat: f0 and f0_row follow tile_base below
                         m.d.sync += [f0.eq(f0_row + layer.in_w), f0_row.eq(f0_row + layer.in_w)]
                     if serial:
-                        m.d.sync += [last_kx.eq(layer.kernel_w == 1),
-                                     last_ky.eq(Mux(last_ky, layer.kernel_h == 1, ky + 2 == layer.kernel_h))]
+                        next_ky = Mux(last_ky, layer.kernel_h == 1, ky + 2 == layer.kernel_h)
+                        m.d.sync += [last_kx.eq(layer.kernel_w == 1), last_ky.eq(next_ky),
+                                     tile_last.eq((layer.in_c == 1) & (layer.kernel_w == 1) & next_ky)]
                         m.d.sync += restart_cols()
                         with m.If(~last_ky):
                             m.d.sync += [row_lo.eq(row_lo - 1), row_hi.eq(row_hi - 1)]

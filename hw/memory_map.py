@@ -130,7 +130,7 @@ class MemoryMap(wiring.Component):
             host_rp = mem.read_port(domain="comb")
             engine_rp = mem.read_port(domain="comb")
             engine_read = getattr(self, f"{name}_read")
-            here = bus.memory == memory
+            here = bus.select[memory.value]
             row = bus.addr // parts if parts > 1 else bus.addr
             m.d.comb += [engine_rp.addr.eq(engine_read.addr), host_rp.addr.eq(row)]
             m.d.comb += engine_read.data.eq(registered_read(m, engine_rp, engine_read.en, f"{name}_engine_data"))
