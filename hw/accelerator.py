@@ -283,9 +283,7 @@ class Accelerator(wiring.Component):
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 
         m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT])
-        m.d.comb += [mems.bus.memory.eq(cp.mem.memory), mems.bus.addr.eq(cp.mem.addr), mems.bus.w_en.eq(cp.mem.w_en),
-                     mems.bus.w_data.eq(cp.mem.w_data), mems.bus.r_en.eq(cp.mem.r_en),
-                     cp.mem.r_data.eq(mems.bus.r_data)]
+        wiring.connect(m, cp.mem, mems.bus)
 
         # Every run ends with a reset of the engines and streamers (not of their memories).
         flush = Signal()
