@@ -566,6 +566,13 @@ class ConvEngine(wiring.Component):
             # cycle, before any beat): ``last_ci``'s next value is then an equality, not an adder and a compare.
             in_c_less_2 = Signal(signed(len(layer.in_c) + 1), name="in_c_less_2")
             m.d.sync += in_c_less_2.eq(layer.in_c - 2)
+            # Likewise the kernel's: ``last_kx``/``last_ky`` (and ``tile_last`` with them) from equalities, and
+            # "one channel, one kernel column" as a flag (``tile_last`` at a row of taps' end needs both).
+            kw_less_2 = Signal(signed(len(layer.kernel_w) + 1), name="kernel_w_less_2")
+            kh_less_2 = Signal(signed(len(layer.kernel_h) + 1), name="kernel_h_less_2")
+            one_ci, one_ci_kx = Signal(name="one_ci"), Signal(name="one_ci_kx")
+            m.d.sync += [kw_less_2.eq(layer.kernel_w - 2), kh_less_2.eq(layer.kernel_h - 2),
+                         one_ci.eq(layer.in_c == 1), one_ci_kx.eq((layer.in_c == 1) & (layer.kernel_w == 1))]
         else:
             last_ci = ci + 1 == layer.in_c
             last_kx = kx + 1 == layer.kernel_w
@@ -628,25 +635,25 @@ class ConvEngine(wiring.Component):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
                 if serial:
-                    m.d.sync += [last_ci.eq(ci == in_c_less_2), tile_last.eq((ci == in_c_less_2) & last_kx & last_ky)]
+                    m.d.sync += [last_ci.eq(ci == in_c_less_2),
+                                 tile_last.eq((ci == in_c_less_2) & last_kx & last_ky)]
             with m.Else():
                 m.d.sync += [ci.eq(0), chan_offset.eq(layer.act_base)]
                 if serial:
-                    m.d.sync += last_ci.eq(layer.in_c == 1)
+                    m.d.sync += last_ci.eq(one_ci)
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), f0.eq(f0 + 1)]
                     if serial:
-                        m.d.sync += [last_kx.eq(kx + 2 == layer.kernel_w), col_lo.eq(col_lo - 1),
-                                     col_hi.eq(col_hi - 1),
-                                     tile_last.eq((layer.in_c == 1) & (kx + 2 == layer.kernel_w) & last_ky)]
+                        m.d.sync += [last_kx.eq(kx == kw_less_2), col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1),
+                                     tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)]
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
                     with m.If(~last_ky):      # else the tile's last beat: f0 and f0_row follow tile_base below
                         m.d.sync += [f0.eq(f0_row + layer.in_w), f0_row.eq(f0_row + layer.in_w)]
                     if serial:
-                        next_ky = Mux(last_ky, layer.kernel_h == 1, ky + 2 == layer.kernel_h)
+                        next_ky = Mux(last_ky, layer.kernel_h == 1, ky == kh_less_2)
                         m.d.sync += [last_kx.eq(layer.kernel_w == 1), last_ky.eq(next_ky),
-                                     tile_last.eq((layer.in_c == 1) & (layer.kernel_w == 1) & next_ky)]
+                                     tile_last.eq(one_ci_kx & next_ky)]
                         m.d.sync += restart_cols()
                         with m.If(~last_ky):
                             m.d.sync += [row_lo.eq(row_lo - 1), row_hi.eq(row_hi - 1)]
