@@ -155,8 +155,8 @@ class SerialBridge(wiring.Component):
         # last word. ``past_command`` (``addr == length`` in words) is a register, set as ``addr`` steps past the
         # last word's address: it drives the received byte's ready and ``o_cmd.last``, and as a compare it ran
         # through the UART's and the command processor's handshakes into this block's state machine; a compare
-        # after the incrementer mapped to a chain of LUTs. It is cleared with ``addr``: a frame that gets to PAYLOAD is not
-        # empty.
+        # after the incrementer mapped to a chain of LUTs. It is cleared with ``addr``: a frame that gets to
+        # PAYLOAD is not empty.
         length = Signal(max(8, len(addr)))
         answer_words = Signal(range(max_words + 1))     # the stored answer's
         answer_last = Signal(range(max_words))          # ... and the address of its last word
