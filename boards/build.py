@@ -56,8 +56,8 @@ BOARDS = {
                             f_sys=42e6, baud=1_000_000, leds=2, frame_words=256,
                             flash="iceprog {bitstream}   (or: openFPGALoader -b ice40_generic {bitstream})",
                             # Clock enables stay on local routing: nextpnr-ice40 otherwise puts the busiest ones
-                            # on global buffers, whose route to a LUT or enable pin is several ns (measured on
-                            # one netlist and seed: 38.3 MHz with the promotion, 39.8 MHz without it).
+                            # on global buffers, whose route to a LUT or enable pin is several ns (about 1.5 MHz
+                            # faster without them on two netlists and seeds; docs/decisions.md, session 8).
                             nextpnr_opts="--no-promote-ce"),
     "ulx3s": BoardSpec("ulx3s", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                        f_sys=125e6, baud=3_000_000, leds=3, frame_words=1024,
