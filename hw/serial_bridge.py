@@ -172,20 +172,20 @@ class SerialBridge(wiring.Component):
 
         # One CRC register: a frame is received and checked before the answer is sent, never both at once. Every
         # change to it is decided a cycle ahead, in flip-flops: a reset a cycle after a state asks for it
-        # (``reset_crc``), a received byte a cycle after it was taken (``rx_stepped``, ``rx_byte``), a sent byte
-        # in the cycle after it left (``sent_byte``, stepped from the state flags). The register's enable is then
-        # a LUT or two of flip-flops, not the end of the state machine's decisions (a 7-LUT cone, once nextpnr's
-        # critical path). The delay is never seen: a received CRC is compared no sooner than two cycles after the
+        # (``reset_crc``), a received byte a cycle after it was taken (``rx_stepped``; the byte register holds
+        # it through that cycle, since a new byte enters only once it is empty), a sent byte in the cycle after it
+        # left (``sent_byte``, stepped from the state flags). The register's enable is then a LUT or two of
+        # flip-flops, not the end of the state machine's decisions (a 7-LUT cone, once nextpnr's critical path). The delay is never seen: a received CRC is compared no sooner than two cycles after the
         # payload's last byte, and the first byte of an answer enters three cycles after its reset.
         crc = Signal(16)
         crc_init, rx_step, tx_step = Signal(), Signal(), Signal()
         reset_crc, rx_stepped = Signal(), Signal()
-        rx_byte, sent_byte = Signal(8), Signal(8)
-        m.d.sync += [reset_crc.eq(crc_init), rx_stepped.eq(rx_step), rx_byte.eq(byte_in)]
+        sent_byte = Signal(8)
+        m.d.sync += [reset_crc.eq(crc_init), rx_stepped.eq(rx_step)]
         with m.If(reset_crc):
             m.d.sync += crc.eq(0xFFFF)
         with m.Elif(rx_stepped | tx_step):
-            m.d.sync += crc.eq(crc16_update(crc, Mux(tx_step, sent_byte, rx_byte)))
+            m.d.sync += crc.eq(crc16_update(crc, Mux(tx_step, sent_byte, byte_in)))
 
         seq = Signal(8)
         retry = Signal()            # the frame in hand is a RETRY
