@@ -5,9 +5,9 @@ The core is any component with host-bus streams ``i_host``/``o_host`` (hw/comman
 streams); :func:`cnnacc.boards.build.build` passes the accelerator for the board's configuration.
 """
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import AsyncFFSynchronizer
 
 from .core import BoardCore
 from .pll import family_pll
@@ -58,7 +58,15 @@ class BoardTop(Elaboratable):
                 i_PHASELOADREG=Const(0), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
                 o_CLKOP=clk_sys, o_LOCK=locked)
         platform.add_clock_constraint(clk_sys, pll.f_out)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        # The domain's reset: raised at once while the PLL is not locked, lowered in step with the clock (the
+        # synchroniser, placed by the PLL's LOCK pin), then through one more flip-flop that nextpnr places among
+        # the thousands of enables and resets it reaches, not at the die's edge (a 6 ns route began the critical
+        # path there).
+        rst_sync = Signal(init=1)
+        rst = Signal(init=1, reset_less=True, attrs={"keep": 1})
+        m.submodules.reset_sync = AsyncFFSynchronizer(~locked, rst_sync, o_domain="sync")
+        m.d.sync += rst.eq(rst_sync)
+        m.d.comb += ResetSignal("sync").eq(rst)
 
         uart_pins = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart_pins.rx)
