@@ -577,10 +577,10 @@ class ConvEngine(wiring.Component):
             last_ci = ci + 1 == layer.in_c
             last_kx = kx + 1 == layer.kernel_w
             last_ky = ky + 1 == layer.kernel_h
-        # ``adv`` and ``issue`` are kept wires on the iCE40: each is then one LUT, and every enable of the input
-        # side one more (yosys's ABC, left to itself, shared them into seven levels). ``tile_last`` is a register
-        # there, set with the three flags it is the AND of (from their next values): the flags sit by their
-        # counters, and a LUT of them, placed far away, began nextpnr's critical path at 38.1 MHz.
+        # ``issue`` is a kept wire on the iCE40 (``adv`` a register, below): it is then one LUT, and every enable of
+        # the input side one more (yosys's ABC, left to itself, shared them into seven levels). ``tile_last`` is a
+        # register there, set with the three flags it is the AND of (from their next values): the flags sit by
+        # their counters, and a LUT of them, placed far away, began nextpnr's critical path at 38.1 MHz.
         keep = {"keep": 1} if serial else {}
         tile_last = Signal(name="tile_last")
         if not serial:
@@ -589,12 +589,20 @@ class ConvEngine(wiring.Component):
         block_last = cursor.last_tile
         all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
 
-        adv = Signal(name="adv", attrs=keep)
-        m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
+        s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
+        adv = Signal(name="adv", attrs=keep, init=1)
+        if not serial:
+            m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
         # A beat leaves the counters when stage 1 takes it; on ice40 a tile's last beat (which moves the cursor)
         # also waits for the cursor's walker, which only a tile of very few beats ever notices.
         issue = Signal(name="issue", attrs=keep)
         m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if serial else in_run & adv)
+        if serial:
+            # ``adv`` is a register on the iCE40, set a cycle ahead from the next values of what it is a function
+            # of: stage 1's flags and the array's ``holding``, which sits by the DSP blocks at the die's edges.
+            # Its many enables then start at a flip-flop, not at a LUT a route across the die away from it
+            # (nextpnr's critical path ran holding -> adv -> issue -> enables).
+            m.d.sync += adv.eq(~Mux(adv, issue, s1_valid) | ~(Mux(adv, tile_first, s1_first) & array.holding_next))
 
         def restart_tile():
             firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1), last_ky.eq(layer.kernel_h == 1),
@@ -712,7 +720,6 @@ class ConvEngine(wiring.Component):
         select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         # Reset-less: they mean something only with s1_valid, which has the reset.
         inside = [Signal(name=f"inside_{c}", reset_less=True) for c in range(cols)]
-        s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         with m.If(adv):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):

@@ -135,6 +135,9 @@ class SystolicArray(wiring.Component):
     col_next : Out(range(cols))
         Target ``"ice40"`` only: the column ``o_columns`` shows in the next cycle (``payload.col`` moves on with
         each take and back to 0 with ``restart``), for a consumer that registers its decisions a cycle ahead.
+    holding_next : Out(1)
+        Target ``"ice40"`` only: whether a tile's ``first`` beat will be held in the next cycle (``i_beats.ready``
+        is then ``~(first & holding_next)``), for a producer that registers its advance a cycle ahead.
     """
 
     def __init__(self, config, *, dsp_model=False):
@@ -148,7 +151,8 @@ class SystolicArray(wiring.Component):
         }
         if config.target == "ice40":
             members.update({"restart": In(1), "drain_row": In(range(config.rows)),
-                            "drain_acc": Out(signed(config.acc_width)), "col_next": Out(range(config.cols))})
+                            "drain_acc": Out(signed(config.acc_width)), "col_next": Out(range(config.cols)),
+                            "holding_next": Out(1)})
         super().__init__(members)
 
     @property
@@ -276,7 +280,10 @@ class SystolicArray(wiring.Component):
         flags_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
         in_flags, pflags = Signal(flags_layout), Signal(flags_layout)
         signs_layout = data.StructLayout({"act": cols, "wgt": rows})
-        in_signs, psigns, asigns = Signal(signs_layout), Signal(signs_layout), Signal(signs_layout)
+        # Data registers are reset-less (here and below): a restart clears what needs clearing itself, and a reset
+        # of their own would put the reset and the flush into every one of their enables.
+        in_signs, psigns, asigns = (Signal(signs_layout, reset_less=True), Signal(signs_layout, reset_less=True),
+                                    Signal(signs_layout, reset_less=True))
         m.d.sync += [in_flags.valid.eq(take), in_flags.first.eq(beat.first), in_flags.last.eq(beat.last),
                      pflags.eq(in_flags), psigns.eq(in_signs)]
         m.d.sync += [in_signs.act[c].eq(beat.act[c][-1]) for c in range(cols)]
@@ -322,9 +329,9 @@ class SystolicArray(wiring.Component):
         m.d.sync += counted.eq(pflags.valid)
         with m.If(pflags.valid):
             m.d.sync += asigns.eq(psigns)
-        upper = {pe: Signal(cfg.acc_width - 16, name=f"high_{pe[0]}_{pe[1]}") for pe in pes}
+        upper = {pe: Signal(cfg.acc_width - 16, name=f"high_{pe[0]}_{pe[1]}", reset_less=True) for pe in pes}
         for (r, c), s in low.items():
-            before = Signal(name=f"msb_{r}_{c}")
+            before = Signal(name=f"msb_{r}_{c}", reset_less=True)
             with m.If(pflags.valid):
                 m.d.sync += before.eq(s[15])
             negative = asigns.act[c] ^ asigns.wgt[r]
@@ -358,12 +365,16 @@ class SystolicArray(wiring.Component):
         with m.Else():
             m.d.comb += self.col_next.eq(next_col)
         m.d.sync += next_col.eq(self.col_next)
+        m.d.comb += self.holding_next.eq(holding)
         with m.If(take & beat.first):
-            m.d.sync += holding.eq(1)
+            m.d.comb += self.holding_next.eq(1)
         with m.If(emptied):
-            m.d.sync += [full.eq(0), holding.eq(0)]
+            m.d.sync += full.eq(0)
+            m.d.comb += self.holding_next.eq(0)
         with m.If(finished):
             m.d.sync += full.eq(1)
         with m.If(self.restart):
-            m.d.sync += [full.eq(0), holding.eq(0)]
+            m.d.sync += full.eq(0)
+            m.d.comb += self.holding_next.eq(0)
+        m.d.sync += holding.eq(self.holding_next)
         return m
