@@ -306,7 +306,7 @@ class SystolicArray(wiring.Component):
         # ``cols - 1`` loads 0), so the output is always column 0: no column multiplexer, and a drained tile
         # leaves zeros behind for the next one.
         target = "generic" if self._dsp_model else cfg.target
-        pes = [(r, c) for r in range(rows) for c in range(cols)]
+        pes = [(r, c) for c in range(cols) for r in range(rows)]
         low, load_in = {}, {}
         for i in range(0, len(pes), 2):
             mac = m.submodules[f"mac_{i // 2}"] = DualMac8(target)
