@@ -68,9 +68,10 @@ SHIFT_MIN, SHIFT_MAX = -31, 30
 REQUANT_LATENCY = 6
 #: Booth radix-4 digits of a 32-bit operand: cycles of one pass of the serial (ice40) multiplier.
 _PASS_CYCLES = 16
-#: Phases of the serial lane: waiting for a beat (its first parameters are being read), loading a channel, the
-#: two passes and the cycle between them, rounding, writing the result (which also loads the next channel).
-_IDLE, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(7)
+#: Phases of the serial lane: waiting for a beat (its first parameters are being read), selecting its first
+#: channel's accumulator, loading a channel, the two passes and the cycle between them, rounding, writing the
+#: result (which also loads the next channel).
+_IDLE, _SELECT, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(8)
 _TARGETS = ("generic", "ice40", "ecp5")
 #: The ECP5 multiply: Booth partial products and the first addition, then three more adder-tree levels, against
 #: one stage for the generic ``*``.
@@ -87,10 +88,11 @@ def requant_interval(target="generic", lanes=1):
     when pipelined).
 
     The serial ice40 lane spends one cycle seeing the beat (its first parameters are read meanwhile), one
-    loading the first channel, and per channel two passes of :data:`_PASS_CYCLES`, one cycle between them, one
-    rounding and one writing the result (which loads the next channel, or acknowledges the beat)."""
+    registering its first channel's accumulator, one loading that channel, and per channel two passes of
+    :data:`_PASS_CYCLES`, one cycle between them, one rounding and one writing the result (which loads the next
+    channel, or acknowledges the beat)."""
     _check_lanes(lanes)
-    return 1 if target != "ice40" else 2 + lanes * (2 * _PASS_CYCLES + 3)
+    return 1 if target != "ice40" else 3 + lanes * (2 * _PASS_CYCLES + 3)
 
 
 def requant_extra_stages(target="generic"):
@@ -390,7 +392,7 @@ class Requantizer(wiring.Component):
         m = Module()
         o = self.o_data
         lanes = self._lanes
-        phase = Signal(range(7))
+        phase = Signal(range(8))
         step = Signal(range(_PASS_CYCLES))
         last_step = step == _PASS_CYCLES - 1
         # ``last``: the channel being computed is the beat's last (set when it is loaded, as ``lane`` moves on).
@@ -403,7 +405,7 @@ class Requantizer(wiring.Component):
         # ``phase == _WRITE`` and ``phase == _LOAD`` as registers of their own: ``load`` enables most of the
         # datapath's registers, so it is kept two LUTs from the output handshake.
         at_write, at_load = Signal(), Signal()
-        m.d.sync += at_load.eq((phase == _IDLE) & self.i_acc.valid)
+        m.d.sync += at_load.eq(phase == _SELECT)
         with m.If(phase == _ROUND):
             m.d.sync += at_write.eq(1)
         with m.Elif(write):
@@ -424,7 +426,9 @@ class Requantizer(wiring.Component):
         with m.Switch(phase):
             with m.Case(_IDLE):
                 with m.If(self.i_acc.valid):
-                    m.d.sync += phase.eq(_LOAD)
+                    m.d.sync += phase.eq(_SELECT)
+            with m.Case(_SELECT):
+                m.d.sync += phase.eq(_LOAD)
             with m.Case(_PASS1, _PASS2):
                 m.d.sync += step.eq(step + 1)
                 with m.If(last_step):
@@ -439,14 +443,18 @@ class Requantizer(wiring.Component):
 
         params = self.params
         single = self.single_rounding
-        # ``acc + bias``, registered every cycle: a channel is loaded at least a cycle after its accumulator and
-        # parameters show (the cycle that sees the beat, or the rounding cycle before a write loads the next
-        # lane), so the 32-bit adder gets a cycle of its own instead of sharing one with the operand's load.
+        # The accumulator, then ``acc + bias``, each registered every cycle: a channel is loaded at least two
+        # cycles after its accumulator and parameters show (the cycle that sees the beat and the select cycle,
+        # or the passes before a write loads the next lane), so the row multiplexer (after the SB_MAC16 outputs,
+        # at the die's edges) and the 32-bit adder each get a cycle of their own instead of sharing one with
+        # the operand's load (the multiplexer and the adder's carry chain were nextpnr's critical path).
         # The sum is registered in two halves (the low one with its carry out), and the carry enters the high
-        # half on the way to the operand: no 32-bit carry chain right after the SB_MAC16 outputs and the row mux.
+        # half on the way to the operand: no 32-bit carry chain before the operand's multiplexer.
+        acc = Signal.like(self.acc, name="acc_q")
+        m.d.sync += acc.eq(self.acc)
         x_low, x_high = Signal(17, name="x_low"), Signal(16, name="x_high")
-        m.d.sync += [x_low.eq(self.acc[:16] + params.bias[:16]),
-                     x_high.eq((self.acc.as_signed() >> 16) + (params.bias.as_signed() >> 16))]
+        m.d.sync += [x_low.eq(acc[:16] + params.bias[:16]),
+                     x_high.eq((acc.as_signed() >> 16) + (params.bias.as_signed() >> 16))]
         x = Signal(signed(32))
         m.d.comb += x.eq(Cat(x_low[:16], x_high + x_low[16]))
         shift = params.shift
