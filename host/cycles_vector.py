@@ -41,11 +41,11 @@ def window_scan_cycles(window):
                                * (window["width"] + window["pad_left"] + window["pad_right"]))
 
 
-def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0):
+def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0, start=2):
     """Cycles until a windowed layer has both taken its last pixel and delivered its last output.
 
-    The scanner visits padded position ``i`` (counted over all planes) at cycle ``2 + i`` (cycle 1 takes the
-    descriptor) plus ``per_plane`` cycles for each plane started. The last window of the layer ends at the
+    The scanner visits padded position ``i`` (counted over all planes) at cycle ``start + i`` (by default 2:
+    cycle 1 takes the descriptor) plus ``per_plane`` cycles for each plane started. The last window of the layer ends at the
     position of its bottom-right tap and leaves ``latency`` cycles later; the last input pixel may come later
     still, when rows or columns at the end are reached by no window (stride 2 on even sizes).
     """
@@ -56,7 +56,7 @@ def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0):
     plane = (groups - 1) * padded_h * padded_w
     last_window = plane + ((out_h - 1) * s + k - 1) * padded_w + (out_w - 1) * s + k - 1
     last_pixel = plane + (window["pad_top"] + window["height"] - 1) * padded_w + window["pad_left"] + window["width"] - 1
-    return max(last_window + 1 + latency, last_pixel + 2) + per_plane * groups
+    return max(last_window + 1 + latency, last_pixel + 2) + per_plane * groups + start - 2
 
 
 def global_divider_bits(config):
@@ -69,10 +69,10 @@ def pool_cycles(config, layer):
     """Cycles of one pooling layer (a :func:`cnnacc.hw.pool_engine.pool_layer` descriptor)."""
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-    from ..hw.pool_engine import PoolMode
+    from ..hw.pool_engine import PoolMode, pool_scan_start
     window = layer["window"]
     if PoolMode(layer["mode"]) != PoolMode.GLOBAL_AVG:
-        return window_cycles(window, pool_latency(config))
+        return window_cycles(window, pool_latency(config), start=pool_scan_start(config))
     pixels = window["height"] * window["width"]
     nbits = global_divider_bits(config)
     # last_pixel: the cycle a plane's last pixel is taken; the divider frees nbits + 1 cycles after that.

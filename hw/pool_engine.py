@@ -39,7 +39,7 @@ from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_lay
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
            "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
-           "ice40_pool_limits", "pool_extra_stages"]
+           "ice40_pool_limits", "pool_extra_stages", "pool_scan_start"]
 
 #: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
@@ -104,6 +104,12 @@ def pool_extra_stages(config):
     per-row reduction, the reciprocal and the numerator's Booth digits, three adder levels of the product; one
     fewer on the iCE40)."""
     return {"ecp5": 5, "ice40": -1}.get(config.target, 0)
+
+
+def pool_scan_start(config):
+    """The cycle of a run at which the windowed modes' scanner visits its first position: 2 (cycle 1 takes the
+    descriptor), 3 on the iCE40, whose engine registers the offer of a layer before it starts one."""
+    return 3 if config.target == "ice40" else 2
 
 
 class PoolMode(enum.Enum, shape=2):
@@ -542,8 +548,14 @@ class _Ice40Pool(wiring.Component):
         s1_valid, s2_valid = Signal(), Signal()           # S1: a position was scanned; S2: it ends a window
 
         # A layer starts once the previous one has left the pipeline, as the generic engine takes its next one.
+        # ``armed`` is "a layer is offered and not yet started", registered here a cycle after the offer: the
+        # offer's valid comes from the accelerator's dispatcher, placed elsewhere, and ``load`` steers every
+        # counter (a route and two LUTs in front of it began nextpnr's critical path). It holds: the layer is
+        # taken only once started, and nothing starts but a load.
+        armed = Signal(name="armed")
         load = Signal(attrs={"keep": 1})
-        m.d.comb += load.eq(self.i_layer.valid & ~started & ~s1_valid & ~s2_valid & ~o.valid)
+        m.d.sync += armed.eq(self.i_layer.valid & ~started & ~load)
+        m.d.comb += load.eq(armed & ~s1_valid & ~s2_valid & ~o.valid)
 
         # The line buffer half of this row: consecutive input rows alternate, and so do the last input row and a
         # bottom padding row (``rows_left`` is 0 there). A top padding row shares the first input row's half: the
