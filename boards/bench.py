@@ -15,7 +15,7 @@ __all__ = ["bench_boards"]
 TARGETS = {"icebreaker": (16, 40.0), "ulx3s": (128, 125.0)}
 
 
-def bench_boards(boards=("icebreaker", "ulx3s"), out_dir="build", seed=1):
+def bench_boards(boards=("icebreaker", "ulx3s"), out_dir="build", seed=None):
     """Build ``boards`` and return the markdown section (a title, a table, how to reproduce)."""
     rows, notes = [], []
     started = time.perf_counter()
@@ -25,15 +25,17 @@ def bench_boards(boards=("icebreaker", "ulx3s"), out_dir="build", seed=1):
         try:
             report = build(board, out_dir=out_dir, seed=seed)
         except BuildError as exc:
+            tried = BOARDS[board].seed if seed is None else seed
             rows.append(f"| {board} | {config.rows}x{config.cols} = {config.pes} | - | - | - | - | - | "
-                        f"{BOARDS[board].f_sys / 1e6:.0f} | failed | - |")
+                        f"{BOARDS[board].f_sys / 1e6:.1f} | failed | {tried} | - |")
             notes.append(f"- {board}: {str(exc).splitlines()[0]}")
             continue
         usage = report.usage()
         cells = [f"{usage[label][0]:,} / {usage[label][1]:,}" for label in list(usage)[:4]]
         verdict = "met" if report.timing_met else "**missed**"
         rows.append(f"| {board} | {config.rows}x{config.cols} = {config.pes} | " + " | ".join(cells) +
-                    f" | {report.fmax_mhz:.1f} | {report.target_mhz:.1f} | {verdict} | {report.seconds:.0f} s |")
+                    f" | {report.fmax_mhz:.1f} | {report.target_mhz:.1f} | {verdict} | {report.seed} | "
+                    f"{report.seconds:.0f} s |")
         if "SPRAM (256 Kbit)" in usage:
             notes.append(f"- {board}: SPRAM {usage['SPRAM (256 Kbit)'][0]} / {usage['SPRAM (256 Kbit)'][1]}; "
                          f"{config.pes} MACs/cycle against the target of {macs} at >= {fmax_target:.0f} MHz")
@@ -43,12 +45,12 @@ def bench_boards(boards=("icebreaker", "ulx3s"), out_dir="build", seed=1):
     lines = [
         "## Boards",
         "",
-        "Bitstreams built with the YoWASP yosys/nextpnr (`cnnacc build --board NAME`, nextpnr seed "
-        f"{seed}); LUTs and FFs used / available, DSPs (iCE40 SB_MAC16, ECP5 18x18 multipliers), block RAM; "
+        "Bitstreams built with the YoWASP yosys/nextpnr (`cnnacc build --board NAME`, with the nextpnr seed "
+        "the table gives); LUTs and FFs used / available, DSPs (iCE40 SB_MAC16, ECP5 18x18 multipliers), block RAM; "
         "Fmax is nextpnr's for the system clock the PLL makes.",
         "",
-        "| board | MAC array | LUTs | FFs | DSPs | BRAM | Fmax (MHz) | clock (MHz) | timing | build |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| board | MAC array | LUTs | FFs | DSPs | BRAM | Fmax (MHz) | clock (MHz) | timing | seed | build |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *notes,

@@ -35,6 +35,7 @@ class BoardSpec:
     flash: str = ""
     nextpnr_opts: str = ""   # options of this board's nextpnr run, besides the seed (see BOARDS)
     synth_opts: str = ""     # options of this board's yosys synth_<family> command (see BOARDS)
+    seed: int = 1            # nextpnr's placement seed when the build names none (see BOARDS)
 
     def make_platform(self):
         module, cls = self.platform.split(":")
@@ -54,7 +55,7 @@ def board_config(board):
 
 BOARDS = {
     "icebreaker": BoardSpec("icebreaker", "ice40", "amaranth_boards.icebreaker:ICEBreakerPlatform",
-                            f_sys=42e6, baud=1_000_000, leds=2, frame_words=256,
+                            f_sys=40.5e6, baud=1_000_000, leds=2, frame_words=256,
                             flash="iceprog {bitstream}   (or: openFPGALoader -b ice40_generic {bitstream})",
                             # Clock enables stay on local routing: nextpnr-ice40 otherwise puts the busiest ones
                             # on global buffers, whose route to a LUT or enable pin is several ns (about 1.5 MHz
@@ -94,6 +95,7 @@ class BuildReport:
     seconds: float = 0.0
     cells: dict = field(default_factory=dict)        # yosys cell type -> count
     family: str = "ice40"
+    seed: int = 1                                    # nextpnr's placement seed
 
     @property
     def timing_met(self):
@@ -115,7 +117,7 @@ class BuildReport:
         return all(used <= available for used, available in self.resources.values())
 
     def summary(self):
-        lines = [f"{self.board}: {self.bitstream} ({self.seconds:.0f} s)"]
+        lines = [f"{self.board}: {self.bitstream} ({self.seconds:.0f} s, nextpnr seed {self.seed})"]
         for label, (used, total) in self.usage().items():
             share = f"({100 * used / total:.0f}%)" if total else ""
             lines.append(f"  {label:<18} {used:>6} / {total:<6} {share}")
@@ -232,14 +234,18 @@ def parse_nextpnr_log(text):
     return resources, [(clock, f, t) for clock, (f, t) in clocks.items()]
 
 
-def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
+def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
     """Build ``board`` ("icebreaker" or "ulx3s"); returns a :class:`BuildReport`.
+
+    ``seed`` is nextpnr's placement seed; ``None`` takes the board's (:attr:`BoardSpec.seed`).
 
     Raises :class:`BuildError` if a tool fails (naming the log) or if nextpnr reports no clock.
     """
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     spec = BOARDS[board]
+    if seed is None:
+        seed = spec.seed
     from .top import BoardTop
     if core_factory is None:
         from ..hw.accelerator import Accelerator
@@ -317,4 +323,4 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=1):
     rpt = out_dir / f"{name}.rpt"
     cells = parse_yosys_stat(rpt.read_text(errors="replace")) if rpt.exists() else {}
     return BuildReport(board=board, bitstream=bitstream, log=log, target_mhz=target, fmax_mhz=fmax,
-                       resources=resources, seconds=seconds, cells=cells, family=spec.family)
+                       resources=resources, seconds=seconds, cells=cells, family=spec.family, seed=seed)

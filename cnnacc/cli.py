@@ -327,7 +327,8 @@ def _build_parser():
     p = commands.add_parser("build", help="build a board's bitstream (YoWASP yosys/nextpnr): resources and Fmax")
     p.add_argument("--board", choices=["icebreaker", "ulx3s"], required=True)
     p.add_argument("--out-dir", default="build", help="build directory (default %(default)s/BOARD)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placement seed (default: the board's, boards/build.py BOARDS)")
     p.set_defaults(func=_cmd_build)
 
     models_help = ("a .tflite or .onnx file, a bundled name (lenet5, mobilenet_v1_digits, mobilenet_v1, "
