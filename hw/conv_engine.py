@@ -216,7 +216,7 @@ class _TileCursor:
     :meth:`advance`): the two share one chain of ``cols - 1`` column steps, seeded by the first tile's column 0
     or the next tile's.
 
-    With ``walk`` (target ``"ice40"``, whose 42 MHz clock allows about 7 LUT levels where the chain is 20) the
+    With ``walk`` (target ``"ice40"``, whose 40.5 MHz clock allows about 7 LUT levels where the chain is 20) the
     chain is unrolled in time instead: in the cycles after each move a walker steps one column a cycle into
     registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the first
     tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are registered
