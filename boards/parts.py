@@ -38,7 +38,7 @@ def _parts(config, board):
         "conv": lambda: ConvEngine(config),
         "array": lambda: SystolicArray(config),
         "pool": lambda: PoolEngine(config),
-        "bridge": lambda: SerialBridge(max_words=spec.frame_words, idle_timeout=40 * round(spec.f_sys / spec.baud)),
+        "bridge": lambda: SerialBridge(max_words=spec.frame_words, idle_timeout=40 * spec.uart_divisor(spec.f_sys)),
     }
 
 

@@ -72,7 +72,7 @@ class BoardTop(Elaboratable):
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart_pins.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart_pins.tx)
         m.submodules.board_core = board_core = BoardCore(
-            self._core_factory(), round(pll.f_out / board.baud), frame_words=board.frame_words,
+            self._core_factory(), board.uart_divisor(pll.f_out), frame_words=board.frame_words,
             leds=board.leds, heartbeat_cycles=int(pll.f_out) // 2)
         m.d.comb += [board_core.rx.eq(rx_buf.i), tx_buf.o.eq(board_core.tx)]
         for i in range(board.leds):

@@ -234,5 +234,5 @@ def test_uart_divisor_keeps_the_baud_rate(board):
     spec = BOARDS[board]
     f_in = spec.make_platform().default_clk_frequency
     f_pll = family_pll(spec.family, f_in, spec.f_sys).f_out
-    divisor = round(f_pll / spec.baud)
+    divisor = spec.uart_divisor(f_pll)
     assert abs(f_pll / divisor - spec.baud) / spec.baud < 0.02, (board, f_pll, divisor)
