@@ -45,9 +45,9 @@ def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0, start=2):
     """Cycles until a windowed layer has both taken its last pixel and delivered its last output.
 
     The scanner visits padded position ``i`` (counted over all planes) at cycle ``start + i`` (by default 2:
-    cycle 1 takes the descriptor) plus ``per_plane`` cycles for each plane started. The last window of the layer ends at the
-    position of its bottom-right tap and leaves ``latency`` cycles later; the last input pixel may come later
-    still, when rows or columns at the end are reached by no window (stride 2 on even sizes).
+    cycle 1 takes the descriptor) plus ``per_plane`` cycles for each plane started. The last window of the layer
+    ends at the position of its bottom-right tap and leaves ``latency`` cycles later; the last input pixel may
+    come later still, when rows or columns at the end are reached by no window (stride 2 on even sizes).
     """
     k, s, groups = window["kernel"], window["stride"], window["groups"]
     padded_h = window["height"] + window["pad_top"] + window["pad_bottom"]

@@ -175,8 +175,9 @@ class SerialBridge(wiring.Component):
         # (``reset_crc``), a received byte a cycle after it was taken (``rx_stepped``; the byte register holds
         # it through that cycle, since a new byte enters only once it is empty), a sent byte in the cycle after it
         # left (``sent_byte``, stepped from the state flags). The register's enable is then a LUT or two of
-        # flip-flops, not the end of the state machine's decisions (a 7-LUT cone, once nextpnr's critical path). The delay is never seen: a received CRC is compared no sooner than two cycles after the
-        # payload's last byte, and the first byte of an answer enters three cycles after its reset.
+        # flip-flops, not the end of the state machine's decisions (a 7-LUT cone, once nextpnr's critical path).
+        # The delay is never seen: a received CRC is compared no sooner than two cycles after the payload's last
+        # byte, and the first byte of an answer enters three cycles after its reset.
         crc = Signal(16)
         crc_init, rx_step, tx_step = Signal(), Signal(), Signal()
         reset_crc, rx_stepped = Signal(), Signal()
