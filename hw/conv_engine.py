@@ -754,8 +754,10 @@ class ConvEngine(wiring.Component):
         out_block_o = Signal(range(self.param_depth))     # output channel block being drained
         # The tag names a result by its flat output pixel and channel block, just as wide as the layer needs.
         tag = Signal(data.StructLayout({"pixel": len(layer.out_h) + len(layer.out_w), "block": len(out_block_o)}))
+        # On the ECP5 the requantizer's products take three MULT18X18D a lane (the array leaves 28 of the 85F's
+        # 156); the vector engines' requantizers stay in LUTs.
         m.submodules.requant = requant = Requantizer(rows, tag_width=tag.shape().size, target=cfg.target,
-                                                     lane_fetch=serial)
+                                                     lane_fetch=serial, dsp_blocks=cfg.target == "ecp5")
         m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
                      requant.qmin.eq(layer.qmin), requant.qmax.eq(layer.qmax)]
         if serial:

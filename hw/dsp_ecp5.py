@@ -20,7 +20,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["Mult18x18D", "MULT_LATENCY", "booth_digits", "booth_digit_count", "lut_product", "lut_product_stages",
-           "delay_line"]
+           "delay_line", "dsp_product", "DSP_PRODUCT_STAGES", "DSP_PRODUCT_BLOCKS", "DSP_PRODUCT_SPLIT"]
 
 #: Cycles (with ``ce`` high) from the operands to their product.
 MULT_LATENCY = 2
@@ -197,3 +197,62 @@ def lut_product(m, en, a, neg, one, two, *, width, name):
         level += 1
     assert level == lut_product_stages(n), (level, n)
     return terms[0][0]
+
+
+# --- a 32x32 product from three MULT18X18D and a small LUT multiplier ---------------------------------------------
+
+#: Where :func:`dsp_product` cuts each operand: low parts of 17 bits (unsigned), high parts of 15 (signed).
+DSP_PRODUCT_SPLIT = 17
+#: MULT18X18D blocks one :func:`dsp_product` instantiates.
+DSP_PRODUCT_BLOCKS = 3
+#: Register stages from :func:`dsp_product`'s operands to its product.
+DSP_PRODUCT_STAGES = 5
+
+
+def dsp_product(m, en, a, b, b_high_digits, *, primitive, name):
+    """The exact signed product of two int32 values, ``a * b`` (64 bits), pipelined: valid
+    :data:`DSP_PRODUCT_STAGES` enabled cycles after its operands, which the caller registers in one stage, with
+    ``b_high_digits``, the :func:`booth_digits` of ``b[17:32]``.
+
+    With ``a = ah * 2**17 + al`` and ``b = bh * 2**17 + bl`` (``al``, ``bl`` unsigned 17 bits; ``ah``, ``bh``
+    signed 15)::
+
+        a * b = al * bl + (al * bh + ah * bl) * 2**17 + ah * bh * 2**34
+
+    The three products with a low part take a MULT18X18D each (input and output registers in the block: stages
+    1 and 2), whose outputs cross a fabric register (stage 3: the route out of a block takes most of an 8 ns
+    cycle); ``ah * bh``, 15x15 bits, is a :func:`lut_product` of three stages. ``al * bl`` is below ``2**34`` and
+    ``ah * bh * 2**34`` has no bits there, so the two only need placing side by side: stage 4 adds the two middle
+    products, stage 5 adds that sum to the pair. Two carry chains where a 32x32 LUT multiplier has four levels of
+    them, and 2,000-odd fewer LUTs per product (docs/decisions.md, session 10).
+
+    ``primitive`` instantiates the blocks (a build, or Verilator with sim/models/MULT18X18D.v); without it they
+    are :class:`Mult18x18D`'s model, for the Amaranth simulator.
+    """
+    k = DSP_PRODUCT_SPLIT
+    assert len(a) == len(b) == 32, (len(a), len(b))
+    al, ah = Cat(a[:k], Const(0, 1)).as_signed(), a[k:].as_signed()
+    bl, bh = Cat(b[:k], Const(0, 1)).as_signed(), b[k:].as_signed()
+
+    def block(x, y, tag):
+        mult = m.submodules[f"{name}_{tag}"] = Mult18x18D(len(x), len(y), primitive=primitive)
+        m.d.comb += [mult.a.eq(x), mult.b.eq(y), mult.ce.eq(en)]
+        copy = Signal.like(mult.p, name=f"{name}_{tag}_q", reset_less=True)
+        with m.If(en):
+            m.d.sync += copy.eq(mult.p)
+        return copy
+
+    low, mid_a, mid_b = block(al, bl, "ll"), block(al, bh, "lh"), block(ah, bl, "hl")
+    # ``a``'s high part is the caller's register, like the digits: the LUT product's three stages end beside the
+    # blocks' fabric copies.
+    neg, one, two = b_high_digits
+    assert lut_product_stages(len(neg)) == 3, len(neg)
+    high = lut_product(m, en, ah, neg, one, two, width=2 * (32 - k), name=f"{name}_hh")
+    # Stage 4: the middle sum (34 bits), and the outer products side by side; stage 5: the product.
+    mid = Signal(signed(len(mid_a) + 1), name=f"{name}_mid", reset_less=True)
+    outer = Signal(signed(64), name=f"{name}_outer", reset_less=True)
+    product = Signal(signed(64), name=f"{name}_p", reset_less=True)
+    with m.If(en):
+        m.d.sync += [mid.eq(mid_a + mid_b), outer.eq(Cat(low[:2 * k], high).as_signed())]
+        m.d.sync += product.eq((outer + (mid << k))[:64].as_signed())
+    return product

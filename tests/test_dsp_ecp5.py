@@ -88,10 +88,13 @@ def test_verilator_ecp5_array_matches_generic():
     assert cycles == want_cycles + array_latency(ecp5) - array_latency(generic)
 
 
+@pytest.mark.parametrize("dsp_blocks", [False, True], ids=["lut", "dsp"])
 @pytest.mark.parametrize("mode", ["double", "single"])
-def test_split_product_requantizer_matches_golden(mode):
-    """The ecp5 requantizer (Booth LUT multiply, an adder tree of one level per stage): every shift at the
-    extremes and random values, bit for bit, with the latency :func:`requant_latency` gives that target."""
+def test_split_product_requantizer_matches_golden(mode, dsp_blocks):
+    """The ecp5 requantizer, its product from LUTs alone (a Booth multiplier, an adder tree of one level per
+    stage) or from three MULT18X18D (their model) and a 15x15 LUT product: every shift at the extremes, products
+    whose parts sit at the blocks' 17-bit split, and random values, bit for bit, with the latency
+    :func:`requant_latency` gives that target."""
     from test_requantizer import edge_vectors, golden, random_vectors
     from cnnacc.hw.requantizer import Requantizer, requant_latency
 
@@ -107,10 +110,16 @@ def test_split_product_requantizer_matches_golden(mode):
     edge = {k: np.concatenate([edge[k], v]) for k, v in
             (("acc", bounds[..., 0]), ("bias", 0 * bounds[..., 0]), ("multiplier", bounds[..., 1]),
              ("shift", bounds[..., 2]))}
+    # Operands at the blocks' split (bit 17) and at the int32 bounds, every pairing, unshifted.
+    split = np.array([-(1 << 31), (1 << 31) - 1, (1 << 17) - 1, 1 << 17, -(1 << 17), (1 << 17) + 1, -1, 1 << 16],
+                     np.int64)
+    a, b = (x.reshape(-1, lanes) for x in np.meshgrid(split, split))
+    edge = {k: np.concatenate([edge[k], v]) for k, v in
+            (("acc", a), ("bias", 0 * a), ("multiplier", b), ("shift", 0 * a))}
     vectors = {k: np.concatenate([edge[k], rand[k]]) for k in edge}
     zp, qmin, qmax = 3, -120, 127
     want = golden(vectors, zp, qmin, qmax, mode)
-    dut = Requantizer(lanes, tag_width=10, target="ecp5")
+    dut = Requantizer(lanes, tag_width=10, target="ecp5", dsp_blocks=dsp_blocks, dsp_model=True)
     latency = requant_latency("ecp5")
     beats = len(want)
     got = {}
@@ -233,7 +242,7 @@ def test_ecp5_depthwise_engine_matches_golden_and_cycle_model():
     config = AcceleratorConfig(lanes=2, max_width=8, target="ecp5")
     generic = replace(config, target="generic")
     extra = depthwise_extra_stages(config) + requant_extra_stages("ecp5")
-    assert extra == 6 and depthwise_extra_stages(generic) == 0
+    assert extra == 7 and depthwise_extra_stages(generic) == 0
     seed = 9
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
