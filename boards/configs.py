@@ -56,7 +56,7 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 #   of 8 channels (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the pool line buffers and the serial
 #   bridge: 126 of 208.
 ULX3S_CONFIG = AcceleratorConfig(
-    rows=8, cols=16, lanes=8, max_kernel=5, max_width=224,
+    rows=8, cols=16, lanes=8, max_kernel=5, max_width=224, pool_kernel=3,
     conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
     engines=("conv", "pool"), target="ecp5",
 )

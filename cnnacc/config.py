@@ -31,6 +31,10 @@ class AcceleratorConfig:
         generator).
     max_kernel : int
         Largest convolution/pooling kernel side the window generator supports.
+    pool_kernel : int
+        Largest pooling window side, when the pool engine is built for less than ``max_kernel`` (0: as
+        ``max_kernel``). Its window registers and tap trees grow with the square of this side; the compiler
+        refuses a larger window and runs a whole-map average on the global divider.
     max_width : int
         Widest feature map row (pixels) the line buffers hold.
     conv_act_depth, conv_weight_depth, conv_param_depth : int
@@ -54,6 +58,7 @@ class AcceleratorConfig:
     lanes: int = 8
     max_kernel: int = 7
     max_width: int = 224
+    pool_kernel: int = 0
     conv_act_depth: int = 4096
     conv_weight_depth: int = 8192
     conv_param_depth: int = 256
@@ -72,6 +77,10 @@ class AcceleratorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+        if not isinstance(self.pool_kernel, int) or isinstance(self.pool_kernel, bool) \
+                or not 0 <= self.pool_kernel <= self.max_kernel:
+            raise ValueError(f"pool_kernel must be an integer from 0 to max_kernel ({self.max_kernel}), "
+                             f"not {self.pool_kernel!r}")
         if not isinstance(self.acc_width, int) or not 17 <= self.acc_width <= 48:
             raise ValueError(f"acc_width must be an integer from 17 to 48, not {self.acc_width!r}")
         if self.target not in TARGETS:

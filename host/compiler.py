@@ -78,11 +78,12 @@ def _shape3(shape):
 
 
 def _is_global(config, node, in_shape):
-    """An average over the whole map with a kernel wider than the window generator's runs on the global
-    divider; one that fits ``max_kernel`` runs as an ordinary window (the same rule as host/driver.py)."""
+    """An average over the whole map with a kernel wider than the pool engine's windows runs on the global
+    divider; one that fits :func:`~cnnacc.hw.pool_engine.pool_max_kernel` runs as an ordinary window."""
+    from ..hw.pool_engine import pool_max_kernel
     h, w, _ = in_shape
     return (node.kind == "avg_pool2d" and tuple(node.kernel) == (h, w) and not any(node.padding)
-            and node.kernel[0] > config.max_kernel)
+            and node.kernel[0] > pool_max_kernel(config))
 
 
 def node_descriptor(config, graph, node, band, c0, c1):

@@ -49,10 +49,12 @@ _BODY, _TOP, _AFTER_TOP, _BOTTOM = 0b00, 0b01, 0b10, 0b11
 
 
 def pool_max_kernel(config):
-    """Largest pooling window side the pool engine of ``config`` is built for."""
+    """Largest pooling window side the pool engine of ``config`` is built for: ``config.pool_kernel`` when it
+    is set, else ``max_kernel``, and at most :data:`ICE40_POOL_KERNEL` on the iCE40."""
+    kernel = config.pool_kernel or config.max_kernel
     if config.target == "ice40":
-        return min(config.max_kernel, ICE40_POOL_KERNEL)
-    return config.max_kernel
+        return min(kernel, ICE40_POOL_KERNEL)
+    return kernel
 
 
 def pool_modes(config):
@@ -79,8 +81,9 @@ def check_pool_support(config, mode, kernel=1, name="pool", qmin=-128, qmax=127)
                          f"(it computes {', '.join(words[m] for m in pool_modes(config))})")
     kmax = pool_max_kernel(config)
     if mode != PoolMode.GLOBAL_AVG and kernel > kmax:
+        why = f" (pool_kernel={config.pool_kernel})" if kmax == config.pool_kernel else ""
         raise ValueError(f"{name}: a {kernel}x{kernel} pooling window exceeds the {kmax}x{kmax} the "
-                         f"{config.target} pool engine is built for")
+                         f"{config.target} pool engine is built for{why}")
     if not pool_has_clamp(config) and (qmin, qmax) != (-128, 127):
         raise ValueError(f"{name}: the {config.target} pool engine has no activation clamp (range {qmin}..{qmax}; "
                          f"it needs -128..127)")

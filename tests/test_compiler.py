@@ -298,3 +298,35 @@ def test_narrow_accumulators_refuse_a_layer_that_could_wrap(graphs):
     c1.weights[3] = 127
     with pytest.raises(ProgramError, match=r"^node 'c1': output channel 3 can accumulate up to 406,400 "):
         compile_graph(graph, replace(DEFAULT_CONFIG, acc_width=19))
+
+
+def test_pool_kernel_limits_windows_and_whole_map_averages_go_global():
+    """``pool_kernel`` (the ULX3S builds its pool engine for 3x3 windows): a larger window is refused in one line
+    naming the layer, and a whole-map average larger than the windows runs on the global divider."""
+    from cnnacc.hw.pool_engine import PoolMode, pool_max_kernel
+    config = replace(DEFAULT_CONFIG, max_kernel=5, pool_kernel=3)
+    assert pool_max_kernel(config) == 3 and pool_max_kernel(replace(config, pool_kernel=0)) == 5
+    x = g.TensorSpec("x", (8, 8, 8), 0.05, 0)
+
+    def graph(node):
+        return g.Graph(x, [node], node.output.name)
+
+    big = g.MaxPool2D(name="p4", inputs=("x",), output=g.TensorSpec("y", (2, 2, 8), 0.05, 0), kernel=(4, 4),
+                      stride=(4, 4))
+    with pytest.raises(ProgramError) as info:
+        compile_graph(graph(big), config)
+    _one_line(info, "p4:", "4x4", "3x3", "pool_kernel=3")
+    compile_graph(graph(big), replace(config, pool_kernel=0))        # the same layer fits 5x5 windows
+    for side, mode in ((5, PoolMode.GLOBAL_AVG), (3, PoolMode.AVG)):
+        x5 = g.TensorSpec("x", (side, side, 8), 0.05, 0)
+        avg = g.AvgPool2D(name="gap", inputs=("x",), output=g.TensorSpec("y", (1, 1, 8), 0.05, 0),
+                          kernel=(side, side), stride=(side, side))
+        program = compile_graph(g.Graph(x5, [avg], "y"), config)
+        step = program.steps[0]
+        assert tile_descriptors(config, program.graph, step, step.tiles[0])[0]["mode"] == mode, side
+
+
+@pytest.mark.parametrize("value", [-1, 6, True])
+def test_pool_kernel_is_checked(value):
+    with pytest.raises(ValueError, match=r"^pool_kernel must be an integer from 0 to max_kernel \(5\)"):
+        replace(DEFAULT_CONFIG, max_kernel=5, pool_kernel=value)
