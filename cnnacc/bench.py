@@ -60,10 +60,13 @@ def bench_mac_array(out=print):
     write_section("mac_array", body)
 
 
-def bench_boards(out=print):
-    """Both boards' bitstreams built (minutes each): section ``boards``."""
-    from .boards.bench import bench_boards as build_both
-    body = build_both()
+def bench_boards(out=print, boards=None):
+    """Both boards' bitstreams built (minutes each; the ULX3S much longer), or the ones named: section ``boards``,
+    keeping the row of a board not rebuilt."""
+    from .boards.bench import bench_boards as build
+    previous = DOC.read_text() if DOC.exists() else ""
+    match = re.search(r"<!-- bench:boards -->(.*?)<!-- /bench:boards -->", previous, re.S)
+    body = build(**({"boards": boards} if boards else {}), previous=match.group(1) if match else "")
     out(body)
     write_section("boards", body)
 
@@ -83,7 +86,7 @@ BENCHMARKS = {
     "vector": _lazy("cnnacc.hw.bench_vector"),
     "network": _lazy("cnnacc.host.bench_network"),
     "overlap": _lazy("cnnacc.host.bench_network", "bench_overlap"),
-    "boards": lambda out=print: bench_boards(out),
+    "boards": bench_boards,
     # Last, as the longest: the full MobileNet 224 in RTL takes hours (see its section).
     "mobilenet_rtl": _lazy("cnnacc.host.bench_network", "bench_mobilenet_rtl"),
 }
@@ -93,13 +96,16 @@ ON_REQUEST = ("mobilenet_rtl",)
 
 def main(argv=None):
     names = (sys.argv[1:] if argv is None else argv) or [n for n in BENCHMARKS if n not in ON_REQUEST]
+    from .boards.build import BOARDS
     for name in names:
-        if name not in BENCHMARKS:
-            print(f"cnnacc.bench: error: unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}",
-                  file=sys.stderr)
+        # ``boards:NAME`` builds one board.
+        name, _, board = name.partition(":")
+        if name not in BENCHMARKS or (board and (name != "boards" or board not in BOARDS)):
+            print(f"cnnacc.bench: error: unknown benchmark {name + (':' + board if board else '')!r}; choose from "
+                  f"{', '.join(BENCHMARKS)} (or boards:{'/'.join(BOARDS)})", file=sys.stderr)
             return 2
         print(f"== {name}")
-        BENCHMARKS[name]()
+        BENCHMARKS[name](**({"boards": (board,)} if board else {}))
     print(f"written to {DOC}")
     return 0
 

@@ -131,6 +131,24 @@ def test_bench_boards_table(monkeypatch):
     assert "9,000 / 83,640" in row and "64 / 156" in row and "| 131.2 | 125.0 | met | 3 |" in row
     assert next(line for line in lines if line.startswith("| icebreaker |")).count("failed") == 1
     assert any("no BELs remaining" in line and "build/x.tim" in line for line in lines)
+    assert row.endswith(f"| {bench.source_commit()} |") and bench.source_commit() != "?"
+    # One board rebuilt: the other's row and note are kept from the section as it stood, in the boards' order.
+    again = bench.bench_boards(boards=("ulx3s",), seed=4, previous=text).splitlines()
+    assert [line.split(" |")[0] for line in again if line.startswith("| ") and not line.startswith("| board")] \
+        == ["| icebreaker", "| ulx3s"]
+    assert any("no BELs remaining" in line for line in again)
+    assert "| 131.2 | 125.0 | met | 4 |" in next(line for line in again if line.startswith("| ulx3s |"))
+    with pytest.raises(BuildError, match=r"^unknown board 'ulx4s'"):
+        bench.bench_boards(boards=("ulx4s",))
+
+
+def test_bench_main_names_a_board(monkeypatch):
+    """``python -m cnnacc.bench boards:ulx3s`` builds that board alone; an unknown board or suffix is refused."""
+    import cnnacc.bench as cb
+    calls = []
+    monkeypatch.setitem(cb.BENCHMARKS, "boards", lambda out=print, boards=None: calls.append(boards))
+    assert cb.main(["boards:ulx3s", "boards"]) == 0 and calls == [("ulx3s",), None]
+    assert cb.main(["boards:ulx4s"]) == 2 and cb.main(["accuracy:ulx3s"]) == 2 and len(calls) == 2
 
 
 def test_parts_synthesis_of_the_icebreaker_array():
