@@ -107,6 +107,13 @@ def ice40_tile_cycles(depth, drain):
     return depth + drain + 3
 
 
+def _or_all(values):
+    """The bitwise OR of ``values``, as a balanced tree."""
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return values[0]
+
+
 class SystolicArray(wiring.Component):
     """Output-stationary ``rows x cols`` systolic array with internal skew, de-skew and double-buffered drain.
 
@@ -249,14 +256,19 @@ class SystolicArray(wiring.Component):
                 north[c] = act
                 wgt_in, flags_in = wgt, flags
 
-        # Output register: at most one column finishes per cycle (tiles are >= cols cycles apart).
+        # Output register: at most one column finishes per cycle (tiles are >= cols cycles apart), so the flags
+        # are one-hot and each output bit is an OR of AND terms (a few LUT levels), not a chain of ``cols``
+        # multiplexers. Nothing reads the payload while ``valid`` is low.
+        any_done = Signal()
+        m.d.comb += any_done.eq(Cat(*column_done).any())
         with m.If(en):
-            m.d.sync += self.o_columns.valid.eq(0)
-            for c in range(cols):
-                with m.If(column_done[c]):
-                    m.d.sync += self.o_columns.valid.eq(1)
-                    m.d.sync += self.o_columns.payload.col.eq(c)
-                    m.d.sync += [self.o_columns.payload.acc[r].eq(shadow[r][c]) for r in range(rows)]
+            m.d.sync += self.o_columns.valid.eq(any_done)
+            with m.If(any_done):
+                m.d.sync += self.o_columns.payload.col.eq(
+                    _or_all([Mux(column_done[c], c, 0) for c in range(cols)]))
+                m.d.sync += [self.o_columns.payload.acc[r].eq(
+                    _or_all([Mux(column_done[c], shadow[r][c].as_unsigned(), 0) for c in range(cols)]))
+                    for r in range(rows)]
         return m
 
     def _elaborate_broadcast(self):
