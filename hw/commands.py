@@ -33,7 +33,8 @@ import zlib
 
 from amaranth.lib import data, enum
 
-__all__ = ["Opcode", "Status", "RunState", "MemoryId", "EngineId", "Header", "Address", "Response", "config_id", "MAX_COUNT"]
+__all__ = ["Opcode", "Status", "RunState", "MemoryId", "EngineId", "Header", "Address", "Response", "config_id",
+           "MAX_COUNT"]
 
 MAX_COUNT = (1 << 24) - 1
 
@@ -104,6 +105,17 @@ class Response(data.Struct):
 def config_id(config):
     """32-bit fingerprint of an accelerator configuration, reported by ``STATUS``.
 
-    A program compiled for one configuration checks it before running on another.
+    A program compiled for one configuration checks it before running on another. A field added to the
+    configuration after its first release (:data:`_LATER_FIELDS`) counts only when it differs from its default,
+    so a configuration that does not use it keeps its fingerprint: programs saved for it still run, and its
+    bitstream stays the same.
     """
-    return zlib.crc32(repr(config).encode())
+    text = repr(config)
+    for name, default in _LATER_FIELDS.items():
+        if getattr(config, name) == default:
+            text = text.replace(f", {name}={default!r}", "", 1)
+    return zlib.crc32(text.encode())
+
+
+#: Fields :func:`config_id` leaves out at their default (added to AcceleratorConfig after its first release).
+_LATER_FIELDS = {"pool_kernel": 0}

@@ -330,3 +330,13 @@ def test_pool_kernel_limits_windows_and_whole_map_averages_go_global():
 def test_pool_kernel_is_checked(value):
     with pytest.raises(ValueError, match=r"^pool_kernel must be an integer from 0 to max_kernel \(5\)"):
         replace(DEFAULT_CONFIG, max_kernel=5, pool_kernel=value)
+
+
+def test_config_id_ignores_later_fields_at_their_default():
+    """A field added to AcceleratorConfig later (pool_kernel) leaves the fingerprint of a configuration that does
+    not set it as it was (the iCEBreaker's since session 9: its bitstream and saved programs stay valid), and
+    changes it when set."""
+    from cnnacc.boards.configs import ICEBREAKER_CONFIG
+    from cnnacc.hw.commands import config_id
+    assert config_id(ICEBREAKER_CONFIG) == 0x12D8AB14
+    assert config_id(replace(ICEBREAKER_CONFIG, pool_kernel=2)) != config_id(ICEBREAKER_CONFIG)
