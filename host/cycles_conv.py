@@ -8,7 +8,9 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   ``ceil(OH * OW / cols)`` pixel tiles when the tile may span output rows (stride 1 and ``OW == W``), else
   ``OH * ceil(OW / cols)`` tiles within rows;
 * a tile is ``K = KH * KW * Cin`` beats, one per cycle, but two tiles end at least
-  :func:`~cnnacc.hw.systolic_array.min_tile_beats` cycles apart (the array's drain);
+  :func:`~cnnacc.hw.systolic_array.min_tile_beats` cycles apart (the array's drain), and on target ``"ecp5"``
+  at least :func:`~cnnacc.hw.conv_engine.walker_tile_beats` (the tile cursors' walkers), which the first tile's
+  last beat also waits for from the start of the run;
 * a fixed pipeline: start and setup (2), memory read (1), the array
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
   valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
@@ -29,6 +31,7 @@ columns, ``cols + 3`` cycles after the run starts: a layer of fewer beats a tile
 from dataclasses import dataclass
 
 from ..hw.requantizer import REQUANT_LATENCY, requant_extra_stages, requant_interval
+from ..hw.conv_engine import walker_tile_beats
 from ..hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
@@ -81,7 +84,10 @@ def conv_cycles(config, fields):
         # cycles after the run starts; later tiles are further apart than that.
         beats += max(0, config.cols + 3 - s.depth)
     else:
-        beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config))
+        # The tile cursors' walkers (ecp5): a tile's last beat waits until the walker the previous one started
+        # is ready, and the first tile's until the one the run started is (both walker_tile_beats after).
+        walker = walker_tile_beats(config)
+        beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config), walker) + max(0, walker - s.depth)
         drain = s.last_column + 1 + REQUANT_LATENCY + requant_extra_stages(config.target) + 1
     return beats + 2 + 1 + array_latency(config) + drain
 

@@ -53,7 +53,7 @@ from .memory_map import registered_read
 from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages
 from .systolic_array import SystolicArray
 
-__all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits",
+__all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits", "walker_tile_beats",
            "engine_layer_layout", "conv_layer", "check_conv_limits", "fold_bias", "memory_images", "node_job",
            "scatter_outputs", "param_write_signature"]
 
@@ -201,6 +201,13 @@ def _field_max(layer, name):
     return shape.stop - 1 if isinstance(shape, range) else (1 << Shape.cast(shape).width) - 1
 
 
+def walker_tile_beats(config):
+    """Fewest cycles from one tile's last beat to the next one's that the tile cursors' walkers allow on target
+    ``"ecp5"`` (and from the start of a run to its first tile's last beat): ``cols + 3``. 0 on the generic target,
+    whose cursors have no walker; the ice40 engine's tiles are always further apart (its serial drain)."""
+    return config.cols + 3 if config.target == "ecp5" else 0
+
+
 class _TileCursor:
     """Output coordinates of the ``cols`` pixels of the current tile, and how to step to the next tile.
 
@@ -216,8 +223,8 @@ class _TileCursor:
     :meth:`advance`): the two share one chain of ``cols - 1`` column steps, seeded by the first tile's column 0
     or the next tile's.
 
-    With ``walk`` (target ``"ice40"``, whose 40.5 MHz clock allows about 7 LUT levels where the chain is 20) the
-    chain is unrolled in time instead: in the cycles after each move a walker steps one column a cycle into
+    With ``walk`` (targets ``"ice40"``, whose 40.5 MHz clock allows about 7 LUT levels where the chain is 20,
+    and ``"ecp5"``, whose 125 MHz clock allows about one step of it) the chain is unrolled in time instead: in the cycles after each move a walker steps one column a cycle into
     registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the first
     tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are registered
     copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is ``OW - 1``
@@ -475,7 +482,10 @@ class ConvEngine(wiring.Component):
         with m.If(start):
             m.d.sync += setup.eq(1)
         last_x = Signal(len(layer.out_w))         # OW - 1, where the cursor's columns wrap
-        if serial:
+        # The tile cursors' walkers (see _TileCursor) on the FPGA targets: their chain of cols column steps is
+        # far too deep for the clock (on the ULX3S, 15 steps of a compare and a multiplexer).
+        walk = cfg.target in ("ice40", "ecp5")
+        if walk:
             # Registered from the descriptor as it is sampled: the cursor's per-column steps then start from
             # registers, not from a compare of two fields.
             def field(name):
@@ -489,7 +499,7 @@ class ConvEngine(wiring.Component):
             m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
 
         # --- input side: one beat per cycle ------------------------------------------------------------------
-        cursor = _TileCursor(m, layer, span, cols, "in", walk=serial, last_x=last_x)
+        cursor = _TileCursor(m, layer, span, cols, "in", walk=walk, last_x=last_x)
         m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
@@ -593,10 +603,10 @@ class ConvEngine(wiring.Component):
         adv = Signal(name="adv", attrs=keep, init=1)
         if not serial:
             m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
-        # A beat leaves the counters when stage 1 takes it; on ice40 a tile's last beat (which moves the cursor)
-        # also waits for the cursor's walker, which only a tile of very few beats ever notices.
+        # A beat leaves the counters when stage 1 takes it; with the walker a tile's last beat (which moves the
+        # cursor) also waits for it, which only a tile of very few beats ever notices (walker_tile_beats).
         issue = Signal(name="issue", attrs=keep)
-        m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if serial else in_run & adv)
+        m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if walk else in_run & adv)
         if serial:
             # ``adv`` is a register on the iCE40, set a cycle ahead from the next values of what it is a function
             # of: stage 1's flags and the array's ``holding``, which sits by the DSP blocks at the die's edges.
@@ -824,7 +834,8 @@ class ConvEngine(wiring.Component):
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
-            out_cursor = _TileCursor(m, layer, span, cols, "out")
+            # Its walker is ready long before the next tile's last column: tiles are walker_tile_beats apart.
+            out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x)
             out_block_last = (out_block_o + 1) * rows >= layer.out_c
             m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
             with m.If(tile_done):

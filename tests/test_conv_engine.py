@@ -2,6 +2,8 @@
 model (cnnacc.host.cycles_conv) against the RTL, exactly. Small layers in the Amaranth simulator, an 8x8
 configuration under cocotb + Verilator."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,24 @@ def test_bad_layer_named():
     node, x = conv_node(17, 8, 8, 4, 4, 3)
     with pytest.raises(ValueError, match="layer 'conv': the weights need 72 words, the engine has 20"):
         node_job(SMALL, node, x[0], weight_depth=20)
+
+
+def test_verilator_ecp5_walkers_and_cycle_model():
+    """Target "ecp5" steps both tile cursors with walkers (one column a cycle): tiles of a few beats wait for them
+    (walker_tile_beats), in span mode, within rows, stride 2 and across channel blocks; results bit-exact and
+    cycles equal to the model's, beside deeper tiles that never wait."""
+    from cnnacc.hw.conv_engine import walker_tile_beats
+    config = replace(SMALL, target="ecp5")
+    assert walker_tile_beats(config) == config.cols + 3 and walker_tile_beats(SMALL) == 0
+    cases = [conv_node(14, 3, 5, 1, 5, 1), conv_node(20, 5, 6, 2, 4, 1), conv_node(21, 4, 9, 3, 7, 1, 2),
+             conv_node(22, 6, 7, 2, 3, 2), conv_node(13, 7, 9, 2, 4, 3, 2, (1, 1, 1, 1)),
+             conv_node(15, 6, 6, 3, 5, 5, 1, (0, 0, 0, 0), rounding="single"), fc_node(16),
+             conv_node(23, 9, 3, 1, 2, 1)]
+    jobs = [node_job(config, node, x[0]) for node, x in cases]
+    depths = [f["kernel_h"] * f["kernel_w"] * f["in_c"] for f, _ in jobs]
+    assert min(depths) < walker_tile_beats(config) < max(depths)
+    results = tb.run_rtl_layers(config, jobs, seed=7)
+    for i, ((node, x), (fields, _), (got, cycles)) in enumerate(zip(cases, jobs, results)):
+        np.testing.assert_array_equal(got, golden_out(node, x).reshape(got.shape), err_msg=f"ecp5 layer {i}")
+        want = conv_cycles(config, fields)
+        assert cycles == want, f"ecp5 layer {i}: RTL {cycles}, model {want}"
