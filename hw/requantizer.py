@@ -75,8 +75,9 @@ _PASS_CYCLES = 16
 _IDLE, _SELECT, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(8)
 _TARGETS = ("generic", "ice40", "ecp5")
 #: The ECP5 multiply takes :data:`~.dsp_ecp5.DSP_PRODUCT_STAGES` (5) register stages against one for the generic
-#: ``*``; the LUT-only version (four adder-tree levels) has a fifth register to keep the same timing.
-_ECP5_EXTRA_STAGES = DSP_PRODUCT_STAGES - 1
+#: ``*`` (the LUT-only version, four adder-tree levels, has a fifth register to keep the same timing), and the
+#: rounding divide one more (see :meth:`Requantizer._split_tail`).
+_ECP5_EXTRA_STAGES = (DSP_PRODUCT_STAGES - 1) + 1
 
 
 def _check_lanes(lanes):
@@ -97,8 +98,8 @@ def requant_interval(target="generic", lanes=1):
 
 
 def requant_extra_stages(target="generic"):
-    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 4 on the ECP5,
-    whose product takes five stages (see :class:`Requantizer`), 0 elsewhere. The
+    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 5 on the ECP5,
+    whose product takes five stages and its rounding divide two (see :class:`Requantizer`), 0 elsewhere. The
     serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
 
@@ -654,7 +655,10 @@ class Requantizer(wiring.Component):
           ``r < INT32_MIN`` iff ``ab < -(2**32 + 1) * 2**(t-1)``; neither is reachable for ``t > 32`` since
           ``|ab| <= 2**62``), stage 4 adds and compares side by side, stage 5 shifts and selects;
         * double rounding: stage 4 decodes the divide's mask and its two thresholds (``mask >> 1`` and that plus
-          one, for negative values), stage 5 compares the remainder and shifts side by side, then adds.
+          one, for negative values), stage 5 compares the remainder and shifts side by side, stage 6 adds (the
+          compare's carry chain, then the add's, was the lane's slowest path on the ULX3S).
+
+        Single rounding's result waits in stage 5 for the double one's in stage 6.
         """
         en_ops = []
         round3 = reg(64, "round3")
@@ -678,8 +682,9 @@ class Requantizer(wiring.Component):
         remainder = Signal(32, name=f"l{lane}_remainder")
         m.d.comb += remainder.eq(high4.as_unsigned() & mask4)
         up = Mux(high4 < 0, remainder > halfp4, remainder > half4)
-        double_result = (high4 >> right4) + up
         shifted = (sum4 >> total4)[:32].as_signed()
         single_result = Mux(sat_hi4, INT32_MAX, Mux(sat_lo4, INT32_MIN, shifted))
-        en_ops += [scaled5.eq(Mux(single, single_result, double_result))]
+        quotient5, up5 = reg(signed(32), "quotient5"), reg(1, "up5")
+        en_ops += [quotient5.eq(Mux(single, single_result, high4 >> right4)), up5.eq(~single & up)]
+        en_ops += [scaled5.eq(quotient5 + up5)]
         m.d.sync += en_ops
