@@ -405,8 +405,8 @@ class ConvEngine(wiring.Component):
         for name, value in (("act_depth", act_depth), ("weight_depth", weight_depth), ("param_depth", param_depth)):
             if not isinstance(value, int) or not 1 <= value <= 1 << 20:
                 raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
-        if config.target == "ice40" and config.cols < 3:
-            raise ValueError(f"target 'ice40' needs cols >= 3 (the tile cursor's walker), not {config.cols}")
+        if config.target in ("ice40", "ecp5") and config.cols < 3:
+            raise ValueError(f"target {config.target!r} needs cols >= 3 (the tile cursor's walker), not {config.cols}")
         self._config = config
         self._hold_layer = bool(hold_layer)
         self.act_depth, self.weight_depth, self.param_depth = act_depth, weight_depth, param_depth
@@ -540,7 +540,7 @@ class ConvEngine(wiring.Component):
                 more = Signal(name=name, attrs={"keep": 1})
                 m.d.comb += more.eq(rows > down)
             return Mux(more, rows - down, 0)
-        if serial:
+        if walk:
             # Stage 1 compares each column's ``dy * stride`` with two registers shared by the columns, moved with
             # ``ky`` and the tile: the tap row ``dy * stride + ky`` is inside when ``row_lo <= dy * stride <
             # row_hi``, with ``row_lo = above - ky`` and ``row_hi = min(room, reach + 1) - ky``. No adder then
@@ -548,7 +548,7 @@ class ConvEngine(wiring.Component):
             # The next tile's ``above`` and clamped ``room`` are computed while the cursor's walker runs, from its
             # registered ``rows_down`` (valid two cycles after a move), in four steps (``room``'s wide compare with
             # the rows moved is a register of its own): ready five cycles after the cycle of a move, the walker at
-            # the earliest ``cols + 3`` (so ``cols`` >= 3 on this target: the constructor checks it).
+            # the earliest ``cols + 3`` (so ``cols`` >= 3 on these targets: the constructor checks it).
             down = Signal(range(2 * cols + 1), name="rows_down_taps")
             m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
@@ -617,7 +617,8 @@ class ConvEngine(wiring.Component):
         def restart_tile():
             firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1), last_ky.eq(layer.kernel_h == 1),
                       tile_last.eq((layer.in_c == 1) & (layer.kernel_w == 1) & (layer.kernel_h == 1))
-                      ] + restart_cols() if serial else []
+                      ] if serial else []
+            firsts += restart_cols() if walk else []
             return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base),
                     tile_first.eq(1)] + firsts
 
@@ -628,7 +629,7 @@ class ConvEngine(wiring.Component):
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin), f0.eq(layer.origin),
                                      f0_row.eq(layer.origin),
                                      above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
-                                         [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if serial else [])
+                                         [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if walk else [])
 
         if serial:
             # A row step and a tile step as registers, from the layer (which holds still from the setup cycle; the
@@ -662,8 +663,9 @@ class ConvEngine(wiring.Component):
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), f0.eq(f0 + 1)]
                     if serial:
-                        m.d.sync += [last_kx.eq(kx == kw_less_2), col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1),
-                                     tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)]
+                        m.d.sync += [last_kx.eq(kx == kw_less_2), tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)]
+                    if walk:
+                        m.d.sync += [col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1)]
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
                     with m.If(~last_ky):      # else the tile's last beat: f0 and f0_row follow tile_base below
@@ -672,6 +674,7 @@ class ConvEngine(wiring.Component):
                         next_ky = Mux(last_ky, layer.kernel_h == 1, ky == kh_less_2)
                         m.d.sync += [last_kx.eq(layer.kernel_w == 1), last_ky.eq(next_ky),
                                      tile_last.eq(one_ci_kx & next_ky)]
+                    if walk:
                         m.d.sync += restart_cols()
                         with m.If(~last_ky):
                             m.d.sync += [row_lo.eq(row_lo - 1), row_hi.eq(row_hi - 1)]
@@ -683,7 +686,7 @@ class ConvEngine(wiring.Component):
                         m.d.sync += in_run.eq(0)
                 with m.Else():
                     m.d.sync += cursor.advance() + [w_addr.eq(w_base)]
-                    if serial:
+                    if walk:
                         m.d.sync += [above.eq(above_next), room.eq(room_next), row_lo.eq(above_next),
                                      row_hi.eq(cap_next)]
                     else:
@@ -719,8 +722,8 @@ class ConvEngine(wiring.Component):
         # few values a column can reach, so the per-column compares are a few bits wide.
         # The generic engine counts the tap row from the first row inside, ``dy * stride + ky - above``: inside
         # when its sign is clear and it is below ``height`` (``room - above``), both shared by the columns. (The
-        # ice40 engine compares ``dy * stride`` with row_lo/row_hi instead, see there; columns likewise.)
-        if not serial:
+        # ice40 and ecp5 engines compare ``dy * stride`` with row_lo/row_hi instead, see there; columns likewise.)
+        if not walk:
             ky_rel = Signal(signed(len(ky) + 1))
             m.d.comb += ky_rel.eq(ky - above)
             # The tap's input column ``ox * stride + kx - pad_left``, from one shared ``kx - pad_left``: inside the
@@ -734,7 +737,7 @@ class ConvEngine(wiring.Component):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             for c in range(cols):
                 m.d.sync += select[c].eq((f0 + (c << layer.stride2))[:lg_nb])
-                if serial:
+                if walk:
                     dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
                     oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
                     m.d.comb += [dys.eq(cursor.dy[c] << layer.stride2), oxs.eq(cursor.ox[c] << layer.stride2)]
