@@ -156,3 +156,17 @@ def test_verilator_ecp5_walkers_and_cycle_model():
         np.testing.assert_array_equal(got, golden_out(node, x).reshape(got.shape), err_msg=f"ecp5 layer {i}")
         want = conv_cycles(config, fields)
         assert cycles == want, f"ecp5 layer {i}: RTL {cycles}, model {want}"
+
+
+@pytest.mark.parametrize("target", ["ice40", "ecp5"])
+def test_walker_targets_need_three_columns(target):
+    import gc
+    import warnings
+    from amaranth.hdl import UnusedElaboratable
+    from cnnacc.hw.conv_engine import ConvEngine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(ValueError, match=rf"^target '{target}' needs cols >= 3 \(the tile cursor's walker\), not 2$"):
+            ConvEngine(AcceleratorConfig(rows=2, cols=2, target=target))
+        ConvEngine(AcceleratorConfig(rows=2, cols=2))       # the generic cursors have no walker
+        gc.collect()
