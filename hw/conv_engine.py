@@ -837,7 +837,6 @@ class ConvEngine(wiring.Component):
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
-            # Its walker is ready long before the next tile's last column: tiles are walker_tile_beats apart.
             out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x)
             out_block_last = (out_block_o + 1) * rows >= layer.out_c
             m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
@@ -854,7 +853,12 @@ class ConvEngine(wiring.Component):
             p_keep = Signal()
             p_acc = Signal.like(column.acc)
             m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
-            m.d.comb += array.o_columns.ready.eq(p_advance)
+            if walk:
+                # A tile's last column moves the output cursor, whose walker must be ready: its tiles are
+                # walker_tile_beats apart as the input side issued them, but back-pressure can close them up.
+                m.d.comb += array.o_columns.ready.eq(p_advance & (out_cursor.ready | (column.col != cols - 1)))
+            else:
+                m.d.comb += array.o_columns.ready.eq(p_advance)
             param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
             param_data = _registered_read(m, params, param_addr, p_advance, "param_read")
             with m.If(p_advance):

@@ -121,6 +121,10 @@ def run_rtl_layers(config, jobs, *, seed=0, bubble=0.0, stall=None, engine_args=
     return results
 
 
+#: Cycles without a result (or, after the last one, without ``busy`` falling) after which a layer fails.
+_IDLE_LIMIT = 20_000
+
+
 @cocotb.test()
 async def conv_engine_layers(dut):
     args = testbench_inputs()
@@ -197,19 +201,25 @@ async def conv_engine_layers(dut):
             await FallingEdge(dut.clk)
             watcher.cancel()
         else:
-            while len(raw) < count:
+            # A layer whose results stop coming (a wrong count, a lost tile) fails here instead of hanging: no
+            # tile of these tests takes _IDLE_LIMIT cycles between two results.
+            idle = 0
+            while len(raw) < count and idle < _IDLE_LIMIT:
                 stalled = rng.random() < stall
                 dut.o_data__ready.value = 0 if stalled else 1
                 await ReadOnly()
+                idle += 1
                 if not stalled and dut.o_data__valid.value:
                     raw.append(int(dut.o_data__payload.value))
+                    idle = 0
                 await RisingEdge(dut.clk)
             dut.o_data__ready.value = 0
-            while True:
+            for _ in range(_IDLE_LIMIT):
                 await ReadOnly()
                 if not dut.busy.value:
                     break
                 await RisingEdge(dut.clk)
+            assert not dut.busy.value, f"layer {job}: still busy {_IDLE_LIMIT} cycles after its last result"
             end = cocotb.utils.get_sim_time(unit="ns")
             await FallingEdge(dut.clk)
         dut.o_data__ready.value = 0
