@@ -2,7 +2,7 @@
 
 ``bench_boards()`` builds the iCEBreaker and the ULX3S bitstreams (boards/build.py) and returns a markdown
 section: LUTs, FFs, DSPs, block RAM, Fmax against the board clock, MACs per cycle, the build time and the commit
-built. A board that fails to build gets a row saying why (and the log), so the table always shows both.
+built. A board that fails to build gets a row saying why (and the log), so every board built has a row.
 
 The ULX3S's place-and-route takes far longer than the iCEBreaker's, so one board can be rebuilt alone
 (``python -m cnnacc.bench boards:ulx3s``): the other board's row and note are then carried over from the section

@@ -289,8 +289,9 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
             overrides["script_after_synth"] = _ECP5_MAP_LUTS
             if getattr(getattr(core, "config", None), "target", None) == "ecp5":
-                # The MAC array instantiates its MULT18X18D blocks itself; every other product (depthwise taps,
-                # requantizer multiplies) is left to LUTs, since inferred ones would overflow the 156 blocks.
+                # The MAC array and the conv engine's requantizer instantiate their MULT18X18D blocks themselves
+                # (128 + 24 of the 156); nothing is inferred, since every other product (depthwise taps, the
+                # vector engines' requantizers) would overflow the rest.
                 synth_opts.append("-nodsp")
             synth_opts.append("-run begin:map_luts")
         if synth_opts:

@@ -82,8 +82,8 @@ def _cmd_inspect(args):
 
 
 # Configuration fields a user may override on compile/run/report (the accelerator the program is for).
-_CONFIG_OPTIONS = ("rows", "cols", "lanes", "max_kernel", "max_width", "conv_act_depth", "conv_weight_depth",
-                   "conv_param_depth", "vector_depth")
+_CONFIG_OPTIONS = ("rows", "cols", "lanes", "max_kernel", "max_width", "pool_kernel", "conv_act_depth",
+                   "conv_weight_depth", "conv_param_depth", "vector_depth")
 
 
 def _add_config_options(p):

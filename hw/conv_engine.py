@@ -204,7 +204,8 @@ def _field_max(layer, name):
 def walker_tile_beats(config):
     """Fewest cycles from one tile's last beat to the next one's that the tile cursors' walkers allow on target
     ``"ecp5"`` (and from the start of a run to its first tile's last beat): ``cols + 3``. 0 on the generic target,
-    whose cursors have no walker; the ice40 engine's tiles are always further apart (its serial drain)."""
+    whose cursors have no walker, and on the ice40, whose tiles are always further apart (its serial drain) and
+    whose cycle model (host/cycles_conv.py) counts the first tile's wait itself."""
     return config.cols + 3 if config.target == "ecp5" else 0
 
 
@@ -224,8 +225,8 @@ class _TileCursor:
     or the next tile's.
 
     With ``walk`` (targets ``"ice40"``, whose 40.5 MHz clock allows about 7 LUT levels where the chain is 20,
-    and ``"ecp5"``, whose 125 MHz clock allows about one step of it) the chain is unrolled in time instead: in the cycles after each move a walker steps one column a cycle into
-    registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the first
+    and ``"ecp5"``, whose 125 MHz clock allows about one step of it) the chain is unrolled in time instead: in
+    the cycles after each move a walker steps one column a cycle into registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the first
     tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are registered
     copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is ``OW - 1``
     (and ``span``), registered by the user (walk mode only).

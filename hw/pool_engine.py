@@ -4,7 +4,7 @@ It takes the same stream the window generator takes (channel-group planes of int
 ``lanes`` channels per beat) and returns pooled pixels in the same form, so it can sit straight behind the
 convolution path (conv -> ReLU -> pool with no round trip through memory) or behind another pool.
 
-Windowed modes (any kernel up to ``max_kernel``, any stride, any padding) go through a
+Windowed modes (any kernel up to :func:`pool_max_kernel`, any stride, any padding) go through a
 :class:`~cnnacc.hw.window_generator.WindowGenerator`, one window per cycle:
 
 * max: the largest in-bounds tap (padding never wins), then the activation clamp;

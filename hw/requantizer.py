@@ -647,8 +647,9 @@ class Requantizer(wiring.Component):
 
     def _split_tail(self, m, lane, reg, single, ab3, sat3, truncated, total2, total3, right3, high4, right4,
                     scaled5):
-        """Stages 4 and 5 with every shift-only constant decoded a stage early, so that no stage holds more than
-        one carry chain after a shifter (the LUT-built ECP5 pipeline). The same numbers as the plain stages:
+        """The ECP5 lane's stages after its product (the plain lane's stages 4 and 5, here three) with every
+        shift-only constant decoded a stage early, so that no stage holds more than one carry chain after a
+        shifter. The same numbers as the plain stages:
 
         * single rounding: ``r = (ab + 2**(t-1)) >> t`` saturated to int32 (``t = 31 - shift``). Stage 3 decodes
           ``2**(t-1)`` and the saturation bounds (``r > INT32_MAX`` iff ``ab >= (2**32 - 1) * 2**(t-1)``,

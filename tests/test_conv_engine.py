@@ -171,7 +171,8 @@ def test_walker_targets_need_three_columns(target):
     from cnnacc.hw.conv_engine import ConvEngine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(ValueError, match=rf"^target '{target}' needs cols >= 3 \(the tile cursor's walker\), not 2$"):
+        with pytest.raises(ValueError, match=rf"^target '{target}' needs cols >= 3 \(the tile cursor's walker\), "
+                                             r"not 2$"):
             ConvEngine(AcceleratorConfig(rows=2, cols=2, target=target))
         ConvEngine(AcceleratorConfig(rows=2, cols=2))       # the generic cursors have no walker
         gc.collect()
