@@ -663,10 +663,11 @@ class ConvEngine(wiring.Component):
                     m.d.sync += last_ci.eq(one_ci)
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), f0.eq(f0 + 1)]
-                    if serial:
-                        m.d.sync += [last_kx.eq(kx == kw_less_2), tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)]
                     if walk:
-                        m.d.sync += [col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1)]
+                        # (In this order: the iCE40's netlist, and so its placement, stays as it was.)
+                        m.d.sync += ([last_kx.eq(kx == kw_less_2)] if serial else []) + [
+                            col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1)] + (
+                            [tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)] if serial else [])
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
                     with m.If(~last_ky):      # else the tile's last beat: f0 and f0_row follow tile_base below
