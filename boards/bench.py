@@ -37,17 +37,15 @@ def source_commit():
 
 def bench_boards(boards=("icebreaker", "ulx3s"), out_dir="build", seed=None, previous=""):
     """Build ``boards`` and return the markdown section (a title, a table, how to reproduce). The row and note
-    of a board not in ``boards`` are kept from ``previous`` (the section's text as it stands), if it has them."""
+    of a board not in ``boards`` are kept from ``previous`` (the section's text as it stands, or a function
+    returning it, called once the builds are done: a build takes long, and another run may have written its
+    board's row meanwhile), if it has them."""
     for board in boards:
         if board not in BOARDS:
             raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     rows, notes = {}, {}
     commit = source_commit()
     started = time.perf_counter()
-    for line in previous.splitlines():
-        for board in BOARDS:
-            if board not in boards and line.startswith((f"| {board} |", f"- {board}:")):
-                (rows if line.startswith("|") else notes).setdefault(board, []).append(line)
     for board in boards:
         rows[board], notes[board] = [], []
         config = board_config(board)
@@ -70,6 +68,10 @@ def bench_boards(boards=("icebreaker", "ulx3s"), out_dir="build", seed=None, pre
                  if "SPRAM (256 Kbit)" in usage else "")
         notes[board].append(f"- {board}: {spram}{config.pes} MACs/cycle against the target of {macs} at >= "
                             f"{fmax_target:.0f} MHz ({time.strftime('%Y-%m-%d')})")
+    for line in (previous() if callable(previous) else previous).splitlines():
+        for board in BOARDS:
+            if board not in boards and line.startswith((f"| {board} |", f"- {board}:")):
+                (rows if line.startswith("|") else notes).setdefault(board, []).append(line)
     order = [board for board in BOARDS if board in rows]
     lines = [
         "## Boards",

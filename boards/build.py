@@ -70,8 +70,8 @@ BOARDS = {
     "ulx3s": BoardSpec("ulx3s", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                        f_sys=125e6, baud=3_000_000, leds=3, frame_words=1024,
                        flash="openFPGALoader -b ulx3s {bitstream}",
-                       # router2: nextpnr-ecp5's default router1 is the slower one on a design of this size
-                       # (docs/decisions.md, session 10).
+                       # router2 rather than nextpnr-ecp5's default router1: chosen, not compared (docs/decisions.md,
+                       # session 10).
                        nextpnr_opts="--router router2"),
 }
 

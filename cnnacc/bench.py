@@ -64,9 +64,11 @@ def bench_boards(out=print, boards=None):
     """Both boards' bitstreams built (minutes each; the ULX3S much longer), or the ones named: section ``boards``,
     keeping the row of a board not rebuilt."""
     from .boards.bench import bench_boards as build
-    previous = DOC.read_text() if DOC.exists() else ""
-    match = re.search(r"<!-- bench:boards -->(.*?)<!-- /bench:boards -->", previous, re.S)
-    body = build(**({"boards": boards} if boards else {}), previous=match.group(1) if match else "")
+    def previous():
+        text = DOC.read_text() if DOC.exists() else ""
+        match = re.search(r"<!-- bench:boards -->(.*?)<!-- /bench:boards -->", text, re.S)
+        return match.group(1) if match else ""
+    body = build(**({"boards": boards} if boards else {}), previous=previous)
     out(body)
     write_section("boards", body)
 
