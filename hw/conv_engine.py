@@ -224,12 +224,12 @@ class _TileCursor:
     :meth:`advance`): the two share one chain of ``cols - 1`` column steps, seeded by the first tile's column 0
     or the next tile's.
 
-    With ``walk`` (targets ``"ice40"``, whose 40.5 MHz clock allows about 7 LUT levels where the chain is 20,
-    and ``"ecp5"``, whose 125 MHz clock allows about one step of it) the chain is unrolled in time instead: in
-    the cycles after each move a walker steps one column a cycle into registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the first
-    tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are registered
-    copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is ``OW - 1``
-    (and ``span``), registered by the user (walk mode only).
+    With ``walk`` (``"ice40"``: its 40.5 MHz allow about 7 LUT levels where the chain is 20; ``"ecp5"``: its 125
+    MHz allow about one step) the chain is unrolled in time: after each move a walker steps one column a cycle
+    into registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the
+    first tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are
+    registered copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is
+    ``OW - 1`` (and ``span``), registered by the user (walk mode only).
     """
 
     def __init__(self, m, layer, span, cols, name, walk=False, last_x=None):
