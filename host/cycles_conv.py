@@ -82,7 +82,7 @@ def conv_cycles(config, fields):
         drain = valid * interval + 1
         # The first tile's last beat waits for the input cursor's walker (hw/conv_engine.py), ready cols + 3
         # cycles after the run starts; later tiles are further apart than that.
-        beats += max(0, config.cols + 3 - s.depth)
+        beats += max(0, walker_tile_beats(config) - s.depth)
     else:
         # The tile cursors' walkers (ecp5): a tile's last beat waits until the walker the previous one started
         # is ready, and the first tile's until the one the run started is (both walker_tile_beats after).

@@ -201,12 +201,16 @@ def _field_max(layer, name):
     return shape.stop - 1 if isinstance(shape, range) else (1 << Shape.cast(shape).width) - 1
 
 
+#: Targets whose tile cursors step with walkers (see _TileCursor).
+_WALKER_TARGETS = ("ice40", "ecp5")
+
+
 def walker_tile_beats(config):
-    """Fewest cycles from one tile's last beat to the next one's that the tile cursors' walkers allow on target
-    ``"ecp5"`` (and from the start of a run to its first tile's last beat): ``cols + 3``. 0 on the generic target,
-    whose cursors have no walker, and on the ice40, whose tiles are always further apart (its serial drain) and
-    whose cycle model (host/cycles_conv.py) counts the first tile's wait itself."""
-    return config.cols + 3 if config.target == "ecp5" else 0
+    """Fewest cycles from one tile's last beat to the next one's that the tile cursors' walkers allow (and from
+    the start of a run to its first tile's last beat): ``cols + 3`` on the walker targets (ice40, ecp5; the
+    ice40's tiles are always further apart than that, its serial drain), 0 on the generic target, whose cursors
+    have no walker."""
+    return config.cols + 3 if config.target in _WALKER_TARGETS else 0
 
 
 class _TileCursor:
@@ -406,7 +410,7 @@ class ConvEngine(wiring.Component):
         for name, value in (("act_depth", act_depth), ("weight_depth", weight_depth), ("param_depth", param_depth)):
             if not isinstance(value, int) or not 1 <= value <= 1 << 20:
                 raise ValueError(f"{name} must be an integer from 1 to {1 << 20}, not {value!r}")
-        if config.target in ("ice40", "ecp5") and config.cols < 3:
+        if config.target in _WALKER_TARGETS and config.cols < 3:
             raise ValueError(f"target {config.target!r} needs cols >= 3 (the tile cursor's walker), not {config.cols}")
         self._config = config
         self._hold_layer = bool(hold_layer)
@@ -485,7 +489,7 @@ class ConvEngine(wiring.Component):
         last_x = Signal(len(layer.out_w))         # OW - 1, where the cursor's columns wrap
         # The tile cursors' walkers (see _TileCursor) on the FPGA targets: their chain of cols column steps is
         # far too deep for the clock (on the ULX3S, 15 steps of a compare and a multiplexer).
-        walk = cfg.target in ("ice40", "ecp5")
+        walk = cfg.target in _WALKER_TARGETS
         if walk:
             # Registered from the descriptor as it is sampled: the cursor's per-column steps then start from
             # registers, not from a compare of two fields.

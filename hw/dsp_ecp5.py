@@ -20,7 +20,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["Mult18x18D", "MULT_LATENCY", "booth_digits", "booth_digit_count", "lut_product", "lut_product_stages",
-           "delay_line", "dsp_product", "DSP_PRODUCT_STAGES", "DSP_PRODUCT_BLOCKS", "DSP_PRODUCT_SPLIT"]
+           "delay_line", "dsp_product", "DSP_PRODUCT_STAGES", "DSP_PRODUCT_SPLIT"]
 
 #: Cycles (with ``ce`` high) from the operands to their product.
 MULT_LATENCY = 2
@@ -203,8 +203,6 @@ def lut_product(m, en, a, neg, one, two, *, width, name):
 
 #: Where :func:`dsp_product` cuts each operand: low parts of 17 bits (unsigned), high parts of 15 (signed).
 DSP_PRODUCT_SPLIT = 17
-#: MULT18X18D blocks one :func:`dsp_product` instantiates.
-DSP_PRODUCT_BLOCKS = 3
 #: Register stages from :func:`dsp_product`'s operands to its product.
 DSP_PRODUCT_STAGES = 5
 
