@@ -50,7 +50,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .memory_map import registered_read
-from .requantizer import REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages
+from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages,
+                          requant_fifo_depth)
 from .systolic_array import SystolicArray
 
 __all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits", "walker_tile_beats",
@@ -474,7 +475,9 @@ class ConvEngine(wiring.Component):
         span = Signal()
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
         s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
-        inflight = Signal(range(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3))
+        # Beats in the requantizer: its pipeline, or on the ECP5 as many as its output FIFO holds.
+        inflight = Signal(range(max(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3,
+                                    requant_fifo_depth(cfg.target) + 1)))
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)
         # The descriptor is latched first (or, when its source holds it for the whole run, read in place); the

@@ -16,6 +16,12 @@ Pipeline: bias add | left shift | 32x32 multiply | high part (or single-rounding
 zero point and clamp. Six register stages, one result per cycle per lane; the whole pipeline stalls only while
 the output is held by back-pressure.
 
+Target ``"ecp5"`` (eleven stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
+and the last one writes a small FIFO in place of the output register (:func:`requant_fifo_depth`, same latency).
+The input is taken only while the FIFO has room for every beat in the pipeline, so back-pressure holds the input,
+not the lanes: on the ULX3S the output's ``ready`` would otherwise reach every one of their registers and
+multiplier blocks in one cycle.
+
 Target ``"ice40"``: one serial lane for all the lanes
 -----------------------------------------------------
 On the iCE40UP5K every DSP block computes MACs and a parallel 32x32 multiplier with 64-bit barrel shifters
@@ -52,13 +58,15 @@ have; :func:`check_shifts` refuses it for that target and the compiler must call
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .dsp_ecp5 import (DSP_PRODUCT_SPLIT, DSP_PRODUCT_STAGES, booth_digit_count, booth_digits, dsp_product,
                        lut_product, lut_product_stages)
 
 __all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout",
-           "requant_output_layout", "requant_interval", "requant_latency", "requant_extra_stages", "check_shifts",
+           "requant_output_layout", "requant_interval", "requant_latency", "requant_extra_stages", "requant_fifo_depth",
+           "check_shifts",
            "rounding_divide", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
 
 INT32_MIN = -(1 << 31)
@@ -102,6 +110,15 @@ def requant_extra_stages(target="generic"):
     whose product takes five stages and its rounding divide two (see :class:`Requantizer`), 0 elsewhere. The
     serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
+
+
+def requant_fifo_depth(target="generic"):
+    """Beats the output FIFO of a free-running (``"ecp5"``) requantizer holds: its pipeline's beats, the one the
+    registered ``room`` admits before it sees the FIFO fill, and more to the next power of two (the FIFO is
+    distributed RAM, 16 words a block). Enough that beats never wait while the output is taken at once."""
+    if target != "ecp5":
+        return 0
+    return 1 << (requant_latency(target) + 2).bit_length()
 
 
 def requant_latency(target="generic", lanes=1):
@@ -225,6 +242,7 @@ class Requantizer(wiring.Component):
         self._tag_width = tag_width
         self._target = target
         self._split_product = target == "ecp5"
+        self._free_running = target == "ecp5"
         self._lane_fetch = bool(lane_fetch)
         members = {
             "i_acc": In(stream.Signature(lane_fetch_input_layout(tag_width) if lane_fetch
@@ -251,30 +269,58 @@ class Requantizer(wiring.Component):
         if self._target == "ice40":
             return self._elaborate_serial()
         m = Module()
-
-        # One enable for every stage: the pipeline moves whenever the output register is free or being taken.
-        # This keeps one result per cycle and makes back-pressure a plain stall.
-        en = Signal()
-        m.d.comb += [en.eq(~self.o_data.valid | self.o_data.ready), self.i_acc.ready.eq(en)]
-
         stages = requant_latency(self._target)
         valid = [Signal(name=f"valid_{i}") for i in range(stages - 1)]
         tags = [Signal(self._tag_width, name=f"tag_{i}") for i in range(stages - 1)]
+        if self._free_running:
+            # No enable: every stage moves on every cycle, and the last one writes a FIFO that stands where the
+            # output register was (readable the cycle after, as the register was). A beat is taken only while
+            # the FIFO has room for it and every beat ahead of it (``room``, a register): back-pressure stops
+            # the input, and the many registers of the lanes never wait on the output's ``ready``.
+            en = Const(1)
+            out = Signal(requant_output_layout(self._lanes, self._tag_width))
+            depth = requant_fifo_depth(self._target)
+            m.submodules.out_fifo = fifo = SyncFIFO(width=out.shape().size, depth=depth)
+            m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid[-1]),
+                         self.o_data.valid.eq(fifo.r_rdy), self.o_data.payload.eq(fifo.r_data),
+                         fifo.r_en.eq(self.o_data.ready)]
+            owed = Signal(range(depth + 1))            # beats taken and not yet read out of the FIFO
+            room = Signal(init=1)
+            taken = self.i_acc.valid & self.i_acc.ready
+            popped = self.o_data.valid & self.o_data.ready
+            owed_next = owed + taken - popped
+            m.d.sync += [owed.eq(owed_next), room.eq(owed_next < depth)]
+            m.d.comb += self.i_acc.ready.eq(room)
+            m.d.sync += valid[0].eq(taken)
+            output = out
+        else:
+            # One enable for every stage: the pipeline moves whenever the output register is free or being
+            # taken. This keeps one result per cycle and makes back-pressure a plain stall.
+            en = Signal()
+            m.d.comb += [en.eq(~self.o_data.valid | self.o_data.ready), self.i_acc.ready.eq(en)]
+            with m.If(en):
+                m.d.sync += [valid[0].eq(self.i_acc.valid), self.o_data.valid.eq(valid[-1])]
+            output = self.o_data.payload
         with m.If(en):
-            m.d.sync += [valid[0].eq(self.i_acc.valid), self.o_data.valid.eq(valid[-1])]
             m.d.sync += [valid[i + 1].eq(valid[i]) for i in range(stages - 2)]
             if self._tag_width:
-                m.d.sync += [tags[0].eq(self.i_acc.payload.tag), self.o_data.payload.tag.eq(tags[-1])]
+                m.d.sync += tags[0].eq(self.i_acc.payload.tag)
                 m.d.sync += [tags[i + 1].eq(tags[i]) for i in range(stages - 2)]
+        if self._tag_width:
+            if self._free_running:
+                m.d.comb += output.tag.eq(tags[-1])
+            else:
+                with m.If(en):
+                    m.d.sync += output.tag.eq(tags[-1])
 
         for lane in range(self._lanes):
             if self._split_product:
-                self._lane_ecp5(m, en, lane)
+                self._lane_ecp5(m, en, lane, output)
             else:
-                self._lane(m, en, lane)
+                self._lane(m, en, lane, output)
         return m
 
-    def _lane(self, m, en, lane):
+    def _lane(self, m, en, lane, output):
         acc = self.i_acc.payload.acc[lane]
         params = self.i_acc.payload.params[lane]
         single = self.single_rounding
@@ -323,17 +369,21 @@ class Requantizer(wiring.Component):
             ]
 
             m.d.sync += scaled5.eq(rounding_divide(m, high4, right4, f"l{lane}"))
-        self._clamp(m, en, lane, scaled5)
+        self._clamp(m, en, lane, scaled5, output)
 
-    def _clamp(self, m, en, lane, scaled):
-        """The last stage: zero point and clamp into the output register."""
+    def _clamp(self, m, en, lane, scaled, output):
+        """The last stage: zero point and clamp into the output register (free-running: into the FIFO's write
+        data, ``output`` being combinational)."""
         biased = Signal(signed(34), name=f"l{lane}_biased")
         m.d.comb += biased.eq(scaled + self.zero_point)
         clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
-        with m.If(en):
-            m.d.sync += self.o_data.payload.data[lane].eq(clamped[:8])
+        if self._free_running:
+            m.d.comb += output.data[lane].eq(clamped[:8])
+        else:
+            with m.If(en):
+                m.d.sync += output.data[lane].eq(clamped[:8])
 
-    def _lane_ecp5(self, m, en, lane):
+    def _lane_ecp5(self, m, en, lane, output):
         """One lane for target "ecp5": the stages of :meth:`_lane` with the product built by
         :func:`~.dsp_ecp5.dsp_product` (``dsp_blocks``: the multiplier's high part's Booth digits decoded beside
         the left shift, three blocks and a LUT product, two additions) or :func:`~.dsp_ecp5.lut_product` (Booth
@@ -397,7 +447,7 @@ class Requantizer(wiring.Component):
         with m.If(en):
             self._split_tail(m, lane, reg, single, ab, sat[-1], truncated, total[-2], total[-1], right[-1],
                              high, right_t, scaled)
-        self._clamp(m, en, lane, scaled)
+        self._clamp(m, en, lane, scaled, output)
 
     # --- serial datapath (target "ice40") -------------------------------------------------------------------------
 

@@ -17,7 +17,12 @@ before the next tile overwrites its shadows; the block enforces this itself by h
 (``i_beats.ready`` low) and letting bubbles into the array meanwhile. Tiles at least that long (every tile of a
 real convolution layer but the shallowest) run at one beat per cycle.
 
-Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation.
+Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation. On
+target ``"ecp5"`` the array never stalls: the ``rows x cols`` PEs' registers and multiplier blocks of the ULX3S
+(some 14,000 flip-flops) would otherwise all wait on ``o_columns.ready`` in the cycle it arrives. Its finished
+columns go into a FIFO (:func:`column_fifo_depth`) in place of the output register, readable the cycle after as
+the register was, and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns;
+the beats before it keep entering, so a long back-pressure holds the input at the next ``last`` beat.
 
 Target ``"ice40"`` (``config.target``, at most a few rows and columns: 4x4 on the iCEBreaker) is a different
 array with the same numbers, built for the iCE40UP5K's few logic cells:
@@ -47,15 +52,17 @@ chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one 
 :func:`array_latency`.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .dsp import DualMac8
 from .dsp_ecp5 import Mult18x18D
 
-__all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles"]
+__all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles",
+           "column_fifo_depth"]
 
 
 def beat_layout(config):
@@ -95,6 +102,18 @@ def array_latency(config):
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
     # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
     return config.rows + 3 + (config.target == "ecp5")
+
+
+def column_fifo_depth(config):
+    """Target ``"ecp5"``: columns the output FIFO holds. A tile reserves its ``cols`` columns when its last beat
+    enters and each take returns one; tiles at least :func:`min_tile_beats` apart keep at most
+    ``ceil((array_latency + cols + 1) / min_tile_beats)`` tiles reserved while a consumer that takes one column a
+    cycle drains them, and one more is entering. To the next power of two (distributed RAM, 16 words a block)."""
+    if config.target != "ecp5":
+        return 0
+    gap = min_tile_beats(config)
+    tiles = -(-(array_latency(config) + config.cols + 1) // gap) + 1
+    return 1 << (config.cols * tiles - 1).bit_length()
 
 
 def ice40_tile_cycles(depth, drain):
@@ -172,15 +191,34 @@ class SystolicArray(wiring.Component):
         m = Module()
         cfg = self._config
         rows, cols = cfg.rows, cfg.cols
-        en = Signal()
-        m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
-
+        free = cfg.target == "ecp5"
         # Spacing of last beats (see min_tile_beats), counted in enabled cycles.
         gap = min_tile_beats(cfg)
         since_last = Signal(range(gap + 1), init=gap)
+        # ``since_last >= gap - 1``, registered from the counter's next value: a LUT less before ``ready``, which
+        # the producer's many enables wait on.
+        spaced = Signal(init=1)
         beat = self.i_beats.payload
-        m.d.comb += self.i_beats.ready.eq(en & (~beat.last | (since_last >= gap - 1)))
-        take = self.i_beats.valid & self.i_beats.ready
+        if free:
+            # No enable (see the module docstring): a tile's last beat enters only with room reserved for its
+            # columns in the output FIFO, so nothing in the array ever waits on ``o_columns.ready``.
+            en = Const(1)
+            depth = column_fifo_depth(cfg)
+            column = Signal(column_layout(cfg))
+            m.submodules.out_fifo = fifo = SyncFIFO(width=column.shape().size, depth=depth)
+            m.d.comb += [self.o_columns.valid.eq(fifo.r_rdy), self.o_columns.payload.eq(fifo.r_data),
+                         fifo.r_en.eq(self.o_columns.ready), fifo.w_data.eq(column)]
+            reserved = Signal(range(depth + 1))        # columns of entered tiles not yet taken from the FIFO
+            room = Signal(init=1)
+            m.d.comb += self.i_beats.ready.eq(~beat.last | (spaced & room))
+            take = self.i_beats.valid & self.i_beats.ready
+            reserved_next = reserved + Mux(take & beat.last, cols, 0) - (self.o_columns.valid & self.o_columns.ready)
+            m.d.sync += [reserved.eq(reserved_next), room.eq(reserved_next <= depth - cols)]
+        else:
+            en = Signal()
+            m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
+            m.d.comb += self.i_beats.ready.eq(en & (~beat.last | spaced))
+            take = self.i_beats.valid & self.i_beats.ready
 
         # Input register: a refused or missing beat enters as a bubble.
         in_valid, in_first, in_last = Signal(), Signal(), Signal()
@@ -189,10 +227,8 @@ class SystolicArray(wiring.Component):
         with m.If(en):
             m.d.sync += [in_valid.eq(take), in_first.eq(beat.first), in_last.eq(beat.last),
                          in_act.eq(beat.act), in_wgt.eq(beat.wgt)]
-            with m.If(take & beat.last):
-                m.d.sync += since_last.eq(0)
-            with m.Elif(since_last != gap):
-                m.d.sync += since_last.eq(since_last + 1)
+            since_next = Mux(take & beat.last, 0, Mux(since_last != gap, since_last + 1, since_last))
+            m.d.sync += [since_last.eq(since_next), spaced.eq(since_next >= gap - 1)]
 
         def delayed(value, cycles, name):
             """``value`` delayed by ``cycles`` enabled cycles."""
@@ -261,14 +297,19 @@ class SystolicArray(wiring.Component):
         # multiplexers. Nothing reads the payload while ``valid`` is low.
         any_done = Signal()
         m.d.comb += any_done.eq(Cat(*column_done).any())
+        col = _or_all([Mux(column_done[c], c, 0) for c in range(cols)])
+        accs = [_or_all([Mux(column_done[c], shadow[r][c].as_unsigned(), 0) for c in range(cols)])
+                for r in range(rows)]
+        if free:
+            # The FIFO's write port stands where the output register was: a column is readable the cycle after.
+            m.d.comb += [fifo.w_en.eq(any_done), column.col.eq(col)]
+            m.d.comb += [column.acc[r].eq(acc) for r, acc in enumerate(accs)]
+            return m
         with m.If(en):
             m.d.sync += self.o_columns.valid.eq(any_done)
             with m.If(any_done):
-                m.d.sync += self.o_columns.payload.col.eq(
-                    _or_all([Mux(column_done[c], c, 0) for c in range(cols)]))
-                m.d.sync += [self.o_columns.payload.acc[r].eq(
-                    _or_all([Mux(column_done[c], shadow[r][c].as_unsigned(), 0) for c in range(cols)]))
-                    for r in range(rows)]
+                m.d.sync += self.o_columns.payload.col.eq(col)
+                m.d.sync += [self.o_columns.payload.acc[r].eq(acc) for r, acc in enumerate(accs)]
         return m
 
     def _elaborate_broadcast(self):

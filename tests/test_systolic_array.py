@@ -49,6 +49,30 @@ def test_back_to_back_tiles_leave_no_bubble():
     assert cycles == 5 * depth + array_latency(config) + config.cols
 
 
+@pytest.mark.parametrize("stall,stall_cycles", [(0.3, None), (0.5, 3), (0.0, 40)])
+def test_ecp5_free_running_array_under_backpressure(stall, stall_cycles):
+    """Target "ecp5" never stalls its PEs: columns go into a FIFO and a tile's last beat waits for room for its
+    columns. Random, light and very slow consumers (one column every 40 cycles: the FIFO fills and the input
+    holds for hundreds of cycles) lose no column and reorder none."""
+    from cnnacc.hw.systolic_array import column_fifo_depth
+    config = AcceleratorConfig(rows=3, cols=4, target="ecp5")
+    assert column_fifo_depth(config) >= 2 * config.cols and column_fifo_depth(AcceleratorConfig()) == 0
+    tiles = random_tiles(config, 9, count=14, depths=[1, 2, 5, 12])
+    got, _ = tb.run_amaranth(config, tiles, seed=9, bubble=0.2, stall=stall, stall_cycles=stall_cycles)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"stall {stall} every {stall_cycles}")
+
+
+def test_ecp5_back_to_back_tiles_leave_no_bubble():
+    """The FIFO is deep enough that tiles min_tile_beats long enter back to back with a consumer that takes a
+    column a cycle: the same cycles as the stalling array, plus the ECP5's product register."""
+    config = AcceleratorConfig(rows=3, cols=4, target="ecp5")
+    depth = min_tile_beats(config)
+    tiles = random_tiles(config, 6, count=8, depths=[depth])
+    got, cycles = tb.run_amaranth(config, tiles)
+    np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
+    assert cycles == 8 * depth + array_latency(config) + config.cols
+
+
 def test_verilator_8x8_random_tiles():
     seed = 11
     config = AcceleratorConfig(rows=8, cols=8)
