@@ -11,7 +11,8 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   :func:`~cnnacc.hw.systolic_array.min_tile_beats` cycles apart (the array's drain), and on target ``"ecp5"``
   at least :func:`~cnnacc.hw.conv_engine.walker_tile_beats` (the tile cursors' walkers), which the first tile's
   last beat also waits for from the start of the run;
-* a fixed pipeline: start and setup (2), memory read (1), the array
+* a fixed pipeline: start and setup (2), memory read (:func:`~cnnacc.hw.conv_engine.conv_read_stages`: 1,
+  2 on the ECP5), the array
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
   valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
   :func:`~cnnacc.hw.requantizer.requant_extra_stages` for the target) and the output handshake.
@@ -31,7 +32,7 @@ columns, ``cols + 3`` cycles after the run starts: a layer of fewer beats a tile
 from dataclasses import dataclass
 
 from ..hw.requantizer import REQUANT_LATENCY, requant_extra_stages, requant_interval
-from ..hw.conv_engine import walker_tile_beats
+from ..hw.conv_engine import conv_read_stages, walker_tile_beats
 from ..hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
@@ -89,7 +90,7 @@ def conv_cycles(config, fields):
         walker = walker_tile_beats(config)
         beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config), walker) + max(0, walker - s.depth)
         drain = s.last_column + 1 + REQUANT_LATENCY + requant_extra_stages(config.target) + 1
-    return beats + 2 + 1 + array_latency(config) + drain
+    return beats + 2 + conv_read_stages(config) + array_latency(config) + drain
 
 
 def useful_macs(fields):

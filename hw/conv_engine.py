@@ -55,8 +55,8 @@ from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requ
 from .systolic_array import SystolicArray
 
 __all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits", "walker_tile_beats",
-           "engine_layer_layout", "conv_layer", "check_conv_limits", "fold_bias", "memory_images", "node_job",
-           "scatter_outputs", "param_write_signature"]
+           "engine_layer_layout", "conv_layer", "conv_read_stages", "check_conv_limits", "fold_bias", "memory_images",
+           "node_job", "scatter_outputs", "param_write_signature"]
 
 DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
 PIXEL = 24        # bits of a flat pixel index
@@ -204,6 +204,13 @@ def _field_max(layer, name):
 
 #: Targets whose tile cursors step with walkers (see _TileCursor).
 _WALKER_TARGETS = ("ice40", "ecp5")
+
+
+def conv_read_stages(config):
+    """Register stages from a beat's issue to its operands at the array's input: the memories' read, and on the
+    ECP5 a register after it (the block RAMs' clock-to-output leaves too little of a 125 MHz cycle for the
+    banks' 32-to-1 multiplexers)."""
+    return 2 if config.target == "ecp5" else 1
 
 
 def walker_tile_beats(config):
@@ -475,6 +482,10 @@ class ConvEngine(wiring.Component):
         span = Signal()
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
         s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
+        # On the ECP5 a second stage registers what the block RAMs read (their output takes about 4 ns of the
+        # 8 before any logic) before the banks' multiplexers: conv_read_stages.
+        buffered = conv_read_stages(cfg) == 2
+        s2_valid = Signal(name="s2_valid")
         # Beats in the requantizer: its pipeline, or on the ECP5 as many as its output FIFO holds.
         inflight = Signal(range(max(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3,
                                     requant_fifo_depth(cfg.target) + 1)))
@@ -610,7 +621,7 @@ class ConvEngine(wiring.Component):
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         adv = Signal(name="adv", attrs=keep, init=1)
         if not serial:
-            m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
+            m.d.comb += adv.eq(~(s2_valid if buffered else s1_valid) | array.i_beats.ready)
         # A beat leaves the counters when stage 1 takes it; with the walker a tile's last beat (which moves the
         # cursor) also waits for it, which only a tile of very few beats ever notices (walker_tile_beats).
         issue = Signal(name="issue", attrs=keep)
@@ -763,9 +774,26 @@ class ConvEngine(wiring.Component):
                              tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
                 m.d.sync += inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
                                          & ~tap_x[-1] & (tap_x < layer.in_w))
+        if buffered:
+            # Stage 2: the memories' data, the column selects and flags, one stage on (moved with ``adv``, as
+            # stage 1: one enable for the input side).
+            s2_first, s2_last = Signal(name="s2_first"), Signal(name="s2_last")
+            bank_data = [Signal(8, name=f"act_data_{j}", reset_less=True) for j in range(nb)]
+            weight_data = Signal.like(weight_read, name="weight_data", reset_less=True)
+            select2 = [Signal(lg_nb, name=f"select2_{c}", reset_less=True) for c in range(cols)]
+            inside2 = [Signal(name=f"inside2_{c}", reset_less=True) for c in range(cols)]
+            with m.If(adv):
+                m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                             weight_data.eq(weight_read)]
+                m.d.sync += [q.eq(d) for q, d in zip(bank_data, bank_reads)]
+                m.d.sync += [q.eq(d) for q, d in zip(select2 + inside2, select + inside)]
+            bank_reads, weight_read, select, inside = bank_data, weight_data, select2, inside2
+            s_valid, s_first, s_last = s2_valid, s2_first, s2_last
+        else:
+            s_valid, s_first, s_last = s1_valid, s1_first, s1_last
         banks = Array(bank_reads)
-        m.d.comb += [array.i_beats.valid.eq(s1_valid), array.i_beats.payload.first.eq(s1_first),
-                     array.i_beats.payload.last.eq(s1_last), array.i_beats.payload.wgt.eq(weight_read)]
+        m.d.comb += [array.i_beats.valid.eq(s_valid), array.i_beats.payload.first.eq(s_first),
+                     array.i_beats.payload.last.eq(s_last), array.i_beats.payload.wgt.eq(weight_read)]
         for c in range(cols):
             m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], banks[select[c]].as_signed(), layer.in_zp))
 
@@ -900,7 +928,7 @@ class ConvEngine(wiring.Component):
             with m.Elif(left & ~entered):
                 m.d.sync += inflight.eq(inflight - 1)
             in_flight = inflight != 0
-        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | p_valid | in_flight)
+        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | s2_valid | p_valid | in_flight)
         return m
 
 

@@ -284,12 +284,16 @@ class Requantizer(wiring.Component):
             m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid[-1]),
                          self.o_data.valid.eq(fifo.r_rdy), self.o_data.payload.eq(fifo.r_data),
                          fifo.r_en.eq(self.o_data.ready)]
-            owed = Signal(range(depth + 1))            # beats taken and not yet read out of the FIFO
+            # Beats taken in and beats read out, counted apart (modulo twice the depth): ``room`` sees the reads a
+            # cycle late, and the output's ``ready`` drives only a counter's enable.
+            entered, left = Signal(range(2 * depth), name="entered"), Signal(range(2 * depth), name="left")
             room = Signal(init=1)
             taken = self.i_acc.valid & self.i_acc.ready
-            popped = self.o_data.valid & self.o_data.ready
-            owed_next = owed + taken - popped
-            m.d.sync += [owed.eq(owed_next), room.eq(owed_next < depth)]
+            entered_next = Signal.like(entered, name="entered_next")
+            m.d.comb += entered_next.eq(entered + taken)
+            m.d.sync += [entered.eq(entered_next), room.eq((entered_next - left)[:len(entered)] < depth)]
+            with m.If(self.o_data.valid & self.o_data.ready):
+                m.d.sync += left.eq(left + 1)
             m.d.comb += self.i_acc.ready.eq(room)
             m.d.sync += valid[0].eq(taken)
             output = out

@@ -208,12 +208,18 @@ class SystolicArray(wiring.Component):
             m.submodules.out_fifo = fifo = SyncFIFO(width=column.shape().size, depth=depth)
             m.d.comb += [self.o_columns.valid.eq(fifo.r_rdy), self.o_columns.payload.eq(fifo.r_data),
                          fifo.r_en.eq(self.o_columns.ready), fifo.w_data.eq(column)]
-            reserved = Signal(range(depth + 1))        # columns of entered tiles not yet taken from the FIFO
+            # Columns reserved and columns taken, counted apart (modulo twice the depth): ``room`` sees the takes
+            # a cycle late (it is then a little cautious), and the output's ``ready`` drives only a counter's
+            # enable, not an adder and a compare in front of the input's ``ready``.
+            reserved, taken = Signal(range(2 * depth), name="reserved"), Signal(range(2 * depth), name="taken")
             room = Signal(init=1)
             m.d.comb += self.i_beats.ready.eq(~beat.last | (spaced & room))
             take = self.i_beats.valid & self.i_beats.ready
-            reserved_next = reserved + Mux(take & beat.last, cols, 0) - (self.o_columns.valid & self.o_columns.ready)
-            m.d.sync += [reserved.eq(reserved_next), room.eq(reserved_next <= depth - cols)]
+            reserved_next = Signal.like(reserved, name="reserved_next")
+            m.d.comb += reserved_next.eq(reserved + Mux(take & beat.last, cols, 0))
+            m.d.sync += [reserved.eq(reserved_next), room.eq((reserved_next - taken)[:len(reserved)] <= depth - cols)]
+            with m.If(self.o_columns.valid & self.o_columns.ready):
+                m.d.sync += taken.eq(taken + 1)
         else:
             en = Signal()
             m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
