@@ -60,9 +60,10 @@ def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0, start=2):
 
 
 def global_divider_bits(config):
-    """Quotient bits (= cycles) of the global-average divider built for ``config``."""
-    max_count = config.max_width * config.max_width
-    return (max_count * 128 + max_count // 2).bit_length()
+    """Cycles the global-average divider built for ``config`` spends on a plane: its quotient bits, and on the
+    ECP5 one more (:func:`cnnacc.hw.pool_engine.global_divider_steps`)."""
+    from ..hw.pool_engine import global_divider_steps
+    return global_divider_steps(config)
 
 
 def pool_cycles(config, layer):

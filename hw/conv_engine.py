@@ -485,7 +485,7 @@ class ConvEngine(wiring.Component):
         # On the ECP5 a second stage registers what the block RAMs read (their output takes about 4 ns of the
         # 8 before any logic) before the banks' multiplexers: conv_read_stages.
         buffered = conv_read_stages(cfg) == 2
-        s2_valid = Signal(name="s2_valid")
+        s2_valid = Signal(name="s2_valid") if buffered else Const(0)
         # Beats in the requantizer: its pipeline, or on the ECP5 as many as its output FIFO holds.
         inflight = Signal(range(max(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3,
                                     requant_fifo_depth(cfg.target) + 1)))
@@ -928,7 +928,8 @@ class ConvEngine(wiring.Component):
             with m.Elif(left & ~entered):
                 m.d.sync += inflight.eq(inflight - 1)
             in_flight = inflight != 0
-        m.d.comb += self.busy.eq(setup | in_run | out_run | s1_valid | s2_valid | p_valid | in_flight)
+        stages_valid = s1_valid | s2_valid if buffered else s1_valid
+        m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | p_valid | in_flight)
         return m
 
 

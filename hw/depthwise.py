@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 from .dsp_ecp5 import booth_digit_count, booth_digits, delay_line, lut_product, lut_product_stages
 from .requantizer import REQUANT_LATENCY, Requantizer, SHIFT_MAX, SHIFT_MIN, lane_params_layout
-from .window_generator import WindowGenerator, pixel_layout, window_layer, window_layer_layout
+from .window_generator import WindowGenerator, pixel_layout, window_extra_stages, window_layer, window_layer_layout
 
 __all__ = ["DepthwiseEngine", "depthwise_layer_layout", "depthwise_weights_layout", "depthwise_layer",
            "depthwise_weight_beats", "depthwise_extra_stages", "DEPTHWISE_LATENCY", "WEIGHT_LOAD_CYCLES"]
@@ -44,10 +44,11 @@ WEIGHT_LOAD_CYCLES = 0
 
 
 def depthwise_extra_stages(config):
-    """Stages the MAC part has for ``config.target`` beyond the generic two (3 on the ECP5: the centring
-    subtraction, a second stage of the LUT product and a first level of the tap sum), besides the requantizer's
-    own (:func:`~.requantizer.requant_extra_stages`)."""
-    return 3 if config.target == "ecp5" else 0
+    """Stages the window and MAC part has for ``config.target`` beyond the generic ones (4 on the ECP5: the
+    window generator's read register (:func:`~.window_generator.window_extra_stages`), the centring subtraction,
+    a second stage of the LUT product and a first level of the tap sum), besides the requantizer's own
+    (:func:`~.requantizer.requant_extra_stages`)."""
+    return 3 + window_extra_stages(config) if config.target == "ecp5" else 0
 
 
 def depthwise_layer_layout(config, kernel=3):

@@ -35,11 +35,12 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .dsp_ecp5 import booth_digit_count, booth_digits, delay_line, lut_product, lut_product_stages
-from .window_generator import MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_layer, window_layer_layout
+from .window_generator import (MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_extra_stages,
+                               window_layer, window_layer_layout)
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
            "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
-           "ice40_pool_limits", "pool_extra_stages", "pool_scan_start"]
+           "ice40_pool_limits", "pool_extra_stages", "pool_scan_start", "global_divider_steps"]
 
 #: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
@@ -103,10 +104,18 @@ def ice40_pool_limits(config):
 
 
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (5 on the ECP5: the
-    per-row reduction, the reciprocal and the numerator's Booth digits, three adder levels of the product; one
-    fewer on the iCE40)."""
-    return {"ecp5": 5, "ice40": -1}.get(config.target, 0)
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (6 on the ECP5: the
+    window generator's read register (:func:`~.window_generator.window_extra_stages`), the per-row reduction,
+    the reciprocal and the numerator's Booth digits, three adder levels of the product; one fewer on the
+    iCE40)."""
+    return {"ecp5": 5 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
+
+
+def global_divider_steps(config):
+    """Cycles the global-average divider spends on a plane: one a quotient bit, and on the ECP5 one more that
+    first turns the plane's sum into the numerator."""
+    max_count = global_max_count(config)
+    return (max_count * 128 + max_count // 2).bit_length() + (config.target == "ecp5")
 
 
 def pool_scan_start(config):
@@ -370,7 +379,11 @@ class PoolEngine(wiring.Component):
         g_group = Signal(16)
         g_sum = [Signal(signed((max_count * 128).bit_length() + 1), name=f"g_sum_{l}") for l in range(lanes)]
         div_busy = Signal()                          # dividing, or holding a quotient for the output
-        div_step = Signal(range(nbits + 1))
+        # On the ECP5 the divider's first step turns the plane's sum into the numerator (its sign off, half the
+        # count on: two carry chains after the sum's own, in one cycle, were 16 ns there): global_divider_steps.
+        convert = global_divider_steps(cfg) > nbits
+        div_step = Signal(range(nbits + 2))
+        d_total = [Signal.like(g_sum[l], name=f"d_total_{l}") for l in range(lanes)] if convert else None
         div_last = Signal()
         divisor = Signal(range(max_count + 1))
         d_numer = [Signal(nbits, name=f"d_numer_{l}") for l in range(lanes)]
@@ -397,7 +410,7 @@ class PoolEngine(wiring.Component):
             m.d.sync += g_count.eq(g_count + 1)
             with m.If(end_of_plane):
                 m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(g_group + 1),
-                             div_busy.eq(1), div_step.eq(nbits), divisor.eq(g_count + 1),
+                             div_busy.eq(1), div_step.eq(global_divider_steps(cfg)), divisor.eq(g_count + 1),
                              div_last.eq(g_group == layer_w.groups - 1)]
                 with m.If(g_group == layer_w.groups - 1):
                     m.d.sync += g_feeding.eq(0)
@@ -406,13 +419,23 @@ class PoolEngine(wiring.Component):
                 m.d.comb += total.eq(g_sum[lane] + self.i_pixels.payload[lane])
                 m.d.sync += g_sum[lane].eq(total)
                 with m.If(end_of_plane):
-                    m.d.sync += [
-                        g_sum[lane].eq(0),
-                        d_numer[lane].eq(Mux(total < 0, -total, total) + ((g_count + 1) >> 1)),
-                        d_neg[lane].eq(total < 0), d_rem[lane].eq(0), d_quot[lane].eq(0),
-                    ]
+                    m.d.sync += [g_sum[lane].eq(0), d_neg[lane].eq(total < 0), d_rem[lane].eq(0),
+                                 d_quot[lane].eq(0)]
+                    if convert:
+                        m.d.sync += d_total[lane].eq(total)
+                    else:
+                        m.d.sync += d_numer[lane].eq(Mux(total < 0, -total, total) + ((g_count + 1) >> 1))
 
-        with m.If(div_busy & (div_step != 0)):
+        dividing = Signal()
+        m.d.comb += dividing.eq(div_busy & (div_step != 0))
+        if convert:
+            half = divisor >> 1
+            with m.If(div_busy & (div_step == nbits + 1)):
+                m.d.comb += dividing.eq(0)
+                m.d.sync += div_step.eq(nbits)
+                m.d.sync += [d_numer[lane].eq(Mux(d_neg[lane], half - d_total[lane], d_total[lane] + half))
+                             for lane in range(lanes)]
+        with m.If(dividing):
             m.d.sync += div_step.eq(div_step - 1)
             for lane in range(lanes):
                 partial = Signal(range(2 * max_count + 1), name=f"d_partial_{lane}")

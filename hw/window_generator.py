@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 
 __all__ = ["WindowGenerator", "window_layer_layout", "pixel_layout", "window_layout", "window_layer",
-           "window_output_shape"]
+           "window_output_shape", "window_extra_stages"]
 
 #: Widest ``height`` and ``groups`` a descriptor can carry.
 MAX_HEIGHT = (1 << 16) - 1
@@ -76,6 +76,13 @@ def window_layout(config, max_kernel=None):
         "last_in_group": 1,
         "last":          1,
     })
+
+
+def window_extra_stages(config):
+    """Register stages the window generator has for ``config.target`` beyond its two: 1 on the ECP5, where the
+    row memories' read data is registered before the column multiplexers (a DP16KD's clock-to-output takes
+    about half of a 125 MHz cycle), 0 elsewhere."""
+    return 1 if config.target == "ecp5" else 0
 
 
 def window_output_shape(height, width, kernel, stride, padding):
@@ -193,7 +200,12 @@ class WindowGenerator(wiring.Component):
 
         # Accept a new layer only once the previous one has left every stage, so that the latched descriptor
         # is never changed under a window still in flight.
-        m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~o.valid)
+        buffered = window_extra_stages(cfg) == 1
+        if buffered:
+            s2_valid = Signal()
+            m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid)
+        else:
+            m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~o.valid)
         with m.If(self.i_layer.valid & self.i_layer.ready):
             desc = self.i_layer.payload
             m.d.sync += [
@@ -275,7 +287,25 @@ class WindowGenerator(wiring.Component):
                 m.d.comb += sel.eq(write_row - kernel + 1 + i)
                 m.d.sync += s1_row_sel[i].eq(Mux(sel < 0, sel + kmax, sel))
 
-        # Stage 1 -> window: shift every row left by one column and insert the new column at kernel - 1.
+        if buffered:
+            # Stage 2 (ECP5): stage 1 and the rows it read, registered (one enable with the other stages).
+            rows_read = [Signal(pix, name=f"row_data_{r}") for r in range(kmax)]
+            names = ["pixel", "emit", "row_valid", "col_valid", "last_in_group", "last"] + [
+                f"row_sel_{i}" for i in range(kmax)]
+            stage1 = [s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_last_in_group, s1_last] + s1_row_sel
+            stage2 = [Signal.like(v, name=f"s2_{name}") for v, name in zip(stage1, names)]
+            with m.If(~stall):
+                m.d.sync += s2_valid.eq(s1_valid)
+                m.d.sync += [q.eq(d) for q, d in zip(rows_read, rows)]
+                with m.If(s1_valid):
+                    m.d.sync += [q.eq(d) for q, d in zip(stage2, stage1)]
+            rows = rows_read
+            s1_valid = s2_valid
+            s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_last_in_group, s1_last = stage2[:6]
+            s1_row_sel = stage2[6:]
+
+        # Stage 1 (2 on the ECP5) -> window: shift every row left by one column and insert the new column at
+        # kernel - 1.
         with m.If(~stall):
             m.d.sync += o.valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
