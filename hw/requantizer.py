@@ -16,7 +16,7 @@ Pipeline: bias add | left shift | 32x32 multiply | high part (or single-rounding
 zero point and clamp. Six register stages, one result per cycle per lane; the whole pipeline stalls only while
 the output is held by back-pressure.
 
-Target ``"ecp5"`` (eleven stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
+Target ``"ecp5"`` (twelve stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
 and the last one writes a small FIFO in place of the output register (:func:`requant_fifo_depth`, same latency).
 The input is taken only while the FIFO has room for every beat in the pipeline, so back-pressure holds the input,
 not the lanes: on the ULX3S the output's ``ready`` would otherwise reach every one of their registers and
@@ -84,8 +84,8 @@ _IDLE, _SELECT, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(8)
 _TARGETS = ("generic", "ice40", "ecp5")
 #: The ECP5 multiply takes :data:`~.dsp_ecp5.DSP_PRODUCT_STAGES` (5) register stages against one for the generic
 #: ``*`` (the LUT-only version, four adder-tree levels, has a fifth register to keep the same timing), and the
-#: rounding divide one more (see :meth:`Requantizer._split_tail`).
-_ECP5_EXTRA_STAGES = (DSP_PRODUCT_STAGES - 1) + 1
+#: tail after it two more (see :meth:`Requantizer._split_tail`).
+_ECP5_EXTRA_STAGES = (DSP_PRODUCT_STAGES - 1) + 2
 
 
 def _check_lanes(lanes):
@@ -106,8 +106,9 @@ def requant_interval(target="generic", lanes=1):
 
 
 def requant_extra_stages(target="generic"):
-    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 5 on the ECP5,
-    whose product takes five stages and its rounding divide two (see :class:`Requantizer`), 0 elsewhere. The
+    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 6 on the ECP5,
+    whose product takes five stages and the shifts and rounding after it four (see :class:`Requantizer`), 0
+    elsewhere. The
     serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
 
@@ -710,10 +711,13 @@ class Requantizer(wiring.Component):
           ``r < INT32_MIN`` iff ``ab < -(2**32 + 1) * 2**(t-1)``; neither is reachable for ``t > 32`` since
           ``|ab| <= 2**62``), stage 4 adds and compares side by side, stage 5 shifts and selects;
         * double rounding: stage 4 decodes the divide's mask and its two thresholds (``mask >> 1`` and that plus
-          one, for negative values), stage 5 compares the remainder and shifts side by side, stage 6 adds (the
-          compare's carry chain, then the add's, was the lane's slowest path on the ULX3S).
+          one, for negative values), stage 5 compares the remainder, stage 7 adds (the compare's carry chain,
+          then the add's, was the lane's slowest path on the ULX3S).
 
-        Single rounding's result waits in stage 5 for the double one's in stage 6.
+        Both modes share one right shift (single: ``sum >> t``; double: ``high >> right``) in two stages, by the
+        amount's multiple of 8 in stage 5 and by the rest in stage 6 (a 64-bit shifter in one stage, then a
+        saturation and a mode multiplexer, was over 8 ns there). Single rounding's result waits in stage 6 for
+        the double one's in stage 7.
         """
         en_ops = []
         round3 = reg(64, "round3")
@@ -734,12 +738,20 @@ class Requantizer(wiring.Component):
         en_ops += [half4[i].eq(right3 > i + 1) for i in range(32)]
         en_ops += [halfp4.eq(Mux(right3 == 0, 1, Const(1, 33) << (right3 - 1)[:5]))]
 
+        amount4 = reg(range(63), "amount4")
+        en_ops += [amount4.eq(Mux(single, total3, right3))]
+
         remainder = Signal(32, name=f"l{lane}_remainder")
         m.d.comb += remainder.eq(high4.as_unsigned() & mask4)
         up = Mux(high4 < 0, remainder > halfp4, remainder > half4)
-        shifted = (sum4 >> total4)[:32].as_signed()
-        single_result = Mux(sat_hi4, INT32_MAX, Mux(sat_lo4, INT32_MIN, shifted))
-        quotient5, up5 = reg(signed(32), "quotient5"), reg(1, "up5")
-        en_ops += [quotient5.eq(Mux(single, single_result, high4 >> right4)), up5.eq(~single & up)]
-        en_ops += [scaled5.eq(quotient5 + up5)]
+        # The shift's first half keeps the 39 bits the second (at most 7 more) takes its 32 from.
+        operand = Mux(single, sum4, high4)
+        coarse5, fine5, up5 = reg(39, "coarse5"), reg(3, "fine5"), reg(1, "up5")
+        sat_hi5, sat_lo5 = reg(1, "sat_hi5"), reg(1, "sat_lo5")
+        en_ops += [coarse5.eq((operand >> Cat(Const(0, 3), amount4[3:]))[:39]), fine5.eq(amount4[:3]),
+                   up5.eq(~single & up), sat_hi5.eq(single & sat_hi4), sat_lo5.eq(single & sat_lo4)]
+        shifted = (coarse5 >> fine5)[:32].as_signed()
+        quotient6, up6 = reg(signed(32), "quotient6"), reg(1, "up6")
+        en_ops += [quotient6.eq(Mux(sat_hi5, INT32_MAX, Mux(sat_lo5, INT32_MIN, shifted))), up6.eq(up5)]
+        en_ops += [scaled5.eq(quotient6 + up6)]
         m.d.sync += en_ops
