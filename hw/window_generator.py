@@ -206,6 +206,19 @@ class WindowGenerator(wiring.Component):
             m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid)
         else:
             m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~o.valid)
+        # Bounds the scanner's position is compared with, as registers computed with the descriptor: every
+        # compare below is then one carry chain from registers, not an adder and a compare (on the ECP5 the tap
+        # flags' adders, compares and the scanner's enable were 14 ns of a cycle). Tap row i (of the window whose
+        # bottom-right tap is at py) is inside when row_lo[i] <= py < row_hi[i], likewise columns; a window's
+        # last row and column are those from last_py and last_px on.
+        bound = signed(padded_h.shape().width + 2)
+        row_end, col_end = Signal(bound, name="row_end"), Signal(bound, name="col_end")
+        row_lo = [Signal(bound, name=f"row_lo_{i}") for i in range(kmax)]
+        row_hi = [Signal(bound, name=f"row_hi_{i}") for i in range(kmax)]
+        col_lo = [Signal(bound, name=f"col_lo_{i}") for i in range(kmax)]
+        col_hi = [Signal(bound, name=f"col_hi_{i}") for i in range(kmax)]
+        tap_used = Signal(kmax, name="tap_used")
+        last_py, last_px = Signal(bound, name="last_py"), Signal(bound, name="last_px")
         with m.If(self.i_layer.valid & self.i_layer.ready):
             desc = self.i_layer.payload
             m.d.sync += [
@@ -214,11 +227,20 @@ class WindowGenerator(wiring.Component):
                 padded_w.eq(desc.width + desc.pad_left + desc.pad_right),
                 active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0),
                 row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
+                row_end.eq(desc.pad_top + desc.height), col_end.eq(desc.pad_left + desc.width),
+                last_py.eq(desc.height + desc.pad_top + desc.pad_bottom - desc.stride),
+                last_px.eq(desc.width + desc.pad_left + desc.pad_right - desc.stride),
             ]
+            for i in range(kmax):
+                m.d.sync += [row_lo[i].eq(desc.pad_top + desc.kernel - 1 - i),
+                             row_hi[i].eq(desc.pad_top + desc.height + desc.kernel - 1 - i),
+                             col_lo[i].eq(desc.pad_left + desc.kernel - 1 - i),
+                             col_hi[i].eq(desc.pad_left + desc.width + desc.kernel - 1 - i),
+                             tap_used[i].eq(desc.kernel > i)]
 
         kernel = layer.kernel
-        in_row = (py >= layer.pad_top) & (py < layer.pad_top + layer.height)
-        in_col = (px >= layer.pad_left) & (px < layer.pad_left + layer.width)
+        in_row = (py >= layer.pad_top) & (py < row_end)
+        in_col = (px >= layer.pad_left) & (px < col_end)
         in_bounds = in_row & in_col
         x = Signal(range(cfg.max_width))
         m.d.comb += x.eq(px - layer.pad_left)
@@ -269,18 +291,13 @@ class WindowGenerator(wiring.Component):
                 s1_pixel.eq(self.i_pixels.payload),
                 s1_emit.eq((row_wait == 0) & (col_wait == 0)),
                 # No further window in this plane once the next eligible row/column would leave it.
-                s1_last_in_group.eq((py + layer.stride >= padded_h) & (px + layer.stride >= padded_w)),
-                s1_last.eq((py + layer.stride >= padded_h) & (px + layer.stride >= padded_w) & last_group),
+                s1_last_in_group.eq((py >= last_py) & (px >= last_px)),
+                s1_last.eq((py >= last_py) & (px >= last_px) & last_group),
             ]
             for i in range(kmax):
-                tap_row = Signal(signed(py.shape().width + 2), name=f"tap_row_{i}")
-                tap_col = Signal(signed(px.shape().width + 2), name=f"tap_col_{i}")
-                m.d.comb += [tap_row.eq(py - kernel + 1 + i), tap_col.eq(px - kernel + 1 + i)]
                 m.d.sync += [
-                    s1_row_valid[i].eq((i < kernel) & (tap_row >= layer.pad_top)
-                                       & (tap_row < layer.pad_top + layer.height)),
-                    s1_col_valid[i].eq((i < kernel) & (tap_col >= layer.pad_left)
-                                       & (tap_col < layer.pad_left + layer.width)),
+                    s1_row_valid[i].eq(tap_used[i] & (py >= row_lo[i]) & (py < row_hi[i])),
+                    s1_col_valid[i].eq(tap_used[i] & (px >= col_lo[i]) & (px < col_hi[i])),
                 ]
                 # Memory holding tap row i: (py - kernel + 1 + i) mod kmax, from write_row = py mod kmax.
                 sel = Signal(signed(write_row.shape().width + 5), name=f"row_sel_{i}")
