@@ -170,7 +170,7 @@ def lut_product(m, en, a, neg, one, two, *, width, name):
         last = len(terms) <= 2
         for k in range(0, len(terms), 2):
             lo_value, lo_base = terms[k]
-            reg = Signal(signed(width - lo_base), name=f"{name}_t{level}_{k // 2}")
+            reg = Signal(signed(width - lo_base), name=f"{name}_t{level}_{k // 2}", reset_less=True)
             if k + 1 < len(terms):
                 hi_value, hi_base = terms[k + 1]
                 gap = hi_base - lo_base
@@ -190,7 +190,7 @@ def lut_product(m, en, a, neg, one, two, *, width, name):
             nxt.append((reg, lo_base))
         # The bits still owed travel with their terms.
         for w, bit in list(owed.items()):
-            owed[w] = Signal(name=f"{name}_owed{level}_{w}")
+            owed[w] = Signal(name=f"{name}_owed{level}_{w}", reset_less=True)
             with m.If(en):
                 m.d.sync += owed[w].eq(bit)
         terms = nxt

@@ -272,7 +272,7 @@ class Requantizer(wiring.Component):
         m = Module()
         stages = requant_latency(self._target)
         valid = [Signal(name=f"valid_{i}") for i in range(stages - 1)]
-        tags = [Signal(self._tag_width, name=f"tag_{i}") for i in range(stages - 1)]
+        tags = [Signal(self._tag_width, name=f"tag_{i}", reset_less=self._free_running) for i in range(stages - 1)]
         if self._free_running:
             # No enable: every stage moves on every cycle, and the last one writes a FIFO that stands where the
             # output register was (readable the cycle after, as the register was). A beat is taken only while
@@ -400,7 +400,8 @@ class Requantizer(wiring.Component):
         single = self.single_rounding
 
         def reg(shape, name):
-            return Signal(shape, name=f"l{lane}_{name}")
+            # Data only (the valid chain has the reset): a reset would reach thousands of flip-flops.
+            return Signal(shape, name=f"l{lane}_{name}", reset_less=True)
 
         # The multiplier's Booth digits: all of it for the LUT product, its part above the blocks' low 17 bits
         # for the DSP product.

@@ -228,18 +228,20 @@ class SystolicArray(wiring.Component):
 
         # Input register: a refused or missing beat enters as a bubble.
         in_valid, in_first, in_last = Signal(), Signal(), Signal()
-        in_act = Signal(beat_layout(cfg).members["act"])
-        in_wgt = Signal(beat_layout(cfg).members["wgt"])
+        # Operands, products and sums are reset-less (here and below): they mean something only with the flags,
+        # which have the reset, and a reset of their own would reach some 14,000 flip-flops on the ULX3S.
+        in_act = Signal(beat_layout(cfg).members["act"], reset_less=True)
+        in_wgt = Signal(beat_layout(cfg).members["wgt"], reset_less=True)
         with m.If(en):
             m.d.sync += [in_valid.eq(take), in_first.eq(beat.first), in_last.eq(beat.last),
                          in_act.eq(beat.act), in_wgt.eq(beat.wgt)]
             since_next = Mux(take & beat.last, 0, Mux(since_last != gap, since_last + 1, since_last))
             m.d.sync += [since_last.eq(since_next), spaced.eq(since_next >= gap - 1)]
 
-        def delayed(value, cycles, name):
+        def delayed(value, cycles, name, reset_less=False):
             """``value`` delayed by ``cycles`` enabled cycles."""
             for i in range(cycles):
-                reg = Signal.like(value, name=f"{name}_d{i}")
+                reg = Signal.like(value, name=f"{name}_d{i}", reset_less=reset_less)
                 with m.If(en):
                     m.d.sync += reg.eq(value)
                 value = reg
@@ -251,8 +253,8 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             flags = Signal(flags_layout, name=f"flags_in_{r}")
             m.d.comb += [flags.valid.eq(in_valid), flags.first.eq(in_first), flags.last.eq(in_last)]
-            west.append((delayed(in_wgt[r], r, f"wgt_skew_{r}"), delayed(flags, r, f"flags_skew_{r}")))
-        north = [delayed(in_act[c], c, f"act_skew_{c}") for c in range(cols)]
+            west.append((delayed(in_wgt[r], r, f"wgt_skew_{r}", True), delayed(flags, r, f"flags_skew_{r}")))
+        north = [delayed(in_act[c], c, f"act_skew_{c}", True) for c in range(cols)]
 
         shadow = [[None] * cols for _ in range(rows)]
         column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
@@ -261,14 +263,14 @@ class SystolicArray(wiring.Component):
             for c in range(cols):
                 act_in = north[c]
                 # Operand registers: the systolic hops (right for weights and flags, down for activations).
-                act = Signal(signed(8), name=f"act_{r}_{c}")
-                wgt = Signal(signed(8), name=f"wgt_{r}_{c}")
+                act = Signal(signed(8), name=f"act_{r}_{c}", reset_less=True)
+                wgt = Signal(signed(8), name=f"wgt_{r}_{c}", reset_less=True)
                 flags = Signal(flags_layout, name=f"flags_{r}_{c}")
                 # Product stage, then accumulate stage.
-                product = Signal(signed(16), name=f"product_{r}_{c}")
+                product = Signal(signed(16), name=f"product_{r}_{c}", reset_less=True)
                 pflags = Signal(flags_layout, name=f"pflags_{r}_{c}")
-                acc = Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}")
-                done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}")
+                acc = Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}", reset_less=True)
+                done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}", reset_less=True)
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
                 m.d.comb += total.eq(Mux(pflags.first, 0, acc) + product)
                 flags_before_product = flags

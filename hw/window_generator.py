@@ -183,7 +183,7 @@ class WindowGenerator(wiring.Component):
 
         # Stage 1: the column read for the previous scanned position.
         s1_valid = Signal()
-        s1_pixel = Signal(pix)
+        s1_pixel = Signal(pix, reset_less=True)          # data, meaningful with s1_valid (here and below)
         s1_row_sel = [Signal(range(kmax), name=f"s1_row_sel_{i}") for i in range(kmax)]
         s1_emit = Signal()
         s1_row_valid = Signal(kmax)
@@ -192,7 +192,7 @@ class WindowGenerator(wiring.Component):
         s1_last = Signal()
 
         # Output stage: the window registers themselves (the payload is read straight from them).
-        window = [[Signal(pix, name=f"window_{i}_{j}") for j in range(kmax)] for i in range(kmax)]
+        window = [[Signal(pix, name=f"window_{i}_{j}", reset_less=True) for j in range(kmax)] for i in range(kmax)]
         row_valid = Signal(kmax)
         col_valid = Signal(kmax)
         o = self.o_windows
@@ -306,11 +306,11 @@ class WindowGenerator(wiring.Component):
 
         if buffered:
             # Stage 2 (ECP5): stage 1 and the rows it read, registered (one enable with the other stages).
-            rows_read = [Signal(pix, name=f"row_data_{r}") for r in range(kmax)]
+            rows_read = [Signal(pix, name=f"row_data_{r}", reset_less=True) for r in range(kmax)]
             names = ["pixel", "emit", "row_valid", "col_valid", "last_in_group", "last"] + [
                 f"row_sel_{i}" for i in range(kmax)]
             stage1 = [s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_last_in_group, s1_last] + s1_row_sel
-            stage2 = [Signal.like(v, name=f"s2_{name}") for v, name in zip(stage1, names)]
+            stage2 = [Signal.like(v, name=f"s2_{name}", reset_less=True) for v, name in zip(stage1, names)]
             with m.If(~stall):
                 m.d.sync += s2_valid.eq(s1_valid)
                 m.d.sync += [q.eq(d) for q, d in zip(rows_read, rows)]
