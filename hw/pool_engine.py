@@ -248,6 +248,11 @@ class PoolEngine(wiring.Component):
         # --- layer descriptor: windowed layers hand their window part to the generator at the same time.
         desc = self.i_layer.payload
         is_global = desc.mode == PoolMode.GLOBAL_AVG
+        # Target "ecp5" (125 MHz) takes more stages for the same numbers: the taps are reduced per window row first
+        # (stage R), and the division is split into the reciprocal lookup (B1) and the product (B2). Its window
+        # generator also fills the taps outside the map with what they count as (-128 for a maximum, 0 for a
+        # sum) in place of the layer's zero point, which pooling never uses: no mask in front of the reductions.
+        deep = cfg.target == "ecp5"
         m.d.comb += [
             wg.i_layer.payload.eq(desc.window),
             wg.i_layer.valid.eq(self.i_layer.valid & ~busy & ~is_global),
@@ -295,9 +300,8 @@ class PoolEngine(wiring.Component):
                 level = nxt + ([level[-1]] if len(level) % 2 else [])
             return level[0]
 
-        # Target "ecp5" (125 MHz) takes three more stages for the same numbers: the taps are reduced per window
-        # row first (stage R), and the division is split into the reciprocal lookup (B1) and the product (B2).
-        deep = cfg.target == "ecp5"
+        if deep:
+            m.d.comb += wg.i_layer.payload.zero_point.eq(Mux(desc.mode == PoolMode.MAX, -128, 0))
         with m.If(o_free):
             if not deep:
                 m.d.sync += a_valid.eq(wg.o_windows.valid & wg.o_windows.ready)
@@ -318,9 +322,8 @@ class PoolEngine(wiring.Component):
                     r_sum = [Signal(signed((kmax * 128).bit_length() + 1), name=f"r_sum_{lane}_{i}")
                              for i in range(kmax)]
                     for i in range(kmax):
-                        row = [(win.row_valid[i] & win.col_valid[j], win.taps[i][j][lane]) for j in range(kmax)]
-                        m.d.sync += r_max[i].eq(max_tree(Mux(ok, v, -128) for ok, v in row))
-                        m.d.sync += r_sum[i].eq(sum(Mux(ok, v, 0) for ok, v in row))
+                        row = [win.taps[i][j][lane] for j in range(kmax)]      # outside: -128 or 0, see above
+                        m.d.sync += [r_max[i].eq(max_tree(row)), r_sum[i].eq(sum(row))]
                     m.d.sync += [a_max[lane].eq(max_tree(r_max)), a_sum[lane].eq(sum(r_sum))]
 
         max_numer = max_sum + (kmax * kmax) // 2
