@@ -70,7 +70,7 @@ BOARDS = {
     "ulx3s": BoardSpec("ulx3s", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                        f_sys=125e6, baud=3_000_000, leds=3, frame_words=1024,
                        flash="openFPGALoader -b ulx3s {bitstream}",
-                       # nextpnr-ecp5's default router1 at seed 2: router2 at seed 1 came down to 347 overused wires,
+                       # nextpnr-ecp5's default router1 at seed 2: router2 at seed 1 came down to 242 overused wires,
                        # then rose again past 3,900 (docs/decisions.md, session 11).
                        seed=2),
 }
