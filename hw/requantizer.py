@@ -66,8 +66,7 @@ from .dsp_ecp5 import (DSP_PRODUCT_SPLIT, DSP_PRODUCT_STAGES, booth_digit_count,
 
 __all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout",
            "requant_output_layout", "requant_interval", "requant_latency", "requant_extra_stages", "requant_fifo_depth",
-           "check_shifts",
-           "rounding_divide", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
+           "check_shifts", "rounding_divide", "REQUANT_LATENCY", "SHIFT_MIN", "SHIFT_MAX"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -108,8 +107,7 @@ def requant_interval(target="generic", lanes=1):
 def requant_extra_stages(target="generic"):
     """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 6 on the ECP5,
     whose product takes five stages and the shifts and rounding after it four (see :class:`Requantizer`), 0
-    elsewhere. The
-    serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
+    elsewhere. The serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
 
 
