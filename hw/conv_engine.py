@@ -208,9 +208,9 @@ _WALKER_TARGETS = ("ice40", "ecp5")
 
 def conv_read_stages(config):
     """Register stages from a beat's issue to its operands at the array's input: the memories' read, and on the
-    ECP5 a register after it (the block RAMs' clock-to-output leaves too little of a 125 MHz cycle for the
-    banks' 32-to-1 multiplexers)."""
-    return 2 if config.target == "ecp5" else 1
+    ECP5 two more, a register after it (the block RAMs' clock-to-output leaves too little of a 125 MHz cycle for
+    any logic) and the first half of the rotator that hands the banks' bytes to the columns."""
+    return 3 if config.target == "ecp5" else 1
 
 
 def walker_tile_beats(config):
@@ -483,9 +483,10 @@ class ConvEngine(wiring.Component):
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
         s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
         # On the ECP5 a second stage registers what the block RAMs read (their output takes about 4 ns of the
-        # 8 before any logic) before the banks' multiplexers: conv_read_stages.
-        buffered = conv_read_stages(cfg) == 2
+        # 8 before any logic), and a third rotates it part of the way to the columns: conv_read_stages.
+        buffered = conv_read_stages(cfg) == 3
         s2_valid = Signal(name="s2_valid") if buffered else Const(0)
+        s3_valid = Signal(name="s3_valid") if buffered else Const(0)
         # Beats in the requantizer: its pipeline, or on the ECP5 as many as its output FIFO holds.
         inflight = Signal(range(max(REQUANT_LATENCY + requant_extra_stages(cfg.target) + 3,
                                     requant_fifo_depth(cfg.target) + 1)))
@@ -621,7 +622,7 @@ class ConvEngine(wiring.Component):
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         adv = Signal(name="adv", attrs=keep, init=1)
         if not serial:
-            m.d.comb += adv.eq(~(s2_valid if buffered else s1_valid) | array.i_beats.ready)
+            m.d.comb += adv.eq(~(s3_valid if buffered else s1_valid) | array.i_beats.ready)
         # A beat leaves the counters when stage 1 takes it; with the walker a tile's last beat (which moves the
         # cursor) also waits for it, which only a tile of very few beats ever notices (walker_tile_beats).
         issue = Signal(name="issue", attrs=keep)
@@ -750,13 +751,21 @@ class ConvEngine(wiring.Component):
             # map when its sign is clear and it is below W, one compare a column.
             kx_rel = Signal(signed(len(layer.kernel_w) + 1))
             m.d.comb += kx_rel.eq(kx - layer.pad_left)
-        select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
+        # Which bank each column takes: bank ``(f0 + c * stride) mod NB``. The ECP5 engine keeps only the rotation
+        # ``f0 mod NB``, shared by the columns (the banks are rotated by it, below); the others a select a column.
+        if buffered:
+            rotation = Signal(lg_nb, name="rotation", reset_less=True)
+        else:
+            select = [Signal(lg_nb, name=f"select_{c}") for c in range(cols)]
         # Reset-less: they mean something only with s1_valid, which has the reset.
         inside = [Signal(name=f"inside_{c}", reset_less=True) for c in range(cols)]
         with m.If(adv):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
+            if buffered:
+                m.d.sync += rotation.eq(f0[:lg_nb])
             for c in range(cols):
-                m.d.sync += select[c].eq((f0 + (c << layer.stride2))[:lg_nb])
+                if not buffered:
+                    m.d.sync += select[c].eq((f0 + (c << layer.stride2))[:lg_nb])
                 if walk:
                     dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
                     oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
@@ -775,27 +784,46 @@ class ConvEngine(wiring.Component):
                 m.d.sync += inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
                                          & ~tap_x[-1] & (tap_x < layer.in_w))
         if buffered:
-            # Stage 2: the memories' data, the column selects and flags, one stage on (moved with ``adv``, as
-            # stage 1: one enable for the input side).
+            # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3: the banks rotated by
+            # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both move with ``adv``, as
+            # stage 1: one enable for the input side. The rest of the rotation, the stride's pick and the padding
+            # are left to the array's input register. A rotator where each column had a 32-to-1 multiplexer: the
+            # banks' bytes reach a few neighbours each, not 16 columns (that crossbar was nextpnr-ecp5's worst
+            # congestion, docs/decisions.md session 12).
+            lo = lg_nb - lg_nb // 2
             s2_first, s2_last = Signal(name="s2_first"), Signal(name="s2_last")
+            s3_first, s3_last = Signal(name="s3_first"), Signal(name="s3_last")
             bank_data = [Signal(8, name=f"act_data_{j}", reset_less=True) for j in range(nb)]
             weight_data = Signal.like(weight_read, name="weight_data", reset_less=True)
-            select2 = [Signal(lg_nb, name=f"select2_{c}", reset_less=True) for c in range(cols)]
+            weight_data3 = Signal.like(weight_read, name="weight_data3", reset_less=True)
+            rotation2 = Signal(lg_nb, name="rotation2", reset_less=True)
+            rotation3 = Signal(lg_nb - lo, name="rotation3", reset_less=True)
             inside2 = [Signal(name=f"inside2_{c}", reset_less=True) for c in range(cols)]
+            inside3 = [Signal(name=f"inside3_{c}", reset_less=True) for c in range(cols)]
+            turned = [Signal(8, name=f"act_turned_{j}", reset_less=True) for j in range(nb)]
             with m.If(adv):
                 m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                             weight_data.eq(weight_read)]
-                m.d.sync += [q.eq(d) for q, d in zip(bank_data, bank_reads)]
-                m.d.sync += [q.eq(d) for q, d in zip(select2 + inside2, select + inside)]
-            bank_reads, weight_read, select, inside = bank_data, weight_data, select2, inside2
-            s_valid, s_first, s_last = s2_valid, s2_first, s2_last
+                             weight_data.eq(weight_read), rotation2.eq(rotation)]
+                m.d.sync += [q.eq(d) for q, d in zip(bank_data + inside2, bank_reads + inside)]
+                m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                             weight_data3.eq(weight_data), rotation3.eq(rotation2[lo:])]
+                m.d.sync += [q.eq(d) for q, d in zip(inside3, inside2)]
+                for j in range(nb):
+                    m.d.sync += turned[j].eq(Array(bank_data[(j + k) % nb] for k in range(1 << lo))[rotation2[:lo]])
+            # Byte k of the whole rotation is bank ``(f0 + k) mod NB``; column c takes byte ``c * stride``.
+            steps = 1 << (lg_nb - lo)
+            rotated = [Array(turned[(k + (t << lo)) % nb] for t in range(steps))[rotation3] for k in range(nb)]
+            bank_of = [Mux(layer.stride2, rotated[2 * c % nb], rotated[c]) for c in range(cols)]
+            weight_read, inside = weight_data3, inside3
+            s_valid, s_first, s_last = s3_valid, s3_first, s3_last
         else:
+            banks = Array(bank_reads)
+            bank_of = [banks[select[c]] for c in range(cols)]
             s_valid, s_first, s_last = s1_valid, s1_first, s1_last
-        banks = Array(bank_reads)
         m.d.comb += [array.i_beats.valid.eq(s_valid), array.i_beats.payload.first.eq(s_first),
                      array.i_beats.payload.last.eq(s_last), array.i_beats.payload.wgt.eq(weight_read)]
         for c in range(cols):
-            m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], banks[select[c]].as_signed(), layer.in_zp))
+            m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], bank_of[c].as_signed(), layer.in_zp))
 
         # --- output side: name each column, fetch its parameters, requantize ---------------------------------
         column = array.o_columns.payload
@@ -928,7 +956,7 @@ class ConvEngine(wiring.Component):
             with m.Elif(left & ~entered):
                 m.d.sync += inflight.eq(inflight - 1)
             in_flight = inflight != 0
-        stages_valid = s1_valid | s2_valid if buffered else s1_valid
+        stages_valid = s1_valid | s2_valid | s3_valid if buffered else s1_valid
         m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | p_valid | in_flight)
         return m
 
