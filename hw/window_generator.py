@@ -21,7 +21,8 @@ beat, a padding position takes none. Each input row is written into one of ``max
 write and one read port each, so they map to block RAM); for every padded pixel the ``kernel - 1`` rows above it
 are read back and, with the pixel itself, shifted as a new column into a ``max_kernel x max_kernel`` register
 window. Nothing is materialized beyond the rows the kernel needs (no im2col). Out-of-bounds taps are replaced by
-the zero point on the way out, from the row/column in-bounds flags, so pad positions never need writing.
+the zero point as their column enters the window (a tap row's flag is the same for every column of a window, a
+column's is its own), so pad positions never need writing and the taps leave straight from the registers.
 
 Throughput: one padded pixel per cycle, so a plane takes ``(H + pad_top + pad_bottom) x (W + pad_left +
 pad_right)`` cycles when neither stream stalls; with stride 1 that is one window per cycle apart from the
@@ -188,6 +189,7 @@ class WindowGenerator(wiring.Component):
         s1_emit = Signal()
         s1_row_valid = Signal(kmax)
         s1_col_valid = Signal(kmax)
+        s1_col_in = Signal()                             # the column entering the window is inside the map
         s1_last_in_group = Signal()
         s1_last = Signal()
 
@@ -290,6 +292,7 @@ class WindowGenerator(wiring.Component):
             m.d.sync += [
                 s1_pixel.eq(self.i_pixels.payload),
                 s1_emit.eq((row_wait == 0) & (col_wait == 0)),
+                s1_col_in.eq(in_col),
                 # No further window in this plane once the next eligible row/column would leave it.
                 s1_last_in_group.eq((py >= last_py) & (px >= last_px)),
                 s1_last.eq((py >= last_py) & (px >= last_px) & last_group),
@@ -307,9 +310,9 @@ class WindowGenerator(wiring.Component):
         if buffered:
             # Stage 2 (ECP5): stage 1 and the rows it read, registered (one enable with the other stages).
             rows_read = [Signal(pix, name=f"row_data_{r}", reset_less=True) for r in range(kmax)]
-            names = ["pixel", "emit", "row_valid", "col_valid", "last_in_group", "last"] + [
+            names = ["pixel", "emit", "row_valid", "col_valid", "col_in", "last_in_group", "last"] + [
                 f"row_sel_{i}" for i in range(kmax)]
-            stage1 = [s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_last_in_group, s1_last] + s1_row_sel
+            stage1 = [s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_col_in, s1_last_in_group, s1_last] + s1_row_sel
             stage2 = [Signal.like(v, name=f"s2_{name}", reset_less=True) for v, name in zip(stage1, names)]
             with m.If(~stall):
                 m.d.sync += s2_valid.eq(s1_valid)
@@ -318,11 +321,13 @@ class WindowGenerator(wiring.Component):
                     m.d.sync += [q.eq(d) for q, d in zip(stage2, stage1)]
             rows = rows_read
             s1_valid = s2_valid
-            s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_last_in_group, s1_last = stage2[:6]
-            s1_row_sel = stage2[6:]
+            s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_col_in, s1_last_in_group, s1_last = stage2[:7]
+            s1_row_sel = stage2[7:]
 
         # Stage 1 (2 on the ECP5) -> window: shift every row left by one column and insert the new column at
-        # kernel - 1.
+        # kernel - 1, the zero point where it is outside the map; columns from kernel on hold the zero point.
+        outside = Signal(pix, name="outside")
+        m.d.comb += [outside[lane].eq(layer.zero_point) for lane in range(cfg.lanes)]
         with m.If(~stall):
             m.d.sync += o.valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
@@ -338,14 +343,13 @@ class WindowGenerator(wiring.Component):
                                 m.d.comb += column_tap.eq(rows[r])
                     with m.If(kernel == i + 1):
                         m.d.comb += column_tap.eq(s1_pixel)
+                    entering = Signal(pix, name=f"entering_{i}")
+                    m.d.comb += entering.eq(Mux(s1_row_valid[i] & s1_col_in, column_tap, outside))
                     for j in range(kmax):
-                        shifted = window[i][j + 1] if j + 1 < kmax else column_tap
-                        m.d.sync += window[i][j].eq(Mux(kernel == j + 1, column_tap, shifted))
+                        shifted = window[i][j + 1] if j + 1 < kmax else outside
+                        m.d.sync += window[i][j].eq(Mux(kernel == j + 1, entering,
+                                                        Mux(tap_used[j], shifted, outside)))
 
         m.d.comb += [o.payload.row_valid.eq(row_valid), o.payload.col_valid.eq(col_valid)]
-        for i in range(kmax):
-            for j in range(kmax):
-                valid = row_valid[i] & col_valid[j]
-                for lane in range(cfg.lanes):
-                    m.d.comb += o.payload.taps[i][j][lane].eq(Mux(valid, window[i][j][lane], layer.zero_point))
+        m.d.comb += [o.payload.taps[i][j].eq(window[i][j]) for i in range(kmax) for j in range(kmax)]
         return m
