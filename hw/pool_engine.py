@@ -24,8 +24,9 @@ On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the eng
 max pooling only (:func:`pool_modes`), over windows of at most :data:`ICE40_POOL_KERNEL` x
 :data:`ICE40_POOL_KERNEL` (:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, no activation clamp
 (:func:`pool_has_clamp`), one pipeline stage fewer; the dispatcher and the compiler refuse the rest.
-Target ``"ecp5"`` adds five stages (per-row reduction, reciprocal lookup, a three-level LUT Booth product) for
-its 125 MHz clock: :func:`pool_extra_stages`.
+Target ``"ecp5"`` adds eight stages (the window generator's read register, per-row reduction, reciprocal lookup, a
+three-level LUT Booth product, the quotient, the result before its clamp) for its 125 MHz clock:
+:func:`pool_extra_stages`.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
@@ -104,11 +105,11 @@ def ice40_pool_limits(config):
 
 
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (6 on the ECP5: the
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (8 on the ECP5: the
     window generator's read register (:func:`~.window_generator.window_extra_stages`), the per-row reduction,
-    the reciprocal and the numerator's Booth digits, three adder levels of the product; one fewer on the
-    iCE40)."""
-    return {"ecp5": 5 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
+    the reciprocal and the numerator's Booth digits, three adder levels of the product, the quotient and the
+    result before its clamp; one fewer on the iCE40)."""
+    return {"ecp5": 7 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
 
 
 def global_divider_steps(config):
@@ -300,6 +301,20 @@ class PoolEngine(wiring.Component):
                 level = nxt + ([level[-1]] if len(level) % 2 else [])
             return level[0]
 
+        def max_select(values):
+            """The largest of ``values`` in one level of compares (target "ecp5"): every pair compared side by
+            side, and the first of the largest picked by an AND-OR multiplexer (a tree of two-way maxima puts a
+            compare behind a compare)."""
+            values = list(values)
+            ge = {(i, j): values[i] >= values[j] for i in range(len(values)) for j in range(i + 1, len(values))}
+            picked = 0
+            for i, v in enumerate(values):
+                wins = Cat(*(~ge[j, i] for j in range(i)), *(ge[i, j] for j in range(i + 1, len(values))))
+                picked = picked | Mux(wins.all(), v, 0).as_unsigned()
+            result = Signal(signed(8))
+            m.d.comb += result.eq(picked)
+            return result
+
         if deep:
             m.d.comb += wg.i_layer.payload.zero_point.eq(Mux(desc.mode == PoolMode.MAX, -128, 0))
         with m.If(o_free):
@@ -323,8 +338,8 @@ class PoolEngine(wiring.Component):
                              for i in range(kmax)]
                     for i in range(kmax):
                         row = [win.taps[i][j][lane] for j in range(kmax)]      # outside: -128 or 0, see above
-                        m.d.sync += [r_max[i].eq(max_tree(row)), r_sum[i].eq(sum(row))]
-                    m.d.sync += [a_max[lane].eq(max_tree(r_max)), a_sum[lane].eq(sum(r_sum))]
+                        m.d.sync += [r_max[i].eq(max_select(row)), r_sum[i].eq(sum(row))]
+                    m.d.sync += [a_max[lane].eq(max_select(r_max)), a_sum[lane].eq(sum(r_sum))]
 
         max_numer = max_sum + (kmax * kmax) // 2
         shift, table = avg_reciprocals(kmax * kmax, max_numer)
@@ -336,17 +351,21 @@ class PoolEngine(wiring.Component):
         window_result = []
         out_valid, out_last = a_valid, a_last
         numer_width = len(Signal(range(max_numer + 1))) + 1          # signed, for its Booth digits
-        divide_stages = 1 + lut_product_stages(booth_digit_count(numer_width))
+        # B1, the product's stages, and C (the quotient, registered before its negation and the clamp: three
+        # carry chains behind the product's last adder were 12 ns).
+        divide_stages = 1 + lut_product_stages(booth_digit_count(numer_width)) + 1
 
-        def delayed(value, name):
-            """``value`` through the divide's stages (B1 and the product's), under the output's enable."""
-            return delay_line(m, o_free, value, divide_stages, f"{name}_b")
+        def delayed(value, name, extra=0):
+            """``value`` through the divide's stages (B1, the product's and C) and ``extra`` more, under the
+            output's enable."""
+            return delay_line(m, o_free, value, divide_stages + extra, f"{name}_b")
 
         if deep:
             b1_recip = Signal.like(recip)
             with m.If(o_free):
                 m.d.sync += b1_recip.eq(recip)
-            out_valid, out_last = delayed(a_valid, "div_valid"), delayed(a_last, "div_last")
+            # D: the result before the clamp.
+            out_valid, out_last = delayed(a_valid, "div_valid", 1), delayed(a_last, "div_last", 1)
         for lane in range(lanes):
             magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
             m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
@@ -365,11 +384,17 @@ class PoolEngine(wiring.Component):
                 recip_signed = Cat(b1_recip, Const(0, 1)).as_signed()
                 product = lut_product(m, o_free, recip_signed, b1_neg, b1_one, b1_two,
                                       width=len(recip_signed) + numer_width, name=f"div_{lane}")
-                m.d.comb += quotient.eq(product.as_unsigned() >> shift)
+                with m.If(o_free):
+                    m.d.sync += quotient.eq(product.as_unsigned() >> shift)
                 neg, window_max = delayed(neg, f"div_neg_{lane}"), delayed(window_max, f"div_max_{lane}")
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
             m.d.comb += avg.eq(Mux(neg, -quotient, quotient))
             value = Mux(mode == PoolMode.MAX, window_max, avg)
+            if deep:
+                unclamped = Signal.like(avg, name=f"unclamped_{lane}")
+                with m.If(o_free):
+                    m.d.sync += unclamped.eq(value)
+                value = unclamped
             window_result.append(_clamp(value, qmin, qmax))
 
         # --- global average: per-plane sums, then a restoring divider per lane.
