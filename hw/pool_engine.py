@@ -420,21 +420,26 @@ class PoolEngine(wiring.Component):
         d_neg = [Signal(name=f"d_neg_{l}") for l in range(lanes)]
 
         g_feeding = Signal()                         # the layer still has pixels to come
+        # Whether g_x (g_y) is the plane's last column (row), as flags stepped with them: the end of a plane
+        # gates the input's ``ready``, and compares there started a path through the conv engine's output side.
+        g_x_last, g_y_last = Signal(name="g_x_last"), Signal(name="g_y_last")
         with m.If(global_start):
-            m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0), g_feeding.eq(1)]
+            m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0), g_feeding.eq(1),
+                         g_x_last.eq(desc.window.width == 1), g_y_last.eq(desc.window.height == 1)]
             m.d.sync += [s.eq(0) for s in g_sum]
 
-        end_of_plane = (g_x == layer_w.width - 1) & (g_y == layer_w.height - 1)
+        end_of_plane = g_x_last & g_y_last
         # A plane's last pixel hands the sums to the divider, so it waits until the divider is free.
         # The next layer's pixels may already be waiting: take none once the last plane is in.
         m.d.comb += global_ready.eq(g_feeding & (~end_of_plane | ~div_busy))
         pixel_in = Signal()
         m.d.comb += pixel_in.eq(self.i_pixels.valid & self.i_pixels.ready & global_mode)
         with m.If(pixel_in):
-            with m.If(g_x == layer_w.width - 1):
-                m.d.sync += [g_x.eq(0), g_y.eq(g_y + 1)]
+            with m.If(g_x_last):
+                m.d.sync += [g_x.eq(0), g_y.eq(g_y + 1), g_x_last.eq(layer_w.width == 1),
+                             g_y_last.eq(Mux(g_y_last, layer_w.height == 1, g_y + 2 == layer_w.height))]
             with m.Else():
-                m.d.sync += g_x.eq(g_x + 1)
+                m.d.sync += [g_x.eq(g_x + 1), g_x_last.eq(g_x + 2 == layer_w.width)]
             m.d.sync += g_count.eq(g_count + 1)
             with m.If(end_of_plane):
                 m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(g_group + 1),

@@ -214,13 +214,19 @@ class WindowGenerator(wiring.Component):
         # bottom-right tap is at py) is inside when row_lo[i] <= py < row_hi[i], likewise columns; a window's
         # last row and column are those from last_py and last_px on.
         bound = signed(padded_h.shape().width + 2)
-        row_end, col_end = Signal(bound, name="row_end"), Signal(bound, name="col_end")
         row_lo = [Signal(bound, name=f"row_lo_{i}") for i in range(kmax)]
         row_hi = [Signal(bound, name=f"row_hi_{i}") for i in range(kmax)]
         col_lo = [Signal(bound, name=f"col_lo_{i}") for i in range(kmax)]
         col_hi = [Signal(bound, name=f"col_hi_{i}") for i in range(kmax)]
         tap_used = Signal(kmax, name="tap_used")
         last_py, last_px = Signal(bound, name="last_py"), Signal(bound, name="last_px")
+        # Whether the scanner's row and column are inside the map, as flags stepped with it: they gate the input's
+        # ``ready``, which the producer's output FIFO and counters wait on (compares there were the start of a
+        # path through the conv engine's output side). The flag turns on after position ``*_enter`` and off
+        # after ``*_leave``.
+        in_row, in_col = Signal(name="in_row"), Signal(name="in_col")
+        row_enter, row_leave = Signal(bound, name="row_enter"), Signal(bound, name="row_leave")
+        col_enter, col_leave = Signal(bound, name="col_enter"), Signal(bound, name="col_leave")
         with m.If(self.i_layer.valid & self.i_layer.ready):
             desc = self.i_layer.payload
             m.d.sync += [
@@ -229,9 +235,11 @@ class WindowGenerator(wiring.Component):
                 padded_w.eq(desc.width + desc.pad_left + desc.pad_right),
                 active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0),
                 row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
-                row_end.eq(desc.pad_top + desc.height), col_end.eq(desc.pad_left + desc.width),
                 last_py.eq(desc.height + desc.pad_top + desc.pad_bottom - desc.stride),
                 last_px.eq(desc.width + desc.pad_left + desc.pad_right - desc.stride),
+                in_row.eq(desc.pad_top == 0), in_col.eq(desc.pad_left == 0),
+                row_enter.eq(desc.pad_top - 1), row_leave.eq(desc.pad_top + desc.height - 1),
+                col_enter.eq(desc.pad_left - 1), col_leave.eq(desc.pad_left + desc.width - 1),
             ]
             for i in range(kmax):
                 m.d.sync += [row_lo[i].eq(desc.pad_top + desc.kernel - 1 - i),
@@ -241,8 +249,6 @@ class WindowGenerator(wiring.Component):
                              tap_used[i].eq(desc.kernel > i)]
 
         kernel = layer.kernel
-        in_row = (py >= layer.pad_top) & (py < row_end)
-        in_col = (px >= layer.pad_left) & (px < col_end)
         in_bounds = in_row & in_col
         x = Signal(range(cfg.max_width))
         m.d.comb += x.eq(px - layer.pad_left)
@@ -257,6 +263,18 @@ class WindowGenerator(wiring.Component):
         last_row = py == padded_h - 1
         last_group = group == layer.groups - 1
         with m.If(fire):
+            with m.If(last_col):
+                m.d.sync += in_col.eq(layer.pad_left == 0)
+                with m.If(last_row):
+                    m.d.sync += in_row.eq(layer.pad_top == 0)
+                with m.Elif(py == row_enter):
+                    m.d.sync += in_row.eq(1)
+                with m.Elif(py == row_leave):
+                    m.d.sync += in_row.eq(0)
+            with m.Elif(px == col_enter):
+                m.d.sync += in_col.eq(1)
+            with m.Elif(px == col_leave):
+                m.d.sync += in_col.eq(0)
             with m.If(last_col):
                 m.d.sync += [px.eq(0), col_wait.eq(kernel - 1)]
                 m.d.sync += row_wait.eq(Mux(row_wait == 0, layer.stride - 1, row_wait - 1))
