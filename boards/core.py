@@ -38,6 +38,8 @@ class BoardCore(wiring.Component):
         Number of status LEDs, at most ``len(LED_MEANINGS)``.
     heartbeat_cycles : int
         Clock cycles per half period of the heartbeat LED (``f_sys / 2`` blinks once a second).
+    registered_answer : bool
+        Passed to the :class:`~cnnacc.hw.serial_bridge.SerialBridge` (the ECP5 boards set it).
 
     Members
     -------
@@ -49,7 +51,8 @@ class BoardCore(wiring.Component):
         Status, see :data:`LED_MEANINGS`.
     """
 
-    def __init__(self, core, divisor, *, frame_words=256, leds=3, heartbeat_cycles=1 << 20):
+    def __init__(self, core, divisor, *, frame_words=256, leds=3, heartbeat_cycles=1 << 20,
+                 registered_answer=False):
         if not isinstance(leds, int) or not 0 <= leds <= len(LED_MEANINGS):
             raise ValueError(f"leds must be an integer from 0 to {len(LED_MEANINGS)}, not {leds!r}")
         if not isinstance(heartbeat_cycles, int) or heartbeat_cycles < 1:
@@ -58,6 +61,7 @@ class BoardCore(wiring.Component):
         self._divisor = divisor
         self._frame_words = frame_words
         self._heartbeat_cycles = heartbeat_cycles
+        self._registered_answer = registered_answer
         # Checked here (not at elaboration) so a bad divisor fails where the board is described.
         self._uart_rx = UartRx(divisor)
         self._uart_tx = UartTx(divisor)
@@ -85,7 +89,8 @@ class BoardCore(wiring.Component):
         # Four byte times of silence end a frame cut short: long enough that a host writing a frame in one
         # call never trips it, short enough that a NAK comes back well within the host's timeout.
         m.submodules.bridge = bridge = SerialBridge(max_words=self._frame_words,
-                                                    idle_timeout=self._divisor * 10 * 4)
+                                                    idle_timeout=self._divisor * 10 * 4,
+                                                    registered_answer=self._registered_answer)
         m.submodules.core = core = self._core
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.o_data, bridge.i_rx)

@@ -38,7 +38,8 @@ def _parts(config, board):
         "conv": lambda: ConvEngine(config),
         "array": lambda: SystolicArray(config),
         "pool": lambda: PoolEngine(config),
-        "bridge": lambda: SerialBridge(max_words=spec.frame_words, idle_timeout=40 * spec.uart_divisor(spec.f_sys)),
+        "bridge": lambda: SerialBridge(max_words=spec.frame_words, idle_timeout=40 * spec.uart_divisor(spec.f_sys),
+                                       registered_answer=spec.family == "ecp5"),
     }
 
 

@@ -73,7 +73,7 @@ class BoardTop(Elaboratable):
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart_pins.tx)
         m.submodules.board_core = board_core = BoardCore(
             self._core_factory(), board.uart_divisor(pll.f_out), frame_words=board.frame_words,
-            leds=board.leds, heartbeat_cycles=int(pll.f_out) // 2)
+            leds=board.leds, heartbeat_cycles=int(pll.f_out) // 2, registered_answer=board.family == "ecp5")
         m.d.comb += [board_core.rx.eq(rx_buf.i), tx_buf.o.eq(board_core.tx)]
         for i in range(board.leds):
             m.submodules[f"led_{i}"] = led = io.Buffer("o", platform.request("led", i, dir="-"))

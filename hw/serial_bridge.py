@@ -66,6 +66,10 @@ class SerialBridge(wiring.Component):
         Longest payload, in words, of a command frame and of an answer frame (a longer answer is cut to it).
     idle_timeout : int
         Clock cycles of silence that end a frame cut short (choose a few byte times).
+    registered_answer : bool
+        Register the answer memory's byte in logic before the sent byte's multiplexer, and wait a cycle more
+        before each byte (the ECP5 boards: the block RAM's clock-to-output and the multiplexer were too much of
+        a 125 MHz cycle).
 
     Members
     -------
@@ -81,13 +85,14 @@ class SerialBridge(wiring.Component):
         Set once a frame with a bad CRC has arrived (the link needed a retry); stays set.
     """
 
-    def __init__(self, max_words=256, idle_timeout=10_000):
+    def __init__(self, max_words=256, idle_timeout=10_000, *, registered_answer=False):
         if not isinstance(max_words, int) or not 2 <= max_words <= 65535:
             raise ValueError(f"max_words must be an integer from 2 to 65535, not {max_words!r}")
         if not isinstance(idle_timeout, int) or idle_timeout < 1:
             raise ValueError(f"idle_timeout must be a positive integer, not {idle_timeout!r}")
         self._max_words = max_words
         self._idle_timeout = idle_timeout
+        self._registered_answer = bool(registered_answer)
         super().__init__({
             "i_rx":     In(stream.Signature(8)),
             "o_tx":     Out(stream.Signature(8)),
@@ -116,6 +121,10 @@ class SerialBridge(wiring.Component):
         cmd_load = Signal()
         cmd_word = registered_read(m, cmd_rp, cmd_load, "cmd_word")
         answer_byte = registered_read(m, ans_rp, 1, "answer_byte")
+        if self._registered_answer:
+            answer_held = Signal(8, name="answer_held")
+            m.d.sync += answer_held.eq(answer_byte)
+            answer_byte = answer_held
 
         # The received byte is registered here first, with its compare against SYNC: the state machine's
         # decisions on a byte then start at flip-flops beside it, not at the UART's shift register (placed by
@@ -226,6 +235,13 @@ class SerialBridge(wiring.Component):
         # after its address changed, before valid rises again.
         settle = Signal()
         m.d.sync += settle.eq(0)
+        # With ``registered_answer`` a sent byte waits two cycles: the answer memory's read, then its register.
+        if self._registered_answer:
+            settled = Signal()
+            m.d.sync += settled.eq(settle)
+            tx_wait = settle | settled
+        else:
+            tx_wait = settle
         answered = Signal()         # the answer's last word was collected last cycle
 
         # ``timed_out`` is ``idle == idle_timeout`` as a register (the compare of a wide counter fed every state's
@@ -367,7 +383,7 @@ class SerialBridge(wiring.Component):
                 goto("NAK", "SEND")
 
         with m.If(state["SEND"]):
-            m.d.comb += self.o_tx.valid.eq(~settle)
+            m.d.comb += self.o_tx.valid.eq(~tx_wait)
             with m.If(settle):
                 # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
                 # last word of the payload, ``addr`` has stepped past the answer.
