@@ -170,13 +170,15 @@ class WindowGenerator(wiring.Component):
 
         layer = Signal(window_layer_layout(cfg, kmax))
         span_w = cfg.max_width + 2 * (kmax - 1)
-        padded_h = Signal(range(MAX_HEIGHT + 2 * kmax))
-        padded_w = Signal(range(span_w + 1))
+        # The last padded row and column (the padded map's height and width less one, registered so that the
+        # scanner's wrap compares take no adder).
+        py_max = Signal(range(MAX_HEIGHT + 2 * kmax), name="py_max")
+        px_max = Signal(range(span_w + 1), name="px_max")
 
         # Stage 0: the scanner's position in the padded map.
         active = Signal()
-        py = Signal.like(padded_h)
-        px = Signal.like(padded_w)
+        py = Signal.like(py_max, name="py")
+        px = Signal.like(px_max, name="px")
         group = Signal(16)
         write_row = Signal(range(kmax))              # row memory receiving padded row py (py mod kmax)
         row_wait = Signal(range(MAX_STRIDE + kmax))  # rows until the next row that ends a window
@@ -213,7 +215,7 @@ class WindowGenerator(wiring.Component):
         # flags' adders, compares and the scanner's enable were 14 ns of a cycle). Tap row i (of the window whose
         # bottom-right tap is at py) is inside when row_lo[i] <= py < row_hi[i], likewise columns; a window's
         # last row and column are those from last_py and last_px on.
-        bound = signed(padded_h.shape().width + 2)
+        bound = signed(py_max.shape().width + 2)
         row_lo = [Signal(bound, name=f"row_lo_{i}") for i in range(kmax)]
         row_hi = [Signal(bound, name=f"row_hi_{i}") for i in range(kmax)]
         col_lo = [Signal(bound, name=f"col_lo_{i}") for i in range(kmax)]
@@ -231,8 +233,8 @@ class WindowGenerator(wiring.Component):
             desc = self.i_layer.payload
             m.d.sync += [
                 layer.eq(desc),
-                padded_h.eq(desc.height + desc.pad_top + desc.pad_bottom),
-                padded_w.eq(desc.width + desc.pad_left + desc.pad_right),
+                py_max.eq(desc.height + desc.pad_top + desc.pad_bottom - 1),
+                px_max.eq(desc.width + desc.pad_left + desc.pad_right - 1),
                 active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0),
                 row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
                 last_py.eq(desc.height + desc.pad_top + desc.pad_bottom - desc.stride),
@@ -259,8 +261,8 @@ class WindowGenerator(wiring.Component):
             fire.eq(active & ~stall & (~in_bounds | self.i_pixels.valid)),
         ]
 
-        last_col = px == padded_w - 1
-        last_row = py == padded_h - 1
+        last_col = px == px_max
+        last_row = py == py_max
         last_group = group == layer.groups - 1
         with m.If(fire):
             with m.If(last_col):
