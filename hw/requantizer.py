@@ -17,10 +17,10 @@ zero point and clamp. Six register stages, one result per cycle per lane; the wh
 the output is held by back-pressure.
 
 Target ``"ecp5"`` (twelve stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
-and the last one writes a small FIFO in place of the output register (:func:`requant_fifo_depth`, same latency).
-The input is taken only while the FIFO has room for every beat in the pipeline, so back-pressure holds the input,
-not the lanes: on the ULX3S the output's ``ready`` would otherwise reach every one of their registers and
-multiplier blocks in one cycle.
+and the last one writes a small FIFO in place of the output register (:func:`requant_fifo_depth`, same latency;
+:func:`~.streamer.credit_fifo`). The input is taken only while the FIFO has room for every beat in the pipeline,
+so back-pressure holds the input, not the lanes: on the ULX3S the output's ``ready`` would otherwise reach every
+one of their registers and multiplier blocks in one cycle.
 
 Target ``"ice40"``: one serial lane for all the lanes
 -----------------------------------------------------
@@ -58,11 +58,11 @@ have; :func:`check_shifts` refuses it for that target and the compiler must call
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .dsp_ecp5 import (DSP_PRODUCT_SPLIT, DSP_PRODUCT_STAGES, booth_digit_count, booth_digits, dsp_product,
                        lut_product, lut_product_stages)
+from .streamer import credit_fifo
 
 __all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout",
            "requant_output_layout", "requant_interval", "requant_latency", "requant_extra_stages", "requant_fifo_depth",
@@ -278,22 +278,10 @@ class Requantizer(wiring.Component):
             # the input, and the many registers of the lanes never wait on the output's ``ready``.
             en = Const(1)
             out = Signal(requant_output_layout(self._lanes, self._tag_width))
-            depth = requant_fifo_depth(self._target)
-            m.submodules.out_fifo = fifo = SyncFIFO(width=out.shape().size, depth=depth)
-            m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid[-1]),
-                         self.o_data.valid.eq(fifo.r_rdy), self.o_data.payload.eq(fifo.r_data),
-                         fifo.r_en.eq(self.o_data.ready)]
-            # Beats taken in and beats read out, counted apart (modulo twice the depth): ``room`` sees the reads a
-            # cycle late, and the output's ``ready`` drives only a counter's enable.
-            entered, left = Signal(range(2 * depth), name="entered"), Signal(range(2 * depth), name="left")
-            room = Signal(init=1)
             taken = self.i_acc.valid & self.i_acc.ready
-            entered_next = Signal.like(entered, name="entered_next")
-            m.d.comb += entered_next.eq(entered + taken)
-            m.d.sync += [entered.eq(entered_next), room.eq((entered_next - left)[:len(entered)] < depth)]
-            with m.If(self.o_data.valid & self.o_data.ready):
-                m.d.sync += left.eq(left + 1)
-            m.d.comb += self.i_acc.ready.eq(room)
+            fifo, room = credit_fifo(m, "out_fifo", self.o_data, width=out.shape().size,
+                                     depth=requant_fifo_depth(self._target), reserve=taken, chunk=1)
+            m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid[-1]), self.i_acc.ready.eq(room)]
             m.d.sync += valid[0].eq(taken)
             output = out
         else:

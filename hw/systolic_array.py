@@ -21,8 +21,9 @@ Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which 
 target ``"ecp5"`` the array never stalls: the ``rows x cols`` PEs' registers and multiplier blocks of the ULX3S
 (some 14,000 flip-flops) would otherwise all wait on ``o_columns.ready`` in the cycle it arrives. Its finished
 columns go into a FIFO (:func:`column_fifo_depth`) in place of the output register, readable the cycle after as
-the register was, and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns;
-the beats before it keep entering, so a long back-pressure holds the input at the next ``last`` beat.
+the register was, and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns
+(:func:`~.streamer.credit_fifo`); the beats before it keep entering, so a long back-pressure holds the input at
+the next ``last`` beat.
 
 Target ``"ice40"`` (``config.target``, at most a few rows and columns: 4x4 on the iCEBreaker) is a different
 array with the same numbers, built for the iCE40UP5K's few logic cells:
@@ -54,12 +55,12 @@ chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one 
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .dsp import DualMac8
 from .dsp_ecp5 import Mult18x18D
+from .streamer import credit_fifo
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles",
            "column_fifo_depth"]
@@ -203,23 +204,12 @@ class SystolicArray(wiring.Component):
             # No enable (see the module docstring): a tile's last beat enters only with room reserved for its
             # columns in the output FIFO, so nothing in the array ever waits on ``o_columns.ready``.
             en = Const(1)
-            depth = column_fifo_depth(cfg)
             column = Signal(column_layout(cfg))
-            m.submodules.out_fifo = fifo = SyncFIFO(width=column.shape().size, depth=depth)
-            m.d.comb += [self.o_columns.valid.eq(fifo.r_rdy), self.o_columns.payload.eq(fifo.r_data),
-                         fifo.r_en.eq(self.o_columns.ready), fifo.w_data.eq(column)]
-            # Columns reserved and columns taken, counted apart (modulo twice the depth): ``room`` sees the takes
-            # a cycle late (it is then a little cautious), and the output's ``ready`` drives only a counter's
-            # enable, not an adder and a compare in front of the input's ``ready``.
-            reserved, taken = Signal(range(2 * depth), name="reserved"), Signal(range(2 * depth), name="taken")
-            room = Signal(init=1)
-            m.d.comb += self.i_beats.ready.eq(~beat.last | (spaced & room))
             take = self.i_beats.valid & self.i_beats.ready
-            reserved_next = Signal.like(reserved, name="reserved_next")
-            m.d.comb += reserved_next.eq(reserved + Mux(take & beat.last, cols, 0))
-            m.d.sync += [reserved.eq(reserved_next), room.eq((reserved_next - taken)[:len(reserved)] <= depth - cols)]
-            with m.If(self.o_columns.valid & self.o_columns.ready):
-                m.d.sync += taken.eq(taken + 1)
+            # A tile's columns are reserved as its last beat enters (streamer.credit_fifo).
+            fifo, room = credit_fifo(m, "out_fifo", self.o_columns, width=column.shape().size,
+                                     depth=column_fifo_depth(cfg), reserve=Mux(take & beat.last, cols, 0), chunk=cols)
+            m.d.comb += [fifo.w_data.eq(column), self.i_beats.ready.eq(~beat.last | (spaced & room))]
         else:
             en = Signal()
             m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
