@@ -116,8 +116,14 @@ def global_divider_steps(config):
     """Cycles the global-average divider spends on a plane: one a quotient bit, and on the ECP5 two more, one
     that first turns the plane's sum into the numerator and one that last negates the quotient of a negative
     sum."""
+    return _quotient_bits(config) + 2 * (config.target == "ecp5")
+
+
+def _quotient_bits(config):
+    """Bits of the global-average divider's numerator (a plane's largest sum of magnitudes, plus half the count)
+    and so of its quotient: one divider step each."""
     max_count = global_max_count(config)
-    return (max_count * 128 + max_count // 2).bit_length() + 2 * (config.target == "ecp5")
+    return (max_count * 128 + max_count // 2).bit_length()
 
 
 def pool_scan_start(config):
@@ -400,8 +406,7 @@ class PoolEngine(wiring.Component):
 
         # --- global average: per-plane sums, then a restoring divider per lane.
         max_count = global_max_count(cfg)
-        g_numer_max = max_count * 128 + max_count // 2
-        nbits = g_numer_max.bit_length()
+        nbits = _quotient_bits(cfg)
         g_x = Signal(range(cfg.max_width))
         g_y = Signal(16)
         g_count = Signal(range(max_count + 1))
