@@ -56,7 +56,7 @@ Single rounding with a positive shift (an effective scale above 1) needs a left 
 have; :func:`check_shifts` refuses it for that target and the compiler must call it.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -709,10 +709,13 @@ class Requantizer(wiring.Component):
         en_ops = []
         round3 = reg(64, "round3")
         hi3, lo3, can3 = reg(signed(65), "hi3"), reg(signed(66), "lo3"), reg(1, "can_sat3")
-        t1 = (total2 - 1)[:5]
-        en_ops += [round3.eq(Const(1, 64) << (total2 - 1)[:6]),
-                   hi3.eq(Const((1 << 32) - 1, 33) << t1),
-                   lo3.eq(Const(-((1 << 32) + 1), signed(34)) << t1),
+        # Tables of total2 (shifts by ``total2 - 1``, taken modulo 64 and 32 as the shifters did), not a
+        # decrement and three shifters: the decrement's carry chain then the decoders were over 8 ns there.
+        def table(values, index):
+            return Array(Const(v, signed(66)) for v in values)[index]
+        en_ops += [round3.eq(table([1 << ((t - 1) % 64) for t in range(64)], total2[:6])),
+                   hi3.eq(table([((1 << 32) - 1) << ((t - 1) % 32) for t in range(32)], total2[:5])),
+                   lo3.eq(table([-((1 << 32) + 1) << ((t - 1) % 32) for t in range(32)], total2[:5])),
                    can3.eq(total2 <= 32)]
         sum4, total4 = reg(signed(65), "sum4"), reg(range(63), "total4")
         sat_hi4, sat_lo4 = reg(1, "sat_hi4"), reg(1, "sat_lo4")
