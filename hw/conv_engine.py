@@ -651,7 +651,7 @@ class ConvEngine(wiring.Component):
                                      above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
                                          [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if walk else [])
 
-        if serial:
+        if walk:
             # A row step and a tile step as registers, from the layer (which holds still from the setup cycle; the
             # first move comes many cycles later): no multiplexer in front of the base adders.
             step, tile_step = Signal(flat_bits, name="row_step"), Signal(range(2 * cols + 1), name="tile_step")
@@ -715,7 +715,7 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [above.eq(moved_down(above, down)), room.eq(moved_down(room, down))]
                     def next_tile(base):
                         return [tile_base.eq(base), f0.eq(base), f0_row.eq(base)]
-                    if serial:
+                    if walk:
                         m.d.sync += next_tile(base_next)
                         with m.If(~span & cursor.wrap_row):
                             m.d.sync += row_base.eq(base_next)
