@@ -180,6 +180,7 @@ class WindowGenerator(wiring.Component):
         py = Signal.like(py_max, name="py")
         px = Signal.like(px_max, name="px")
         group = Signal(16)
+        last_group = Signal(name="last_group")       # group == groups - 1, stepped with group (no compare)
         write_row = Signal(range(kmax))              # row memory receiving padded row py (py mod kmax)
         row_wait = Signal(range(MAX_STRIDE + kmax))  # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE + kmax))
@@ -235,7 +236,7 @@ class WindowGenerator(wiring.Component):
                 layer.eq(desc),
                 py_max.eq(desc.height + desc.pad_top + desc.pad_bottom - 1),
                 px_max.eq(desc.width + desc.pad_left + desc.pad_right - 1),
-                active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0),
+                active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0), last_group.eq(desc.groups == 1),
                 row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
                 last_py.eq(desc.height + desc.pad_top + desc.pad_bottom - desc.stride),
                 last_px.eq(desc.width + desc.pad_left + desc.pad_right - desc.stride),
@@ -263,7 +264,6 @@ class WindowGenerator(wiring.Component):
 
         last_col = px == px_max
         last_row = py == py_max
-        last_group = group == layer.groups - 1
         with m.If(fire):
             with m.If(last_col):
                 m.d.sync += in_col.eq(layer.pad_left == 0)
@@ -282,7 +282,8 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += row_wait.eq(Mux(row_wait == 0, layer.stride - 1, row_wait - 1))
                 m.d.sync += write_row.eq(Mux(write_row == kmax - 1, 0, write_row + 1))
                 with m.If(last_row):
-                    m.d.sync += [py.eq(0), write_row.eq(0), row_wait.eq(kernel - 1), group.eq(group + 1)]
+                    m.d.sync += [py.eq(0), write_row.eq(0), row_wait.eq(kernel - 1), group.eq(group + 1),
+                                 last_group.eq(group + 2 == layer.groups)]
                     with m.If(last_group):
                         m.d.sync += active.eq(0)
                 with m.Else():
