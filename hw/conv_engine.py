@@ -830,7 +830,18 @@ class ConvEngine(wiring.Component):
         # --- output side: name each column, fetch its parameters, requantize ---------------------------------
         column = array.o_columns.payload
         taken = array.o_columns.valid & array.o_columns.ready
-        tile_done = taken & (column.col == cols - 1)
+        if buffered:
+            # The ECP5 engine counts the columns it takes (a tile's come in order, every one): the FIFO's data
+            # then reaches no ready and no enable (its column number, compared, ran into the FIFO's level).
+            column_no, column_last = Signal(range(cols), name="column_no"), Signal(name="column_last")
+            with m.If(setup):
+                m.d.sync += [column_no.eq(0), column_last.eq(cols == 1)]
+            with m.Elif(taken):
+                m.d.sync += [column_no.eq(Mux(column_last, 0, column_no + 1)),
+                             column_last.eq(Mux(column_last, cols == 1, column_no == cols - 2))]
+        else:
+            column_no, column_last = column.col, column.col == cols - 1
+        tile_done = taken & column_last
         out_block_o = Signal(range(self.param_depth))     # output channel block being drained
         # The tag names a result by its flat output pixel and channel block, just as wide as the layer needs.
         tag = Signal(data.StructLayout({"pixel": len(layer.out_h) + len(layer.out_w), "block": len(out_block_o)}))
@@ -923,14 +934,14 @@ class ConvEngine(wiring.Component):
             if walk:
                 # A tile's last column moves the output cursor, whose walker must be ready: its tiles are
                 # walker_tile_beats apart as the input side issued them, but back-pressure can close them up.
-                m.d.comb += array.o_columns.ready.eq(p_advance & (out_cursor.ready | (column.col != cols - 1)))
+                m.d.comb += array.o_columns.ready.eq(p_advance & (out_cursor.ready | ~column_last))
             else:
                 m.d.comb += array.o_columns.ready.eq(p_advance)
             param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
             param_data = _registered_read(m, params, param_addr, p_advance, "param_read")
             with m.If(p_advance):
-                m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column.col]),
-                             p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column.col),
+                m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column_no]),
+                             p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column_no),
                              tag.block.eq(out_block_o)]
             with m.If(setup):
                 m.d.sync += param_addr.eq(layer.param_base)
