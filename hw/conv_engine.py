@@ -241,10 +241,11 @@ class _TileCursor:
     into registers holding the next tile's columns, ready ``cols + 2`` cycles after the move (:attr:`ready`); the
     first tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are
     registered copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is
-    ``OW - 1`` (and ``span``), registered by the user (walk mode only).
+    ``OW - 1`` (and ``span``), registered by the user (walk mode only). With ``wrap_register`` (the ECP5) the
+    row wrap compares column 0's x with ``OW - cols``, a register, not ``x + cols`` with ``OW``.
     """
 
-    def __init__(self, m, layer, span, cols, name, walk=False, last_x=None):
+    def __init__(self, m, layer, span, cols, name, walk=False, last_x=None, wrap_register=False):
         width = len(layer.out_w)
         # A column's x runs past the row end by at most cols - 1 (masked) when tiles stay within rows.
         self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}") for c in range(cols)]
@@ -264,7 +265,13 @@ class _TileCursor:
             return ny, nx
 
         # Rows column 0 moves down to the next tile, and the next tile's column 0 (its row is then row 0).
-        wrap_row = self.ox[0] + cols >= layer.out_w
+        if wrap_register:
+            # The layer holds still from the setup cycle, and the first move comes many cycles later.
+            wrap_at = Signal(signed(max(len(layer.out_w), cols.bit_length()) + 1), name=f"{name}_wrap_at")
+            m.d.sync += wrap_at.eq(layer.out_w - cols)
+            wrap_row = self.ox[0] >= wrap_at
+        else:
+            wrap_row = self.ox[0] + cols >= layer.out_w
         after_last = step(self.dy[-1], self.ox[-1])
         self.rows_down = Signal(range(cols + 1), name=f"{name}_rows_down")
         first_x = Signal(len(self.ox[0]), name=f"{name}_next_ox")
@@ -519,7 +526,7 @@ class ConvEngine(wiring.Component):
             m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
 
         # --- input side: one beat per cycle ------------------------------------------------------------------
-        cursor = _TileCursor(m, layer, span, cols, "in", walk=walk, last_x=last_x)
+        cursor = _TileCursor(m, layer, span, cols, "in", walk=walk, last_x=last_x, wrap_register=buffered)
         m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
@@ -915,7 +922,7 @@ class ConvEngine(wiring.Component):
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
-            out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x)
+            out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x, wrap_register=buffered)
             out_block_last = (out_block_o + 1) * rows >= layer.out_c
             m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
             with m.If(tile_done):

@@ -180,7 +180,10 @@ class WindowGenerator(wiring.Component):
         py = Signal.like(py_max, name="py")
         px = Signal.like(px_max, name="px")
         group = Signal(16)
-        last_group = Signal(name="last_group")       # group == groups - 1, stepped with group (no compare)
+        # group == groups - 1 and group == groups - 2, stepped with group: the first at its steps (from the second),
+        # the second on every cycle (group moves at most once a plane), so the scanner's enables meet no compare.
+        last_group, second_last = Signal(name="last_group"), Signal(name="second_last_group")
+        m.d.sync += second_last.eq(group + 2 == layer.groups)
         write_row = Signal(range(kmax))              # row memory receiving padded row py (py mod kmax)
         row_wait = Signal(range(MAX_STRIDE + kmax))  # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE + kmax))
@@ -237,6 +240,7 @@ class WindowGenerator(wiring.Component):
                 py_max.eq(desc.height + desc.pad_top + desc.pad_bottom - 1),
                 px_max.eq(desc.width + desc.pad_left + desc.pad_right - 1),
                 active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0), last_group.eq(desc.groups == 1),
+                second_last.eq(desc.groups == 2),
                 row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
                 last_py.eq(desc.height + desc.pad_top + desc.pad_bottom - desc.stride),
                 last_px.eq(desc.width + desc.pad_left + desc.pad_right - desc.stride),
@@ -283,7 +287,7 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += write_row.eq(Mux(write_row == kmax - 1, 0, write_row + 1))
                 with m.If(last_row):
                     m.d.sync += [py.eq(0), write_row.eq(0), row_wait.eq(kernel - 1), group.eq(group + 1),
-                                 last_group.eq(group + 2 == layer.groups)]
+                                 last_group.eq(second_last)]
                     with m.If(last_group):
                         m.d.sync += active.eq(0)
                 with m.Else():
