@@ -61,7 +61,7 @@ def window_cycles(window, latency=WINDOW_LATENCY, per_plane=0, start=2):
 
 def global_divider_bits(config):
     """Cycles the global-average divider built for ``config`` spends on a plane: its quotient bits, and on the
-    ECP5 two more (:func:`cnnacc.hw.pool_engine.global_divider_steps`)."""
+    ECP5 three more (:func:`cnnacc.hw.pool_engine.global_divider_steps`)."""
     from ..hw.pool_engine import global_divider_steps
     return global_divider_steps(config)
 

@@ -113,10 +113,10 @@ def pool_extra_stages(config):
 
 
 def global_divider_steps(config):
-    """Cycles the global-average divider spends on a plane: one a quotient bit, and on the ECP5 two more, one
-    that first turns the plane's sum into the numerator and one that last negates the quotient of a negative
-    sum."""
-    return _quotient_bits(config) + 2 * (config.target == "ecp5")
+    """Cycles the global-average divider spends on a plane: one a quotient bit, and on the ECP5 three more: the
+    plane's last pixel entering the sum (its pixels are registered first), its sum turned into the numerator,
+    and last the quotient of a negative sum negated."""
+    return _quotient_bits(config) + 3 * (config.target == "ecp5")
 
 
 def _quotient_bits(config):
@@ -413,15 +413,17 @@ class PoolEngine(wiring.Component):
         g_group = Signal(16)
         g_sum = [Signal(signed((max_count * 128).bit_length() + 1), name=f"g_sum_{l}") for l in range(lanes)]
         div_busy = Signal()                          # dividing, or holding a quotient for the output
-        # On the ECP5 the divider's first step turns the plane's sum into the numerator (its sign off, half the
-        # count on: two carry chains after the sum's own, in one cycle, were 16 ns there): global_divider_steps.
-        # And its last step negates the quotient of a negative sum, before the clamp (a negation and the clamp's
-        # compares behind the quotient register were 10.6 ns there).
-        convert = finish = global_divider_steps(cfg) > nbits
+        # On the ECP5 (``staged``, global_divider_steps) the divider takes three more steps: the pixels are
+        # registered before they are summed, so the plane's last one enters the sum a step later (the block RAM,
+        # the source multiplexer and the sum's carry chain were 10.8 ns in one cycle); a step turns the plane's
+        # sum into the numerator (its sign off, half the count on: two carry chains after the sum's own were
+        # 16 ns); the last negates the quotient of a negative sum, before the clamp (a negation and the clamp's
+        # compares behind the quotient register were 10.6 ns).
         steps = global_divider_steps(cfg)
+        staged = steps > nbits
         div_step = Signal(range(steps + 1))
-        d_signed = [Signal(signed(nbits + 1), name=f"d_signed_{l}") for l in range(lanes)] if finish else None
-        d_total = [Signal.like(g_sum[l], name=f"d_total_{l}") for l in range(lanes)] if convert else None
+        d_signed = [Signal(signed(nbits + 1), name=f"d_signed_{l}") for l in range(lanes)] if staged else None
+        d_total = [Signal.like(g_sum[l], name=f"d_total_{l}") for l in range(lanes)] if staged else None
         div_last = Signal()
         divisor = Signal(range(max_count + 1))
         d_numer = [Signal(nbits, name=f"d_numer_{l}") for l in range(lanes)]
@@ -455,33 +457,46 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(g_group + 1),
                              div_busy.eq(1), div_step.eq(steps), divisor.eq(g_count + 1),
                              div_last.eq(g_group == layer_w.groups - 1)]
+                m.d.sync += [d.eq(0) for d in d_rem + d_quot]
                 with m.If(g_group == layer_w.groups - 1):
                     m.d.sync += g_feeding.eq(0)
+        if staged:
+            g_pixel = Signal.like(self.i_pixels.payload, name="g_pixel")
+            g_pixel_valid, g_pixel_last = Signal(name="g_pixel_valid"), Signal(name="g_pixel_last")
+            m.d.sync += g_pixel_valid.eq(pixel_in)
+            with m.If(pixel_in):
+                m.d.sync += [g_pixel.eq(self.i_pixels.payload), g_pixel_last.eq(end_of_plane)]
+            summed, summand, plane_end = g_pixel_valid, g_pixel, g_pixel_last
+        else:
+            summed, summand, plane_end = pixel_in, self.i_pixels.payload, end_of_plane
+        with m.If(summed):
             for lane in range(lanes):
                 total = Signal.like(g_sum[lane], name=f"g_total_{lane}")
-                m.d.comb += total.eq(g_sum[lane] + self.i_pixels.payload[lane])
+                m.d.comb += total.eq(g_sum[lane] + summand[lane])
                 m.d.sync += g_sum[lane].eq(total)
-                with m.If(end_of_plane):
-                    m.d.sync += [g_sum[lane].eq(0), d_neg[lane].eq(total < 0), d_rem[lane].eq(0),
-                                 d_quot[lane].eq(0)]
-                    if convert:
+                with m.If(plane_end):
+                    m.d.sync += [g_sum[lane].eq(0), d_neg[lane].eq(total < 0)]
+                    if staged:
                         m.d.sync += d_total[lane].eq(total)
                     else:
                         m.d.sync += d_numer[lane].eq(Mux(total < 0, -total, total) + ((g_count + 1) >> 1))
 
         dividing = Signal()
         m.d.comb += dividing.eq(div_busy & (div_step != 0))
-        if finish:
+        if staged:
+            with m.If(div_busy & (div_step == steps)):
+                # The plane's last pixel enters the sum (above).
+                m.d.comb += dividing.eq(0)
+                m.d.sync += div_step.eq(steps - 1)
             with m.If(div_busy & (div_step == 1)):
                 m.d.comb += dividing.eq(0)
                 m.d.sync += div_step.eq(0)
                 m.d.sync += [d_signed[lane].eq(Mux(d_neg[lane], -d_quot[lane], d_quot[lane]))
                              for lane in range(lanes)]
-        if convert:
             half = divisor >> 1
-            with m.If(div_busy & (div_step == steps)):
+            with m.If(div_busy & (div_step == steps - 1)):
                 m.d.comb += dividing.eq(0)
-                m.d.sync += div_step.eq(steps - 1)
+                m.d.sync += div_step.eq(steps - 2)
                 m.d.sync += [d_numer[lane].eq(Mux(d_neg[lane], half - d_total[lane], d_total[lane] + half))
                              for lane in range(lanes)]
         with m.If(dividing):
@@ -499,7 +514,7 @@ class PoolEngine(wiring.Component):
         global_result = []
         for lane in range(lanes):
             q = d_quot[lane]
-            global_result.append(_clamp(d_signed[lane] if finish else Mux(d_neg[lane], -q, q), qmin, qmax))
+            global_result.append(_clamp(d_signed[lane] if staged else Mux(d_neg[lane], -q, q), qmin, qmax))
 
         # --- the output register, shared by both paths.
         with m.If(o.valid & o.ready):
