@@ -278,7 +278,7 @@ class Accelerator(wiring.Component):
                                                 max_descriptor=max_descriptor_words(cfg), settle=SETTLE,
                                                 done_delay=1,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
-                                                mirror=mirror)
+                                                mirror=mirror, registered_read=cfg.target == "ecp5")
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 

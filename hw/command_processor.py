@@ -130,10 +130,14 @@ class CommandProcessor(wiring.Component):
         Cycles by which the engine side reports the end of an accepted run (``run.done``) after the run's last
         cycle (0 by default; a registered ``done`` is 1). The run's cycles are counted to its end, not to the
         report. A rejection is still answered in the start cycle.
+    registered_read : bool, optional
+        ``READ`` registers each word from the memories (a cycle more per word) before it goes out on ``o_host``
+        (the ECP5: a block RAM's clock-to-output and the memories' and answer's multiplexers were too much of a
+        125 MHz cycle).
     """
 
     def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=(),
-                 settle=1, done_delay=0):
+                 settle=1, done_delay=0, registered_read=False):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
@@ -146,6 +150,7 @@ class CommandProcessor(wiring.Component):
         if done_delay not in (0, 1):
             raise ValueError(f"done_delay must be 0 or 1, not {done_delay!r}")
         self._done_delay = done_delay
+        self._registered_read = bool(registered_read)
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
         all_bits = (1 << (32 * self._max_descriptor)) - 1
         self._keep = all_bits if keep is None else int(keep) & all_bits
@@ -542,14 +547,22 @@ class CommandProcessor(wiring.Component):
 
             with m.State("READ_FETCH"):
                 m.d.comb += self.mem.r_en.eq(1)
-                m.next = "READ_WORD"
+                m.next = "READ_LATCH" if self._registered_read else "READ_WORD"
+
+            if self._registered_read:
+                read_word = Signal(32, name="read_word")
+                with m.State("READ_LATCH"):
+                    m.d.sync += read_word.eq(self.mem.r_data)
+                    m.next = "READ_WORD"
+            else:
+                read_word = self.mem.r_data
 
             with m.State("READ_WORD"):
-                # A synchronous read port holds its data while its enable is low, so the word stays valid
-                # for as long as the host is not ready.
+                # A synchronous read port holds its data while its enable is low (and the latched word is a
+                # register), so the word stays valid for as long as the host is not ready.
                 m.d.comb += [
                     self.o_host.valid.eq(1),
-                    self.o_host.payload.data.eq(self.mem.r_data),
+                    self.o_host.payload.data.eq(read_word),
                     self.o_host.payload.last.eq(remaining_one),
                 ]
                 with m.If(self.o_host.ready):

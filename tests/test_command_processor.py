@@ -28,10 +28,15 @@ class Harness(wiring.Component):
     i_host: In(stream.Signature(WORD_LAYOUT))
     o_host: Out(stream.Signature(WORD_LAYOUT))
 
+    def __init__(self, registered_read=False):
+        self._registered_read = registered_read
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4,
-                                                engine_written=[MemoryId.WEIGHTS])
+                                                engine_written=[MemoryId.WEIGHTS],
+                                                registered_read=self._registered_read)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
         m.submodules.memories = memories = MemoryMap(SPECS)
@@ -53,9 +58,9 @@ class Harness(wiring.Component):
         return m
 
 
-def simulate(commands, seed=0, bubble=0.3, stall=0.3):
+def simulate(commands, seed=0, bubble=0.3, stall=0.3, registered_read=False):
     """Send each command (a list of words, or (words, last_flags)) and collect each answer."""
-    dut = Harness()
+    dut = Harness(registered_read)
     rng = random.Random(seed)
     answers = []
 
@@ -81,8 +86,9 @@ def simulate(commands, seed=0, bubble=0.3, stall=0.3):
     return answers
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_write_read_round_trip(seed):
+# registered_read: the ECP5's command processor, which registers each word read before it answers with it.
+@pytest.mark.parametrize("seed, registered_read", [(0, False), (1, False), (2, True)])
+def test_write_read_round_trip(seed, registered_read):
     rng = np.random.default_rng(seed)
     data_a = rng.integers(0, 1 << 32, size=20).tolist()
     data_w = rng.integers(0, 1 << 32, size=8).tolist()
@@ -92,7 +98,7 @@ def test_write_read_round_trip(seed):
         protocol.encode_read(MemoryId.ACT_A, 5, 20),
         protocol.encode_read(MemoryId.WEIGHTS, 3, 5),
         protocol.encode_read(MemoryId.ACT_A, 0, 0),
-    ], seed=seed)
+    ], seed=seed, registered_read=registered_read)
     assert protocol.decode_response(answers[0], Opcode.WRITE) == []
     assert protocol.decode_response(answers[1], Opcode.WRITE) == []
     assert protocol.decode_response(answers[2], Opcode.READ, 20) == data_a
