@@ -4,7 +4,7 @@
 :func:`credit_fifo` is the output FIFO of a pipeline that never waits on its consumer (the ECP5 array and
 requantizer): it admits work only against room reserved for its results."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -16,19 +16,22 @@ __all__ = ["transfer_layout", "MemoryReader", "MemoryWriter", "credit_fifo"]
 
 def credit_fifo(m, name, output, *, width, depth, reserve, chunk):
     """A FIFO of ``depth`` words of ``width`` bits in front of the stream ``output``, for a pipeline with no
-    enable: the pipeline reserves room for ``reserve`` results (a value, at most ``chunk``) in the cycle it takes
-    the work that makes them, and takes work only while ``room`` (returned with the FIFO, whose ``w_data`` and
-    ``w_en`` the caller drives) is high. Reservations and reads are counted apart (modulo twice the depth), and
-    ``room`` is a register that sees the reads a cycle late (it is then a little cautious): the consumer's
-    ``ready`` drives only a counter's enable, not an adder and a compare in front of the pipeline's input."""
+    enable: the pipeline reserves room for ``chunk`` results (``reserve`` high) in the cycle it takes the work that
+    makes them, and takes work only while ``room`` (returned with the FIFO, whose ``w_data`` and ``w_en`` the
+    caller drives) is high. Reservations and reads are counted apart (modulo twice the depth), and ``room`` is a
+    register that sees the reads a cycle late (it is then a little cautious): the consumer's ``ready`` drives only
+    a counter's enable, not an adder and a compare in front of the pipeline's input. Both of the next ``room``'s
+    values are compared from registers, so ``reserve`` (a late signal, the pipeline's handshake) only picks one."""
     m.submodules[name] = fifo = SyncFIFO(width=width, depth=depth)
     m.d.comb += [output.valid.eq(fifo.r_rdy), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
     reserved = Signal(range(2 * depth), name=f"{name}_reserved")
     read = Signal(range(2 * depth), name=f"{name}_read")
-    reserved_next = Signal.like(reserved, name=f"{name}_reserved_next")
+    used = Signal.like(reserved, name=f"{name}_used")
     room = Signal(init=1, name=f"{name}_room")
-    m.d.comb += reserved_next.eq(reserved + reserve)
-    m.d.sync += [reserved.eq(reserved_next), room.eq((reserved_next - read)[:len(reserved)] <= depth - chunk)]
+    m.d.comb += used.eq(reserved - read)
+    m.d.sync += room.eq(Mux(reserve, used <= depth - 2 * chunk, used <= depth - chunk))
+    with m.If(reserve):
+        m.d.sync += reserved.eq(reserved + chunk)
     with m.If(output.valid & output.ready):
         m.d.sync += read.eq(read + 1)
     return fifo, room

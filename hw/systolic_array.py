@@ -208,7 +208,7 @@ class SystolicArray(wiring.Component):
             take = self.i_beats.valid & self.i_beats.ready
             # A tile's columns are reserved as its last beat enters (streamer.credit_fifo).
             fifo, room = credit_fifo(m, "out_fifo", self.o_columns, width=column.shape().size,
-                                     depth=column_fifo_depth(cfg), reserve=Mux(take & beat.last, cols, 0), chunk=cols)
+                                     depth=column_fifo_depth(cfg), reserve=take & beat.last, chunk=cols)
             m.d.comb += [fifo.w_data.eq(column), self.i_beats.ready.eq(~beat.last | (spaced & room))]
         else:
             en = Signal()
