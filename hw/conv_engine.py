@@ -767,6 +767,29 @@ class ConvEngine(wiring.Component):
         # Reset-less: they mean something only with s1_valid, which has the reset. The ECP5 engine registers the
         # five terms of each (below) and ANDs them in stage 2: compares and their AND in one stage were 11 ns.
         inside = [Signal(5 if buffered else 1, name=f"inside_{c}", reset_less=True) for c in range(cols)]
+        def inside_terms(c):
+            """Column ``c``'s tap-inside flag (on the ECP5 its five terms), from the counters."""
+            if walk:
+                dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
+                oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
+                m.d.comb += [dys.eq(cursor.dy[c] << layer.stride2), oxs.eq(cursor.ox[c] << layer.stride2)]
+                # On the iCE40, kept wires: yosys's ABC otherwise fed the stage's enable (the terms are assigned
+                # under it there, below) into the compare chains' inputs, a detour of three LUTs through the
+                # array's handshake on nextpnr's critical path.
+                terms = [Signal(name=f"inside_{c}_{t}", attrs={"keep": 1} if serial else {}) for t in range(5)]
+                m.d.comb += [t.eq(v) for t, v in zip(terms, (cursor.pixel_valid[c], dys >= row_lo,
+                                                              dys < row_hi, oxs >= col_lo, oxs < col_hi))]
+                return Cat(terms) if buffered else Cat(terms).all()
+            tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
+            tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
+            m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky_rel),
+                         tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
+            return (cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height) & ~tap_x[-1] & (tap_x < layer.in_w))
+
+        # The terms are computed outside the stage's enable: assigned under it, they are 0 while ``adv`` is low,
+        # which puts the array's handshake in front of every compare. The iCE40 keeps them under it: its
+        # placement (41.5 MHz at seed 1) was found with them there, and moving them lost it (38.6 MHz).
+        inside_next = None if serial else [inside_terms(c) for c in range(cols)]
         with m.If(adv):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq(tile_first), s1_last.eq(tile_last)]
             if buffered:
@@ -774,23 +797,7 @@ class ConvEngine(wiring.Component):
             for c in range(cols):
                 if not buffered:
                     m.d.sync += select[c].eq((f0 + (c << layer.stride2))[:lg_nb])
-                if walk:
-                    dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
-                    oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
-                    m.d.comb += [dys.eq(cursor.dy[c] << layer.stride2), oxs.eq(cursor.ox[c] << layer.stride2)]
-                    # Kept wires: yosys's ABC otherwise fed the stage's enable into the compare chains' inputs,
-                    # a detour of three LUTs through the array's handshake on nextpnr's critical path.
-                    terms = [Signal(name=f"inside_{c}_{t}", attrs={"keep": 1}) for t in range(5)]
-                    m.d.comb += [t.eq(v) for t, v in zip(terms, (cursor.pixel_valid[c], dys >= row_lo,
-                                                                  dys < row_hi, oxs >= col_lo, oxs < col_hi))]
-                    m.d.sync += inside[c].eq(Cat(terms) if buffered else Cat(terms).all())
-                    continue
-                tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
-                tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")
-                m.d.comb += [tap_y.eq((cursor.dy[c] << layer.stride2) + ky_rel),
-                             tap_x.eq((cursor.ox[c] << layer.stride2) + kx_rel)]
-                m.d.sync += inside[c].eq(cursor.pixel_valid[c] & ~tap_y[-1] & (tap_y < height)
-                                         & ~tap_x[-1] & (tap_x < layer.in_w))
+                m.d.sync += inside[c].eq(inside_terms(c) if serial else inside_next[c])
         if buffered:
             # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3: the banks rotated by
             # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both move with ``adv``, as
