@@ -759,7 +759,8 @@ class ConvEngine(wiring.Component):
             kx_rel = Signal(signed(len(layer.kernel_w) + 1))
             m.d.comb += kx_rel.eq(kx - layer.pad_left)
         # Which bank each column takes: bank ``(f0 + c * stride) mod NB``. The ECP5 engine keeps only the rotation
-        # ``f0 mod NB``, shared by the columns (the banks are rotated by it, below); the others a select a column.
+        # ``f0 mod NB``, shared by the columns (the banks are rotated by it, below); the other targets keep a select
+        # for each column.
         if buffered:
             rotation = Signal(lg_nb, name="rotation", reset_less=True)
         else:
@@ -802,9 +803,9 @@ class ConvEngine(wiring.Component):
             # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3: the banks rotated by
             # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both move with ``adv``, as
             # stage 1: one enable for the input side. The rest of the rotation, the stride's pick and the padding
-            # are left to the array's input register. A rotator where each column had a 32-to-1 multiplexer: the
-            # banks' bytes reach a few neighbours each, not 16 columns (that crossbar was nextpnr-ecp5's worst
-            # congestion, docs/decisions.md session 12).
+            # are left to the array's input register. The rotator replaced a 32-to-1 multiplexer a column: each
+            # bank byte now reaches a few neighbours, not 16 columns (that crossbar was nextpnr-ecp5's worst
+            # congestion, docs/decisions.md sessions 11 and 12).
             lo = lg_nb - lg_nb // 2
             s2_first, s2_last = Signal(name="s2_first"), Signal(name="s2_last")
             s3_first, s3_last = Signal(name="s3_first"), Signal(name="s3_last")
