@@ -310,6 +310,10 @@ class WindowGenerator(wiring.Component):
             ]
             rows.append(rd.data)
 
+        # Memory holding tap row i: (py - kernel + 1 + i) mod kmax, from write_row = py mod kmax (outside the
+        # scanner's enable: assigned under it, it would bring the enable in front of the subtraction).
+        row_sel = [Signal(signed(write_row.shape().width + 5), name=f"row_sel_{i}") for i in range(kmax)]
+        m.d.comb += [row_sel[i].eq(write_row - kernel + 1 + i) for i in range(kmax)]
         # Flags for the window whose bottom-right tap is (py, px); registered into stage 1.
         with m.If(~stall):
             m.d.sync += s1_valid.eq(fire)
@@ -327,10 +331,7 @@ class WindowGenerator(wiring.Component):
                     s1_row_valid[i].eq(tap_used[i] & (py >= row_lo[i]) & (py < row_hi[i])),
                     s1_col_valid[i].eq(tap_used[i] & (px >= col_lo[i]) & (px < col_hi[i])),
                 ]
-                # Memory holding tap row i: (py - kernel + 1 + i) mod kmax, from write_row = py mod kmax.
-                sel = Signal(signed(write_row.shape().width + 5), name=f"row_sel_{i}")
-                m.d.comb += sel.eq(write_row - kernel + 1 + i)
-                m.d.sync += s1_row_sel[i].eq(Mux(sel < 0, sel + kmax, sel))
+                m.d.sync += s1_row_sel[i].eq(Mux(row_sel[i] < 0, row_sel[i] + kmax, row_sel[i]))
 
         if buffered:
             # Stage 2 (ECP5): stage 1 and the rows it read, registered (one enable with the other stages).
@@ -353,6 +354,19 @@ class WindowGenerator(wiring.Component):
         # kernel - 1, the zero point where it is outside the map; columns from kernel on hold the zero point.
         outside = Signal(pix, name="outside")
         m.d.comb += [outside[lane].eq(layer.zero_point) for lane in range(cfg.lanes)]
+        # The entering column, computed outside the stage's enable (assigned under it, it would be 0 while the
+        # output stalls, putting the handshake in front of the column's multiplexers).
+        entering = []
+        for i in range(kmax):
+            column_tap = Signal(pix, name=f"column_tap_{i}")
+            with m.Switch(s1_row_sel[i]):
+                for r in range(kmax):
+                    with m.Case(r):
+                        m.d.comb += column_tap.eq(rows[r])
+            with m.If(kernel == i + 1):
+                m.d.comb += column_tap.eq(s1_pixel)
+            entering.append(Signal(pix, name=f"entering_{i}"))
+            m.d.comb += entering[i].eq(Mux(s1_row_valid[i] & s1_col_in, column_tap, outside))
         with m.If(~stall):
             m.d.sync += o.valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
@@ -361,18 +375,9 @@ class WindowGenerator(wiring.Component):
                     o.payload.last_in_group.eq(s1_last_in_group), o.payload.last.eq(s1_last),
                 ]
                 for i in range(kmax):
-                    column_tap = Signal(pix, name=f"column_tap_{i}")
-                    with m.Switch(s1_row_sel[i]):
-                        for r in range(kmax):
-                            with m.Case(r):
-                                m.d.comb += column_tap.eq(rows[r])
-                    with m.If(kernel == i + 1):
-                        m.d.comb += column_tap.eq(s1_pixel)
-                    entering = Signal(pix, name=f"entering_{i}")
-                    m.d.comb += entering.eq(Mux(s1_row_valid[i] & s1_col_in, column_tap, outside))
                     for j in range(kmax):
                         shifted = window[i][j + 1] if j + 1 < kmax else outside
-                        m.d.sync += window[i][j].eq(Mux(kernel == j + 1, entering,
+                        m.d.sync += window[i][j].eq(Mux(kernel == j + 1, entering[i],
                                                         Mux(tap_used[j], shifted, outside)))
 
         m.d.comb += [o.payload.row_valid.eq(row_valid), o.payload.col_valid.eq(col_valid)]
