@@ -1,6 +1,6 @@
-"""A quick ESTIMATE of an iCE40 design's placed timing, read from yosys's netlist (no place and route).
+"""A quick ESTIMATE of a design's placed timing, read from yosys's netlist (no place and route).
 
-``python -m cnnacc.boards.timing icebreaker PART [--top N] [--period NS] [--path PATTERN]`` synthesizes one part
+``python -m cnnacc.boards.timing BOARD PART [--top N] [--period NS] [--path PATTERN]`` synthesizes one part
 of the board's accelerator as ``python -m cnnacc.boards.parts`` does (boards/parts.py: same yosys flow, same
 ``INIT_SCRIPT``) and lists its slowest register-to-register paths, grouped by source and endpoint register:
 
@@ -14,6 +14,14 @@ The delays (the constants below) are a rough reading of nextpnr's iCE40 UltraPlu
 charged the same routing delay, whatever its fan-out and wherever the placer puts its ends. On the iCEBreaker
 design at 97% of the logic cells the estimate came within about 1 ns of nextpnr's worst routed path. It is an
 estimate for finding paths, not a sign-off: nextpnr's report (``cnnacc build``) is the only Fmax to quote.
+
+The ECP5 (the ULX3S) has a model of its own, :data:`ECP5` (:class:`DelayModel`), read from the routed paths of
+nextpnr-ecp5's speed grade 6 on the ULX3S build: there placement, not logic, decides most paths (a routed net
+took 0.8 to 1.6 ns, and the design's worst routed paths ran 5 to 10 ns beyond this estimate), so it ranks paths
+by their logic and says little of the Fmax. Its cells: ``TRELLIS_FF``, ``LUT4``, ``PFUMX`` and ``L6MUX21`` (a
+slice's wide-LUT multiplexers: their ``ALUT``/``BLUT``/``D0``/``D1`` inputs come from the same slice, unrouted),
+``CCU2C`` (carry chains), ``TRELLIS_DPR16X4`` (distributed RAM: written as a register, read through ``RAD``
+combinationally), ``DP16KD`` and ``MULT18X18D``.
 
 The model, per net of yosys's JSON netlist after ``synth_ice40``:
 
@@ -41,8 +49,9 @@ from pathlib import Path
 from .build import BOARDS, BuildError
 from .parts import PARTS, synth_part
 
-__all__ = ["CLOCK_TO_OUT", "BLOCK_CLOCK_TO_OUT", "LUT", "ROUTE", "CARRY", "CARRY_IN", "SETUP",
-           "Hop", "Endpoint", "Group", "estimate", "group_endpoints", "register_name", "estimate_part", "main"]
+__all__ = ["CLOCK_TO_OUT", "BLOCK_CLOCK_TO_OUT", "LUT", "ROUTE", "CARRY", "CARRY_IN", "SETUP", "DelayModel",
+           "ICE40", "ECP5", "MODELS", "Hop", "Endpoint", "Group", "estimate", "group_endpoints", "register_name",
+           "estimate_part", "main"]
 
 
 # Delays in ns: a rough reading of nextpnr's iCE40 UltraPlus (UP5K) timing model, checked against nextpnr's
@@ -55,17 +64,51 @@ CARRY = 0.3                 #: CI to CO, a bit of a carry chain
 CARRY_IN = 0.7              #: a routed I0/I1 into a carry, to its CO (the net itself costs ROUTE)
 SETUP = 0.5                 #: setup at a flip-flop or block input
 
-# The clock inputs of each kind of sequential cell; every other input of theirs is an endpoint.
-_CLOCKS = {"SB_DFF": ("C",), "SB_RAM40_4K": ("RCLK", "RCLKN", "WCLK", "WCLKN"), "SB_MAC16": ("CLK",),
-           "SB_SPRAM256KA": ("CLOCK",)}
 
 
-def _kind(cell_type):
-    """The :data:`_CLOCKS` key of a sequential cell type (``SB_DFFESR`` -> ``SB_DFF``), else ``None``."""
-    for kind in _CLOCKS:
-        if cell_type.startswith(kind):
-            return kind
-    return None
+@dataclass(frozen=True)
+class DelayModel:
+    """One family's delays (ns) and sequential cells, for :func:`estimate`.
+
+    ``clocks`` maps each kind of sequential cell (a cell type prefix) to its clock inputs, every other input of
+    which is an endpoint; ``flip_flop`` is the kind whose output arrives ``clock_to_out`` after the clock, every
+    other kind's ``block_clock_to_out`` later still. ``async_read`` maps a sequential kind whose output also
+    follows some inputs combinationally (distributed RAM) to those inputs' port prefix and their delay."""
+    family: str
+    clock_to_out: float
+    block_clock_to_out: float
+    lut: float
+    route: float
+    carry: float
+    carry_in: float
+    setup: float
+    flip_flop: str
+    clocks: dict
+    mux: float = 0.0
+    async_read: dict = field(default_factory=dict)
+
+    def kind(self, cell_type):
+        """The :attr:`clocks` key of a sequential cell type (``SB_DFFESR`` -> ``SB_DFF``), else ``None``."""
+        for kind in self.clocks:
+            if cell_type.startswith(kind):
+                return kind
+        return None
+
+
+#: The iCE40 UltraPlus: the module's constants above.
+ICE40 = DelayModel(family="ice40", clock_to_out=CLOCK_TO_OUT, block_clock_to_out=BLOCK_CLOCK_TO_OUT, lut=LUT,
+                   route=ROUTE, carry=CARRY, carry_in=CARRY_IN, setup=SETUP, flip_flop="SB_DFF",
+                   clocks={"SB_DFF": ("C",), "SB_RAM40_4K": ("RCLK", "RCLKN", "WCLK", "WCLKN"), "SB_MAC16": ("CLK",),
+                           "SB_SPRAM256KA": ("CLOCK",)})
+
+#: The ECP5 at speed grade 6, from nextpnr-ecp5's routed paths on the ULX3S (clock to Q 0.52 ns, a LUT 0.24, a
+#: carry 0.07 a cell and 0.45 from a routed input, routed nets 0.8 to 1.6 ns; a DP16KD's output about 4 ns after
+#: its clock, the conv engine's measurement). An ESTIMATE that ranks paths (see the module's docstring).
+ECP5 = DelayModel(family="ecp5", clock_to_out=0.52, block_clock_to_out=3.5, lut=0.25, route=1.2, carry=0.07,
+                  carry_in=0.45, setup=0.2, flip_flop="TRELLIS_FF", mux=0.15,
+                  clocks={"TRELLIS_FF": ("CLK",), "DP16KD": ("CLKA", "CLKB"),
+                          "MULT18X18D": ("CLK0", "CLK1", "CLK2", "CLK3"), "TRELLIS_DPR16X4": ("WCK",)},
+                  async_read={"TRELLIS_DPR16X4": ("RAD", 0.6)})
 
 
 @dataclass(frozen=True)
@@ -128,7 +171,8 @@ def _net_names(module):
 class _Timing:
     """Arrival times of the nets of one module, computed on demand and kept in :attr:`arrivals`."""
 
-    def __init__(self, module):
+    def __init__(self, module, model=ICE40):
+        self.model = model
         self.cells = module.get("cells", {})
         self.drivers = {}           # net bit -> (cell name, output port)
         self.names = _net_names(module)
@@ -136,7 +180,7 @@ class _Timing:
             directions = cell.get("port_directions")
             if directions is None:
                 raise ValueError(f"cell {name!r} ({cell['type']}) has no port directions: not a yosys netlist of "
-                                 f"mapped iCE40 cells")
+                                 f"mapped {model.family} cells")
             for port, bits in cell["connections"].items():
                 if directions.get(port) == "output":
                     for bit in bits:
@@ -146,28 +190,49 @@ class _Timing:
         self.arrivals = {}
 
     def _inputs(self, cell):
-        """``(port, bit)`` for each non-constant input bit of ``cell``."""
+        """``(port, bit)`` for each non-constant input bit of ``cell`` that its outputs follow combinationally."""
         directions = cell["port_directions"]
+        read = self.model.async_read.get(self.model.kind(cell["type"]) or "")
         return [(port, bit) for port, bits in cell["connections"].items() if directions.get(port) == "input"
-                for bit in bits if isinstance(bit, int)]
+                and (read is None or port.startswith(read[0])) for bit in bits if isinstance(bit, int)]
 
     def _edge(self, cell_type, port, bit):
         """The delay from input ``bit`` on ``port`` of a combinational cell to its output."""
-        from_carry = self.drivers.get(bit, ("", ""))[1] == "CO"
+        model = self.model
+        from_port = self.drivers.get(bit, ("", ""))[1]
         if cell_type == "SB_CARRY":
-            return CARRY if port == "CI" and from_carry else CARRY_IN + ROUTE
-        return LUT + (0.0 if port == "I3" and from_carry else ROUTE)
+            return model.carry if port == "CI" and from_port == "CO" else model.carry_in + model.route
+        if cell_type == "CCU2C":
+            # Along the chain (COUT into CIN) a cell's carry; from a routed input, into the chain.
+            return model.carry if port == "CIN" and from_port == "COUT" else model.carry_in + model.route
+        if cell_type in ("PFUMX", "L6MUX21"):
+            # A slice's multiplexers: their data inputs come from the slice's own LUTs (or the PFUMX beside).
+            return model.mux + (0.0 if port in ("ALUT", "BLUT", "D0", "D1") else model.route)
+        read = model.async_read.get(model.kind(cell_type) or "")
+        if read is not None:
+            return read[1] + model.route
+        return model.lut + (0.0 if port == "I3" and from_port == "CO" else model.route)
 
     def _start(self, bit):
-        """The arrival of ``bit`` if a path starts there, else ``None`` (it is a combinational cell's output)."""
+        """The arrival of ``bit`` if a path starts there, else ``None`` (it is a combinational cell's output, or
+        a distributed RAM's, which :meth:`arrival` takes from its read address as well)."""
         if bit not in self.drivers:
             return (0.0, self.names.get(bit, str(bit)), "input", None)
         name, _ = self.drivers[bit]
         cell_type = self.cells[name]["type"]
-        kind = _kind(cell_type)
-        if kind is None:
+        kind = self.model.kind(cell_type)
+        if kind is None or kind in self.model.async_read:
             return None
-        return (CLOCK_TO_OUT + (BLOCK_CLOCK_TO_OUT if kind != "SB_DFF" else 0.0), name, cell_type, None)
+        return self._launch(name, cell_type, kind)
+
+    def _launch(self, name, cell_type, kind):
+        """A path's start at sequential cell ``name`` (a distributed RAM's: its stored word, read)."""
+        model = self.model
+        if kind in model.async_read:
+            later = model.async_read[kind][1]
+        else:
+            later = model.block_clock_to_out if kind != model.flip_flop else 0.0
+        return (model.clock_to_out + later, name, cell_type, None)
 
     def arrival(self, bit):
         """``(arrival, source, source type, input bit)`` of net ``bit``; depth-first without recursion (carry
@@ -194,10 +259,14 @@ class _Timing:
                 open_bits.add(top)
                 stack.extend(pending)
                 continue
-            best = (0.0, None, "constant", None)        # no input but constants
+            kind = self.model.kind(cell["type"])
+            # A distributed RAM's stored word is there from its write clock on; a cell fed by constants only
+            # settles at once (and any input of another cell replaces that).
+            stored = kind is not None
+            best = self._launch(name, cell["type"], kind) if stored else (0.0, None, "constant", None)
             for port, b in inputs:
                 time = self.arrivals[b][0] + self._edge(cell["type"], port, b)
-                if best[3] is None or time > best[0]:
+                if (best[3] is None and not stored) or time > best[0]:
                     best = (time, self.arrivals[b][1], self.arrivals[b][2], b)
             self.arrivals[top] = best
             open_bits.discard(top)
@@ -217,20 +286,23 @@ class _Timing:
 
     def endpoints(self):
         found = []
+        model = self.model
         for name, cell in self.cells.items():
-            kind = _kind(cell["type"])
+            kind = model.kind(cell["type"])
             if kind is None:
                 continue
             directions = cell["port_directions"]
+            read = model.async_read.get(kind)
             for port, bits in cell["connections"].items():
-                if directions.get(port) != "input" or port in _CLOCKS[kind]:
+                if (directions.get(port) != "input" or port in model.clocks[kind]
+                        or (read is not None and port.startswith(read[0]))):
                     continue
                 for index, bit in enumerate(bits):
                     if not isinstance(bit, int):
                         continue
                     time, source, source_type, _ = self.arrival(bit)
-                    found.append(Endpoint(round(time + ROUTE + SETUP, 6), name, cell["type"], port, index, source,
-                                          source_type, self))
+                    found.append(Endpoint(round(time + model.route + model.setup, 6), name, cell["type"], port, index,
+                                          source, source_type, self))
         return found
 
 
@@ -243,8 +315,8 @@ def _top_module(netlist):
     return marked[0] if marked else max(modules.values(), key=lambda m: len(m.get("cells", {})))
 
 
-def estimate(netlist, *, module=None):
-    """Endpoints of a yosys JSON netlist (a ``dict``, after ``synth_ice40``), latest first.
+def estimate(netlist, *, module=None, model=ICE40):
+    """Endpoints of a yosys JSON netlist (a ``dict``, after ``synth_ice40`` or ``synth_ecp5``), latest first.
 
     Parameters
     ----------
@@ -252,6 +324,8 @@ def estimate(netlist, *, module=None):
         yosys's ``write_json`` output.
     module : str, optional
         The module to time; by default the top module.
+    model : DelayModel
+        :data:`ICE40` (the default) or :data:`ECP5`.
 
     Returns
     -------
@@ -259,7 +333,7 @@ def estimate(netlist, *, module=None):
         Sorted by arrival, latest first (then by cell, port and bit).
     """
     chosen = netlist["modules"][module] if module is not None else _top_module(netlist)
-    endpoints = _Timing(chosen).endpoints()
+    endpoints = _Timing(chosen, model).endpoints()
     endpoints.sort(key=lambda e: (-e.arrival, e.cell, e.port, e.bit))
     return endpoints
 
@@ -268,13 +342,16 @@ def estimate(netlist, *, module=None):
 _YOSYS_NAME = re.compile(r"\$(?:abc|auto|techmap|flatten)\$\S*|\$\w+\$[\w.]+:\S*")
 
 
+_AUTONAME = re.compile(r"_SB_|_TRELLIS_")
+
+
 def register_name(name):
     """The register (or block) a yosys cell name belongs to: the name without the leading ``\\`` of an escaped
-    identifier, without the ``_SB_...`` that ``autoname`` appends to name a cell after the net it drives or
-    reads (``crc_SB_DFFESR_Q_7`` -> ``crc``), and without yosys's made-up ``$...`` names."""
+    identifier, without the ``_SB_...`` or ``_TRELLIS_...`` that ``autoname`` appends to name a cell after the
+    net it drives or reads (``crc_SB_DFFESR_Q_7`` -> ``crc``), and without yosys's made-up ``$...`` names."""
     if name is None:
         return "(constant)"
-    short = _YOSYS_NAME.sub("", name.lstrip("\\").split("_SB_", 1)[0]).rstrip(".")
+    short = _YOSYS_NAME.sub("", _AUTONAME.split(name.lstrip("\\"), 1)[0]).rstrip(".")
     return short or name
 
 
@@ -294,23 +371,20 @@ def group_endpoints(endpoints):
     return found
 
 
-def _not_ice40(board):
-    """Why ``board`` cannot be estimated, if it is a known board of another family; else ``None``."""
-    family = BOARDS[board].family if board in BOARDS else "ice40"
-    return None if family == "ice40" else f"{board}: the timing estimate models the iCE40 only, not the {family}"
+#: The delay model of each board family.
+MODELS = {"ice40": ICE40, "ecp5": ECP5}
 
 
 def estimate_part(board, part, *, config=None):
-    """Synthesize ``part`` of ``board``'s accelerator as boards/parts.py does and :func:`estimate` its netlist.
+    """Synthesize ``part`` of ``board``'s accelerator as boards/parts.py does and :func:`estimate` its netlist
+    with the board family's :class:`DelayModel`.
 
-    Raises :class:`~cnnacc.boards.build.BuildError` for a board outside the iCE40 family (the delays are the
-    iCE40's), an unknown board or part, or a failing yosys."""
-    if _not_ice40(board):
-        raise BuildError(_not_ice40(board))
+    Raises :class:`~cnnacc.boards.build.BuildError` for an unknown board or part, or a failing yosys."""
+    model = MODELS[BOARDS[board].family] if board in BOARDS else ICE40
     with tempfile.TemporaryDirectory(prefix="cnnacc-timing-") as tmp:
         path = Path(tmp, "netlist.json")
         synth_part(board, part, config=config, write_json=path)
-        return estimate(json.loads(path.read_text()))
+        return estimate(json.loads(path.read_text()), model=model)
 
 
 def _print_path(endpoint):
@@ -323,7 +397,7 @@ def _print_path(endpoint):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cnnacc.boards.timing",
-                                     description="Estimated placed timing of one part (iCE40 only; not sign-off).")
+                                     description="Estimated placed timing of one part (not sign-off).")
     parser.add_argument("board", help=", ".join(BOARDS))
     parser.add_argument("part", help=", ".join(PARTS))
     parser.add_argument("--top", type=int, default=20, metavar="N", help="groups to list (default 20)")
@@ -335,9 +409,6 @@ def main(argv=None):
         parser.error(f"--top must be a positive integer, not {args.top}")
     if args.board not in BOARDS:
         print(f"unknown board {args.board!r}: choose one of {', '.join(BOARDS)}", file=sys.stderr)
-        return 2
-    if _not_ice40(args.board):
-        print(_not_ice40(args.board), file=sys.stderr)
         return 2
     if args.part not in PARTS:
         print(f"unknown part {args.part!r}: choose one of {', '.join(PARTS)}", file=sys.stderr)

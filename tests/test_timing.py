@@ -1,13 +1,13 @@
 """boards/timing.py: the placed-timing estimate, on hand-written netlists whose arrivals follow from the delay
-constants, and on one real synthesis (the serial bridge, one yosys run for the whole file)."""
+constants (the iCE40's and the ECP5's), and on real syntheses (the serial bridge, one yosys run a family)."""
 
 import pytest
 
 from cnnacc.boards import timing
-from cnnacc.boards.timing import (BLOCK_CLOCK_TO_OUT, CARRY, CARRY_IN, CLOCK_TO_OUT, LUT, ROUTE, SETUP,
+from cnnacc.boards.timing import (BLOCK_CLOCK_TO_OUT, CARRY, CARRY_IN, CLOCK_TO_OUT, ECP5, LUT, ROUTE, SETUP,
                                   estimate, group_endpoints, register_name)
 
-_OUTPUTS = ("Q", "O", "CO", "RDATA")
+_OUTPUTS = ("Q", "O", "CO", "RDATA", "Z", "S0", "S1", "COUT", "DO")
 
 
 def _cell(cell_type, **connections):
@@ -218,7 +218,6 @@ def test_cli_report(bridge_endpoints, monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["icebreaker", "cpu"], "unknown part 'cpu': choose one of accelerator, conv"),
-    (["ulx3s", "bridge"], "ulx3s: the timing estimate models the iCE40 only, not the ecp5"),
     (["nosuchboard", "bridge"], "unknown board 'nosuchboard'"),
 ])
 def test_cli_errors(argv, message, capsys):
@@ -227,7 +226,71 @@ def test_cli_errors(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_estimate_part_refuses_the_ecp5():
-    from cnnacc.boards.build import BuildError
-    with pytest.raises(BuildError, match="iCE40 only"):
-        timing.estimate_part("ulx3s", "bridge")
+def test_ecp5_lut_carry_and_slice_multiplexers():
+    """ECP5 cells: a routed input into a CCU2C pays carry_in and a net, the chain a carry a cell; a PFUMX and
+    an L6MUX21 take their data from their slice unrouted, their select through a net."""
+    m = ECP5
+    netlist = _netlist({
+        "a_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=20, Q=2),
+        "c0": _cell("CCU2C", A0=2, B0="0", A1="0", B1="0", CIN="0", S0=3, S1=4, COUT=5),
+        "c1": _cell("CCU2C", A0="0", B0="0", A1="0", B1="0", CIN=5, S0=6, S1=7, COUT=8),
+        "l0": _cell("LUT4", A=8, B="0", C="0", D="0", Z=9),
+        "l1": _cell("LUT4", A=2, B="0", C="0", D="0", Z=10),
+        "mux": _cell("PFUMX", ALUT=9, BLUT=10, C0=2, Z=11),
+        "wide": _cell("L6MUX21", D0=11, D1=9, SD=2, Z=12),
+        "b_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=12, Q=20),
+    })
+    found = _by_cell(estimate(netlist, model=m))
+    carry_out = m.clock_to_out + m.carry_in + m.route + m.carry
+    lut = carry_out + m.lut + m.route
+    want = lut + 2 * m.mux
+    assert found["b_TRELLIS_FF_Q", "DI", 0].arrival == pytest.approx(want + m.route + m.setup)
+    path = found["b_TRELLIS_FF_Q", "DI", 0].path()
+    assert [h.cell_type for h in path] == ["TRELLIS_FF", "CCU2C", "CCU2C", "LUT4", "PFUMX", "L6MUX21"]
+    assert found["a_TRELLIS_FF_Q", "DI", 0].arrival == pytest.approx(m.clock_to_out + m.route + m.setup)
+    assert register_name("board_core.core.conv.inside_7_TRELLIS_FF_Q_3") == "board_core.core.conv.inside_7"
+
+
+def test_ecp5_distributed_ram_reads_through_its_address():
+    """A TRELLIS_DPR16X4 is written as a register (DI, WAD, WRE are endpoints, WCK is its clock) and read
+    combinationally: its DO follows RAD, or its stored word from the write clock on, whichever is later; RAD is
+    no endpoint."""
+    m = ECP5
+    netlist = _netlist({
+        "addr_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=30, Q=2),
+        "slow": _cell("LUT4", A=2, B="0", C="0", D="0", Z=3),
+        "ram": _cell("TRELLIS_DPR16X4", WCK=1, DI=[2], WAD=[2], WRE=2, RAD=[3], DO=[4]),
+        "lonely": _cell("TRELLIS_DPR16X4", WCK=1, DI=[2], WAD=[2], WRE=2, RAD=["0"], DO=[5]),
+        "q_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=4, Q=30),
+        "r_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=5, Q=31),
+    })
+    endpoints = estimate(netlist, model=m)
+    found = _by_cell(endpoints)
+    read = m.clock_to_out + m.lut + m.route + m.async_read["TRELLIS_DPR16X4"][1] + m.route
+    assert found["q_TRELLIS_FF_Q", "DI", 0].arrival == pytest.approx(read + m.route + m.setup)
+    assert found["q_TRELLIS_FF_Q", "DI", 0].source == "addr_TRELLIS_FF_Q"
+    stored = m.clock_to_out + m.async_read["TRELLIS_DPR16X4"][1]
+    assert found["r_TRELLIS_FF_Q", "DI", 0].arrival == pytest.approx(stored + m.route + m.setup)
+    assert found["r_TRELLIS_FF_Q", "DI", 0].source == "lonely"
+    ports = {(e.cell, e.port) for e in endpoints if e.cell == "ram"}
+    assert ports == {("ram", "DI"), ("ram", "WAD"), ("ram", "WRE")}
+
+
+@pytest.fixture(scope="module")
+def ecp5_bridge_endpoints():
+    """The ULX3S's serial bridge through yosys's ECP5 flow."""
+    return timing.estimate_part("ulx3s", "bridge")
+
+
+def test_ecp5_bridge_synthesis(ecp5_bridge_endpoints):
+    """The ECP5 model on a real netlist: paths from ECP5 registers and block RAMs through ECP5 logic cells,
+    each adding up to its endpoint's arrival with the ECP5's delays."""
+    endpoints = ecp5_bridge_endpoints
+    assert len(endpoints) > 100
+    assert {e.cell_type for e in endpoints} <= {"TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4", "MULT18X18D"}
+    worst = endpoints[0]
+    assert worst.source_type in ("TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4")
+    path = worst.path()
+    assert all(h.cell_type in ("LUT4", "CCU2C", "PFUMX", "L6MUX21", "TRELLIS_DPR16X4") for h in path[1:])
+    assert path[-1].arrival + ECP5.route + ECP5.setup == pytest.approx(worst.arrival)
+    assert worst.arrival < 3 * 8.0
