@@ -102,8 +102,9 @@ ICE40 = DelayModel(family="ice40", clock_to_out=CLOCK_TO_OUT, block_clock_to_out
                            "SB_SPRAM256KA": ("CLOCK",)})
 
 #: The ECP5 at speed grade 6, from nextpnr-ecp5's routed paths on the ULX3S (clock to Q 0.52 ns, a LUT 0.24, a
-#: carry 0.07 a cell and 0.45 from a routed input, routed nets 0.8 to 1.6 ns; a DP16KD's output about 4 ns after
-#: its clock, the conv engine's measurement). An ESTIMATE that ranks paths (see the module's docstring).
+#: carry 0.07 a cell (a sum about 0.4) and 0.45 from a routed input, routed nets 0.8 to 1.6 ns; a DP16KD's
+#: output about 4 ns after its clock, the conv engine's measurement). An ESTIMATE that ranks paths (see the
+#: module's docstring).
 ECP5 = DelayModel(family="ecp5", clock_to_out=0.52, block_clock_to_out=3.5, lut=0.25, route=1.2, carry=0.07,
                   carry_in=0.45, setup=0.2, flip_flop="TRELLIS_FF", mux=0.15,
                   clocks={"TRELLIS_FF": ("CLK",), "DP16KD": ("CLKA", "CLKB"),
@@ -196,15 +197,17 @@ class _Timing:
         return [(port, bit) for port, bits in cell["connections"].items() if directions.get(port) == "input"
                 and (read is None or port.startswith(read[0])) for bit in bits if isinstance(bit, int)]
 
-    def _edge(self, cell_type, port, bit):
-        """The delay from input ``bit`` on ``port`` of a combinational cell to its output."""
+    def _edge(self, cell_type, port, bit, out):
+        """The delay from input ``bit`` on ``port`` of a combinational cell to its output ``out``."""
         model = self.model
         from_port = self.drivers.get(bit, ("", ""))[1]
         if cell_type == "SB_CARRY":
             return model.carry if port == "CI" and from_port == "CO" else model.carry_in + model.route
         if cell_type == "CCU2C":
-            # Along the chain (COUT into CIN) a cell's carry; from a routed input, into the chain.
-            return model.carry if port == "CIN" and from_port == "COUT" else model.carry_in + model.route
+            # Along the chain (COUT into CIN) a cell's carry, or its sum (a LUT's delay more); from a routed
+            # input, into the chain.
+            along = model.carry + (model.lut if out != "COUT" else 0.0)
+            return along if port == "CIN" and from_port == "COUT" else model.carry_in + model.route
         if cell_type in ("PFUMX", "L6MUX21"):
             # A slice's multiplexers: their data inputs come from the slice's own LUTs (or the PFUMX beside).
             return model.mux + (0.0 if port in ("ALUT", "BLUT", "D0", "D1") else model.route)
@@ -265,7 +268,7 @@ class _Timing:
             stored = kind is not None
             best = self._launch(name, cell["type"], kind) if stored else (0.0, None, "constant", None)
             for port, b in inputs:
-                time = self.arrivals[b][0] + self._edge(cell["type"], port, b)
+                time = self.arrivals[b][0] + self._edge(cell["type"], port, b, self.drivers[top][1])
                 if (best[3] is None and not stored) or time > best[0]:
                     best = (time, self.arrivals[b][1], self.arrivals[b][2], b)
             self.arrivals[top] = best

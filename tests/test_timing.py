@@ -227,8 +227,9 @@ def test_cli_errors(argv, message, capsys):
 
 
 def test_ecp5_lut_carry_and_slice_multiplexers():
-    """ECP5 cells: a routed input into a CCU2C pays carry_in and a net, the chain a carry a cell; a PFUMX and
-    an L6MUX21 take their data from their slice unrouted, their select through a net."""
+    """ECP5 cells: a routed input into a CCU2C pays carry_in and a net, the chain a carry a cell (and a sum a
+    LUT's delay more); a PFUMX and an L6MUX21 take their data from their slice unrouted, their select through a
+    net."""
     m = ECP5
     netlist = _netlist({
         "a_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=20, Q=2),
@@ -239,8 +240,12 @@ def test_ecp5_lut_carry_and_slice_multiplexers():
         "mux": _cell("PFUMX", ALUT=9, BLUT=10, C0=2, Z=11),
         "wide": _cell("L6MUX21", D0=11, D1=9, SD=2, Z=12),
         "b_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=12, Q=20),
+        "s_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=7, Q=21),
     })
     found = _by_cell(estimate(netlist, model=m))
+    # A sum out of the chain (CIN -> S1) takes a LUT's delay more than the carry.
+    assert found["s_TRELLIS_FF_Q", "DI", 0].arrival == pytest.approx(
+        m.clock_to_out + m.carry_in + m.route + m.carry + m.lut + m.route + m.setup)
     carry_out = m.clock_to_out + m.carry_in + m.route + m.carry
     lut = carry_out + m.lut + m.route
     want = lut + 2 * m.mux
