@@ -65,7 +65,6 @@ CARRY_IN = 0.7              #: a routed I0/I1 into a carry, to its CO (the net i
 SETUP = 0.5                 #: setup at a flip-flop or block input
 
 
-
 @dataclass(frozen=True)
 class DelayModel:
     """One family's delays (ns) and sequential cells, for :func:`estimate`.
