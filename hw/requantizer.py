@@ -304,14 +304,22 @@ class Requantizer(wiring.Component):
                 with m.If(en):
                     m.d.sync += output.tag.eq(tags[-1])
 
+        bounds = None
+        if self._free_running:
+            # The clamp's bounds less the zero point, registered once for the lanes (the layer's fields hold
+            # still for a run, whose first result comes many cycles after them): each lane's compares then run
+            # beside its zero point's addition, not after it (two 34-bit carry chains in a row before the FIFO
+            # were over 8 ns on the ULX3S).
+            bounds = (Signal(signed(10), name="qmin_less_zp"), Signal(signed(10), name="qmax_less_zp"))
+            m.d.sync += [bounds[0].eq(self.qmin - self.zero_point), bounds[1].eq(self.qmax - self.zero_point)]
         for lane in range(self._lanes):
             if self._split_product:
-                self._lane_ecp5(m, en, lane, output)
+                self._lane_ecp5(m, en, lane, output, bounds)
             else:
-                self._lane(m, en, lane, output)
+                self._lane(m, en, lane, output, bounds)
         return m
 
-    def _lane(self, m, en, lane, output):
+    def _lane(self, m, en, lane, output, bounds):
         acc = self.i_acc.payload.acc[lane]
         params = self.i_acc.payload.params[lane]
         single = self.single_rounding
@@ -360,19 +368,15 @@ class Requantizer(wiring.Component):
             ]
 
             m.d.sync += scaled5.eq(rounding_divide(m, high4, right4, f"l{lane}"))
-        self._clamp(m, en, lane, scaled5, output)
+        self._clamp(m, en, lane, scaled5, output, bounds)
 
-    def _clamp(self, m, en, lane, scaled, output):
+    def _clamp(self, m, en, lane, scaled, output, bounds):
         """The last stage: zero point and clamp into the output register (free-running: into the FIFO's write
-        data, ``output`` being combinational)."""
+        data, ``output`` being combinational, with the registered ``bounds``, see :meth:`elaborate`)."""
         biased = Signal(signed(34), name=f"l{lane}_biased")
         m.d.comb += biased.eq(scaled + self.zero_point)
         if self._free_running:
-            # The bounds less the zero point, registered (the layer's fields hold still for a run, whose first
-            # result comes many cycles after them): the compares then run beside the addition, not after it
-            # (two 34-bit carry chains in a row before the FIFO were over 8 ns on the ULX3S).
-            low, high = (Signal(signed(10), name=f"l{lane}_{n}_less_zp") for n in ("qmin", "qmax"))
-            m.d.sync += [low.eq(self.qmin - self.zero_point), high.eq(self.qmax - self.zero_point)]
+            low, high = bounds
             clamped = Mux(scaled < low, self.qmin, Mux(scaled > high, self.qmax, biased))
             m.d.comb += output.data[lane].eq(clamped[:8])
             return
@@ -380,7 +384,7 @@ class Requantizer(wiring.Component):
         with m.If(en):
             m.d.sync += output.data[lane].eq(clamped[:8])
 
-    def _lane_ecp5(self, m, en, lane, output):
+    def _lane_ecp5(self, m, en, lane, output, bounds):
         """One lane for target "ecp5": the stages of :meth:`_lane` with the product built by
         :func:`~.dsp_ecp5.dsp_product` (``dsp_blocks``: the multiplier's high part's Booth digits decoded beside
         the left shift, three blocks and a LUT product, two additions) or :func:`~.dsp_ecp5.lut_product` (Booth
@@ -445,7 +449,7 @@ class Requantizer(wiring.Component):
         with m.If(en):
             self._split_tail(m, lane, reg, single, ab, sat[-1], truncated, total[-2], total[-1], right[-1],
                              high, right_t, scaled)
-        self._clamp(m, en, lane, scaled, output)
+        self._clamp(m, en, lane, scaled, output, bounds)
 
     # --- serial datapath (target "ice40") -------------------------------------------------------------------------
 
