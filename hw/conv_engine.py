@@ -52,7 +52,7 @@ from ..config import AcceleratorConfig
 from .memory_map import registered_read
 from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages,
                           requant_fifo_depth)
-from .systolic_array import SystolicArray
+from .systolic_array import SystolicArray, min_tile_beats
 
 __all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits", "walker_tile_beats",
            "engine_layer_layout", "conv_layer", "conv_read_stages", "check_conv_limits", "fold_bias", "memory_images",
@@ -595,7 +595,10 @@ class ConvEngine(wiring.Component):
             height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
             m.d.comb += height.eq(window_height(room, above))
 
-        if serial:
+        # The ECP5 engine registers them too (its routed critical path ran from ``ci`` through ``ci + 1 == in_c``
+        # to the enables of the tile bases).
+        registered_last = serial or buffered
+        if registered_last:
             # Registered a beat ahead, from the counters' next values: the tile's last beat is then one LUT away
             # from the many enables it drives.
             last_ci, last_kx, last_ky = Signal(name="last_ci"), Signal(name="last_kx"), Signal(name="last_ky")
@@ -620,20 +623,37 @@ class ConvEngine(wiring.Component):
         # their counters, and a LUT of them, placed far away, began nextpnr's critical path at 38.1 MHz.
         keep = {"keep": 1} if serial else {}
         tile_last = Signal(name="tile_last")
-        if not serial:
+        if not registered_last:
             m.d.comb += tile_last.eq(last_ci & last_kx & last_ky)
         tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
         all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
 
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
-        adv = Signal(name="adv", attrs=keep, init=1)
-        if not serial:
-            m.d.comb += adv.eq(~(s3_valid if buffered else s1_valid) | array.i_beats.ready)
-        # A beat leaves the counters when stage 1 takes it; with the walker a tile's last beat (which moves the
-        # cursor) also waits for it, which only a tile of very few beats ever notices (walker_tile_beats).
-        issue = Signal(name="issue", attrs=keep)
-        m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if walk else in_run & adv)
+        if buffered:
+            # The ECP5 input side has no enable: stages 1 to 3 and the block RAM reads run on every cycle, and a
+            # beat issued enters the array three cycles later, always taken. The array would hold a tile's last
+            # beat until it is spaced from the last one (min_tile_beats) and its output FIFO has room for the
+            # tile's columns; the engine holds it here instead, at issue. ``spaced_issued`` is the array's own
+            # count run three cycles early (the beats between cannot stall); ``array.room`` is a register that
+            # only rises until the next reservation, and none falls between a last beat's issue and its entry
+            # (last beats are at least walker_tile_beats >= 6 apart). The stall that reached the memories' and
+            # stages' thousand enables across the die is gone; ``issue`` is one LUT from registers.
+            adv, issue = Const(1), Signal(name="issue")
+            gap = min_tile_beats(cfg)
+            since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
+            spaced_issued = Signal(init=1, name="spaced_issued")
+            m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & array.room)))
+            since_next = Mux(issue & tile_last, 0, Mux(since_issued != gap, since_issued + 1, since_issued))
+            m.d.sync += [since_issued.eq(since_next), spaced_issued.eq(since_next >= gap - 1)]
+        else:
+            adv = Signal(name="adv", attrs=keep, init=1)
+            if not serial:
+                m.d.comb += adv.eq(~s1_valid | array.i_beats.ready)
+            # A beat leaves the counters when stage 1 takes it; with the walker a tile's last beat (which moves
+            # the cursor) also waits for it, which only a tile of very few beats ever notices (walker_tile_beats).
+            issue = Signal(name="issue", attrs=keep)
+            m.d.comb += issue.eq(in_run & adv & (cursor.ready | ~tile_last) if walk else in_run & adv)
         if serial:
             # ``adv`` is a register on the iCE40, set a cycle ahead from the next values of what it is a function
             # of: stage 1's flags and the array's ``holding``, which sits by the DSP blocks at the die's edges.
@@ -644,7 +664,7 @@ class ConvEngine(wiring.Component):
         def restart_tile():
             firsts = [last_ci.eq(layer.in_c == 1), last_kx.eq(layer.kernel_w == 1), last_ky.eq(layer.kernel_h == 1),
                       tile_last.eq((layer.in_c == 1) & (layer.kernel_w == 1) & (layer.kernel_h == 1))
-                      ] if serial else []
+                      ] if registered_last else []
             firsts += restart_cols() if walk else []
             return [ci.eq(0), kx.eq(0), ky.eq(0), chan_offset.eq(layer.act_base),
                     tile_first.eq(1)] + firsts
@@ -680,25 +700,25 @@ class ConvEngine(wiring.Component):
         with m.Elif(issue):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
-                if serial:
+                if registered_last:
                     m.d.sync += [last_ci.eq(ci == in_c_less_2),
                                  tile_last.eq((ci == in_c_less_2) & last_kx & last_ky)]
             with m.Else():
                 m.d.sync += [ci.eq(0), chan_offset.eq(layer.act_base)]
-                if serial:
+                if registered_last:
                     m.d.sync += last_ci.eq(one_ci)
                 with m.If(~last_kx):
                     m.d.sync += [kx.eq(kx + 1), f0.eq(f0 + 1)]
                     if walk:
                         # (In this order: the iCE40's netlist, and so its placement, stays as it was.)
-                        m.d.sync += ([last_kx.eq(kx == kw_less_2)] if serial else []) + [
+                        m.d.sync += ([last_kx.eq(kx == kw_less_2)] if registered_last else []) + [
                             col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1)] + (
-                            [tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)] if serial else [])
+                            [tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)] if registered_last else [])
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
                     with m.If(~last_ky):      # else the tile's last beat: f0 and f0_row follow tile_base below
                         m.d.sync += [f0.eq(f0_row + layer.in_w), f0_row.eq(f0_row + layer.in_w)]
-                    if serial:
+                    if registered_last:
                         next_ky = Mux(last_ky, layer.kernel_h == 1, ky == kh_less_2)
                         m.d.sync += [last_kx.eq(layer.kernel_w == 1), last_ky.eq(next_ky),
                                      tile_last.eq(one_ci_kx & next_ky)]
@@ -801,8 +821,8 @@ class ConvEngine(wiring.Component):
                 m.d.sync += inside[c].eq(inside_terms(c) if serial else inside_next[c])
         if buffered:
             # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3: the banks rotated by
-            # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both move with ``adv``, as
-            # stage 1: one enable for the input side. The rest of the rotation, the stride's pick and the padding
+            # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both run on every cycle, as
+            # stage 1 (``adv`` is 1 here). The rest of the rotation, the stride's pick and the padding
             # are left to the array's input register. The rotator replaced a 32-to-1 multiplexer a column: each
             # bank byte now reaches a few neighbours, not 16 columns (that crossbar was nextpnr-ecp5's worst
             # congestion, docs/decisions.md sessions 11 and 12).

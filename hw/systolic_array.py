@@ -162,6 +162,12 @@ class SystolicArray(wiring.Component):
     col_next : Out(range(cols))
         Target ``"ice40"`` only: the column ``o_columns`` shows in the next cycle (``payload.col`` moves on with
         each take and back to 0 with ``restart``), for a consumer that registers its decisions a cycle ahead.
+    room : Out(1)
+        Target ``"ecp5"`` only: the output FIFO has room reserved for one more tile's columns (a register; it
+        falls only with a ``last`` beat's entry). A producer whose beats reach ``i_beats`` a fixed number of
+        cycles after it decides them, with no stall between, may hold a ``last`` beat at that decision instead:
+        spaced by :func:`min_tile_beats` and with ``room`` then, it is taken on arrival, provided no other
+        ``last`` beat arrives in between (hw/conv_engine.py does this).
     holding_next : Out(1)
         Target ``"ice40"`` only: whether a tile's ``first`` beat will be held in the next cycle (``i_beats.ready``
         is then ``~(first & holding_next)``), for a producer that registers its advance a cycle ahead.
@@ -176,6 +182,8 @@ class SystolicArray(wiring.Component):
             "i_beats":   In(stream.Signature(beat_layout(config))),
             "o_columns": Out(stream.Signature(column_layout(config))),
         }
+        if config.target == "ecp5":
+            members["room"] = Out(1)
         if config.target == "ice40":
             members.update({"restart": In(1), "drain_row": In(range(config.rows)),
                             "drain_acc": Out(signed(config.acc_width)), "col_next": Out(range(config.cols)),
@@ -209,7 +217,8 @@ class SystolicArray(wiring.Component):
             # A tile's columns are reserved as its last beat enters (streamer.credit_fifo).
             fifo, room = credit_fifo(m, "out_fifo", self.o_columns, width=column.shape().size,
                                      depth=column_fifo_depth(cfg), reserve=take & beat.last, chunk=cols)
-            m.d.comb += [fifo.w_data.eq(column), self.i_beats.ready.eq(~beat.last | (spaced & room))]
+            m.d.comb += [fifo.w_data.eq(column), self.i_beats.ready.eq(~beat.last | (spaced & room)),
+                         self.room.eq(room)]
         else:
             en = Signal()
             m.d.comb += en.eq(~self.o_columns.valid | self.o_columns.ready)
