@@ -147,7 +147,11 @@ def test_verilator_ecp5_walkers_and_cycle_model():
     cases = [conv_node(14, 3, 5, 1, 5, 1), conv_node(20, 5, 6, 2, 4, 1), conv_node(21, 4, 9, 3, 7, 1, 2),
              conv_node(22, 6, 7, 2, 3, 2), conv_node(13, 7, 9, 2, 4, 3, 2, (1, 1, 1, 1)),
              conv_node(15, 6, 6, 3, 5, 5, 1, (0, 0, 0, 0), rounding="single"), fc_node(16),
-             conv_node(23, 9, 3, 1, 2, 1)]
+             conv_node(23, 9, 3, 1, 2, 1),
+             # One-beat tiles: under back-pressure the array's output FIFO fills, and the engine must hold each
+             # last beat at issue until the array has room (with the room check removed this layer loses beats
+             # and never finishes).
+             conv_node(24, 8, 8, 1, 1, 1)]
     jobs = [node_job(config, node, x[0]) for node, x in cases]
     depths = [f["kernel_h"] * f["kernel_w"] * f["in_c"] for f, _ in jobs]
     assert min(depths) < walker_tile_beats(config) < max(depths)
