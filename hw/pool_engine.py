@@ -269,12 +269,13 @@ class PoolEngine(wiring.Component):
             self.i_layer.ready.eq(~busy & wg.i_layer.ready),
         ]
         global_start = Signal()
+        # Whether the layer is a global average, a flag latched with the mode: the window generator's ``ready``
+        # (and through it every enable of its scanner) then starts at a flip-flop, not at a compare of the mode.
+        global_mode = Signal(name="global_mode")
         with m.If(self.i_layer.valid & self.i_layer.ready):
             m.d.sync += [busy.eq(1), mode.eq(desc.mode), qmin.eq(desc.qmin), qmax.eq(desc.qmax),
-                         layer_w.eq(desc.window)]
+                         layer_w.eq(desc.window), global_mode.eq(is_global)]
             m.d.comb += global_start.eq(is_global)
-
-        global_mode = mode == PoolMode.GLOBAL_AVG
         global_ready = Signal()
         m.d.comb += [
             wg.i_pixels.payload.eq(self.i_pixels.payload),
