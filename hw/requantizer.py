@@ -16,7 +16,7 @@ Pipeline: bias add | left shift | 32x32 multiply | high part (or single-rounding
 zero point and clamp. Six register stages, one result per cycle per lane; the whole pipeline stalls only while
 the output is held by back-pressure.
 
-Target ``"ecp5"`` (twelve stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
+Target ``"ecp5"`` (thirteen stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
 and the last one writes a small FIFO in place of the output register (:func:`requant_fifo_depth`, same latency;
 :func:`~.streamer.credit_fifo`). The input is taken only while the FIFO has room for every beat in the pipeline,
 so back-pressure holds the input, not the lanes: on the ULX3S the output's ``ready`` would otherwise reach every
@@ -56,7 +56,7 @@ Single rounding with a positive shift (an effective scale above 1) needs a left 
 have; :func:`check_shifts` refuses it for that target and the compiler must call it.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -82,9 +82,10 @@ _PASS_CYCLES = 16
 _IDLE, _SELECT, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(8)
 _TARGETS = ("generic", "ice40", "ecp5")
 #: The ECP5 multiply takes :data:`~.dsp_ecp5.DSP_PRODUCT_STAGES` (5) register stages against one for the generic
-#: ``*`` (the LUT-only version, four adder-tree levels, has a fifth register to keep the same timing), and the
-#: tail after it two more (see :meth:`Requantizer._split_tail`).
-_ECP5_EXTRA_STAGES = (DSP_PRODUCT_STAGES - 1) + 2
+#: ``*`` (the LUT-only version, four adder-tree levels, has a fifth register to keep the same timing), the left
+#: shift before it one more (see :meth:`Requantizer._lane_ecp5`), and the tail after it two more (see
+#: :meth:`Requantizer._split_tail`).
+_ECP5_EXTRA_STAGES = 1 + (DSP_PRODUCT_STAGES - 1) + 2
 
 
 def _check_lanes(lanes):
@@ -105,9 +106,9 @@ def requant_interval(target="generic", lanes=1):
 
 
 def requant_extra_stages(target="generic"):
-    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 6 on the ECP5,
-    whose product takes five stages and the shifts and rounding after it four (see :class:`Requantizer`), 0
-    elsewhere. The serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
+    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 7 on the ECP5,
+    whose left shift takes two stages, its product five and the shifts and rounding after it four (see
+    :class:`Requantizer`), 0 elsewhere. The serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
 
 
@@ -191,9 +192,9 @@ class Requantizer(wiring.Component):
     target : str
         ``"ice40"`` builds one serial lane shared by the ``lanes`` channels (see the module docstring).
         ``"ecp5"`` builds the 32x32 multiply in five register stages, from LUTs (a Booth multiplier) or, with
-        ``dsp_blocks``, mostly from MULT18X18D blocks, and splits the stages after it (:meth:`_split_tail`) for
-        a 125 MHz clock: :func:`requant_extra_stages` more cycles, the same numbers. ``"generic"`` makes stage 3
-        one ``*`` (a DSP block where there is one).
+        ``dsp_blocks``, mostly from MULT18X18D blocks, and splits the left shift before it and the stages after
+        it (:meth:`_split_tail`) for a 125 MHz clock: :func:`requant_extra_stages` more cycles, the same numbers.
+        ``"generic"`` makes stage 3 one ``*`` (a DSP block where there is one).
     lane_fetch : bool
         Target ``"ice40"`` only: read the accumulators and parameters one lane at a time (``lane``, ``acc``,
         ``params`` below) instead of from the beat.
@@ -306,20 +307,20 @@ class Requantizer(wiring.Component):
 
         bounds = None
         if self._free_running:
-            # The clamp's bounds less the zero point, registered once for the lanes (the layer's fields hold
-            # still for a run, whose first result comes many cycles after them): each lane's compares then run
-            # beside its zero point's addition, not after it (two 34-bit carry chains in a row before the FIFO
-            # were over 8 ns on the ULX3S).
-            bounds = (Signal(signed(10), name="qmin_less_zp"), Signal(signed(10), name="qmax_less_zp"))
-            m.d.sync += [bounds[0].eq(self.qmin - self.zero_point), bounds[1].eq(self.qmax - self.zero_point)]
+            # The clamp's bounds less the zero point (the lower one less one more: the largest value clamped to
+            # qmin), registered once for the lanes (the layer's fields hold still for a run, whose first result
+            # comes many cycles after them): each lane's compares then run beside its zero point's addition, not
+            # after it (two 34-bit carry chains in a row before the FIFO were over 8 ns on the ULX3S).
+            bounds = (Signal(signed(10), name="qmin_less_zp_1"), Signal(signed(10), name="qmax_less_zp"))
+            m.d.sync += [bounds[0].eq(self.qmin - self.zero_point - 1), bounds[1].eq(self.qmax - self.zero_point)]
         for lane in range(self._lanes):
             if self._split_product:
                 self._lane_ecp5(m, en, lane, output, bounds)
             else:
-                self._lane(m, en, lane, output, bounds)
+                self._lane(m, en, lane, output)
         return m
 
-    def _lane(self, m, en, lane, output, bounds):
+    def _lane(self, m, en, lane, output):
         acc = self.i_acc.payload.acc[lane]
         params = self.i_acc.payload.params[lane]
         single = self.single_rounding
@@ -368,18 +369,12 @@ class Requantizer(wiring.Component):
             ]
 
             m.d.sync += scaled5.eq(rounding_divide(m, high4, right4, f"l{lane}"))
-        self._clamp(m, en, lane, scaled5, output, bounds)
+        self._clamp(m, en, lane, scaled5, output)
 
-    def _clamp(self, m, en, lane, scaled, output, bounds):
-        """The last stage: zero point and clamp into the output register (free-running: into the FIFO's write
-        data, ``output`` being combinational, with the registered ``bounds``, see :meth:`elaborate`)."""
+    def _clamp(self, m, en, lane, scaled, output):
+        """The last stage: zero point and clamp into the output register."""
         biased = Signal(signed(34), name=f"l{lane}_biased")
         m.d.comb += biased.eq(scaled + self.zero_point)
-        if self._free_running:
-            low, high = bounds
-            clamped = Mux(scaled < low, self.qmin, Mux(scaled > high, self.qmax, biased))
-            m.d.comb += output.data[lane].eq(clamped[:8])
-            return
         clamped = Mux(biased < self.qmin, self.qmin, Mux(biased > self.qmax, self.qmax, biased))
         with m.If(en):
             m.d.sync += output.data[lane].eq(clamped[:8])
@@ -387,10 +382,11 @@ class Requantizer(wiring.Component):
     def _lane_ecp5(self, m, en, lane, output, bounds):
         """One lane for target "ecp5": the stages of :meth:`_lane` with the product built by
         :func:`~.dsp_ecp5.dsp_product` (``dsp_blocks``: the multiplier's high part's Booth digits decoded beside
-        the left shift, three blocks and a LUT product, two additions) or :func:`~.dsp_ecp5.lut_product` (Booth
-        digits of the whole multiplier, partial products and the first addition in stage 3, three more adder
-        levels, then one more register), product in stage 7 either way, and the stages after it by
-        :meth:`_split_tail`: :func:`requant_extra_stages` more than the generic lane."""
+        the left shift's second stage, three blocks and a LUT product, two additions) or
+        :func:`~.dsp_ecp5.lut_product` (Booth digits of the whole multiplier, partial products and the first
+        addition in stage 4, three more adder levels, then one more register), product in stage 8 either way,
+        the stages after it by :meth:`_split_tail` and the clamp by :meth:`_clamp_ecp5`:
+        :func:`requant_extra_stages` more than the generic lane."""
         acc = self.i_acc.payload.acc[lane]
         params = self.i_acc.payload.params[lane]
         single = self.single_rounding
@@ -403,16 +399,22 @@ class Requantizer(wiring.Component):
         # for the DSP product.
         recoded = slice(DSP_PRODUCT_SPLIT, 32) if self._dsp_blocks else slice(0, 32)
         digits = booth_digit_count(recoded.stop - recoded.start)
-        product_stage = 2 + DSP_PRODUCT_STAGES                  # the stage that registers the product
+        product_stage = 3 + DSP_PRODUCT_STAGES                  # the stage that registers the product
         x1, m1 = reg(signed(32), "x1"), reg(signed(32), "m1")
         left1 = reg(range(31), "left1")
-        a2, mmin2 = reg(signed(32), "a2"), reg(1, "m_min2")
-        neg2, one2, two2 = reg(digits, "neg2"), reg(digits, "one2"), reg(digits, "two2")
-        # right and total (= 31 - shift) ride along to the product stage and the one before it.
+        # The wrapped left shift in two stages, by its multiple of 8 then by the rest (none for single
+        # rounding): the 32-bit shifter and the mode's multiplexer in one were over 8 ns on the ULX3S.
+        coarse2, fine2, m2 = reg(signed(32), "coarse2"), reg(3, "fine2"), reg(signed(32), "m2")
+        a3, mmin3 = reg(signed(32), "a3"), reg(1, "m_min3")
+        neg3, one3, two3 = reg(digits, "neg3"), reg(digits, "one3"), reg(digits, "two3")
+        # The saturating case (both operands INT32_MIN) tested a byte at a time, then combined: the 32-bit
+        # test after the operand's register was over 8 ns there.
+        amin4 = reg(4, "a_min4")
+        # right and total (= 31 - shift) ride along to the product stage and the ones before it.
         right = [reg(range(32), f"right{i}") for i in range(1, product_stage + 1)]
         total = [reg(range(63), f"total{i}") for i in range(1, product_stage + 1)]
-        sat = [reg(1, f"sat{i}") for i in range(3, product_stage + 1)]
-        high, right_t, scaled = reg(signed(32), "high_t"), reg(range(32), "right_t"), reg(signed(32), "scaled")
+        sat = [reg(1, f"sat{i}") for i in range(5, product_stage + 1)]
+        high = reg(signed(32), "high_t")
 
         shift = params.shift
         with m.If(en):
@@ -425,18 +427,22 @@ class Requantizer(wiring.Component):
             ]
             m.d.sync += [right[i + 1].eq(right[i]) for i in range(product_stage - 1)]
             m.d.sync += [total[i + 1].eq(total[i]) for i in range(product_stage - 1)]
-            neg, one, two = booth_digits(m1[recoded].as_signed())
-            m.d.sync += [a2.eq(Mux(single, x1, (x1 << left1)[:32].as_signed())), mmin2.eq(m1 == INT32_MIN),
-                         neg2.eq(neg), one2.eq(one), two2.eq(two)]
-            m.d.sync += sat[0].eq((a2 == INT32_MIN) & mmin2 & ~single)
+            m.d.sync += [coarse2.eq(Mux(single, x1, (x1 << Cat(Const(0, 3), left1[3:]))[:32].as_signed())),
+                         fine2.eq(Mux(single, 0, left1[:3])), m2.eq(m1)]
+            neg, one, two = booth_digits(m2[recoded].as_signed())
+            m.d.sync += [a3.eq((coarse2 << fine2)[:32].as_signed()), mmin3.eq(m2 == INT32_MIN),
+                         neg3.eq(neg), one3.eq(one), two3.eq(two)]
+            m.d.sync += [amin4[i].eq(a3[8 * i:8 * i + 8] == 0) for i in range(3)]
+            m.d.sync += amin4[3].eq((a3[24:] == 0x80) & mmin3)
+            m.d.sync += sat[0].eq(amin4.all() & ~single)
             m.d.sync += [sat[i + 1].eq(sat[i]) for i in range(len(sat) - 1)]
         if self._dsp_blocks:
-            m2 = reg(signed(32), "m2")
+            m3 = reg(signed(32), "m3")
             with m.If(en):
-                m.d.sync += m2.eq(m1)
-            ab = dsp_product(m, en, a2, m2, (neg2, one2, two2), primitive=not self._dsp_model, name=f"l{lane}_ab")
+                m.d.sync += m3.eq(m2)
+            ab = dsp_product(m, en, a3, m3, (neg3, one3, two3), primitive=not self._dsp_model, name=f"l{lane}_ab")
         else:
-            ab = lut_product(m, en, a2, neg2, one2, two2, width=64, name=f"l{lane}_ab")
+            ab = lut_product(m, en, a3, neg3, one3, two3, width=64, name=f"l{lane}_ab")
             for extra in range(DSP_PRODUCT_STAGES - lut_product_stages(digits)):
                 ab_q = reg(signed(64), f"ab_q{extra}")
                 with m.If(en):
@@ -447,9 +453,8 @@ class Requantizer(wiring.Component):
         # 1 - 2**30, then 2**31 - 1).
         m.d.comb += truncated.eq((ab + (1 << 30)) >> 31)
         with m.If(en):
-            self._split_tail(m, lane, reg, single, ab, sat[-1], truncated, total[-2], total[-1], right[-1],
-                             high, right_t, scaled)
-        self._clamp(m, en, lane, scaled, output, bounds)
+            quotient, up = self._split_tail(m, lane, reg, single, ab, sat[-1], truncated, total, right, high)
+        self._clamp_ecp5(m, lane, reg, quotient, up, output, bounds)
 
     # --- serial datapath (target "ice40") -------------------------------------------------------------------------
 
@@ -697,61 +702,106 @@ class Requantizer(wiring.Component):
             m.d.sync += out.eq(Cat(out[8:], clamped[:8]) if lanes > 1 else clamped[:8])
         return m
 
-    def _split_tail(self, m, lane, reg, single, ab3, sat3, truncated, total2, total3, right3, high4, right4,
-                    scaled5):
-        """The ECP5 lane's stages after its product (the plain lane's stages 4 and 5, here three) with every
-        shift-only constant decoded a stage early, so that no stage holds more than one carry chain after a
-        shifter. The same numbers as the plain stages:
+    def _split_tail(self, m, lane, reg, single, ab3, sat3, truncated, total, right, high4):
+        """The ECP5 lane's stages after its product (the plain lane's stages 4 and 5, here three), returning
+        stage 6's quotient and rounding increment, which :meth:`_clamp_ecp5` adds. Every shift-only constant is
+        decoded ahead from the copies of the shift riding along with the product (``total`` and ``right``, one
+        a stage), in steps of one LUT, so that no stage holds more than one carry chain after a shifter and no
+        decoder is more than a LUT deep. The same numbers as the plain stages:
 
-        * single rounding: ``r = (ab + 2**(t-1)) >> t`` saturated to int32 (``t = 31 - shift``). Stage 3 decodes
+        * single rounding: ``r = (ab + 2**(t-1)) >> t`` saturated to int32 (``t = 31 - shift``). Stage 3 holds
           ``2**(t-1)`` and the saturation bounds (``r > INT32_MAX`` iff ``ab >= (2**32 - 1) * 2**(t-1)``,
           ``r < INT32_MIN`` iff ``ab < -(2**32 + 1) * 2**(t-1)``; neither is reachable for ``t > 32`` since
           ``|ab| <= 2**62``), stage 4 adds and compares side by side, stage 5 shifts and selects;
-        * double rounding: stage 4 decodes the divide's mask and its two thresholds (``mask >> 1`` and that plus
-          one, for negative values), stage 5 compares the remainder, stage 7 adds (the compare's carry chain,
-          then the add's, was the lane's slowest path on the ULX3S).
+        * double rounding: the rounding divide of ``x`` by ``2**right`` (half away from zero) rounds up iff bit
+          ``right - 1`` of ``x`` is set and, for a negative ``x``, a bit below it too: its remainder compared with
+          half the divisor without the compare's 32-bit carry chain (that chain after the remainder's mask was
+          over 8 ns there). Stage 4 holds that bit's one-hot and the mask of the bits below it, stage 5 ORs each
+          with ``x`` a byte at a time, stage 6 combines the bytes and the sign.
 
         Both modes share one right shift (single: ``sum >> t``; double: ``high >> right``) in two stages, by the
         amount's multiple of 8 in stage 5 and by the rest in stage 6 (a 64-bit shifter in one stage, then a
-        saturation and a mode multiplexer, was over 8 ns there). Single rounding's result waits in stage 6 for
-        the double one's in stage 7.
+        saturation and a mode multiplexer, was over 8 ns there).
         """
         en_ops = []
+        # Single rounding's constants, from ``s = (t - 1) mod 64``: registered two stages ahead of the product
+        # (a 6-bit decrement), compared field by field in the next (3 bits and fewer: a LUT a bit), each bit of
+        # the constants one LUT of those in the product's stage. Tables of ``t`` there were five LUTs deep.
+        t_less1 = reg(6, "t_less1")
+        en_ops += [t_less1.eq(total[-4] - 1)]
+        s_high, s_low = t_less1[2:5], t_less1[:2]
+        t_lt, t_eq = reg(8, "t_lt2"), reg(8, "t_eq2")         # s[2:5] < k, == k
+        t_le, t_is = reg(4, "t_le2"), reg(4, "t_is2")         # s[:2] <= k, == k
+        t_top = reg(1, "t_top2")                              # s >= 32
+        en_ops += [t_lt[k].eq(s_high < k) for k in range(8)] + [t_eq[k].eq(s_high == k) for k in range(8)]
+        en_ops += [t_le[k].eq(s_low <= k) for k in range(4)] + [t_is[k].eq(s_low == k) for k in range(4)]
+        en_ops += [t_top.eq(t_less1[5])]
+        at_most = [t_lt[k >> 2] | (t_eq[k >> 2] & t_le[k & 3]) for k in range(32)]     # s mod 32 <= k
+        equal = [t_eq[k >> 2] & t_is[k & 3] for k in range(32)]                        # s mod 32 == k
         round3 = reg(64, "round3")
         hi3, lo3, can3 = reg(signed(65), "hi3"), reg(signed(66), "lo3"), reg(1, "can_sat3")
-        # Tables of total2 (shifts by ``total2 - 1``, taken modulo 64 and 32 as the shifters did), not a
-        # decrement and three shifters: the decrement's carry chain then the decoders were over 8 ns there.
-        def table(values, index):
-            return Array(Const(v, signed(66)) for v in values)[index]
-        en_ops += [round3.eq(table([1 << ((t - 1) % 64) for t in range(64)], total2[:6])),
-                   hi3.eq(table([((1 << 32) - 1) << ((t - 1) % 32) for t in range(32)], total2[:5])),
-                   lo3.eq(table([-((1 << 32) + 1) << ((t - 1) % 32) for t in range(32)], total2[:5])),
-                   can3.eq(total2 <= 32)]
-        sum4, total4 = reg(signed(65), "sum4"), reg(range(63), "total4")
+        # 2**s; (2**32 - 1) << (s mod 32): ones from bit s mod 32 for 32 bits; -(2**32 + 1) << (s mod 32): ones
+        # from bit s mod 32 up but for bit 32 + s mod 32 (the shifters took the amounts modulo 64 and 32); t <= 32.
+        en_ops += [round3.eq(Cat(*(equal[j % 32] & (t_top if j >= 32 else ~t_top) for j in range(64)))),
+                   hi3.eq(Cat(*at_most, *(~a for a in at_most[:31]))),
+                   lo3.eq(Cat(*at_most, *(~e for e in equal), Const(0b11, 2))),
+                   can3.eq(~t_top | equal[31])]
+        # The rounding divide's masks, from ``right`` a stage ahead of the product, compared field by field in
+        # the product's stage as above.
+        r_gt, r_eq = reg(8, "r_gt3"), reg(8, "r_eq3")         # right[2:5] > k, == k
+        r_lgt, r_lis = reg(4, "r_lgt3"), reg(4, "r_lis3")     # right[:2] > k, == k
+        r_high, r_low = right[-2][2:5], right[-2][:2]
+        en_ops += [r_gt[k].eq(r_high > k) for k in range(8)] + [r_eq[k].eq(r_high == k) for k in range(8)]
+        en_ops += [r_lgt[k].eq(r_low > k) for k in range(4)] + [r_lis[k].eq(r_low == k) for k in range(4)]
+        over = [r_gt[k >> 2] | (r_eq[k >> 2] & r_lgt[k & 3]) for k in range(32)]         # right > k
+        at = [r_eq[k >> 2] & r_lis[k & 3] for k in range(32)]                            # right == k
+        # Bit ``right - 1`` (none for no shift) and the bits below it: a one-hot and a thermometer code.
+        half4, below4 = reg(31, "half4"), reg(31, "below4")
+        en_ops += [half4.eq(Cat(*at[1:])), below4.eq(Cat(*over[1:]))]
+
+        sum4 = reg(signed(65), "sum4")
         sat_hi4, sat_lo4 = reg(1, "sat_hi4"), reg(1, "sat_lo4")
-        mask4, half4, halfp4 = reg(32, "mask4"), reg(32, "half4"), reg(33, "halfp4")
-        en_ops += [sum4.eq(ab3 + round3), total4.eq(total3),
+        en_ops += [sum4.eq(ab3 + round3),
                    sat_hi4.eq(can3 & (ab3 >= hi3)), sat_lo4.eq(can3 & (ab3 < lo3)),
-                   high4.eq(Mux(sat3, INT32_MAX, truncated)), right4.eq(right3)]
-        # Thermometer codes and a one-hot: decoders, no adders.
-        en_ops += [mask4[i].eq(right3 > i) for i in range(32)]
-        en_ops += [half4[i].eq(right3 > i + 1) for i in range(32)]
-        en_ops += [halfp4.eq(Mux(right3 == 0, 1, Const(1, 33) << (right3 - 1)[:5]))]
-
+                   high4.eq(Mux(sat3, INT32_MAX, truncated))]
         amount4 = reg(range(63), "amount4")
-        en_ops += [amount4.eq(Mux(single, total3, right3))]
+        en_ops += [amount4.eq(Mux(single, total[-1], right[-1]))]
 
-        remainder = Signal(32, name=f"l{lane}_remainder")
-        m.d.comb += remainder.eq(high4.as_unsigned() & mask4)
-        up = Mux(high4 < 0, remainder > halfp4, remainder > half4)
         # The shift's first half keeps the 39 bits the second (at most 7 more) takes its 32 from.
         operand = Mux(single, sum4, high4)
-        coarse5, fine5, up5 = reg(39, "coarse5"), reg(3, "fine5"), reg(1, "up5")
+        coarse5, fine5 = reg(39, "coarse5"), reg(3, "fine5")
         sat_hi5, sat_lo5 = reg(1, "sat_hi5"), reg(1, "sat_lo5")
         en_ops += [coarse5.eq((operand >> Cat(Const(0, 3), amount4[3:]))[:39]), fine5.eq(amount4[:3]),
-                   up5.eq(~single & up), sat_hi5.eq(single & sat_hi4), sat_lo5.eq(single & sat_lo4)]
+                   sat_hi5.eq(single & sat_hi4), sat_lo5.eq(single & sat_lo4)]
+        # The rounding's bytes: the half bit's, the sticky bits', and the sign.
+        x = high4.as_unsigned()
+        half5, sticky5, neg5 = reg(4, "half5"), reg(4, "sticky5"), reg(1, "neg5")
+        en_ops += [half5[g].eq((x[8 * g:8 * g + 8] & half4[8 * g:8 * g + 8]).any()) for g in range(4)]
+        en_ops += [sticky5[g].eq((x[8 * g:8 * g + 8] & below4[8 * g:8 * g + 8]).any()) for g in range(4)]
+        en_ops += [neg5.eq(x[31])]
+
         shifted = (coarse5 >> fine5)[:32].as_signed()
         quotient6, up6 = reg(signed(32), "quotient6"), reg(1, "up6")
-        en_ops += [quotient6.eq(Mux(sat_hi5, INT32_MAX, Mux(sat_lo5, INT32_MIN, shifted))), up6.eq(up5)]
-        en_ops += [scaled5.eq(quotient6 + up6)]
+        en_ops += [quotient6.eq(Mux(sat_hi5, INT32_MAX, Mux(sat_lo5, INT32_MIN, shifted))),
+                   up6.eq(~single & half5.any() & (~neg5 | sticky5.any()))]
         m.d.sync += en_ops
+        return quotient6, up6
+
+    def _clamp_ecp5(self, m, lane, reg, quotient, up, output, bounds):
+        """The ECP5 lane's last stage: ``value = quotient + up`` (stage 6's rounding increment), zero point and
+        clamp, into the FIFO's write data (``output`` is combinational) with the registered ``bounds``, see
+        :meth:`elaborate`. The stage registers the clamp's two decisions and the biased low byte, so that only a
+        multiplexer stands before the FIFO (the add, compares and multiplexers in one stage were over 8 ns)."""
+        below_max, high = bounds              # qmin - zero_point - 1, qmax - zero_point
+        # A carry chain a flag, the increment in it: 2 * (bound - value) + 1 = (2 * bound + ~up) - (2 * quotient
+        # + up), whose sign is that of bound - value.
+        twice = Cat(up, quotient).as_signed()
+        low_diff = Signal(signed(34), name=f"l{lane}_low_diff")
+        high_diff = Signal(signed(34), name=f"l{lane}_high_diff")
+        m.d.comb += [low_diff.eq(Cat(~up, below_max).as_signed() - twice),
+                     high_diff.eq(Cat(~up, high).as_signed() - twice)]
+        below, above, biased = reg(1, "below"), reg(1, "above"), reg(signed(8), "biased")
+        # The low byte of value + zero_point: one 9-bit chain, the increment its carry in (up + up at bit 0).
+        m.d.sync += [below.eq(~low_diff[-1]), above.eq(high_diff[-1]),
+                     biased.eq((Cat(up, quotient[:8]) + Cat(up, self.zero_point))[1:9])]
+        m.d.comb += output.data[lane].eq(Mux(below, self.qmin, Mux(above, self.qmax, biased)))
