@@ -16,7 +16,7 @@ Pipeline: bias add | left shift | 32x32 multiply | high part (or single-rounding
 zero point and clamp. Six register stages, one result per cycle per lane; the whole pipeline stalls only while
 the output is held by back-pressure.
 
-Target ``"ecp5"`` (thirteen stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
+Target ``"ecp5"`` (fourteen stages, see :func:`requant_extra_stages`) does not stall: its stages run on every cycle
 and the last one writes a small FIFO in place of the output register (:func:`requant_fifo_depth`, same latency;
 :func:`~.streamer.credit_fifo`). The input is taken only while the FIFO has room for every beat in the pipeline,
 so back-pressure holds the input, not the lanes: on the ULX3S the output's ``ready`` would otherwise reach every
@@ -82,10 +82,10 @@ _PASS_CYCLES = 16
 _IDLE, _SELECT, _LOAD, _PASS1, _BETWEEN, _PASS2, _ROUND, _WRITE = range(8)
 _TARGETS = ("generic", "ice40", "ecp5")
 #: The ECP5 multiply takes :data:`~.dsp_ecp5.DSP_PRODUCT_STAGES` (5) register stages against one for the generic
-#: ``*`` (the LUT-only version, four adder-tree levels, has a fifth register to keep the same timing), the left
-#: shift before it one more (see :meth:`Requantizer._lane_ecp5`), and the tail after it two more (see
-#: :meth:`Requantizer._split_tail`).
-_ECP5_EXTRA_STAGES = 1 + (DSP_PRODUCT_STAGES - 1) + 2
+#: ``*`` (the LUT-only version, four adder-tree levels, has a fifth register to keep the same timing), the input
+#: register and the left shift before it one more each (see :meth:`Requantizer._lane_ecp5`), and the tail after
+#: it two more (see :meth:`Requantizer._split_tail`).
+_ECP5_EXTRA_STAGES = 1 + 1 + (DSP_PRODUCT_STAGES - 1) + 2
 
 
 def _check_lanes(lanes):
@@ -106,8 +106,9 @@ def requant_interval(target="generic", lanes=1):
 
 
 def requant_extra_stages(target="generic"):
-    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 7 on the ECP5,
-    whose left shift takes two stages, its product five and the shifts and rounding after it four (see
+    """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 8 on the ECP5,
+    whose input has a register of its own, its left shift two stages, its product five and the shifts and
+    rounding after it four (see
     :class:`Requantizer`), 0 elsewhere. The serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
 
@@ -394,6 +395,13 @@ class Requantizer(wiring.Component):
         def reg(shape, name):
             # Data only (the valid chain has the reset): a reset would reach thousands of flip-flops.
             return Signal(shape, name=f"l{lane}_{name}", reset_less=True)
+
+        # Stage 0 registers the beat as it is taken. The conv engine's accumulators and parameters come straight
+        # from block RAM read ports (yosys folds the engine's own registers into them), whose data arrives about
+        # 4 ns into the cycle: the bias's carry chain and the shift's decoders behind it were over 8 ns.
+        acc0, params0 = reg(acc.shape(), "acc0"), reg(lane_params_layout(), "params0")
+        m.d.sync += [acc0.eq(acc), params0.eq(params)]
+        acc, params = acc0, params0
 
         # The multiplier's Booth digits: all of it for the LUT product, its part above the blocks' low 17 bits
         # for the DSP product.

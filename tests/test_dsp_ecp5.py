@@ -242,7 +242,7 @@ def test_ecp5_depthwise_engine_matches_golden_and_cycle_model():
     config = AcceleratorConfig(lanes=2, max_width=8, target="ecp5")
     generic = replace(config, target="generic")
     extra = depthwise_extra_stages(config) + requant_extra_stages("ecp5")
-    assert extra == 11 and depthwise_extra_stages(generic) == 0
+    assert extra == 12 and depthwise_extra_stages(generic) == 0
     seed = 9
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
