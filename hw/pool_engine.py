@@ -105,11 +105,12 @@ def ice40_pool_limits(config):
 
 
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (8 on the ECP5: the
-    window generator's read register (:func:`~.window_generator.window_extra_stages`), the per-row reduction,
-    the reciprocal and the numerator's Booth digits, three adder levels of the product, the quotient and the
-    result before its clamp; one fewer on the iCE40)."""
-    return {"ecp5": 7 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (10 on the ECP5:
+    the window generator's read register (:func:`~.window_generator.window_extra_stages`), the per-row
+    reduction, one more each for the row's and the window's compares before their picks, the reciprocal and
+    the numerator's Booth digits, three adder levels of the product, the quotient and the result before its
+    clamp; one fewer on the iCE40)."""
+    return {"ecp5": 9 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
 
 
 def global_divider_steps(config):
@@ -309,19 +310,31 @@ class PoolEngine(wiring.Component):
                 level = nxt + ([level[-1]] if len(level) % 2 else [])
             return level[0]
 
-        def max_select(values):
-            """The largest of ``values`` in one level of compares (target "ecp5"): every pair compared side by
-            side, and the first of the largest picked by an AND-OR multiplexer (a tree of two-way maxima puts a
-            compare behind a compare)."""
+        def split_max(values, name):
+            """The largest of ``values`` (8-bit, signed) in two stages (target "ecp5"): the values and every
+            pair's compare registered, then the first of the largest picked by an AND-OR multiplexer of those
+            registers. Returns the pick, for the caller to register; the first stage's registers are updated
+            here, under the caller's enable."""
             values = list(values)
-            ge = {(i, j): values[i] >= values[j] for i in range(len(values)) for j in range(i + 1, len(values))}
+            held = [Signal(signed(8), name=f"{name}_v{i}") for i in range(len(values))]
+            ge = {(i, j): Signal(name=f"{name}_ge_{i}_{j}")
+                  for i in range(len(values)) for j in range(i + 1, len(values))}
+            m.d.sync += [h.eq(v) for h, v in zip(held, values)]
+            m.d.sync += [flag.eq(values[i] >= values[j]) for (i, j), flag in ge.items()]
             picked = 0
-            for i, v in enumerate(values):
-                wins = Cat(*(~ge[j, i] for j in range(i)), *(ge[i, j] for j in range(i + 1, len(values))))
+            for i, v in enumerate(held):
+                wins = Cat(*(~ge[j, i] for j in range(i)), *(ge[i, j] for j in range(i + 1, len(held))))
                 picked = picked | Mux(wins.all(), v, 0).as_unsigned()
-            result = Signal(signed(8))
-            m.d.comb += result.eq(picked)
-            return result
+            return picked.as_signed()
+
+        def split_sum(values, name):
+            """The sum of ``values`` in two stages: the pairs' sums registered (the first adder level), then
+            the rest. Returns the second stage's sum, for the caller to register."""
+            values = list(values)
+            width = max(len(v) for v in values) + 1
+            firsts = [Signal(signed(width), name=f"{name}_s{k}") for k in range((len(values) + 1) // 2)]
+            m.d.sync += [f.eq(sum(values[2 * k:2 * k + 2])) for k, f in enumerate(firsts)]
+            return sum(firsts)
 
         if deep:
             m.d.comb += wg.i_layer.payload.zero_point.eq(Mux(desc.mode == PoolMode.MAX, -128, 0))
@@ -335,19 +348,28 @@ class PoolEngine(wiring.Component):
                     m.d.sync += a_max[lane].eq(max_tree(Mux(ok, v, -128) for ok, v in taps))
                     m.d.sync += a_sum[lane].eq(sum(Mux(ok, v, 0) for ok, v in taps))
             else:
+                # Four stages: a row's compares (and the first adder level of its sum), the row's maximum (and
+                # sum), then the same over the rows: a compare's carry chain and the pick behind it in one cycle
+                # were the pool's longest paths (and a row's two adders in a row).
                 r_valid, r_last = Signal(), Signal()
                 r_rows, r_cols = Signal.like(rows_in), Signal.like(cols_in)
+                r2_valid, r2_last, r2_count = Signal(), Signal(), Signal.like(a_count)
+                q_valid, q_last, q_count = Signal(), Signal(), Signal.like(a_count)
                 m.d.sync += [r_valid.eq(wg.o_windows.valid & wg.o_windows.ready), r_last.eq(win.last),
                              r_rows.eq(rows_in), r_cols.eq(cols_in)]
-                m.d.sync += [a_valid.eq(r_valid), a_last.eq(r_last), a_count.eq(r_rows * r_cols)]
+                m.d.sync += [r2_valid.eq(r_valid), r2_last.eq(r_last), r2_count.eq(r_rows * r_cols)]
+                m.d.sync += [q_valid.eq(r2_valid), q_last.eq(r2_last), q_count.eq(r2_count)]
+                m.d.sync += [a_valid.eq(q_valid), a_last.eq(q_last), a_count.eq(q_count)]
                 for lane in range(lanes):
                     r_max = [Signal(signed(8), name=f"r_max_{lane}_{i}") for i in range(kmax)]
                     r_sum = [Signal(signed((kmax * 128).bit_length() + 1), name=f"r_sum_{lane}_{i}")
                              for i in range(kmax)]
                     for i in range(kmax):
                         row = [win.taps[i][j][lane] for j in range(kmax)]      # outside: -128 or 0, see above
-                        m.d.sync += [r_max[i].eq(max_select(row)), r_sum[i].eq(sum(row))]
-                    m.d.sync += [a_max[lane].eq(max_select(r_max)), a_sum[lane].eq(sum(r_sum))]
+                        pick = split_max(row, f"r_{lane}_{i}")
+                        m.d.sync += [r_max[i].eq(pick), r_sum[i].eq(split_sum(row, f"r_{lane}_{i}"))]
+                    pick = split_max(r_max, f"a_{lane}")
+                    m.d.sync += [a_max[lane].eq(pick), a_sum[lane].eq(split_sum(r_sum, f"a_{lane}"))]
 
         max_numer = max_sum + (kmax * kmax) // 2
         shift, table = avg_reciprocals(kmax * kmax, max_numer)
