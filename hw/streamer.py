@@ -23,7 +23,12 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk):
     a counter's enable, not an adder and a compare in front of the pipeline's input. Both of the next ``room``'s
     values are compared from registers, so ``reserve`` (a late signal, the pipeline's handshake) only picks one."""
     m.submodules[name] = fifo = SyncFIFO(width=width, depth=depth)
-    m.d.comb += [output.valid.eq(fifo.r_rdy), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
+    # ``output.valid`` is a register that follows ``level != 0`` (the FIFO's own ``r_rdy``, a compare of its
+    # level), set from the level's next value: the consumer's enables then start at a flip-flop.
+    nonempty = Signal(name=f"{name}_nonempty")
+    wrote, took = fifo.w_en & fifo.w_rdy, nonempty & output.ready
+    m.d.sync += nonempty.eq(wrote | (fifo.level > 1) | ((fifo.level == 1) & ~took))
+    m.d.comb += [output.valid.eq(nonempty), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
     reserved = Signal(range(2 * depth), name=f"{name}_reserved")
     read = Signal(range(2 * depth), name=f"{name}_read")
     used = Signal.like(reserved, name=f"{name}_used")
