@@ -108,8 +108,8 @@ def requant_interval(target="generic", lanes=1):
 def requant_extra_stages(target="generic"):
     """Register stages the pipelined requantizer of ``target`` has beyond :data:`REQUANT_LATENCY`: 8 on the ECP5,
     whose input has a register of its own, its left shift two stages, its product five and the shifts and
-    rounding after it four (see
-    :class:`Requantizer`), 0 elsewhere. The serial ice40 datapath is not a pipeline: see :func:`requant_interval`."""
+    rounding after it four (see :class:`Requantizer`), 0 elsewhere. The serial ice40 datapath is not a pipeline:
+    see :func:`requant_interval`."""
     return _ECP5_EXTRA_STAGES if target == "ecp5" else 0
 
 
