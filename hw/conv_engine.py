@@ -638,8 +638,8 @@ class ConvEngine(wiring.Component):
             # count run three cycles early (the beats between cannot stall); ``array.room`` is a register that
             # only rises until the next reservation, and none falls between a last beat's issue and its entry
             # (last beats are at least walker_tile_beats >= 6 apart). The stall that reached the memories' and
-            # stages' enables (some 770 flip-flops and the block RAMs, across the die) is gone; ``issue`` is two
-            # LUTs from registers.
+            # stages' enables (every stage register and block RAM of the input side, across the die) is gone;
+            # ``issue`` is two LUTs from registers.
             adv, issue = Const(1), Signal(name="issue")
             gap = min_tile_beats(cfg)
             since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
