@@ -884,7 +884,8 @@ class ConvEngine(wiring.Component):
         # On the ECP5 the requantizer's products take three MULT18X18D a lane (the array leaves 28 of the 85F's
         # 156); the vector engines' requantizers stay in LUTs.
         m.submodules.requant = requant = Requantizer(rows, tag_width=tag.shape().size, target=cfg.target,
-                                                     lane_fetch=serial, dsp_blocks=cfg.target == "ecp5")
+                                                     lane_fetch=serial, dsp_blocks=cfg.target == "ecp5",
+                                                     admit_ahead=buffered)
         m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
                      requant.qmin.eq(layer.qmin), requant.qmax.eq(layer.qmax)]
         if serial:
@@ -966,23 +967,40 @@ class ConvEngine(wiring.Component):
             p_advance = Signal()
             p_keep = Signal()
             p_acc = Signal.like(column.acc)
-            m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
+            if buffered:
+                # No enable on the ECP5 (as on the input side): the parameter read and the stage after it run
+                # every cycle, and the requantizer takes every beat they offer (admit_ahead). A column is taken
+                # only while the requantizer has room for it a cycle ahead, so ``taken`` is one LUT from
+                # registers and reaches no wide enable (the array's FIFO, nextpnr's critical path, sat at the
+                # die's other side from the parameter read it enabled).
+                m.d.comb += p_advance.eq(1)
+                may_take = requant.i_acc.ready
+            else:
+                m.d.comb += p_advance.eq(~p_valid | ~p_keep | requant.i_acc.ready)
+                may_take = p_advance
             if walk:
                 # A tile's last column moves the output cursor, whose walker must be ready: its tiles are
                 # walker_tile_beats apart as the input side issued them, but back-pressure can close them up.
-                m.d.comb += array.o_columns.ready.eq(p_advance & (out_cursor.ready | ~column_last))
+                m.d.comb += array.o_columns.ready.eq(may_take & (out_cursor.ready | ~column_last))
             else:
-                m.d.comb += array.o_columns.ready.eq(p_advance)
+                m.d.comb += array.o_columns.ready.eq(may_take)
             param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
-            param_data = _registered_read(m, params, param_addr, p_advance, "param_read")
+            if buffered:
+                # The read's address is a sum of registers, not a register moved by ``taken``: the block RAM's
+                # own address register then has no enable from the output handshake.
+                read_addr = (layer.param_base + out_block_o)[:len(param_addr)]
+            else:
+                read_addr = param_addr
+            param_data = _registered_read(m, params, read_addr, p_advance, "param_read")
             with m.If(p_advance):
                 m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column_no]),
                              p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column_no),
                              tag.block.eq(out_block_o)]
-            with m.If(setup):
-                m.d.sync += param_addr.eq(layer.param_base)
-            with m.Elif(tile_done & out_cursor.last_tile):
-                m.d.sync += param_addr.eq(param_addr + 1)
+            if not buffered:
+                with m.If(setup):
+                    m.d.sync += param_addr.eq(layer.param_base)
+                with m.Elif(tile_done & out_cursor.last_tile):
+                    m.d.sync += param_addr.eq(param_addr + 1)
             # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not raw bits.
             m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
             m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
@@ -998,7 +1016,7 @@ class ConvEngine(wiring.Component):
             # falls) on the edge that makes that result valid.
             in_flight = requant.o_data.valid
         else:
-            entered = requant.i_acc.valid & requant.i_acc.ready
+            entered = requant.i_acc.valid & (1 if buffered else requant.i_acc.ready)
             left = self.o_data.valid & self.o_data.ready
             with m.If(entered & ~left):
                 m.d.sync += inflight.eq(inflight + 1)

@@ -14,14 +14,17 @@ from .memory_map import ReadPortSignature, WritePortSignature
 __all__ = ["transfer_layout", "MemoryReader", "MemoryWriter", "credit_fifo"]
 
 
-def credit_fifo(m, name, output, *, width, depth, reserve, chunk):
+def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0):
     """A FIFO of ``depth`` words of ``width`` bits in front of the stream ``output``, for a pipeline with no
     enable: the pipeline reserves room for ``chunk`` results (``reserve`` high) in the cycle it takes the work that
     makes them, and takes work only while ``room`` (returned with the FIFO, whose ``w_data`` and ``w_en`` the
     caller drives) is high. Reservations and reads are counted apart (modulo twice the depth), and ``room`` is a
     register that sees the reads a cycle late (it is then a little cautious): the consumer's ``ready`` drives only
     a counter's enable, not an adder and a compare in front of the pipeline's input. Both of the next ``room``'s
-    values are compared from registers, so ``reserve`` (a late signal, the pipeline's handshake) only picks one."""
+    values are compared from registers, so ``reserve`` (a late signal, the pipeline's handshake) only picks one.
+
+    With ``lead`` (cycles, 0 by default), ``room`` is high only while there is room for ``lead`` more chunks
+    besides: a producer may then decide on ``room`` ``lead`` cycles before its work arrives and reserve it."""
     m.submodules[name] = fifo = SyncFIFO(width=width, depth=depth)
     # ``output.valid`` is a register that follows ``level != 0`` (the FIFO's own ``r_rdy``, a compare of its
     # level), set from the level's next value: the consumer's enables then start at a flip-flop.
@@ -34,7 +37,7 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk):
     used = Signal.like(reserved, name=f"{name}_used")
     room = Signal(init=1, name=f"{name}_room")
     m.d.comb += used.eq(reserved - read)
-    m.d.sync += room.eq(Mux(reserve, used <= depth - 2 * chunk, used <= depth - chunk))
+    m.d.sync += room.eq(Mux(reserve, used <= depth - (2 + lead) * chunk, used <= depth - (1 + lead) * chunk))
     with m.If(reserve):
         m.d.sync += reserved.eq(reserved + chunk)
     with m.If(output.valid & output.ready):

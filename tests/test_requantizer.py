@@ -118,6 +118,55 @@ def test_ecp5_free_running_under_backpressure(stall):
     np.testing.assert_array_equal(tags, np.arange(len(tags)) % 256)
 
 
+@pytest.mark.parametrize("stall", [0.3, 0.8])
+def test_ecp5_admit_ahead_takes_what_was_announced(stall):
+    """With ``admit_ahead`` (the conv engine's use) the producer decides on ``ready`` one cycle before its beat
+    comes and then offers it whatever ``ready`` is: under back-pressure the FIFO fills and drains many times, and
+    every result still comes out once, in order, bit-exact (with room for one beat fewer, beats are lost)."""
+    lanes, beats, zp, qmin, qmax = 2, 120, -3, -128, 90
+    vectors = random_vectors(np.random.default_rng(31), beats, lanes)
+    dut = Requantizer(lanes, tag_width=8, target="ecp5", admit_ahead=True)
+    rng = random.Random(31)
+    got, tags = [], []
+
+    async def producer(ctx):
+        ctx.set(dut.single_rounding, MODES["double"])
+        ctx.set(dut.zero_point, zp)
+        ctx.set(dut.qmin, qmin)
+        ctx.set(dut.qmax, qmax)
+        sent, pending = 0, None
+        while sent < beats or pending is not None:
+            # Cycle t: offer the beat decided in cycle t - 1, and decide on this cycle's ``ready``.
+            ctx.set(dut.i_acc.valid, pending is not None)
+            if pending is not None:
+                ctx.set(dut.i_acc.payload, {
+                    "acc": vectors["acc"][pending].tolist(),
+                    "params": [{"bias": int(vectors["bias"][pending, j]),
+                                "multiplier": int(vectors["multiplier"][pending, j]),
+                                "shift": int(vectors["shift"][pending, j])} for j in range(lanes)],
+                    "tag": pending % 256})
+            decide = sent < beats and ctx.get(dut.i_acc.ready) and rng.random() > 0.1
+            await ctx.tick()
+            pending = sent if decide else None
+            sent += bool(decide)
+        ctx.set(dut.i_acc.valid, 0)
+
+    async def consumer(ctx):
+        for _ in range(beats):
+            beat = await stream_get(ctx, dut.o_data, rng=rng, stall_prob=stall)
+            got.append([int(v) for v in beat.data])
+            tags.append(int(beat.tag))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run_until(1e-8 * (50 + 12 * beats))
+    assert len(got) == beats, f"stall {stall}: {len(got)} of {beats} results came out"
+    np.testing.assert_array_equal(np.array(got, np.int64), golden(vectors, zp, qmin, qmax, "double"))
+    np.testing.assert_array_equal(tags, np.arange(beats) % 256)
+
+
 def test_bad_lanes_named():
     # The refused object was never meant to be elaborated: collect it here, with Amaranth's warning silenced.
     with warnings.catch_warnings():
