@@ -183,7 +183,14 @@ class WindowGenerator(wiring.Component):
         # group == groups - 1 and group == groups - 2, stepped with group: the first at its steps (from the second),
         # the second on every cycle (group moves at most once a plane), so the scanner's enables meet no compare.
         last_group, second_last = Signal(name="last_group"), Signal(name="second_last_group")
-        m.d.sync += second_last.eq(group + 2 == layer.groups)
+        buffered = window_extra_stages(cfg) == 1
+        if buffered:
+            # On the ECP5 against ``groups - 2``, a register loaded with the descriptor: the adder in front of
+            # the compare made it one of the pool's slowest paths (group -> second_last_group).
+            groups_less_2 = Signal(signed(len(layer.groups) + 1), init=-2, name="groups_less_2")
+            m.d.sync += second_last.eq(group == groups_less_2)
+        else:
+            m.d.sync += second_last.eq(group + 2 == layer.groups)
         write_row = Signal(range(kmax))              # row memory receiving padded row py (py mod kmax)
         row_wait = Signal(range(MAX_STRIDE + kmax))  # rows until the next row that ends a window
         col_wait = Signal(range(MAX_STRIDE + kmax))
@@ -208,7 +215,6 @@ class WindowGenerator(wiring.Component):
 
         # Accept a new layer only once the previous one has left every stage, so that the latched descriptor
         # is never changed under a window still in flight.
-        buffered = window_extra_stages(cfg) == 1
         if buffered:
             s2_valid = Signal()
             m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid)
@@ -248,6 +254,8 @@ class WindowGenerator(wiring.Component):
                 row_enter.eq(desc.pad_top - 1), row_leave.eq(desc.pad_top + desc.height - 1),
                 col_enter.eq(desc.pad_left - 1), col_leave.eq(desc.pad_left + desc.width - 1),
             ]
+            if buffered:
+                m.d.sync += groups_less_2.eq(desc.groups - 2)
             for i in range(kmax):
                 m.d.sync += [row_lo[i].eq(desc.pad_top + desc.kernel - 1 - i),
                              row_hi[i].eq(desc.pad_top + desc.height + desc.kernel - 1 - i),

@@ -138,6 +138,26 @@ def test_one_window_per_cycle():
     assert cycles == window_cycles(layer) == 100 + 3
 
 
+def test_ecp5_read_register_and_group_flags():
+    # Target "ecp5": the row memories' read register (one stage more) and the last-plane flags stepped against a
+    # registered ``groups - 2``, over layers of one to four planes back to back, with bubbles and back-pressure.
+    from cnnacc.host.cycles_vector import WINDOW_LATENCY
+    from cnnacc.hw.window_generator import window_extra_stages
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=6, target="ecp5")
+    rng = np.random.default_rng(12)
+    jobs = []
+    for groups in (3, 1, 4, 2):
+        layer, _ = random_job(config, rng, 3)
+        layer["groups"] = groups
+        jobs.append((layer, rng.integers(-128, 128, size=(groups, layer["height"], layer["width"], 2))))
+    got, _ = run_amaranth(config, jobs, seed=12, bubble=0.3, stall=0.3)
+    check(got, jobs, 3, "ecp5")
+    for job in jobs:
+        got, cycles = run_amaranth(config, [job])
+        check(got, [job], 3, "ecp5 cycles")
+        assert cycles == window_cycles(job[0], WINDOW_LATENCY + window_extra_stages(config))
+
+
 def test_bad_descriptor_names_the_layer():
     config = AcceleratorConfig(max_kernel=7, max_width=16)
     with pytest.raises(ValueError, match=r"^conv1: kernel must be an integer from 1 to 7, not 8$"):
