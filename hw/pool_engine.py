@@ -286,7 +286,14 @@ class PoolEngine(wiring.Component):
 
         # --- windowed modes: reduce the taps (stage A), then divide and clamp into the output register.
         win = wg.o_windows.payload
-        m.d.comb += wg.o_windows.ready.eq(o_free & busy & ~global_mode)
+        if deep:
+            # The output's enable alone on the ECP5: the generator offers windows only while a windowed layer is
+            # busy (it takes the layer as ``busy`` rises, and the layer's last window has left it before ``busy``
+            # falls; a global layer starts only once it is idle), so the ready differs only where nothing is
+            # offered. ``busy & ~global_mode`` here reached every enable of the generator's scanner.
+            m.d.comb += wg.o_windows.ready.eq(o_free)
+        else:
+            m.d.comb += wg.o_windows.ready.eq(o_free & busy & ~global_mode)
         max_sum = kmax * kmax * 128
         a_valid, a_last = Signal(), Signal()
         a_max = [Signal(signed(8), name=f"a_max_{l}") for l in range(lanes)]
