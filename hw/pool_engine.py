@@ -460,6 +460,13 @@ class PoolEngine(wiring.Component):
         d_rem = [Signal(range(2 * max_count + 1), name=f"d_rem_{l}") for l in range(lanes)]
         d_quot = [Signal(nbits, name=f"d_quot_{l}") for l in range(lanes)]
         d_neg = [Signal(name=f"d_neg_{l}") for l in range(lanes)]
+        if staged:
+            # The divider's phases as one-hot flags, set a cycle ahead, in place of compares of ``div_step``
+            # (its decodes were in front of every enable of the remainders and quotients): the plane's last pixel
+            # entering the sum, the numerator, the quotient bits, the negation, and the result held for the
+            # output. ``div_step`` counts only the quotient bits, and ``div_final`` is "this is the last".
+            div_summing, div_numer, div_dividing, div_negating, div_done, div_final = (
+                Signal(name=f"div_{n}") for n in ("summing", "numer", "dividing", "negating", "done", "final"))
 
         g_feeding = Signal()                         # the layer still has pixels to come
         # Whether g_x (g_y) is the plane's last column (row), as flags stepped with them: the end of a plane
@@ -469,26 +476,64 @@ class PoolEngine(wiring.Component):
             m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0), g_feeding.eq(1),
                          g_x_last.eq(desc.window.width == 1), g_y_last.eq(desc.window.height == 1)]
             m.d.sync += [s.eq(0) for s in g_sum]
+        if staged:
+            # On the ECP5 the counters are compared with layer constants registered at the start (the width and
+            # height less 2, whether they are 1), not with sums of the descriptor's fields: an adder in front of
+            # each compare made g_x -> g_x_last, g_y -> g_y_last and layer_w.groups -> g_feeding some of the
+            # pool's slowest paths. ``g_last_group`` (g_group == groups - 1) is stepped at each plane's end from
+            # ``g_second_last`` (g_group == groups - 2), which is compared on every cycle: planes end at least
+            # the divider's steps apart, so it has caught up with g_group by the next one.
+            g_w_less_2 = Signal(signed(len(layer_w.width) + 1), name="g_w_less_2")
+            g_h_less_2 = Signal(signed(len(layer_w.height) + 1), name="g_h_less_2")
+            g_groups_less_2 = Signal(signed(len(layer_w.groups) + 1), init=-2, name="g_groups_less_2")
+            g_w_is_1, g_h_is_1 = Signal(name="g_w_is_1"), Signal(name="g_h_is_1")
+            g_last_group, g_second_last = Signal(name="g_last_group"), Signal(name="g_second_last")
+            m.d.sync += g_second_last.eq(g_group == g_groups_less_2)
+            with m.If(global_start):
+                w = desc.window
+                m.d.sync += [g_w_less_2.eq(w.width - 2), g_h_less_2.eq(w.height - 2),
+                             g_groups_less_2.eq(w.groups - 2), g_w_is_1.eq(w.width == 1),
+                             g_h_is_1.eq(w.height == 1), g_last_group.eq(w.groups == 1),
+                             g_second_last.eq(w.groups == 2)]
+            width_is_1, height_is_1 = g_w_is_1, g_h_is_1
+            x_next_last, y_next_last = g_x == g_w_less_2, g_y == g_h_less_2
+            last_group = g_last_group
+        else:
+            width_is_1, height_is_1 = layer_w.width == 1, layer_w.height == 1
+            x_next_last, y_next_last = g_x + 2 == layer_w.width, g_y + 2 == layer_w.height
+            last_group = g_group == layer_w.groups - 1
 
         end_of_plane = g_x_last & g_y_last
         # A plane's last pixel hands the sums to the divider, so it waits until the divider is free.
         # The next layer's pixels may already be waiting: take none once the last plane is in.
         m.d.comb += global_ready.eq(g_feeding & (~end_of_plane | ~div_busy))
         pixel_in = Signal()
-        m.d.comb += pixel_in.eq(self.i_pixels.valid & self.i_pixels.ready & global_mode)
+        if staged:
+            # The same as below with the input's ready spelled out: ``g_feeding`` is only set in a global layer,
+            # so the multiplexer between the two paths' ready and ``global_mode`` drop out (they put two more
+            # LUTs between g_x_last and every register the plane's end moves).
+            m.d.comb += pixel_in.eq(self.i_pixels.valid & g_feeding & ~(end_of_plane & div_busy))
+        else:
+            m.d.comb += pixel_in.eq(self.i_pixels.valid & self.i_pixels.ready & global_mode)
         with m.If(pixel_in):
             with m.If(g_x_last):
-                m.d.sync += [g_x.eq(0), g_y.eq(g_y + 1), g_x_last.eq(layer_w.width == 1),
-                             g_y_last.eq(Mux(g_y_last, layer_w.height == 1, g_y + 2 == layer_w.height))]
+                m.d.sync += [g_x.eq(0), g_y.eq(g_y + 1), g_x_last.eq(width_is_1),
+                             g_y_last.eq(Mux(g_y_last, height_is_1, y_next_last))]
             with m.Else():
-                m.d.sync += [g_x.eq(g_x + 1), g_x_last.eq(g_x + 2 == layer_w.width)]
+                m.d.sync += [g_x.eq(g_x + 1), g_x_last.eq(x_next_last)]
             m.d.sync += g_count.eq(g_count + 1)
             with m.If(end_of_plane):
                 m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(g_group + 1),
-                             div_busy.eq(1), div_step.eq(steps), divisor.eq(g_count + 1),
-                             div_last.eq(g_group == layer_w.groups - 1)]
-                m.d.sync += [d.eq(0) for d in d_rem + d_quot]
-                with m.If(g_group == layer_w.groups - 1):
+                             div_busy.eq(1), *([] if staged else [div_step.eq(steps)]), divisor.eq(g_count + 1),
+                             div_last.eq(last_group)]
+                if staged:
+                    # ``div_step`` is loaded, and the remainder and quotient cleared, by the numerator's step
+                    # instead (nothing reads them before it; the previous plane's result has left through
+                    # ``d_signed``).
+                    m.d.sync += [div_summing.eq(1), g_last_group.eq(g_second_last)]
+                else:
+                    m.d.sync += [d.eq(0) for d in d_rem + d_quot]
+                with m.If(last_group):
                     m.d.sync += g_feeding.eq(0)
         if staged:
             g_pixel = Signal.like(self.i_pixels.payload, name="g_pixel")
@@ -512,31 +557,41 @@ class PoolEngine(wiring.Component):
                         m.d.sync += d_numer[lane].eq(Mux(total < 0, -total, total) + ((g_count + 1) >> 1))
 
         dividing = Signal()
-        m.d.comb += dividing.eq(div_busy & (div_step != 0))
         if staged:
-            with m.If(div_busy & (div_step == steps)):
+            m.d.comb += dividing.eq(div_dividing)
+            with m.If(div_summing):
                 # The plane's last pixel enters the sum (above).
-                m.d.comb += dividing.eq(0)
-                m.d.sync += div_step.eq(steps - 1)
-            with m.If(div_busy & (div_step == 1)):
-                m.d.comb += dividing.eq(0)
-                m.d.sync += div_step.eq(0)
+                m.d.sync += [div_summing.eq(0), div_numer.eq(1)]
+            with m.If(div_negating):
+                m.d.sync += [div_negating.eq(0), div_done.eq(1)]
                 m.d.sync += [d_signed[lane].eq(Mux(d_neg[lane], -d_quot[lane], d_quot[lane]))
                              for lane in range(lanes)]
             half = divisor >> 1
-            with m.If(div_busy & (div_step == steps - 1)):
-                m.d.comb += dividing.eq(0)
-                m.d.sync += div_step.eq(steps - 2)
+            with m.If(div_numer):
+                m.d.sync += [div_numer.eq(0), div_dividing.eq(1), div_step.eq(nbits), div_final.eq(nbits == 1)]
+                m.d.sync += [d.eq(0) for d in d_rem + d_quot]
                 m.d.sync += [d_numer[lane].eq(Mux(d_neg[lane], half - d_total[lane], d_total[lane] + half))
                              for lane in range(lanes)]
+            with m.If(div_dividing):
+                m.d.sync += div_final.eq(div_step == 2)
+                with m.If(div_final):
+                    m.d.sync += [div_dividing.eq(0), div_negating.eq(1)]
+        else:
+            m.d.comb += dividing.eq(div_busy & (div_step != 0))
         with m.If(dividing):
             m.d.sync += div_step.eq(div_step - 1)
             for lane in range(lanes):
                 partial = Signal(range(2 * max_count + 1), name=f"d_partial_{lane}")
                 m.d.comb += partial.eq((d_rem[lane] << 1) | d_numer[lane][-1])
-                fits = partial >= divisor
+                if staged:
+                    # One carry chain for the compare and the difference: its sign is the quotient bit.
+                    diff = Signal(signed(len(partial) + 1), name=f"d_diff_{lane}")
+                    m.d.comb += diff.eq(partial - divisor)
+                    fits = ~diff[-1]
+                else:
+                    fits = partial >= divisor
                 m.d.sync += [
-                    d_rem[lane].eq(Mux(fits, partial - divisor, partial)),
+                    d_rem[lane].eq(Mux(fits, diff if staged else partial - divisor, partial)),
                     d_quot[lane].eq((d_quot[lane] << 1) | fits),
                     d_numer[lane].eq(d_numer[lane] << 1),
                 ]
@@ -557,8 +612,10 @@ class PoolEngine(wiring.Component):
                     with m.If(out_last):
                         m.d.sync += busy.eq(0)
         with m.Else():
-            with m.If(div_busy & (div_step == 0) & o_free):
+            with m.If((div_done if staged else div_busy & (div_step == 0)) & o_free):
                 m.d.sync += [o.valid.eq(1), div_busy.eq(0)]
+                if staged:
+                    m.d.sync += div_done.eq(0)
                 m.d.sync += [o.payload[lane].eq(global_result[lane]) for lane in range(lanes)]
                 with m.If(div_last):
                     m.d.sync += busy.eq(0)

@@ -168,6 +168,36 @@ def test_cycle_model_matches_rtl():
         assert cycles == pool_cycles(config, layer), f"{layer}: RTL {cycles} cycles, model {pool_cycles(config, layer)}"
 
 
+def test_ecp5_global_average_matches_golden_and_cycle_model():
+    # The ECP5's staged divider (its phases as flags, its plane ends from registered layer constants): planes of
+    # one pixel (each waiting for the divider), one row, one column, and the rounding ties, against the golden
+    # model with back-pressure and the cycle model without.
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=8, target="ecp5")
+    rng = np.random.default_rng(7)
+    layers = [pool_layer(config, PoolMode.GLOBAL_AVG, height=1, width=1, groups=3, qmin=-50, qmax=60),
+              pool_layer(config, PoolMode.GLOBAL_AVG, height=1, width=8, groups=2),
+              pool_layer(config, PoolMode.GLOBAL_AVG, height=8, width=1, groups=2),
+              pool_layer(config, PoolMode.GLOBAL_AVG, height=3, width=5, groups=4, qmin=-3, qmax=3)]
+    jobs = []
+    for layer in layers:
+        window = layer["window"]
+        jobs.append((layer, rng.integers(-128, 128, size=(window["groups"], window["height"], window["width"], 2))))
+    ties = np.array([[[[1, -1], [2, -2]], [[0, 0], [0, 0]]]], np.int64)       # sums 3 and -3 over 4: +-0.75
+    jobs.append((pool_layer(config, PoolMode.GLOBAL_AVG, height=2, width=2), ties))
+    halves = np.array([[[[1, -1], [0, 0]]], [[[127, -128], [-128, 127]]]], np.int64)   # +-0.5 (away from 0)
+    jobs.append((pool_layer(config, PoolMode.GLOBAL_AVG, height=1, width=2, groups=2), halves))
+    # A windowed layer between global ones: the generator's ready is the output's enable alone on the ECP5.
+    jobs.insert(2, (pool_layer(config, PoolMode.MAX, height=4, width=5, kernel=2, stride=2, groups=2),
+                    rng.integers(-128, 128, size=(2, 4, 5, 2))))
+    got, _ = run_amaranth(config, jobs, seed=7, bubble=0.3, stall=0.3)
+    check(got, jobs, "ecp5 global average")
+    for job in jobs:
+        got, cycles = run_amaranth(config, [job])
+        check(got, [job], "ecp5 global average cycle model")
+        model = pool_cycles(config, job[0])
+        assert cycles == model, f"{job[0]}: RTL {cycles} cycles, model {model}"
+
+
 def test_bad_layer_names_it():
     config = AcceleratorConfig(max_width=16)
     with pytest.raises(ValueError, match=r"^pool5: global average over 17x16 pixels exceeds the 256 the divider"):
