@@ -200,6 +200,24 @@ def _clamp(value, qmin, qmax):
     return Mux(value < qmin, qmin, Mux(value > qmax, qmax, value))
 
 
+def _clamp_bounds(qmin, qmax):
+    """The magnitude bounds :func:`_clamp_flags` compares with, for the activation range ``qmin..qmax``:
+    ``-q < qmin`` when ``q >= 1 - qmin``, ``q < qmin`` when not ``q >= qmin``, ``-q > qmax`` when not
+    ``q >= -qmax``, and ``q > qmax`` when ``q >= qmax + 1``. A negative bound is raised to 0: ``q >= 0`` holds
+    for every magnitude, as ``q >= b`` did. So all four are unsigned, and each compare is a carry chain with no
+    sign correction after it."""
+    return [Mux(b < 0, 0, b) for b in (1 - qmin, qmin, -qmax, qmax + 1)]
+
+
+def _clamp_flags(magnitude, neg, bounds):
+    """``(below, above)``: whether the value ``-magnitude`` (``neg``) or ``magnitude`` is below ``qmin`` and
+    above ``qmax``, decided on the magnitude before its negation (target "ecp5"), with ``bounds`` from
+    :func:`_clamp_bounds` registered with the layer."""
+    low_if_neg, low_if_pos, high_if_neg, high_if_pos = bounds
+    return (Mux(neg, magnitude >= low_if_neg, ~(magnitude >= low_if_pos)),
+            Mux(neg, ~(magnitude >= high_if_neg), magnitude >= high_if_pos))
+
+
 class PoolEngine(wiring.Component):
     """Max, average and global-average pooling of int8 pixel streams.
 
@@ -277,6 +295,14 @@ class PoolEngine(wiring.Component):
             m.d.sync += [busy.eq(1), mode.eq(desc.mode), qmin.eq(desc.qmin), qmax.eq(desc.qmax),
                          layer_w.eq(desc.window), global_mode.eq(is_global)]
             m.d.comb += global_start.eq(is_global)
+        if deep:
+            # For the clamp's decisions (see _clamp_flags): the magnitude bounds, and whether the layer is a
+            # maximum, registered with the layer.
+            clamp_bounds = [Signal(8, name=f"clamp_bound_{n}") for n in ("low_neg", "low_pos", "high_neg", "high_pos")]
+            max_mode = Signal(name="max_mode")
+            with m.If(self.i_layer.valid & self.i_layer.ready):
+                m.d.sync += [r.eq(b) for r, b in zip(clamp_bounds, _clamp_bounds(desc.qmin, desc.qmax))]
+                m.d.sync += max_mode.eq(desc.mode == PoolMode.MAX)
         global_ready = Signal()
         m.d.comb += [
             wg.i_pixels.payload.eq(self.i_pixels.payload),
@@ -423,16 +449,27 @@ class PoolEngine(wiring.Component):
                                       width=len(recip_signed) + numer_width, name=f"div_{lane}")
                 with m.If(o_free):
                     m.d.sync += quotient.eq(product.as_unsigned() >> shift)
+                # The maximum's clamp decisions are made here, as it enters the divide's stages, and travel
+                # with it (the layer's bounds hold still while it is busy).
+                max_clamp = delayed(Cat(window_max < qmin, window_max > qmax), f"div_max_clamp_{lane}")
                 neg, window_max = delayed(neg, f"div_neg_{lane}"), delayed(window_max, f"div_max_{lane}")
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
             m.d.comb += avg.eq(Mux(neg, -quotient, quotient))
             value = Mux(mode == PoolMode.MAX, window_max, avg)
             if deep:
+                # D also registers the clamp's decisions, made on the quotient before its negation and on the
+                # window's maximum (the compares of the result behind D were the pool's slowest paths): the
+                # output register's input is then multiplexers only.
                 unclamped = Signal.like(avg, name=f"unclamped_{lane}")
+                below, above = Signal(name=f"clamp_below_{lane}"), Signal(name=f"clamp_above_{lane}")
+                avg_below, avg_above = _clamp_flags(quotient, neg, clamp_bounds)
                 with m.If(o_free):
-                    m.d.sync += unclamped.eq(value)
-                value = unclamped
-            window_result.append(_clamp(value, qmin, qmax))
+                    m.d.sync += [unclamped.eq(value),
+                                 below.eq(Mux(max_mode, max_clamp[0], avg_below)),
+                                 above.eq(Mux(max_mode, max_clamp[1], avg_above))]
+                window_result.append(Mux(below, qmin, Mux(above, qmax, unclamped)))
+            else:
+                window_result.append(_clamp(value, qmin, qmax))
 
         # --- global average: per-plane sums, then a restoring divider per lane.
         max_count = global_max_count(cfg)
@@ -562,10 +599,16 @@ class PoolEngine(wiring.Component):
             with m.If(div_summing):
                 # The plane's last pixel enters the sum (above).
                 m.d.sync += [div_summing.eq(0), div_numer.eq(1)]
+            # The clamp's decisions are made with the negation, on the quotient (see _clamp_flags): behind
+            # ``d_signed`` its compares were the global path's slowest.
+            d_below = [Signal(name=f"d_below_{lane}") for lane in range(lanes)]
+            d_above = [Signal(name=f"d_above_{lane}") for lane in range(lanes)]
             with m.If(div_negating):
                 m.d.sync += [div_negating.eq(0), div_done.eq(1)]
-                m.d.sync += [d_signed[lane].eq(Mux(d_neg[lane], -d_quot[lane], d_quot[lane]))
-                             for lane in range(lanes)]
+                for lane in range(lanes):
+                    below, above = _clamp_flags(d_quot[lane], d_neg[lane], clamp_bounds)
+                    m.d.sync += [d_signed[lane].eq(Mux(d_neg[lane], -d_quot[lane], d_quot[lane])),
+                                 d_below[lane].eq(below), d_above[lane].eq(above)]
             half = divisor >> 1
             with m.If(div_numer):
                 m.d.sync += [div_numer.eq(0), div_dividing.eq(1), div_step.eq(nbits), div_final.eq(nbits == 1)]
@@ -599,7 +642,10 @@ class PoolEngine(wiring.Component):
         global_result = []
         for lane in range(lanes):
             q = d_quot[lane]
-            global_result.append(_clamp(d_signed[lane] if staged else Mux(d_neg[lane], -q, q), qmin, qmax))
+            if staged:
+                global_result.append(Mux(d_below[lane], qmin, Mux(d_above[lane], qmax, d_signed[lane])))
+            else:
+                global_result.append(_clamp(Mux(d_neg[lane], -q, q), qmin, qmax))
 
         # --- the output register, shared by both paths.
         with m.If(o.valid & o.ready):

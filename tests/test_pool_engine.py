@@ -198,6 +198,23 @@ def test_ecp5_global_average_matches_golden_and_cycle_model():
         assert cycles == model, f"{job[0]}: RTL {cycles} cycles, model {model}"
 
 
+def test_ecp5_clamp_at_every_value():
+    # The ECP5 engine decides the clamp on the magnitude before its negation (and on the window's maximum): a
+    # 1x1 window and 1x1 global planes pass every int8 value through, against clamps at the ends and in between.
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=16, target="ecp5")
+    values = np.arange(-128, 128).reshape(1, 16, 16, 1)
+    planes = np.concatenate([values, values[:, ::-1, ::-1]], axis=-1)
+    jobs = []
+    for qmin, qmax in [(-128, 127), (-1, 0), (-128, -128), (127, 127), (-100, 5), (0, 0)]:
+        for mode in (PoolMode.AVG, PoolMode.MAX):
+            jobs.append((pool_layer(config, mode, height=16, width=16, qmin=qmin, qmax=qmax), planes))
+    for qmin, qmax in [(-128, 127), (-3, 9)]:
+        jobs.append((pool_layer(config, PoolMode.GLOBAL_AVG, height=1, width=1, groups=256, qmin=qmin, qmax=qmax),
+                     planes.reshape(256, 1, 1, 2)))
+    got, _ = run_amaranth(config, jobs, seed=13, bubble=0.1, stall=0.2)
+    check(got, jobs, "ecp5 clamp")
+
+
 def test_bad_layer_names_it():
     config = AcceleratorConfig(max_width=16)
     with pytest.raises(ValueError, match=r"^pool5: global average over 17x16 pixels exceeds the 256 the divider"):
