@@ -304,9 +304,12 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [r.eq(b) for r, b in zip(clamp_bounds, _clamp_bounds(desc.qmin, desc.qmax))]
                 m.d.sync += max_mode.eq(desc.mode == PoolMode.MAX)
         global_ready = Signal()
+        # On the ECP5 the generator sees the input's valid as it comes: in a global layer it has no layer (it
+        # was idle when the global layer started), and an idle generator takes nothing whatever the valid
+        # (``~global_mode`` there reached every enable of its scanner).
         m.d.comb += [
             wg.i_pixels.payload.eq(self.i_pixels.payload),
-            wg.i_pixels.valid.eq(self.i_pixels.valid & ~global_mode),
+            wg.i_pixels.valid.eq(self.i_pixels.valid if deep else self.i_pixels.valid & ~global_mode),
             self.i_pixels.ready.eq(Mux(global_mode, global_ready, wg.i_pixels.ready)),
         ]
 
@@ -431,7 +434,13 @@ class PoolEngine(wiring.Component):
             out_valid, out_last = delayed(a_valid, "div_valid", 1), delayed(a_last, "div_last", 1)
         for lane in range(lanes):
             magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
-            m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
+            if deep:
+                # |sum| + count // 2 as one adder or subtractor a sign (the negation and the addition after it
+                # were two carry chains in front of the numerator's Booth digits).
+                half = a_count >> 1
+                m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, half - a_sum[lane], a_sum[lane] + half))
+            else:
+                m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
             quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
             neg, window_max = a_sum[lane] < 0, a_max[lane]
             if not deep:
