@@ -205,6 +205,11 @@ class WindowGenerator(wiring.Component):
         s1_col_in = Signal()                             # the column entering the window is inside the map
         s1_last_in_group = Signal()
         s1_last = Signal()
+        if buffered:
+            # The parts of the flags above, registered apart on the ECP5 (see stage 2).
+            s1_row_end, s1_col_end, s1_group_end = (Signal(name=f"s1_{n}_end") for n in ("row", "col", "group"))
+            s1_row_lo, s1_row_hi, s1_col_lo, s1_col_hi = (Signal(kmax, name=f"s1_{n}") for n in (
+                "row_lo", "row_hi", "col_lo", "col_hi"))
 
         # Output stage: the window registers themselves (the payload is read straight from them).
         window = [[Signal(pix, name=f"window_{i}_{j}", reset_less=True) for j in range(kmax)] for i in range(kmax)]
@@ -330,18 +335,36 @@ class WindowGenerator(wiring.Component):
                 s1_pixel.eq(self.i_pixels.payload),
                 s1_emit.eq((row_wait == 0) & (col_wait == 0)),
                 s1_col_in.eq(in_col),
-                # No further window in this plane once the next eligible row/column would leave it.
-                s1_last_in_group.eq((py >= last_py) & (px >= last_px)),
-                s1_last.eq((py >= last_py) & (px >= last_px) & last_group),
             ]
-            for i in range(kmax):
+            # No further window in this plane once the next eligible row/column would leave it.
+            if buffered:
+                # On the ECP5 the two compares and the last-plane flag are registered apart and combined as stage
+                # 2 copies them: the AND behind the compares' carry chains made py -> s1_last the generator's
+                # slowest estimated path (and py -> s1_row_valid, below, the next).
+                m.d.sync += [s1_row_end.eq(py >= last_py), s1_col_end.eq(px >= last_px),
+                             s1_group_end.eq(last_group)]
+            else:
                 m.d.sync += [
-                    s1_row_valid[i].eq(tap_used[i] & (py >= row_lo[i]) & (py < row_hi[i])),
-                    s1_col_valid[i].eq(tap_used[i] & (px >= col_lo[i]) & (px < col_hi[i])),
+                    s1_last_in_group.eq((py >= last_py) & (px >= last_px)),
+                    s1_last.eq((py >= last_py) & (px >= last_px) & last_group),
                 ]
+            for i in range(kmax):
+                if buffered:
+                    # Likewise the tap flags' compares (``tap_used`` holds still through a layer).
+                    m.d.sync += [s1_row_lo[i].eq(py >= row_lo[i]), s1_row_hi[i].eq(py < row_hi[i]),
+                                 s1_col_lo[i].eq(px >= col_lo[i]), s1_col_hi[i].eq(px < col_hi[i])]
+                else:
+                    m.d.sync += [
+                        s1_row_valid[i].eq(tap_used[i] & (py >= row_lo[i]) & (py < row_hi[i])),
+                        s1_col_valid[i].eq(tap_used[i] & (px >= col_lo[i]) & (px < col_hi[i])),
+                    ]
                 m.d.sync += s1_row_sel[i].eq(Mux(row_sel[i] < 0, row_sel[i] + kmax, row_sel[i]))
 
         if buffered:
+            m.d.comb += [s1_last_in_group.eq(s1_row_end & s1_col_end),
+                         s1_last.eq(s1_row_end & s1_col_end & s1_group_end),
+                         s1_row_valid.eq(tap_used & s1_row_lo & s1_row_hi),
+                         s1_col_valid.eq(tap_used & s1_col_lo & s1_col_hi)]
             # Stage 2 (ECP5): stage 1 and the rows it read, registered (one enable with the other stages).
             rows_read = [Signal(pix, name=f"row_data_{r}", reset_less=True) for r in range(kmax)]
             names = ["pixel", "emit", "row_valid", "col_valid", "col_in", "last_in_group", "last"] + [
