@@ -257,6 +257,7 @@ class SystolicArray(wiring.Component):
 
         shadow = [[None] * cols for _ in range(rows)]
         column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
+        finishing = []      # column_done's next values
         for r in range(rows):
             wgt_in, flags_in = west[r]
             for c in range(cols):
@@ -294,6 +295,7 @@ class SystolicArray(wiring.Component):
                             m.d.sync += done.eq(total)
                     if r == rows - 1:
                         m.d.sync += column_done[c].eq(pflags.valid & pflags.last)
+                        finishing.append(pflags.valid & pflags.last)
                 shadow[r][c] = done
                 act_in = act
                 north[c] = act
@@ -302,8 +304,13 @@ class SystolicArray(wiring.Component):
         # Output register: at most one column finishes per cycle (tiles are >= cols cycles apart), so the flags
         # are one-hot and each output bit is an OR of AND terms (a few LUT levels), not a chain of ``cols``
         # multiplexers. Nothing reads the payload while ``valid`` is low.
-        any_done = Signal()
-        m.d.comb += any_done.eq(Cat(*column_done).any())
+        any_done = Signal(name="any_done")
+        if free:
+            # A register of its own, set from the flags column_done is set from: the FIFO's write enable, and
+            # through it the FIFO's level, then start at a flip-flop, not at an OR of flags across the array.
+            m.d.sync += any_done.eq(Cat(*finishing).any())
+        else:
+            m.d.comb += any_done.eq(Cat(*column_done).any())
         col = _or_all([Mux(column_done[c], c, 0) for c in range(cols)])
         accs = [_or_all([Mux(column_done[c], shadow[r][c].as_unsigned(), 0) for c in range(cols)])
                 for r in range(rows)]
