@@ -744,20 +744,28 @@ class Requantizer(wiring.Component):
         saturation and a mode multiplexer, was over 8 ns there).
         """
         en_ops = []
+
+        def decode(value, name):
+            """``(greater, equal)``: ``value > k`` and ``value == k`` for k in 0..31 (``value`` 5 bits), each
+            one LUT of registers holding its fields' compares (3 bits and fewer: a LUT a bit)."""
+            high, low = value[2:5], value[:2]
+            gt_high, eq_high = reg(8, f"{name}_gt_high"), reg(8, f"{name}_eq_high")
+            gt_low, eq_low = reg(4, f"{name}_gt_low"), reg(4, f"{name}_eq_low")
+            en_ops.extend([gt_high[k].eq(high > k) for k in range(8)] + [eq_high[k].eq(high == k) for k in range(8)]
+                          + [gt_low[k].eq(low > k) for k in range(4)] + [eq_low[k].eq(low == k) for k in range(4)])
+            greater = [gt_high[k >> 2] | (eq_high[k >> 2] & gt_low[k & 3]) for k in range(32)]
+            equal = [eq_high[k >> 2] & eq_low[k & 3] for k in range(32)]
+            return greater, equal
+
         # Single rounding's constants, from ``s = (t - 1) mod 64``: registered two stages ahead of the product
-        # (a 6-bit decrement), compared field by field in the next (3 bits and fewer: a LUT a bit), each bit of
-        # the constants one LUT of those in the product's stage. Tables of ``t`` there were five LUTs deep.
+        # (a 6-bit decrement), compared field by field in the next, each bit of the constants one LUT of those in
+        # the product's stage. Tables of ``t`` there were five LUTs deep.
         t_less1 = reg(6, "t_less1")
         en_ops += [t_less1.eq(total[-4] - 1)]
-        s_high, s_low = t_less1[2:5], t_less1[:2]
-        t_lt, t_eq = reg(8, "t_lt2"), reg(8, "t_eq2")         # s[2:5] < k, == k
-        t_le, t_is = reg(4, "t_le2"), reg(4, "t_is2")         # s[:2] <= k, == k
         t_top = reg(1, "t_top2")                              # s >= 32
-        en_ops += [t_lt[k].eq(s_high < k) for k in range(8)] + [t_eq[k].eq(s_high == k) for k in range(8)]
-        en_ops += [t_le[k].eq(s_low <= k) for k in range(4)] + [t_is[k].eq(s_low == k) for k in range(4)]
         en_ops += [t_top.eq(t_less1[5])]
-        at_most = [t_lt[k >> 2] | (t_eq[k >> 2] & t_le[k & 3]) for k in range(32)]     # s mod 32 <= k
-        equal = [t_eq[k >> 2] & t_is[k & 3] for k in range(32)]                        # s mod 32 == k
+        s_greater, equal = decode(t_less1[:5], "t2")                                    # s mod 32 > k, == k
+        at_most = [~g for g in s_greater]                                               # s mod 32 <= k
         round3 = reg(64, "round3")
         hi3, lo3, can3 = reg(signed(65), "hi3"), reg(signed(66), "lo3"), reg(1, "can_sat3")
         # 2**s; (2**32 - 1) << (s mod 32): ones from bit s mod 32 for 32 bits; -(2**32 + 1) << (s mod 32): ones
@@ -768,13 +776,7 @@ class Requantizer(wiring.Component):
                    can3.eq(~t_top | equal[31])]
         # The rounding divide's masks, from ``right`` a stage ahead of the product, compared field by field in
         # the product's stage as above.
-        r_gt, r_eq = reg(8, "r_gt3"), reg(8, "r_eq3")         # right[2:5] > k, == k
-        r_lgt, r_lis = reg(4, "r_lgt3"), reg(4, "r_lis3")     # right[:2] > k, == k
-        r_high, r_low = right[-2][2:5], right[-2][:2]
-        en_ops += [r_gt[k].eq(r_high > k) for k in range(8)] + [r_eq[k].eq(r_high == k) for k in range(8)]
-        en_ops += [r_lgt[k].eq(r_low > k) for k in range(4)] + [r_lis[k].eq(r_low == k) for k in range(4)]
-        over = [r_gt[k >> 2] | (r_eq[k >> 2] & r_lgt[k & 3]) for k in range(32)]         # right > k
-        at = [r_eq[k >> 2] & r_lis[k & 3] for k in range(32)]                            # right == k
+        over, at = decode(right[-2][:5], "r3")                                         # right > k, == k
         # Bit ``right - 1`` (none for no shift) and the bits below it: a one-hot and a thermometer code.
         half4, below4 = reg(31, "half4"), reg(31, "below4")
         en_ops += [half4.eq(Cat(*at[1:])), below4.eq(Cat(*over[1:]))]
