@@ -992,8 +992,23 @@ class ConvEngine(wiring.Component):
             else:
                 read_addr = param_addr
             param_data = _registered_read(m, params, read_addr, p_advance, "param_read")
+            if buffered:
+                # Whether the column taken is a pixel's, without a compare in front of the column multiplexer:
+                # the cursor moves only as a tile's last column is taken (or at setup), so the column after it
+                # (column 0, from the cursor itself) is the only one taken while a registered copy of the
+                # columns' flags is a cycle stale. Column 1 comes a cycle later at the earliest.
+                valid_r = Signal(cols, name="out_pixel_valid_r")
+                column_first = Signal(name="column_first", init=1)
+                m.d.sync += valid_r.eq(Cat(*out_cursor.pixel_valid))
+                with m.If(setup):
+                    m.d.sync += column_first.eq(1)
+                with m.Elif(taken):
+                    m.d.sync += column_first.eq(column_last)
+                keep = Mux(column_first, out_cursor.pixel_valid[0], valid_r.bit_select(column_no, 1))
+            else:
+                keep = Array(out_cursor.pixel_valid)[column_no]
             with m.If(p_advance):
-                m.d.sync += [p_valid.eq(taken), p_keep.eq(Array(out_cursor.pixel_valid)[column_no]),
+                m.d.sync += [p_valid.eq(taken), p_keep.eq(keep),
                              p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column_no),
                              tag.block.eq(out_block_o)]
             if not buffered:
