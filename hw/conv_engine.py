@@ -215,10 +215,21 @@ def conv_read_stages(config):
 
 def walker_tile_beats(config):
     """Fewest cycles from one tile's last beat to the next one's that the tile cursors' walkers allow (and from
-    the start of a run to its first tile's last beat): ``cols + 3`` on the walker targets (ice40, ecp5; the
-    ice40's tiles are always further apart than that, its serial drain), 0 on the generic target, whose cursors
-    have no walker."""
-    return config.cols + 3 if config.target in _WALKER_TARGETS else 0
+    the start of a run to its first tile's last beat): ``cols + 3`` on the ice40 (whose tiles are always further
+    apart than that, its serial drain), ``cols + 4`` on the ecp5 (its walkers register the moved cursor's
+    compares before they load), 0 on the generic target, whose cursors have no walker."""
+    if config.target not in _WALKER_TARGETS:
+        return 0
+    return config.cols + (4 if config.target == "ecp5" else 3)
+
+
+def _or_values(values, width):
+    """The bitwise OR of ``values`` (at most one of them non-zero, by the caller's design), ``width`` bits at
+    least; ``0`` for none."""
+    result = Const(0, width)
+    for value in values:
+        result = result | value
+    return result
 
 
 class _TileCursor:
@@ -242,10 +253,13 @@ class _TileCursor:
     first tile's columns are a closed form of ``OW``, and ``last_tile``, ``rows_down`` and ``wrap_row`` are
     registered copies taken while the walker loads. The user must not advance before ``ready``; ``last_x`` is
     ``OW - 1`` (and ``span``), registered by the user (walk mode only). With ``wrap_register`` (the ECP5) the
-    row wrap compares column 0's x with ``OW - cols``, a register, not ``x + cols`` with ``OW``.
+    row wrap compares column 0's x with ``OW - cols``, a register, not ``x + cols`` with ``OW``; the moved
+    cursor's compares are registered before the walker loads (one cycle more, see :func:`walker_tile_beats`);
+    and the first tile comes from ``width_is`` (registered by the user: bit ``k`` is ``span & (OW == k)``, for
+    ``k`` from 1 to ``cols - 1``), not from a chain of compares of ``OW``.
     """
 
-    def __init__(self, m, layer, span, cols, name, walk=False, last_x=None, wrap_register=False):
+    def __init__(self, m, layer, span, cols, name, walk=False, last_x=None, wrap_register=False, width_is=None):
         width = len(layer.out_w)
         # A column's x runs past the row end by at most cols - 1 (masked) when tiles stay within rows.
         self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}") for c in range(cols)]
@@ -254,7 +268,7 @@ class _TileCursor:
         pixel_bits = len(layer.out_h) + width
         self.pixel0 = Signal(pixel_bits, name=f"{name}_pixel0")
         self.row_pixel = Signal(pixel_bits, name=f"{name}_row_pixel")   # flat index of (column 0's row, 0)
-        self._layer, self._cols = layer, cols
+        self._layer, self._cols, self._width_is = layer, cols, width_is
 
         def step(y, x):
             # Raster increment in span mode, along the row otherwise (columns past the row are masked).
@@ -325,12 +339,32 @@ class _TileCursor:
             moved2 = Signal(name=f"{name}_moved2")
             first_x_r = Signal(len(self.ox[0]), name=f"{name}_next_ox_r")
             m.d.sync += moved2.eq(self.moved)
-            with m.If(self.moved):
-                m.d.sync += [count.eq(0), first_x_r.eq(first_x), self.rows_down.eq(rows_down_now),
-                             self.wrap_row.eq(wrap_row_now), self.ready.eq(0)]
-            with m.Elif(moved2):
-                m.d.sync += [wx.eq(Mux(last_now, 0, first_x_r)), wy.eq(0), self.last_tile.eq(last_now),
-                             self.ready.eq(0)]
+            first_x_now = first_x
+            copy, seed = self.moved, moved2
+            if wrap_register:
+                # On the ECP5 a cycle before them registers the moved cursor's compares (the last column's wrap,
+                # the row wrap) and sums, on every cycle: the copies are then a multiplexer or two from
+                # registers (the compare of the last column's x with OW - 1 and the multiplexers after it were
+                # over 10 ns in nextpnr's estimate).
+                end_wrap = Signal(name=f"{name}_end_wrap")
+                end_y, end_x1 = Signal.like(self.dy[-1], name=f"{name}_end_y"), Signal.like(first_x, name=f"{name}_end_x1")
+                row_wraps, x_plus = Signal(name=f"{name}_row_wraps"), Signal.like(first_x, name=f"{name}_x_plus")
+                m.d.sync += [end_wrap.eq(span & (self.ox[-1] == last_x)), end_y.eq(self.dy[-1]),
+                             end_x1.eq(self.ox[-1] + 1), row_wraps.eq(wrap_row), x_plus.eq(self.ox[0] + cols)]
+                rows_down_now = Mux(span, Mux(end_wrap, end_y + 1, end_y), row_wraps)
+                first_x_now = Mux(span, Mux(end_wrap, 0, end_x1), Mux(row_wraps, 0, x_plus))
+                wrap_row_now = ~span & row_wraps
+                moved3 = Signal(name=f"{name}_moved3")
+                m.d.sync += moved3.eq(moved2)
+                copy, seed = moved2, moved3
+            loading = [(self.moved, [count.eq(0), self.ready.eq(0)])] if wrap_register else []
+            loading += [(copy, [count.eq(0), first_x_r.eq(first_x_now), self.rows_down.eq(rows_down_now),
+                                self.wrap_row.eq(wrap_row_now), self.ready.eq(0)]),
+                        (seed, [wx.eq(Mux(last_now, 0, first_x_r)), wy.eq(0), self.last_tile.eq(last_now),
+                                self.ready.eq(0)])]
+            for i, (when, stmts) in enumerate(loading):
+                with (m.Elif(when) if i else m.If(when)):
+                    m.d.sync += stmts
             with m.Elif(count != cols):
                 # Shift the walker in at the last column: after cols steps column c holds the walker's c-th.
                 ny, nx = step(wy, wx)
@@ -358,6 +392,14 @@ class _TileCursor:
         # Column c of the first tile: (c // OW, c % OW) when tiles span rows and OW <= c, else (0, c).
         chain = []
         for c in range(self._cols):
+            if self._width_is is not None:
+                # At most one flag is set: an OR of the constants it selects, two LUT levels from registers.
+                hits = [self._width_is[k] for k in range(1, c + 1)]
+                y = _or_values([Mux(hit, c // k, 0) for k, hit in enumerate(hits, 1)], 1)
+                x = _or_values([Mux(hit, c % k, 0) for k, hit in enumerate(hits, 1)]
+                               + [Mux(Cat(*hits).any(), 0, c)], len(self.ox[0]))
+                chain.append((y, x))
+                continue
             y, x = Const(0, 1), Const(c, self.ox[0].shape())
             for k in range(1, c + 1):
                 hit = self._span & (self._layer.out_w == k)
@@ -522,11 +564,19 @@ class ConvEngine(wiring.Component):
                              last_x.eq(field("out_w") - 1)]
         else:
             m.d.comb += [span.eq(~layer.stride2 & (layer.out_w == layer.in_w)), last_x.eq(layer.out_w - 1)]
+        width_is = None
+        if buffered:
+            # The first tile's columns, from flags registered with the descriptor (see _TileCursor).
+            width_is = Signal(cols, name="width_is")
+            with m.If(start):
+                m.d.sync += [width_is[k].eq(~field("stride2") & (field("out_w") == field("in_w"))
+                                            & (field("out_w") == k)) for k in range(1, cols)]
         with m.If(setup):
             m.d.sync += [setup.eq(0), in_run.eq(1), out_run.eq(1)]
 
         # --- input side: one beat per cycle ------------------------------------------------------------------
-        cursor = _TileCursor(m, layer, span, cols, "in", walk=walk, last_x=last_x, wrap_register=buffered)
+        cursor = _TileCursor(m, layer, span, cols, "in", walk=walk, last_x=last_x, wrap_register=buffered,
+                             width_is=width_is)
         m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
@@ -573,9 +623,10 @@ class ConvEngine(wiring.Component):
             # row_hi``, with ``row_lo = above - ky`` and ``row_hi = min(room, reach + 1) - ky``. No adder then
             # sits in front of the compares (it was three carry chains in a row). Columns likewise, below.
             # The next tile's ``above`` and clamped ``room`` are computed while the cursor's walker runs, from its
-            # registered ``rows_down`` (valid two cycles after a move), in four steps (``room``'s wide compare with
-            # the rows moved is a register of its own): ready five cycles after the cycle of a move, the walker at
-            # the earliest ``cols + 3`` (so ``cols`` >= 3 on these targets: the constructor checks it).
+            # registered ``rows_down`` (valid two cycles after a move, three on the ECP5), in four steps (``room``'s
+            # wide compare with the rows moved is a register of its own): ready five (six) cycles after the cycle
+            # of a move, the walker at the earliest ``cols + 3`` (``cols + 4``), so ``cols`` >= 3 on these
+            # targets: the constructor checks it.
             down = Signal(range(2 * cols + 1), name="rows_down_taps")
             m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
@@ -952,7 +1003,8 @@ class ConvEngine(wiring.Component):
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
-            out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x, wrap_register=buffered)
+            out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x, wrap_register=buffered,
+                                     width_is=width_is)
             out_block_last = (out_block_o + 1) * rows >= layer.out_c
             m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
             with m.If(tile_done):

@@ -143,7 +143,7 @@ def test_verilator_ecp5_walkers_and_cycle_model():
     cycles equal to the model's, beside deeper tiles that never wait; bit-exact again under back-pressure."""
     from cnnacc.hw.conv_engine import walker_tile_beats
     config = replace(SMALL, target="ecp5")
-    assert walker_tile_beats(config) == config.cols + 3 and walker_tile_beats(SMALL) == 0
+    assert walker_tile_beats(config) == config.cols + 4 and walker_tile_beats(SMALL) == 0
     cases = [conv_node(14, 3, 5, 1, 5, 1), conv_node(20, 5, 6, 2, 4, 1), conv_node(21, 4, 9, 3, 7, 1, 2),
              conv_node(22, 6, 7, 2, 3, 2), conv_node(13, 7, 9, 2, 4, 3, 2, (1, 1, 1, 1)),
              conv_node(15, 6, 6, 3, 5, 5, 1, (0, 0, 0, 0), rounding="single"), fc_node(16),
