@@ -158,8 +158,8 @@ def run_layouts(config):
 
 def conv_output_stages(config):
     """Register stages between the conv engine's output and its consumers (the pool engine, the writer): 1 on
-    the iCE40 (see the accelerator), else 0. Each adds one cycle to a conv run."""
-    return 1 if config.target == "ice40" else 0
+    the iCE40 and the ECP5 (see the accelerator), else 0. Each adds one cycle to a conv run."""
+    return 1 if config.target in ("ice40", "ecp5") else 0
 
 
 def max_descriptor_words(config):
@@ -602,12 +602,23 @@ class Accelerator(wiring.Component):
         offer(pend_write, writer.i_transfer,
               [writer.i_transfer.payload.base.eq(out_base), writer.i_transfer.payload.count.eq(out_count)])
 
-        # The conv engine's output, through a register slice on the iCE40 (conv_output_stages): its ready
-        # reaches back through the requantizer into the array's enables, too far to also come through the pool
-        # engine or the writer in the same cycle. A beat takes two cycles through it; the iCE40's serial
+        # The conv engine's output, through a register slice on the iCE40 and the ECP5 (conv_output_stages): its
+        # ready reaches back through the requantizer into the array's enables, too far to also come through the
+        # pool engine or the writer in the same cycle. On the iCE40 a beat takes two cycles through it; its serial
         # requantizer gives one every requant_interval cycles at most, so only the last beat's cycle is added.
         conv_data, conv_valid, conv_ready = Signal.like(conv.o_data.payload.data), Signal(), Signal()
-        if conv_output_stages(cfg):
+        if conv_output_stages(cfg) and cfg.target == "ecp5":
+            # On the ECP5 a full-rate slice with a second register (a skid): the engine's ready is that
+            # register's emptiness, so the pool engine's ready (its global average's plane end, its window
+            # generator's) reaches only the slice, not the requantizer's FIFO and the engine's counters behind it.
+            skid_data, skid_valid = Signal.like(conv_data, name="conv_skid_data"), Signal(name="conv_skid_valid")
+            m.d.comb += conv.o_data.ready.eq(~skid_valid)
+            with m.If(~conv_valid | conv_ready):
+                m.d.sync += [conv_valid.eq(skid_valid | conv.o_data.valid),
+                             conv_data.eq(Mux(skid_valid, skid_data, conv.o_data.payload.data)), skid_valid.eq(0)]
+            with m.Elif(conv.o_data.valid & ~skid_valid):
+                m.d.sync += [skid_valid.eq(1), skid_data.eq(conv.o_data.payload.data)]
+        elif conv_output_stages(cfg):
             m.d.comb += conv.o_data.ready.eq(~conv_valid)
             with m.If(conv.o_data.valid & ~conv_valid):
                 m.d.sync += [conv_valid.eq(1), conv_data.eq(conv.o_data.payload.data)]
