@@ -643,13 +643,19 @@ class Accelerator(wiring.Component):
         # payload below is then one AND-OR after its source (the engines' handshakes are on the critical path).
         routes = {name: Signal(name=f"route_{name}") for name in ("conv_writer", "conv_pool", "pool_writer",
                                                                   "dw", "pool", "add")}
+        route_of = {"conv_writer": (engine_id == EngineId.CONV) & ~c.fuse,
+                    "conv_pool": (engine_id == EngineId.CONV) & c.fuse,
+                    "pool_writer": ((engine_id == EngineId.CONV) & c.fuse) | (engine_id == EngineId.POOL),
+                    "dw": engine_id == EngineId.DEPTHWISE, "pool": engine_id == EngineId.POOL,
+                    "add": engine_id == EngineId.ADD}
+        if cfg.target == "ecp5":
+            # Decoded from the descriptor on every cycle (it holds still for SETTLE cycles before the start), so
+            # that the start loads registers: the decode sat between the descriptor and the route flags.
+            decoded = {name: Signal(name=f"route_next_{name}") for name in routes}
+            m.d.sync += [decoded[name].eq(value) for name, value in route_of.items()]
+            route_of = decoded
         with m.If(cp.run.start & accept):
-            m.d.sync += [routes["conv_writer"].eq((engine_id == EngineId.CONV) & ~c.fuse),
-                         routes["conv_pool"].eq((engine_id == EngineId.CONV) & c.fuse),
-                         routes["pool_writer"].eq(((engine_id == EngineId.CONV) & c.fuse)
-                                                  | (engine_id == EngineId.POOL)),
-                         routes["dw"].eq(engine_id == EngineId.DEPTHWISE), routes["pool"].eq(engine_id == EngineId.POOL),
-                         routes["add"].eq(engine_id == EngineId.ADD)]
+            m.d.sync += [routes[name].eq(route_of[name]) for name in routes]
         with m.Elif(ended):
             m.d.sync += [route.eq(0) for route in routes.values()]
 
