@@ -678,7 +678,14 @@ class ConvEngine(wiring.Component):
             m.d.comb += tile_last.eq(last_ci & last_kx & last_ky)
         tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
-        all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
+        if buffered:
+            # Registered on the ECP5 (its multiply and compare ran into ``in_run``): ``out_block`` moves at a
+            # block's end, and the flag is read at the end of the block's last tile, many cycles on.
+            last_block = Signal(name="last_block")
+            m.d.sync += last_block.eq((out_block + 1) * rows >= layer.out_c)
+            all_last = block_last & last_block
+        else:
+            all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
 
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         if buffered:
@@ -696,8 +703,11 @@ class ConvEngine(wiring.Component):
             since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
             spaced_issued = Signal(init=1, name="spaced_issued")
             m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & array.room)))
-            since_next = Mux(issue & tile_last, 0, Mux(since_issued != gap, since_issued + 1, since_issued))
-            m.d.sync += [since_issued.eq(since_next), spaced_issued.eq(since_next >= gap - 1)]
+            counted = Mux(since_issued != gap, since_issued + 1, since_issued)
+            # The compare is made on the count, and ``issue`` (late: the array's room) only picks it or the
+            # restart's constant.
+            m.d.sync += [since_issued.eq(Mux(issue & tile_last, 0, counted)),
+                         spaced_issued.eq(Mux(issue & tile_last, gap <= 1, counted >= gap - 1))]
         else:
             adv = Signal(name="adv", attrs=keep, init=1)
             if not serial:
@@ -1005,7 +1015,12 @@ class ConvEngine(wiring.Component):
         else:
             out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x, wrap_register=buffered,
                                      width_is=width_is)
-            out_block_last = (out_block_o + 1) * rows >= layer.out_c
+            if buffered:
+                # Registered, as the input side's ``last_block``.
+                out_block_last = Signal(name="out_block_last")
+                m.d.sync += out_block_last.eq((out_block_o + 1) * rows >= layer.out_c)
+            else:
+                out_block_last = (out_block_o + 1) * rows >= layer.out_c
             m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
             with m.If(tile_done):
                 with m.If(out_cursor.last_tile):

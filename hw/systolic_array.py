@@ -234,8 +234,10 @@ class SystolicArray(wiring.Component):
         with m.If(en):
             m.d.sync += [in_valid.eq(take), in_first.eq(beat.first), in_last.eq(beat.last),
                          in_act.eq(beat.act), in_wgt.eq(beat.wgt)]
-            since_next = Mux(take & beat.last, 0, Mux(since_last != gap, since_last + 1, since_last))
-            m.d.sync += [since_last.eq(since_next), spaced.eq(since_next >= gap - 1)]
+            # The compare is made on the count, and the late ``take`` only picks it or the restart's constant.
+            counted = Mux(since_last != gap, since_last + 1, since_last)
+            m.d.sync += [since_last.eq(Mux(take & beat.last, 0, counted)),
+                         spaced.eq(Mux(take & beat.last, gap <= 1, counted >= gap - 1))]
 
         def delayed(value, cycles, name, reset_less=False):
             """``value`` delayed by ``cycles`` enabled cycles."""
