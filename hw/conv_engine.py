@@ -269,6 +269,11 @@ class _TileCursor:
         self.pixel0 = Signal(pixel_bits, name=f"{name}_pixel0")
         self.row_pixel = Signal(pixel_bits, name=f"{name}_row_pixel")   # flat index of (column 0's row, 0)
         self._layer, self._cols, self._width_is = layer, cols, width_is
+        self._shifted = wrap_register and walk
+        if self._shifted:
+            # ``dy << stride2`` and ``ox << stride2``, moved with dy and ox (see the walker's ``chain_s``).
+            self.dys = [Const(0, 2)] + [Signal(range(2 * c + 1), name=f"{name}_dys_{c}") for c in range(1, cols)]
+            self.oxs = [Signal(len(self.ox[0]) + 1, name=f"{name}_oxs_{c}") for c in range(cols)]
 
         def step(y, x):
             # Raster increment in span mode, along the row otherwise (columns past the row are masked).
@@ -324,6 +329,13 @@ class _TileCursor:
             self.chain = [(Const(0, 1), Signal(len(self.ox[0]), name=f"{name}_next_ox_0"))]
             self.chain += [(Signal(range(cols + 1), name=f"{name}_next_dy_{c}"),
                             Signal(len(self.ox[0]), name=f"{name}_next_ox_{c}")) for c in range(1, cols)]
+            if wrap_register:
+                # The columns' taps are compared with ``dy << stride2`` and ``ox << stride2``: on the ECP5 the
+                # cursor holds those too, walked beside the plain ones (``stride2`` then meets one register here,
+                # not a shift and a compare in every column, across the die from the layer's register).
+                self.chain_s = [(Const(0, 2), Signal(len(self.ox[0]) + 1, name=f"{name}_next_oxs_0"))]
+                self.chain_s += [(Signal(range(2 * cols + 1), name=f"{name}_next_dys_{c}"),
+                                  Signal(len(self.ox[0]) + 1, name=f"{name}_next_oxs_{c}")) for c in range(1, cols)]
             count = Signal(range(cols + 1), name=f"{name}_walk_count")
             # ``ready`` is ``count == cols`` outside the cycle after a move, kept in a register (its compare fed
             # the enables of every input-side counter); the user's moves clear it (reset(), advance()).
@@ -368,24 +380,36 @@ class _TileCursor:
             with m.Elif(count != cols):
                 # Shift the walker in at the last column: after cols steps column c holds the walker's c-th.
                 ny, nx = step(wy, wx)
-                m.d.sync += [wy.eq(ny), wx.eq(nx), count.eq(count + 1), self.ready.eq(count == cols - 1),
-                             self.chain[-1][1].eq(wx), self.chain[0][1].eq(self.chain[1][1] if cols > 1 else wx)]
-                if cols > 1:
-                    m.d.sync += self.chain[-1][0].eq(wy)
-                for c in range(1, cols - 1):
-                    m.d.sync += [self.chain[c][0].eq(self.chain[c + 1][0]), self.chain[c][1].eq(self.chain[c + 1][1])]
+                m.d.sync += [wy.eq(ny), wx.eq(nx), count.eq(count + 1), self.ready.eq(count == cols - 1)]
+                chains = [(self.chain, wy, wx)]
+                if wrap_register:
+                    chains.append((self.chain_s, wy << layer.stride2, wx << layer.stride2))
+                for chain, y_in, x_in in chains:
+                    m.d.sync += [chain[-1][1].eq(x_in), chain[0][1].eq(chain[1][1] if cols > 1 else x_in)]
+                    if cols > 1:
+                        m.d.sync += chain[-1][0].eq(y_in)
+                    for c in range(1, cols - 1):
+                        m.d.sync += [chain[c][0].eq(chain[c + 1][0]), chain[c][1].eq(chain[c + 1][1])]
             with m.Else():
                 m.d.sync += self.ready.eq(1)
         self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
         m.d.comb += [v.eq((dy < rows_near) & (x < layer.out_w))
                      for v, dy, x in zip(self.pixel_valid, self.dy, self.ox)]
 
-    def _place(self, chain):
+    def _place(self, chain, shifted=None):
         stmts = []
         for c, (y, x) in enumerate(chain):
             if c:
                 stmts.append(self.dy[c].eq(y))
             stmts.append(self.ox[c].eq(x))
+        if self._shifted:
+            if shifted is None:
+                stride2 = self._layer.stride2
+                shifted = [(y << stride2, x << stride2) for y, x in chain]
+            for c, (y, x) in enumerate(shifted):
+                if c:
+                    stmts.append(self.dys[c].eq(y))
+                stmts.append(self.oxs[c].eq(x))
         return stmts
 
     def _first_tile(self):
@@ -419,7 +443,7 @@ class _TileCursor:
         """Statements that move to the next tile."""
         next_row = self.row_pixel + self._layer.out_w
         walked = [self.moved.eq(1), self.ready.eq(0), self._rows_near.eq(self._near_next)] if self._walk else []
-        return self._place(self.chain) + walked + [
+        return self._place(self.chain, getattr(self, "chain_s", None)) + walked + [
             self.rows_left.eq(self.rows_left - self.rows_down),
             self.pixel0.eq(Mux(self.wrap_row, next_row, self.pixel0 + self._cols)),
             self.row_pixel.eq(Mux(self.wrap_row, next_row, self.row_pixel))]
@@ -852,10 +876,13 @@ class ConvEngine(wiring.Component):
         inside = [Signal(5 if buffered else 1, name=f"inside_{c}", reset_less=True) for c in range(cols)]
         def inside_terms(c):
             """Column ``c``'s tap-inside flag (on the ECP5 its five terms), from the counters."""
-            if walk:
+            if walk and buffered:
+                dys, oxs = cursor.dys[c], cursor.oxs[c]
+            elif walk:
                 dys = Signal(len(cursor.dy[c]) + 1, name=f"dys_{c}")
                 oxs = Signal(len(cursor.ox[c]) + 1, name=f"oxs_{c}")
                 m.d.comb += [dys.eq(cursor.dy[c] << layer.stride2), oxs.eq(cursor.ox[c] << layer.stride2)]
+            if walk:
                 # On the iCE40, kept wires: yosys's ABC otherwise fed the stage's enable (the terms are assigned
                 # under it there, below) into the compare chains' inputs, a detour of three LUTs through the
                 # array's handshake on nextpnr's critical path.
