@@ -705,8 +705,11 @@ class ConvEngine(wiring.Component):
         if buffered:
             # Registered on the ECP5 (its multiply and compare ran into ``in_run``): ``out_block`` moves at a
             # block's end, and the flag is read at the end of the block's last tile, many cycles on.
+            # From a count of the channels left (``out_c`` less the blocks done), compared with a constant: no
+            # multiply, adder and compare in a row.
+            channels_left = Signal(len(layer.out_c), name="channels_left")
             last_block = Signal(name="last_block")
-            m.d.sync += last_block.eq((out_block + 1) * rows >= layer.out_c)
+            m.d.sync += last_block.eq(channels_left <= rows)
             all_last = block_last & last_block
         else:
             all_last = block_last & ((out_block + 1) * rows >= layer.out_c)
@@ -783,6 +786,8 @@ class ConvEngine(wiring.Component):
         with m.If(setup):
             m.d.sync += restart_tile() + restart_block() + [
                 w_addr.eq(layer.weight_base), w_base.eq(layer.weight_base), out_block.eq(0)]
+            if buffered:
+                m.d.sync += channels_left.eq(layer.out_c)
         with m.Elif(issue):
             with m.If(~last_ci):
                 m.d.sync += [ci.eq(ci + 1), chan_offset.eq(chan_offset + layer.act_channel_stride)]
@@ -816,6 +821,8 @@ class ConvEngine(wiring.Component):
             with m.If(tile_last):
                 with m.If(block_last):
                     m.d.sync += restart_block() + [w_base.eq(w_addr + 1), out_block.eq(out_block + 1)]
+                    if buffered:
+                        m.d.sync += channels_left.eq(channels_left - rows)
                     with m.If(all_last):
                         m.d.sync += in_run.eq(0)
                 with m.Else():
@@ -1044,20 +1051,25 @@ class ConvEngine(wiring.Component):
                                      width_is=width_is)
             if buffered:
                 # Registered, as the input side's ``last_block``.
+                out_channels_left = Signal(len(layer.out_c), name="out_channels_left")
                 out_block_last = Signal(name="out_block_last")
-                m.d.sync += out_block_last.eq((out_block_o + 1) * rows >= layer.out_c)
+                m.d.sync += out_block_last.eq(out_channels_left <= rows)
             else:
                 out_block_last = (out_block_o + 1) * rows >= layer.out_c
             m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
             with m.If(tile_done):
                 with m.If(out_cursor.last_tile):
                     m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
+                    if buffered:
+                        m.d.sync += out_channels_left.eq(out_channels_left - rows)
                     with m.If(out_block_last):
                         m.d.sync += out_run.eq(0)
                 with m.Else():
                     m.d.sync += out_cursor.advance()
             with m.If(setup):
                 m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
+                if buffered:
+                    m.d.sync += out_channels_left.eq(layer.out_c)
             p_advance = Signal()
             p_keep = Signal()
             p_acc = Signal.like(column.acc)
