@@ -28,7 +28,6 @@ def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stal
     dut = Requantizer(lanes, tag_width=8, target=target)
     rng = random.Random(seed)
     beats = vectors["acc"].shape[0]
-    got, tags = [], []
 
     async def producer(ctx):
         ctx.set(dut.single_rounding, MODES[mode])
@@ -43,6 +42,17 @@ def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stal
                 "tag": i % 256,
             }, rng=rng, bubble_prob=bubble)
 
+    got, tags = simulate(dut, producer, beats, rng=rng, stall=stall,
+                         cycles=50 + (10 + requant_interval(target, lanes)) * beats)
+    assert len(got) == beats, f"seed {seed}: {len(got)} of {beats} results came out"
+    return np.array(got, np.int64), np.array(tags)
+
+
+def simulate(dut, producer, beats, *, rng, stall, cycles):
+    """Run ``producer`` against ``dut`` for ``cycles`` with a consumer that stalls with probability ``stall``;
+    the results and tags that came out."""
+    got, tags = [], []
+
     async def consumer(ctx):
         for _ in range(beats):
             beat = await stream_get(ctx, dut.o_data, rng=rng, stall_prob=stall)
@@ -53,9 +63,8 @@ def run_amaranth(lanes, vectors, zp, qmin, qmax, mode, *, seed, bubble=0.3, stal
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.run_until(1e-8 * (50 + (10 + requant_interval(target, lanes)) * beats))
-    assert len(got) == beats, f"seed {seed}: {len(got)} of {beats} results came out"
-    return np.array(got, np.int64), np.array(tags)
+    sim.run_until(1e-8 * cycles)
+    return got, tags
 
 
 def edge_vectors(lanes):
@@ -127,7 +136,6 @@ def test_ecp5_admit_ahead_takes_what_was_announced(stall):
     vectors = random_vectors(np.random.default_rng(31), beats, lanes)
     dut = Requantizer(lanes, tag_width=8, target="ecp5", admit_ahead=True)
     rng = random.Random(31)
-    got, tags = [], []
 
     async def producer(ctx):
         ctx.set(dut.single_rounding, MODES["double"])
@@ -151,17 +159,7 @@ def test_ecp5_admit_ahead_takes_what_was_announced(stall):
             sent += bool(decide)
         ctx.set(dut.i_acc.valid, 0)
 
-    async def consumer(ctx):
-        for _ in range(beats):
-            beat = await stream_get(ctx, dut.o_data, rng=rng, stall_prob=stall)
-            got.append([int(v) for v in beat.data])
-            tags.append(int(beat.tag))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run_until(1e-8 * (50 + 12 * beats))
+    got, tags = simulate(dut, producer, beats, rng=rng, stall=stall, cycles=50 + 12 * beats)
     assert len(got) == beats, f"stall {stall}: {len(got)} of {beats} results came out"
     np.testing.assert_array_equal(np.array(got, np.int64), golden(vectors, zp, qmin, qmax, "double"))
     np.testing.assert_array_equal(tags, np.arange(beats) % 256)
