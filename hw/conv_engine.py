@@ -256,7 +256,8 @@ class _TileCursor:
     row wrap compares column 0's x with ``OW - cols``, a register, not ``x + cols`` with ``OW``; the moved
     cursor's compares are registered before the walker loads (one cycle more, see :func:`walker_tile_beats`);
     and the first tile comes from ``width_is`` (registered by the user: bit ``k`` is ``span & (OW == k)``, for
-    ``k`` from 1 to ``cols - 1``), not from a chain of compares of ``OW``.
+    ``k`` from 1 to ``cols - 1``), not from a chain of compares of ``OW``; and ``dys``/``oxs`` hold each column's
+    ``dy << stride2`` and ``ox << stride2``, moved with ``dy`` and ``ox``.
     """
 
     def __init__(self, m, layer, span, cols, name, walk=False, last_x=None, wrap_register=False, width_is=None):
@@ -359,7 +360,8 @@ class _TileCursor:
                 # registers (the compare of the last column's x with OW - 1 and the multiplexers after it were
                 # over 10 ns in nextpnr's estimate).
                 end_wrap = Signal(name=f"{name}_end_wrap")
-                end_y, end_x1 = Signal.like(self.dy[-1], name=f"{name}_end_y"), Signal.like(first_x, name=f"{name}_end_x1")
+                end_y = Signal.like(self.dy[-1], name=f"{name}_end_y")
+                end_x1 = Signal.like(first_x, name=f"{name}_end_x1")
                 row_wraps, x_plus = Signal(name=f"{name}_row_wraps"), Signal.like(first_x, name=f"{name}_x_plus")
                 m.d.sync += [end_wrap.eq(span & (self.ox[-1] == last_x)), end_y.eq(self.dy[-1]),
                              end_x1.eq(self.ox[-1] + 1), row_wraps.eq(wrap_row), x_plus.eq(self.ox[0] + cols)]
@@ -703,10 +705,10 @@ class ConvEngine(wiring.Component):
         tile_first = Signal()          # the beat after a tile's last (or the run's first): no compare of 3 counters
         block_last = cursor.last_tile
         if buffered:
-            # Registered on the ECP5 (its multiply and compare ran into ``in_run``): ``out_block`` moves at a
-            # block's end, and the flag is read at the end of the block's last tile, many cycles on.
-            # From a count of the channels left (``out_c`` less the blocks done), compared with a constant: no
-            # multiply, adder and compare in a row.
+            # Registered on the ECP5 (a multiply, an adder and a compare of ``out_block`` ran into ``in_run``),
+            # from a count of the channels left (``out_c`` less the blocks done) compared with a constant. The
+            # count moves at a block's end, and the flag is read at the end of the next block's last tile, many
+            # cycles on.
             channels_left = Signal(len(layer.out_c), name="channels_left")
             last_block = Signal(name="last_block")
             m.d.sync += last_block.eq(channels_left <= rows)
