@@ -49,6 +49,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .command_processor import or_all
 from .memory_map import registered_read
 from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages,
                           requant_fifo_depth)
@@ -221,15 +222,6 @@ def walker_tile_beats(config):
     if config.target not in _WALKER_TARGETS:
         return 0
     return config.cols + (4 if config.target == "ecp5" else 3)
-
-
-def _or_values(values, width):
-    """The bitwise OR of ``values`` (at most one of them non-zero, by the caller's design), ``width`` bits at
-    least; ``0`` for none."""
-    result = Const(0, width)
-    for value in values:
-        result = result | value
-    return result
 
 
 class _TileCursor:
@@ -421,9 +413,8 @@ class _TileCursor:
             if self._width_is is not None:
                 # At most one flag is set: an OR of the constants it selects, two LUT levels from registers.
                 hits = [self._width_is[k] for k in range(1, c + 1)]
-                y = _or_values([Mux(hit, c // k, 0) for k, hit in enumerate(hits, 1)], 1)
-                x = _or_values([Mux(hit, c % k, 0) for k, hit in enumerate(hits, 1)]
-                               + [Mux(Cat(*hits).any(), 0, c)], len(self.ox[0]))
+                y = or_all([Mux(hit, c // k, 0) for k, hit in enumerate(hits, 1)])
+                x = or_all([Mux(hit, c % k, 0) for k, hit in enumerate(hits, 1)] + [Mux(Cat(*hits).any(), 0, c)])
                 chain.append((y, x))
                 continue
             y, x = Const(0, 1), Const(c, self.ox[0].shape())
