@@ -254,9 +254,13 @@ class _TileCursor:
 
     def __init__(self, m, layer, span, cols, name, walk=False, last_x=None, wrap_register=False, width_is=None):
         width = len(layer.out_w)
+        # On the ECP5 (``wrap_register``) the columns' coordinates, the walker's and the moved cursor's copies are
+        # reset-less: the first tile's reset() loads every one of them before anything reads them, and the run's
+        # flush reached about a thousand of these flip-flops across the die. (Elsewhere the netlist is kept.)
+        rl = dict(reset_less=True) if wrap_register else {}
         # A column's x runs past the row end by at most cols - 1 (masked) when tiles stay within rows.
-        self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}") for c in range(cols)]
-        self.dy = [Const(0, 1)] + [Signal(range(c + 1), name=f"{name}_dy_{c}") for c in range(1, cols)]
+        self.ox = [Signal(range(_field_max(layer, "out_w") + cols), name=f"{name}_ox_{c}", **rl) for c in range(cols)]
+        self.dy = [Const(0, 1)] + [Signal(range(c + 1), name=f"{name}_dy_{c}", **rl) for c in range(1, cols)]
         self.rows_left = Signal(len(layer.out_h), name=f"{name}_rows_left")
         pixel_bits = len(layer.out_h) + width
         self.pixel0 = Signal(pixel_bits, name=f"{name}_pixel0")
@@ -265,8 +269,8 @@ class _TileCursor:
         self._shifted = wrap_register and walk
         if self._shifted:
             # ``dy << stride2`` and ``ox << stride2``, moved with dy and ox (see the walker's ``chain_s``).
-            self.dys = [Const(0, 2)] + [Signal(range(2 * c + 1), name=f"{name}_dys_{c}") for c in range(1, cols)]
-            self.oxs = [Signal(len(self.ox[0]) + 1, name=f"{name}_oxs_{c}") for c in range(cols)]
+            self.dys = [Const(0, 2)] + [Signal(range(2 * c + 1), name=f"{name}_dys_{c}", **rl) for c in range(1, cols)]
+            self.oxs = [Signal(len(self.ox[0]) + 1, name=f"{name}_oxs_{c}", **rl) for c in range(cols)]
 
         def step(y, x):
             # Raster increment in span mode, along the row otherwise (columns past the row are masked).
@@ -318,17 +322,19 @@ class _TileCursor:
             m.d.comb += last_now.eq(self.rows_down >= rows_near)
             self.moved = Signal(name=f"{name}_moved")
             m.d.sync += self.moved.eq(0)          # the user's reset() and advance() set it
-            wy, wx = Signal(range(cols + 1), name=f"{name}_walk_y"), Signal(len(self.ox[0]), name=f"{name}_walk_x")
-            self.chain = [(Const(0, 1), Signal(len(self.ox[0]), name=f"{name}_next_ox_0"))]
-            self.chain += [(Signal(range(cols + 1), name=f"{name}_next_dy_{c}"),
-                            Signal(len(self.ox[0]), name=f"{name}_next_ox_{c}")) for c in range(1, cols)]
+            wy = Signal(range(cols + 1), name=f"{name}_walk_y", **rl)
+            wx = Signal(len(self.ox[0]), name=f"{name}_walk_x", **rl)
+            self.chain = [(Const(0, 1), Signal(len(self.ox[0]), name=f"{name}_next_ox_0", **rl))]
+            self.chain += [(Signal(range(cols + 1), name=f"{name}_next_dy_{c}", **rl),
+                            Signal(len(self.ox[0]), name=f"{name}_next_ox_{c}", **rl)) for c in range(1, cols)]
             if wrap_register:
                 # The columns' taps are compared with ``dy << stride2`` and ``ox << stride2``: on the ECP5 the
                 # cursor holds those too, walked beside the plain ones (``stride2`` then meets one register here,
                 # not a shift and a compare in every column, across the die from the layer's register).
-                self.chain_s = [(Const(0, 2), Signal(len(self.ox[0]) + 1, name=f"{name}_next_oxs_0"))]
-                self.chain_s += [(Signal(range(2 * cols + 1), name=f"{name}_next_dys_{c}"),
-                                  Signal(len(self.ox[0]) + 1, name=f"{name}_next_oxs_{c}")) for c in range(1, cols)]
+                self.chain_s = [(Const(0, 2), Signal(len(self.ox[0]) + 1, name=f"{name}_next_oxs_0", **rl))]
+                self.chain_s += [(Signal(range(2 * cols + 1), name=f"{name}_next_dys_{c}", **rl),
+                                  Signal(len(self.ox[0]) + 1, name=f"{name}_next_oxs_{c}", **rl))
+                                 for c in range(1, cols)]
             count = Signal(range(cols + 1), name=f"{name}_walk_count")
             # ``ready`` is ``count == cols`` outside the cycle after a move, kept in a register (its compare fed
             # the enables of every input-side counter); the user's moves clear it (reset(), advance()).
@@ -342,7 +348,7 @@ class _TileCursor:
             self._near_next = near_next
             # Two cycles to load the walker: the copies first, then the seed from them.
             moved2 = Signal(name=f"{name}_moved2")
-            first_x_r = Signal(len(self.ox[0]), name=f"{name}_next_ox_r")
+            first_x_r = Signal(len(self.ox[0]), name=f"{name}_next_ox_r", **rl)
             m.d.sync += moved2.eq(self.moved)
             first_x_now = first_x
             copy, seed = self.moved, moved2
@@ -353,8 +359,8 @@ class _TileCursor:
                 # over 10 ns in nextpnr's estimate).
                 end_wrap = Signal(name=f"{name}_end_wrap")
                 end_y = Signal.like(self.dy[-1], name=f"{name}_end_y")
-                end_x1 = Signal.like(first_x, name=f"{name}_end_x1")
-                row_wraps, x_plus = Signal(name=f"{name}_row_wraps"), Signal.like(first_x, name=f"{name}_x_plus")
+                end_x1 = Signal.like(first_x, name=f"{name}_end_x1", **rl)
+                row_wraps, x_plus = Signal(name=f"{name}_row_wraps"), Signal.like(first_x, name=f"{name}_x_plus", **rl)
                 m.d.sync += [end_wrap.eq(span & (self.ox[-1] == last_x)), end_y.eq(self.dy[-1]),
                              end_x1.eq(self.ox[-1] + 1), row_wraps.eq(wrap_row), x_plus.eq(self.ox[0] + cols)]
                 rows_down_now = Mux(span, Mux(end_wrap, end_y + 1, end_y), row_wraps)

@@ -102,10 +102,11 @@ class Mult18x18D(wiring.Component):
 
 # --- LUT multipliers for the ECP5 (every MULT18X18D belongs to the MAC array) ----------------------------------
 
-def delay_line(m, en, value, stages, name):
+def delay_line(m, en, value, stages, name, reset_less=False):
     """``value`` through ``stages`` registers that move when ``en`` is high (a side signal kept in step with a
-    pipelined product); returns the last register."""
-    regs = [Signal.like(value, name=f"{name}_{d}") for d in range(stages)]
+    pipelined product); returns the last register. ``reset_less`` for data that means something only beside a
+    flag delayed with it."""
+    regs = [Signal.like(value, name=f"{name}_{d}", reset_less=reset_less) for d in range(stages)]
     with m.If(en):
         m.d.sync += regs[0].eq(value)
         m.d.sync += [regs[d + 1].eq(regs[d]) for d in range(stages - 1)]

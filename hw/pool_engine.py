@@ -324,9 +324,12 @@ class PoolEngine(wiring.Component):
         else:
             m.d.comb += wg.o_windows.ready.eq(o_free & busy & ~global_mode)
         max_sum = kmax * kmax * 128
+        # Data registers here and below are reset-less: they mean something only beside the valid flags and
+        # phases, which keep the reset, or are cleared where a layer or plane starts. The run's flush (see the
+        # accelerator) reached some 4,200 of the pool's flip-flops on the ULX3S, across the die.
         a_valid, a_last = Signal(), Signal()
-        a_max = [Signal(signed(8), name=f"a_max_{l}") for l in range(lanes)]
-        a_sum = [Signal(signed(max_sum.bit_length() + 1), name=f"a_sum_{l}") for l in range(lanes)]
+        a_max = [Signal(signed(8), name=f"a_max_{l}", reset_less=True) for l in range(lanes)]
+        a_sum = [Signal(signed(max_sum.bit_length() + 1), name=f"a_sum_{l}", reset_less=True) for l in range(lanes)]
         a_count = Signal(range(kmax * kmax + 1))
 
         rows_in = Signal(range(kmax + 1))
@@ -352,8 +355,8 @@ class PoolEngine(wiring.Component):
             registers. Returns the pick, for the caller to register; the first stage's registers are updated
             here, under the caller's enable."""
             values = list(values)
-            held = [Signal(signed(8), name=f"{name}_v{i}") for i in range(len(values))]
-            ge = {(i, j): Signal(name=f"{name}_ge_{i}_{j}")
+            held = [Signal(signed(8), name=f"{name}_v{i}", reset_less=True) for i in range(len(values))]
+            ge = {(i, j): Signal(name=f"{name}_ge_{i}_{j}", reset_less=True)
                   for i in range(len(values)) for j in range(i + 1, len(values))}
             m.d.sync += [h.eq(v) for h, v in zip(held, values)]
             m.d.sync += [flag.eq(values[i] >= values[j]) for (i, j), flag in ge.items()]
@@ -368,7 +371,8 @@ class PoolEngine(wiring.Component):
             the rest. Returns the second stage's sum, for the caller to register."""
             values = list(values)
             width = max(len(v) for v in values) + 1
-            firsts = [Signal(signed(width), name=f"{name}_s{k}") for k in range((len(values) + 1) // 2)]
+            firsts = [Signal(signed(width), name=f"{name}_s{k}", reset_less=True)
+                      for k in range((len(values) + 1) // 2)]
             m.d.sync += [f.eq(sum(values[2 * k:2 * k + 2])) for k, f in enumerate(firsts)]
             return sum(firsts)
 
@@ -397,8 +401,8 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [q_valid.eq(r2_valid), q_last.eq(r2_last), q_count.eq(r2_count)]
                 m.d.sync += [a_valid.eq(q_valid), a_last.eq(q_last), a_count.eq(q_count)]
                 for lane in range(lanes):
-                    r_max = [Signal(signed(8), name=f"r_max_{lane}_{i}") for i in range(kmax)]
-                    r_sum = [Signal(signed((kmax * 128).bit_length() + 1), name=f"r_sum_{lane}_{i}")
+                    r_max = [Signal(signed(8), name=f"r_max_{lane}_{i}", reset_less=True) for i in range(kmax)]
+                    r_sum = [Signal(signed((kmax * 128).bit_length() + 1), name=f"r_sum_{lane}_{i}", reset_less=True)
                              for i in range(kmax)]
                     for i in range(kmax):
                         row = [win.taps[i][j][lane] for j in range(kmax)]      # outside: -128 or 0, see above
@@ -421,17 +425,17 @@ class PoolEngine(wiring.Component):
         # carry chains behind the product's last adder were 12 ns).
         divide_stages = 1 + lut_product_stages(booth_digit_count(numer_width)) + 1
 
-        def delayed(value, name, extra=0):
+        def delayed(value, name, extra=0, reset_less=True):
             """``value`` through the divide's stages (B1, the product's and C) and ``extra`` more, under the
-            output's enable."""
-            return delay_line(m, o_free, value, divide_stages + extra, f"{name}_b")
+            output's enable (data reset-less; the flags keep the reset)."""
+            return delay_line(m, o_free, value, divide_stages + extra, f"{name}_b", reset_less=reset_less)
 
         if deep:
-            b1_recip = Signal.like(recip)
+            b1_recip = Signal.like(recip, reset_less=True)
             with m.If(o_free):
                 m.d.sync += b1_recip.eq(recip)
             # D: the result before the clamp.
-            out_valid, out_last = delayed(a_valid, "div_valid", 1), delayed(a_last, "div_last", 1)
+            out_valid, out_last = delayed(a_valid, "div_valid", 1, False), delayed(a_last, "div_last", 1, False)
         for lane in range(lanes):
             magnitude = Signal(range(max_numer + 1), name=f"numer_{lane}")
             if deep:
@@ -441,7 +445,7 @@ class PoolEngine(wiring.Component):
                 m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, half - a_sum[lane], a_sum[lane] + half))
             else:
                 m.d.comb += magnitude.eq(Mux(a_sum[lane] < 0, -a_sum[lane], a_sum[lane]) + (a_count >> 1))
-            quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}")
+            quotient = Signal(range(max_numer + 1), name=f"quotient_{lane}", reset_less=True)
             neg, window_max = a_sum[lane] < 0, a_max[lane]
             if not deep:
                 m.d.comb += quotient.eq((magnitude * recip) >> shift)
@@ -449,7 +453,8 @@ class PoolEngine(wiring.Component):
                 # B1 registers the numerator's Booth digits and the reciprocal; the product is a LUT Booth
                 # multiply, one adder level per stage (a 13x18 ``*`` in LUT full adders is too deep for 125 MHz).
                 digits = booth_digit_count(numer_width)
-                b1_neg, b1_one, b1_two = (Signal(digits, name=f"b1_{n}_{lane}") for n in ("neg", "one", "two"))
+                b1_neg, b1_one, b1_two = (Signal(digits, name=f"b1_{n}_{lane}", reset_less=True)
+                                          for n in ("neg", "one", "two"))
                 with m.If(o_free):
                     m.d.sync += [r.eq(v) for r, v in zip((b1_neg, b1_one, b1_two),
                                                          booth_digits(Cat(magnitude, Const(0, 1)).as_signed()))]
@@ -469,8 +474,9 @@ class PoolEngine(wiring.Component):
                 # D also registers the clamp's decisions, made on the quotient before its negation and on the
                 # window's maximum (the compares of the result behind D were the pool's slowest paths): the
                 # output register's input is then multiplexers only.
-                unclamped = Signal.like(avg, name=f"unclamped_{lane}")
-                below, above = Signal(name=f"clamp_below_{lane}"), Signal(name=f"clamp_above_{lane}")
+                unclamped = Signal.like(avg, name=f"unclamped_{lane}", reset_less=True)
+                below = Signal(name=f"clamp_below_{lane}", reset_less=True)
+                above = Signal(name=f"clamp_above_{lane}", reset_less=True)
                 avg_below, avg_above = _clamp_flags(quotient, neg, clamp_bounds)
                 with m.If(o_free):
                     m.d.sync += [unclamped.eq(value),
@@ -487,7 +493,8 @@ class PoolEngine(wiring.Component):
         g_y = Signal(16)
         g_count = Signal(range(max_count + 1))
         g_group = Signal(16)
-        g_sum = [Signal(signed((max_count * 128).bit_length() + 1), name=f"g_sum_{l}") for l in range(lanes)]
+        g_sum = [Signal(signed((max_count * 128).bit_length() + 1), name=f"g_sum_{l}", reset_less=True)
+                 for l in range(lanes)]
         div_busy = Signal()                          # dividing, or holding a quotient for the output
         # On the ECP5 (``staged``, global_divider_steps) the divider takes three more steps: the pixels are
         # registered before they are summed, so the plane's last one enters the sum a step later (the block RAM,
@@ -498,14 +505,15 @@ class PoolEngine(wiring.Component):
         steps = global_divider_steps(cfg)
         staged = steps > nbits
         div_step = Signal(range(steps + 1))
-        d_signed = [Signal(signed(nbits + 1), name=f"d_signed_{l}") for l in range(lanes)] if staged else None
+        d_signed = ([Signal(signed(nbits + 1), name=f"d_signed_{l}", reset_less=True) for l in range(lanes)]
+                    if staged else None)
         d_total = [Signal.like(g_sum[l], name=f"d_total_{l}") for l in range(lanes)] if staged else None
         div_last = Signal()
         divisor = Signal(range(max_count + 1))
-        d_numer = [Signal(nbits, name=f"d_numer_{l}") for l in range(lanes)]
-        d_rem = [Signal(range(2 * max_count + 1), name=f"d_rem_{l}") for l in range(lanes)]
-        d_quot = [Signal(nbits, name=f"d_quot_{l}") for l in range(lanes)]
-        d_neg = [Signal(name=f"d_neg_{l}") for l in range(lanes)]
+        d_numer = [Signal(nbits, name=f"d_numer_{l}", reset_less=True) for l in range(lanes)]
+        d_rem = [Signal(range(2 * max_count + 1), name=f"d_rem_{l}", reset_less=True) for l in range(lanes)]
+        d_quot = [Signal(nbits, name=f"d_quot_{l}", reset_less=True) for l in range(lanes)]
+        d_neg = [Signal(name=f"d_neg_{l}", reset_less=True) for l in range(lanes)]
         if staged:
             # The divider's phases as one-hot flags, set a cycle ahead, in place of compares of ``div_step``
             # (its decodes were in front of every enable of the remainders and quotients): the plane's last pixel
@@ -582,7 +590,7 @@ class PoolEngine(wiring.Component):
                 with m.If(last_group):
                     m.d.sync += g_feeding.eq(0)
         if staged:
-            g_pixel = Signal.like(self.i_pixels.payload, name="g_pixel")
+            g_pixel = Signal.like(self.i_pixels.payload, name="g_pixel", reset_less=True)
             g_pixel_valid, g_pixel_last = Signal(name="g_pixel_valid"), Signal(name="g_pixel_last")
             m.d.sync += g_pixel_valid.eq(pixel_in)
             with m.If(pixel_in):
@@ -610,8 +618,8 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [div_summing.eq(0), div_numer.eq(1)]
             # The clamp's decisions are made with the negation, on the quotient (see _clamp_flags): behind
             # ``d_signed`` its compares were the global path's slowest.
-            d_below = [Signal(name=f"d_below_{lane}") for lane in range(lanes)]
-            d_above = [Signal(name=f"d_above_{lane}") for lane in range(lanes)]
+            d_below = [Signal(name=f"d_below_{lane}", reset_less=True) for lane in range(lanes)]
+            d_above = [Signal(name=f"d_above_{lane}", reset_less=True) for lane in range(lanes)]
             with m.If(div_negating):
                 m.d.sync += [div_negating.eq(0), div_done.eq(1)]
                 for lane in range(lanes):
