@@ -299,9 +299,11 @@ class Accelerator(wiring.Component):
             return port
 
         # The descriptor registers hold still while a run is in flight (the command processor refuses a START
-        # then), so the conv engine reads its layer from them instead of keeping a copy.
+        # then), so the conv engine reads its layer from them instead of keeping a copy. On the ECP5 it keeps one
+        # all the same: the descriptor registers sit with the command processor, and their fields reached the
+        # conv engine's columns across the die (nextpnr's critical path, docs/decisions.md session 14).
         conv = engine("conv", ConvEngine(cfg, act_depth=cfg.conv_act_depth, weight_depth=cfg.conv_weight_depth,
-                                         param_depth=cfg.conv_param_depth, hold_layer=True))
+                                         param_depth=cfg.conv_param_depth, hold_layer=cfg.target != "ecp5"))
         dw = engine("depthwise", DepthwiseEngine(cfg, kernel=DW_KERNEL)) if "depthwise" in has else None
         pool = engine("pool", PoolEngine(cfg)) if "pool" in has else None
         add = engine("add", AddEngine(cfg)) if "add" in has else None
@@ -350,7 +352,10 @@ class Accelerator(wiring.Component):
             last = (width - 1) // 32
             row = cp.mem.w_data
             if last:
-                held = Signal(32 * last, name=f"{memory.name.lower()}_held")
+                # Reset-less on the ECP5 (some 800 flip-flops off the board reset's net): a row's last word writes
+                # the row with what its earlier words left here, which a reset never cleared between runs either
+                # (the host writes whole rows); the initial value is the same.
+                held = Signal(32 * last, name=f"{memory.name.lower()}_held", reset_less=cfg.target == "ecp5")
                 with m.If(here & (part < last)):
                     m.d.sync += held.word_select(part, 32).eq(cp.mem.w_data)
                 row = Cat(held, cp.mem.w_data)

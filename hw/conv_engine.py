@@ -548,8 +548,9 @@ class ConvEngine(wiring.Component):
         # The engine keeps only the bits of each field its memories can use (conv_limits); the dispatcher refuses
         # a descriptor past those limits. Addresses and flat pixel indices are computed modulo the memories'
         # address ranges, which is all a read port sees, so they match the full-width arithmetic exactly.
+        # (Reset-less on the ECP5, as its data registers are: it is sampled at every start before anything reads it.)
         layer = Signal(engine_layer_layout(cfg, act_depth=self.act_depth, weight_depth=self.weight_depth,
-                                           param_depth=self.param_depth))
+                                           param_depth=self.param_depth), reset_less=cfg.target == "ecp5")
         narrowed = [layer[name].eq(self.layer[name]) for name, _ in layer.shape()]
         span = Signal()
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
@@ -945,17 +946,25 @@ class ConvEngine(wiring.Component):
             # Byte k of the whole rotation is bank ``(f0 + k) mod NB``; column c takes byte ``c * stride``.
             steps = 1 << (lg_nb - lo)
             rotated = [Array(turned[(k + (t << lo)) % nb] for t in range(steps))[rotation3] for k in range(nb)]
-            bank_of = [Mux(layer.stride2, rotated[2 * c % nb], rotated[c]) for c in range(cols)]
+            # The stride's pick and the padding's zero point from copies registered here, on every cycle (the
+            # layer holds still from the setup cycle, many cycles before the first beat gets here): the layer's
+            # own registers serve the whole engine.
+            stride2_here = Signal(name="stride2_here", reset_less=True)
+            in_zp_here = Signal(signed(8), name="in_zp_here", reset_less=True)
+            m.d.sync += [stride2_here.eq(layer.stride2), in_zp_here.eq(layer.in_zp)]
+            bank_of = [Mux(stride2_here, rotated[2 * c % nb], rotated[c]) for c in range(cols)]
+            pad_value = in_zp_here
             weight_read, inside = weight_data3, inside3
             s_valid, s_first, s_last = s3_valid, s3_first, s3_last
         else:
             banks = Array(bank_reads)
             bank_of = [banks[select[c]] for c in range(cols)]
+            pad_value = layer.in_zp
             s_valid, s_first, s_last = s1_valid, s1_first, s1_last
         m.d.comb += [array.i_beats.valid.eq(s_valid), array.i_beats.payload.first.eq(s_first),
                      array.i_beats.payload.last.eq(s_last), array.i_beats.payload.wgt.eq(weight_read)]
         for c in range(cols):
-            m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], bank_of[c].as_signed(), layer.in_zp))
+            m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], bank_of[c].as_signed(), pad_value))
 
         # --- output side: name each column, fetch its parameters, requantize ---------------------------------
         column = array.o_columns.payload
