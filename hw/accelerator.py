@@ -611,7 +611,10 @@ class Accelerator(wiring.Component):
         # ready reaches back through the requantizer into the array's enables, too far to also come through the
         # pool engine or the writer in the same cycle. On the iCE40 a beat takes two cycles through it; its serial
         # requantizer gives one every requant_interval cycles at most, so only the last beat's cycle is added.
-        conv_data, conv_valid, conv_ready = Signal.like(conv.o_data.payload.data), Signal(), Signal()
+        # (Its data reset-less on the ECP5, as the engines' data registers are: it means something only with the
+        # valid flags.)
+        conv_data, conv_valid, conv_ready = (Signal.like(conv.o_data.payload.data, reset_less=cfg.target == "ecp5"),
+                                             Signal(), Signal())
         if conv_output_stages(cfg) and cfg.target == "ecp5":
             # On the ECP5 a full-rate slice with a second register (a skid): the engine's ready is that
             # register's emptiness, so the pool engine's ready (its global average's plane end, its window
