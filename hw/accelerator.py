@@ -278,11 +278,16 @@ class Accelerator(wiring.Component):
                                                 max_descriptor=max_descriptor_words(cfg), settle=SETTLE,
                                                 done_delay=1,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
-                                                mirror=mirror, registered_read=cfg.target == "ecp5")
+                                                mirror=mirror, registered_read=cfg.target == "ecp5",
+                                                read_latency=2 if cfg.target == "ecp5" else 1)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 
-        m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT])
+        # On the ECP5 the host's read data is registered beside each block RAM (MemoryMap's host_register): from
+        # the block RAM's output across the die into the command processor's multiplexers was nextpnr's critical
+        # path (docs/decisions.md, session 15).
+        m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT],
+                                                 host_register=cfg.target == "ecp5")
         wiring.connect(m, cp.mem, mems.bus)
 
         # Every run ends with a reset of the engines and streamers (not of their memories).

@@ -134,10 +134,13 @@ class CommandProcessor(wiring.Component):
         ``READ`` registers each word from the memories (a cycle more per word) before it goes out on ``o_host``
         (the ECP5: a block RAM's clock-to-output and the memories' and answer's multiplexers were too much of a
         125 MHz cycle).
+    read_latency : int, optional
+        Cycles from a memory read request (``mem.r_en``) to its data on ``mem.r_data``: 1 (the default), or 2 for
+        a :class:`~cnnacc.hw.memory_map.MemoryMap` built with ``host_register``.
     """
 
     def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=(),
-                 settle=1, done_delay=0, registered_read=False):
+                 settle=1, done_delay=0, registered_read=False, read_latency=1):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
@@ -151,6 +154,9 @@ class CommandProcessor(wiring.Component):
             raise ValueError(f"done_delay must be 0 or 1, not {done_delay!r}")
         self._done_delay = done_delay
         self._registered_read = bool(registered_read)
+        if read_latency not in (1, 2):
+            raise ValueError(f"read_latency must be 1 or 2, not {read_latency!r}")
+        self._read_latency = read_latency
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
         all_bits = (1 << (32 * self._max_descriptor)) - 1
         self._keep = all_bits if keep is None else int(keep) & all_bits
@@ -545,9 +551,14 @@ class CommandProcessor(wiring.Component):
                     with m.Else():
                         m.next = "READ_FETCH"
 
+            after_fetch = "READ_LATCH" if self._registered_read else "READ_WORD"
             with m.State("READ_FETCH"):
                 m.d.comb += self.mem.r_en.eq(1)
-                m.next = "READ_LATCH" if self._registered_read else "READ_WORD"
+                m.next = "READ_WAIT" if self._read_latency == 2 else after_fetch
+
+            if self._read_latency == 2:
+                with m.State("READ_WAIT"):
+                    m.next = after_fetch
 
             if self._registered_read:
                 read_word = Signal(32, name="read_word")

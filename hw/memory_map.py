@@ -80,6 +80,10 @@ class MemoryMap(wiring.Component):
     specs : dict of MemoryId -> MemorySpec
     engine_written : iterable of MemoryId, optional
         Memories the engines write (every memory by default).
+    host_register : bool, optional
+        The host's read data is registered once more beside each block RAM, before the part and memory
+        multiplexers: it comes two cycles after the request instead of one (the ECP5, where a block RAM's
+        clock-to-output is most of a 125 MHz cycle; the command processor's ``read_latency``).
 
     Members
     -------
@@ -93,8 +97,9 @@ class MemoryMap(wiring.Component):
         Gives the shared write ports to the engines.
     """
 
-    def __init__(self, specs, engine_written=None):
+    def __init__(self, specs, engine_written=None, host_register=False):
         self._specs = {MemoryId(k): v for k, v in specs.items()}
+        self._host_register = bool(host_register)
         self._engine_written = frozenset(self._specs if engine_written is None else map(MemoryId, engine_written))
         members = {"bus": In(MemoryBusSignature()), "engine_active": In(1)}
         for memory, spec in self._specs.items():
@@ -135,6 +140,12 @@ class MemoryMap(wiring.Component):
             m.d.comb += [engine_rp.addr.eq(engine_read.addr), host_rp.addr.eq(row)]
             m.d.comb += engine_read.data.eq(registered_read(m, engine_rp, engine_read.en, f"{name}_engine_data"))
             host_data = registered_read(m, host_rp, bus.r_en & here, f"{name}_host_data")
+            if self._host_register:
+                # On every cycle: the block RAM's output holds still after its read, and ``selected`` and ``part``
+                # until the next request, which comes after the command processor has taken this word.
+                host_q = Signal.like(host_data, name=f"{name}_host_q", attrs={})
+                m.d.sync += host_q.eq(host_data)
+                host_data = host_q
             host_owns = ~self.engine_active
             if memory in self._engine_written:
                 engine_write = getattr(self, f"{name}_write")

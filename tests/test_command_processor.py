@@ -28,18 +28,20 @@ class Harness(wiring.Component):
     i_host: In(stream.Signature(WORD_LAYOUT))
     o_host: Out(stream.Signature(WORD_LAYOUT))
 
-    def __init__(self, registered_read=False):
+    def __init__(self, registered_read=False, host_register=False):
         self._registered_read = registered_read
+        self._host_register = host_register
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4,
                                                 engine_written=[MemoryId.WEIGHTS],
-                                                registered_read=self._registered_read)
+                                                registered_read=self._registered_read,
+                                                read_latency=2 if self._host_register else 1)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
-        m.submodules.memories = memories = MemoryMap(SPECS)
+        m.submodules.memories = memories = MemoryMap(SPECS, host_register=self._host_register)
         wiring.connect(m, cp.mem, memories.bus)
         countdown = Signal(32)
         busy = Signal()
@@ -58,9 +60,9 @@ class Harness(wiring.Component):
         return m
 
 
-def simulate(commands, seed=0, bubble=0.3, stall=0.3, registered_read=False):
+def simulate(commands, seed=0, bubble=0.3, stall=0.3, registered_read=False, host_register=False):
     """Send each command (a list of words, or (words, last_flags)) and collect each answer."""
-    dut = Harness(registered_read)
+    dut = Harness(registered_read, host_register)
     rng = random.Random(seed)
     answers = []
 
@@ -86,9 +88,11 @@ def simulate(commands, seed=0, bubble=0.3, stall=0.3, registered_read=False):
     return answers
 
 
-# registered_read: the ECP5's command processor, which registers each word read before it answers with it.
-@pytest.mark.parametrize("seed, registered_read", [(0, False), (1, False), (2, True)])
-def test_write_read_round_trip(seed, registered_read):
+# registered_read: the ECP5's command processor, which registers each word read before it answers with it;
+# host_register: the ECP5's memory map, which registers the host's read data beside each block RAM.
+@pytest.mark.parametrize("seed, registered_read, host_register", [(0, False, False), (1, False, False),
+                                                                  (2, True, False), (3, True, True)])
+def test_write_read_round_trip(seed, registered_read, host_register):
     rng = np.random.default_rng(seed)
     data_a = rng.integers(0, 1 << 32, size=20).tolist()
     data_w = rng.integers(0, 1 << 32, size=8).tolist()
@@ -98,7 +102,7 @@ def test_write_read_round_trip(seed, registered_read):
         protocol.encode_read(MemoryId.ACT_A, 5, 20),
         protocol.encode_read(MemoryId.WEIGHTS, 3, 5),
         protocol.encode_read(MemoryId.ACT_A, 0, 0),
-    ], seed=seed, registered_read=registered_read)
+    ], seed=seed, registered_read=registered_read, host_register=host_register)
     assert protocol.decode_response(answers[0], Opcode.WRITE) == []
     assert protocol.decode_response(answers[1], Opcode.WRITE) == []
     assert protocol.decode_response(answers[2], Opcode.READ, 20) == data_a
