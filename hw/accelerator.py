@@ -79,7 +79,7 @@ DW_KERNEL = 3
 WATCHDOG_CYCLES = 1 << 17
 #: Cycles the command processor waits between a descriptor's last word and the start of its run: the last word
 #: reaches its register in the first, the dispatcher registers its checks of the descriptor (each engine's, then
-#: the verdict) in the other two.
+#: the verdict) in the other two. The ECP5 takes one more: its dispatcher registers every check's terms first.
 SETTLE = 3
 
 
@@ -275,7 +275,8 @@ class Accelerator(wiring.Component):
             mirror = [(EngineId.POOL.value, (pool_layer + 32 * j) // 32, (conv_pool + 32 * j) // 32,
                        ((1 << pool_bits) - 1) >> (32 * j) & 0xFFFFFFFF) for j in range(-(-pool_bits // 32))]
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
-                                                max_descriptor=max_descriptor_words(cfg), settle=SETTLE,
+                                                max_descriptor=max_descriptor_words(cfg),
+                                                settle=SETTLE + (cfg.target == "ecp5"),
                                                 done_delay=1,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
                                                 mirror=mirror, registered_read=cfg.target == "ecp5",
@@ -443,6 +444,13 @@ class Accelerator(wiring.Component):
                                    (EngineId.POOL, p_ok, pool is not None), (EngineId.ADD, add_ok, add is not None)):
                 if there:
                     # Stage 1: the terms in groups of four, each group's AND registered; stage 2: the verdict.
+                    # On the ECP5 every term is registered first, a stage (and a SETTLE cycle) more: a term's
+                    # compare chains, its group's AND and the route to the group's register across the die were
+                    # nextpnr's critical path (docs/decisions.md, session 15).
+                    if cfg.target == "ecp5":
+                        held = [Signal(name=f"{eid.name.lower()}_term_{k}") for k in range(len(ok))]
+                        m.d.sync += [h.eq(term) for h, term in zip(held, ok)]
+                        ok = held
                     groups = []
                     for i in range(0, len(ok), 4):
                         group = Signal(name=f"{eid.name.lower()}_ok_{i // 4}")
