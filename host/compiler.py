@@ -36,6 +36,7 @@ from ..hw.conv_engine import act_banks, check_conv_limits, conv_layer
 from ..hw.depthwise import depthwise_layer
 from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
 from ..hw.requantizer import check_shifts
+from ..hw.window_generator import window_scan_start
 from .cycles_conv import conv_cycles
 from .cycles_vector import depthwise_cycles, global_divider_bits, pool_cycles, pool_latency, window_cycles
 from .graph import activation_range
@@ -159,16 +160,20 @@ def _pool_tail(config, layer):
     return window_cycles(window, pool_latency(config)) - (last_pixel + 2)
 
 
-def run_overhead(step_kind, descriptor):
-    """Cycles a ``RUN`` of the accelerator (hw/accelerator.py) takes beyond its engine's own model, measured on
-    the RTL: the output writer stores the last result one cycle after the engine hands it over, and the memory
-    reader that feeds a vector engine delivers its first pixel one cycle later than an ideal stream, which costs
-    a cycle only when the window generator needs an input pixel at its very first scan position (no top and no
-    left padding); the conv engine reads its own memories."""
+def run_overhead(config, step_kind, descriptor):
+    """Cycles a ``RUN`` of the accelerator (hw/accelerator.py) built for ``config`` takes beyond its engine's own
+    model, measured on the RTL: the output writer stores the last result one cycle after the engine hands it
+    over, and the memory reader that feeds a vector engine delivers its first pixel one cycle later than an ideal
+    stream, which costs a cycle only when the engine needs an input pixel in that cycle: a global average pool
+    always, and the window generator when its very first scan position is in the map (no top and no left
+    padding) and it scans from cycle 2 (on the ECP5 it spends that cycle loading its tap bounds,
+    :func:`~cnnacc.hw.window_generator.window_scan_start`). The conv engine reads its own memories."""
     if step_kind in ("conv", "add"):
         return 1
     window = descriptor["window"]
-    return 1 + int(window["pad_top"] == 0 and window["pad_left"] == 0)
+    if step_kind == "pool" and PoolMode(descriptor["mode"]) == PoolMode.GLOBAL_AVG:
+        return 2
+    return 1 + int(window["pad_top"] == 0 and window["pad_left"] == 0 and window_scan_start(config) == 2)
 
 
 def tile_cycles(config, step, descriptors):
@@ -190,7 +195,7 @@ def tile_cycles(config, step, descriptors):
         cycles = pool_cycles(config, first)
     else:
         cycles = first["count"] + add_latency(config) + 2
-    return cycles + run_overhead(step.kind, first)
+    return cycles + run_overhead(config, step.kind, first)
 
 
 def _check_engine(config, node):

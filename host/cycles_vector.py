@@ -86,6 +86,7 @@ def pool_cycles(config, layer):
 def depthwise_cycles(config, layer):
     """Cycles of one depthwise layer (a :func:`cnnacc.hw.depthwise.depthwise_layer` descriptor)."""
     from ..hw.depthwise import DEPTHWISE_LATENCY, WEIGHT_LOAD_CYCLES, depthwise_extra_stages
+    from ..hw.window_generator import window_scan_start
     from ..hw.requantizer import requant_extra_stages
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
@@ -93,4 +94,4 @@ def depthwise_cycles(config, layer):
     # The target may deepen the MACs and the requantizer (ecp5); the depthwise engine's requantizer is always the
     # pipelined one, never the serial ice40 datapath.
     latency = DEPTHWISE_LATENCY + depthwise_extra_stages(config) + requant_extra_stages(config.target)
-    return window_cycles(window, latency, WEIGHT_LOAD_CYCLES)
+    return window_cycles(window, latency, WEIGHT_LOAD_CYCLES, start=window_scan_start(config))

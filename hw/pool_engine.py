@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 from .dsp_ecp5 import booth_digit_count, booth_digits, delay_line, lut_product, lut_product_stages
 from .window_generator import (MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_layout, window_extra_stages,
-                               window_layer, window_layer_layout)
+                               window_layer, window_layer_layout, window_scan_start)
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
            "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
@@ -128,9 +128,10 @@ def _quotient_bits(config):
 
 
 def pool_scan_start(config):
-    """The cycle of a run at which the windowed modes' scanner visits its first position: 2 (cycle 1 takes the
-    descriptor), 3 on the iCE40, whose engine registers the offer of a layer before it starts one."""
-    return 3 if config.target == "ice40" else 2
+    """The cycle of a run at which the windowed modes' scanner visits its first position: the window generator's
+    (:func:`~.window_generator.window_scan_start`: 2, as cycle 1 takes the descriptor, or 3 on the ECP5), and 3
+    on the iCE40, whose engine registers the offer of a layer before it starts one."""
+    return 3 if config.target == "ice40" else window_scan_start(config)
 
 
 class PoolMode(enum.Enum, shape=2):

@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 
 __all__ = ["WindowGenerator", "window_layer_layout", "pixel_layout", "window_layout", "window_layer",
-           "window_output_shape", "window_extra_stages"]
+           "window_output_shape", "window_extra_stages", "window_scan_start"]
 
 #: Widest ``height`` and ``groups`` a descriptor can carry.
 MAX_HEIGHT = (1 << 16) - 1
@@ -84,6 +84,12 @@ def window_extra_stages(config):
     row memories' read data is registered before the column multiplexers (a DP16KD's clock-to-output takes
     about half of a 125 MHz cycle), 0 elsewhere."""
     return 1 if config.target == "ecp5" else 0
+
+
+def window_scan_start(config):
+    """The cycle at which the window generator built for ``config`` visits its first position, counting the cycle
+    that takes the descriptor as 1: 2, and 3 on the ECP5, whose tap bounds take a cycle to load."""
+    return 3 if config.target == "ecp5" else 2
 
 
 def window_output_shape(height, width, kernel, stride, padding):
@@ -222,7 +228,10 @@ class WindowGenerator(wiring.Component):
         # is never changed under a window still in flight.
         if buffered:
             s2_valid = Signal()
-            m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~s2_valid & ~o.valid)
+            # ``loading``: the cycle after a descriptor is taken, in which the tap bounds are summed from
+            # registers (see below); the scanner starts the cycle after it.
+            loading = Signal(name="loading")
+            m.d.comb += self.i_layer.ready.eq(~active & ~loading & ~s1_valid & ~s2_valid & ~o.valid)
         else:
             m.d.comb += self.i_layer.ready.eq(~active & ~s1_valid & ~o.valid)
         # Bounds the scanner's position is compared with, as registers computed with the descriptor: every
@@ -244,13 +253,19 @@ class WindowGenerator(wiring.Component):
         in_row, in_col = Signal(name="in_row"), Signal(name="in_col")
         row_enter, row_leave = Signal(bound, name="row_enter"), Signal(bound, name="row_leave")
         col_enter, col_leave = Signal(bound, name="col_enter"), Signal(bound, name="col_leave")
+        if buffered:
+            # The partial sums the ECP5's bounds are loaded from: ``kernel - 1 - i`` (tap i's reach back from the
+            # window's bottom-right tap) and the padded positions just past the map.
+            reach = [Signal(signed(len(layer.kernel) + 1 + (kmax - 1).bit_length()), name=f"reach_{i}")
+                     for i in range(kmax)]
+            rows_end, cols_end = Signal(bound, name="rows_end"), Signal(bound, name="cols_end")
         with m.If(self.i_layer.valid & self.i_layer.ready):
             desc = self.i_layer.payload
             m.d.sync += [
                 layer.eq(desc),
                 py_max.eq(desc.height + desc.pad_top + desc.pad_bottom - 1),
                 px_max.eq(desc.width + desc.pad_left + desc.pad_right - 1),
-                active.eq(1), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0), last_group.eq(desc.groups == 1),
+                active.eq(not buffered), py.eq(0), px.eq(0), group.eq(0), write_row.eq(0), last_group.eq(desc.groups == 1),
                 second_last.eq(desc.groups == 2),
                 row_wait.eq(desc.kernel - 1), col_wait.eq(desc.kernel - 1),
                 last_py.eq(desc.height + desc.pad_top + desc.pad_bottom - desc.stride),
@@ -259,14 +274,27 @@ class WindowGenerator(wiring.Component):
                 row_enter.eq(desc.pad_top - 1), row_leave.eq(desc.pad_top + desc.height - 1),
                 col_enter.eq(desc.pad_left - 1), col_leave.eq(desc.pad_left + desc.width - 1),
             ]
+            m.d.sync += [tap_used[i].eq(desc.kernel > i) for i in range(kmax)]
             if buffered:
-                m.d.sync += groups_less_2.eq(desc.groups - 2)
-            for i in range(kmax):
-                m.d.sync += [row_lo[i].eq(desc.pad_top + desc.kernel - 1 - i),
-                             row_hi[i].eq(desc.pad_top + desc.height + desc.kernel - 1 - i),
-                             col_lo[i].eq(desc.pad_left + desc.kernel - 1 - i),
-                             col_hi[i].eq(desc.pad_left + desc.width + desc.kernel - 1 - i),
-                             tap_used[i].eq(desc.kernel > i)]
+                # On the ECP5 the tap bounds are summed in two steps, each one carry chain: partial sums from the
+                # descriptor here, the bounds from those registers while ``loading`` (one cycle a layer). Summed
+                # at once from the descriptor, three chained adders from the command processor's descriptor
+                # register were the accelerator's slowest estimated paths (to row_hi and col_hi).
+                m.d.sync += [groups_less_2.eq(desc.groups - 2), loading.eq(1),
+                             rows_end.eq(desc.pad_top + desc.height), cols_end.eq(desc.pad_left + desc.width)]
+                m.d.sync += [reach[i].eq(desc.kernel - 1 - i) for i in range(kmax)]
+            else:
+                for i in range(kmax):
+                    m.d.sync += [row_lo[i].eq(desc.pad_top + desc.kernel - 1 - i),
+                                 row_hi[i].eq(desc.pad_top + desc.height + desc.kernel - 1 - i),
+                                 col_lo[i].eq(desc.pad_left + desc.kernel - 1 - i),
+                                 col_hi[i].eq(desc.pad_left + desc.width + desc.kernel - 1 - i)]
+        if buffered:
+            with m.If(loading):
+                m.d.sync += [loading.eq(0), active.eq(1)]
+                for i in range(kmax):
+                    m.d.sync += [row_lo[i].eq(layer.pad_top + reach[i]), row_hi[i].eq(rows_end + reach[i]),
+                                 col_lo[i].eq(layer.pad_left + reach[i]), col_hi[i].eq(cols_end + reach[i])]
 
         kernel = layer.kernel
         in_bounds = in_row & in_col

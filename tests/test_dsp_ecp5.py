@@ -228,7 +228,8 @@ def test_ecp5_pool_engine_matches_golden_and_cycle_model():
         got, cycles = t.run_amaranth(config, [job])
         t.check(got, [job], "ecp5 cycle model")
         assert cycles == pool_cycles(config, layer)
-        assert cycles == pool_cycles(replace(config, target="generic"), layer) + 10
+        # Ten stages more, and the cycle the window generator's tap bounds take to load.
+        assert cycles == pool_cycles(replace(config, target="generic"), layer) + 10 + 1
 
 
 def test_ecp5_depthwise_engine_matches_golden_and_cycle_model():
@@ -255,4 +256,5 @@ def test_ecp5_depthwise_engine_matches_golden_and_cycle_model():
     job, want = t.make_job(config, rng, height=5, width=7, channels=3, padding=(1, 1, 1, 1))
     got, cycles = t.run_amaranth(config, [job])
     t.check(got, [job], [want], config.lanes, "ecp5 cycle model")
-    assert cycles == depthwise_cycles(config, job[0]) == depthwise_cycles(generic, job[0]) + extra
+    # The extra stages, and the cycle the window generator's tap bounds take to load.
+    assert cycles == depthwise_cycles(config, job[0]) == depthwise_cycles(generic, job[0]) + extra + 1

@@ -139,10 +139,11 @@ def test_one_window_per_cycle():
 
 
 def test_ecp5_read_register_and_group_flags():
-    # Target "ecp5": the row memories' read register (one stage more) and the last-plane flags stepped against a
-    # registered ``groups - 2``, over layers of one to four planes back to back, with bubbles and back-pressure.
+    # Target "ecp5": the row memories' read register (one stage more), the tap bounds loaded in a cycle of their
+    # own (the scan starts a cycle later) and the last-plane flags stepped against a registered ``groups - 2``,
+    # over layers of one to four planes back to back, with bubbles and back-pressure.
     from cnnacc.host.cycles_vector import WINDOW_LATENCY
-    from cnnacc.hw.window_generator import window_extra_stages
+    from cnnacc.hw.window_generator import window_extra_stages, window_scan_start
     config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=6, target="ecp5")
     rng = np.random.default_rng(12)
     jobs = []
@@ -155,7 +156,8 @@ def test_ecp5_read_register_and_group_flags():
     for job in jobs:
         got, cycles = run_amaranth(config, [job])
         check(got, [job], 3, "ecp5 cycles")
-        assert cycles == window_cycles(job[0], WINDOW_LATENCY + window_extra_stages(config))
+        assert cycles == window_cycles(job[0], WINDOW_LATENCY + window_extra_stages(config),
+                                       start=window_scan_start(config))
 
 
 def test_bad_descriptor_names_the_layer():
