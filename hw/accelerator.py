@@ -274,21 +274,22 @@ class Accelerator(wiring.Component):
         if mirror_pool:
             mirror = [(EngineId.POOL.value, (pool_layer + 32 * j) // 32, (conv_pool + 32 * j) // 32,
                        ((1 << pool_bits) - 1) >> (32 * j) & 0xFFFFFFFF) for j in range(-(-pool_bits // 32))]
+        # On the ECP5 the host's read data is registered beside each block RAM (MemoryMap's host_register): from
+        # the block RAM's output across the die into the command processor's multiplexers was nextpnr's critical
+        # path (docs/decisions.md, session 15). The command processor waits as long as the memory map says.
+        mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT],
+                         host_register=cfg.target == "ecp5")
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
                                                 max_descriptor=max_descriptor_words(cfg),
                                                 settle=SETTLE + (cfg.target == "ecp5"),
                                                 done_delay=1,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
                                                 mirror=mirror, registered_read=cfg.target == "ecp5",
-                                                read_latency=2 if cfg.target == "ecp5" else 1)
+                                                read_latency=mems.read_latency)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 
-        # On the ECP5 the host's read data is registered beside each block RAM (MemoryMap's host_register): from
-        # the block RAM's output across the die into the command processor's multiplexers was nextpnr's critical
-        # path (docs/decisions.md, session 15).
-        m.submodules.memories = mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT],
-                                                 host_register=cfg.target == "ecp5")
+        m.submodules.memories = mems
         wiring.connect(m, cp.mem, mems.bus)
 
         # Every run ends with a reset of the engines and streamers (not of their memories).

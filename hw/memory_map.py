@@ -112,6 +112,11 @@ class MemoryMap(wiring.Component):
     def specs(self):
         return dict(self._specs)
 
+    @property
+    def read_latency(self):
+        """Cycles from a host read request to its data: the command processor's ``read_latency`` to match."""
+        return 2 if self._host_register else 1
+
     def word_depths(self):
         """Host-visible size of each memory in 32-bit words (for the command processor's range checks)."""
         return {memory: spec.words for memory, spec in self._specs.items()}

@@ -102,10 +102,15 @@ def _in_flight(config):
     return answers, status
 
 
-def test_commands_while_a_run_is_in_flight():
-    answers, status = _in_flight(DEFAULT_CONFIG)
+def _depthwise_run_served(answers):
+    # A configuration with the depthwise engine starts its run and reports it to WAIT.
     assert protocol.decode_response(answers["start_depthwise"], Opcode.START) == []
     assert protocol.decode_response(answers["wait_depthwise"], Opcode.WAIT, 1)[0] > 0
+
+
+def test_commands_while_a_run_is_in_flight():
+    answers, status = _in_flight(DEFAULT_CONFIG)
+    _depthwise_run_served(answers)
     assert protocol.decode_response(answers["write_dw_weights"], Opcode.WRITE) == []
     assert protocol.decode_response(answers["write_act_b"], Opcode.WRITE) == []
 

@@ -35,13 +35,13 @@ class Harness(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.memories = memories = MemoryMap(SPECS, host_register=self._host_register)
         m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4,
                                                 engine_written=[MemoryId.WEIGHTS],
                                                 registered_read=self._registered_read,
-                                                read_latency=2 if self._host_register else 1)
+                                                read_latency=memories.read_latency)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
-        m.submodules.memories = memories = MemoryMap(SPECS, host_register=self._host_register)
         wiring.connect(m, cp.mem, memories.bus)
         countdown = Signal(32)
         busy = Signal()
