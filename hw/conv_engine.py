@@ -665,7 +665,16 @@ class ConvEngine(wiring.Component):
             row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
             col_lo = Signal(signed(max(len(layer.pad_left), len(layer.kernel_w)) + 1), name="col_lo")
             col_hi = Signal(signed(max(len(layer.in_w) + 1, len(layer.kernel_w)) + 1), name="col_hi")
-            first_row_hi = clamped(layer.in_h + layer.pad_top)
+            if buffered:
+                # The rows from the first tile's top to the map's end, registered with the descriptor on the ECP5:
+                # their sum, compare and clamp in front of row_hi's multiplexer were the engine's slowest
+                # estimated path (from the latched layer).
+                first_rows = Signal.like(room, name="first_rows")
+                with m.If(start):
+                    m.d.sync += first_rows.eq(field("in_h") + field("pad_top"))
+            else:
+                first_rows = layer.in_h + layer.pad_top
+            first_row_hi = clamped(first_rows)
         else:
             height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
             m.d.comb += height.eq(window_height(room, above))
@@ -764,7 +773,8 @@ class ConvEngine(wiring.Component):
         def restart_block():
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin), f0.eq(layer.origin),
                                      f0_row.eq(layer.origin),
-                                     above.eq(layer.pad_top), room.eq(layer.in_h + layer.pad_top)] + (
+                                     above.eq(layer.pad_top),
+                                     room.eq(first_rows if walk else layer.in_h + layer.pad_top)] + (
                                          [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if walk else [])
 
         if walk:
