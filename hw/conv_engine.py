@@ -741,9 +741,10 @@ class ConvEngine(wiring.Component):
             m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & array.room)))
             counted = Mux(since_issued != gap, since_issued + 1, since_issued)
             # The compare is made on the count, and ``issue`` (late: the array's room) only picks it or the
-            # restart's constant.
+            # restart's constant. ``counted >= gap - 1`` is ``since_issued >= gap - 2`` (the count saturates at
+            # gap): a compare with a constant, not behind the increment's carry chain.
             m.d.sync += [since_issued.eq(Mux(issue & tile_last, 0, counted)),
-                         spaced_issued.eq(Mux(issue & tile_last, gap <= 1, counted >= gap - 1))]
+                         spaced_issued.eq(Mux(issue & tile_last, gap <= 1, since_issued >= gap - 2))]
         else:
             adv = Signal(name="adv", attrs=keep, init=1)
             if not serial:

@@ -235,9 +235,11 @@ class SystolicArray(wiring.Component):
             m.d.sync += [in_valid.eq(take), in_first.eq(beat.first), in_last.eq(beat.last),
                          in_act.eq(beat.act), in_wgt.eq(beat.wgt)]
             # The compare is made on the count, and the late ``take`` only picks it or the restart's constant.
+            # ``counted >= gap - 1`` is ``since_last >= gap - 2`` (the count saturates at gap): a compare with a
+            # constant, not behind the increment's carry chain.
             counted = Mux(since_last != gap, since_last + 1, since_last)
             m.d.sync += [since_last.eq(Mux(take & beat.last, 0, counted)),
-                         spaced.eq(Mux(take & beat.last, gap <= 1, counted >= gap - 1))]
+                         spaced.eq(Mux(take & beat.last, gap <= 1, since_last >= gap - 2))]
 
         def delayed(value, cycles, name, reset_less=False):
             """``value`` delayed by ``cycles`` enabled cycles."""
