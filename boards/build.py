@@ -8,6 +8,8 @@ resource use and the achieved Fmax from nextpnr's log into a :class:`BuildReport
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,8 @@ from ..hw.memory_map import BRAM_OUTPUT_ATTR
 from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
-           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_MAP_LUTS", "ecp5_synth_options"]
+           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_MAP_LUTS", "ecp5_synth_options",
+           "toolchain_progress"]
 
 
 class BuildError(RuntimeError):
@@ -36,6 +39,7 @@ class BoardSpec:
     nextpnr_opts: str = ""   # options of this board's nextpnr run, besides the seed (see BOARDS)
     synth_opts: str = ""     # options of this board's yosys synth_<family> command (see BOARDS)
     seed: int = 1            # nextpnr's placement seed when the build names none (see BOARDS)
+    time_limit: int = 3600   # seconds the toolchain may take when the build names no limit (see BOARDS)
 
     def uart_divisor(self, f_clk):
         """Clock cycles per UART bit at clock ``f_clk`` (Hz): the nearest whole number to ``f_clk / baud``."""
@@ -72,7 +76,10 @@ BOARDS = {
                        flash="openFPGALoader -b ulx3s {bitstream}",
                        # nextpnr-ecp5's default router1 at seed 2: router2 at seed 1 came down to 242 overused wires,
                        # then rose again past 3,900 (docs/decisions.md, session 11).
-                       seed=2),
+                       seed=2,
+                       # The slowest finished build took 3,680 s (on a shared machine); router1 has also spent
+                       # hours on its last hundred arcs without finishing (docs/decisions.md, session 16).
+                       time_limit=7200),
 }
 
 
@@ -248,18 +255,80 @@ def parse_nextpnr_log(text):
     return resources, [(clock, f, t) for clock, (f, t) in clocks.items()]
 
 
-def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
+_ROUTER1 = re.compile(r"^Info:\s+\d+ \|.*\|\s*(\d+)\|\s*[\d.]+\s+[\d.]+\|\s*$", re.M)
+
+
+def toolchain_progress(log_text):
+    """Where a stopped build was, from nextpnr's log so far (empty or missing: still in yosys): one line, with
+    nextpnr's placed estimate and the arcs its router had left, when the log has them."""
+    if not log_text:
+        return "yosys had not finished"
+    where = "nextpnr was placing"
+    estimates = _FMAX.findall(log_text)
+    if "Info: Routing complete." in log_text:
+        final = float(estimates[-1][1]) if estimates else None
+        where = "nextpnr had routed" + (f" ({final:.2f} MHz)" if final else "") + "; the packer was running"
+    elif estimates:
+        where = f"nextpnr was routing (placed estimate {float(estimates[0][1]):.2f} MHz"
+        arcs = _ROUTER1.findall(log_text)
+        where += f", {int(arcs[-1]):,} arcs left to route)" if arcs else ")"
+    return where
+
+
+def _stop(process):
+    """Stop a build script and every tool it started (they run in a session of their own)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=10)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _run_plan(plan, out_dir, time_limit, stale=()):
+    """Run the build plan's script in ``out_dir``, after deleting the ``stale`` outputs of an earlier build there;
+    stop it after ``time_limit`` seconds (0: no limit). Returns False if stopped, raises CalledProcessError if it
+    failed."""
+    root = plan.extract(str(out_dir))
+    for file in stale:
+        (root / file).unlink(missing_ok=True)
+    command = ["sh", f"{plan.script}.sh"]
+    process = subprocess.Popen(command, cwd=root, start_new_session=True)
+    try:
+        code = process.wait(timeout=time_limit or None)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        return False
+    except BaseException:
+        _stop(process)     # interrupted: leave no tool running
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, command)
+    return True
+
+
+def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, time_limit=None):
     """Build ``board`` ("icebreaker" or "ulx3s"); returns a :class:`BuildReport`.
 
-    ``seed`` is nextpnr's placement seed; ``None`` takes the board's (:attr:`BoardSpec.seed`).
+    ``seed`` is nextpnr's placement seed; ``None`` takes the board's (:attr:`BoardSpec.seed`). ``time_limit`` is
+    the seconds yosys, nextpnr and the packer may take together; ``None`` takes the board's
+    (:attr:`BoardSpec.time_limit`), 0 sets none.
 
-    Raises :class:`BuildError` if a tool fails (naming the log) or if nextpnr reports no clock.
+    Raises :class:`BuildError` if a tool fails (naming the log), if the limit stops the build (saying where it
+    was) or if nextpnr reports no clock.
     """
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     spec = BOARDS[board]
     if seed is None:
         seed = spec.seed
+    if time_limit is None:
+        time_limit = spec.time_limit
+    if not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or time_limit < 0:
+        raise BuildError(f"time limit must be a number of seconds >= 0 (0: none), not {time_limit!r}")
     from .top import BoardTop
     if core_factory is None:
         from ..hw.accelerator import Accelerator
@@ -301,8 +370,9 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
             synth_opts += ecp5_synth_options(getattr(getattr(core, "config", None), "target", None))
         if synth_opts:
             overrides["synth_opts"] = " ".join(synth_opts)
-        platform.build(BoardTop(spec, lambda: core), name=name, build_dir=str(out_dir), do_program=False,
-                       **overrides)
+        plan = platform.build(BoardTop(spec, lambda: core), name=name, do_build=False, **overrides)
+        # A log or bitstream left by an earlier build in out_dir must not be read as this one's.
+        finished = _run_plan(plan, out_dir, time_limit, stale=[f"{name}.tim", f"{name}.bin", f"{name}.bit"])
     except Exception as exc:
         # The last log a tool wrote names the failing step: nextpnr's, else yosys's.
         logs = [p for p in (out_dir / f"{name}.tim", out_dir / f"{name}.rpt") if p.exists()]
@@ -313,12 +383,16 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None):
         os.environ.clear()
         os.environ.update(saved)
     seconds = time.perf_counter() - start
+    log = out_dir / f"{name}.tim"
+    if not finished:
+        where = toolchain_progress(log.read_text(errors="replace") if log.exists() else "")
+        raise BuildError(f"{board} build stopped at its time limit of {time_limit:g} s: {where}; "
+                         f"--time-limit sets another (0: none); see {log if log.exists() else out_dir}")
     netlist = out_dir / f"{name}.json"
     changed = dsp_changes((out_dir / f"{name}.il").read_text(), json.loads(netlist.read_text()))
     if changed:
         raise BuildError(f"{board}: synthesis changed the configuration of {len(changed)} DSP block(s) the design "
                          f"instantiates ({changed[0]}); see {netlist}")
-    log = out_dir / f"{name}.tim"
     resources, clocks = parse_nextpnr_log(log.read_text(errors="replace"))
     sync = [c for c in clocks if "sync" in c[0] or "PLL" in c[0].upper() or "clk" in c[0].lower()]
     if not sync:

@@ -279,7 +279,7 @@ def _cmd_report(args):
 def _cmd_build(args):
     from .boards.build import BuildError, build
     try:
-        report = build(args.board, out_dir=args.out_dir, seed=args.seed)
+        report = build(args.board, out_dir=args.out_dir, seed=args.seed, time_limit=args.time_limit)
     except BuildError as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     print(report.summary())
@@ -329,6 +329,9 @@ def _build_parser():
     p.add_argument("--out-dir", default="build", help="build directory (default %(default)s/BOARD)")
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placement seed (default: the board's, boards/build.py BOARDS)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop the toolchain after this long, saying where it was (default: the board's, "
+                        "1 hour for the iCEBreaker and 2 for the ULX3S; 0: no limit)")
     p.set_defaults(func=_cmd_build)
 
     models_help = ("a .tflite or .onnx file, a bundled name (lenet5, mobilenet_v1_digits, mobilenet_v1, "

@@ -213,42 +213,101 @@ def test_dsp_blocks_keep_their_configuration(tmp_path, dsp_option):
         assert changes == []
 
 
+def _tools_stand_in(monkeypatch, script):
+    """Replace the board's platform with one whose build plan writes an empty netlist and runs ``script`` (a
+    function of the build's name returning the shell script that stands in for yosys, nextpnr and the packer);
+    its input clock is 12 MHz. Returns the build module."""
+    from cnnacc.boards import build as board_build
+
+    class ToolsPlan:
+        def __init__(self, name):
+            self.name, self.script = name, f"build_{name}"
+
+        def extract(self, root):
+            out = Path(root)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{self.name}.il").write_text("")
+            (out / f"{self.name}.json").write_text('{"modules": {}}')
+            (out / f"{self.script}.sh").write_text(script(self.name))
+            return out
+
+    class ToolsStandIn:
+        default_clk_frequency = 12e6
+
+        def build(self, top, *, name, do_build, **kwargs):
+            assert not do_build     # the build runs the plan's script itself, under its time limit
+            return ToolsPlan(name)
+
+    monkeypatch.setattr(board_build.BoardSpec, "make_platform", lambda self: ToolsStandIn())
+    # No board top either: the stand-in would never elaborate it.
+    monkeypatch.setattr("cnnacc.boards.top.BoardTop", lambda board, core_factory: None)
+    return board_build
+
+
 @pytest.mark.parametrize("timed_at, verdict", [("12.00", "timed clock 'clk_sys' at 12.00 MHz, not at the PLL's"),
                                                (None, None)])
 def test_build_checks_the_clock_nextpnr_timed(tmp_path, monkeypatch, timed_at, verdict):
     """nextpnr's Fmax verdict counts only if it timed the system clock at the PLL's frequency: a constraint that
     missed its net (nextpnr then falls back to a default) must not pass or fail the build on another clock.
     ``timed_at`` None: nextpnr timed it at the PLL's frequency (from the board's clock, whatever it is)."""
-    from cnnacc.boards import build as board_build
     from cnnacc.boards.pll import family_pll
 
-    spec = board_build.BOARDS["icebreaker"]
-    f_in = 12e6     # the stand-in platform's input clock
-    f_pll = family_pll(spec.family, f_in, spec.f_sys).f_out / 1e6
+    spec = BOARDS["icebreaker"]
+    f_pll = family_pll(spec.family, 12e6, spec.f_sys).f_out / 1e6
     timed_at = timed_at or f"{f_pll:.2f}"
-
-    class ToolsStandIn:
-        """Writes what yosys, nextpnr and the packer would, with a given clock in nextpnr's report."""
-        default_clk_frequency = f_in
-
-        def build(self, top, *, name, build_dir, **kwargs):
-            out = Path(build_dir)
-            out.mkdir(parents=True)
-            (out / f"{name}.il").write_text("")
-            (out / f"{name}.json").write_text('{"modules": {}}')
-            (out / f"{name}.tim").write_text(
-                f"Info: Max frequency for clock 'clk_sys': {float(timed_at) + 3:.2f} MHz (PASS at {timed_at} MHz)\n")
-            (out / f"{name}.bin").write_bytes(b"\x7e\xaa\x99\x7e")
-
-    monkeypatch.setattr(board_build.BoardSpec, "make_platform", lambda self: ToolsStandIn())
-    # No board top either: the stand-in would never elaborate it.
-    monkeypatch.setattr("cnnacc.boards.top.BoardTop", lambda board, core_factory: None)
+    board_build = _tools_stand_in(monkeypatch, lambda name: (
+        f"echo \"Info: Max frequency for clock 'clk_sys': {float(timed_at) + 3:.2f} MHz (PASS at {timed_at} MHz)\" "
+        f"> {name}.tim\nprintf '\\176\\252\\231\\176' > {name}.bin\n"))
     if verdict:
         with pytest.raises(board_build.BuildError, match=verdict):
             board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None)
     else:
         report = board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None)
         assert report.target_mhz == float(timed_at) and report.timing_met
+
+
+# Lines of nextpnr-ecp5's log (0.11.1, a ULX3S build): the placed estimate, then router1's progress.
+PLACED = "Info: Max frequency for clock '$glbnet$clk': 63.96 MHz (FAIL at 125.00 MHz)\n"
+ROUTING = """Info: Routing 208379 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|
+Info:       1000 |       95        904 |   95   904 |    207737|       5.97       5.97|
+Info:     401000 |    86225     300740 |  609   387 |        99|     875.71    2869.64|
+Info:     402000 |    86760     301205 |  535   465 |       124|     997.50    3867.14|
+"""
+
+
+def test_toolchain_progress_says_where_a_stopped_build_was():
+    from cnnacc.boards.build import toolchain_progress
+    assert toolchain_progress("") == "yosys had not finished"
+    assert toolchain_progress("Info: Packing IOs..\n") == "nextpnr was placing"
+    assert toolchain_progress(PLACED) == "nextpnr was routing (placed estimate 63.96 MHz)"
+    assert toolchain_progress(PLACED + ROUTING) == "nextpnr was routing (placed estimate 63.96 MHz, 124 arcs left to route)"
+    routed = PLACED + ROUTING + ("Info: Routing complete.\n"
+                                 "Warning: Max frequency for clock '$glbnet$clk': 91.33 MHz (FAIL at 125.00 MHz)\n")
+    assert toolchain_progress(routed) == "nextpnr had routed (91.33 MHz); the packer was running"
+
+
+def test_build_stops_at_its_time_limit_and_leaves_no_tool_running(tmp_path, monkeypatch):
+    """A router that never finishes (nextpnr's router1 has spent hours on a last hundred arcs) must not hang the
+    build: at the limit every tool the script started is stopped, and the error says where the build was."""
+    def script(name):
+        text = (PLACED + ROUTING).replace("'", "'\\''")
+        return f"printf '%s' '{text}' > {name}.tim\nsleep 600 &\necho $! > tool.pid\nwait\n"
+    board_build = _tools_stand_in(monkeypatch, script)
+    (tmp_path / "ulx3s").mkdir()
+    (tmp_path / "ulx3s" / "cnnacc_ulx3s.bit").write_bytes(b"an earlier build's")
+    with pytest.raises(board_build.BuildError, match=(
+            r"^ulx3s build stopped at its time limit of 2 s: nextpnr was routing \(placed estimate 63.96 MHz, 124 "
+            r"arcs left to route\); --time-limit sets another \(0: none\); see .*cnnacc_ulx3s.tim$")):
+        board_build.build("ulx3s", out_dir=tmp_path, core_factory=lambda: None, time_limit=2)
+    pid = int((tmp_path / "ulx3s" / "tool.pid").read_text())
+    status = Path(f"/proc/{pid}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text(), f"tool {pid} still running"
+    # The earlier build's bitstream was deleted before this one started, so it cannot pass for this one's.
+    assert not (tmp_path / "ulx3s" / "cnnacc_ulx3s.bit").exists()
+    with pytest.raises(board_build.BuildError, match=r"^time limit must be a number of seconds >= 0 \(0: none\), "):
+        board_build.build("ulx3s", out_dir=tmp_path, core_factory=lambda: None, time_limit=-1)
 
 
 @pytest.mark.parametrize("board", ["icebreaker", "ulx3s"])
