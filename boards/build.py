@@ -78,7 +78,7 @@ BOARDS = {
                        # then rose again past 3,900 (docs/decisions.md, session 11).
                        seed=2,
                        # The slowest finished build took 3,680 s (on a shared machine); router1 has also spent
-                       # hours on its last hundred arcs without finishing (docs/decisions.md, session 16).
+                       # most of an hour on its last hundred arcs without finishing (docs/decisions.md, session 16).
                        time_limit=7200),
 }
 

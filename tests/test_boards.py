@@ -282,15 +282,16 @@ def test_toolchain_progress_says_where_a_stopped_build_was():
     assert toolchain_progress("") == "yosys had not finished"
     assert toolchain_progress("Info: Packing IOs..\n") == "nextpnr was placing"
     assert toolchain_progress(PLACED) == "nextpnr was routing (placed estimate 63.96 MHz)"
-    assert toolchain_progress(PLACED + ROUTING) == "nextpnr was routing (placed estimate 63.96 MHz, 124 arcs left to route)"
+    assert (toolchain_progress(PLACED + ROUTING)
+            == "nextpnr was routing (placed estimate 63.96 MHz, 124 arcs left to route)")
     routed = PLACED + ROUTING + ("Info: Routing complete.\n"
                                  "Warning: Max frequency for clock '$glbnet$clk': 91.33 MHz (FAIL at 125.00 MHz)\n")
     assert toolchain_progress(routed) == "nextpnr had routed (91.33 MHz); the packer was running"
 
 
 def test_build_stops_at_its_time_limit_and_leaves_no_tool_running(tmp_path, monkeypatch):
-    """A router that never finishes (nextpnr's router1 has spent hours on a last hundred arcs) must not hang the
-    build: at the limit every tool the script started is stopped, and the error says where the build was."""
+    """A router that never finishes (nextpnr's router1 has spent most of an hour on its last hundred arcs) must not
+    hang the build: at the limit every tool the script started is stopped, and the error says where it was."""
     def script(name):
         text = (PLACED + ROUTING).replace("'", "'\\''")
         return f"printf '%s' '{text}' > {name}.tim\nsleep 600 &\necho $! > tool.pid\nwait\n"
