@@ -7,7 +7,7 @@ the one that goes into the bitstream.
 """
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..hw.serial_bridge import SerialBridge
@@ -40,6 +40,9 @@ class BoardCore(wiring.Component):
         Clock cycles per half period of the heartbeat LED (``f_sys / 2`` blinks once a second).
     registered_answer : bool
         Passed to the :class:`~cnnacc.hw.serial_bridge.SerialBridge` (the ECP5 boards set it).
+    slices : int
+        Register slices each way between the bridge and the core (1 by default; the ECP5 boards use 2, so that
+        one can sit by each end when the placer puts the UART and the command processor far apart).
 
     Members
     -------
@@ -52,11 +55,14 @@ class BoardCore(wiring.Component):
     """
 
     def __init__(self, core, divisor, *, frame_words=256, leds=3, heartbeat_cycles=1 << 20,
-                 registered_answer=False):
+                 registered_answer=False, slices=1):
         if not isinstance(leds, int) or not 0 <= leds <= len(LED_MEANINGS):
             raise ValueError(f"leds must be an integer from 0 to {len(LED_MEANINGS)}, not {leds!r}")
         if not isinstance(heartbeat_cycles, int) or heartbeat_cycles < 1:
             raise ValueError(f"heartbeat_cycles must be a positive integer, not {heartbeat_cycles!r}")
+        if not isinstance(slices, int) or isinstance(slices, bool) or slices < 1:
+            raise ValueError(f"slices must be a positive integer, not {slices!r}")
+        self._slices = slices
         self._core = core
         self._divisor = divisor
         self._frame_words = frame_words
@@ -73,14 +79,24 @@ class BoardCore(wiring.Component):
         return self._divisor
 
     @staticmethod
-    def _slice(m, source, sink, name):
-        full = Signal(name=f"{name}_full")
-        held = Signal.like(source.payload, name=f"{name}_held")
-        m.d.comb += [source.ready.eq(~full), sink.valid.eq(full), sink.payload.eq(held)]
-        with m.If(source.valid & ~full):
-            m.d.sync += [full.eq(1), held.eq(source.payload)]
-        with m.Elif(sink.ready):
-            m.d.sync += full.eq(0)
+    def _slice(m, source, sink, name, stages=1):
+        """``stages`` register slices in a row from stream ``source`` to stream ``sink``: each holds a word,
+        takes one when empty and gives it on ``ready``, so its valid and ready are flip-flops."""
+        for stage in range(stages):
+            # Names as with one stage (``{name}_full``); more stages count on (``{name}1_full``, ...).
+            label = name if stage == 0 else f"{name}{stage}"
+            full = Signal(name=f"{label}_full")
+            held = Signal.like(source.payload, name=f"{label}_held")
+            if stage == stages - 1:
+                out = sink
+            else:
+                out = stream.Signature(source.payload.shape()).create(path=(f"{label}_out",))
+            m.d.comb += [source.ready.eq(~full), out.valid.eq(full), out.payload.eq(held)]
+            with m.If(source.valid & ~full):
+                m.d.sync += [full.eq(1), held.eq(source.payload)]
+            with m.Elif(out.ready):
+                m.d.sync += full.eq(0)
+            source = out
 
     def elaborate(self, platform):
         m = Module()
@@ -98,8 +114,8 @@ class BoardCore(wiring.Component):
         # A register slice each way between the bridge and the core: each side's valid and ready then start at
         # a flip-flop, so neither state machine's decode runs through the other's in one cycle. A word takes two
         # cycles through a slice, as fast as the bridge feeds and drains words anyway.
-        self._slice(m, bridge.o_cmd, core.i_host, "cmd")
-        self._slice(m, core.o_host, bridge.i_answer, "answer")
+        self._slice(m, bridge.o_cmd, core.i_host, "cmd", self._slices)
+        self._slice(m, core.o_host, bridge.i_answer, "answer", self._slices)
 
         heartbeat = Signal(range(self._heartbeat_cycles))
         beat = Signal()
