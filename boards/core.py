@@ -111,9 +111,9 @@ class BoardCore(wiring.Component):
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.o_data, bridge.i_rx)
         wiring.connect(m, bridge.o_tx, uart_tx.i_data)
-        # A register slice each way between the bridge and the core: each side's valid and ready then start at
-        # a flip-flop, so neither state machine's decode runs through the other's in one cycle. A word takes two
-        # cycles through a slice, as fast as the bridge feeds and drains words anyway.
+        # Register slices each way between the bridge and the core (one, or ``slices``): each side's valid and
+        # ready then start at a flip-flop, so neither state machine's decode runs through the other's in one
+        # cycle. A word takes two cycles through a slice, as fast as the bridge feeds and drains words anyway.
         self._slice(m, bridge.o_cmd, core.i_host, "cmd", self._slices)
         self._slice(m, core.o_host, bridge.i_answer, "answer", self._slices)
 

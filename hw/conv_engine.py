@@ -641,6 +641,15 @@ class ConvEngine(wiring.Component):
                 more = Signal(name=name, attrs={"keep": 1})
                 m.d.comb += more.eq(rows > down)
             return Mux(more, rows - down, 0)
+        # The rows from a block's first tile top to the map's end (``room`` at a block's start). Registered with the
+        # descriptor on the ECP5: their sum, compare and clamp in front of row_hi's multiplexer (below) were the
+        # engine's slowest estimated path (from the latched layer).
+        if buffered:
+            first_rows = Signal.like(room, name="first_rows")
+            with m.If(start):
+                m.d.sync += first_rows.eq(field("in_h") + field("pad_top"))
+        else:
+            first_rows = layer.in_h + layer.pad_top
         if walk:
             # Stage 1 compares each column's ``dy * stride`` with two registers shared by the columns, moved with
             # ``ky`` and the tile: the tap row ``dy * stride + ky`` is inside when ``row_lo <= dy * stride <
@@ -665,15 +674,6 @@ class ConvEngine(wiring.Component):
             row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
             col_lo = Signal(signed(max(len(layer.pad_left), len(layer.kernel_w)) + 1), name="col_lo")
             col_hi = Signal(signed(max(len(layer.in_w) + 1, len(layer.kernel_w)) + 1), name="col_hi")
-            if buffered:
-                # The rows from the first tile's top to the map's end, registered with the descriptor on the ECP5:
-                # their sum, compare and clamp in front of row_hi's multiplexer were the engine's slowest
-                # estimated path (from the latched layer).
-                first_rows = Signal.like(room, name="first_rows")
-                with m.If(start):
-                    m.d.sync += first_rows.eq(field("in_h") + field("pad_top"))
-            else:
-                first_rows = layer.in_h + layer.pad_top
             first_row_hi = clamped(first_rows)
         else:
             height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
@@ -775,7 +775,7 @@ class ConvEngine(wiring.Component):
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin), f0.eq(layer.origin),
                                      f0_row.eq(layer.origin),
                                      above.eq(layer.pad_top),
-                                     room.eq(first_rows if walk else layer.in_h + layer.pad_top)] + (
+                                     room.eq(first_rows)] + (
                                          [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if walk else [])
 
         if walk:
