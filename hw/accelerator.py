@@ -328,6 +328,21 @@ class Accelerator(wiring.Component):
         row_words = conv_row_words(cfg)
         targets = {MemoryId.CONV_ACT: conv.act_write, MemoryId.WEIGHTS: conv.weight_write,
                    MemoryId.PARAMS: conv.param_write}
+        staged = cfg.target == "ecp5"
+        if staged:
+            # On the ECP5 a host write reaches these memories two cycles late, through two register stages: the
+            # bus as it comes (the command processor's registers sit with it, across the die from the conv
+            # engine), then each memory's word decoded one-hot beside the memory, so a held word's enable is a
+            # flip-flop. nextpnr's critical path ran from the bus address through the decode's compare to the
+            # enable of params_held (docs/decisions.md, session 17). Nothing waits on a write: nothing reads
+            # these memories but the conv engine, whose run starts at least a command word, a descriptor word
+            # and SETTLE cycles after the last write.
+            bus_en = {memory: Signal(name=f"{memory.name.lower()}_host_w_en") for memory in conv_ids}
+            bus_addr = Signal.like(cp.mem.addr, name="conv_host_w_addr", reset_less=True)
+            bus_data = Signal.like(cp.mem.w_data, name="conv_host_w_data", reset_less=True)
+            w_data = Signal.like(cp.mem.w_data, name="conv_host_w_data_b", reset_less=True)
+            m.d.sync += [bus_addr.eq(cp.mem.addr), bus_data.eq(cp.mem.w_data), w_data.eq(bus_data)]
+            m.d.sync += [bus_en[memory].eq(cp.mem.w_en & cp.mem.select[memory.value]) for memory in conv_ids]
         for memory in conv_ids:
             parts = row_words[memory]
             lg = parts.bit_length() - 1
@@ -357,12 +372,29 @@ class Accelerator(wiring.Component):
                 continue
             width = len(port.payload.data.as_value())
             last = (width - 1) // 32
+            if staged:
+                # Word k of a row is in flip-flop k of ``word`` (the last one writes the row).
+                word = Signal(last + 1, name=f"{memory.name.lower()}_host_word")
+                w_row = Signal.like(host_row, name=f"{memory.name.lower()}_host_row", reset_less=True)
+                m.d.sync += [word.eq(Cat(bus_en[memory] & ((bus_addr[:lg] if lg else 0) == k)
+                                         for k in range(last + 1))),
+                             w_row.eq(bus_addr >> lg)]
+                row = w_data
+                if last:
+                    # Reset-less (some 800 flip-flops off the board reset's net): a row's last word writes the row
+                    # with what its earlier words left here, which a reset never cleared between runs either (the
+                    # host writes whole rows); the initial value is the same.
+                    held = Signal(32 * last, name=f"{memory.name.lower()}_held", reset_less=True)
+                    for k in range(last):
+                        with m.If(word[k]):
+                            m.d.sync += held.word_select(k, 32).eq(w_data)
+                    row = Cat(held, w_data)
+                m.d.comb += [port.valid.eq(word[last]), port.payload.addr.eq(w_row),
+                             port.payload.data.eq(row[:width])]
+                continue
             row = cp.mem.w_data
             if last:
-                # Reset-less on the ECP5 (some 800 flip-flops off the board reset's net): a row's last word writes
-                # the row with what its earlier words left here, which a reset never cleared between runs either
-                # (the host writes whole rows); the initial value is the same.
-                held = Signal(32 * last, name=f"{memory.name.lower()}_held", reset_less=cfg.target == "ecp5")
+                held = Signal(32 * last, name=f"{memory.name.lower()}_held")
                 with m.If(here & (part < last)):
                     m.d.sync += held.word_select(part, 32).eq(cp.mem.w_data)
                 row = Cat(held, cp.mem.w_data)

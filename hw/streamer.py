@@ -18,9 +18,9 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0):
     """A FIFO of ``depth`` words of ``width`` bits in front of the stream ``output``, for a pipeline with no
     enable: the pipeline reserves room for ``chunk`` results (``reserve`` high) in the cycle it takes the work that
     makes them, and takes work only while ``room`` (returned with the FIFO, whose ``w_data`` and ``w_en`` the
-    caller drives) is high. Reservations and reads are counted apart (modulo twice the depth), and ``room`` is a
-    register that sees the reads a cycle late (it is then a little cautious): the consumer's ``ready`` drives only
-    a counter's enable, not an adder and a compare in front of the pipeline's input. Both of the next ``room``'s
+    caller drives) is high. The words reserved and not yet read are counted in a register, and ``room`` is a
+    register that sees the reads a cycle late (it is then a little cautious): the consumer's ``ready`` only picks
+    the count's step, it is not in front of a compare and the pipeline's input. Both of the next ``room``'s
     values are compared from registers, so ``reserve`` (a late signal, the pipeline's handshake) only picks one.
 
     With ``lead`` (cycles, 0 by default), ``room`` is high only while there is room for ``lead`` more chunks
@@ -32,16 +32,15 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0):
     wrote, took = fifo.w_en & fifo.w_rdy, nonempty & output.ready
     m.d.sync += nonempty.eq(wrote | (fifo.level > 1) | ((fifo.level == 1) & ~took))
     m.d.comb += [output.valid.eq(nonempty), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
-    reserved = Signal(range(2 * depth), name=f"{name}_reserved")
-    read = Signal(range(2 * depth), name=f"{name}_read")
-    used = Signal.like(reserved, name=f"{name}_used")
+    # ``used`` (reservations less reads) is a register of its own, stepped by one adder whose operand the two
+    # handshakes pick: a difference of two counters was a subtraction before the compares (a carry chain more
+    # between registers and ``room``, the estimate's slowest path after session 16).
+    used = Signal(range(depth + 1), name=f"{name}_used")
     room = Signal(init=1, name=f"{name}_room")
-    m.d.comb += used.eq(reserved - read)
     m.d.sync += room.eq(Mux(reserve, used <= depth - (2 + lead) * chunk, used <= depth - (1 + lead) * chunk))
-    with m.If(reserve):
-        m.d.sync += reserved.eq(reserved + chunk)
-    with m.If(output.valid & output.ready):
-        m.d.sync += read.eq(read + 1)
+    read = output.valid & output.ready
+    step = Mux(reserve, Mux(read, chunk - 1, chunk), Mux(read, -1, 0))
+    m.d.sync += used.eq(used + step)
     return fifo, room
 
 
