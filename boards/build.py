@@ -346,13 +346,16 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
         os.environ.setdefault("OPENFPGALOADER", "true")   # amaranth_boards asks for it even without programming
     start = time.perf_counter()
     try:
+        # nextpnr also writes the routed delays (an SDF file), from which boards/routed.py lists every failing
+        # path rather than nextpnr's one.
+        nextpnr_opts = f"--seed {seed} --timing-allow-fail --sdf {name}.sdf {spec.nextpnr_opts}"
         # Amaranth gives every register an initial value. On an FSM state register that stops yosys's fsm pass
         # from re-encoding it (one-hot: the command processor's 20-state decode was the critical path); the
         # initial value is the reset state, and the board holds the sync domain in reset until the PLL locks
         # (boards/top.py), so dropping it changes nothing but the encoding. On the (reset-less) register after a
         # block RAM read port it costs a LUT per bit, since the block RAM's output has no initial value; nothing
         # reads that register before its first read.
-        overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail {spec.nextpnr_opts}".strip(),
+        overrides = {"nextpnr_opts": nextpnr_opts.strip(),
                      "script_after_read": INIT_SCRIPT}
         synth_opts = [spec.synth_opts] if spec.synth_opts else []
         core = core_factory()
@@ -372,7 +375,8 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
             overrides["synth_opts"] = " ".join(synth_opts)
         plan = platform.build(BoardTop(spec, lambda: core), name=name, do_build=False, **overrides)
         # A log or bitstream left by an earlier build in out_dir must not be read as this one's.
-        finished = _run_plan(plan, out_dir, time_limit, stale=[f"{name}.tim", f"{name}.bin", f"{name}.bit"])
+        stale = [f"{name}.{suffix}" for suffix in ("tim", "sdf", "bin", "bit")]
+        finished = _run_plan(plan, out_dir, time_limit, stale=stale)
     except Exception as exc:
         # The last log a tool wrote names the failing step: nextpnr's, else yosys's.
         logs = [p for p in (out_dir / f"{name}.tim", out_dir / f"{name}.rpt") if p.exists()]

@@ -285,7 +285,8 @@ def _cmd_build(args):
     print(report.summary())
     if not report.timing_met:
         raise CliError(f"{args.board}: timing not met: Fmax {report.fmax_mhz:.1f} MHz is below the "
-                       f"{report.target_mhz:.1f} MHz clock (see {report.log})")
+                       f"{report.target_mhz:.1f} MHz clock (see {report.log}; every failing path: "
+                       f"python -m cnnacc.boards.routed {report.log.parent})")
     print(f"flash with: {report.flash_command()}")
     return 0
 

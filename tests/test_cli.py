@@ -148,7 +148,7 @@ def test_build_reports_and_fails_in_one_line(monkeypatch, capsys, tmp_path):
     assert main(["build", "--board", "icebreaker", "--out-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (f"cnnacc: error: icebreaker: timing not met: Fmax 39.1 MHz is below the 42.0 MHz clock "
-                   f"(see {log})")
+                   f"(see {log}; every failing path: python -m cnnacc.boards.routed {Path(log).parent})")
 
     def broken(board, **kwargs):
         raise board_build.BuildError(f"icebreaker build failed: Command 'sh' returned 1; see {log}")
