@@ -8,8 +8,9 @@ there are. ``cnnacc build`` therefore has nextpnr write the routed design's dela
 each of its sinks (``INTERCONNECT``) and every setup check (``SETUP``/``SETUPHOLD``), as nextpnr's own timing
 analysis uses them. This module redoes that analysis over every endpoint:
 
-- a path starts at a clocked output (an arc from a ``CLK...`` port: a flip-flop's ``Q``, a block RAM's or
-  multiplier's registered output) at that arc's delay, or at 0 ns at an input pin or a constant;
+- a path starts at a clocked output (an arc from a clock pin: a flip-flop's ``Q``, a block RAM's or
+  multiplier's registered output) at that arc's delay. Paths from input pins and constants (nextpnr's
+  ``$PACKER_GND``, routed to unused block inputs) are not timed against the clock, as in nextpnr;
 - a net into a ``CLK...`` port is the clock tree, not data, and is left out (nextpnr's ECP5 model gives it no
   delay);
 - an endpoint is every pin with a setup check; its arrival is the latest path into it plus its setup time.
@@ -37,11 +38,11 @@ __all__ = ["TimingGraph", "Endpoint", "load_sdf", "parse_sdf", "analyse", "group
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A pin with a setup check: its latest data ``arrival`` (ns, setup included) and where that path started."""
+    """A pin with a setup check: its latest data ``arrival`` (ns, setup included) from a clocked output, and the
+    clock pin that path starts at."""
     pin: tuple          # (cell, port)
     arrival: float
-    source: tuple       # the path's first pin
-    launched: bool      # started at a clocked output (False: an input pin or a constant)
+    source: tuple       # (cell, clock port)
 
 
 class TimingGraph:
@@ -54,7 +55,8 @@ class TimingGraph:
         self._via = {}
 
     def arrival(self, pin):
-        """Latest arrival (ns) of data at ``pin`` and the arc it came through (``None`` at a path's start)."""
+        """Latest arrival (ns) of data from a clocked output at ``pin`` and the arc it came through; ``None`` and
+        ``None`` if no such path reaches ``pin``."""
         if pin not in self._arrival:
             self._settle(pin)
         return self._arrival[pin], self._via[pin]
@@ -72,35 +74,41 @@ class TimingGraph:
                 stack.extend((src, False) for src, _, kind in arcs
                              if kind != "clock" and src not in self._arrival)
                 continue
-            best, via = 0.0, None
+            best, via = None, None
             for arc in arcs:
                 src, delay, kind = arc
-                time = delay if kind == "clock" else self._arrival[src] + delay
-                if via is None or time > best:
+                if kind == "clock":
+                    time = delay
+                elif self._arrival[src] is None:
+                    continue
+                else:
+                    time = self._arrival[src] + delay
+                if best is None or time > best:
                     best, via = time, arc
             self._arrival[here], self._via[here] = best, via
 
     def path(self, pin):
-        """The pins of the latest path into ``pin``, from its start, each with its arrival and incoming arc."""
+        """The pins of the latest timed path into ``pin``, from the clocked output it starts at, each with its
+        arrival and the arc it came through."""
         hops = []
         while True:
             time, via = self.arrival(pin)
+            if time is None:
+                raise ValueError(f"no path from a clocked output reaches {pin[0]}.{pin[1]}")
             hops.append((pin, time, via))
-            if via is None or via[2] == "clock":
+            if via[2] == "clock":
                 break
             pin = via[0]
         hops.reverse()
         return hops
 
     def endpoints(self):
-        """Every endpoint, latest first."""
+        """Every endpoint that a clocked output reaches, latest first."""
         found = []
         for pin, setup in self.setup.items():
             time, _ = self.arrival(pin)
-            start = self.path(pin)[0]
-            launched = start[2] is not None and start[2][2] == "clock"
-            source = start[2][0] if launched else start[0]
-            found.append(Endpoint(pin, round(time + setup, 6), source, launched))
+            if time is not None:
+                found.append(Endpoint(pin, round(time + setup, 6), self.path(pin)[0][2][0]))
         found.sort(key=lambda e: (-e.arrival, e.pin))
         return found
 
@@ -188,12 +196,10 @@ def analyse(graph, period):
 
 
 def group_failing(failing):
-    """``[(source, endpoint, port, latest Endpoint, count)]`` by source and endpoint register, latest first;
-    a path from an input pin or a constant has the source ``input <pin>``."""
+    """``[(source, endpoint, port, latest Endpoint, count)]`` by source and endpoint register, latest first."""
     groups = {}
     for e in failing:
-        source = register_name(e.source[0]) if e.launched else f"input {e.source[0]}"
-        key = (source, register_name(e.pin[0]), e.pin[1])
+        key = (register_name(e.source[0]), register_name(e.pin[0]), e.pin[1])
         worst, count = groups.get(key, (e, 0))
         groups[key] = (worst, count + 1)
     found = [(s, t, p, worst, count) for (s, t, p), (worst, count) in groups.items()]
@@ -254,10 +260,9 @@ def net_names(netlist):
 def _report(graph, period, top, paths, threshold, names, out):
     endpoints = graph.endpoints()
     failing = [e for e in endpoints if e.arrival > period]
-    launched = [e for e in failing if e.launched]
     worst = endpoints[0].arrival if endpoints else 0.0
-    print(f"{len(failing)} of {len(endpoints)} endpoints over {period:.2f} ns ({len(launched)} from registers); "
-          f"latest {worst:.2f} ns", file=out)
+    print(f"{len(failing)} of {len(endpoints)} endpoints over {period:.2f} ns; latest {worst:.2f} ns "
+          f"({len(graph.setup) - len(endpoints)} more with no path from a register: input pins, constants)", file=out)
     groups = group_failing(failing)
     width = max((len(g[0]) for g in groups[:top]), default=0)
     for source, target, port, latest, count in groups[:top]:
@@ -271,8 +276,8 @@ def _report(graph, period, top, paths, threshold, names, out):
     for source, target, port, latest, _ in groups[:paths]:
         print(f"\n{latest.arrival:.2f} ns: {source} -> {target}.{port}", file=out)
         for pin, time, via in graph.path(latest.pin):
-            kind, delay = (via[2], via[1]) if via is not None else ("start", 0.0)
-            net = f"  (net {names[via[0]]})" if via is not None and kind == "net" and via[0] in names else ""
+            kind, delay = via[2], via[1]
+            net = f"  (net {names[via[0]]})" if kind == "net" and via[0] in names else ""
             print(f"  {kind:<6} {delay:5.2f} {time:7.2f}  {pin[0]}.{pin[1]}{net}", file=out)
         print(f"  setup  {graph.setup[latest.pin]:5.2f} {latest.arrival:7.2f}", file=out)
     return failing
