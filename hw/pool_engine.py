@@ -530,7 +530,16 @@ class PoolEngine(wiring.Component):
         with m.If(global_start):
             m.d.sync += [g_x.eq(0), g_y.eq(0), g_count.eq(0), g_group.eq(0), g_feeding.eq(1),
                          g_x_last.eq(desc.window.width == 1), g_y_last.eq(desc.window.height == 1)]
-            m.d.sync += [s.eq(0) for s in g_sum]
+            if not staged:
+                m.d.sync += [s.eq(0) for s in g_sum]
+        if staged:
+            # The sums are cleared a cycle after the start, from a flip-flop: ``global_start`` is the layer's
+            # handshake, and it reached the reset of every sum bit (the routed analysis of session 17). The first
+            # pixel is summed two cycles after the start at the earliest (``g_feeding``, then ``g_pixel_valid``).
+            g_clear = Signal(name="g_clear")
+            m.d.sync += g_clear.eq(global_start)
+            with m.If(g_clear):
+                m.d.sync += [s.eq(0) for s in g_sum]
         if staged:
             # On the ECP5 the counters are compared with layer constants registered at the start (the width and
             # height less 2, whether they are 1), not with sums of the descriptor's fields: an adder in front of

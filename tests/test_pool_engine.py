@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Module, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -196,6 +196,40 @@ def test_ecp5_global_average_matches_golden_and_cycle_model():
         check(got, [job], "ecp5 global average cycle model")
         model = pool_cycles(config, job[0])
         assert cycles == model, f"{job[0]}: RTL {cycles} cycles, model {model}"
+
+
+def test_ecp5_global_sums_start_from_zero_after_a_run_cut_short():
+    """The sums are data without a reset (ECP5): a run flushed in the middle of a plane (the accelerator resets
+    its engines at every run's end, and its watchdog aborts a stalled run) leaves them partial, and the next
+    global layer must start from zero all the same."""
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=8, target="ecp5")
+    flush = Signal()
+    dut = PoolEngine(config)
+    top = Module()
+    top.submodules.pool = ResetInserter(flush)(dut)
+    layer = pool_layer(config, PoolMode.GLOBAL_AVG, height=2, width=2)
+    planes = np.array([[[[1, -2], [3, -4]], [[5, -6], [7, -8]]]], np.int64)
+    got = []
+
+    async def bench(ctx):
+        await stream_put(ctx, dut.i_layer, layer)
+        for _ in range(3):      # three of the plane's four pixels
+            await stream_put(ctx, dut.i_pixels, [120, -120])
+        await ctx.tick().repeat(8)
+        ctx.set(flush, 1)
+        await ctx.tick()
+        ctx.set(flush, 0)
+        await stream_put(ctx, dut.i_layer, layer)
+        for pixel in planes.reshape(-1, 2):
+            await stream_put(ctx, dut.i_pixels, pixel.tolist())
+        got.append([int(v) for v in await stream_get(ctx, dut.o_pixels)])
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run_until(1e-8 * 500)
+    assert len(got) == 1, "no result in 500 cycles"
+    check(np.array(got, np.int64), [(layer, planes)], "global average after a flushed run")
 
 
 def test_ecp5_clamp_at_every_value():
