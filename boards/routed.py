@@ -11,8 +11,8 @@ analysis uses them. This module redoes that analysis over every endpoint:
 - a path starts at a clocked output (an arc from a clock pin: a flip-flop's ``Q``, a block RAM's or
   multiplier's registered output) at that arc's delay. Paths from input pins and constants (nextpnr's
   ``$PACKER_GND``, routed to unused block inputs) are not timed against the clock, as in nextpnr;
-- a net into a ``CLK...`` port is the clock tree, not data, and is left out (nextpnr's ECP5 model gives it no
-  delay);
+- a clock pin is one a setup check is timed against, or one named like a clock (``CLK...``); a net into it
+  is the clock tree, not data, and is left out (nextpnr's ECP5 model gives it no delay);
 - an endpoint is every pin with a setup check; its arrival is the latest path into it plus its setup time.
 
 Its output lists the endpoints over the clock period grouped by source and endpoint register (the names
@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .timing import register_name
+from .timing import _top_module, register_name
 
 __all__ = ["TimingGraph", "Endpoint", "load_sdf", "parse_sdf", "analyse", "group_failing", "long_nets",
            "net_names", "main"]
@@ -53,6 +53,7 @@ class TimingGraph:
         self.setup = {}                 # endpoint pin -> setup time
         self._arrival = {}
         self._via = {}
+        self._source = {}               # pin -> the clock pin its latest path starts at
 
     def arrival(self, pin):
         """Latest arrival (ns) of data from a clocked output at ``pin`` and the arc it came through; ``None`` and
@@ -74,7 +75,7 @@ class TimingGraph:
                 stack.extend((src, False) for src, _, kind in arcs
                              if kind != "clock" and src not in self._arrival)
                 continue
-            best, via = None, None
+            best, via, source = None, None, None
             for arc in arcs:
                 src, delay, kind = arc
                 if kind == "clock":
@@ -84,8 +85,8 @@ class TimingGraph:
                 else:
                     time = self._arrival[src] + delay
                 if best is None or time > best:
-                    best, via = time, arc
-            self._arrival[here], self._via[here] = best, via
+                    best, via, source = time, arc, src if kind == "clock" else self._source[src]
+            self._arrival[here], self._via[here], self._source[here] = best, via, source
 
     def path(self, pin):
         """The pins of the latest timed path into ``pin``, from the clocked output it starts at, each with its
@@ -108,7 +109,7 @@ class TimingGraph:
         for pin, setup in self.setup.items():
             time, _ = self.arrival(pin)
             if time is not None:
-                found.append(Endpoint(pin, round(time + setup, 6), self.path(pin)[0][2][0]))
+                found.append(Endpoint(pin, round(time + setup, 6), self._source[pin]))
         found.sort(key=lambda e: (-e.arrival, e.pin))
         return found
 
@@ -213,7 +214,7 @@ def long_nets(graph, failing, threshold):
     counts, longest = Counter(), {}
     for e in failing:
         for _, _, via in graph.path(e.pin):
-            if via is not None and via[2] == "net" and via[1] >= threshold:
+            if via[2] == "net" and via[1] >= threshold:
                 counts[via[0]] += 1
                 longest[via[0]] = max(longest.get(via[0], 0.0), via[1])
     return {pin: (n, longest[pin]) for pin, n in counts.most_common()}
@@ -223,11 +224,7 @@ def net_names(netlist):
     """``{(cell, port): net name}`` for the output pins of a yosys JSON netlist's top module, under the names
     nextpnr-ecp5 gives them after packing (a ``LUT4``'s ``Z`` is its ``F``, a ``CCU2C``'s sums are the ``F`` of
     its two halves)."""
-    modules = netlist.get("modules", {})
-    tops = [m for m in modules.values() if int(str(m.get("attributes", {}).get("top", "0")), 2)]
-    if not tops:
-        return {}
-    top = tops[0]
+    top = _top_module(netlist)
     names, chosen = {}, {}
     for name, info in top.get("netnames", {}).items():
         bits = info["bits"]
@@ -280,7 +277,6 @@ def _report(graph, period, top, paths, threshold, names, out):
             net = f"  (net {names[via[0]]})" if kind == "net" and via[0] in names else ""
             print(f"  {kind:<6} {delay:5.2f} {time:7.2f}  {pin[0]}.{pin[1]}{net}", file=out)
         print(f"  setup  {graph.setup[latest.pin]:5.2f} {latest.arrival:7.2f}", file=out)
-    return failing
 
 
 def main(argv=None):
