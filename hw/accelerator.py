@@ -60,7 +60,7 @@ from .command_processor import WORD_LAYOUT, CommandProcessor, or_all
 from .commands import EngineId, MemoryId, config_id
 from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits, engine_layer_layout
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
-from .memory_map import MemoryMap, MemorySpec
+from .memory_map import COPY_ATTR, MemoryMap, MemorySpec
 from .pool_engine import (PoolEngine, ice40_pool_limits, pool_has_clamp, pool_layer_layout, pool_max_kernel,
                           pool_modes)
 from .requantizer import lane_params_layout
@@ -294,8 +294,16 @@ class Accelerator(wiring.Component):
 
         # Every run ends with a reset of the engines and streamers (not of their memories).
         flush = Signal()
+        # On the ECP5 each engine takes the flush from a register of its own (COPY_ATTR), set as ``ended`` is:
+        # the one net reached the resets of some 1,200 flip-flops across the die (crossed by some 670 failing
+        # paths of a routed build, docs/decisions.md session 17); each copy is placed by its own engine.
+        flush_copies = []
         def engine(name, component):
-            m.submodules[name] = ResetInserter(flush)(component)
+            control = flush
+            if cfg.target == "ecp5":
+                control = Signal(name=f"{name}_flush", attrs={COPY_ATTR: 1})
+                flush_copies.append(control)
+            m.submodules[name] = ResetInserter(control)(component)
             return component
 
         def reader(memory):
@@ -596,6 +604,7 @@ class Accelerator(wiring.Component):
         # counted to its last row all the same; nothing can start in the extra cycle, a START takes a command.
         ended, ended_error = Signal(), Signal()
         m.d.sync += [ended.eq(finished | abort), ended_error.eq(abort & ~finished)]
+        m.d.sync += [copy.eq(finished | abort) for copy in flush_copies]
         m.d.comb += flush.eq(ended)
         with m.If(ended):
             m.d.comb += [cp.run.done.eq(1), cp.run.error.eq(ended_error)]

@@ -20,12 +20,17 @@ from .command_processor import MemoryBusSignature
 from .commands import MemoryId
 
 __all__ = ["MemorySpec", "MemoryMap", "ReadPortSignature", "WritePortSignature", "BRAM_OUTPUT_ATTR",
-           "registered_read"]
+           "COPY_ATTR", "registered_read"]
 
 
 #: Wire attribute on the register that follows a block RAM's asynchronous read port (:func:`registered_read`).
 #: Board builds drop the initial value of such wires before synthesis (boards/build.py ``INIT_SCRIPT``).
 BRAM_OUTPUT_ATTR = "cnnacc_bram_q"
+
+#: Wire attribute on a register that is a deliberate copy of another (the same input, the same enable): the ECP5
+#: board build keeps each such flip-flop (boards/build.py ``ECP5_KEEP_COPIES``), where yosys would merge the
+#: copies into one register again, whose one output then crosses the die to every load of every copy.
+COPY_ATTR = "cnnacc_copy"
 
 
 def registered_read(m, port, en, name):

@@ -60,6 +60,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AcceleratorConfig
 from .dsp import DualMac8
 from .dsp_ecp5 import Mult18x18D
+from .memory_map import COPY_ATTR
 from .streamer import credit_fifo
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles",
@@ -272,7 +273,12 @@ class SystolicArray(wiring.Component):
                 flags = Signal(flags_layout, name=f"flags_{r}_{c}")
                 # Product stage, then accumulate stage.
                 product = Signal(signed(16), name=f"product_{r}_{c}", reset_less=True)
-                pflags = Signal(flags_layout, name=f"pflags_{r}_{c}")
+                # On the ECP5 each PE keeps its own (COPY_ATTR): every PE of an anti-diagonal has the same flags,
+                # and yosys merged them into one register whose ``first``/``valid``/``last`` reached the
+                # accumulators of up to eight PEs across the DSP rows (routed 5 to 10 ns, docs/decisions.md
+                # session 17). Here the copy is one hop from the merged flags before it, and beside its PE.
+                pflags = Signal(flags_layout, name=f"pflags_{r}_{c}",
+                                attrs={COPY_ATTR: 1} if cfg.target == "ecp5" else {})
                 acc = Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}", reset_less=True)
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}", reset_less=True)
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")

@@ -35,6 +35,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .memory_map import COPY_ATTR
 
 __all__ = ["WindowGenerator", "window_layer_layout", "pixel_layout", "window_layout", "window_layer",
            "window_output_shape", "window_extra_stages", "window_scan_start"]
@@ -400,8 +401,13 @@ class WindowGenerator(wiring.Component):
                 f"row_sel_{i}" for i in range(kmax)]
             stage1 = [s1_pixel, s1_emit, s1_row_valid, s1_col_valid, s1_col_in, s1_last_in_group, s1_last] + s1_row_sel
             stage2 = [Signal.like(v, name=f"s2_{name}", reset_less=True) for v, name in zip(stage1, names)]
+            # The window registers' enable, one copy a lane (COPY_ATTR): the one ``s2_valid`` reached all
+            # 72 x lanes window flip-flops across the pool (crossed by some 600 failing paths of a routed
+            # build, docs/decisions.md session 17).
+            lane_valid = [Signal(name=f"s2_valid_{lane}", attrs={COPY_ATTR: 1}) for lane in range(cfg.lanes)]
             with m.If(~stall):
                 m.d.sync += s2_valid.eq(s1_valid)
+                m.d.sync += [v.eq(s1_valid) for v in lane_valid]
                 m.d.sync += [q.eq(d) for q, d in zip(rows_read, rows)]
                 with m.If(s1_valid):
                     m.d.sync += [q.eq(d) for q, d in zip(stage2, stage1)]
@@ -434,11 +440,18 @@ class WindowGenerator(wiring.Component):
                     row_valid.eq(s1_row_valid), col_valid.eq(s1_col_valid),
                     o.payload.last_in_group.eq(s1_last_in_group), o.payload.last.eq(s1_last),
                 ]
-                for i in range(kmax):
-                    for j in range(kmax):
-                        shifted = window[i][j + 1] if j + 1 < kmax else outside
-                        m.d.sync += window[i][j].eq(Mux(kernel == j + 1, entering[i],
-                                                        Mux(tap_used[j], shifted, outside)))
+            def shift(lane_en, tap):
+                with m.If(lane_en):
+                    for i in range(kmax):
+                        for j in range(kmax):
+                            shifted = tap(window[i][j + 1]) if j + 1 < kmax else tap(outside)
+                            m.d.sync += tap(window[i][j]).eq(Mux(kernel == j + 1, tap(entering[i]),
+                                                                 Mux(tap_used[j], shifted, tap(outside))))
+            if buffered:
+                for lane in range(cfg.lanes):
+                    shift(lane_valid[lane], lambda pixel: pixel[lane])
+            else:
+                shift(s1_valid, lambda pixel: pixel)
 
         m.d.comb += [o.payload.row_valid.eq(row_valid), o.payload.col_valid.eq(col_valid)]
         m.d.comb += [o.payload.taps[i][j].eq(window[i][j]) for i in range(kmax) for j in range(kmax)]

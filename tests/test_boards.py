@@ -172,6 +172,21 @@ def test_parts_synthesis_of_the_ulx3s_pool_follows_the_build():
     assert cells["LUT4"] > 0 and cells["TRELLIS_FF"] > 0 and cells.get("MULT18X18D", 0) == 0
 
 
+def test_ecp5_flow_keeps_register_copies_apart(tmp_path):
+    """Registers marked as copies (hw.memory_map.COPY_ATTR) stay apart through the ECP5 flow: every PE of an array
+    anti-diagonal has the same flags, which yosys's opt_merge would make one register; the ECP5 array keeps each
+    PE's own. Without the flow's ``keep`` (build.ECP5_KEEP_COPIES) the PEs of a diagonal share one net."""
+    import json
+    from cnnacc.boards.parts import synth_part
+    from cnnacc.config import AcceleratorConfig
+    config = AcceleratorConfig(rows=2, cols=4, lanes=2, max_kernel=3, max_width=16, target="ecp5")
+    synth_part("ulx3s", "array", config=config, write_json=tmp_path / "array.json")
+    nets = json.loads((tmp_path / "array.json").read_text())["modules"]["top"]["netnames"]
+    for flag in ("valid", "first", "last"):
+        bits = [tuple(nets[f"pflags_{r}_{c}.{flag}"]["bits"]) for r in range(2) for c in range(4)]
+        assert len(set(bits)) == len(bits), f"PEs share their {flag} flag: {bits}"
+
+
 @pytest.mark.parametrize("dsp_option", ["", "-dsp"])
 def test_dsp_blocks_keep_their_configuration(tmp_path, dsp_option):
     """boards/build.py builds the iCE40 without synth_ice40's ``-dsp``: its ice40_dsp pass takes an instantiated
@@ -213,10 +228,11 @@ def test_dsp_blocks_keep_their_configuration(tmp_path, dsp_option):
         assert changes == []
 
 
-def _tools_stand_in(monkeypatch, script):
+def _tools_stand_in(monkeypatch, script, seen=None):
     """Replace the board's platform with one whose build plan writes an empty netlist and runs ``script`` (a
     function of the build's name returning the shell script that stands in for yosys, nextpnr and the packer);
-    its input clock is 12 MHz. Returns the build module."""
+    its input clock is 12 MHz. The tool options the build asks for are appended to ``seen`` (a list). Returns the
+    build module."""
     from cnnacc.boards import build as board_build
 
     class ToolsPlan:
@@ -236,6 +252,8 @@ def _tools_stand_in(monkeypatch, script):
 
         def build(self, top, *, name, do_build, **kwargs):
             assert not do_build     # the build runs the plan's script itself, under its time limit
+            if seen is not None:
+                seen.append(kwargs)
             return ToolsPlan(name)
 
     monkeypatch.setattr(board_build.BoardSpec, "make_platform", lambda self: ToolsStandIn())
@@ -264,6 +282,35 @@ def test_build_checks_the_clock_nextpnr_timed(tmp_path, monkeypatch, timed_at, v
     else:
         report = board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None)
         assert report.target_mhz == float(timed_at) and report.timing_met
+
+
+def test_build_passes_the_router_to_nextpnr(tmp_path, monkeypatch):
+    """``router`` reaches nextpnr's options and the report's first line; a router nextpnr does not have is refused
+    before any tool runs."""
+    seen = []
+    board_build = _tools_stand_in(monkeypatch, lambda name: (
+        f"echo \"Info: Max frequency for clock 'clk_sys': 45.00 MHz (PASS at 40.50 MHz)\" > {name}.tim\n"
+        f"printf '\\176\\252\\231\\176' > {name}.bin\n"), seen)
+    for router in ("router1", "router2"):
+        report = board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None, router=router)
+        assert f"--router {router} " in seen[-1]["nextpnr_opts"]
+        assert report.router == router and f"nextpnr seed 1, {router})" in report.summary().splitlines()[0]
+    with pytest.raises(board_build.BuildError, match=r"^unknown nextpnr router 'router3': choose one of router1, "
+                                                     r"router2$"):
+        board_build.build("icebreaker", out_dir=tmp_path, core_factory=lambda: None, router="router3")
+    assert len(seen) == 2
+
+
+def test_ecp5_build_keeps_register_copies_icebreaker_build_unchanged(tmp_path, monkeypatch):
+    """The ULX3S build's yosys script keeps marked register copies apart (as boards/parts.py's, tested above);
+    the iCEBreaker's is the one its timing figures were measured with."""
+    seen = []
+    board_build = _tools_stand_in(monkeypatch, lambda name: "exit 1\n", seen)
+    for board in ("ulx3s", "icebreaker"):
+        with pytest.raises(board_build.BuildError, match=f"^{board} build failed"):
+            board_build.build(board, out_dir=tmp_path, core_factory=lambda: None)
+    assert seen[0]["script_after_read"] == f"{board_build.INIT_SCRIPT}; {board_build.ECP5_KEEP_COPIES}"
+    assert seen[1]["script_after_read"] == board_build.INIT_SCRIPT
 
 
 # Lines of nextpnr-ecp5's log (0.11.1, a ULX3S build): the placed estimate, then router1's progress.

@@ -129,9 +129,12 @@ def test_build_reports_and_fails_in_one_line(monkeypatch, capsys, tmp_path):
     bitstream = tmp_path / "cnnacc_icebreaker.bin"
     bitstream.write_bytes(b"\xff" * 16)
 
+    routers = []
+
     def fake(fmax):
         def build(board, **kwargs):
             assert board == "icebreaker" and kwargs["out_dir"] == str(tmp_path)
+            routers.append(kwargs["router"])
             return board_build.BuildReport(board, Path(bitstream), Path(log), 42.0, fmax,
                                            {"ICESTORM_LC": (4000, 5280), "ICESTORM_DSP": (8, 8),
                                             "ICESTORM_RAM": (20, 30), "ICESTORM_SPRAM": (4, 4)},
@@ -145,7 +148,8 @@ def test_build_reports_and_fails_in_one_line(monkeypatch, capsys, tmp_path):
     assert "Fmax 43.5 MHz against the 42.0 MHz clock: timing met" in out and f"iceprog {bitstream}" in out
 
     monkeypatch.setattr(board_build, "build", fake(39.1))
-    assert main(["build", "--board", "icebreaker", "--out-dir", str(tmp_path)]) == 1
+    assert main(["build", "--board", "icebreaker", "--out-dir", str(tmp_path), "--router", "router2"]) == 1
+    assert routers == ["router1", "router2"]
     err = capsys.readouterr().err.strip()
     assert err == (f"cnnacc: error: icebreaker: timing not met: Fmax 39.1 MHz is below the 42.0 MHz clock "
                    f"(see {log}; every failing path: python -m cnnacc.boards.routed {Path(log).parent})")
