@@ -66,7 +66,17 @@ class BoardTop(Elaboratable):
         rst = Signal(init=1, reset_less=True, attrs={"keep": 1})
         m.submodules.reset_sync = AsyncFFSynchronizer(~locked, rst_sync, o_domain="sync")
         m.d.sync += rst.eq(rst_sync)
-        m.d.comb += ResetSignal("sync").eq(rst)
+        if board.family == "ecp5":
+            # On the ECP5 the reset reaches its loads (some 1,200 flip-flops' resets and the engines' flush
+            # gates, across the die) on a global network, through a clock buffer as nextpnr would use for a clock
+            # (it promotes clocks only). nextpnr gives the buffer and the global network no delay, so it does not
+            # time this net; the reset is held for the cycles the PLL is unlocked, and as it falls nothing runs:
+            # the design waits for the host's first frame.
+            rst_global = Signal()
+            m.submodules.rst_buf = Instance("DCCA", i_CLKI=rst, i_CE=Const(1), o_CLKO=rst_global)
+            m.d.comb += ResetSignal("sync").eq(rst_global)
+        else:
+            m.d.comb += ResetSignal("sync").eq(rst)
 
         uart_pins = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart_pins.rx)

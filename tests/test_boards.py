@@ -3,6 +3,8 @@ half of the accelerator, and the iCEBreaker bitstream of the whole board built a
 
 from pathlib import Path
 
+import re
+
 import pytest
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
@@ -83,6 +85,21 @@ def test_icebreaker_top_elaborates_with_pll_and_uart():
     pcf = files["top.pcf"]
     pcf = pcf.decode() if isinstance(pcf, bytes) else pcf
     assert "uart_0__rx" in pcf and "uart_0__tx" in pcf
+
+
+def test_ulx3s_top_puts_the_reset_on_a_global_buffer():
+    """The ULX3S's domain reset comes from the reset flip-flop through a DCCA (a global network); the iCEBreaker's
+    reset stays on general routing."""
+    def reset_buffers(board):
+        spec = BOARDS[board]
+        rtlil = spec.make_platform().prepare(BoardTop(spec, HostShell), name="top").files["top.il"]
+        rtlil = rtlil.decode() if isinstance(rtlil, bytes) else rtlil
+        return re.findall(r"cell \\DCCA \\rst_buf\n(?:\s+parameter .*\n)*((?:\s+connect .*\n)+)", rtlil)
+    assert reset_buffers("icebreaker") == []
+    (ports,) = reset_buffers("ulx3s")
+    # In: the reset flip-flop (named after the domain's reset, so numbered); out: the domain's reset itself.
+    assert re.search(r"connect \\CLKI \\rst\$\d+ \[0\]\n", ports) and "connect \\CE 1'1" in ports
+    assert "connect \\CLKO \\rst\n" in ports
 
 
 def test_usage_from_yosys_and_nextpnr():
