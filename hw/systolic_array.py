@@ -260,6 +260,15 @@ class SystolicArray(wiring.Component):
             west.append((delayed(in_wgt[r], r, f"wgt_skew_{r}", True), delayed(flags, r, f"flags_skew_{r}")))
         north = [delayed(in_act[c], c, f"act_skew_{c}", True) for c in range(cols)]
 
+        def pe_flags(name, **kwargs):
+            """A PE's flag register. In the free-running (ECP5) array only ``valid`` is reset (``first`` and
+            ``last`` mean something only with it): the run's flush reaches its flip-flops across the die."""
+            if not free:
+                return Signal(flags_layout, name=name, **kwargs)
+            valid = Signal(name=f"{name}_valid", **kwargs)
+            first, last = (Signal(name=f"{name}_{n}", reset_less=True, **kwargs) for n in ("first", "last"))
+            return data.View(flags_layout, Cat(valid, first, last))
+
         shadow = [[None] * cols for _ in range(rows)]
         column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
         finishing = []      # column_done's next values
@@ -270,15 +279,14 @@ class SystolicArray(wiring.Component):
                 # Operand registers: the systolic hops (right for weights and flags, down for activations).
                 act = Signal(signed(8), name=f"act_{r}_{c}", reset_less=True)
                 wgt = Signal(signed(8), name=f"wgt_{r}_{c}", reset_less=True)
-                flags = Signal(flags_layout, name=f"flags_{r}_{c}")
+                flags = pe_flags(f"flags_{r}_{c}")
                 # Product stage, then accumulate stage.
                 product = Signal(signed(16), name=f"product_{r}_{c}", reset_less=True)
                 # On the ECP5 each PE keeps its own (COPY_ATTR): every PE of an anti-diagonal has the same flags,
                 # and yosys merged them into one register whose ``first``/``valid``/``last`` reached the
                 # accumulators of up to eight PEs across the DSP rows (routed 5 to 10 ns, docs/decisions.md
                 # session 17). Here the copy is one hop from the merged flags before it, and beside its PE.
-                pflags = Signal(flags_layout, name=f"pflags_{r}_{c}",
-                                attrs={COPY_ATTR: 1} if cfg.target == "ecp5" else {})
+                pflags = pe_flags(f"pflags_{r}_{c}", **({"attrs": {COPY_ATTR: 1}} if free else {}))
                 acc = Signal(signed(cfg.acc_width), name=f"acc_{r}_{c}", reset_less=True)
                 done = Signal(signed(cfg.acc_width), name=f"shadow_{r}_{c}", reset_less=True)
                 total = Signal(signed(cfg.acc_width), name=f"sum_{r}_{c}")
@@ -290,7 +298,7 @@ class SystolicArray(wiring.Component):
                     mult = m.submodules[f"mult_{r}_{c}"] = Mult18x18D(8, 8, primitive=not self._dsp_model)
                     m.d.comb += [mult.a.eq(act_in), mult.b.eq(wgt_in), mult.ce.eq(en)]
                     product_update = [product.eq(mult.p)]
-                    block_flags = Signal(flags_layout, name=f"bflags_{r}_{c}")
+                    block_flags = pe_flags(f"bflags_{r}_{c}")
                     with m.If(en):
                         m.d.sync += block_flags.eq(flags)
                     flags_before_product = block_flags
@@ -322,7 +330,15 @@ class SystolicArray(wiring.Component):
         else:
             m.d.comb += any_done.eq(Cat(*column_done).any())
         col = _or_all([Mux(column_done[c], c, 0) for c in range(cols)])
-        accs = [_or_all([Mux(column_done[c], shadow[r][c].as_unsigned(), 0) for c in range(cols)])
+        select = [column_done] * rows
+        if free:
+            # Each row's shadows are picked by a copy of the column flags of its own (COPY_ATTR): one flag
+            # reached the multiplexers of every row's 32 bits (a routed build's slowest paths, 10 ns of routing
+            # from the flag to the first LUT, docs/decisions.md session 18).
+            select = [[Signal(name=f"column_done_{c}_row_{r}", attrs={COPY_ATTR: 1}) for c in range(cols)]
+                      for r in range(rows)]
+            m.d.sync += [select[r][c].eq(finishing[c]) for r in range(rows) for c in range(cols)]
+        accs = [_or_all([Mux(select[r][c], shadow[r][c].as_unsigned(), 0) for c in range(cols)])
                 for r in range(rows)]
         if free:
             # The FIFO's write port stands where the output register was: a column is readable the cycle after.

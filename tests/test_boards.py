@@ -192,7 +192,8 @@ def test_parts_synthesis_of_the_ulx3s_pool_follows_the_build():
 def test_ecp5_flow_keeps_register_copies_apart(tmp_path):
     """Registers marked as copies (hw.memory_map.COPY_ATTR) stay apart through the ECP5 flow: every PE of an array
     anti-diagonal has the same flags, which yosys's opt_merge would make one register; the ECP5 array keeps each
-    PE's own. Without the flow's ``keep`` (build.ECP5_KEEP_COPIES) the PEs of a diagonal share one net."""
+    PE's own, and each row its own copy of the column flags. Without the flow's ``keep`` (build.ECP5_KEEP_COPIES)
+    the copies share one net."""
     import json
     from cnnacc.boards.parts import synth_part
     from cnnacc.config import AcceleratorConfig
@@ -200,8 +201,12 @@ def test_ecp5_flow_keeps_register_copies_apart(tmp_path):
     synth_part("ulx3s", "array", config=config, write_json=tmp_path / "array.json")
     nets = json.loads((tmp_path / "array.json").read_text())["modules"]["top"]["netnames"]
     for flag in ("valid", "first", "last"):
-        bits = [tuple(nets[f"pflags_{r}_{c}.{flag}"]["bits"]) for r in range(2) for c in range(4)]
+        bits = [tuple(nets[f"pflags_{r}_{c}_{flag}"]["bits"]) for r in range(2) for c in range(4)]
         assert len(set(bits)) == len(bits), f"PEs share their {flag} flag: {bits}"
+    # Likewise the column flags that pick each row's shadows for the output.
+    for c in range(4):
+        bits = [tuple(nets[f"column_done_{c}_row_{r}"]["bits"]) for r in range(2)]
+        assert len(set(bits)) == len(bits), f"rows share column {c}'s flag: {bits}"
 
 
 @pytest.mark.parametrize("dsp_option", ["", "-dsp"])
