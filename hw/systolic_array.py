@@ -23,7 +23,10 @@ target ``"ecp5"`` the array never stalls: the ``rows x cols`` PEs' registers and
 columns go into a FIFO (:func:`column_fifo_depth`) in place of the output register, readable the cycle after as
 the register was, and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns
 (:func:`~.streamer.credit_fifo`); the beats before it keep entering, so a long back-pressure holds the input at
-the next ``last`` beat.
+the next ``last`` beat. Its flags have no reset: the flush that ends a run would reach them across the die (the
+routed ULX3S's slowest net). After a reset the flags still in flight come out as before, and column ``c`` writes
+nothing into the FIFO until its last such flag has passed (:func:`flush_drain_cycles`); a flag entering after the
+reset reaches every column later than that.
 
 Target ``"ice40"`` (``config.target``, at most a few rows and columns: 4x4 on the iCEBreaker) is a different
 array with the same numbers, built for the iCE40UP5K's few logic cells:
@@ -64,7 +67,7 @@ from .memory_map import COPY_ATTR
 from .streamer import credit_fifo
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles",
-           "column_fifo_depth"]
+           "column_fifo_depth", "flush_drain_cycles"]
 
 
 def beat_layout(config):
@@ -104,6 +107,15 @@ def array_latency(config):
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
     # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
     return config.rows + 3 + (config.target == "ecp5")
+
+
+def flush_drain_cycles(config):
+    """Target ``"ecp5"``: a flag in the input register as the (reset-less) array is reset reaches the bottom PE
+    of column ``c`` ``rows + c + 2`` cycles later (``rows - 1`` of skew, ``c + 1`` hops, the block's and the
+    product's flag registers). The drain counter starts at ``rows + cols + 2`` as the reset ends and steps down
+    each cycle; column ``c`` writes from the cycle after it is at most ``cols + 1 - c``, which is the cycle after
+    that flag's. A beat taken after the reset finishes column ``c`` at least a cycle later still."""
+    return config.rows + config.cols + 2
 
 
 def column_fifo_depth(config):
@@ -257,20 +269,28 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             flags = Signal(flags_layout, name=f"flags_in_{r}")
             m.d.comb += [flags.valid.eq(in_valid), flags.first.eq(in_first), flags.last.eq(in_last)]
-            west.append((delayed(in_wgt[r], r, f"wgt_skew_{r}", True), delayed(flags, r, f"flags_skew_{r}")))
+            west.append((delayed(in_wgt[r], r, f"wgt_skew_{r}", True), delayed(flags, r, f"flags_skew_{r}", free)))
         north = [delayed(in_act[c], c, f"act_skew_{c}", True) for c in range(cols)]
 
         def pe_flags(name, **kwargs):
-            """A PE's flag register. In the free-running (ECP5) array only ``valid`` is reset (``first`` and
-            ``last`` mean something only with it): the run's flush reaches its flip-flops across the die."""
+            """A PE's flag register: in the free-running (ECP5) array three reset-less flip-flops, each with its
+            own name (see the module docstring and ``drain`` below)."""
             if not free:
                 return Signal(flags_layout, name=name, **kwargs)
-            valid = Signal(name=f"{name}_valid", **kwargs)
-            first, last = (Signal(name=f"{name}_{n}", reset_less=True, **kwargs) for n in ("first", "last"))
-            return data.View(flags_layout, Cat(valid, first, last))
+            return data.View(flags_layout, Cat(*(Signal(name=f"{name}_{n}", reset_less=True, **kwargs)
+                                                 for n in ("valid", "first", "last"))))
 
         shadow = [[None] * cols for _ in range(rows)]
-        column_done = [Signal(name=f"column_done_{c}") for c in range(cols)]
+        column_done = [Signal(name=f"column_done_{c}", reset_less=free) for c in range(cols)]
+        if free:
+            # After a reset the flags in flight still finish their columns: column c writes once its last such
+            # flag is out (flush_drain_cycles), from a register per column set from the drain counter.
+            drain_cycles = flush_drain_cycles(cfg)
+            drain = Signal(range(drain_cycles + 1), init=drain_cycles, name="drain")
+            with m.If(drain != 0):
+                m.d.sync += drain.eq(drain - 1)
+            column_ok = [Signal(name=f"column_ok_{c}") for c in range(cols)]
+            m.d.sync += [column_ok[c].eq(drain <= cols + 1 - c) for c in range(cols)]
         finishing = []      # column_done's next values
         for r in range(rows):
             wgt_in, flags_in = west[r]
@@ -312,8 +332,9 @@ class SystolicArray(wiring.Component):
                         with m.If(pflags.last):
                             m.d.sync += done.eq(total)
                     if r == rows - 1:
-                        m.d.sync += column_done[c].eq(pflags.valid & pflags.last)
-                        finishing.append(pflags.valid & pflags.last)
+                        done_now = pflags.valid & pflags.last & (column_ok[c] if free else 1)
+                        m.d.sync += column_done[c].eq(done_now)
+                        finishing.append(done_now)
                 shadow[r][c] = done
                 act_in = act
                 north[c] = act
@@ -335,8 +356,8 @@ class SystolicArray(wiring.Component):
             # Each row's shadows are picked by a copy of the column flags of its own (COPY_ATTR): one flag
             # reached the multiplexers of every row's 32 bits (a routed build's slowest paths, 10 ns of routing
             # from the flag to the first LUT, docs/decisions.md session 18).
-            select = [[Signal(name=f"column_done_{c}_row_{r}", attrs={COPY_ATTR: 1}) for c in range(cols)]
-                      for r in range(rows)]
+            select = [[Signal(name=f"column_done_{c}_row_{r}", reset_less=True, attrs={COPY_ATTR: 1})
+                       for c in range(cols)] for r in range(rows)]
             m.d.sync += [select[r][c].eq(finishing[c]) for r in range(rows) for c in range(cols)]
         accs = [_or_all([Mux(select[r][c], shadow[r][c].as_unsigned(), 0) for c in range(cols)])
                 for r in range(rows)]

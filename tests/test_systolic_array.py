@@ -142,3 +142,51 @@ def test_ice40_verilator_sb_mac16_equals_model():
                       + array_latency(ICE40) + ICE40.cols)
     got, _ = tb.run_rtl(ICE40, tiles, seed=seed, bubble=0.25, stall=0.25)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles), err_msg=f"seed {seed}, bubbles and stalls")
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 4), (2, 6)])
+def test_ecp5_reset_drops_the_columns_in_flight(rows, cols):
+    """The ECP5 array's flags have no reset: after a reset (the flush that ends a run) the flags in flight still
+    reach the bottom row, and the array must write none of their columns into its (reset) FIFO, while a tile
+    offered from the very next cycle comes out whole. A reset at every cycle of a tile's life, from its first beat
+    to its last column; the old tile is offered through the reset cycle too. A drain one cycle shorter
+    (flush_drain_cycles) fails this."""
+    from amaranth.hdl import ResetInserter, Signal
+    from amaranth.sim import Simulator
+    from cnnacc.hw.systolic_array import SystolicArray, flush_drain_cycles
+
+    config = AcceleratorConfig(rows=rows, cols=cols, target="ecp5")
+    old, new = random_tiles(config, 11, count=2, depths=[7])
+    expected = tb.golden_tiles([new])[0]
+    life = 7 + flush_drain_cycles(config) + cols + 4
+    for flush_at in range(life):
+        flush = Signal()
+        array = SystolicArray(config, dsp_model=True)
+        dut = ResetInserter(flush)(array)
+        taken = []
+
+        async def bench(ctx):
+            ctx.set(array.o_columns.ready, 1)
+            pending = list(tb._beats([old]))
+            for cycle in range(flush_at + 3 * life):
+                ctx.set(flush, cycle == flush_at)
+                if cycle == flush_at + 1:
+                    pending = list(tb._beats([new]))
+                ctx.set(array.i_beats.valid, bool(pending))
+                if pending:
+                    ctx.set(array.i_beats.payload, pending[0])
+                _, _, ready, valid, column = await ctx.tick().sample(
+                    array.i_beats.ready, array.o_columns.valid, array.o_columns.payload)
+                if pending and ready:
+                    pending.pop(0)
+                if valid and cycle > flush_at:
+                    taken.append((int(column.col), [int(v) for v in column.acc]))
+            assert not pending
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        sim.run()
+        assert [col for col, _ in taken] == list(range(cols)), f"reset at cycle {flush_at}: columns {taken}"
+        got = np.array([acc for _, acc in taken]).T
+        np.testing.assert_array_equal(got, expected, err_msg=f"reset at cycle {flush_at}")
