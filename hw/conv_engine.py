@@ -50,7 +50,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .command_processor import or_all
-from .memory_map import COPY_ATTR, registered_read
+from .memory_map import registered_read
 from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages,
                           requant_fifo_depth)
 from .systolic_array import SystolicArray, min_tile_beats
@@ -574,14 +574,6 @@ class ConvEngine(wiring.Component):
                 m.d.sync += narrowed
         with m.If(start):
             m.d.sync += setup.eq(1)
-        # ``setup`` is high for the one cycle after ``start`` (``busy`` holds ``start`` off meanwhile). On the ECP5
-        # the input side's restart (its cursor and counters) and the output cursor's take copies of their own
-        # (COPY_ATTR), each placed by its loads: the one register reached the resets of both cursors' walkers
-        # and the input counters (146 failing paths of a routed build, docs/decisions.md session 18).
-        setup_in = setup_out = setup
-        if conv_read_stages(cfg) == 3:
-            setup_in, setup_out = (Signal(name=f"setup_{side}", attrs={COPY_ATTR: 1}) for side in ("in", "out"))
-            m.d.sync += [setup_in.eq(start), setup_out.eq(start)]
         last_x = Signal(len(layer.out_w))         # OW - 1, where the cursor's columns wrap
         # The tile cursors' walkers (see _TileCursor) on the FPGA targets: their chain of cols column steps is
         # far too deep for the clock (on the ULX3S, 15 steps of a compare and a multiplexer).
@@ -609,7 +601,7 @@ class ConvEngine(wiring.Component):
         # --- input side: one beat per cycle ------------------------------------------------------------------
         cursor = _TileCursor(m, layer, span, cols, "in", walk=walk, last_x=last_x, wrap_register=buffered,
                              width_is=width_is)
-        m.d.comb += cursor.restarting.eq(setup_in | cursor.last_tile)
+        m.d.comb += cursor.restarting.eq(setup | cursor.last_tile)
         addr_bits = len(layer.act_base)
         flat_bits = lg_nb + addr_bits                      # flat input pixel indices, modulo the banks' size
         ci, kx, ky = (Signal(len(layer.in_c), name="ci"), Signal(len(layer.kernel_w), name="kx"),
@@ -802,7 +794,7 @@ class ConvEngine(wiring.Component):
             step = Mux(layer.stride2, layer.in_w << 1, layer.in_w)
             tile_step = Mux(layer.stride2, 2 * cols, cols)
 
-        with m.If(setup_in):
+        with m.If(setup):
             m.d.sync += restart_tile() + restart_block() + [
                 w_addr.eq(layer.weight_base), w_base.eq(layer.weight_base), out_block.eq(0)]
             if buffered:
@@ -1083,7 +1075,7 @@ class ConvEngine(wiring.Component):
                 m.d.sync += out_block_last.eq(out_channels_left <= rows)
             else:
                 out_block_last = (out_block_o + 1) * rows >= layer.out_c
-            m.d.comb += out_cursor.restarting.eq(setup_out | out_cursor.last_tile)
+            m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
             with m.If(tile_done):
                 with m.If(out_cursor.last_tile):
                     m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
@@ -1093,7 +1085,7 @@ class ConvEngine(wiring.Component):
                         m.d.sync += out_run.eq(0)
                 with m.Else():
                     m.d.sync += out_cursor.advance()
-            with m.If(setup_out):
+            with m.If(setup):
                 m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
                 if buffered:
                     m.d.sync += out_channels_left.eq(layer.out_c)
