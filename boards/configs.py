@@ -48,7 +48,7 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 #   registers and tap trees grow with the square of its window, and 3x3 covers the pools of these networks (a
 #   whole-map average of any size runs on the global divider): about 13,800 LUT4 + 2 x CCU2C where 5x5 windows
 #   took 23,300.
-# * nextpnr packs it into 51,412 of 83,640 LUT cells (2649111, session 14; 77,480 at the start of session 10), 114
+# * nextpnr packs it into 51,244 of 83,640 LUT cells (6c5a105, session 18; 77,480 at the start of session 10), 114
 #   DP16KD and 152 MULT18X18D. The ECP5 datapaths run free of back-pressure and have no reset (session 11), and
 #   the conv engine's input (session 13) and output (session 14) sides have no enable.
 # * Memories (DP16KD): conv input 32 banks x 2048 bytes (32), weights 4096 x 8 bytes (16), parameters 256 blocks
