@@ -1,9 +1,8 @@
 """Boards: PLL parameter search, yosys/nextpnr report parsing, the iCEBreaker top elaborated around the host-facing
 half of the accelerator, and the iCEBreaker bitstream of the whole board built and checked (resources, timing)."""
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Cat, Module, Signal
