@@ -8,8 +8,10 @@ resource use and the achieved Fmax from nextpnr's log into a :class:`BuildReport
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from ..tools import yowasp_env
 
 __all__ = ["BoardSpec", "BOARDS", "BuildReport", "BuildError", "build", "board_config", "parse_nextpnr_log",
            "parse_yosys_stat", "dsp_changes", "INIT_SCRIPT", "ECP5_KEEP_COPIES", "ECP5_MAP_LUTS", "ecp5_synth_options",
-           "after_read_script", "ROUTERS", "toolchain_progress"]
+           "after_read_script", "add_outreg_step", "ROUTERS", "toolchain_progress"]
 
 
 class BuildError(RuntimeError):
@@ -196,6 +198,24 @@ INIT_SCRIPT = f"setattr -unset init w:*fsm_state*; setattr -unset init a:{BRAM_O
 #: (each placed by its own loads). Set once ``proc`` has made the flip-flops and ``opt_dff`` has folded their
 #: enables and resets in, since a kept cell is not optimized further.
 ECP5_KEEP_COPIES = f"proc; opt_dff; setattr -set keep 1 a:{COPY_ATTR} %ci1 t:$*dff* %i"
+
+
+def add_outreg_step(plan, name):
+    """Insert boards/outreg.py's pass into an ECP5 build ``plan``'s scripts (shell and batch), between yosys and
+    nextpnr: it rewrites ``{name}.json`` so that block RAM read ports take in the register after them.
+    Raises :class:`BuildError` when a script has no nextpnr step to put it before."""
+    python = str(Path(sys.executable))
+    for suffix, quoted, tail in (("sh", shlex.quote(python), ""), ("bat", f'"{python}"', " || exit /b")):
+        script = f"{plan.script}.{suffix}"
+        text = plan.files.get(script)
+        if text is None:
+            continue
+        lines = text.splitlines(keepends=True)
+        at = next((i for i, line in enumerate(lines) if "NEXTPNR_ECP5" in line and "--json" in line), None)
+        if at is None:
+            raise BuildError(f"{script}: no nextpnr-ecp5 step to put the block RAM output register pass before")
+        lines.insert(at, f"{quoted} -m cnnacc.boards.outreg {name}.json{tail}\n")
+        plan.files[script] = "".join(lines)
 
 
 def after_read_script(family):
@@ -396,6 +416,8 @@ def build(board, *, out_dir="build", core_factory=None, name=None, seed=None, ti
         if synth_opts:
             overrides["synth_opts"] = " ".join(synth_opts)
         plan = platform.build(BoardTop(spec, lambda: core), name=name, do_build=False, **overrides)
+        if spec.family == "ecp5":
+            add_outreg_step(plan, name)
         # A log or bitstream left by an earlier build in out_dir must not be read as this one's.
         stale = [f"{name}.{suffix}" for suffix in ("tim", "sdf", "bin", "bit")]
         finished = _run_plan(plan, out_dir, time_limit, stale=stale)

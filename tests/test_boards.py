@@ -259,13 +259,17 @@ def _tools_stand_in(monkeypatch, script, seen=None):
     class ToolsPlan:
         def __init__(self, name):
             self.name, self.script = name, f"build_{name}"
+            # A last line where Amaranth's script runs nextpnr-ecp5 (a no-op here), for the ECP5 build to put its
+            # block RAM pass before (build.add_outreg_step).
+            self.files = {f"{self.script}.sh": script(name) + f': "$NEXTPNR_ECP5" --json {name}.json\n'}
 
         def extract(self, root):
             out = Path(root)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{self.name}.il").write_text("")
             (out / f"{self.name}.json").write_text('{"modules": {}}')
-            (out / f"{self.script}.sh").write_text(script(self.name))
+            for file, text in self.files.items():
+                (out / file).write_text(text)
             return out
 
     class ToolsStandIn:
@@ -323,8 +327,9 @@ def test_build_passes_the_router_to_nextpnr(tmp_path, monkeypatch):
 
 
 def test_ecp5_build_keeps_register_copies_icebreaker_build_unchanged(tmp_path, monkeypatch):
-    """The ULX3S build's yosys script keeps marked register copies apart (as boards/parts.py's, tested above);
-    the iCEBreaker's is the one its timing figures were measured with."""
+    """The ULX3S build's yosys script keeps marked register copies apart (as boards/parts.py's, tested above), and
+    its block RAMs take in their output registers (boards/outreg.py) before nextpnr; the iCEBreaker's flow is the
+    one its timing figures were measured with."""
     seen = []
     board_build = _tools_stand_in(monkeypatch, lambda name: "exit 1\n", seen)
     for board in ("ulx3s", "icebreaker"):
@@ -332,6 +337,9 @@ def test_ecp5_build_keeps_register_copies_icebreaker_build_unchanged(tmp_path, m
             board_build.build(board, out_dir=tmp_path, core_factory=lambda: None)
     assert seen[0]["script_after_read"] == f"{board_build.INIT_SCRIPT}; {board_build.ECP5_KEEP_COPIES}"
     assert seen[1]["script_after_read"] == board_build.INIT_SCRIPT
+    ulx3s = (tmp_path / "ulx3s" / "build_cnnacc_ulx3s.sh").read_text().splitlines()
+    assert "-m cnnacc.boards.outreg cnnacc_ulx3s.json" in ulx3s[-2] and "NEXTPNR_ECP5" in ulx3s[-1]
+    assert "outreg" not in (tmp_path / "icebreaker" / "build_cnnacc_icebreaker.sh").read_text()
 
 
 # Lines of nextpnr-ecp5's log (0.11.1, a ULX3S build): the placed estimate, then router1's progress.
