@@ -34,6 +34,7 @@ from ..hw.add_engine import add_latency, add_layer
 from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, check_conv_limits, conv_layer
 from ..hw.depthwise import depthwise_layer
+from ..hw.memory_map import engine_read_latency
 from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
 from ..hw.requantizer import check_shifts
 from ..hw.window_generator import window_scan_start
@@ -167,13 +168,22 @@ def run_overhead(config, step_kind, descriptor):
     stream, which costs a cycle only when the engine needs an input pixel in that cycle: a global average pool
     always, and the window generator when its very first scan position is in the map (no top and no left
     padding) and it scans from cycle 2 (on the ECP5 it spends that cycle loading its tap bounds,
-    :func:`~cnnacc.hw.window_generator.window_scan_start`). The conv engine reads its own memories."""
-    if step_kind in ("conv", "add"):
+    :func:`~cnnacc.hw.window_generator.window_scan_start`). The conv engine reads its own memories.
+
+    On the ECP5 the reader's rows come a cycle later still (:func:`~cnnacc.hw.memory_map.engine_read_latency`):
+    the add engine's stream, a global average pool's, and a window generator's whose first in-map position is
+    reached before that row (none of it padded, or one padded column at a scan from cycle 2)."""
+    late = engine_read_latency(config) - 1
+    if step_kind == "conv":
         return 1
+    if step_kind == "add":
+        return 1 + late
     window = descriptor["window"]
     if step_kind == "pool" and PoolMode(descriptor["mode"]) == PoolMode.GLOBAL_AVG:
-        return 2
-    return 1 + int(window["pad_top"] == 0 and window["pad_left"] == 0 and window_scan_start(config) == 2)
+        return 2 + late
+    # The first in-map scan position, and the cycle the reader's first row is there to meet it.
+    first = window["pad_top"] * (window["width"] + window["pad_left"] + window["pad_right"]) + window["pad_left"]
+    return 1 + max(0, 3 + late - window_scan_start(config) - first)
 
 
 def tile_cycles(config, step, descriptors):

@@ -60,7 +60,7 @@ from .command_processor import WORD_LAYOUT, CommandProcessor, or_all
 from .commands import EngineId, MemoryId, config_id
 from .conv_engine import ConvEngine, ConvLayer, act_banks, conv_limits, engine_layer_layout
 from .depthwise import DepthwiseEngine, depthwise_layer_layout, depthwise_weights_layout
-from .memory_map import COPY_ATTR, MemoryMap, MemorySpec
+from .memory_map import COPY_ATTR, MemoryMap, MemorySpec, engine_read_latency
 from .pool_engine import (PoolEngine, ice40_pool_limits, pool_has_clamp, pool_layer_layout, pool_max_kernel,
                           pool_modes)
 from .requantizer import lane_params_layout
@@ -277,8 +277,11 @@ class Accelerator(wiring.Component):
         # On the ECP5 the host's read data is registered beside each block RAM (MemoryMap's host_register): from
         # the block RAM's output across the die into the command processor's multiplexers was nextpnr's critical
         # path (docs/decisions.md, session 15). The command processor waits as long as the memory map says.
+        # The engines' read data likewise (engine_register): from the block RAM into the engines' input
+        # multiplexers was most of the routed build's slowest paths (docs/decisions.md, session 19). Both second
+        # registers become the block RAMs' own output registers (boards/outreg.py).
         mems = MemoryMap({k: specs[k] for k in vector_ids}, engine_written=[MemoryId.OUTPUT],
-                         host_register=cfg.target == "ecp5")
+                         host_register=cfg.target == "ecp5", engine_register=engine_read_latency(cfg) == 2)
         m.submodules.cp = cp = CommandProcessor({k: v.words for k, v in specs.items()}, config_id(cfg),
                                                 max_descriptor=max_descriptor_words(cfg),
                                                 settle=SETTLE + (cfg.target == "ecp5"),
@@ -309,7 +312,8 @@ class Accelerator(wiring.Component):
         def reader(memory):
             if memory not in specs:
                 return None
-            port = engine(f"reader_{memory.name.lower()}", MemoryReader(specs[memory]))
+            port = engine(f"reader_{memory.name.lower()}",
+                          MemoryReader(specs[memory], latency=mems.engine_read_latency))
             wiring.connect(m, port.port, getattr(mems, f"{memory.name.lower()}_read"))
             return port
 

@@ -20,7 +20,7 @@ from .command_processor import MemoryBusSignature
 from .commands import MemoryId
 
 __all__ = ["MemorySpec", "MemoryMap", "ReadPortSignature", "WritePortSignature", "BRAM_OUTPUT_ATTR",
-           "COPY_ATTR", "registered_read"]
+           "COPY_ATTR", "registered_read", "engine_read_latency"]
 
 
 #: Wire attribute on the register that follows a block RAM's asynchronous read port (:func:`registered_read`).
@@ -48,6 +48,13 @@ def registered_read(m, port, en, name):
     return data
 
 
+def engine_read_latency(config):
+    """Cycles from an engine's read request to its data in the accelerator built for ``config`` (an
+    :class:`~cnnacc.config.AcceleratorConfig`): 2 on the ECP5, whose memory map registers the engines' read data
+    a second time (:class:`MemoryMap`'s ``engine_register``), 1 elsewhere."""
+    return 2 if config.target == "ecp5" else 1
+
+
 class MemorySpec:
     """``width`` bits per row (a multiple of 32), ``depth`` rows."""
 
@@ -68,7 +75,10 @@ class MemorySpec:
 
 
 class ReadPortSignature(wiring.Signature):
-    """Synchronous read: ``data`` is valid the cycle after ``en``, and holds while ``en`` is low."""
+    """Synchronous read: ``data`` is valid the cycle after ``en``, and holds while ``en`` is low.
+
+    With a memory map's ``engine_register`` the engines' ports are a two-stage pipeline that moves on ``en``:
+    ``data`` is the row whose address was presented at the last but one cycle with ``en`` high."""
 
     def __init__(self, spec):
         super().__init__({"addr": Out(range(spec.depth)), "en": Out(1), "data": In(spec.width)})
@@ -89,6 +99,11 @@ class MemoryMap(wiring.Component):
         The host's read data is registered once more beside each block RAM, before the part and memory
         multiplexers: it comes two cycles after the request instead of one (the ECP5, where a block RAM's
         clock-to-output is most of a 125 MHz cycle; the command processor's ``read_latency``).
+    engine_register : bool, optional
+        The engines' read data is registered a second time too, on the port's ``en`` as the first register: the
+        read port is a two-stage pipeline (:class:`ReadPortSignature`, :attr:`engine_read_latency`). On the ECP5
+        both second registers become the block RAM's own output register (boards/outreg.py), whose data comes
+        0.96 ns after the clock instead of 5.8 ns.
 
     Members
     -------
@@ -102,9 +117,10 @@ class MemoryMap(wiring.Component):
         Gives the shared write ports to the engines.
     """
 
-    def __init__(self, specs, engine_written=None, host_register=False):
+    def __init__(self, specs, engine_written=None, host_register=False, engine_register=False):
         self._specs = {MemoryId(k): v for k, v in specs.items()}
         self._host_register = bool(host_register)
+        self._engine_register = bool(engine_register)
         self._engine_written = frozenset(self._specs if engine_written is None else map(MemoryId, engine_written))
         members = {"bus": In(MemoryBusSignature()), "engine_active": In(1)}
         for memory, spec in self._specs.items():
@@ -121,6 +137,11 @@ class MemoryMap(wiring.Component):
     def read_latency(self):
         """Cycles from a host read request to its data: the command processor's ``read_latency`` to match."""
         return 2 if self._host_register else 1
+
+    @property
+    def engine_read_latency(self):
+        """Cycles from an engine's read request (``en``) to its data: 2 with ``engine_register``, else 1."""
+        return 2 if self._engine_register else 1
 
     def word_depths(self):
         """Host-visible size of each memory in 32-bit words (for the command processor's range checks)."""
@@ -148,7 +169,13 @@ class MemoryMap(wiring.Component):
             here = bus.select[memory.value]
             row = bus.addr // parts if parts > 1 else bus.addr
             m.d.comb += [engine_rp.addr.eq(engine_read.addr), host_rp.addr.eq(row)]
-            m.d.comb += engine_read.data.eq(registered_read(m, engine_rp, engine_read.en, f"{name}_engine_data"))
+            engine_data = registered_read(m, engine_rp, engine_read.en, f"{name}_engine_data")
+            if self._engine_register:
+                engine_q = Signal.like(engine_data, name=f"{name}_engine_q", attrs={})
+                with m.If(engine_read.en):
+                    m.d.sync += engine_q.eq(engine_data)
+                engine_data = engine_q
+            m.d.comb += engine_read.data.eq(engine_data)
             host_data = registered_read(m, host_rp, bus.r_en & here, f"{name}_host_data")
             if self._host_register:
                 # On every cycle: the block RAM's output holds still after its read, and ``selected`` and ``part``

@@ -52,6 +52,14 @@ def transfer_layout(spec):
 class MemoryReader(wiring.Component):
     """Streams rows ``base .. base + count - 1`` of a memory through a read port, in order.
 
+    Parameters
+    ----------
+    spec : MemorySpec
+    latency : int, optional
+        The read port's latency (:class:`~cnnacc.hw.memory_map.ReadPortSignature`): 1 (by default), or 2 for a
+        port that is a two-stage pipeline moving on ``en`` (a memory map's ``engine_register``). With 2 the first
+        row comes a cycle later; after it, one row per cycle as with 1.
+
     Members
     -------
     i_transfer : In(stream.Signature(transfer_layout(spec)))
@@ -60,8 +68,11 @@ class MemoryReader(wiring.Component):
     busy : Out(1)
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, *, latency=1):
+        if latency not in (1, 2):
+            raise ValueError(f"read latency must be 1 or 2 cycles, not {latency!r}")
         self._spec = spec
+        self._latency = latency
         super().__init__({
             "i_transfer": In(stream.Signature(transfer_layout(spec))),
             "o_rows": Out(stream.Signature(spec.width)),
@@ -73,6 +84,8 @@ class MemoryReader(wiring.Component):
         m = Module()
         addr = Signal(range(self._spec.depth + 1))
         remaining = Signal(range(self._spec.depth + 1))
+        if self._latency == 2:
+            return self._elaborate_pipelined(m, addr, remaining)
         m.d.comb += [self.i_transfer.ready.eq((remaining == 0) & ~self.o_rows.valid),
                      self.busy.eq((remaining != 0) | self.o_rows.valid)]
         with m.If(self.i_transfer.valid & self.i_transfer.ready):
@@ -90,6 +103,29 @@ class MemoryReader(wiring.Component):
             m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1), self.o_rows.valid.eq(1)]
         with m.Elif(self.o_rows.ready):
             m.d.sync += self.o_rows.valid.eq(0)
+        return m
+
+    def _elaborate_pipelined(self, m, addr, remaining):
+        # The port's two stages and ``fetched`` (a row in the first stage) and ``o_rows.valid`` (one in the
+        # second) all move together, whenever the row on offer is taken or none is on offer: while it waits, the
+        # block RAM's stages hold. A stage may hold a bubble; it costs nothing once rows flow. The port is enabled
+        # only while a row is to be read or is in the first stage: ``en`` means a row moved (the accelerator's
+        # watchdog counts on it), and an idle reader leaves the block RAM alone.
+        fetched = Signal()
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(~self.o_rows.valid | self.o_rows.ready),
+            self.i_transfer.ready.eq((remaining == 0) & ~fetched & ~self.o_rows.valid),
+            self.busy.eq((remaining != 0) | fetched | self.o_rows.valid),
+            self.port.addr.eq(addr), self.port.en.eq(advance & ((remaining != 0) | fetched)),
+            self.o_rows.payload.eq(self.port.data),
+        ]
+        with m.If(self.i_transfer.valid & self.i_transfer.ready):
+            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(self.i_transfer.payload.count)]
+        with m.If(advance):
+            m.d.sync += [fetched.eq(remaining != 0), self.o_rows.valid.eq(fetched)]
+            with m.If(remaining != 0):
+                m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1)]
         return m
 
 

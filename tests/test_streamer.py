@@ -3,7 +3,7 @@
 import random
 
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
@@ -14,21 +14,37 @@ from cnnacc.sim.amaranth_streams import stream_get, stream_put
 SPEC = MemorySpec(64, 40)
 
 
+def _source(m, reader, init, latency):
+    """A memory holding ``init`` behind ``reader``'s port: a synchronous read, and with ``latency`` 2 a second
+    register on the port's ``en`` (as MemoryMap's ``engine_register``)."""
+    m.submodules.src = src = Memory(shape=64, depth=SPEC.depth, init=init)
+    rp = src.read_port()
+    m.d.comb += [rp.addr.eq(reader.port.addr), rp.en.eq(reader.port.en)]
+    if latency == 1:
+        m.d.comb += reader.port.data.eq(rp.data)
+    else:
+        q = Signal(64)
+        with m.If(reader.port.en):
+            m.d.sync += q.eq(rp.data)
+        m.d.comb += reader.port.data.eq(q)
+
+
+@pytest.mark.parametrize("latency", [1, 2])
 @pytest.mark.parametrize("seed,empty", [(0, True), (1, True), (2, True), (3, False)])
-def test_copy_through_reader_and_writer(seed, empty):
+def test_copy_through_reader_and_writer(seed, empty, latency):
     """``empty=False`` (the accelerator's writer, never offered a count of 0, always ready, its transfer offered
-    before the rows) stores and ends the same."""
+    before the rows) stores and ends the same. A reader of a two-stage port (``latency`` 2) gives the same rows
+    under the same stalls."""
     rng = random.Random(seed)
     init = [rng.getrandbits(64) for _ in range(SPEC.depth)]
     m = Module()
-    m.submodules.src = src = Memory(shape=64, depth=SPEC.depth, init=init)
     m.submodules.dst = dst = Memory(shape=64, depth=SPEC.depth, init=[])
-    m.submodules.reader = reader = MemoryReader(SPEC)
+    m.submodules.reader = reader = MemoryReader(SPEC, latency=latency)
     m.submodules.writer = writer = MemoryWriter(SPEC, empty=empty, always_ready=not empty)
-    rp, wp = src.read_port(), dst.write_port()
+    _source(m, reader, init, latency)
+    wp = dst.write_port()
     check = dst.read_port(domain="comb")
-    m.d.comb += [rp.addr.eq(reader.port.addr), rp.en.eq(reader.port.en), reader.port.data.eq(rp.data),
-                 wp.addr.eq(writer.port.addr), wp.en.eq(writer.port.en), wp.data.eq(writer.port.data)]
+    m.d.comb += [wp.addr.eq(writer.port.addr), wp.en.eq(writer.port.en), wp.data.eq(writer.port.data)]
     transfers = [(3, 10), (20, 1), (0, 0), (30, 10)] if empty else [(3, 10), (20, 1), (5, 2), (30, 10)]
     received = []
     written = []
@@ -65,12 +81,12 @@ def test_copy_through_reader_and_writer(seed, empty):
     assert len(done_pulses) == len(transfers)
 
 
-def test_reader_streams_one_row_per_cycle():
+@pytest.mark.parametrize("latency", [1, 2])
+def test_reader_streams_one_row_per_cycle(latency):
+    """Rows back to back after the first, which comes ``latency`` cycles after the transfer is taken."""
     m = Module()
-    m.submodules.mem = mem = Memory(shape=64, depth=SPEC.depth, init=list(range(SPEC.depth)))
-    m.submodules.reader = reader = MemoryReader(SPEC)
-    rp = mem.read_port()
-    m.d.comb += [rp.addr.eq(reader.port.addr), rp.en.eq(reader.port.en), reader.port.data.eq(rp.data)]
+    m.submodules.reader = reader = MemoryReader(SPEC, latency=latency)
+    _source(m, reader, list(range(SPEC.depth)), latency)
     cycles = []
 
     async def bench(ctx):
@@ -85,12 +101,28 @@ def test_reader_streams_one_row_per_cycle():
                 got.append(payload)
         assert got == list(range(32))
         cycles.append(n)
+        # Idle again, the reader leaves its port alone: ``en`` means a row moved (the accelerator's watchdog).
+        for _ in range(4):
+            _, _, en, valid = await ctx.tick().sample(reader.port.en, reader.o_rows.valid)
+            assert not en and not valid
 
     sim = Simulator(m)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    assert cycles[0] <= 32 + 2
+    assert cycles == [32 + latency]
+
+
+def test_reader_refuses_another_latency():
+    import gc
+    import warnings
+
+    from amaranth.hdl import UnusedElaboratable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)     # the refused reader is never elaborated
+        with pytest.raises(ValueError, match="read latency must be 1 or 2 cycles, not 3"):
+            MemoryReader(SPEC, latency=3)
+        gc.collect()
 
 
 def test_always_ready_writer_drops_rows_outside_a_transfer():
