@@ -115,16 +115,30 @@ class SerialBridge(wiring.Component):
         cmd_rp = commands.read_port(domain="comb")
         # The answer is stored as bytes, written a word at a time through four byte ports that yosys merges into
         # one wide port: the block RAM's read port then gives the byte to send, and no byte mux is needed.
-        m.submodules.answers = answers = Memory(shape=8, depth=4 * max_words, init=[], attrs={"no_rw_check": 1})
-        ans_wps = [answers.write_port() for _ in range(4)]
-        ans_rp = answers.read_port(domain="comb")
+        # With ``registered_answer`` (the ECP5) the byte read is registered a second time, and the memory is two,
+        # each half of the answer's words: yosys maps one answer memory onto two block RAMs and picks between
+        # them behind their outputs, where the second register would come too late. A register right behind
+        # each half becomes that block RAM's own output register (boards/outreg.py), and the pick follows it.
+        halves = 2 if self._registered_answer else 1
+        half_words = -(-max_words // halves)
+        ans_wps, ans_rps = [], []
+        for h in range(halves):
+            m.submodules["answers" if halves == 1 else f"answers_{h}"] = answers = Memory(
+                shape=8, depth=4 * half_words, init=[], attrs={"no_rw_check": 1})
+            ans_wps.append([answers.write_port() for _ in range(4)])
+            ans_rp = answers.read_port(domain="comb")
+            ans_rps.append(ans_rp)
         cmd_load = Signal()
         cmd_word = registered_read(m, cmd_rp, cmd_load, "cmd_word")
-        answer_byte = registered_read(m, ans_rp, 1, "answer_byte")
+        answer_bytes = [registered_read(m, rp, 1, "answer_byte" if halves == 1 else f"answer_byte_{h}")
+                        for h, rp in enumerate(ans_rps)]
+        answer_byte = answer_bytes[0]
         if self._registered_answer:
-            answer_held = Signal(8, name="answer_held")
-            m.d.sync += answer_held.eq(answer_byte)
-            answer_byte = answer_held
+            held = [Signal(8, name=f"answer_held_{h}", reset_less=True) for h in range(halves)]
+            m.d.sync += [h.eq(b) for h, b in zip(held, answer_bytes)]
+            # Which half the byte on show comes from: the read address's half, as late as the byte.
+            upper = [Signal(name=f"answer_upper_{i}") for i in range(2)]
+            answer_byte = Mux(upper[1], held[1], held[0])
 
         # The received byte is registered here first, with its compare against SYNC: the state machine's
         # decisions on a byte then start at flip-flops beside it, not at the UART's shift register (placed by
@@ -257,12 +271,21 @@ class SerialBridge(wiring.Component):
             cmd_wp.addr.eq(addr), cmd_wp.data.eq(byte_in.replicate(4)),
             cmd_rp.addr.eq(addr),
             self.o_cmd.payload.data.eq(cmd_word), self.o_cmd.payload.last.eq(past_command),
-            ans_rp.addr.eq(Cat(lane, addr)),
         ]
+        if halves == 1:
+            m.d.comb += ans_rp.addr.eq(Cat(lane, addr))
+        else:
+            m.d.sync += [upper[0].eq(addr >= half_words), upper[1].eq(upper[0])]
         store_answer = Signal()
-        for i, port in enumerate(ans_wps):
-            m.d.comb += [port.addr.eq(Cat(Const(i, 2), addr)), port.en.eq(store_answer),
-                         port.data.eq(self.i_answer.payload.data[8 * i:8 * i + 8])]
+        for h, (rp, wps) in enumerate(zip(ans_rps, ans_wps)):
+            # Each half's own address and write enable (the whole memory's with one half).
+            in_half, here = (addr, store_answer) if halves == 1 else (
+                addr - h * half_words, store_answer & (addr >= half_words if h else addr < half_words))
+            if halves > 1:
+                m.d.comb += rp.addr.eq(Cat(lane, in_half))
+            for i, port in enumerate(wps):
+                m.d.comb += [port.addr.eq(Cat(Const(i, 2), in_half)), port.en.eq(here),
+                             port.data.eq(self.i_answer.payload.data[8 * i:8 * i + 8])]
 
         def start_frame(is_nak):
             m.d.comb += [crc_init.eq(1), addr_clear.eq(1), lane_clear.eq(1)]
