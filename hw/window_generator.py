@@ -29,13 +29,13 @@ pad_right)`` cycles when neither stream stalls; with stride 1 that is one window
 ``kernel - 1`` warm-up rows and columns.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
-from .memory_map import COPY_ATTR
+from .memory_map import COPY_ATTR, registered_read
 
 __all__ = ["WindowGenerator", "window_layer_layout", "pixel_layout", "window_layout", "window_layer",
            "window_output_shape", "window_extra_stages", "window_scan_start"]
@@ -342,6 +342,28 @@ class WindowGenerator(wiring.Component):
         # Row memories: padded row r lives in memory r mod kmax, at its input column.
         rows = []
         for r in range(kmax):
+            if buffered:
+                # On the ECP5 each row memory is pieces 16 bits wide (two lanes): a block RAM then reads it in its
+                # 18-bit mode, whose output pins are its read port's own, and stage 2's register of the rows read
+                # becomes the blocks' output register (boards/outreg.py): the data leaves a block 0.96 ns after
+                # the clock instead of 5.83. The read is an asynchronous port and a register that yosys folds into
+                # the block RAM (as the memory map's), and the memories say they have no read/write collisions:
+                # a row memory is read and written at one address in one cycle only while it takes the scanned
+                # row, and that read's data is never used (the taps above the scanned row are in the other
+                # memories; its own tap is the pixel coming in). Otherwise yosys puts a collision bypass (a
+                # register and a multiplexer a bit) behind the block.
+                pieces, bits = [], data.Layout.cast(pix).size
+                for k, lo in enumerate(range(0, bits, 16)):
+                    hi = min(lo + 16, bits)
+                    mem = Memory(shape=hi - lo, depth=cfg.max_width, init=[], attrs={"no_rw_check": 1})
+                    m.submodules[f"row_{r}_{k}"] = mem
+                    wr = mem.write_port()
+                    rd = mem.read_port(domain="comb")
+                    m.d.comb += [wr.addr.eq(x), wr.data.eq(self.i_pixels.payload.as_value()[lo:hi]),
+                                 wr.en.eq(fire & in_bounds & (write_row == r)), rd.addr.eq(x)]
+                    pieces.append(registered_read(m, rd, ~stall, f"row_{r}_read_{k}"))
+                rows.append(Cat(*pieces))
+                continue
             mem = Memory(shape=pix, depth=cfg.max_width, init=[])
             m.submodules[f"row_{r}"] = mem
             wr = mem.write_port()
