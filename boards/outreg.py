@@ -11,7 +11,8 @@ outputs drive the flip-flops' output nets, and the flip-flops go. The design's b
 
 A port is rewritten only when every output bit that has a load has exactly one: the data input of a
 ``TRELLIS_FF`` on the port's own clock (not inverted), with no set or reset (``LSR`` tied low, ``GSR``
-disabled, powering up at 0 as the output register does), all with the same enable; the port's own ``RST`` is
+disabled, powering up at 0 as the output register does), all with the same enable (inverted or not: the output
+register's ``OCE<side>MUX`` can invert it too); the port's own ``RST`` is
 tied low; and neither port of the block is 36 bits wide (that mode reads through both sides' pins). Any other
 port is left as it is.
 
@@ -77,11 +78,13 @@ def _absorbable(cells, loads, cell, side):
         ff_conns = ff["connections"]
         if ff_conns.get("CLK") != clock or ff_conns.get("LSR", ["0"]) != ["0"]:
             return None
+        # The enable as (inverted?, net): a flip-flop may take its enable inverted (CEMUX INV), and so may the
+        # output register (OCE<side>MUX INV).
         cemux = _param(ff, "CEMUX", "CE")
         if cemux == "1":
-            ce = ["1"]
-        elif cemux == "CE":
-            ce = ff_conns.get("CE", ["1"])
+            ce = (False, ["1"])
+        elif cemux in ("CE", "INV"):
+            ce = (cemux == "INV", ff_conns.get("CE", ["1"]))
         else:
             return None
         if enable is not None and ce != enable:
@@ -118,8 +121,9 @@ def absorb_output_registers(netlist):
             found = _absorbable(cells, loads, cell, side)
             if found is None:
                 continue
-            ffs, enable = found
+            ffs, (inverted, enable) = found
             cell["parameters"][f"REGMODE_{side}"] = "OUTREG"
+            cell["parameters"][f"OCE{side}MUX"] = "INV" if inverted else f"OCE{side}"
             cell["connections"][f"OCE{side}"] = list(enable)
             for port, ff_name in ffs.items():
                 cell["connections"][port] = list(cells[ff_name]["connections"]["Q"])

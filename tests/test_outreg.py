@@ -22,6 +22,8 @@ class ReadTwice(wiring.Component):
     """A block RAM read port (a synchronous read on ``ren``), registered again on ``qen``; ``variant``:
 
     * ``"plain"``: the second register alone takes the read data (the pass applies);
+    * ``"inverted"``: as plain, enabled while ``qen`` is low (the pass applies, inverting the output register's
+      enable as yosys inverts the flip-flops');
     * ``"reset"``: the second register has a reset;
     * ``"tapped"``: the read data also reaches logic beside the register;
     * ``"exposed"``: the read data is also an output of the design;
@@ -48,7 +50,7 @@ class ReadTwice(wiring.Component):
             with m.If(self.qen[1]):
                 m.d.sync += q[8:].eq(data[8:])
         else:
-            with m.If(self.qen[0]):
+            with m.If(~self.qen[0] if self.variant == "inverted" else self.qen[0]):
                 m.d.sync += q.eq(data)
         # Registered once more on the way out: the path from the block RAM's output register is then timed.
         m.d.sync += self.q[:self.width].eq(q)
@@ -74,8 +76,9 @@ def _cells(netlist, cell_type):
     return {n: c for n, c in netlist["modules"]["top"]["cells"].items() if c["type"] == cell_type}
 
 
-def test_read_port_takes_in_the_register_after_it(tmp_path):
-    netlist = _synthesize(tmp_path, "plain")
+@pytest.mark.parametrize("variant", ["plain", "inverted"])
+def test_read_port_takes_in_the_register_after_it(tmp_path, variant):
+    netlist = _synthesize(tmp_path, variant)
     module = netlist["modules"]["top"]
     ffs_before = len(_cells(netlist, "TRELLIS_FF"))
     q_bits = module["netnames"]["second"]["bits"]
@@ -86,6 +89,7 @@ def test_read_port_takes_in_the_register_after_it(tmp_path):
     ram = _cells(netlist, "DP16KD")[name]
     assert ram["parameters"][f"REGMODE_{side}"] == "OUTREG"
     assert ram["connections"][f"OCE{side}"] == [qen_bit]
+    assert ram["parameters"][f"OCE{side}MUX"] == ("INV" if variant == "inverted" else f"OCE{side}")
     # The block RAM now drives the register's nets, and the register is gone.
     outputs = {ram["connections"][f"DO{side}{i}"][0] for i in range(18)}
     assert set(q_bits) <= outputs
