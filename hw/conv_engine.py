@@ -1068,6 +1068,13 @@ class ConvEngine(wiring.Component):
         else:
             out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x, wrap_register=buffered,
                                      width_is=width_is)
+            if buffered and walk:
+                # ``taken & column_last`` as one AND of four registers, kept from ABC (the column's valid, the
+                # requantizer's room, ``column_last`` and the cursor's ``ready``, which ``o_columns.ready`` below
+                # takes in for a tile's last column): ABC had shared it with ``taken``, and the routed build's
+                # slowest path ran from ``column_last`` through four LUTs into the cursor's resets.
+                tile_done = Signal(name="tile_done", attrs={"keep": 1})
+                m.d.comb += tile_done.eq(array.o_columns.valid & requant.i_acc.ready & column_last & out_cursor.ready)
             if buffered:
                 # Registered, as the input side's ``last_block``.
                 out_channels_left = Signal(len(layer.out_c), name="out_channels_left")
