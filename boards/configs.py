@@ -48,12 +48,12 @@ ICEBREAKER_CONFIG = AcceleratorConfig(
 #   registers and tap trees grow with the square of its window, and 3x3 covers the pools of these networks (a
 #   whole-map average of any size runs on the global divider): about 13,800 LUT4 + 2 x CCU2C where 5x5 windows
 #   took 23,300.
-# * nextpnr packs it into 51,244 of 83,640 LUT cells (6c5a105, session 18; 77,480 at the start of session 10), 114
+# * nextpnr packs it into 51,086 of 83,640 LUT cells (2178607, session 19; 77,480 at the start of session 10), 120
 #   DP16KD and 152 MULT18X18D. The ECP5 datapaths run free of back-pressure and have no reset (session 11), and
 #   the conv engine's input (session 13) and output (session 14) sides have no enable.
 # * Memories (DP16KD): conv input 32 banks x 2048 bytes (32), weights 4096 x 8 bytes (16), parameters 256 blocks
-#   of 8 channels (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the pool line buffers and the serial
-#   bridge.
+#   of 8 channels (16), ACT_A and OUTPUT 4096 pixels of 8 channels (16 each), the pool line buffers (3 rows of 4
+#   16-bit pieces, 12) and the serial bridge (4).
 ULX3S_CONFIG = AcceleratorConfig(
     rows=8, cols=16, lanes=8, max_kernel=5, max_width=224, pool_kernel=3,
     conv_act_depth=2048, conv_weight_depth=4096, conv_param_depth=256, vector_depth=4096,
