@@ -24,6 +24,8 @@ import json
 import sys
 from collections import defaultdict
 
+from .build import _param_value
+
 __all__ = ["absorb_output_registers", "main"]
 
 _SIDES = ("A", "B")
@@ -43,8 +45,7 @@ def _param(cell, name, default=""):
 
 
 def _width(cell, side):
-    value = _param(cell, f"DATA_WIDTH_{side}", "18")
-    return int(value, 2) if len(value) > 8 else int(value)
+    return int(_param_value(str(cell.get("parameters", {}).get(f"DATA_WIDTH_{side}", 18))))
 
 
 def _absorbable(cells, loads, cell, side):
