@@ -111,21 +111,30 @@ class MemoryReader(wiring.Component):
         # block RAM's stages hold. A stage may hold a bubble; it costs nothing once rows flow. The port is enabled
         # only while a row is to be read or is in the first stage: ``en`` means a row moved (the accelerator's
         # watchdog counts on it), and an idle reader leaves the block RAM alone.
+        #
+        # ``remaining != 0`` and ``remaining == 1`` are registers (``pending``, ``one_left``), set from the count's
+        # next value: the compare of the count sat in front of ``en``, which enables the output registers of
+        # every block RAM of the memory (the routed build's slowest path at one seed ran from ``remaining``
+        # into them).
         fetched = Signal()
         advance = Signal()
+        pending, one_left = Signal(name="pending"), Signal(name="one_left")
         m.d.comb += [
             advance.eq(~self.o_rows.valid | self.o_rows.ready),
-            self.i_transfer.ready.eq((remaining == 0) & ~fetched & ~self.o_rows.valid),
-            self.busy.eq((remaining != 0) | fetched | self.o_rows.valid),
-            self.port.addr.eq(addr), self.port.en.eq(advance & ((remaining != 0) | fetched)),
+            self.i_transfer.ready.eq(~pending & ~fetched & ~self.o_rows.valid),
+            self.busy.eq(pending | fetched | self.o_rows.valid),
+            self.port.addr.eq(addr), self.port.en.eq(advance & (pending | fetched)),
             self.o_rows.payload.eq(self.port.data),
         ]
         with m.If(self.i_transfer.valid & self.i_transfer.ready):
-            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(self.i_transfer.payload.count)]
+            count = self.i_transfer.payload.count
+            m.d.sync += [addr.eq(self.i_transfer.payload.base), remaining.eq(count),
+                         pending.eq(count != 0), one_left.eq(count == 1)]
         with m.If(advance):
-            m.d.sync += [fetched.eq(remaining != 0), self.o_rows.valid.eq(fetched)]
-            with m.If(remaining != 0):
-                m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1)]
+            m.d.sync += [fetched.eq(pending), self.o_rows.valid.eq(fetched)]
+            with m.If(pending):
+                m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1), pending.eq(~one_left),
+                             one_left.eq(remaining == 2)]
         return m
 
 
