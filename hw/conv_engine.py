@@ -1116,14 +1116,11 @@ class ConvEngine(wiring.Component):
                 m.d.comb += array.o_columns.ready.eq(may_take & (out_cursor.ready | ~column_last))
             else:
                 m.d.comb += array.o_columns.ready.eq(may_take)
-            param_addr = Signal(range(self.param_depth))     # param_base + out_block_o
-            if buffered:
-                # The read's address is a sum of registers, not a register moved by ``taken``: the block RAM's
-                # own address register then has no enable from the output handshake.
-                read_addr = (layer.param_base + out_block_o)[:len(param_addr)]
-            else:
-                read_addr = param_addr
-            param_data = _registered_read(m, params, read_addr, p_advance, "param_read")
+            param_addr = Signal(range(self.param_depth), name="param_addr")     # param_base + out_block_o
+            # The address is a register on every target, moved with ``out_block_o``: on the ECP5 it was their sum,
+            # whose carry chain (and the parameter blocks' spread) made ``out_block_o`` the routed build's most
+            # frequent start of a failing path. Its enable is ``tile_done``, one kept LUT of registers there.
+            param_data = _registered_read(m, params, param_addr, p_advance, "param_read")
             if buffered:
                 # Whether the column taken is a pixel's, without a compare in front of the column multiplexer:
                 # the cursor moves only as a tile's last column is taken (or at setup), so the column after it
@@ -1143,11 +1140,10 @@ class ConvEngine(wiring.Component):
                 m.d.sync += [p_valid.eq(taken), p_keep.eq(keep),
                              p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column_no),
                              tag.block.eq(out_block_o)]
-            if not buffered:
-                with m.If(setup):
-                    m.d.sync += param_addr.eq(layer.param_base)
-                with m.Elif(tile_done & out_cursor.last_tile):
-                    m.d.sync += param_addr.eq(param_addr + 1)
+            with m.If(setup):
+                m.d.sync += param_addr.eq(layer.param_base)
+            with m.Elif(tile_done & out_cursor.last_tile):
+                m.d.sync += param_addr.eq(param_addr + 1)
             # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not raw bits.
             m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
             m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
