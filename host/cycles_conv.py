@@ -12,7 +12,7 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   at least :func:`~cnnacc.hw.conv_engine.walker_tile_beats` (the tile cursors' walkers), which the first tile's
   last beat also waits for from the start of the run;
 * a fixed pipeline: start and setup (2), memory read (:func:`~cnnacc.hw.conv_engine.conv_read_stages`: 1,
-  3 on the ECP5), the array
+  4 on the ECP5), the array
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
   valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
   :func:`~cnnacc.hw.requantizer.requant_extra_stages` for the target) and the output handshake.

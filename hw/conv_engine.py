@@ -209,9 +209,10 @@ _WALKER_TARGETS = ("ice40", "ecp5")
 
 def conv_read_stages(config):
     """Register stages from a beat's issue to its operands at the array's input: the memories' read, and on the
-    ECP5 two more, a register after it (the block RAMs' clock-to-output leaves too little of a 125 MHz cycle for
-    any logic) and the first half of the rotator that hands the banks' bytes to the columns."""
-    return 3 if config.target == "ecp5" else 1
+    ECP5 three more: the banks' addresses registered before it (each bank's sum of the counters reaches one of
+    32 block RAMs across the die), a register after it (the block RAMs' clock-to-output leaves too little of a
+    125 MHz cycle for any logic) and the first half of the rotator that hands the banks' bytes to the columns."""
+    return 4 if config.target == "ecp5" else 1
 
 
 def walker_tile_beats(config):
@@ -556,8 +557,9 @@ class ConvEngine(wiring.Component):
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
         s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
         # On the ECP5 a second stage registers what the block RAMs read (their output takes about 4 ns of the
-        # 8 before any logic), and a third rotates it part of the way to the columns: conv_read_stages.
-        buffered = conv_read_stages(cfg) == 3
+        # 8 before any logic), and a third rotates it part of the way to the columns; the read's addresses are
+        # registered before it: conv_read_stages.
+        buffered = conv_read_stages(cfg) == 4
         s2_valid = Signal(name="s2_valid") if buffered else Const(0)
         s3_valid = Signal(name="s3_valid") if buffered else Const(0)
         # Beats in the requantizer: its pipeline, or on the ECP5 as many as its output FIFO holds.
@@ -725,11 +727,11 @@ class ConvEngine(wiring.Component):
 
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         if buffered:
-            # The ECP5 input side has no enable: stages 1 to 3 and the block RAM reads run on every cycle, and a
-            # beat issued enters the array three cycles later, always taken. The array would hold a tile's last
+            # The ECP5 input side has no enable: its stages and the block RAM reads run on every cycle, and a
+            # beat issued enters the array four cycles later, always taken. The array would hold a tile's last
             # beat until it is spaced from the last one (min_tile_beats) and its output FIFO has room for the
             # tile's columns; the engine holds it here instead, at issue. ``spaced_issued`` is the array's own
-            # count run three cycles early (the beats between cannot stall); ``array.room`` is a register that
+            # count run four cycles early (the beats between cannot stall); ``array.room`` is a register that
             # only rises until the next reservation, and none falls between a last beat's issue and its entry
             # (last beats are at least walker_tile_beats >= 6 apart). The stall that reached the memories' and
             # stages' enables (every stage register and block RAM of the input side, across the die) is gone;
@@ -865,9 +867,22 @@ class ConvEngine(wiring.Component):
         m.d.comb += [word0.eq(chan_offset + f0[lg_nb:]),
                      word1.eq((Cat(Const(1, 1), chan_offset) + Cat(Const(1, 1), f0[lg_nb:]))[1:])]
         bank_reads = []
-        for j, mem in enumerate(act_mems):
-            bank_reads.append(_registered_read(m, mem, Mux(f0[:lg_nb] > j, word1, word0), adv, f"act_read_{j}"))
-        weight_read = _registered_read(m, weights, w_addr, adv, "weight_read")
+        if buffered:
+            # On the ECP5 each bank's address is a register of its own (the placer puts it by its block RAM), and
+            # the weights' a copy of ``w_addr``: the adders and the bank's pick ran into 32 block RAMs' address
+            # pins across the die, the routed build's second most frequent failing path. The read is a cycle
+            # later, and stage 1's flags follow it through ``*_d`` copies (below).
+            for j, mem in enumerate(act_mems):
+                bank_addr = Signal(addr_bits, name=f"act_addr_{j}", reset_less=True)
+                m.d.sync += bank_addr.eq(Mux(f0[:lg_nb] > j, word1, word0))
+                bank_reads.append(_registered_read(m, mem, bank_addr, adv, f"act_read_{j}"))
+            weight_addr = Signal.like(w_addr, name="weight_addr", reset_less=True)
+            m.d.sync += weight_addr.eq(w_addr)
+            weight_read = _registered_read(m, weights, weight_addr, adv, "weight_read")
+        else:
+            for j, mem in enumerate(act_mems):
+                bank_reads.append(_registered_read(m, mem, Mux(f0[:lg_nb] > j, word1, word0), adv, f"act_read_{j}"))
+            weight_read = _registered_read(m, weights, w_addr, adv, "weight_read")
 
         # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map. A tap
         # row is inside when ``above <= dy * stride + ky < room``: both bounds are clamped once per tile to the
@@ -927,6 +942,13 @@ class ConvEngine(wiring.Component):
                     m.d.sync += select[c].eq((f0 + (c << layer.stride2))[:lg_nb])
                 m.d.sync += inside[c].eq(inside_terms(c) if serial else inside_next[c])
         if buffered:
+            # Stage 1's flags and rotation a cycle on, beside the read of the registered addresses.
+            s1d_valid = Signal(name="s1d_valid")
+            s1d_first, s1d_last = Signal(name="s1d_first"), Signal(name="s1d_last")
+            rotation_d = Signal(lg_nb, name="rotation_d", reset_less=True)
+            inside_d = [Signal(5, name=f"inside_d_{c}", reset_less=True) for c in range(cols)]
+            m.d.sync += [s1d_valid.eq(s1_valid), s1d_first.eq(s1_first), s1d_last.eq(s1_last),
+                         rotation_d.eq(rotation)] + [q.eq(d) for q, d in zip(inside_d, inside)]
             # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3: the banks rotated by
             # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both run on every cycle, as
             # stage 1 (``adv`` is 1 here). The rest of the rotation, the stride's pick and the padding
@@ -945,10 +967,10 @@ class ConvEngine(wiring.Component):
             inside3 = [Signal(name=f"inside3_{c}", reset_less=True) for c in range(cols)]
             turned = [Signal(8, name=f"act_turned_{j}", reset_less=True) for j in range(nb)]
             with m.If(adv):
-                m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                             weight_data.eq(weight_read), rotation2.eq(rotation)]
+                m.d.sync += [s2_valid.eq(s1d_valid), s2_first.eq(s1d_first), s2_last.eq(s1d_last),
+                             weight_data.eq(weight_read), rotation2.eq(rotation_d)]
                 m.d.sync += [q.eq(d) for q, d in zip(bank_data, bank_reads)]
-                m.d.sync += [q.eq(d.all()) for q, d in zip(inside2, inside)]
+                m.d.sync += [q.eq(d.all()) for q, d in zip(inside2, inside_d)]
                 m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
                              weight_data3.eq(weight_data), rotation3.eq(rotation2[lo:])]
                 m.d.sync += [q.eq(d) for q, d in zip(inside3, inside2)]
@@ -1166,7 +1188,7 @@ class ConvEngine(wiring.Component):
             with m.Elif(left & ~entered):
                 m.d.sync += inflight.eq(inflight - 1)
             in_flight = inflight != 0
-        stages_valid = s1_valid | s2_valid | s3_valid if buffered else s1_valid
+        stages_valid = s1_valid | s1d_valid | s2_valid | s3_valid if buffered else s1_valid
         m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | p_valid | in_flight)
         return m
 
