@@ -782,20 +782,45 @@ class Requantizer(wiring.Component):
         en_ops += [half4.eq(Cat(*at[1:])), below4.eq(Cat(*over[1:]))]
 
         sum4 = reg(signed(65), "sum4")
-        # The saturation compares of the 64-bit product, a 32-bit half at a time (one 66-bit carry chain was
-        # about 9 ns in nextpnr's estimate): the high halves' order and equality and the low halves' unsigned
-        # order, registered, combine in the next stage.
+        # The saturation compares of the 64-bit product, 16 bits at a time (one 66-bit carry chain was about
+        # 9 ns in nextpnr's estimate, and the routed build still failed on 33-bit chains of the 32-bit halves):
+        # each piece's order and equality, registered, combine in the next stage, most significant piece first.
         def halves(value):
             return value.as_signed() >> 32, value[:32]
+
+        def order(a, b, name):
+            """``(greater, equal)`` of ``a`` and ``b`` (both signed, or both unsigned), each a few LUTs of the
+            registered compares of their 16-bit pieces (the top piece as signed as they are)."""
+            width = max(len(a), len(b))
+            signed_ = a.shape().signed
+            a = a.as_signed() if signed_ else a
+            b = b.as_signed() if signed_ else b
+            pieces = [(lo, min(lo + 16, width)) for lo in range(0, width, 16)]
+            if pieces[-1][1] - pieces[-1][0] < 2 and len(pieces) > 1:      # no 1-bit top piece
+                pieces[-2:] = [(pieces[-2][0], width)]
+            greater, equal = Const(0), Const(1)
+            for i, (lo, hi) in enumerate(pieces):
+                top = hi == width
+                pa = Cat(a, a[-1].replicate(width - len(a)))[lo:hi] if signed_ else Cat(a, Const(0, width))[lo:hi]
+                pb = Cat(b, b[-1].replicate(width - len(b)))[lo:hi] if signed_ else Cat(b, Const(0, width))[lo:hi]
+                if top and signed_:
+                    pa, pb = pa.as_signed(), pb.as_signed()
+                gt, eq = reg(1, f"{name}_gt{i}"), reg(1, f"{name}_eq{i}")
+                en_ops.extend([gt.eq(pa > pb), eq.eq(pa == pb)])
+                # Pieces from the least significant up: a higher piece decides unless it is equal.
+                greater, equal = gt | (eq & greater), eq & equal
+            return greater, equal
+
         ab_hi, ab_lo = halves(ab3)
         (hi_hi, hi_lo), (lo_hi, lo_lo) = halves(hi3), halves(lo3)
         can4 = reg(1, "can_sat4")
-        hi_gt4, hi_eq4, hi_ge_lo4 = reg(1, "hi_gt4"), reg(1, "hi_eq4"), reg(1, "hi_ge_lo4")
-        lo_lt4, lo_eq4, lo_lt_lo4 = reg(1, "lo_lt4"), reg(1, "lo_eq4"), reg(1, "lo_lt_lo4")
-        en_ops += [can4.eq(can3), hi_gt4.eq(ab_hi > hi_hi), hi_eq4.eq(ab_hi == hi_hi), hi_ge_lo4.eq(ab_lo >= hi_lo),
-                   lo_lt4.eq(ab_hi < lo_hi), lo_eq4.eq(ab_hi == lo_hi), lo_lt_lo4.eq(ab_lo < lo_lo)]
-        sat_hi4 = can4 & (hi_gt4 | (hi_eq4 & hi_ge_lo4))      # ab3 >= hi3
-        sat_lo4 = can4 & (lo_lt4 | (lo_eq4 & lo_lt_lo4))      # ab3 < lo3
+        en_ops += [can4.eq(can3)]
+        hi_gt, hi_eq = order(ab_hi, hi_hi, "hi4")
+        lo_gt, lo_eq = order(ab_hi, lo_hi, "lo4")
+        hi_lo_gt, hi_lo_eq = order(ab_lo, hi_lo, "hi_lo4")
+        lo_lo_gt, lo_lo_eq = order(ab_lo, lo_lo, "lo_lo4")
+        sat_hi4 = can4 & (hi_gt | (hi_eq & (hi_lo_gt | hi_lo_eq)))                 # ab3 >= hi3
+        sat_lo4 = can4 & (~(lo_gt | lo_eq) | (lo_eq & ~(lo_lo_gt | lo_lo_eq)))       # ab3 < lo3
         en_ops += [sum4.eq(ab3 + round3),
                    high4.eq(Mux(sat3, INT32_MAX, truncated))]
         amount4 = reg(range(63), "amount4")
