@@ -288,7 +288,7 @@ class Accelerator(wiring.Component):
                                                 done_delay=1,
                                                 engine_written=[MemoryId.OUTPUT], keep=keep, flags=[conv_high],
                                                 mirror=mirror, registered_read=cfg.target == "ecp5",
-                                                read_latency=mems.read_latency)
+                                                read_latency=mems.read_latency, select_only=cfg.target == "ecp5")
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
 

@@ -137,10 +137,14 @@ class CommandProcessor(wiring.Component):
     read_latency : int, optional
         Cycles from a memory read request (``mem.r_en``) to its data on ``mem.r_data``: 1 (the default), or 2 for
         a :class:`~cnnacc.hw.memory_map.MemoryMap` built with ``host_register``.
+    select_only : bool, optional
+        The descriptor registers' enables are the host's valid and the word's select alone, without the state
+        (``False`` by default): the select is then cleared outside ``DESCRIPTOR``. For the ECP5, whose routed
+        build failed on the state decode in front of the descriptor's enables, across the die.
     """
 
     def __init__(self, depths, config_id, max_descriptor=16, engine_written=(), keep=None, flags=(), mirror=(),
-                 settle=1, done_delay=0, registered_read=False, read_latency=1):
+                 settle=1, done_delay=0, registered_read=False, read_latency=1, select_only=False):
         self._depths = {MemoryId(k): int(v) for k, v in depths.items()}
         for memory, depth in self._depths.items():
             if not 1 <= depth <= 1 << 24:
@@ -157,6 +161,7 @@ class CommandProcessor(wiring.Component):
         if read_latency not in (1, 2):
             raise ValueError(f"read_latency must be 1 or 2, not {read_latency!r}")
         self._read_latency = read_latency
+        self._select_only = bool(select_only)
         self._engine_written = frozenset(MemoryId(k) for k in engine_written)
         all_bits = (1 << (32 * self._max_descriptor)) - 1
         self._keep = all_bits if keep is None else int(keep) & all_bits
@@ -332,6 +337,11 @@ class CommandProcessor(wiring.Component):
         m.d.sync += start_pulse.eq(0)
         m.d.comb += self.run.start.eq(start_pulse)
 
+        if self._select_only:
+            # ``desc_sel`` is zero outside DESCRIPTOR, where every cycle with a valid word takes it.
+            with m.If(take):
+                write_descriptor_word()
+
         with m.FSM():
             with m.State("HEADER"):
                 m.d.comb += self.i_host.ready.eq(1)
@@ -364,7 +374,8 @@ class CommandProcessor(wiring.Component):
             # Acting on the decoded flags a cycle after the header arrives keeps the stream handshake and the
             # opcode decode out of the status and state logic (together they missed timing on the iCE40).
             with m.State("DECODE"):
-                m.d.sync += desc_sel.eq(1)
+                if not self._select_only:
+                    m.d.sync += desc_sel.eq(1)
                 # Status is written whatever the outcome: a path that goes on (ADDRESS, DESCRIPTOR) sets it again
                 # before it is answered.
                 m.d.sync += status.eq(Mux(launch_ok & running, Status.BUSY, decode_status))
@@ -376,6 +387,8 @@ class CommandProcessor(wiring.Component):
                     m.next = "ADDRESS"
                 with m.Elif(launch_ok & ~running):
                     m.next = "DESCRIPTOR"
+                    if self._select_only:
+                        m.d.sync += desc_sel.eq(1)
                 with m.Else():
                     # Too long, unknown, or a launch while a run is in flight (the descriptor is not taken: the
                     # run in flight reads it).
@@ -450,9 +463,13 @@ class CommandProcessor(wiring.Component):
             with m.State("DESCRIPTOR"):
                 m.d.comb += self.i_host.ready.eq(1)
                 with m.If(take):
-                    write_descriptor_word()
+                    if not self._select_only:
+                        write_descriptor_word()
                     m.d.sync += [desc_index.eq(desc_index + 1), desc_sel.eq(desc_sel << 1),
                                  remaining.eq(remaining - 1), remaining_one.eq(remaining == 2)]
+                    if self._select_only:
+                        with m.If(remaining_one | word.last):
+                            m.d.sync += desc_sel.eq(0)
                     with m.If(remaining_one):
                         with m.If(word.last):
                             m.next = "SETTLE_0"

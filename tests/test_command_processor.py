@@ -28,9 +28,10 @@ class Harness(wiring.Component):
     i_host: In(stream.Signature(WORD_LAYOUT))
     o_host: Out(stream.Signature(WORD_LAYOUT))
 
-    def __init__(self, registered_read=False, host_register=False):
+    def __init__(self, registered_read=False, host_register=False, select_only=False):
         self._registered_read = registered_read
         self._host_register = host_register
+        self._select_only = select_only
         super().__init__()
 
     def elaborate(self, platform):
@@ -39,7 +40,7 @@ class Harness(wiring.Component):
         m.submodules.cp = cp = CommandProcessor(DEPTHS, CONFIG_ID, max_descriptor=4,
                                                 engine_written=[MemoryId.WEIGHTS],
                                                 registered_read=self._registered_read,
-                                                read_latency=memories.read_latency)
+                                                read_latency=memories.read_latency, select_only=self._select_only)
         wiring.connect(m, wiring.flipped(self.i_host), cp.i_host)
         wiring.connect(m, cp.o_host, wiring.flipped(self.o_host))
         wiring.connect(m, cp.mem, memories.bus)
@@ -60,9 +61,10 @@ class Harness(wiring.Component):
         return m
 
 
-def simulate(commands, seed=0, bubble=0.3, stall=0.3, registered_read=False, host_register=False):
+def simulate(commands, seed=0, bubble=0.3, stall=0.3, registered_read=False, host_register=False,
+             select_only=False):
     """Send each command (a list of words, or (words, last_flags)) and collect each answer."""
-    dut = Harness(registered_read, host_register)
+    dut = Harness(registered_read, host_register, select_only)
     rng = random.Random(seed)
     answers = []
 
@@ -119,9 +121,11 @@ def test_status_reports_cycles_and_config_id():
     assert protocol.decode_response(answers[1], Opcode.NOP) == []
 
 
-def test_run_reports_engine_cycles_and_rejection():
+# select_only: the ECP5's descriptor writes, enabled by the word's select without the state.
+@pytest.mark.parametrize("select_only", [False, True])
+def test_run_reports_engine_cycles_and_rejection(select_only):
     answers = simulate([protocol.encode_run([0x5EED, 37]), protocol.encode_run([0xBAD, 1]),
-                        protocol.encode_run([0x5EED, 3])])
+                        protocol.encode_run([0x5EED, 3])], select_only=select_only)
     cycles, = protocol.decode_response(answers[0], Opcode.RUN, 1)
     assert 37 <= cycles <= 40
     with pytest.raises(protocol.AcceleratorError, match="RUN refused by the accelerator: BAD_DESCRIPTOR"):
@@ -133,8 +137,10 @@ def status_of(answer):
     return Status(answer[0] & 0xFF)
 
 
-def test_bad_commands_are_answered_and_forgotten():
+@pytest.mark.parametrize("select_only", [False, True])
+def test_bad_commands_are_answered_and_forgotten(select_only):
     good_write = protocol.encode_write(MemoryId.ACT_A, 0, [11, 22, 33])
+    short_run = protocol.encode_run([0x5EED, 900, 0])
     answers = simulate([
         [0x7F000000, 1, 2, 3],                                   # unknown opcode with a payload
         [0x7E000000],                                            # unknown opcode, one word
@@ -148,7 +154,9 @@ def test_bad_commands_are_answered_and_forgotten():
         protocol.encode_status() + [5],                          # STATUS with a stray word
         good_write,
         protocol.encode_read(MemoryId.ACT_A, 0, 3),
-    ])
+        (short_run[:-1], [False] * (len(short_run) - 2) + [True]),  # descriptor that ends a word early
+        protocol.encode_run([0x5EED, 20]),
+    ], select_only=select_only)
     expected = [Status.UNKNOWN_OPCODE, Status.UNKNOWN_OPCODE, Status.BAD_LENGTH, Status.BAD_LENGTH,
                 Status.BAD_ADDRESS, Status.BAD_ADDRESS, Status.BAD_LENGTH, Status.BAD_LENGTH,
                 Status.BAD_LENGTH, Status.BAD_LENGTH]
@@ -156,6 +164,9 @@ def test_bad_commands_are_answered_and_forgotten():
     assert all(len(a) == 1 for a in answers[:10])
     # After all that, the processor still answers correctly.
     assert protocol.decode_response(answers[11], Opcode.READ, 3) == [11, 22, 33]
+    # A descriptor cut short is refused, and the next one is written whole (its word 1 is the run's length).
+    assert status_of(answers[12]) == Status.BAD_LENGTH and len(answers[12]) == 1
+    assert 20 <= protocol.decode_response(answers[13], Opcode.RUN, 1)[0] <= 23
 
 
 def test_host_side_errors_are_one_line():
@@ -218,6 +229,20 @@ def test_start_wait_and_busy_while_a_run_is_in_flight():
     assert 20 <= protocol.decode_response(answers[17], Opcode.RUN, 1)[0] <= 23
     # A RUN's lock ends with it: the whole of ACT_A is readable again.
     assert protocol.decode_response(answers[18], Opcode.READ, 1) == [1]
+
+
+@pytest.mark.parametrize("select_only", [False, True])
+def test_words_after_a_descriptor_do_not_reach_it(select_only):
+    """A descriptor shorter than the longest leaves the words after it alone: the next command's words are not
+    written into the descriptor's remaining words (here word 3, the engine's lock end)."""
+    answers = simulate([
+        protocol.encode_run([0x5EED, 5, 0]),                     # three words: word 3 stays 0
+        protocol.encode_write(MemoryId.ACT_A, 0, [60]),
+        protocol.encode_start([0x5EED, 400, 0]),                 # owns ACT_A words 0 .. word 3 (none)
+        protocol.encode_write(MemoryId.ACT_A, 1, [1]),
+        protocol.encode_wait(),
+    ], select_only=select_only)
+    assert protocol.decode_response(answers[3], Opcode.WRITE) == []
 
 
 def test_finished_run_waits_for_its_wait():
