@@ -741,12 +741,17 @@ class ConvEngine(wiring.Component):
             since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
             spaced_issued = Signal(init=1, name="spaced_issued")
             m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & array.room)))
+            # The spacing count takes a kept copy of a tile's last issue: ``issue`` enables most of the input
+            # side's registers, and on that net the count's own loop (spaced_issued -> issue -> since_issued)
+            # was a routed failing path.
+            issued_last = Signal(name="issued_last", attrs={"keep": 1})
+            m.d.comb += issued_last.eq(in_run & tile_last & cursor.ready & spaced_issued & array.room)
             counted = Mux(since_issued != gap, since_issued + 1, since_issued)
             # The compare is made on the count, and ``issue`` (late: the array's room) only picks it or the
             # restart's constant. ``counted >= gap - 1`` is ``since_issued >= gap - 2`` (the count saturates at
             # gap): a compare with a constant, not behind the increment's carry chain.
-            m.d.sync += [since_issued.eq(Mux(issue & tile_last, 0, counted)),
-                         spaced_issued.eq(Mux(issue & tile_last, gap <= 1, since_issued >= gap - 2))]
+            m.d.sync += [since_issued.eq(Mux(issued_last, 0, counted)),
+                         spaced_issued.eq(Mux(issued_last, gap <= 1, since_issued >= gap - 2))]
         else:
             adv = Signal(name="adv", attrs=keep, init=1)
             if not serial:
