@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..hw.requantizer import REQUANT_LATENCY, requant_extra_stages, requant_interval
 from ..hw.conv_engine import conv_read_stages, walker_tile_beats
-from ..hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
+from ..hw.systolic_array import array_latency, column_fifo_latency, ice40_tile_cycles, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
            "weight_stationary_cycles"]
@@ -89,7 +89,10 @@ def conv_cycles(config, fields):
         # is ready, and the first tile's until the one the run started is (both walker_tile_beats after).
         walker = walker_tile_beats(config)
         beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config), walker) + max(0, walker - s.depth)
-        drain = s.last_column + 1 + REQUANT_LATENCY + requant_extra_stages(config.target) + 1
+        # A column is taken a cycle after it is finished, and on the ECP5 column_fifo_latency after: its output
+        # FIFO's pipelined read.
+        drain = s.last_column + max(1, column_fifo_latency(config)) + REQUANT_LATENCY \
+            + requant_extra_stages(config.target) + 1
     return beats + 2 + conv_read_stages(config) + array_latency(config) + drain
 
 

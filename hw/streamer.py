@@ -4,17 +4,97 @@
 :func:`credit_fifo` is the output FIFO of a pipeline that never waits on its consumer (the ECP5 array and
 requantizer): it admits work only against room reserved for its results."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .memory_map import ReadPortSignature, WritePortSignature
+from .memory_map import ReadPortSignature, WritePortSignature, registered_read
 
-__all__ = ["transfer_layout", "MemoryReader", "MemoryWriter", "credit_fifo"]
+__all__ = ["transfer_layout", "MemoryReader", "MemoryWriter", "credit_fifo", "PipelinedFIFO",
+           "PIPELINED_FIFO_LATENCY"]
 
 
-def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0):
+#: Cycles from a word's write into a :class:`PipelinedFIFO` to its ``r_rdy`` (1 for Amaranth's ``SyncFIFO``
+#: behind :func:`credit_fifo`'s registered ``valid``).
+PIPELINED_FIFO_LATENCY = 4
+
+
+class PipelinedFIFO(wiring.Component):
+    """A FIFO of ``depth`` words of ``width`` bits whose read goes through two registers in the block RAMs (their
+    synchronous read and their output register, boards/outreg.py) into a queue of four registered words, whose
+    head is the read data: ``r_rdy`` is a register and ``r_data`` a multiplexer of registers. Nothing between
+    the write side and the reader's ``r_en`` is combinational, so a FIFO spread over many block RAMs may sit far
+    from its reader. The storage is split into memories at most 18 bits wide, as wide as the ECP5 block RAM's
+    port with an output register of its own.
+
+    Interface as ``SyncFIFO``'s (``w_data``, ``w_en``, ``w_rdy``, ``r_data``, ``r_en``, ``r_rdy``), but a word is
+    readable :data:`PIPELINED_FIFO_LATENCY` cycles after its write, and ``w_rdy`` is high while the storage has
+    room (its user, :func:`credit_fifo`, never writes without room).
+    """
+
+    _QUEUE = 4
+
+    def __init__(self, *, width, depth):
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth!r}")
+        self.width, self.depth = width, depth
+        super().__init__({"w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
+                          "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        depth, queue = self.depth, self._QUEUE
+        w_ptr, r_ptr = Signal(range(depth), name="w_ptr"), Signal(range(depth), name="r_ptr")
+        stored = Signal(range(depth + 1), name="stored")        # written, not yet read out of the storage
+        avail = Signal(name="avail")                            # stored != 0, from the count's next value
+        wrote = self.w_en & self.w_rdy
+        # A read is issued while the queue has room for it and the two reads in flight, counted without this
+        # cycle's take (then every word of the queue, in flight or held, has a slot of its own).
+        q_count = Signal(range(queue + 1), name="q_count")
+        flight = [Signal(name=f"flight_{i}") for i in range(2)]
+        issue = Signal(name="issue")
+        m.d.comb += [issue.eq(avail & (q_count + flight[0] + flight[1] < queue)),
+                     self.w_rdy.eq(stored != depth)]
+        m.d.sync += [stored.eq(stored + wrote - issue),
+                     avail.eq(Mux(issue, stored > 1, stored != 0) | wrote),
+                     flight[0].eq(issue), flight[1].eq(flight[0])]
+        with m.If(wrote):
+            m.d.sync += w_ptr.eq(Mux(w_ptr == depth - 1, 0, w_ptr + 1))
+        with m.If(issue):
+            m.d.sync += r_ptr.eq(Mux(r_ptr == depth - 1, 0, r_ptr + 1))
+        # The storage, 18 bits a memory. The read address is r_ptr itself; a word is read at the earliest the
+        # cycle after its write, so no read collides with a write (no_rw_check: no bypass logic).
+        pieces = []
+        for k, lo in enumerate(range(0, self.width, 18)):
+            hi = min(lo + 18, self.width)
+            mem = m.submodules[f"storage_{k}"] = Memory(shape=hi - lo, depth=depth, init=[],
+                                                        attrs={"no_rw_check": 1})
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(self.w_data[lo:hi]), wp.en.eq(wrote)]
+            rp = mem.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(r_ptr)
+            first = registered_read(m, rp, issue, f"read_{k}")
+            second = Signal(hi - lo, name=f"read2_{k}", reset_less=True)
+            m.d.sync += second.eq(first)
+            pieces.append(second)
+        arriving = Cat(*pieces)
+        # The queue: words written at ``tail``, read at ``head``.
+        words = Array(Signal(self.width, name=f"queue_{i}", reset_less=True) for i in range(queue))
+        head, tail = Signal(range(queue), name="head"), Signal(range(queue), name="tail")
+        take = self.r_rdy & self.r_en
+        with m.If(flight[1]):
+            m.d.sync += [words[tail].eq(arriving), tail.eq(tail + 1)]
+        with m.If(take):
+            m.d.sync += head.eq(head + 1)
+        m.d.sync += [q_count.eq(q_count + flight[1] - take),
+                     self.r_rdy.eq(flight[1] | (q_count > 1) | ((q_count == 1) & ~take))]
+        m.d.comb += self.r_data.eq(words[head])
+        return m
+
+
+def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0, pipelined=False):
     """A FIFO of ``depth`` words of ``width`` bits in front of the stream ``output``, for a pipeline with no
     enable: the pipeline reserves room for ``chunk`` results (``reserve`` high) in the cycle it takes the work that
     makes them, and takes work only while ``room`` (returned with the FIFO, whose ``w_data`` and ``w_en`` the
@@ -24,14 +104,21 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0):
     values are compared from registers, so ``reserve`` (a late signal, the pipeline's handshake) only picks one.
 
     With ``lead`` (cycles, 0 by default), ``room`` is high only while there is room for ``lead`` more chunks
-    besides: a producer may then decide on ``room`` ``lead`` cycles before its work arrives and reserve it."""
-    m.submodules[name] = fifo = SyncFIFO(width=width, depth=depth)
-    # ``output.valid`` is a register that follows ``level != 0`` (the FIFO's own ``r_rdy``, a compare of its
-    # level), set from the level's next value: the consumer's enables then start at a flip-flop.
-    nonempty = Signal(name=f"{name}_nonempty")
-    wrote, took = fifo.w_en & fifo.w_rdy, nonempty & output.ready
-    m.d.sync += nonempty.eq(wrote | (fifo.level > 1) | ((fifo.level == 1) & ~took))
-    m.d.comb += [output.valid.eq(nonempty), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
+    besides: a producer may then decide on ``room`` ``lead`` cycles before its work arrives and reserve it.
+
+    With ``pipelined``, the FIFO is a :class:`PipelinedFIFO` (its words readable
+    :data:`PIPELINED_FIFO_LATENCY` cycles after their write, not 1)."""
+    if pipelined:
+        m.submodules[name] = fifo = PipelinedFIFO(width=width, depth=depth)
+        m.d.comb += [output.valid.eq(fifo.r_rdy), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
+    else:
+        m.submodules[name] = fifo = SyncFIFO(width=width, depth=depth)
+        # ``output.valid`` is a register that follows ``level != 0`` (the FIFO's own ``r_rdy``, a compare of its
+        # level), set from the level's next value: the consumer's enables then start at a flip-flop.
+        nonempty = Signal(name=f"{name}_nonempty")
+        wrote, took = fifo.w_en & fifo.w_rdy, nonempty & output.ready
+        m.d.sync += nonempty.eq(wrote | (fifo.level > 1) | ((fifo.level == 1) & ~took))
+        m.d.comb += [output.valid.eq(nonempty), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
     # ``used`` (reservations less reads) is a register of its own, stepped by one adder whose operand the two
     # handshakes pick: a difference of two counters was a subtraction before the compares (a carry chain more
     # between registers and ``room``, the estimate's slowest path after session 16).

@@ -64,10 +64,10 @@ from ..config import AcceleratorConfig
 from .dsp import DualMac8
 from .dsp_ecp5 import Mult18x18D
 from .memory_map import COPY_ATTR
-from .streamer import credit_fifo
+from .streamer import PIPELINED_FIFO_LATENCY, credit_fifo
 
 __all__ = ["SystolicArray", "beat_layout", "column_layout", "min_tile_beats", "array_latency", "ice40_tile_cycles",
-           "column_fifo_depth", "flush_drain_cycles"]
+           "column_fifo_depth", "column_fifo_latency", "flush_drain_cycles"]
 
 
 def beat_layout(config):
@@ -121,13 +121,20 @@ def flush_drain_cycles(config):
 def column_fifo_depth(config):
     """Target ``"ecp5"``: columns the output FIFO holds. A tile reserves its ``cols`` columns when its last beat
     enters and each take returns one; tiles at least :func:`min_tile_beats` apart keep at most
-    ``ceil((array_latency + cols + 1) / min_tile_beats)`` tiles reserved while a consumer that takes one column a
-    cycle drains them, and one more is entering. To the next power of two (distributed RAM, 16 words a block)."""
+    ``ceil((array_latency + column_fifo_latency + cols) / min_tile_beats)`` tiles reserved while a consumer that
+    takes one column a cycle drains them, and one more is entering. To the next power of two."""
     if config.target != "ecp5":
         return 0
     gap = min_tile_beats(config)
-    tiles = -(-(array_latency(config) + config.cols + 1) // gap) + 1
+    tiles = -(-(array_latency(config) + column_fifo_latency(config) + config.cols) // gap) + 1
     return 1 << (config.cols * tiles - 1).bit_length()
+
+
+def column_fifo_latency(config):
+    """Target ``"ecp5"``: cycles from a column's write into the output FIFO to its ``o_columns.valid``
+    (:data:`~.streamer.PIPELINED_FIFO_LATENCY`: the FIFO's block RAMs are read through two registers, so that
+    the consumer, across the die, starts at registers); 0 elsewhere (no FIFO)."""
+    return PIPELINED_FIFO_LATENCY if config.target == "ecp5" else 0
 
 
 def ice40_tile_cycles(depth, drain):
@@ -229,7 +236,8 @@ class SystolicArray(wiring.Component):
             take = self.i_beats.valid & self.i_beats.ready
             # A tile's columns are reserved as its last beat enters (streamer.credit_fifo).
             fifo, room = credit_fifo(m, "out_fifo", self.o_columns, width=column.shape().size,
-                                     depth=column_fifo_depth(cfg), reserve=take & beat.last, chunk=cols)
+                                     depth=column_fifo_depth(cfg), reserve=take & beat.last, chunk=cols,
+                                     pipelined=True)
             m.d.comb += [fifo.w_data.eq(column), self.i_beats.ready.eq(~beat.last | (spaced & room)),
                          self.room.eq(room)]
         else:

@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from cnnacc.hw.memory_map import MemorySpec
-from cnnacc.hw.streamer import MemoryReader, MemoryWriter
+from cnnacc.hw.streamer import PIPELINED_FIFO_LATENCY, MemoryReader, MemoryWriter, PipelinedFIFO
 from cnnacc.sim.amaranth_streams import stream_get, stream_put
 
 SPEC = MemorySpec(64, 40)
@@ -157,3 +157,52 @@ def test_always_ready_writer_drops_rows_outside_a_transfer():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+
+
+@pytest.mark.parametrize("depth,width,stall", [(8, 40, 0.0), (8, 40, 0.4), (5, 18, 0.3), (1, 7, 0.2)])
+def test_pipelined_fifo_keeps_order_and_rate(depth, width, stall):
+    """Every word once and in order, under a writer that writes whenever there is room (half the time) and a
+    reader that stalls at random; with a reader that never stalls, a word a cycle, the first one
+    PIPELINED_FIFO_LATENCY cycles after its write."""
+    rng = random.Random(depth * 100 + width)
+    words = [rng.getrandbits(width) for _ in range(60)]
+    dut = PipelinedFIFO(width=width, depth=depth)
+    written, got, first = [], [], []
+
+    async def bench(ctx):
+        cycle = 0
+        busy_writer = stall == 0.0
+        while len(got) < len(words):
+            w = len(written) < len(words) and ctx.get(dut.w_rdy) and (busy_writer or rng.random() < 0.5)
+            if w:
+                ctx.set(dut.w_data, words[len(written)])
+                written.append(cycle)
+            ctx.set(dut.w_en, bool(w))
+            ctx.set(dut.r_en, rng.random() >= stall)
+            _, _, r_rdy, r_en, data = await ctx.tick().sample(dut.r_rdy, dut.r_en, dut.r_data)
+            if r_rdy and r_en:
+                got.append(data)
+                first.append(cycle)
+            cycle += 1
+            assert cycle < 2000, "the FIFO stopped"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == words
+    if stall == 0.0 and depth >= PIPELINED_FIFO_LATENCY:
+        assert first[0] - written[0] == PIPELINED_FIFO_LATENCY
+        assert first == list(range(first[0], first[0] + len(words)))
+
+
+def test_pipelined_fifo_refuses_no_depth():
+    import gc
+    import warnings
+
+    from amaranth.hdl import UnusedElaboratable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)     # the refused FIFO is never elaborated
+        with pytest.raises(ValueError, match="depth must be at least 1, not 0"):
+            PipelinedFIFO(width=8, depth=0)
+        gc.collect()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cnnacc.config import AcceleratorConfig
-from cnnacc.hw.systolic_array import array_latency, ice40_tile_cycles, min_tile_beats
+from cnnacc.hw.systolic_array import array_latency, column_fifo_latency, ice40_tile_cycles, min_tile_beats
 from cnnacc.sim import tb_systolic_array as tb
 
 
@@ -64,13 +64,14 @@ def test_ecp5_free_running_array_under_backpressure(stall, stall_cycles):
 
 def test_ecp5_back_to_back_tiles_leave_no_bubble():
     """The FIFO is deep enough that tiles min_tile_beats long enter back to back with a consumer that takes a
-    column a cycle: the same cycles as the stalling array, plus the ECP5's product register."""
+    column a cycle: the same cycles as the stalling array, plus the ECP5's product register and its FIFO's
+    pipelined read (column_fifo_latency, where the stalling array's output register is one cycle)."""
     config = AcceleratorConfig(rows=3, cols=4, target="ecp5")
     depth = min_tile_beats(config)
     tiles = random_tiles(config, 6, count=8, depths=[depth])
     got, cycles = tb.run_amaranth(config, tiles)
     np.testing.assert_array_equal(got, tb.golden_tiles(tiles))
-    assert cycles == 8 * depth + array_latency(config) + config.cols
+    assert cycles == 8 * depth + array_latency(config) + config.cols + column_fifo_latency(config) - 1
 
 
 def test_verilator_8x8_random_tiles():
