@@ -568,11 +568,14 @@ class ConvEngine(wiring.Component):
         start = Signal()
         m.d.comb += start.eq(self.start & ~self.busy)
         # The descriptor is latched first (or, when its source holds it for the whole run, read in place); the
-        # walkers start from it one cycle later.
+        # walkers start from it one cycle later. On the ECP5 the latch, and the registers taken from the
+        # descriptor with it, load in every cycle the engine is idle, the start's included: their enable is then
+        # the engine's own ``busy``, not the dispatcher's start (a route across the die into some 200 enables).
+        latch = ~self.busy if buffered else start
         if self._hold_layer:
             m.d.comb += narrowed
         else:
-            with m.If(start):
+            with m.If(latch):
                 m.d.sync += narrowed
         with m.If(start):
             m.d.sync += setup.eq(1)
@@ -585,7 +588,7 @@ class ConvEngine(wiring.Component):
             # registers, not from a compare of two fields.
             def field(name):
                 return self.layer[name][:len(layer[name])]
-            with m.If(start):
+            with m.If(latch):
                 m.d.sync += [span.eq(~field("stride2") & (field("out_w") == field("in_w"))),
                              last_x.eq(field("out_w") - 1)]
         else:
@@ -594,7 +597,7 @@ class ConvEngine(wiring.Component):
         if buffered:
             # The first tile's columns, from flags registered with the descriptor (see _TileCursor).
             width_is = Signal(cols, name="width_is")
-            with m.If(start):
+            with m.If(latch):
                 m.d.sync += [width_is[k].eq(~field("stride2") & (field("out_w") == field("in_w"))
                                             & (field("out_w") == k)) for k in range(1, cols)]
         with m.If(setup):
@@ -648,7 +651,7 @@ class ConvEngine(wiring.Component):
         # engine's slowest estimated path (from the latched layer).
         if buffered:
             first_rows = Signal.like(room, name="first_rows")
-            with m.If(start):
+            with m.If(latch):
                 m.d.sync += first_rows.eq(field("in_h") + field("pad_top"))
         else:
             first_rows = layer.in_h + layer.pad_top
@@ -740,12 +743,22 @@ class ConvEngine(wiring.Component):
             gap = min_tile_beats(cfg)
             since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
             spaced_issued = Signal(init=1, name="spaced_issued")
-            m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & array.room)))
+            # ``array.room`` a cycle late, from a register by the issue logic (the array's sits by its FIFO, across
+            # the die). Its fall is seen in time: a last beat reserves as it enters conv_read_stages cycles after
+            # its issue, ``room`` falls the cycle after, this copy the next, and the next last beat is issued
+            # walker_tile_beats >= conv_read_stages + 2 cycles after it. Its rise a cycle late only matters while
+            # the FIFO is full (the output held).
+            if walker_tile_beats(cfg) >= conv_read_stages(cfg) + 2:
+                room_here = Signal(name="room_here", init=1)
+                m.d.sync += room_here.eq(array.room)
+            else:                                       # a single column: tiles may be closer
+                room_here = array.room
+            m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & room_here)))
             # The spacing count takes a kept copy of a tile's last issue: ``issue`` enables most of the input
             # side's registers, and on that net the count's own loop (spaced_issued -> issue -> since_issued)
             # was a routed failing path.
             issued_last = Signal(name="issued_last", attrs={"keep": 1})
-            m.d.comb += issued_last.eq(in_run & tile_last & cursor.ready & spaced_issued & array.room)
+            m.d.comb += issued_last.eq(in_run & tile_last & cursor.ready & spaced_issued & room_here)
             counted = Mux(since_issued != gap, since_issued + 1, since_issued)
             # The compare is made on the count, and ``issue`` (late: the array's room) only picks it or the
             # restart's constant. ``counted >= gap - 1`` is ``since_issued >= gap - 2`` (the count saturates at
