@@ -35,7 +35,7 @@ from ..hw.commands import config_id
 from ..hw.conv_engine import act_banks, check_conv_limits, conv_layer
 from ..hw.depthwise import depthwise_layer
 from ..hw.memory_map import engine_read_latency
-from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_layer
+from ..hw.pool_engine import PoolMode, check_pool_support, pool_extra_stages, pool_input_stages, pool_layer
 from ..hw.requantizer import check_shifts
 from ..hw.window_generator import window_scan_start
 from .cycles_conv import conv_cycles
@@ -154,11 +154,12 @@ def _pool_tail(config, layer):
     """Cycles a pool fused behind the conv engine adds after it has taken the conv's last pixel (the pool engine's
     latency for ``config``'s target included)."""
     window = dict(layer["window"], groups=1)
+    # The pool's input slice on the ECP5 (pool_input_stages) hands it the conv's last pixel a cycle later.
     if layer["mode"] == PoolMode.GLOBAL_AVG:
-        return global_divider_bits(config) + 2
+        return global_divider_bits(config) + 2 + pool_input_stages(config)
     padded_w = window["width"] + window["pad_left"] + window["pad_right"]
     last_pixel = (window["pad_top"] + window["height"] - 1) * padded_w + window["pad_left"] + window["width"] - 1
-    return window_cycles(window, pool_latency(config)) - (last_pixel + 2)
+    return window_cycles(window, pool_latency(config)) - (last_pixel + 2) + pool_input_stages(config)
 
 
 def run_overhead(config, step_kind, descriptor):
@@ -172,15 +173,20 @@ def run_overhead(config, step_kind, descriptor):
 
     On the ECP5 the reader's rows come a cycle later still (:func:`~cnnacc.hw.memory_map.engine_read_latency`):
     the add engine's stream, a global average pool's, and a window generator's whose first in-map position is
-    reached before that row (none of it padded, or one padded column at a scan from cycle 2)."""
+    reached before that row (none of it padded, or one padded column at a scan from cycle 2).
+
+    The pool engine's input slice on the ECP5 (:func:`~cnnacc.hw.pool_engine.pool_input_stages`) brings the rows
+    to it a cycle later again."""
     late = engine_read_latency(config) - 1
     if step_kind == "conv":
         return 1
     if step_kind == "add":
         return 1 + late
     window = descriptor["window"]
-    if step_kind == "pool" and PoolMode(descriptor["mode"]) == PoolMode.GLOBAL_AVG:
-        return 2 + late
+    if step_kind == "pool":
+        late += pool_input_stages(config)
+        if PoolMode(descriptor["mode"]) == PoolMode.GLOBAL_AVG:
+            return 2 + late
     # The first in-map scan position, and the cycle the reader's first row is there to meet it.
     first = window["pad_top"] * (window["width"] + window["pad_left"] + window["pad_right"]) + window["pad_left"]
     return 1 + max(0, 3 + late - window_scan_start(config) - first)

@@ -41,7 +41,8 @@ from .window_generator import (MAX_HEIGHT, MAX_STRIDE, WindowGenerator, pixel_la
 
 __all__ = ["PoolEngine", "PoolMode", "pool_layer_layout", "pool_layer", "avg_reciprocals", "global_max_count",
            "pool_max_kernel", "pool_modes", "pool_has_clamp", "check_pool_support", "ICE40_POOL_KERNEL",
-           "ice40_pool_limits", "pool_extra_stages", "pool_scan_start", "global_divider_steps"]
+           "ice40_pool_limits", "pool_extra_stages", "pool_scan_start", "global_divider_steps",
+           "pool_input_stages"]
 
 #: Largest pooling window on target "ice40" (see :class:`_Ice40Pool`).
 ICE40_POOL_KERNEL = 2
@@ -111,6 +112,13 @@ def pool_extra_stages(config):
     the numerator's Booth digits, three adder levels of the product, the quotient and the result before its
     clamp; one fewer on the iCE40)."""
     return {"ecp5": 9 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
+
+
+def pool_input_stages(config):
+    """Register stages in front of the pool engine of ``config`` on its input (1 on the ECP5: a full-rate slice,
+    so a pixel from a source that was waiting for the engine reaches it a cycle later; 0 elsewhere). A source
+    ahead of the engine loses nothing to it: the slice holds two pixels."""
+    return 1 if config.target == "ecp5" else 0
 
 
 def global_divider_steps(config):
@@ -195,6 +203,12 @@ def avg_reciprocals(max_count, max_numerator):
     """
     shift = (max_numerator * max_count).bit_length()
     return shift, [0] + [-(-(1 << shift) // c) for c in range(1, max_count + 1)]
+
+
+class _Beat:
+    """A stream's payload, valid and ready as plain signals (the pool engine's input slice on the ECP5)."""
+    def __init__(self, payload, valid, ready):
+        self.payload, self.valid, self.ready = payload, valid, ready
 
 
 def _clamp(value, qmin, qmax):
@@ -305,14 +319,41 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [r.eq(b) for r, b in zip(clamp_bounds, _clamp_bounds(desc.qmin, desc.qmax))]
                 m.d.sync += max_mode.eq(desc.mode == PoolMode.MAX)
         global_ready = Signal()
-        # On the ECP5 the generator sees the input's valid as it comes: in a global layer it has no layer (it
-        # was idle when the global layer started), and an idle generator takes nothing whatever the valid
-        # (``~global_mode`` there reached every enable of its scanner).
-        m.d.comb += [
-            wg.i_pixels.payload.eq(self.i_pixels.payload),
-            wg.i_pixels.valid.eq(self.i_pixels.valid if deep else self.i_pixels.valid & ~global_mode),
-            self.i_pixels.ready.eq(Mux(global_mode, global_ready, wg.i_pixels.ready)),
-        ]
+        # ``pixels``: the input as both paths see it.
+        if deep:
+            # On the ECP5 the input passes a full-rate register slice with a second register (a skid,
+            # :func:`pool_input_stages`) first. The input's valid is the accelerator's route AND-OR (conv output
+            # or memory reader), and behind it the scanner's enable (``fire``) reached the generator's counters
+            # and flags and the row memories' write enable and address, and the global path's pixel counters:
+            # nextpnr's routed paths from the route flags and the reader's valid (8.2-8.95 ns). Behind the slice
+            # they start at its flip-flops, and the input's ready is the skid's emptiness, a flip-flop. The slice
+            # sits in front of both paths, so pixels a layer's path has not taken stay in order for the next.
+            pixels = _Beat(Signal(pixel_layout(cfg), name="in_data", reset_less=True), Signal(name="in_valid"),
+                           Signal(name="in_ready"))
+            skid_data = Signal.like(self.i_pixels.payload, name="in_skid_data", reset_less=True)
+            skid_valid = Signal(name="in_skid_valid")
+            m.d.comb += self.i_pixels.ready.eq(~skid_valid)
+            with m.If(~pixels.valid | pixels.ready):
+                m.d.sync += [pixels.valid.eq(skid_valid | self.i_pixels.valid),
+                             pixels.payload.eq(Mux(skid_valid, skid_data, self.i_pixels.payload)),
+                             skid_valid.eq(0)]
+            with m.Elif(self.i_pixels.valid & ~skid_valid):
+                m.d.sync += [skid_valid.eq(1), skid_data.eq(self.i_pixels.payload)]
+            # The generator sees the slice's valid as it is: in a global layer it has no layer (it was idle
+            # when the global layer started), and an idle generator takes nothing whatever the valid
+            # (``~global_mode`` there reached every enable of its scanner).
+            m.d.comb += [
+                wg.i_pixels.payload.eq(pixels.payload),
+                wg.i_pixels.valid.eq(pixels.valid),
+                pixels.ready.eq(Mux(global_mode, global_ready, wg.i_pixels.ready)),
+            ]
+        else:
+            pixels = self.i_pixels
+            m.d.comb += [
+                wg.i_pixels.payload.eq(self.i_pixels.payload),
+                wg.i_pixels.valid.eq(self.i_pixels.valid & ~global_mode),
+                self.i_pixels.ready.eq(Mux(global_mode, global_ready, wg.i_pixels.ready)),
+            ]
 
         # --- windowed modes: reduce the taps (stage A), then divide and clamp into the output register.
         win = wg.o_windows.payload
@@ -576,7 +617,7 @@ class PoolEngine(wiring.Component):
             # The same as below with the input's ready spelled out: ``g_feeding`` is only set in a global layer,
             # so the multiplexer between the two paths' ready and ``global_mode`` drop out (they put two more
             # LUTs between g_x_last and every register the plane's end moves).
-            m.d.comb += pixel_in.eq(self.i_pixels.valid & g_feeding & ~(end_of_plane & div_busy))
+            m.d.comb += pixel_in.eq(pixels.valid & g_feeding & ~(end_of_plane & div_busy))
         else:
             m.d.comb += pixel_in.eq(self.i_pixels.valid & self.i_pixels.ready & global_mode)
         with m.If(pixel_in):
@@ -600,11 +641,11 @@ class PoolEngine(wiring.Component):
                 with m.If(last_group):
                     m.d.sync += g_feeding.eq(0)
         if staged:
-            g_pixel = Signal.like(self.i_pixels.payload, name="g_pixel", reset_less=True)
+            g_pixel = Signal.like(pixels.payload, name="g_pixel", reset_less=True)
             g_pixel_valid, g_pixel_last = Signal(name="g_pixel_valid"), Signal(name="g_pixel_last")
             m.d.sync += g_pixel_valid.eq(pixel_in)
             with m.If(pixel_in):
-                m.d.sync += [g_pixel.eq(self.i_pixels.payload), g_pixel_last.eq(end_of_plane)]
+                m.d.sync += [g_pixel.eq(pixels.payload), g_pixel_last.eq(end_of_plane)]
             summed, summand, plane_end = g_pixel_valid, g_pixel, g_pixel_last
         else:
             summed, summand, plane_end = pixel_in, self.i_pixels.payload, end_of_plane
