@@ -301,7 +301,15 @@ class WindowGenerator(wiring.Component):
         kernel = layer.kernel
         in_bounds = in_row & in_col
         x = Signal(range(cfg.max_width))
-        m.d.comb += x.eq(px - layer.pad_left)
+        if buffered:
+            # On the ECP5 the input column is a register stepped with ``px`` (from ``-pad_left``, modulo its
+            # width as the difference is): ``px - pad_left`` was a carry chain in front of the row memories'
+            # write and read addresses, nextpnr's routed path px -> row_*.ADA (9.15 ns).
+            x_first = Signal.like(x, name="x_first")
+            with m.If(self.i_layer.valid & self.i_layer.ready):
+                m.d.sync += [x.eq(-self.i_layer.payload.pad_left), x_first.eq(-self.i_layer.payload.pad_left)]
+        else:
+            m.d.comb += x.eq(px - layer.pad_left)
 
         fire = Signal()
         m.d.comb += [
@@ -324,6 +332,8 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += in_col.eq(1)
             with m.Elif(px == col_leave):
                 m.d.sync += in_col.eq(0)
+            if buffered:
+                m.d.sync += x.eq(Mux(last_col, x_first, x + 1))
             with m.If(last_col):
                 m.d.sync += [px.eq(0), col_wait.eq(kernel - 1)]
                 m.d.sync += row_wait.eq(Mux(row_wait == 0, layer.stride - 1, row_wait - 1))
