@@ -22,12 +22,12 @@ PIPELINED_FIFO_LATENCY = 4
 
 
 class PipelinedFIFO(wiring.Component):
-    """A FIFO of ``depth`` words of ``width`` bits whose read goes through two registers in the block RAMs (their
-    synchronous read and their output register, boards/outreg.py) into a queue of four registered words, whose
-    head is the read data: ``r_rdy`` is a register and ``r_data`` a multiplexer of registers. Nothing between
-    the write side and the reader's ``r_en`` is combinational, so a FIFO spread over many block RAMs may sit far
-    from its reader. The storage is split into memories at most 18 bits wide, as wide as the ECP5 block RAM's
-    port with an output register of its own.
+    """A FIFO of ``depth`` words of ``width`` bits whose storage is read through two registers into a queue of four
+    registered words, whose head is the read data: ``r_rdy`` is a register and ``r_data`` a multiplexer of
+    registers. Nothing between the write side and the reader's ``r_en`` is combinational, so the storage may sit
+    far from its reader. The storage is split into memories at most 18 bits wide: in an ECP5 block RAM (at that
+    width) the two registers are the block's synchronous read and its output register (boards/outreg.py); in
+    distributed RAM, where yosys puts the array's 64 words, they are flip-flops beside it.
 
     Interface as ``SyncFIFO``'s (``w_data``, ``w_en``, ``w_rdy``, ``r_data``, ``r_en``, ``r_rdy``), but a word is
     readable :data:`PIPELINED_FIFO_LATENCY` cycles after its write, and ``w_rdy`` is high while the storage has
