@@ -217,7 +217,8 @@ class Requantizer(wiring.Component):
     i_acc : In(stream.Signature(requant_input_layout(lanes, tag_width)))
     o_data : Out(stream.Signature(requant_output_layout(lanes, tag_width)))
     single_rounding : In(1)
-        0: TFLite's double rounding; 1: single rounding. Layer-constant: change only while the pipeline is empty.
+        0: TFLite's double rounding; 1: single rounding. Layer-constant: change only while the pipeline is empty
+        (on target ``"ecp5"`` at least a cycle before the next beat is offered: each lane registers a copy).
     zero_point, qmin, qmax : In(signed(8))
         Output zero point and clamp bounds (ReLU/ReLU6 are clamp bounds). Layer-constant, as above.
 
@@ -402,11 +403,15 @@ class Requantizer(wiring.Component):
         :func:`requant_extra_stages` more than the generic lane."""
         acc = self.i_acc.payload.acc[lane]
         params = self.i_acc.payload.params[lane]
-        single = self.single_rounding
 
         def reg(shape, name):
             # Data only (the valid chain has the reset): a reset would reach thousands of flip-flops.
             return Signal(shape, name=f"l{lane}_{name}", reset_less=True)
+
+        # The mode, registered by the lane: it picks the operand of every stage's multiplexers, and one flag
+        # routed to all eight lanes' was the routed build's slowest path (5.1 ns of route).
+        single = reg(1, "single")
+        m.d.sync += single.eq(self.single_rounding)
 
         # Stage 0 registers the beat as it is taken. The conv engine's accumulators and parameters come straight
         # from block RAM read ports (yosys folds the engine's own registers into them), whose data arrives about

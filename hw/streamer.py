@@ -25,9 +25,10 @@ class PipelinedFIFO(wiring.Component):
     """A FIFO of ``depth`` words of ``width`` bits whose storage is read through two registers into a queue of four
     registered words, whose head is the read data: ``r_rdy`` is a register and ``r_data`` a multiplexer of
     registers. Nothing between the write side and the reader's ``r_en`` is combinational, so the storage may sit
-    far from its reader. The storage is split into memories at most 18 bits wide: in an ECP5 block RAM (at that
-    width) the two registers are the block's synchronous read and its output register (boards/outreg.py); in
-    distributed RAM, where yosys puts the array's 64 words, they are flip-flops beside it.
+    far from its reader. The storage is block RAM (``ram_style``: yosys put the array's 64 words in distributed
+    RAM, whose write enable and data reached some 280 cells), split into memories at most 18 bits wide: in an
+    ECP5 block RAM at that width the two registers are the block's synchronous read and its output register
+    (boards/outreg.py).
 
     Interface as ``SyncFIFO``'s (``w_data``, ``w_en``, ``w_rdy``, ``r_data``, ``r_en``, ``r_rdy``), but a word is
     readable :data:`PIPELINED_FIFO_LATENCY` cycles after its write, and ``w_rdy`` is high while the storage has
@@ -51,12 +52,13 @@ class PipelinedFIFO(wiring.Component):
         avail = Signal(name="avail")                            # stored != 0, from the count's next value
         wrote = self.w_en & self.w_rdy
         # A read is issued while the queue has room for it and the two reads in flight, counted without this
-        # cycle's take (then every word of the queue, in flight or held, has a slot of its own).
+        # cycle's take (then every word of the queue, in flight or held, has a slot of its own): ``space``, a
+        # register set from the counts' next values, so that ``issue`` is an AND of two flip-flops.
         q_count = Signal(range(queue + 1), name="q_count")
         flight = [Signal(name=f"flight_{i}") for i in range(2)]
         issue = Signal(name="issue")
-        m.d.comb += [issue.eq(avail & (q_count + flight[0] + flight[1] < queue)),
-                     self.w_rdy.eq(stored != depth)]
+        space = Signal(name="space", init=1)
+        m.d.comb += [issue.eq(avail & space), self.w_rdy.eq(stored != depth)]
         m.d.sync += [stored.eq(stored + wrote - issue),
                      avail.eq(Mux(issue, stored > 1, stored != 0) | wrote),
                      flight[0].eq(issue), flight[1].eq(flight[0])]
@@ -70,7 +72,7 @@ class PipelinedFIFO(wiring.Component):
         for k, lo in enumerate(range(0, self.width, 18)):
             hi = min(lo + 18, self.width)
             mem = m.submodules[f"storage_{k}"] = Memory(shape=hi - lo, depth=depth, init=[],
-                                                        attrs={"no_rw_check": 1})
+                                                        attrs={"no_rw_check": 1, "ram_style": "block"})
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(self.w_data[lo:hi]), wp.en.eq(wrote)]
             rp = mem.read_port(domain="comb")
@@ -88,7 +90,9 @@ class PipelinedFIFO(wiring.Component):
             m.d.sync += [words[tail].eq(arriving), tail.eq(tail + 1)]
         with m.If(take):
             m.d.sync += head.eq(head + 1)
-        m.d.sync += [q_count.eq(q_count + flight[1] - take),
+        q_next = Signal(range(queue + 1), name="q_next")
+        m.d.comb += q_next.eq(q_count + flight[1] - take)
+        m.d.sync += [q_count.eq(q_next), space.eq(q_next + issue + flight[0] < queue),
                      self.r_rdy.eq(flight[1] | (q_count > 1) | ((q_count == 1) & ~take))]
         m.d.comb += self.r_data.eq(words[head])
         return m

@@ -132,8 +132,8 @@ def column_fifo_depth(config):
 
 def column_fifo_latency(config):
     """Target ``"ecp5"``: cycles from a column's write into the output FIFO to its ``o_columns.valid``
-    (:data:`~.streamer.PIPELINED_FIFO_LATENCY`: the FIFO's storage is read through two registers into a queue of
-    registers, so that the consumer, across the die, starts at registers); 0 elsewhere (no FIFO)."""
+    (:data:`~.streamer.PIPELINED_FIFO_LATENCY`: the FIFO's block RAMs are read through two registers into a queue
+    of registers, so that the consumer, across the die, starts at registers); 0 elsewhere (no FIFO)."""
     return PIPELINED_FIFO_LATENCY if config.target == "ecp5" else 0
 
 
