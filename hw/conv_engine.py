@@ -884,23 +884,22 @@ class ConvEngine(wiring.Component):
         word0, word1 = Signal(addr_bits), Signal(addr_bits)
         m.d.comb += [word0.eq(chan_offset + f0[lg_nb:]),
                      word1.eq((Cat(Const(1, 1), chan_offset) + Cat(Const(1, 1), f0[lg_nb:]))[1:])]
+        # On the ECP5 each bank's address is a register of its own (the placer puts it by its block RAM), and the
+        # weights' a copy of ``w_addr``: the adders and the bank's pick ran into 32 block RAMs' address pins
+        # across the die, the routed build's second most frequent failing path. The read is a cycle later, and
+        # stage 1's flags follow it through ``*_d`` copies (below).
+        def read_address(value, name):
+            if not buffered:
+                return value
+            registered = Signal.like(value, name=name, reset_less=True)
+            m.d.sync += registered.eq(value)
+            return registered
+
         bank_reads = []
-        if buffered:
-            # On the ECP5 each bank's address is a register of its own (the placer puts it by its block RAM), and
-            # the weights' a copy of ``w_addr``: the adders and the bank's pick ran into 32 block RAMs' address
-            # pins across the die, the routed build's second most frequent failing path. The read is a cycle
-            # later, and stage 1's flags follow it through ``*_d`` copies (below).
-            for j, mem in enumerate(act_mems):
-                bank_addr = Signal(addr_bits, name=f"act_addr_{j}", reset_less=True)
-                m.d.sync += bank_addr.eq(Mux(f0[:lg_nb] > j, word1, word0))
-                bank_reads.append(_registered_read(m, mem, bank_addr, adv, f"act_read_{j}"))
-            weight_addr = Signal.like(w_addr, name="weight_addr", reset_less=True)
-            m.d.sync += weight_addr.eq(w_addr)
-            weight_read = _registered_read(m, weights, weight_addr, adv, "weight_read")
-        else:
-            for j, mem in enumerate(act_mems):
-                bank_reads.append(_registered_read(m, mem, Mux(f0[:lg_nb] > j, word1, word0), adv, f"act_read_{j}"))
-            weight_read = _registered_read(m, weights, w_addr, adv, "weight_read")
+        for j, mem in enumerate(act_mems):
+            addr = read_address(Mux(f0[:lg_nb] > j, word1, word0), f"act_addr_{j}")
+            bank_reads.append(_registered_read(m, mem, addr, adv, f"act_read_{j}"))
+        weight_read = _registered_read(m, weights, read_address(w_addr, "weight_addr"), adv, "weight_read")
 
         # Stage 1 (memory latency): which bank each column takes, and whether its tap is inside the map. A tap
         # row is inside when ``above <= dy * stride + ky < room``: both bounds are clamped once per tile to the
