@@ -62,6 +62,7 @@ from amaranth.lib.wiring import In, Out
 
 from .dsp_ecp5 import (DSP_PRODUCT_SPLIT, DSP_PRODUCT_STAGES, booth_digit_count, booth_digits, dsp_product,
                        lut_product, lut_product_stages)
+from .memory_map import COPY_ATTR
 from .streamer import credit_fifo
 
 __all__ = ["Requantizer", "lane_params_layout", "lane_fetch_input_layout", "requant_input_layout",
@@ -409,8 +410,9 @@ class Requantizer(wiring.Component):
             return Signal(shape, name=f"l{lane}_{name}", reset_less=True)
 
         # The mode, registered by the lane: it picks the operand of every stage's multiplexers, and one flag
-        # routed to all eight lanes' was the routed build's slowest path (5.1 ns of route).
-        single = reg(1, "single")
+        # routed to all eight lanes' was the routed build's slowest path (5.1 ns of route). Kept apart from the
+        # other lanes' copies (COPY_ATTR): yosys had merged them back into one.
+        single = Signal(name=f"l{lane}_single", reset_less=True, attrs={COPY_ATTR: 1})
         m.d.sync += single.eq(self.single_rounding)
 
         # Stage 0 registers the beat as it is taken. The conv engine's accumulators and parameters come straight
