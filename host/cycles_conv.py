@@ -12,9 +12,10 @@ tests compare it with the RTL on every layer they run) because the engine's sche
   at least :func:`~cnnacc.hw.conv_engine.walker_tile_beats` (the tile cursors' walkers), which the first tile's
   last beat also waits for from the start of the run;
 * a fixed pipeline: start and setup (2), memory read (:func:`~cnnacc.hw.conv_engine.conv_read_stages`: 1,
-  4 on the ECP5), the array
+  5 on the ECP5), the array
   (:func:`~cnnacc.hw.systolic_array.array_latency`), the drain of the columns up to the last one that holds a
-  valid pixel, the parameter fetch (1), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
+  valid pixel, the parameter fetch (:func:`~cnnacc.hw.conv_engine.conv_param_stages`: 1, 2 on the
+  ECP5), the requantizer (:data:`~cnnacc.hw.requantizer.REQUANT_LATENCY`, plus
   :func:`~cnnacc.hw.requantizer.requant_extra_stages` for the target) and the output handshake.
 
 Target ``"ice40"`` has one serial requantizer lane for the whole column (hw/requantizer.py) and an array that
@@ -32,7 +33,7 @@ columns, ``cols + 3`` cycles after the run starts: a layer of fewer beats a tile
 from dataclasses import dataclass
 
 from ..hw.requantizer import REQUANT_LATENCY, requant_extra_stages, requant_interval
-from ..hw.conv_engine import conv_read_stages, walker_tile_beats
+from ..hw.conv_engine import conv_param_stages, conv_read_stages, walker_tile_beats
 from ..hw.systolic_array import array_latency, column_fifo_latency, ice40_tile_cycles, min_tile_beats
 
 __all__ = ["ConvSchedule", "conv_schedule", "conv_cycles", "useful_macs", "utilization",
@@ -91,8 +92,8 @@ def conv_cycles(config, fields):
         beats = s.depth + (s.tiles - 1) * max(s.depth, min_tile_beats(config), walker) + max(0, walker - s.depth)
         # A column is taken a cycle after it is finished, and on the ECP5 column_fifo_latency after: its output
         # FIFO's pipelined read.
-        drain = s.last_column + max(1, column_fifo_latency(config)) + REQUANT_LATENCY \
-            + requant_extra_stages(config.target) + 1
+        drain = s.last_column + max(1, column_fifo_latency(config)) + conv_param_stages(config) \
+            + REQUANT_LATENCY + requant_extra_stages(config.target)
     return beats + 2 + conv_read_stages(config) + array_latency(config) + drain
 
 

@@ -56,8 +56,8 @@ from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requ
 from .systolic_array import SystolicArray, min_tile_beats
 
 __all__ = ["ConvLayer", "ConvEngine", "ConvLimits", "act_banks", "output_layout", "conv_limits", "walker_tile_beats",
-           "engine_layer_layout", "conv_layer", "conv_read_stages", "check_conv_limits", "fold_bias", "memory_images",
-           "node_job", "scatter_outputs", "param_write_signature"]
+           "engine_layer_layout", "conv_layer", "conv_read_stages", "conv_param_stages", "check_conv_limits",
+           "fold_bias", "memory_images", "node_job", "scatter_outputs", "param_write_signature"]
 
 DIM = 12          # bits of a layer dimension (H, W, Cin, Cout up to 4095)
 PIXEL = 24        # bits of a flat pixel index
@@ -209,10 +209,19 @@ _WALKER_TARGETS = ("ice40", "ecp5")
 
 def conv_read_stages(config):
     """Register stages from a beat's issue to its operands at the array's input: the memories' read, and on the
-    ECP5 three more: the banks' addresses registered before it (each bank's sum of the counters reaches one of
+    ECP5 four more: the banks' addresses registered before it (each bank's sum of the counters reaches one of
     32 block RAMs across the die), a register after it (the block RAMs' clock-to-output leaves too little of a
-    125 MHz cycle for any logic) and the first half of the rotator that hands the banks' bytes to the columns."""
-    return 4 if config.target == "ecp5" else 1
+    125 MHz cycle for any logic; it becomes the blocks' own output register), a fabric copy of that (its bytes
+    fan out to rotators across the die) and the first half of the rotator that hands the banks' bytes to the
+    columns."""
+    return 5 if config.target == "ecp5" else 1
+
+
+def conv_param_stages(config):
+    """Register stages from a column taken from the array to its beat at the requantizer's input: the
+    parameters' read, and on the ECP5 a second register after it (the parameter block RAMs' clock-to-output
+    leaves too little of a 125 MHz cycle for the route to the requantizer's lanes)."""
+    return 2 if config.target == "ecp5" else 1
 
 
 def walker_tile_beats(config):
@@ -557,9 +566,9 @@ class ConvEngine(wiring.Component):
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
         s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
         # On the ECP5 a second stage registers what the block RAMs read (their output takes about 4 ns of the
-        # 8 before any logic), and a third rotates it part of the way to the columns; the read's addresses are
-        # registered before it: conv_read_stages.
-        buffered = conv_read_stages(cfg) == 4
+        # 8 before any logic), a third copies it in the fabric and a fourth rotates it part of the way to the
+        # columns; the read's addresses are registered before it: conv_read_stages.
+        buffered = cfg.target == "ecp5"
         s2_valid = Signal(name="s2_valid") if buffered else Const(0)
         s3_valid = Signal(name="s3_valid") if buffered else Const(0)
         # Beats in the requantizer: its pipeline, or on the ECP5 as many as its output FIFO holds.
@@ -731,12 +740,13 @@ class ConvEngine(wiring.Component):
         s1_first, s1_last = Signal(name="s1_first"), Signal(name="s1_last")
         if buffered:
             # The ECP5 input side has no enable: its stages and the block RAM reads run on every cycle, and a
-            # beat issued enters the array four cycles later, always taken. The array would hold a tile's last
-            # beat until it is spaced from the last one (min_tile_beats) and its output FIFO has room for the
-            # tile's columns; the engine holds it here instead, at issue. ``spaced_issued`` is the array's own
-            # count run four cycles early (the beats between cannot stall); ``array.room`` is a register that
-            # only rises until the next reservation, and none falls between a last beat's issue and its entry
-            # (last beats are at least walker_tile_beats >= 6 apart). The stall that reached the memories' and
+            # beat issued enters the array conv_read_stages cycles later, always taken. The array would hold a
+            # tile's last beat until it is spaced from the last one (min_tile_beats) and its output FIFO has room
+            # for the tile's columns; the engine holds it here instead, at issue. ``spaced_issued`` is the
+            # array's own count run conv_read_stages cycles early (the beats between cannot stall);
+            # ``array.room`` is a register that only rises until the next reservation, and none falls between a
+            # last beat's issue and its entry (last beats are at least walker_tile_beats apart, no fewer than
+            # conv_read_stages). The stall that reached the memories' and
             # stages' enables (every stage register and block RAM of the input side, across the die) is gone;
             # ``issue`` is two LUTs from registers.
             adv, issue = Const(1), Signal(name="issue")
@@ -966,10 +976,10 @@ class ConvEngine(wiring.Component):
             inside_d = [Signal(5, name=f"inside_d_{c}", reset_less=True) for c in range(cols)]
             m.d.sync += [s1d_valid.eq(s1_valid), s1d_first.eq(s1_first), s1d_last.eq(s1_last),
                          rotation_d.eq(rotation)] + [q.eq(d) for q, d in zip(inside_d, inside)]
-            # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3: the banks rotated by
-            # the rotation's low bits (a byte takes one of its next 2**lo neighbours). Both run on every cycle, as
-            # stage 1 (``adv`` is 1 here). The rest of the rotation, the stride's pick and the padding
-            # are left to the array's input register. The rotator replaced a 32-to-1 multiplexer a column: each
+            # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3 (after 2e, below): the
+            # banks rotated by the rotation's low bits (a byte takes one of its next 2**lo neighbours). All run on
+            # every cycle, as stage 1 (``adv`` is 1 here). The rest of the rotation, the stride's pick and the
+            # padding are left to the array's input register. The rotator replaced a 32-to-1 multiplexer a column: each
             # bank byte now reaches a few neighbours, not 16 columns (that crossbar was nextpnr-ecp5's worst
             # congestion, docs/decisions.md sessions 11 and 12).
             lo = lg_nb - lg_nb // 2
@@ -983,16 +993,30 @@ class ConvEngine(wiring.Component):
             inside2 = [Signal(name=f"inside2_{c}", reset_less=True) for c in range(cols)]
             inside3 = [Signal(name=f"inside3_{c}", reset_less=True) for c in range(cols)]
             turned = [Signal(8, name=f"act_turned_{j}", reset_less=True) for j in range(nb)]
+            # Stage 2e: a fabric copy of each bank's byte (stage 2's registers become the block RAMs' own output
+            # registers, boards/outreg.py) and of everything beside it. The rotator's first half takes a byte
+            # from 2**lo banks spread over the die: straight from the output registers it was the routed build's
+            # largest group of failing paths; the copy, with one load, sits between a block and its rotators.
+            s2e_valid = Signal(name="s2e_valid")
+            s2e_first, s2e_last = Signal(name="s2e_first"), Signal(name="s2e_last")
+            bank_near = [Signal(8, name=f"act_near_{j}", reset_less=True) for j in range(nb)]
+            weight_data2e = Signal.like(weight_read, name="weight_data2e", reset_less=True)
+            rotation2e = Signal(lg_nb, name="rotation2e", reset_less=True)
+            inside2e = [Signal(name=f"inside2e_{c}", reset_less=True) for c in range(cols)]
             with m.If(adv):
                 m.d.sync += [s2_valid.eq(s1d_valid), s2_first.eq(s1d_first), s2_last.eq(s1d_last),
                              weight_data.eq(weight_read), rotation2.eq(rotation_d)]
                 m.d.sync += [q.eq(d) for q, d in zip(bank_data, bank_reads)]
                 m.d.sync += [q.eq(d.all()) for q, d in zip(inside2, inside_d)]
-                m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
-                             weight_data3.eq(weight_data), rotation3.eq(rotation2[lo:])]
-                m.d.sync += [q.eq(d) for q, d in zip(inside3, inside2)]
+                m.d.sync += [s2e_valid.eq(s2_valid), s2e_first.eq(s2_first), s2e_last.eq(s2_last),
+                             weight_data2e.eq(weight_data), rotation2e.eq(rotation2)]
+                m.d.sync += [q.eq(d) for q, d in zip(bank_near, bank_data)]
+                m.d.sync += [q.eq(d) for q, d in zip(inside2e, inside2)]
+                m.d.sync += [s3_valid.eq(s2e_valid), s3_first.eq(s2e_first), s3_last.eq(s2e_last),
+                             weight_data3.eq(weight_data2e), rotation3.eq(rotation2e[lo:])]
+                m.d.sync += [q.eq(d) for q, d in zip(inside3, inside2e)]
                 for j in range(nb):
-                    m.d.sync += turned[j].eq(Array(bank_data[(j + k) % nb] for k in range(1 << lo))[rotation2[:lo]])
+                    m.d.sync += turned[j].eq(Array(bank_near[(j + k) % nb] for k in range(1 << lo))[rotation2e[:lo]])
             # Byte k of the whole rotation is bank ``(f0 + k) mod NB``; column c takes byte ``c * stride``.
             steps = 1 << (lg_nb - lo)
             rotated = [Array(turned[(k + (t << lo)) % nb] for t in range(steps))[rotation3] for k in range(nb)]
@@ -1038,7 +1062,7 @@ class ConvEngine(wiring.Component):
         # 156); the vector engines' requantizers stay in LUTs.
         m.submodules.requant = requant = Requantizer(rows, tag_width=tag.shape().size, target=cfg.target,
                                                      lane_fetch=serial, dsp_blocks=cfg.target == "ecp5",
-                                                     admit_ahead=buffered)
+                                                     admit_ahead=conv_param_stages(cfg) if buffered else 0)
         m.d.comb += [requant.single_rounding.eq(layer.single_rounding), requant.zero_point.eq(layer.out_zp),
                      requant.qmin.eq(layer.qmin), requant.qmax.eq(layer.qmax)]
         if serial:
@@ -1183,10 +1207,23 @@ class ConvEngine(wiring.Component):
                 m.d.sync += param_addr.eq(layer.param_base)
             with m.Elif(tile_done & out_cursor.last_tile):
                 m.d.sync += param_addr.eq(param_addr + 1)
+            if buffered:
+                # One more stage on the ECP5, the parameters' second register in the fabric (the parameter
+                # memory is 36 bits a port, which boards/outreg.py leaves alone): straight from the block RAMs,
+                # whose data comes 5.8 ns after the clock, to the requantizer's registers across the die was the
+                # routed build's second largest group of failing paths. The beat waits beside it.
+                q_valid = Signal(name="q_valid")
+                q_acc = Signal.like(p_acc, name="q_acc", reset_less=True)
+                q_tag = Signal.like(tag, name="q_tag", reset_less=True)
+                q_params = Signal.like(param_data, name="q_params", reset_less=True)
+                m.d.sync += [q_valid.eq(p_valid & p_keep), q_acc.eq(p_acc), q_tag.eq(tag), q_params.eq(param_data)]
+                in_valid, in_acc, in_tag, in_params = q_valid, q_acc, q_tag, q_params
+            else:
+                in_valid, in_acc, in_tag, in_params = p_valid & p_keep, p_acc, tag, param_data
             # Lane by lane: accumulators narrower than int32 (acc_width) are sign-extended, not raw bits.
-            m.d.comb += [requant.i_acc.payload.acc[r].eq(p_acc[r]) for r in range(rows)]
-            m.d.comb += [requant.i_acc.valid.eq(p_valid & p_keep),
-                         requant.i_acc.payload.params.eq(param_data), requant.i_acc.payload.tag.eq(tag)]
+            m.d.comb += [requant.i_acc.payload.acc[r].eq(in_acc[r]) for r in range(rows)]
+            m.d.comb += [requant.i_acc.valid.eq(in_valid),
+                         requant.i_acc.payload.params.eq(in_params), requant.i_acc.payload.tag.eq(in_tag)]
 
         done_tag = data.View(tag.shape(), requant.o_data.payload.tag)
         m.d.comb += [self.o_data.valid.eq(requant.o_data.valid), requant.o_data.ready.eq(self.o_data.ready),
@@ -1205,8 +1242,9 @@ class ConvEngine(wiring.Component):
             with m.Elif(left & ~entered):
                 m.d.sync += inflight.eq(inflight - 1)
             in_flight = inflight != 0
-        stages_valid = s1_valid | s1d_valid | s2_valid | s3_valid if buffered else s1_valid
-        m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | p_valid | in_flight)
+        stages_valid = s1_valid | s1d_valid | s2_valid | s2e_valid | s3_valid if buffered else s1_valid
+        out_stages_valid = p_valid | q_valid if buffered else p_valid
+        m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | out_stages_valid | in_flight)
         return m
 
 

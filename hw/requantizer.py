@@ -87,6 +87,8 @@ _TARGETS = ("generic", "ice40", "ecp5")
 #: register and the left shift before it one more each (see :meth:`Requantizer._lane_ecp5`), and the tail after
 #: it two more (see :meth:`Requantizer._split_tail`).
 _ECP5_EXTRA_STAGES = 1 + 1 + (DSP_PRODUCT_STAGES - 1) + 2
+#: The most cycles ahead a producer may decide (``admit_ahead``); the output FIFO is deep enough for it.
+_MAX_ADMIT_AHEAD = 2
 
 
 def _check_lanes(lanes):
@@ -116,12 +118,12 @@ def requant_extra_stages(target="generic"):
 
 def requant_fifo_depth(target="generic"):
     """Beats the output FIFO of a free-running (``"ecp5"``) requantizer holds: its pipeline's beats, the one the
-    registered ``room`` admits before it sees the FIFO fill, one more for a producer that decides a cycle ahead
-    (``admit_ahead``), and more to the next power of two (the FIFO is distributed RAM, 16 words a block). Enough
-    that beats never wait while the output is taken at once."""
+    registered ``room`` admits before it sees the FIFO fill, one more a cycle for a producer that decides up to
+    two cycles ahead (``admit_ahead``), and more to the next power of two (the FIFO is distributed RAM, 16 words
+    a block). Enough that beats never wait while the output is taken at once."""
     if target != "ecp5":
         return 0
-    return 1 << (requant_latency(target) + 3).bit_length()
+    return 1 << (requant_latency(target) + 2 + _MAX_ADMIT_AHEAD).bit_length()
 
 
 def requant_latency(target="generic", lanes=1):
@@ -207,11 +209,12 @@ class Requantizer(wiring.Component):
         2,000 fewer LUTs a lane. The conv engine uses them (the array leaves 28 of the 85F's 156 blocks).
     dsp_model : bool
         With ``dsp_blocks``: the blocks' plain model instead of the primitive, for the Amaranth simulator.
-    admit_ahead : bool
-        Target ``"ecp5"`` only: ``i_acc.ready`` is high only while the output FIFO has room for a beat offered in
-        the next cycle as well, and every beat offered (``valid``) is taken, whatever ``ready`` is then. For a
-        producer with no enable of its own, which decides to send a beat one cycle before it reaches ``i_acc``
-        (the conv engine: it takes a column from the array on ``ready`` and offers it after its parameter read).
+    admit_ahead : int
+        Target ``"ecp5"`` only, cycles (0, the default: off; ``True`` is 1): ``i_acc.ready`` is high only while
+        the output FIFO has room for the beats offered in the next ``admit_ahead`` cycles as well, and every beat
+        offered (``valid``) is taken, whatever ``ready`` is then. For a producer with no enable of its own, which
+        decides to send a beat ``admit_ahead`` cycles before it reaches ``i_acc`` (the conv engine: it takes a
+        column from the array on ``ready`` and offers it after its parameter read, conv_param_stages).
 
     Members
     -------
@@ -245,9 +248,12 @@ class Requantizer(wiring.Component):
             raise ValueError(f"lane_fetch is a mode of the ice40 requantizer, not of target {target!r}")
         if dsp_blocks and target != "ecp5":
             raise ValueError(f"dsp_blocks is a mode of the ecp5 requantizer, not of target {target!r}")
+        if not isinstance(admit_ahead, int) or not 0 <= admit_ahead <= _MAX_ADMIT_AHEAD:
+            raise ValueError(f"admit_ahead must be a number of cycles from 0 to {_MAX_ADMIT_AHEAD}, "
+                             f"not {admit_ahead!r}")
         if admit_ahead and target != "ecp5":
             raise ValueError(f"admit_ahead is a mode of the ecp5 requantizer, not of target {target!r}")
-        self._admit_ahead = bool(admit_ahead)
+        self._admit_ahead = int(admit_ahead)
         self._dsp_blocks = bool(dsp_blocks)
         self._dsp_model = bool(dsp_model)
         self._lanes = lanes
@@ -291,12 +297,12 @@ class Requantizer(wiring.Component):
             # the input, and the many registers of the lanes never wait on the output's ``ready``.
             en = Const(1)
             out = Signal(requant_output_layout(self._lanes, self._tag_width))
-            # With ``admit_ahead`` the producer looked at ``room`` a cycle before the beat came: room for a beat
-            # more is reserved (``lead``), and the beat is taken as it comes.
+            # With ``admit_ahead`` the producer looked at ``room`` that many cycles before the beat came: room
+            # for as many beats more is reserved (``lead``), and the beat is taken as it comes.
             taken = self.i_acc.valid if self._admit_ahead else self.i_acc.valid & self.i_acc.ready
             fifo, room = credit_fifo(m, "out_fifo", self.o_data, width=out.shape().size,
                                      depth=requant_fifo_depth(self._target), reserve=taken, chunk=1,
-                                     lead=int(self._admit_ahead))
+                                     lead=self._admit_ahead)
             m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid[-1]), self.i_acc.ready.eq(room)]
             m.d.sync += valid[0].eq(taken)
             output = out

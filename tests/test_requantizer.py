@@ -129,24 +129,27 @@ def test_ecp5_free_running_under_backpressure(stall):
     np.testing.assert_array_equal(tags, np.arange(len(tags)) % 256)
 
 
-@pytest.mark.parametrize("stall", [0.3, 0.8])
-def test_ecp5_admit_ahead_takes_what_was_announced(stall):
-    """With ``admit_ahead`` (the conv engine's use) the producer decides on ``ready`` one cycle before its beat
-    comes and then offers it whatever ``ready`` is: under back-pressure the FIFO fills and drains many times, and
-    every result still comes out once, in order, bit-exact (with room for one beat fewer, beats are lost)."""
+@pytest.mark.parametrize("lead", [1, 2])
+@pytest.mark.parametrize("stall", [0.3, 0.8, 0.95])
+def test_ecp5_admit_ahead_takes_what_was_announced(stall, lead):
+    """With ``admit_ahead`` (the conv engine's use) the producer decides on ``ready`` ``lead`` cycles before its
+    beat comes and then offers it whatever ``ready`` is: under back-pressure the FIFO fills and drains many times,
+    and every result still comes out once, in order, bit-exact (reserving room for one beat fewer, ``admit_ahead``
+    ``lead - 1``, loses a beat at the longest stalls: checked by hand for lead 2)."""
     lanes, beats, zp, qmin, qmax = 2, 120, -3, -128, 90
     vectors = random_vectors(np.random.default_rng(31), beats, lanes)
-    dut = Requantizer(lanes, tag_width=8, target="ecp5", admit_ahead=True)
-    rng = random.Random(31)
+    dut = Requantizer(lanes, tag_width=8, target="ecp5", admit_ahead=lead)
+    rng = random.Random(31 + lead)
 
     async def producer(ctx):
         ctx.set(dut.single_rounding, MODES["double"])
         ctx.set(dut.zero_point, zp)
         ctx.set(dut.qmin, qmin)
         ctx.set(dut.qmax, qmax)
-        sent, pending = 0, None
-        while sent < beats or pending is not None:
-            # Cycle t: offer the beat decided in cycle t - 1, and decide on this cycle's ``ready``.
+        sent, decided = 0, [None] * lead
+        while sent < beats or any(d is not None for d in decided):
+            # Cycle t: offer the beat decided in cycle t - lead, and decide on this cycle's ``ready``.
+            pending = decided.pop(0)
             ctx.set(dut.i_acc.valid, pending is not None)
             if pending is not None:
                 ctx.set(dut.i_acc.payload, {
@@ -157,11 +160,11 @@ def test_ecp5_admit_ahead_takes_what_was_announced(stall):
                     "tag": pending % 256})
             decide = sent < beats and ctx.get(dut.i_acc.ready) and rng.random() > 0.1
             await ctx.tick()
-            pending = sent if decide else None
+            decided.append(sent if decide else None)
             sent += bool(decide)
         ctx.set(dut.i_acc.valid, 0)
 
-    got, tags = simulate(dut, producer, beats, rng=rng, stall=stall, cycles=50 + 12 * beats)
+    got, tags = simulate(dut, producer, beats, rng=rng, stall=stall, cycles=100 + int(3 * beats / (1 - stall)))
     assert len(got) == beats, f"stall {stall}: {len(got)} of {beats} results came out"
     np.testing.assert_array_equal(np.array(got, np.int64), golden(vectors, zp, qmin, qmax, "double"))
     np.testing.assert_array_equal(tags, np.arange(beats) % 256)
@@ -173,6 +176,10 @@ def test_bad_lanes_named():
         warnings.simplefilter("ignore", UnusedElaboratable)
         with pytest.raises(ValueError, match="lanes must be an integer from 1 to 64, not 0"):
             Requantizer(0)
+        with pytest.raises(ValueError, match="admit_ahead must be a number of cycles from 0 to 2, not 3"):
+            Requantizer(2, target="ecp5", admit_ahead=3)
+        with pytest.raises(ValueError, match="admit_ahead is a mode of the ecp5 requantizer, not of target 'generic'"):
+            Requantizer(2, admit_ahead=1)
         gc.collect()
 
 
