@@ -8,6 +8,8 @@ It hides the toolchain pitfalls recorded in ``../shared/TOOLCHAIN.md`` so that n
 * parallel tests: builds are content-addressed (Verilog text, simulator, and the installed cocotb libraries and
   simulator they link to) and locked, and every run gets its own directory, so two pytest workers never write
   into the same place and no clone reuses a build that points into another clone's deleted environment;
+* the build cache's size: after each new build the least recently used builds that no process is using go,
+  until the cache is under ``$CNNACC_CACHE_GB`` gigabytes (10 by default; 0 keeps everything);
 * results: a failing testbench raises :class:`SimulationError` naming the log and, after an automatic rerun with
   tracing on, the waveform file.
 
@@ -15,6 +17,7 @@ Data crosses into and out of a testbench as ``.npz`` files: :func:`run_cocotb` w
 testbench reads them with :func:`testbench_inputs` and writes its results with :func:`testbench_outputs`.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -30,7 +33,7 @@ from ..tools import find_executable, search_path, verilator_executable
 
 __all__ = [
     "SIMULATORS", "SimulationError", "SimulationRun", "simulator_name", "toolchain_env", "cache_dir",
-    "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs", "yosys_models",
+    "verilog_of", "run_cocotb", "testbench_inputs", "testbench_outputs", "yosys_models", "cache_limit", "prune_cache",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -39,6 +42,8 @@ _VERILATOR_LINT = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
 _TIMESCALE = ("1ns", "1ps")
 #: A failing run longer than this (seconds) is not repeated with tracing on: the trace would cost too much.
 _RERUN_LIMIT = 120
+#: The build cache's default cap, in gigabytes: a build is some 50 MB, and one ``make test`` leaves about 5 GB.
+_CACHE_GB = 10
 
 
 class SimulationError(Exception):
@@ -90,6 +95,67 @@ def cache_dir():
     return path
 
 
+def cache_limit():
+    """The build cache's cap in bytes, from ``$CNNACC_CACHE_GB`` (gigabytes, 10 by default); ``None``: no cap
+    (``CNNACC_CACHE_GB=0``)."""
+    text = os.environ.get("CNNACC_CACHE_GB", "").strip()
+    if not text:
+        return _CACHE_GB << 30
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise SimulationError(f"CNNACC_CACHE_GB must be a size in gigabytes (0: no cap), not {text!r}")
+    return int(value * (1 << 30)) or None
+
+
+def _size(path):
+    total = 0
+    for parent, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def prune_cache(limit=None):
+    """Remove the least recently used simulation builds until the cache holds at most ``limit`` bytes
+    (:func:`cache_limit` by default; nothing is removed without a cap). A build another process holds (building
+    or running it) is left alone, whatever its age. Returns the paths removed."""
+    limit = cache_limit() if limit is None else limit
+    if limit is None:
+        return []
+    root = cache_dir()
+    builds = []
+    for entry in root.iterdir():
+        if entry.is_dir() and entry.name != "runs":
+            # A build's last use is its marker's time (touched at every use); a build never finished, its own.
+            marker = entry / ".built"
+            try:
+                used = (marker if marker.exists() else entry).stat().st_mtime
+            except OSError:
+                continue
+            builds.append((used, entry))
+    sizes = {entry: _size(entry) for _, entry in builds}
+    total = sum(sizes.values())
+    removed = []
+    for _, entry in sorted(builds, key=lambda b: b[0]):
+        if total <= limit:
+            break
+        with open(entry.with_suffix(".lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue                  # in use
+            shutil.rmtree(entry, ignore_errors=True)
+        total -= sizes[entry]
+        removed.append(entry)
+    return removed
+
+
 def verilog_of(component, name):
     """Verilog text of an Amaranth component, with ``name`` as its top module."""
     from amaranth.back import verilog
@@ -132,14 +198,27 @@ def _build_dir(sim, verilog_text, toplevel, *, waves, sources=()):
     return cache_dir() / f"{toplevel}-{sim}-{digest.hexdigest()[:16]}"
 
 
+@contextlib.contextmanager
 def _build(sim, verilog_text, toplevel, *, waves, sources=()):
+    """Build (or find in the cache) ``verilog_text`` for ``sim``, and hold the build (a shared lock on it, which
+    :func:`prune_cache` respects) while the ``with`` block uses it."""
+    while True:
+        with _build_once(sim, verilog_text, toplevel, waves=waves, sources=sources) as build_dir:
+            if build_dir is not None:
+                yield build_dir
+                return
+
+
+@contextlib.contextmanager
+def _build_once(sim, verilog_text, toplevel, *, waves, sources):
     from cocotb_tools.runner import get_runner
 
     build_dir = _build_dir(sim, verilog_text, toplevel, waves=waves, sources=sources)
     done = build_dir / ".built"
     lock_path = build_dir.with_suffix(".lock")
-    with open(lock_path, "w") as lock:
+    with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        built = False
         if not done.exists():
             if build_dir.exists():
                 shutil.rmtree(build_dir)
@@ -162,8 +241,14 @@ def _build(sim, verilog_text, toplevel, *, waves, sources=()):
             except (Exception, SystemExit) as exc:
                 raise SimulationError(
                     f"{sim} build of {toplevel} failed ({exc}); see {log}") from None
-            done.touch()
-    return build_dir
+            built = True
+        done.touch()                      # its last use, for prune_cache
+        # Shared from here: other processes may use the build too, and no one removes it. (The change is not
+        # atomic: if a pruner took the build in between, it is built again.)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if built:
+            prune_cache()
+        yield build_dir if done.exists() else None
 
 
 def yosys_models(family):
@@ -240,8 +325,6 @@ def run_cocotb(design, *, toplevel, test_module, inputs=None, testcase=None, sim
     """
     sim = simulator_name(sim)
     verilog_text = design if isinstance(design, str) else verilog_of(design, toplevel)
-    build_dir = _build(sim, verilog_text, toplevel, waves=False, sources=sources)
-
     runs = cache_dir() / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{toplevel}-", dir=runs))
@@ -250,19 +333,20 @@ def run_cocotb(design, *, toplevel, test_module, inputs=None, testcase=None, sim
     io_env.update(extra_env or {})
 
     started = time.monotonic()
-    passed, log, crash = _run(sim, build_dir, toplevel, test_module, run_dir, waves=False, testcase=testcase,
-                              extra_env=io_env)
+    with _build(sim, verilog_text, toplevel, waves=False, sources=sources) as build_dir:
+        passed, log, crash = _run(sim, build_dir, toplevel, test_module, run_dir, waves=False, testcase=testcase,
+                                  extra_env=io_env)
     if not passed:
         message = f"{test_module} on {toplevel} ({sim}) failed{f' ({crash})' if crash else ''}; log: {log}"
         if keep_waves_on_failure and time.monotonic() - started > _RERUN_LIMIT:
             message += (f"; the run took over {_RERUN_LIMIT} s, so it was not repeated with tracing: "
                         f"inputs are in {io_env['CNNACC_TB_INPUTS']}")
         elif keep_waves_on_failure:
-            wave_build = _build(sim, verilog_text, toplevel, waves=True, sources=sources)
             wave_dir = run_dir / "waves"
             wave_dir.mkdir()
-            _run(sim, wave_build, toplevel, test_module, wave_dir, waves=True, testcase=testcase,
-                 extra_env=io_env)
+            with _build(sim, verilog_text, toplevel, waves=True, sources=sources) as wave_build:
+                _run(sim, wave_build, toplevel, test_module, wave_dir, waves=True, testcase=testcase,
+                     extra_env=io_env)
             traces = sorted(p for p in wave_dir.rglob("*") if p.suffix in (".vcd", ".fst"))
             if traces:
                 message += f"; waveform: {traces[0]}"
