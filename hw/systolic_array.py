@@ -20,8 +20,7 @@ real convolution layer but the shallowest) run at one beat per cycle.
 Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation. On
 target ``"ecp5"`` the array never stalls: the ``rows x cols`` PEs' registers and multiplier blocks of the ULX3S
 (some 14,000 flip-flops) would otherwise all wait on ``o_columns.ready`` in the cycle it arrives. Its finished
-columns go into a FIFO (:func:`column_fifo_depth`) in place of the output register, readable the cycle after as
-the register was, and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns
+columns go through the output register into a FIFO (:func:`column_fifo_depth`, :func:`column_fifo_latency`), and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns
 (:func:`~.streamer.credit_fifo`); the beats before it keep entering, so a long back-pressure holds the input at
 the next ``last`` beat. Its flags have no reset: the flush that ends a run would reach them across the die (the
 routed ULX3S's slowest net). After a reset the flags still in flight come out as before, and column ``c`` writes
@@ -53,7 +52,7 @@ registers load the same operands as the PE's hop registers and whose output regi
 product then crosses one more register in the fabric before the accumulator (the flags wait with it), because
 the multiplier blocks sit in a few fixed rows of the die and the route from a block to its accumulator's carry
 chain alone took 6.3 ns of the 8 (out of context, 105.6 MHz). Same numbers, one cycle more of
-:func:`array_latency`.
+:func:`array_latency` (and one more for the output register in front of the FIFO).
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
@@ -105,8 +104,9 @@ def array_latency(config):
         # parts' count.
         return 3
     # input register, rows-1 skew + rows-1 hops down (act) / the weight skew and hops, product, accumulate,
-    # output register; on the ECP5 the product also crosses a fabric register (see the module docstring).
-    return config.rows + 3 + (config.target == "ecp5")
+    # output register; on the ECP5 the product also crosses a fabric register (see the module docstring), and
+    # the column picked from the shadows is registered before the output FIFO's write.
+    return config.rows + 3 + 2 * (config.target == "ecp5")
 
 
 def flush_drain_cycles(config):
@@ -232,7 +232,7 @@ class SystolicArray(wiring.Component):
             # No enable (see the module docstring): a tile's last beat enters only with room reserved for its
             # columns in the output FIFO, so nothing in the array ever waits on ``o_columns.ready``.
             en = Const(1)
-            column = Signal(column_layout(cfg))
+            column = Signal(column_layout(cfg), name="column", reset_less=True)
             take = self.i_beats.valid & self.i_beats.ready
             # A tile's columns are reserved as its last beat enters (streamer.credit_fifo).
             fifo, room = credit_fifo(m, "out_fifo", self.o_columns, width=column.shape().size,
@@ -370,9 +370,12 @@ class SystolicArray(wiring.Component):
         accs = [_or_all([Mux(select[r][c], shadow[r][c].as_unsigned(), 0) for c in range(cols)])
                 for r in range(rows)]
         if free:
-            # The FIFO's write port stands where the output register was: a column is readable the cycle after.
-            m.d.comb += [fifo.w_en.eq(any_done), column.col.eq(col)]
-            m.d.comb += [column.acc[r].eq(acc) for r, acc in enumerate(accs)]
+            # The output register, then the FIFO's write port: the multiplexers' three LUT levels and the route
+            # to the FIFO's block RAMs in one cycle were a routed build's failing group (3.7 ns of one net).
+            write = Signal(name="column_write")
+            m.d.sync += [write.eq(any_done), column.col.eq(col)]
+            m.d.sync += [column.acc[r].eq(acc) for r, acc in enumerate(accs)]
+            m.d.comb += fifo.w_en.eq(write)
             return m
         with m.If(en):
             m.d.sync += self.o_columns.valid.eq(any_done)
