@@ -10,7 +10,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .memory_map import ReadPortSignature, WritePortSignature, registered_read
+from .memory_map import COPY_ATTR, ReadPortSignature, WritePortSignature, registered_read
 
 __all__ = ["transfer_layout", "MemoryReader", "MemoryWriter", "credit_fifo", "PipelinedFIFO",
            "PIPELINED_FIFO_LATENCY"]
@@ -31,8 +31,10 @@ class PipelinedFIFO(wiring.Component):
     (boards/outreg.py).
 
     Interface as ``SyncFIFO``'s (``w_data``, ``w_en``, ``w_rdy``, ``r_data``, ``r_en``, ``r_rdy``), but a word is
-    readable :data:`PIPELINED_FIFO_LATENCY` cycles after its write, and ``w_rdy`` is high while the storage has
-    room (its user, :func:`credit_fifo`, never writes without room).
+    readable :data:`PIPELINED_FIFO_LATENCY` cycles after its write, and ``w_rdy`` (high while the storage has
+    room) does not gate the write: ``w_en`` must be low while ``w_rdy`` is. Its user, :func:`credit_fifo`, never
+    writes without room reserved, and its write enable, a register, then reaches the block RAMs with no compare
+    in front (``stored != depth`` there, and its route to every block, was a routed build's failing path).
     """
 
     _QUEUE = 4
@@ -50,7 +52,7 @@ class PipelinedFIFO(wiring.Component):
         w_ptr, r_ptr = Signal(range(depth), name="w_ptr"), Signal(range(depth), name="r_ptr")
         stored = Signal(range(depth + 1), name="stored")        # written, not yet read out of the storage
         avail = Signal(name="avail")                            # stored != 0, from the count's next value
-        wrote = self.w_en & self.w_rdy
+        wrote = self.w_en
         # A read is issued while the queue has room for it and the two reads in flight, counted without this
         # cycle's take (then every word of the queue, in flight or held, has a slot of its own): ``space``, a
         # register set from the counts' next values, so that ``issue`` is an AND of two flip-flops.
@@ -85,15 +87,18 @@ class PipelinedFIFO(wiring.Component):
         # The queue: words written at ``tail``, read at ``head``.
         words = Array(Signal(self.width, name=f"queue_{i}", reset_less=True) for i in range(queue))
         head, tail = Signal(range(queue), name="head"), Signal(range(queue), name="tail")
-        take = self.r_rdy & self.r_en
+        # ``r_rdy`` twice (COPY_ATTR): one copy for the reader, across the die, one for the queue's own logic.
+        r_rdy_here = Signal(name="r_rdy_here", attrs={COPY_ATTR: 1})
+        take = r_rdy_here & self.r_en
         with m.If(flight[1]):
             m.d.sync += [words[tail].eq(arriving), tail.eq(tail + 1)]
         with m.If(take):
             m.d.sync += head.eq(head + 1)
         q_next = Signal(range(queue + 1), name="q_next")
         m.d.comb += q_next.eq(q_count + flight[1] - take)
+        r_rdy_next = flight[1] | (q_count > 1) | ((q_count == 1) & ~take)
         m.d.sync += [q_count.eq(q_next), space.eq(q_next + issue + flight[0] < queue),
-                     self.r_rdy.eq(flight[1] | (q_count > 1) | ((q_count == 1) & ~take))]
+                     self.r_rdy.eq(r_rdy_next), r_rdy_here.eq(r_rdy_next)]
         m.d.comb += self.r_data.eq(words[head])
         return m
 
