@@ -292,13 +292,11 @@ class SystolicArray(wiring.Component):
         column_done = [Signal(name=f"column_done_{c}", reset_less=free) for c in range(cols)]
         if free:
             # After a reset the flags in flight still finish their columns: column c writes once its last such
-            # flag is out (flush_drain_cycles), from a register per column set from the drain counter.
+            # flag is out (flush_drain_cycles): the drain counter is compared in each column's ``finishing``.
             drain_cycles = flush_drain_cycles(cfg)
             drain = Signal(range(drain_cycles + 1), init=drain_cycles, name="drain")
             with m.If(drain != 0):
                 m.d.sync += drain.eq(drain - 1)
-            column_ok = [Signal(name=f"column_ok_{c}") for c in range(cols)]
-            m.d.sync += [column_ok[c].eq(drain <= cols + 1 - c) for c in range(cols)]
         finishing = []      # column_done's next values
         for r in range(rows):
             wgt_in, flags_in = west[r]
@@ -339,8 +337,17 @@ class SystolicArray(wiring.Component):
                         m.d.sync += acc.eq(total)
                         with m.If(pflags.last):
                             m.d.sync += done.eq(total)
-                    if r == rows - 1:
-                        done_now = pflags.valid & pflags.last & (column_ok[c] if free else 1)
+                    if r == rows - 1 and free:
+                        # Whether the column finishes now, a register set a cycle ahead from the block's flags
+                        # (``pflags`` is ``block_flags`` a cycle on) and the drain count (``drain <= cols + 1 - c``
+                        # a cycle on, as the column's own register had it): the AND of the flags and that
+                        # register, routed to the rows' copies below, was a routed build's failing path.
+                        done_now = Signal(name=f"finishing_{c}")
+                        m.d.sync += done_now.eq(block_flags.valid & block_flags.last & (drain <= cols + 1 - c))
+                        m.d.sync += column_done[c].eq(done_now)
+                        finishing.append(done_now)
+                    elif r == rows - 1:
+                        done_now = pflags.valid & pflags.last
                         m.d.sync += column_done[c].eq(done_now)
                         finishing.append(done_now)
                 shadow[r][c] = done
