@@ -24,8 +24,8 @@ On the iCE40UP5K (``config.target == "ice40"``, see :class:`_Ice40Pool`) the eng
 max pooling only (:func:`pool_modes`), over windows of at most :data:`ICE40_POOL_KERNEL` x
 :data:`ICE40_POOL_KERNEL` (:func:`pool_max_kernel`), any stride, padding up to ``kernel - 1``, no activation clamp
 (:func:`pool_has_clamp`), one pipeline stage fewer; the dispatcher and the compiler refuse the rest.
-Target ``"ecp5"`` adds eight stages (the window generator's read register, per-row reduction, reciprocal lookup, a
-three-level LUT Booth product, the quotient, the result before its clamp) for its 125 MHz clock:
+Target ``"ecp5"`` adds stages (the window generator's read register, per-row reduction, reciprocal lookup, a
+three-level LUT Booth product, the quotient, the result before its clamp, and more) for its 125 MHz clock:
 :func:`pool_extra_stages`.
 """
 
@@ -106,12 +106,12 @@ def ice40_pool_limits(config):
 
 
 def pool_extra_stages(config):
-    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (10 on the ECP5:
+    """Pipeline stages the windowed modes have for ``config.target`` beyond the generic ones (11 on the ECP5:
     the window generator's read register (:func:`~.window_generator.window_extra_stages`), the per-row
-    reduction, one more each for the row's and the window's compares before their picks, the reciprocal and
-    the numerator's Booth digits, three adder levels of the product, the quotient and the result before its
-    clamp; one fewer on the iCE40)."""
-    return {"ecp5": 9 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
+    reduction, one more each for the row's and the window's compares before their picks, the rows' results
+    registered again before the window's compares, the reciprocal and the numerator's Booth digits, three adder
+    levels of the product, the quotient and the result before its clamp; one fewer on the iCE40)."""
+    return {"ecp5": 10 + window_extra_stages(config), "ice40": -1}.get(config.target, 0)
 
 
 def pool_input_stages(config):
@@ -430,17 +430,19 @@ class PoolEngine(wiring.Component):
                     m.d.sync += a_max[lane].eq(max_tree(Mux(ok, v, -128) for ok, v in taps))
                     m.d.sync += a_sum[lane].eq(sum(Mux(ok, v, 0) for ok, v in taps))
             else:
-                # Four stages: a row's compares (and the first adder level of its sum), the row's maximum (and
-                # sum), then the same over the rows: a compare's carry chain and the pick behind it in one cycle
-                # were the pool's longest paths (and a row's two adders in a row).
+                # Five stages: a row's compares (and the first adder level of its sum), the row's maximum (and
+                # sum), the rows' results again, then the same over the rows: a compare's carry chain and the pick
+                # behind it in one cycle were the pool's longest paths (and a row's two adders in a row).
                 r_valid, r_last = Signal(), Signal()
                 r_rows, r_cols = Signal.like(rows_in), Signal.like(cols_in)
                 r2_valid, r2_last, r2_count = Signal(), Signal(), Signal.like(a_count)
+                r3_valid, r3_last, r3_count = Signal(), Signal(), Signal.like(a_count)
                 q_valid, q_last, q_count = Signal(), Signal(), Signal.like(a_count)
                 m.d.sync += [r_valid.eq(wg.o_windows.valid & wg.o_windows.ready), r_last.eq(win.last),
                              r_rows.eq(rows_in), r_cols.eq(cols_in)]
                 m.d.sync += [r2_valid.eq(r_valid), r2_last.eq(r_last), r2_count.eq(r_rows * r_cols)]
-                m.d.sync += [q_valid.eq(r2_valid), q_last.eq(r2_last), q_count.eq(r2_count)]
+                m.d.sync += [r3_valid.eq(r2_valid), r3_last.eq(r2_last), r3_count.eq(r2_count)]
+                m.d.sync += [q_valid.eq(r3_valid), q_last.eq(r3_last), q_count.eq(r3_count)]
                 m.d.sync += [a_valid.eq(q_valid), a_last.eq(q_last), a_count.eq(q_count)]
                 for lane in range(lanes):
                     r_max = [Signal(signed(8), name=f"r_max_{lane}_{i}", reset_less=True) for i in range(kmax)]
@@ -450,8 +452,14 @@ class PoolEngine(wiring.Component):
                         row = [win.taps[i][j][lane] for j in range(kmax)]      # outside: -128 or 0, see above
                         pick = split_max(row, f"r_{lane}_{i}")
                         m.d.sync += [r_max[i].eq(pick), r_sum[i].eq(split_sum(row, f"r_{lane}_{i}"))]
-                    pick = split_max(r_max, f"a_{lane}")
-                    m.d.sync += [a_max[lane].eq(pick), a_sum[lane].eq(split_sum(r_sum, f"a_{lane}"))]
+                    # The rows' results registered once more, beside the window's compares: from the rows'
+                    # picks (by the window registers) to those compares was a routed net of up to 3.4 ns in
+                    # front of a carry chain and two LUTs.
+                    r3_max = [Signal.like(v, name=f"r3_max_{lane}_{i}", reset_less=True) for i, v in enumerate(r_max)]
+                    r3_sum = [Signal.like(v, name=f"r3_sum_{lane}_{i}", reset_less=True) for i, v in enumerate(r_sum)]
+                    m.d.sync += [q.eq(d) for q, d in zip(r3_max + r3_sum, r_max + r_sum)]
+                    pick = split_max(r3_max, f"a_{lane}")
+                    m.d.sync += [a_max[lane].eq(pick), a_sum[lane].eq(split_sum(r3_sum, f"a_{lane}"))]
 
         max_numer = max_sum + (kmax * kmax) // 2
         shift, table = avg_reciprocals(kmax * kmax, max_numer)
@@ -505,9 +513,14 @@ class PoolEngine(wiring.Component):
                                       width=len(recip_signed) + numer_width, name=f"div_{lane}")
                 with m.If(o_free):
                     m.d.sync += quotient.eq(product.as_unsigned() >> shift)
-                # The maximum's clamp decisions are made here, as it enters the divide's stages, and travel
-                # with it (the layer's bounds hold still while it is busy).
-                max_clamp = delayed(Cat(window_max < qmin, window_max > qmax), f"div_max_clamp_{lane}")
+                # The maximum's clamp decisions are made in the divide's first stage, on a copy of the maximum
+                # registered there, and travel with it (the layer's bounds hold still while it is busy): made
+                # on ``a_max`` itself they were behind a routed net of up to 3 ns.
+                max_first = Signal.like(window_max, name=f"div_max_first_{lane}", reset_less=True)
+                with m.If(o_free):
+                    m.d.sync += max_first.eq(window_max)
+                max_clamp = delay_line(m, o_free, Cat(max_first < qmin, max_first > qmax), divide_stages - 1,
+                                       f"div_max_clamp_{lane}_b", reset_less=True)
                 neg, window_max = delayed(neg, f"div_neg_{lane}"), delayed(window_max, f"div_max_{lane}")
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
             m.d.comb += avg.eq(Mux(neg, -quotient, quotient))
