@@ -50,7 +50,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
 from .command_processor import or_all
-from .memory_map import registered_read
+from .memory_map import COPY_ATTR, registered_read
 from .requantizer import (REQUANT_LATENCY, Requantizer, lane_params_layout, requant_extra_stages,
                           requant_fifo_depth)
 from .systolic_array import SystolicArray, min_tile_beats
@@ -1041,13 +1041,21 @@ class ConvEngine(wiring.Component):
             m.d.comb += array.i_beats.payload.act[c].eq(Mux(inside[c], bank_of[c].as_signed(), pad_value))
 
         # --- output side: name each column, fetch its parameters, requantize ---------------------------------
+        if buffered:
+            # The output side's own copy of ``setup`` (COPY_ATTR; ``setup`` is ``start`` a cycle on, as this is):
+            # ``setup`` restarts both sides, and its route to the output cursor's resets, across the die, was a
+            # routed build's slowest path (9.0 ns).
+            setup_o = Signal(name="setup_out", attrs={COPY_ATTR: 1})
+            m.d.sync += setup_o.eq(start)
+        else:
+            setup_o = setup
         column = array.o_columns.payload
         taken = array.o_columns.valid & array.o_columns.ready
         if buffered:
             # The ECP5 engine counts the columns it takes (a tile's come in order, every one): the FIFO's data
             # then reaches no ready and no enable (its column number, compared, ran into the FIFO's level).
             column_no, column_last = Signal(range(cols), name="column_no"), Signal(name="column_last")
-            with m.If(setup):
+            with m.If(setup_o):
                 m.d.sync += [column_no.eq(0), column_last.eq(cols == 1)]
             with m.Elif(taken):
                 m.d.sync += [column_no.eq(Mux(column_last, 0, column_no + 1)),
@@ -1117,13 +1125,13 @@ class ConvEngine(wiring.Component):
                 m.d.sync += rd.eq(rd + 1)
                 with m.If(head.block_last):
                     m.d.sync += [param_row.eq(param_row + rows), out_block_o.eq(out_block_o + 1)]
-            with m.If(setup):
+            with m.If(setup_o):
                 m.d.sync += [wr.eq(0), rd.eq(0), out_pixel.eq(0), out_block_o.eq(0),
                              param_row.eq(layer.param_base * rows)]
             m.d.comb += [requant.i_acc.valid.eq(array.o_columns.valid & keep),
                          array.o_columns.ready.eq(~keep | requant.i_acc.ready),
                          array.drain_row.eq(requant.lane), requant.acc.eq(array.drain_acc),
-                         array.restart.eq(setup)]
+                         array.restart.eq(setup_o)]
             param_data = _registered_read(m, params, param_row + requant.lane, Const(1), "param_read")
             m.d.comb += requant.params.eq(param_data)
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
@@ -1145,7 +1153,7 @@ class ConvEngine(wiring.Component):
                 m.d.sync += out_block_last.eq(out_channels_left <= rows)
             else:
                 out_block_last = (out_block_o + 1) * rows >= layer.out_c
-            m.d.comb += out_cursor.restarting.eq(setup | out_cursor.last_tile)
+            m.d.comb += out_cursor.restarting.eq(setup_o | out_cursor.last_tile)
             with m.If(tile_done):
                 with m.If(out_cursor.last_tile):
                     m.d.sync += out_cursor.reset() + [out_block_o.eq(out_block_o + 1)]
@@ -1155,7 +1163,7 @@ class ConvEngine(wiring.Component):
                         m.d.sync += out_run.eq(0)
                 with m.Else():
                     m.d.sync += out_cursor.advance()
-            with m.If(setup):
+            with m.If(setup_o):
                 m.d.sync += out_cursor.reset() + [out_block_o.eq(0)]
                 if buffered:
                     m.d.sync += out_channels_left.eq(layer.out_c)
@@ -1192,7 +1200,7 @@ class ConvEngine(wiring.Component):
                 valid_r = Signal(cols, name="out_pixel_valid_r")
                 column_first = Signal(name="column_first", init=1)
                 m.d.sync += valid_r.eq(Cat(*out_cursor.pixel_valid))
-                with m.If(setup):
+                with m.If(setup_o):
                     m.d.sync += column_first.eq(1)
                 with m.Elif(taken):
                     m.d.sync += column_first.eq(column_last)
@@ -1203,7 +1211,7 @@ class ConvEngine(wiring.Component):
                 m.d.sync += [p_valid.eq(taken), p_keep.eq(keep),
                              p_acc.eq(column.acc), tag.pixel.eq(out_cursor.pixel0 + column_no),
                              tag.block.eq(out_block_o)]
-            with m.If(setup):
+            with m.If(setup_o):
                 m.d.sync += param_addr.eq(layer.param_base)
             with m.Elif(tile_done & out_cursor.last_tile):
                 m.d.sync += param_addr.eq(param_addr + 1)
