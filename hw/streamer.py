@@ -87,8 +87,11 @@ class PipelinedFIFO(wiring.Component):
         # The queue: words written at ``tail``, read at ``head``.
         words = Array(Signal(self.width, name=f"queue_{i}", reset_less=True) for i in range(queue))
         head, tail = Signal(range(queue), name="head"), Signal(range(queue), name="tail")
-        # ``r_rdy`` twice (COPY_ATTR): one copy for the reader, across the die, one for the queue's own logic.
+        # ``r_rdy`` twice, both copies marked (COPY_ATTR: a copy without the mark is merged into the marked one,
+        # as afd0900's build did): one for the reader, across the die, one for the queue's own logic.
+        r_rdy_out = Signal(name="r_rdy_out", attrs={COPY_ATTR: 1})
         r_rdy_here = Signal(name="r_rdy_here", attrs={COPY_ATTR: 1})
+        m.d.comb += self.r_rdy.eq(r_rdy_out)
         take = r_rdy_here & self.r_en
         with m.If(flight[1]):
             m.d.sync += [words[tail].eq(arriving), tail.eq(tail + 1)]
@@ -98,7 +101,7 @@ class PipelinedFIFO(wiring.Component):
         m.d.comb += q_next.eq(q_count + flight[1] - take)
         r_rdy_next = flight[1] | (q_count > 1) | ((q_count == 1) & ~take)
         m.d.sync += [q_count.eq(q_next), space.eq(q_next + issue + flight[0] < queue),
-                     self.r_rdy.eq(r_rdy_next), r_rdy_here.eq(r_rdy_next)]
+                     r_rdy_out.eq(r_rdy_next), r_rdy_here.eq(r_rdy_next)]
         m.d.comb += self.r_data.eq(words[head])
         return m
 
