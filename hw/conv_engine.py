@@ -746,9 +746,8 @@ class ConvEngine(wiring.Component):
             # array's own count run conv_read_stages cycles early (the beats between cannot stall);
             # ``array.room`` is a register that only rises until the next reservation, and none falls between a
             # last beat's issue and its entry (last beats are at least walker_tile_beats apart, no fewer than
-            # conv_read_stages). The stall that reached the memories' and
-            # stages' enables (every stage register and block RAM of the input side, across the die) is gone;
-            # ``issue`` is two LUTs from registers.
+            # conv_read_stages). The stall that reached the memories' and stages' enables (every stage register
+            # and block RAM of the input side, across the die) is gone; ``issue`` is two LUTs from registers.
             adv, issue = Const(1), Signal(name="issue")
             gap = min_tile_beats(cfg)
             since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
@@ -979,9 +978,9 @@ class ConvEngine(wiring.Component):
             # Stage 2: the memories' data, the rotation and flags, one stage on; stage 3 (after 2e, below): the
             # banks rotated by the rotation's low bits (a byte takes one of its next 2**lo neighbours). All run on
             # every cycle, as stage 1 (``adv`` is 1 here). The rest of the rotation, the stride's pick and the
-            # padding are left to the array's input register. The rotator replaced a 32-to-1 multiplexer a column: each
-            # bank byte now reaches a few neighbours, not 16 columns (that crossbar was nextpnr-ecp5's worst
-            # congestion, docs/decisions.md sessions 11 and 12).
+            # padding are left to the array's input register. The rotator replaced a 32-to-1 multiplexer a
+            # column: each bank byte now reaches a few neighbours, not 16 columns (that crossbar was
+            # nextpnr-ecp5's worst congestion, docs/decisions.md sessions 11 and 12).
             lo = lg_nb - lg_nb // 2
             s2_first, s2_last = Signal(name="s2_first"), Signal(name="s2_last")
             s3_first, s3_last = Signal(name="s3_first"), Signal(name="s3_last")

@@ -20,12 +20,13 @@ real convolution layer but the shallowest) run at one beat per cycle.
 Back-pressure on ``o_columns`` stalls the whole array (one clock enable), which keeps every timing relation. On
 target ``"ecp5"`` the array never stalls: the ``rows x cols`` PEs' registers and multiplier blocks of the ULX3S
 (some 14,000 flip-flops) would otherwise all wait on ``o_columns.ready`` in the cycle it arrives. Its finished
-columns go through the output register into a FIFO (:func:`column_fifo_depth`, :func:`column_fifo_latency`), and a tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns
-(:func:`~.streamer.credit_fifo`); the beats before it keep entering, so a long back-pressure holds the input at
-the next ``last`` beat. Its flags have no reset: the flush that ends a run would reach them across the die (the
-routed ULX3S's slowest net). After a reset the flags still in flight come out as before, and column ``c`` writes
-nothing into the FIFO until its last such flag has passed (:func:`flush_drain_cycles`); a flag entering after the
-reset reaches every column later than that.
+columns go through the output register into a FIFO (:func:`column_fifo_depth`, :func:`column_fifo_latency`), and a
+tile's ``last`` beat enters only once the FIFO has room reserved for the tile's columns
+(:func:`~.streamer.credit_fifo`); the beats before it keep entering, so a long back-pressure holds the input at the
+next ``last`` beat. Its flags have no reset: the flush that ends a run would reach them across the die (the routed
+ULX3S's slowest net). After a reset the flags still in flight come out as before, and column ``c`` writes nothing
+into the FIFO until its last such flag has passed (:func:`flush_drain_cycles`); a flag entering after the reset
+reaches every column later than that.
 
 Target ``"ice40"`` (``config.target``, at most a few rows and columns: 4x4 on the iCEBreaker) is a different
 array with the same numbers, built for the iCE40UP5K's few logic cells:
