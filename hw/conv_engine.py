@@ -402,6 +402,11 @@ class _TileCursor:
                         m.d.sync += [chain[c][0].eq(chain[c + 1][0]), chain[c][1].eq(chain[c + 1][1])]
             with m.Else():
                 m.d.sync += self.ready.eq(1)
+            if wrap_register:
+                # ``ready``'s next value unless the user moves the cursor in this cycle (its moves clear
+                # ``ready``): the walker's branches above make it a function of ``count`` and the loading flags.
+                self.ready_next = Signal(name=f"{name}_ready_next")
+                m.d.comb += self.ready_next.eq(~Cat(when for when, _ in loading).any() & (count >= cols - 1))
         self.pixel_valid = [Signal(name=f"{name}_pixel_valid_{c}") for c in range(cols)]
         m.d.comb += [v.eq((dy < rows_near) & (x < layer.out_w))
                      for v, dy, x in zip(self.pixel_valid, self.dy, self.ox)]
@@ -747,33 +752,39 @@ class ConvEngine(wiring.Component):
             # ``array.room`` is a register that only rises until the next reservation, and none falls between a
             # last beat's issue and its entry (last beats are at least walker_tile_beats apart, no fewer than
             # conv_read_stages). The stall that reached the memories' and stages' enables (every stage register
-            # and block RAM of the input side, across the die) is gone; ``issue`` is two LUTs from registers.
+            # and block RAM of the input side, across the die) is gone; ``issue`` is one LUT from registers.
             adv, issue = Const(1), Signal(name="issue")
             gap = min_tile_beats(cfg)
             since_issued = Signal(range(gap + 1), init=gap, name="since_issued")
-            spaced_issued = Signal(init=1, name="spaced_issued")
-            # ``array.room`` a cycle late, from a register by the issue logic (the array's sits by its FIFO, across
-            # the die). Its fall is seen in time: a last beat reserves as it enters conv_read_stages cycles after
-            # its issue, ``room`` falls the cycle after, this copy the next, and the next last beat is issued
-            # walker_tile_beats >= conv_read_stages + 2 cycles after it. Its rise a cycle late only matters while
-            # the FIFO is full (the output held).
-            if walker_tile_beats(cfg) >= conv_read_stages(cfg) + 2:
-                room_here = Signal(name="room_here", init=1)
-                m.d.sync += room_here.eq(array.room)
-            else:                                       # a single column: tiles may be closer
-                room_here = array.room
-            m.d.comb += issue.eq(in_run & (~tile_last | (cursor.ready & spaced_issued & room_here)))
             # The spacing count takes a kept copy of a tile's last issue: ``issue`` enables most of the input
             # side's registers, and on that net the count's own loop (spaced_issued -> issue -> since_issued)
             # was a routed failing path.
             issued_last = Signal(name="issued_last", attrs={"keep": 1})
-            m.d.comb += issued_last.eq(in_run & tile_last & cursor.ready & spaced_issued & room_here)
+            if walker_tile_beats(cfg) >= conv_read_stages(cfg) + 2:
+                # "A last beat may issue": the AND of the cursor's ``ready``, the spacing and ``array.room`` a
+                # cycle late, as one register by the issue logic, set from their next values (the cursor's unless
+                # it moves: setup, or this cycle's last issue; the spacing's unless it restarts). ``issue`` is then
+                # one LUT of three registers in front of the input side's enables; the AND of five ran through two
+                # LUTs and a long route into ``issued_last``, nextpnr's failing enables.
+                # The room is seen a cycle late (the array's register sits by its FIFO, across the die), and its
+                # fall in time: a last beat reserves as it enters conv_read_stages cycles after its issue,
+                # ``room`` falls the cycle after, ``may_last`` the next, and the next last beat is issued
+                # walker_tile_beats >= conv_read_stages + 2 cycles after it. Its rise a cycle late only matters
+                # while the FIFO is full (the output held).
+                may_last = Signal(name="may_last")
+                m.d.sync += may_last.eq(~setup & ~issued_last & cursor.ready_next & (since_issued >= gap - 2) &
+                                        array.room)
+            else:                                       # a single column: tiles may be closer
+                spaced_issued = Signal(init=1, name="spaced_issued")
+                m.d.sync += spaced_issued.eq(Mux(issued_last, gap <= 1, since_issued >= gap - 2))
+                may_last = cursor.ready & spaced_issued & array.room
+            m.d.comb += [issue.eq(in_run & (~tile_last | may_last)),
+                         issued_last.eq(in_run & tile_last & may_last)]
             counted = Mux(since_issued != gap, since_issued + 1, since_issued)
             # The compare is made on the count, and ``issue`` (late: the array's room) only picks it or the
             # restart's constant. ``counted >= gap - 1`` is ``since_issued >= gap - 2`` (the count saturates at
             # gap): a compare with a constant, not behind the increment's carry chain.
-            m.d.sync += [since_issued.eq(Mux(issued_last, 0, counted)),
-                         spaced_issued.eq(Mux(issued_last, gap <= 1, since_issued >= gap - 2))]
+            m.d.sync += since_issued.eq(Mux(issued_last, 0, counted))
         else:
             adv = Signal(name="adv", attrs=keep, init=1)
             if not serial:
