@@ -333,12 +333,17 @@ class PoolEngine(wiring.Component):
             skid_data = Signal.like(self.i_pixels.payload, name="in_skid_data", reset_less=True)
             skid_valid = Signal(name="in_skid_valid")
             m.d.comb += self.i_pixels.ready.eq(~skid_valid)
+            # The skid's data is taken whenever it is empty (it is read only with ``skid_valid``): its enable is
+            # then a flip-flop. Taken only when the slice was held, the generator's ready (the scanner's flags
+            # and the window's stall) reached all its enables through two LUTs, a routed failing group.
+            with m.If(~skid_valid):
+                m.d.sync += skid_data.eq(self.i_pixels.payload)
             with m.If(~pixels.valid | pixels.ready):
                 m.d.sync += [pixels.valid.eq(skid_valid | self.i_pixels.valid),
                              pixels.payload.eq(Mux(skid_valid, skid_data, self.i_pixels.payload)),
                              skid_valid.eq(0)]
-            with m.Elif(self.i_pixels.valid & ~skid_valid):
-                m.d.sync += [skid_valid.eq(1), skid_data.eq(self.i_pixels.payload)]
+            with m.Elif(self.i_pixels.valid):
+                m.d.sync += skid_valid.eq(1)
             # The generator sees the slice's valid as it is: in a global layer it has no layer (it was idle
             # when the global layer started), and an idle generator takes nothing whatever the valid
             # (``~global_mode`` there reached every enable of its scanner).

@@ -134,6 +134,16 @@ def test_random_layers_with_backpressure(seed):
     check(got, jobs, f"seed {seed}")
 
 
+@pytest.mark.parametrize("stall", [0.3, 0.8])
+def test_ecp5_random_layers_with_backpressure(stall):
+    """The ECP5 engine's input slice and skid (pool_input_stages) under bubbles and a held output."""
+    config = AcceleratorConfig(lanes=2, max_kernel=3, max_width=7, target="ecp5")
+    rng = np.random.default_rng(11)
+    jobs = [random_job(config, rng) for _ in range(4)]
+    got, _ = run_amaranth(config, jobs, seed=11, bubble=0.3, stall=stall)
+    check(got, jobs, f"ecp5, stall {stall}")
+
+
 def test_edge_cases_and_rounding():
     config = AcceleratorConfig(lanes=3, max_kernel=3, max_width=5)
     rng = np.random.default_rng(5)
