@@ -66,6 +66,8 @@ BASE = 20         # bits of a memory base address (depths go up to 2**20 words)
 #: Memory attribute: a read and a write of one address in one cycle never happen (the engine reads only what
 #: a run owns, and the host may not write it then), so synthesis need not emulate read-first behaviour.
 NO_RW_CHECK = {"no_rw_check": 1}
+#: Columns that share a copy of the tap bounds in the ECP5 engine's stage 1.
+BOUND_GROUP = 4
 
 
 class ConvLayer(data.Struct):
@@ -697,6 +699,22 @@ class ConvEngine(wiring.Component):
         else:
             height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
             m.d.comb += height.eq(window_height(room, above))
+        # On the ECP5 the columns compare with copies of the four tap bounds, one for every BOUND_GROUP columns
+        # (COPY_ATTR), each set as the bound is: one bound fed the compares of all the columns, spread over the die
+        # with the array's, and its routes to them were a routed failing group (col_lo, col_hi -> inside).
+        bound_copies = {}
+        if walk and buffered:
+            for bound in (row_lo, row_hi, col_lo, col_hi):
+                bound_copies[bound.name] = [Signal.like(bound, name=f"{bound.name}_{g}", attrs={COPY_ATTR: 1})
+                                            for g in range(-(-cols // BOUND_GROUP))]
+
+        def set_bound(bound, value):
+            """Statements setting a tap bound (and its copies) to ``value``."""
+            return [bound.eq(value)] + [copy.eq(value) for copy in bound_copies.get(bound.name, [])]
+
+        def bound_of(bound, c):
+            """The bound (its copy, on the ECP5) that column ``c`` compares with."""
+            return bound_copies[bound.name][c // BOUND_GROUP] if bound.name in bound_copies else bound
 
         # The ECP5 engine registers them too (its routed critical path ran from ``ci`` through ``ci + 1 == in_c``
         # to the enables of the tile bases).
@@ -809,14 +827,15 @@ class ConvEngine(wiring.Component):
                     tile_first.eq(1)] + firsts
 
         def restart_cols():
-            return [col_lo.eq(layer.pad_left), col_hi.eq(layer.in_w + layer.pad_left)]
+            return set_bound(col_lo, layer.pad_left) + set_bound(col_hi, layer.in_w + layer.pad_left)
 
         def restart_block():
             return cursor.reset() + [tile_base.eq(layer.origin), row_base.eq(layer.origin), f0.eq(layer.origin),
                                      f0_row.eq(layer.origin),
                                      above.eq(layer.pad_top),
                                      room.eq(first_rows)] + (
-                                         [row_lo.eq(layer.pad_top), row_hi.eq(first_row_hi)] if walk else [])
+                                         set_bound(row_lo, layer.pad_top) + set_bound(row_hi, first_row_hi)
+                                         if walk else [])
 
         if walk:
             # A row step and a tile step as registers, from the layer (which holds still from the setup cycle; the
@@ -854,7 +873,7 @@ class ConvEngine(wiring.Component):
                     if walk:
                         # (In this order: the iCE40's netlist, and so its placement, stays as it was.)
                         m.d.sync += ([last_kx.eq(kx == kw_less_2)] if registered_last else []) + [
-                            col_lo.eq(col_lo - 1), col_hi.eq(col_hi - 1)] + (
+                            *set_bound(col_lo, col_lo - 1), *set_bound(col_hi, col_hi - 1)] + (
                             [tile_last.eq(one_ci & (kx == kw_less_2) & last_ky)] if registered_last else [])
                 with m.Else():
                     m.d.sync += [kx.eq(0), ky.eq(Mux(last_ky, 0, ky + 1))]
@@ -867,7 +886,7 @@ class ConvEngine(wiring.Component):
                     if walk:
                         m.d.sync += restart_cols()
                         with m.If(~last_ky):
-                            m.d.sync += [row_lo.eq(row_lo - 1), row_hi.eq(row_hi - 1)]
+                            m.d.sync += set_bound(row_lo, row_lo - 1) + set_bound(row_hi, row_hi - 1)
             m.d.sync += [w_addr.eq(w_addr + 1), tile_first.eq(tile_last)]
             with m.If(tile_last):
                 with m.If(block_last):
@@ -879,8 +898,8 @@ class ConvEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += cursor.advance() + [w_addr.eq(w_base)]
                     if walk:
-                        m.d.sync += [above.eq(above_next), room.eq(room_next), row_lo.eq(above_next),
-                                     row_hi.eq(cap_next)]
+                        m.d.sync += [above.eq(above_next), room.eq(room_next), *set_bound(row_lo, above_next),
+                                     *set_bound(row_hi, cap_next)]
                     else:
                         down = cursor.rows_down << layer.stride2
                         m.d.sync += [above.eq(moved_down(above, down)), room.eq(moved_down(room, down))]
@@ -957,8 +976,9 @@ class ConvEngine(wiring.Component):
                 # under it there, below) into the compare chains' inputs, a detour of three LUTs through the
                 # array's handshake on nextpnr's critical path.
                 terms = [Signal(name=f"inside_{c}_{t}", attrs={"keep": 1} if serial else {}) for t in range(5)]
-                m.d.comb += [t.eq(v) for t, v in zip(terms, (cursor.pixel_valid[c], dys >= row_lo,
-                                                              dys < row_hi, oxs >= col_lo, oxs < col_hi))]
+                lo_y, hi_y, lo_x, hi_x = (bound_of(b, c) for b in (row_lo, row_hi, col_lo, col_hi))
+                m.d.comb += [t.eq(v) for t, v in zip(terms, (cursor.pixel_valid[c], dys >= lo_y,
+                                                              dys < hi_y, oxs >= lo_x, oxs < hi_x))]
                 return Cat(terms) if buffered else Cat(terms).all()
             tap_y = Signal(signed(len(ky) + 3), name=f"tap_y_{c}")
             tap_x = Signal(signed(len(cursor.ox[c]) + 2), name=f"tap_x_{c}")

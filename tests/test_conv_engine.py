@@ -167,6 +167,20 @@ def test_verilator_ecp5_walkers_and_cycle_model():
         np.testing.assert_array_equal(got, golden_out(node, x).reshape(got.shape), err_msg=f"ecp5 stalled {i}")
 
 
+def test_verilator_ecp5_bound_copies():
+    """With more columns than BOUND_GROUP the ECP5 engine's columns compare with copies of the tap bounds (a
+    partial last group here): padded, strided and row-spanning layers stay bit-exact and cycle-exact."""
+    from cnnacc.hw.conv_engine import BOUND_GROUP
+    config = replace(SMALL, target="ecp5", cols=BOUND_GROUP + 2)
+    cases = [conv_node(13, 7, 9, 2, 4, 3, 2, (1, 1, 1, 1)), conv_node(31, 9, 11, 3, 5, 3, 1, (1, 2, 2, 1)),
+             conv_node(32, 10, 5, 2, 3, 5, 2, (2, 2, 2, 2)), conv_node(14, 3, 5, 1, 5, 1)]
+    jobs = [node_job(config, node, x[0]) for node, x in cases]
+    results = tb.run_rtl_layers(config, jobs, seed=9)
+    for i, ((node, x), (fields, _), (got, cycles)) in enumerate(zip(cases, jobs, results)):
+        np.testing.assert_array_equal(got, golden_out(node, x).reshape(got.shape), err_msg=f"layer {i}")
+        assert cycles == conv_cycles(config, fields), f"layer {i}: RTL {cycles}, model {conv_cycles(config, fields)}"
+
+
 @pytest.mark.parametrize("target", ["ice40", "ecp5"])
 def test_walker_targets_need_three_columns(target):
     import gc
