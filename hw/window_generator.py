@@ -228,7 +228,9 @@ class WindowGenerator(wiring.Component):
         # Accept a new layer only once the previous one has left every stage, so that the latched descriptor
         # is never changed under a window still in flight.
         if buffered:
-            s2_valid = Signal()
+            # Marked as its lanes' copies are (stage 2, below): unmarked, yosys merged it into one of them, and
+            # that lane's window enables then also drove the layer handshake's (a routed failing group).
+            s2_valid = Signal(name="s2_valid", attrs={COPY_ATTR: 1})
             # ``loading``: the cycle after a descriptor is taken, in which the tap bounds are summed from
             # registers (see below); the scanner starts the cycle after it.
             loading = Signal(name="loading")
