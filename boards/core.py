@@ -38,7 +38,7 @@ class BoardCore(wiring.Component):
         Number of status LEDs, at most ``len(LED_MEANINGS)``.
     heartbeat_cycles : int
         Clock cycles per half period of the heartbeat LED (``f_sys / 2`` blinks once a second).
-    registered_answer : bool
+    registered_reads : bool
         Passed to the :class:`~cnnacc.hw.serial_bridge.SerialBridge` (the ECP5 boards set it).
     slices : int
         Register slices each way between the bridge and the core (1 by default; the ECP5 boards use 2, so that
@@ -55,7 +55,7 @@ class BoardCore(wiring.Component):
     """
 
     def __init__(self, core, divisor, *, frame_words=256, leds=3, heartbeat_cycles=1 << 20,
-                 registered_answer=False, slices=1):
+                 registered_reads=False, slices=1):
         if not isinstance(leds, int) or not 0 <= leds <= len(LED_MEANINGS):
             raise ValueError(f"leds must be an integer from 0 to {len(LED_MEANINGS)}, not {leds!r}")
         if not isinstance(heartbeat_cycles, int) or heartbeat_cycles < 1:
@@ -67,7 +67,7 @@ class BoardCore(wiring.Component):
         self._divisor = divisor
         self._frame_words = frame_words
         self._heartbeat_cycles = heartbeat_cycles
-        self._registered_answer = registered_answer
+        self._registered_reads = registered_reads
         # Checked here (not at elaboration) so a bad divisor fails where the board is described.
         self._uart_rx = UartRx(divisor)
         self._uart_tx = UartTx(divisor)
@@ -106,7 +106,7 @@ class BoardCore(wiring.Component):
         # call never trips it, short enough that a NAK comes back well within the host's timeout.
         m.submodules.bridge = bridge = SerialBridge(max_words=self._frame_words,
                                                     idle_timeout=self._divisor * 10 * 4,
-                                                    registered_answer=self._registered_answer)
+                                                    registered_reads=self._registered_reads)
         m.submodules.core = core = self._core
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.o_data, bridge.i_rx)

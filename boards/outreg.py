@@ -4,7 +4,7 @@ An ECP5 ``DP16KD`` read port gives its data 5.8 ns after the clock at speed grad
 yosys maps every memory): most of a 125 MHz cycle before a single net. Each port also has an output register
 of its own (``REGMODE OUTREG``, enabled by ``OCE``), whose data comes 0.96 ns after the clock, but yosys's
 memory mapping (brams_16kd.txt) cannot use it. Where the gateware registers a block RAM's read data once more
-(hw/memory_map.py ``host_register`` and ``engine_register``, the serial bridge's ``registered_answer``), that
+(hw/memory_map.py ``host_register`` and ``engine_register``, the serial bridge's ``registered_reads``), that
 second register is a ``TRELLIS_FF`` per bit right after the ``DP16KD``. :func:`absorb_output_registers` moves
 it into the block RAM: the port's ``REGMODE`` becomes ``OUTREG``, its ``OCE`` takes the flip-flops' enable, its
 outputs drive the flip-flops' output nets, and the flip-flops go. The design's behaviour does not change.

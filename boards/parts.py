@@ -39,7 +39,7 @@ def _parts(config, board):
         "array": lambda: SystolicArray(config),
         "pool": lambda: PoolEngine(config),
         "bridge": lambda: SerialBridge(max_words=spec.frame_words, idle_timeout=40 * spec.uart_divisor(spec.f_sys),
-                                       registered_answer=spec.family == "ecp5"),
+                                       registered_reads=spec.family == "ecp5"),
     }
 
 

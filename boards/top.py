@@ -83,7 +83,7 @@ class BoardTop(Elaboratable):
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart_pins.tx)
         m.submodules.board_core = board_core = BoardCore(
             self._core_factory(), board.uart_divisor(pll.f_out), frame_words=board.frame_words,
-            leds=board.leds, heartbeat_cycles=int(pll.f_out) // 2, registered_answer=board.family == "ecp5",
+            leds=board.leds, heartbeat_cycles=int(pll.f_out) // 2, registered_reads=board.family == "ecp5",
             # Two slices each way on the ECP5: a routed build's critical path was the command slice's valid,
             # placed by the UART, 6.5 ns across the die into the command processor (docs/decisions.md, session 16).
             slices=2 if board.family == "ecp5" else 1)

@@ -66,10 +66,11 @@ class SerialBridge(wiring.Component):
         Longest payload, in words, of a command frame and of an answer frame (a longer answer is cut to it).
     idle_timeout : int
         Clock cycles of silence that end a frame cut short (choose a few byte times).
-    registered_answer : bool
-        Register the answer memory's byte in logic before the sent byte's multiplexer, and wait a cycle more
-        before each byte (the ECP5 boards: the block RAM's clock-to-output and the multiplexer were too much of
-        a 125 MHz cycle).
+    registered_reads : bool
+        Register the answer memory's byte in logic before the sent byte's multiplexer, and the command memory's
+        word before ``o_cmd``, and wait a cycle more before each byte and each word (the ECP5 boards: the block
+        RAM's clock-to-output and the multiplexer, or the route to the next register, were too much of a 125 MHz
+        cycle; each second register becomes its block RAM's output register, boards/outreg.py).
 
     Members
     -------
@@ -85,14 +86,14 @@ class SerialBridge(wiring.Component):
         Set once a frame with a bad CRC has arrived (the link needed a retry); stays set.
     """
 
-    def __init__(self, max_words=256, idle_timeout=10_000, *, registered_answer=False):
+    def __init__(self, max_words=256, idle_timeout=10_000, *, registered_reads=False):
         if not isinstance(max_words, int) or not 2 <= max_words <= 65535:
             raise ValueError(f"max_words must be an integer from 2 to 65535, not {max_words!r}")
         if not isinstance(idle_timeout, int) or idle_timeout < 1:
             raise ValueError(f"idle_timeout must be a positive integer, not {idle_timeout!r}")
         self._max_words = max_words
         self._idle_timeout = idle_timeout
-        self._registered_answer = bool(registered_answer)
+        self._registered_reads = bool(registered_reads)
         super().__init__({
             "i_rx":     In(stream.Signature(8)),
             "o_tx":     Out(stream.Signature(8)),
@@ -115,11 +116,11 @@ class SerialBridge(wiring.Component):
         cmd_rp = commands.read_port(domain="comb")
         # The answer is stored as bytes, written a word at a time through four byte ports that yosys merges into
         # one wide port: the block RAM's read port then gives the byte to send, and no byte mux is needed.
-        # With ``registered_answer`` (the ECP5) the byte read is registered a second time, and the memory is two,
+        # With ``registered_reads`` (the ECP5) the byte read is registered a second time, and the memory is two,
         # each half of the answer's words: yosys maps one answer memory onto two block RAMs and picks between
         # them behind their outputs, where the second register would come too late. A register right behind
         # each half becomes that block RAM's own output register (boards/outreg.py), and the pick follows it.
-        halves = 2 if self._registered_answer else 1
+        halves = 2 if self._registered_reads else 1
         half_words = -(-max_words // halves)
         ans_wps, ans_rps = [], []
         for h in range(halves):
@@ -130,10 +131,16 @@ class SerialBridge(wiring.Component):
             ans_rps.append(ans_rp)
         cmd_load = Signal()
         cmd_word = registered_read(m, cmd_rp, cmd_load, "cmd_word")
+        if self._registered_reads:
+            # Registered again, on every cycle (see ``settled`` below): the command word left its block RAM 5.8 ns
+            # after the clock, and the route to the core's register slice took most of the rest of the cycle.
+            cmd_held = Signal.like(cmd_word, name="cmd_held", reset_less=True)
+            m.d.sync += cmd_held.eq(cmd_word)
+            cmd_word = cmd_held
         answer_bytes = [registered_read(m, rp, 1, "answer_byte" if halves == 1 else f"answer_byte_{h}")
                         for h, rp in enumerate(ans_rps)]
         answer_byte = answer_bytes[0]
-        if self._registered_answer:
+        if self._registered_reads:
             held = [Signal(8, name=f"answer_held_{h}", reset_less=True) for h in range(halves)]
             m.d.sync += [h.eq(b) for h, b in zip(held, answer_bytes)]
             # Which half the byte on show comes from: the read address's half, as late as the byte.
@@ -249,13 +256,14 @@ class SerialBridge(wiring.Component):
         # after its address changed, before valid rises again.
         settle = Signal()
         m.d.sync += settle.eq(0)
-        # With ``registered_answer`` a sent byte waits two cycles: the answer memory's read, then its register.
-        if self._registered_answer:
+        # With ``registered_reads`` a sent byte and a command word wait two cycles: the memory's read, then its
+        # register.
+        if self._registered_reads:
             settled = Signal()
             m.d.sync += settled.eq(settle)
-            tx_wait = settle | settled
+            read_wait = settle | settled
         else:
-            tx_wait = settle
+            read_wait = settle
         answered = Signal()         # the answer's last word was collected last cycle
 
         # ``timed_out`` is ``idle == idle_timeout`` as a register (the compare of a wide counter fed every state's
@@ -377,7 +385,7 @@ class SerialBridge(wiring.Component):
         # cycles (far faster than the UART brings words in): in the cycle between two words the next one is
         # read and ``addr`` steps past it, so ``last`` is ``past_command``.
         with m.If(state["FEED"]):
-            m.d.comb += [self.o_cmd.valid.eq(~settle), cmd_load.eq(settle), addr_step.eq(settle)]
+            m.d.comb += [self.o_cmd.valid.eq(~read_wait), cmd_load.eq(settle), addr_step.eq(settle)]
             with m.If(self.o_cmd.valid & self.o_cmd.ready):
                 m.d.sync += settle.eq(1)
                 with m.If(past_command):
@@ -406,7 +414,7 @@ class SerialBridge(wiring.Component):
                 goto("NAK", "SEND")
 
         with m.If(state["SEND"]):
-            m.d.comb += self.o_tx.valid.eq(~tx_wait)
+            m.d.comb += self.o_tx.valid.eq(~read_wait)
             with m.If(settle):
                 # The byte sent last cycle (type to payload: the phases now 2 to 6) enters the CRC; after the
                 # last word of the payload, ``addr`` has stepped past the answer.

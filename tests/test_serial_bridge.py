@@ -28,14 +28,14 @@ class LinkedAccelerator(wiring.Component):
     i_rx: In(stream.Signature(8))
     o_tx: Out(stream.Signature(8))
 
-    def __init__(self, registered_answer=False):
-        self._registered_answer = registered_answer
+    def __init__(self, registered_reads=False):
+        self._registered_reads = registered_reads
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.bridge = bridge = SerialBridge(max_words=MAX_WORDS, idle_timeout=48,
-                                                    registered_answer=self._registered_answer)
+                                                    registered_reads=self._registered_reads)
         m.submodules.cp = cp = CommandProcessor(DEPTHS, 0x1234ABCD)
         m.submodules.memories = memories = MemoryMap(SPECS)
         wiring.connect(m, wiring.flipped(self.i_rx), bridge.i_rx)
@@ -47,8 +47,8 @@ class LinkedAccelerator(wiring.Component):
         return m
 
 
-def make_link(registered_answer=False, **faults):
-    dut = LinkedAccelerator(registered_answer)
+def make_link(registered_reads=False, **faults):
+    dut = LinkedAccelerator(registered_reads)
     port = SimulatedSerialPort(dut, dut.i_rx, dut.o_tx, **faults)
     link = SerialLink(port, timeout=40e-6, retries=8, max_words=MAX_WORDS, clock=port.clock, name="simulated UART")
     return link, port
@@ -91,10 +91,10 @@ def test_frame_reader_resynchronises():
     assert reader.feed(good[4:]) == [(FrameType.ANSWER, 7, [1, 2, 3])]
 
 
-# registered_answer: the ECP5 boards' bridge, which registers the answer memory's byte before sending it.
-@pytest.mark.parametrize("registered_answer", [False, True])
-def test_clean_line_round_trip(registered_answer):
-    link, port = make_link(registered_answer)
+# registered_reads: the ECP5 boards' bridge, which registers the answer memory's byte before sending it.
+@pytest.mark.parametrize("registered_reads", [False, True])
+def test_clean_line_round_trip(registered_reads):
+    link, port = make_link(registered_reads)
     rng = np.random.default_rng(0)
     data = rng.integers(0, 1 << 32, size=30).tolist()
     transact(link, protocol.encode_write(MemoryId.ACT_A, 3, data), Opcode.WRITE)
@@ -104,9 +104,9 @@ def test_clean_line_round_trip(registered_answer):
     assert link.stats["retries"] == 0
 
 
-@pytest.mark.parametrize("seed, registered_answer", [(1, False), (2, False), (3, False), (4, True)])
-def test_noisy_line_still_exact(seed, registered_answer):
-    link, port = make_link(registered_answer, seed=seed, flip=0.003, drop=0.002)
+@pytest.mark.parametrize("seed, registered_reads", [(1, False), (2, False), (3, False), (4, True)])
+def test_noisy_line_still_exact(seed, registered_reads):
+    link, port = make_link(registered_reads, seed=seed, flip=0.003, drop=0.002)
     rng = np.random.default_rng(seed)
     for i in range(6):
         data = rng.integers(0, 1 << 32, size=24).tolist()
@@ -175,10 +175,10 @@ def test_retry_of_an_executed_command_resends_its_answer():
     assert exchange(FrameType.RETRY, 53, protocol.encode_write(MemoryId.ACT_A, 0, [0, 0, 0]))[1:] == [7, 8, 9]
 
 
-@pytest.mark.parametrize("registered_answer", [False, True])
-def test_frames_of_exactly_max_words_both_ways(registered_answer):
+@pytest.mark.parametrize("registered_reads", [False, True])
+def test_frames_of_exactly_max_words_both_ways(registered_reads):
     """The longest command (max_words words) is executed, the longest answer sent whole, and replayed whole."""
-    link, port = make_link(registered_answer)
+    link, port = make_link(registered_reads)
     rng = np.random.default_rng(7)
     data = rng.integers(0, 1 << 32, size=MAX_WORDS - 1).tolist()
     write = protocol.encode_write(MemoryId.ACT_A, 1, data[:MAX_WORDS - 2])
