@@ -224,13 +224,27 @@ def _clamp_bounds(qmin, qmax):
     return [Mux(b < 0, 0, b) for b in (1 - qmin, qmin, -qmax, qmax + 1)]
 
 
+def _biased(value):
+    """An int8 ``value`` as an unsigned byte in the same order (its sign bit flipped): an unsigned compare of two
+    is the signed compare of the values, and is the carry out of one carry chain (a signed compare took the
+    chain's top bits through two more LUTs)."""
+    return value.as_unsigned() ^ 0x80
+
+
 def _clamp_flags(magnitude, neg, bounds):
     """``(below, above)``: whether the value ``-magnitude`` (``neg``) or ``magnitude`` is below ``qmin`` and
     above ``qmax``, decided on the magnitude before its negation (target "ecp5"), with ``bounds`` from
     :func:`_clamp_bounds` registered with the layer."""
     low_if_neg, low_if_pos, high_if_neg, high_if_pos = bounds
-    return (Mux(neg, magnitude >= low_if_neg, ~(magnitude >= low_if_pos)),
-            Mux(neg, ~(magnitude >= high_if_neg), magnitude >= high_if_pos))
+
+    def at_least(bound):
+        # The bounds are a few bits wide and the magnitude is not: a compare of its low bits (a short carry
+        # chain) beside an OR of its high ones, not a chain the magnitude's width long.
+        if len(magnitude) <= len(bound):
+            return magnitude >= bound
+        return magnitude[len(bound):].any() | (magnitude[:len(bound)] >= bound)
+    return (Mux(neg, at_least(low_if_neg), ~at_least(low_if_pos)),
+            Mux(neg, ~at_least(high_if_neg), at_least(high_if_pos)))
 
 
 class PoolEngine(wiring.Component):
@@ -406,7 +420,9 @@ class PoolEngine(wiring.Component):
             ge = {(i, j): Signal(name=f"{name}_ge_{i}_{j}", reset_less=True)
                   for i in range(len(values)) for j in range(i + 1, len(values))}
             m.d.sync += [h.eq(v) for h, v in zip(held, values)]
-            m.d.sync += [flag.eq(values[i] >= values[j]) for (i, j), flag in ge.items()]
+            # Signed compares as unsigned ones (_biased).
+            biased = [_biased(v) for v in values]
+            m.d.sync += [flag.eq(biased[i] >= biased[j]) for (i, j), flag in ge.items()]
             picked = 0
             for i, v in enumerate(held):
                 wins = Cat(*(~ge[j, i] for j in range(i)), *(ge[i, j] for j in range(i + 1, len(held))))
@@ -524,7 +540,9 @@ class PoolEngine(wiring.Component):
                 max_first = Signal.like(window_max, name=f"div_max_first_{lane}", reset_less=True)
                 with m.If(o_free):
                     m.d.sync += max_first.eq(window_max)
-                max_clamp = delay_line(m, o_free, Cat(max_first < qmin, max_first > qmax), divide_stages - 1,
+                # (Signed compares as unsigned ones of the sign-flipped values, as in split_max.)
+                max_clamp = delay_line(m, o_free, Cat(_biased(max_first) < _biased(qmin),
+                                                      _biased(max_first) > _biased(qmax)), divide_stages - 1,
                                        f"div_max_clamp_{lane}_b", reset_less=True)
                 neg, window_max = delayed(neg, f"div_neg_{lane}"), delayed(window_max, f"div_max_{lane}")
             avg = Signal(signed(quotient.shape().width + 1), name=f"avg_{lane}")
