@@ -43,7 +43,7 @@ padding. Beats come channel block by channel block, pixels in raster order withi
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -369,11 +369,20 @@ class _TileCursor:
                 # the row wrap) and sums, on every cycle: the copies are then a multiplexer or two from
                 # registers (the compare of the last column's x with OW - 1 and the multiplexers after it were
                 # over 10 ns in nextpnr's estimate).
-                end_wrap = Signal(name=f"{name}_end_wrap")
+                # The last column's wrap is registered as two halves of the equality (their AND is taken where it
+                # is used): the whole compare was four LUTs and two long routes into its register, a routed
+                # failing path.
+                end_wrap_lo, end_wrap_hi = Signal(name=f"{name}_end_wrap_lo"), Signal(name=f"{name}_end_wrap_hi")
+                end_wrap = end_wrap_lo & end_wrap_hi
+                bits = max(len(self.ox[-1]), len(last_x))
+                ox_end, x_last = Signal(bits, name=f"{name}_ox_end"), Signal(bits, name=f"{name}_x_last")
+                m.d.comb += [ox_end.eq(self.ox[-1]), x_last.eq(last_x)]
+                half = bits // 2
                 end_y = Signal.like(self.dy[-1], name=f"{name}_end_y")
                 end_x1 = Signal.like(first_x, name=f"{name}_end_x1", **rl)
                 row_wraps, x_plus = Signal(name=f"{name}_row_wraps"), Signal.like(first_x, name=f"{name}_x_plus", **rl)
-                m.d.sync += [end_wrap.eq(span & (self.ox[-1] == last_x)), end_y.eq(self.dy[-1]),
+                m.d.sync += [end_wrap_lo.eq(ox_end[:half] == x_last[:half]),
+                             end_wrap_hi.eq(span & (ox_end[half:] == x_last[half:])), end_y.eq(self.dy[-1]),
                              end_x1.eq(self.ox[-1] + 1), row_wraps.eq(wrap_row), x_plus.eq(self.ox[0] + cols)]
                 rows_down_now = Mux(span, Mux(end_wrap, end_y + 1, end_y), row_wraps)
                 first_x_now = Mux(span, Mux(end_wrap, 0, end_x1), Mux(row_wraps, 0, x_plus))
@@ -554,12 +563,41 @@ class ConvEngine(wiring.Component):
         # On ice40 one lane a row (one serial requantizer lane reads them in turn): 70 bits fill 5 EBRs, where
         # rows of 4 lanes would take 18.
         serial = cfg.target == "ice40"
-        m.submodules.params = params = Memory(
-            shape=lane_params_layout() if serial else data.ArrayLayout(lane_params_layout(), rows),
-            depth=self.param_depth * rows if serial else self.param_depth, init=[], attrs=NO_RW_CHECK)
-        wp = params.write_port()
-        m.d.comb += [wp.addr.eq(self.param_write.payload.addr), wp.data.eq(self.param_write.payload.data),
-                     wp.en.eq(self.param_write.valid)]
+        param_layout = lane_params_layout() if serial else data.ArrayLayout(lane_params_layout(), rows)
+        if cfg.target == "ecp5":
+            # On the ECP5 the word is pieces at most 18 bits wide, each a block RAM in its 18-bit mode: the
+            # register the requantizer's stage takes the parameters into (``q_params``) then becomes the blocks'
+            # output registers (boards/outreg.py), and the data leaves a block 0.96 ns after the clock instead of
+            # 5.83. One memory of the whole word was mapped 36 bits wide, a mode whose output pins are both
+            # ports', which has no output register to take.
+            word = Shape.cast(param_layout).width
+            count = -(-word // 18)
+            bounds = [word * k // count for k in range(count + 1)]
+            param_pieces = []
+            for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+                m.submodules[f"params_{k}"] = piece = Memory(shape=hi - lo, depth=self.param_depth, init=[],
+                                                             attrs=NO_RW_CHECK)
+                wp = piece.write_port()
+                m.d.comb += [wp.addr.eq(self.param_write.payload.addr),
+                             wp.data.eq(Value.cast(self.param_write.payload.data)[lo:hi]),
+                             wp.en.eq(self.param_write.valid)]
+                param_pieces.append(piece)
+
+            def read_params(addr, en):
+                param_data = Signal(param_layout, name="param_data")
+                m.d.comb += param_data.eq(Cat(_registered_read(m, piece, addr, en, f"param_read_{k}")
+                                              for k, piece in enumerate(param_pieces)))
+                return param_data
+        else:
+            m.submodules.params = params = Memory(
+                shape=param_layout, depth=self.param_depth * rows if serial else self.param_depth, init=[],
+                attrs=NO_RW_CHECK)
+            wp = params.write_port()
+            m.d.comb += [wp.addr.eq(self.param_write.payload.addr), wp.data.eq(self.param_write.payload.data),
+                         wp.en.eq(self.param_write.valid)]
+
+            def read_params(addr, en):
+                return _registered_read(m, params, addr, en, "param_read")
 
         # --- layer ------------------------------------------------------------------------------------------------
         # The engine keeps only the bits of each field its memories can use (conv_limits); the dispatcher refuses
@@ -1162,7 +1200,7 @@ class ConvEngine(wiring.Component):
                          array.o_columns.ready.eq(~keep | requant.i_acc.ready),
                          array.drain_row.eq(requant.lane), requant.acc.eq(array.drain_acc),
                          array.restart.eq(setup_o)]
-            param_data = _registered_read(m, params, param_row + requant.lane, Const(1), "param_read")
+            param_data = read_params(param_row + requant.lane, Const(1))
             m.d.comb += requant.params.eq(param_data)
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
@@ -1174,8 +1212,11 @@ class ConvEngine(wiring.Component):
                 # requantizer's room, ``column_last`` and the cursor's ``ready``, which ``o_columns.ready`` below
                 # takes in for a tile's last column): ABC had shared it with ``taken``, and the routed build's
                 # slowest path ran from ``column_last`` through four LUTs into the cursor's resets.
+                # The requantizer's room comes from its copy for this AND (``ready_copy``): the one flip-flop sat
+                # by the requantizer's FIFO, and its route to here began the routed build's paths into the cursor's
+                # resets.
                 tile_done = Signal(name="tile_done", attrs={"keep": 1})
-                m.d.comb += tile_done.eq(array.o_columns.valid & requant.i_acc.ready & column_last & out_cursor.ready)
+                m.d.comb += tile_done.eq(array.o_columns.valid & requant.ready_copy & column_last & out_cursor.ready)
             if buffered:
                 # Registered, as the input side's ``last_block``.
                 out_channels_left = Signal(len(layer.out_c), name="out_channels_left")
@@ -1221,7 +1262,7 @@ class ConvEngine(wiring.Component):
             # The address is a register on every target, moved with ``out_block_o``: on the ECP5 it was their sum,
             # whose carry chain (and the parameter blocks' spread) made ``out_block_o`` the routed build's most
             # frequent start of a failing path. Its enable is ``tile_done``, one kept LUT of registers there.
-            param_data = _registered_read(m, params, param_addr, p_advance, "param_read")
+            param_data = read_params(param_addr, p_advance)
             if buffered:
                 # Whether the column taken is a pixel's, without a compare in front of the column multiplexer:
                 # the cursor moves only as a tile's last column is taken (or at setup), so the column after it
@@ -1279,10 +1320,25 @@ class ConvEngine(wiring.Component):
                 m.d.sync += inflight.eq(inflight + 1)
             with m.Elif(left & ~entered):
                 m.d.sync += inflight.eq(inflight - 1)
-            in_flight = inflight != 0
+            if buffered:
+                # ``inflight != 0`` as a register, set from the count's next value.
+                in_flight = Signal(name="in_flight")
+                m.d.sync += in_flight.eq(Mux(entered & ~left, 1, Mux(left & ~entered, inflight != 1, inflight != 0)))
+            else:
+                in_flight = inflight != 0
         stages_valid = s1_valid | s1d_valid | s2_valid | s2e_valid | s3_valid if buffered else s1_valid
         out_stages_valid = p_valid | q_valid if buffered else p_valid
-        m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | out_stages_valid | in_flight)
+        if buffered:
+            # ``busy`` is one LUT of three registers on the ECP5 (it gates the start into ``setup`` and enables
+            # the latched descriptor's registers): the OR of the run's flags is taken a cycle late (``quiet``),
+            # ``setup`` beside it covers the cycle after a start, and ``in_flight`` the end: the last beats
+            # enter the requantizer (``q_valid``) with every other flag already low, and leave it cycles later,
+            # so ``busy`` falls in the same cycle as the OR of them all would.
+            quiet = Signal(init=1, name="quiet")
+            m.d.sync += quiet.eq(~(setup | in_run | out_run | stages_valid | out_stages_valid))
+            m.d.comb += self.busy.eq(setup | ~quiet | in_flight)
+        else:
+            m.d.comb += self.busy.eq(setup | in_run | out_run | stages_valid | out_stages_valid | in_flight)
         return m
 
 

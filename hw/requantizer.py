@@ -215,6 +215,10 @@ class Requantizer(wiring.Component):
         offered (``valid``) is taken, whatever ``ready`` is then. For a producer with no enable of its own, which
         decides to send a beat ``admit_ahead`` cycles before it reaches ``i_acc`` (the conv engine: it takes a
         column from the array on ``ready`` and offers it after its parameter read, conv_param_stages).
+        The requantizer then has one more member:
+
+        ready_copy : Out(1)
+            ``i_acc.ready`` again, from a flip-flop of its own (COPY_ATTR), for producer logic placed apart.
 
     Members
     -------
@@ -273,6 +277,8 @@ class Requantizer(wiring.Component):
         }
         if lane_fetch:
             members.update({"lane": Out(range(lanes)), "acc": In(signed(32)), "params": In(lane_params_layout())})
+        if admit_ahead:
+            members["ready_copy"] = Out(1)
         super().__init__(members)
 
     @property
@@ -300,10 +306,12 @@ class Requantizer(wiring.Component):
             # With ``admit_ahead`` the producer looked at ``room`` that many cycles before the beat came: room
             # for as many beats more is reserved (``lead``), and the beat is taken as it comes.
             taken = self.i_acc.valid if self._admit_ahead else self.i_acc.valid & self.i_acc.ready
-            fifo, room = credit_fifo(m, "out_fifo", self.o_data, width=out.shape().size,
-                                     depth=requant_fifo_depth(self._target), reserve=taken, chunk=1,
-                                     lead=self._admit_ahead)
+            fifo, room, *copies = credit_fifo(m, "out_fifo", self.o_data, width=out.shape().size,
+                                              depth=requant_fifo_depth(self._target), reserve=taken, chunk=1,
+                                              lead=self._admit_ahead, room_copies=int(self._admit_ahead > 0))
             m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid[-1]), self.i_acc.ready.eq(room)]
+            if self._admit_ahead:
+                m.d.comb += self.ready_copy.eq(copies[0][0])
             m.d.sync += valid[0].eq(taken)
             output = out
         else:

@@ -106,7 +106,7 @@ class PipelinedFIFO(wiring.Component):
         return m
 
 
-def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0, pipelined=False):
+def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0, pipelined=False, room_copies=0):
     """A FIFO of ``depth`` words of ``width`` bits in front of the stream ``output``, for a pipeline with no
     enable: the pipeline reserves room for ``chunk`` results (``reserve`` high) in the cycle it takes the work that
     makes them, and takes work only while ``room`` (returned with the FIFO, whose ``w_data`` and ``w_en`` the
@@ -119,7 +119,10 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0, pipeli
     besides: a producer may then decide on ``room`` ``lead`` cycles before its work arrives and reserve it.
 
     With ``pipelined``, the FIFO is a :class:`PipelinedFIFO` (its words readable
-    :data:`PIPELINED_FIFO_LATENCY` cycles after their write, not 1)."""
+    :data:`PIPELINED_FIFO_LATENCY` cycles after their write, not 1).
+
+    With ``room_copies`` (a count, 0 by default) ``room`` is that many flip-flops more, all marked COPY_ATTR, and
+    returned third, as a list: for consumers placed apart."""
     if pipelined:
         m.submodules[name] = fifo = PipelinedFIFO(width=width, depth=depth)
         m.d.comb += [output.valid.eq(fifo.r_rdy), output.payload.eq(fifo.r_data), fifo.r_en.eq(output.ready)]
@@ -135,12 +138,15 @@ def credit_fifo(m, name, output, *, width, depth, reserve, chunk, lead=0, pipeli
     # handshakes pick: a difference of two counters was a subtraction before the compares (a carry chain more
     # between registers and ``room``, the estimate's slowest path after session 16).
     used = Signal(range(depth + 1), name=f"{name}_used")
-    room = Signal(init=1, name=f"{name}_room")
-    m.d.sync += room.eq(Mux(reserve, used <= depth - (2 + lead) * chunk, used <= depth - (1 + lead) * chunk))
+    marked = {"attrs": {COPY_ATTR: 1}} if room_copies else {}
+    rooms = [Signal(init=1, name=f"{name}_room", **marked)] + [
+        Signal(init=1, name=f"{name}_room_{i}", **marked) for i in range(1, room_copies + 1)]
+    room_next = Mux(reserve, used <= depth - (2 + lead) * chunk, used <= depth - (1 + lead) * chunk)
+    m.d.sync += [room.eq(room_next) for room in rooms]
     read = output.valid & output.ready
     step = Mux(reserve, Mux(read, chunk - 1, chunk), Mux(read, -1, 0))
     m.d.sync += used.eq(used + step)
-    return fifo, room
+    return (fifo, rooms[0], rooms[1:]) if room_copies else (fifo, rooms[0])
 
 
 def transfer_layout(spec):

@@ -158,7 +158,9 @@ def test_ecp5_admit_ahead_takes_what_was_announced(stall, lead):
                                 "multiplier": int(vectors["multiplier"][pending, j]),
                                 "shift": int(vectors["shift"][pending, j])} for j in range(lanes)],
                     "tag": pending % 256})
-            decide = sent < beats and ctx.get(dut.i_acc.ready) and rng.random() > 0.1
+            ready = ctx.get(dut.i_acc.ready)
+            assert ctx.get(dut.ready_copy) == ready, "ready_copy differs from i_acc.ready"
+            decide = sent < beats and ready and rng.random() > 0.1
             await ctx.tick()
             decided.append(sent if decide else None)
             sent += bool(decide)
