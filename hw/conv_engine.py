@@ -295,7 +295,9 @@ class _TileCursor:
         # Rows column 0 moves down to the next tile, and the next tile's column 0 (its row is then row 0).
         if wrap_register:
             # The layer holds still from the setup cycle, and the first move comes many cycles later.
-            wrap_at = Signal(signed(max(len(layer.out_w), cols.bit_length()) + 1), name=f"{name}_wrap_at")
+            # Each cursor's own (COPY_ATTR): the two are equal, and yosys had merged them.
+            wrap_at = Signal(signed(max(len(layer.out_w), cols.bit_length()) + 1), name=f"{name}_wrap_at",
+                             reset_less=True, attrs={COPY_ATTR: 1})
             m.d.sync += wrap_at.eq(layer.out_w - cols)
             wrap_row = self.ox[0] >= wrap_at
         else:
@@ -354,8 +356,8 @@ class _TileCursor:
             # rows_near is a register too, moved with rows_left: the next tile's value is computed while the
             # walker runs, from the registered rows_down (valid two cycles after a move, before ``ready``).
             # In two steps (a subtraction, then the clamp): the walker takes at least three more cycles.
-            rows_next = Signal.like(self.rows_left, name=f"{name}_rows_left_next")
-            near_next = Signal.like(rows_near, name=f"{name}_rows_near_next")
+            rows_next = Signal.like(self.rows_left, name=f"{name}_rows_left_next", **rl)
+            near_next = Signal.like(rows_near, name=f"{name}_rows_near_next", **rl)
             m.d.sync += [rows_next.eq(self.rows_left - self.rows_down), near_next.eq(near(rows_next))]
             self._near_next = near_next
             # Two cycles to load the walker: the copies first, then the seed from them.
@@ -372,15 +374,17 @@ class _TileCursor:
                 # The last column's wrap is registered as two halves of the equality (their AND is taken where it
                 # is used): the whole compare was four LUTs and two long routes into its register, a routed
                 # failing path.
-                end_wrap_lo, end_wrap_hi = Signal(name=f"{name}_end_wrap_lo"), Signal(name=f"{name}_end_wrap_hi")
+                end_wrap_lo = Signal(name=f"{name}_end_wrap_lo", reset_less=True)
+                end_wrap_hi = Signal(name=f"{name}_end_wrap_hi", reset_less=True)
                 end_wrap = end_wrap_lo & end_wrap_hi
                 bits = max(len(self.ox[-1]), len(last_x))
                 ox_end, x_last = Signal(bits, name=f"{name}_ox_end"), Signal(bits, name=f"{name}_x_last")
                 m.d.comb += [ox_end.eq(self.ox[-1]), x_last.eq(last_x)]
                 half = bits // 2
-                end_y = Signal.like(self.dy[-1], name=f"{name}_end_y")
+                end_y = Signal.like(self.dy[-1], name=f"{name}_end_y", **rl)
                 end_x1 = Signal.like(first_x, name=f"{name}_end_x1", **rl)
-                row_wraps, x_plus = Signal(name=f"{name}_row_wraps"), Signal.like(first_x, name=f"{name}_x_plus", **rl)
+                row_wraps = Signal(name=f"{name}_row_wraps", **rl)
+                x_plus = Signal.like(first_x, name=f"{name}_x_plus", **rl)
                 m.d.sync += [end_wrap_lo.eq(ox_end[:half] == x_last[:half]),
                              end_wrap_hi.eq(span & (ox_end[half:] == x_last[half:])), end_y.eq(self.dy[-1]),
                              end_x1.eq(self.ox[-1] + 1), row_wraps.eq(wrap_row), x_plus.eq(self.ox[0] + cols)]
@@ -607,7 +611,10 @@ class ConvEngine(wiring.Component):
         layer = Signal(engine_layer_layout(cfg, act_depth=self.act_depth, weight_depth=self.weight_depth,
                                            param_depth=self.param_depth), reset_less=cfg.target == "ecp5")
         narrowed = [layer[name].eq(self.layer[name]) for name, _ in layer.shape()]
-        span = Signal()
+        # On the ECP5 the output cursor has its own copies of ``span`` and ``last_x`` (below): every copy is marked,
+        # and reset-less (they load in every idle cycle, before any start).
+        marked = {"attrs": {COPY_ATTR: 1}, "reset_less": True} if cfg.target == "ecp5" else {}
+        span = Signal(**marked)
         setup, in_run, out_run = Signal(name="setup"), Signal(name="in_run"), Signal(name="out_run")
         s1_valid, p_valid = Signal(name="s1_valid"), Signal(name="p_valid")
         # On the ECP5 a second stage registers what the block RAMs read (their output takes about 4 ns of the
@@ -633,7 +640,7 @@ class ConvEngine(wiring.Component):
                 m.d.sync += narrowed
         with m.If(start):
             m.d.sync += setup.eq(1)
-        last_x = Signal(len(layer.out_w))         # OW - 1, where the cursor's columns wrap
+        last_x = Signal(len(layer.out_w), **marked)         # OW - 1, where the cursor's columns wrap
         # The tile cursors' walkers (see _TileCursor) on the FPGA targets: their chain of cols column steps is
         # far too deep for the clock (on the ULX3S, 15 steps of a compare and a multiplexer).
         walk = cfg.target in _WALKER_TARGETS
@@ -642,9 +649,9 @@ class ConvEngine(wiring.Component):
             # registers, not from a compare of two fields.
             def field(name):
                 return self.layer[name][:len(layer[name])]
+            span_now = ~field("stride2") & (field("out_w") == field("in_w"))
             with m.If(latch):
-                m.d.sync += [span.eq(~field("stride2") & (field("out_w") == field("in_w"))),
-                             last_x.eq(field("out_w") - 1)]
+                m.d.sync += [span.eq(span_now), last_x.eq(field("out_w") - 1)]
         else:
             m.d.comb += [span.eq(~layer.stride2 & (layer.out_w == layer.in_w)), last_x.eq(layer.out_w - 1)]
         width_is = None
@@ -719,7 +726,10 @@ class ConvEngine(wiring.Component):
             # wide compare with the rows moved is a register of its own): ready five (six) cycles after the cycle
             # of a move, the walker at the earliest ``cols + 3`` (``cols + 4``), so ``cols`` >= 3 on these
             # targets: the constructor checks it.
-            down = Signal(range(2 * cols + 1), name="rows_down_taps")
+            # Reset-less on the ECP5, here and below where a register is loaded in every cycle or by setup before a
+            # run reads it: the run's flush reaches every flip-flop with a reset (57 failing paths of one build).
+            rl = dict(reset_less=True) if buffered else {}
+            down = Signal(range(2 * cols + 1), name="rows_down_taps", **rl)
             m.d.sync += down.eq(cursor.rows_down << layer.stride2)
             above_next, room_next = Signal.like(above, name="above_next"), Signal.like(room, name="room_next")
             cap = Shape.cast(range(reach + 2)).width
@@ -729,10 +739,10 @@ class ConvEngine(wiring.Component):
             m.d.sync += [above_next.eq(moved_down(above, down, "above_more")),
                          room_next.eq(Mux(room_more, room - down, 0)),
                          cap_next.eq(clamped(room_next))]
-            row_lo = Signal(signed(max(len(above), len(layer.kernel_h)) + 1), name="row_lo")
-            row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi")
-            col_lo = Signal(signed(max(len(layer.pad_left), len(layer.kernel_w)) + 1), name="col_lo")
-            col_hi = Signal(signed(max(len(layer.in_w) + 1, len(layer.kernel_w)) + 1), name="col_hi")
+            row_lo = Signal(signed(max(len(above), len(layer.kernel_h)) + 1), name="row_lo", **rl)
+            row_hi = Signal(signed(max(cap, len(layer.kernel_h)) + 1), name="row_hi", **rl)
+            col_lo = Signal(signed(max(len(layer.pad_left), len(layer.kernel_w)) + 1), name="col_lo", **rl)
+            col_hi = Signal(signed(max(len(layer.in_w) + 1, len(layer.kernel_w)) + 1), name="col_hi", **rl)
             first_row_hi = clamped(first_rows)
         else:
             height = Signal(signed(Shape.cast(range(reach + 2)).width + 1), name="height")
@@ -743,8 +753,8 @@ class ConvEngine(wiring.Component):
         bound_copies = {}
         if walk and buffered:
             for bound in (row_lo, row_hi, col_lo, col_hi):
-                bound_copies[bound.name] = [Signal.like(bound, name=f"{bound.name}_{g}", attrs={COPY_ATTR: 1})
-                                            for g in range(-(-cols // BOUND_GROUP))]
+                bound_copies[bound.name] = [Signal.like(bound, name=f"{bound.name}_{g}", reset_less=True,
+                                                        attrs={COPY_ATTR: 1}) for g in range(-(-cols // BOUND_GROUP))]
 
         def set_bound(bound, value):
             """Statements setting a tap bound (and its copies) to ``value``."""
@@ -878,7 +888,9 @@ class ConvEngine(wiring.Component):
         if walk:
             # A row step and a tile step as registers, from the layer (which holds still from the setup cycle; the
             # first move comes many cycles later): no multiplexer in front of the base adders.
-            step, tile_step = Signal(flat_bits, name="row_step"), Signal(range(2 * cols + 1), name="tile_step")
+            rl = dict(reset_less=True) if buffered else {}
+            step = Signal(flat_bits, name="row_step", **rl)
+            tile_step = Signal(range(2 * cols + 1), name="tile_step", **rl)
             m.d.sync += [step.eq(Mux(layer.stride2, layer.in_w << 1, layer.in_w)),
                          tile_step.eq(Mux(layer.stride2, 2 * cols, cols))]
             # The next tile's base, registered every cycle: a move needs the cursor's walker ``ready``, which
@@ -1205,7 +1217,15 @@ class ConvEngine(wiring.Component):
             m.d.comb += [tag.pixel.eq(out_pixel), tag.block.eq(out_block_o)]
             m.d.comb += requant.i_acc.payload.tag.eq(tag)
         else:
-            out_cursor = _TileCursor(m, layer, span, cols, "out", walk=walk, last_x=last_x, wrap_register=buffered,
+            span_o, last_x_o = span, last_x
+            if buffered:
+                # The output cursor's own copies: the walker's steps and the end wrap compared ``last_x`` from the
+                # input cursor's side of the die (routes of 2.4 to 2.6 ns in front of their compares).
+                span_o = Signal(name="span_out", **marked)
+                last_x_o = Signal.like(last_x, name="last_x_out", **marked)
+                with m.If(latch):
+                    m.d.sync += [span_o.eq(span_now), last_x_o.eq(field("out_w") - 1)]
+            out_cursor = _TileCursor(m, layer, span_o, cols, "out", walk=walk, last_x=last_x_o, wrap_register=buffered,
                                      width_is=width_is)
             if buffered and walk:
                 # ``taken & column_last`` as one AND of four registers, kept from ABC (the column's valid, the
